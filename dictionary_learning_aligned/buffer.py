@@ -1,0 +1,162 @@
+"""``ActivationBuffer``: residual-stream activations of one layer of a Hugging Face causal LM, read with nnsight,
+served in shuffled batches (the interface of dictionary_learning's ``ActivationBuffer``)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Optional
+
+import torch
+
+
+def pack_token_contexts(texts: Iterable[str], tokenizer, ctx_len: int, bos_token_id: Optional[int] = None,
+                        add_special_tokens: bool = True) -> Iterator[torch.Tensor]:
+    """Pack documents into fixed-length contexts, each starting with BOS.
+
+    Documents are tokenized one by one and concatenated (separated by the EOS token when the tokenizer has one),
+    and the stream is cut into pieces of ``ctx_len - 1`` tokens, each prefixed with ``bos_token_id``. Nothing
+    is padded, so every position of every context is a real token.
+
+    Args:
+        texts: documents (strings).
+        tokenizer: a Hugging Face tokenizer.
+        ctx_len: tokens per context, BOS included (>= 2).
+        bos_token_id: the token that starts each context (default: the tokenizer's BOS, else its EOS).
+        add_special_tokens: passed to the tokenizer for each document.
+
+    Yields:
+        ``[ctx_len]`` long tensors.
+
+    Raises:
+        ValueError: ``ctx_len < 2`` or a tokenizer with neither BOS nor EOS when ``bos_token_id`` is None.
+    """
+    if not isinstance(ctx_len, int) or ctx_len < 2:
+        raise ValueError(f"ctx_len must be an integer >= 2, got {ctx_len!r}")
+    if bos_token_id is None:
+        bos_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if bos_token_id is None:
+        raise ValueError("the tokenizer has no BOS or EOS token; pass bos_token_id")
+    sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    stream: list[int] = []
+    for text in texts:
+        if not isinstance(text, str):
+            raise TypeError(f"texts must be strings, got {type(text).__name__}")
+        ids = tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+        stream.extend(ids + sep)
+        while len(stream) >= ctx_len - 1:
+            yield torch.tensor([bos_token_id] + stream[: ctx_len - 1], dtype=torch.long)
+            del stream[: ctx_len - 1]
+
+
+class ActivationBuffer:
+    """Shuffled batches of one layer's activations, harvested with nnsight.
+
+    Holds about ``n_ctxs * ctx_len`` activations; when less than half are unread it runs the model on
+    ``refresh_batch_size`` new contexts at a time, stopping the forward pass right after the layer that is read,
+    and serves random unread rows.
+
+    Args:
+        data: iterator of documents (strings).
+        model: an ``nnsight.LanguageModel`` (its ``.tokenizer`` is used).
+        submodule: the envoy to read, e.g. ``model.model.layers[12]`` (its output is the residual stream after
+            that block; with ``io="in"``, its input, i.e. the residual stream before it).
+        d_submodule: activation width (default: the model's ``hidden_size``).
+        io: ``"out"`` or ``"in"``.
+        n_ctxs: contexts held in the buffer.
+        ctx_len: tokens per context (BOS included).
+        refresh_batch_size: contexts per model forward pass.
+        out_batch_size: activations per served batch.
+        device: where served batches live.
+        remove_bos: drop the BOS position of each context (its activation is an outlier in most models).
+        add_special_tokens: passed to the tokenizer.
+        dtype: dtype of stored activations (default float32).
+
+    Iterating yields ``[out_batch_size, d_submodule]`` tensors (the last batch may be smaller) and stops
+    when the text is exhausted.
+
+    Raises:
+        ValueError: bad sizes or ``io``.
+    """
+
+    def __init__(self, data: Iterable[str], model, submodule, d_submodule: Optional[int] = None, io: str = "out",
+                 n_ctxs: int = 30_000, ctx_len: int = 128, refresh_batch_size: int = 512,
+                 out_batch_size: int = 8192, device: str = "cpu", remove_bos: bool = False,
+                 add_special_tokens: bool = True, dtype: torch.dtype = torch.float32):
+        if io not in ("in", "out"):
+            raise ValueError(f"io must be 'in' or 'out', got {io!r}")
+        for name, v in (("n_ctxs", n_ctxs), ("refresh_batch_size", refresh_batch_size),
+                        ("out_batch_size", out_batch_size)):
+            if not v >= 1:
+                raise ValueError(f"{name} must be >= 1, got {v!r}")
+        self.model, self.submodule, self.io = model, submodule, io
+        self.d_submodule = d_submodule or model.config.hidden_size
+        self.n_ctxs, self.ctx_len = int(n_ctxs), ctx_len
+        self.refresh_batch_size, self.out_batch_size = int(refresh_batch_size), int(out_batch_size)
+        self.device, self.remove_bos, self.add_special_tokens, self.dtype = device, remove_bos, add_special_tokens, dtype
+        self.contexts = pack_token_contexts(data, model.tokenizer, ctx_len, add_special_tokens=add_special_tokens)
+        self.activations = torch.empty(0, self.d_submodule, dtype=dtype, device=device)
+        self.read = torch.zeros(0, dtype=torch.bool, device=device)
+        self.tokens_harvested = 0
+        self._exhausted = False
+
+    @property
+    def config(self) -> dict:
+        """JSON-ready parameters of the buffer."""
+        return {"d_submodule": self.d_submodule, "io": self.io, "n_ctxs": self.n_ctxs, "ctx_len": self.ctx_len,
+                "refresh_batch_size": self.refresh_batch_size, "out_batch_size": self.out_batch_size,
+                "device": str(self.device), "remove_bos": self.remove_bos}
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        unread = (~self.read).nonzero().squeeze(1)
+        if len(unread) < self.n_ctxs * self.ctx_len // 2 and not self._exhausted:
+            self.refresh()
+            unread = (~self.read).nonzero().squeeze(1)
+        if len(unread) == 0:
+            raise StopIteration
+        idx = unread[torch.randperm(len(unread), device=unread.device)[: self.out_batch_size]]
+        self.read[idx] = True
+        return self.activations[idx]
+
+    def token_batch(self, batch_size: Optional[int] = None) -> Optional[torch.Tensor]:
+        """The next ``[batch, ctx_len]`` contexts of tokens (consumed from the same text stream), or None when
+        the text is exhausted."""
+        rows = []
+        for ctx in self.contexts:
+            rows.append(ctx)
+            if len(rows) == (batch_size or self.refresh_batch_size):
+                break
+        if not rows:
+            self._exhausted = True
+            return None
+        return torch.stack(rows)
+
+    @torch.no_grad()
+    def harvest(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Activations ``[batch, ctx_len, d_submodule]`` of ``tokens [batch, ctx_len]`` (forward stopped after
+        the submodule)."""
+        with self.model.trace(tokens.to(self.model.device)) as tracer:
+            h = (self.submodule.output if self.io == "out" else self.submodule.input).save()
+            tracer.stop()
+        h = h[0] if isinstance(h, tuple) else h
+        return h
+
+    def refresh(self) -> None:
+        """Drop read activations and fill the buffer with new ones."""
+        keep = self.activations[~self.read]
+        chunks, n = [keep], len(keep)
+        target = self.n_ctxs * self.ctx_len
+        while n < target:
+            tokens = self.token_batch(min(self.refresh_batch_size, max(1, (target - n) // self.ctx_len + 1)))
+            if tokens is None:
+                break
+            h = self.harvest(tokens)
+            if self.remove_bos:
+                h = h[:, 1:]
+            h = h.reshape(-1, self.d_submodule).to(self.device, self.dtype)
+            self.tokens_harvested += h.shape[0]
+            chunks.append(h)
+            n += h.shape[0]
+        self.activations = torch.cat(chunks)
+        self.read = torch.zeros(len(self.activations), dtype=torch.bool, device=self.device)

@@ -1,0 +1,265 @@
+"""The main job: harvest activations, train a standard and an aligned ReLU SAE side by side, evaluate both on
+held-out text, and report the difference (table, ``results.json``, alignment-score histograms as PDF)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class DemoConfig:
+    """Settings of the demo (each is a command-line flag of ``python -m dictionary_learning_aligned demo``)."""
+
+    model: str = "smollm2-135m-instruct"
+    """language model: the offline alias, a Hugging Face name, or a local folder"""
+    layer: int = 12
+    """decoder block whose residual-stream output is read (0-based)"""
+    corpus: Optional[str] = None
+    """text: None for the bundled corpus, a local txt/jsonl(.gz) file or folder, or a HF dataset name"""
+    tokens: int = 300_000
+    """training tokens (steps = tokens // batch_size)"""
+    dict_size: int = 4096
+    """features per dictionary"""
+    l1_penalty: float = 0.04
+    """L1 coefficient, the same for both SAEs (activations are normalized to unit mean squared norm)"""
+    lr: float = 1e-3
+    """peak Adam learning rate"""
+    alignment: str = "project"
+    """alignment mode of the aligned SAE (project or rescale)"""
+    batch_size: int = 1024
+    """activations per training step"""
+    ctx_len: int = 128
+    """tokens per context"""
+    buffer_ctxs: int = 1000
+    """contexts held in the shuffling buffer"""
+    refresh_batch_size: int = 32
+    """contexts per language-model forward pass"""
+    eval_batches: int = 20
+    """held-out activation batches (of batch_size) for reconstruction metrics"""
+    ce_batches: int = 4
+    """held-out batches of ce_batch_size contexts for CE losses"""
+    ce_batch_size: int = 8
+    """contexts per CE batch"""
+    seed: int = 0
+    """seed of both SAEs (same initial decoder)"""
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    """device for the model and the SAEs"""
+    model_dtype: str = "float32"
+    """dtype of the language model"""
+    autocast: str = "float32"
+    """autocast dtype for SAE training (bfloat16 on GPU is faster)"""
+    out: str = "demo_out"
+    """output folder (must not exist or be empty, unless --overwrite)"""
+    overwrite: bool = False
+    """replace a non-empty output folder"""
+    log_steps: int = 50
+    """log losses and alignment summary every this many steps"""
+
+
+def _dtype(name: str) -> torch.dtype:
+    d = getattr(torch, name, None)
+    if not isinstance(d, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r}; use float32, bfloat16 or float16")
+    return d
+
+
+def _envoy(lm, path: str):
+    obj = lm
+    for part in path.split("."):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj
+
+
+def trainer_configs(cfg: DemoConfig, activation_dim: int, steps: int) -> list[dict]:
+    """The two trainer configs of the demo: identical but for the alignment (schedules scaled to ``steps``)."""
+    from .trainers import AlignedStandardTrainer, StandardTrainer
+
+    common = dict(
+        steps=steps, activation_dim=activation_dim, dict_size=cfg.dict_size, layer=cfg.layer, lm_name=cfg.model,
+        lr=cfg.lr, l1_penalty=cfg.l1_penalty, warmup_steps=max(1, steps // 20),
+        sparsity_warmup_steps=max(1, steps // 10), decay_start=max(2, int(0.8 * steps)) if steps > 10 else None,
+        seed=cfg.seed, submodule_name=f"layers.{cfg.layer}",
+    )
+    return [dict(trainer=StandardTrainer, **common),
+            dict(trainer=AlignedStandardTrainer, alignment=cfg.alignment, **common)]
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """Run the demo end to end and write its outputs into ``cfg.out``.
+
+    Outputs: ``dictionaries/trainer_0`` (standard) and ``trainer_1`` (aligned) with weights and config,
+    ``results.json`` (settings, metrics of both, training logs, timings, versions), ``alignment_hist.pdf``
+    and ``.png`` (alignment-score histograms), and the printed table.
+
+    Returns:
+        the results dict written to ``results.json``.
+
+    Raises:
+        ValueError: bad settings (non-positive sizes, too few tokens for one step, unknown dtype/alignment),
+            a layer out of range, or an empty corpus.
+        FileExistsError: ``cfg.out`` exists and is not empty (without ``overwrite``).
+        FileNotFoundError: the offline model file is missing (the message says how to install it).
+    """
+    from nnsight import LanguageModel
+
+    from .buffer import ActivationBuffer
+    from .data import iter_texts
+    from .dictionary import Dictionary
+    from .evaluation import collect_eval_data, evaluate
+    from .io import prepare_output_dir, write_json
+    from .models import layer_path, load_language_model
+    from .training import trainSAE
+
+    for name in ("tokens", "dict_size", "batch_size", "ctx_len", "buffer_ctxs", "refresh_batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    steps = cfg.tokens // cfg.batch_size
+    if steps < 2:
+        raise ValueError(f"tokens={cfg.tokens} gives {steps} steps of batch_size={cfg.batch_size}; need at least 2")
+    if cfg.alignment not in ("project", "rescale"):
+        raise ValueError(f"alignment must be 'project' or 'rescale', got {cfg.alignment!r}")
+    out = prepare_output_dir(cfg.out, cfg.overwrite)
+    timings = {}
+    t0 = time.time()
+    hf, tok = load_language_model(cfg.model, device=cfg.device, dtype=_dtype(cfg.model_dtype))
+    path = layer_path(hf, cfg.layer)  # raises on a layer out of range
+    lm = LanguageModel(hf, tokenizer=copy.deepcopy(tok))
+    submodule = _envoy(lm, path)
+    timings["load_model_s"] = time.time() - t0
+
+    def make_buffer(split, n_ctxs):
+        return ActivationBuffer(iter_texts(cfg.corpus, split=split, seed=cfg.seed), lm, submodule,
+                                d_submodule=hf.config.hidden_size, n_ctxs=n_ctxs, ctx_len=cfg.ctx_len,
+                                refresh_batch_size=cfg.refresh_batch_size, out_batch_size=cfg.batch_size,
+                                device=cfg.device, remove_bos=True)
+
+    train_buffer = make_buffer("train", cfg.buffer_ctxs)
+    t0 = time.time()
+    trainers = trainSAE(train_buffer, trainer_configs(cfg, hf.config.hidden_size, steps), steps,
+                        save_dir=out / "dictionaries", log_steps=cfg.log_steps, normalize_activations=True,
+                        device=cfg.device, autocast_dtype=_dtype(cfg.autocast), verbose=True,
+                        run_cfg={"buffer": train_buffer.config, "model": cfg.model, "corpus": cfg.corpus or "bundled"})
+    timings["harvest_and_train_s"] = time.time() - t0
+    steps_done = trainers[0].steps_done
+
+    t0 = time.time()
+    eval_rows = max(1, (cfg.eval_batches * cfg.batch_size) // cfg.ctx_len + 1)
+    eval_buffer = make_buffer("test", eval_rows)
+    acts, ce_tokens = collect_eval_data(eval_buffer, cfg.eval_batches, cfg.ce_batches, cfg.ce_batch_size)
+    names = ["standard", f"aligned ({cfg.alignment})"]
+    metrics = {}
+    for i, name in enumerate(names):
+        ae = Dictionary.from_pretrained(out / "dictionaries" / f"trainer_{i}", device=cfg.device)
+        metrics[name] = evaluate(ae, acts, n_batches=len(acts), model=lm, submodule=submodule, ce_tokens=ce_tokens,
+                                 skip_first=True)
+    timings["evaluate_s"] = time.time() - t0
+
+    results = {
+        "command": " ".join([Path(sys.executable).name, "-m", "dictionary_learning_aligned"] + sys.argv[1:]),
+        "settings": asdict(cfg),
+        "steps": steps,
+        "steps_done": steps_done,
+        "train_tokens": steps_done * cfg.batch_size,
+        "norm_factor": trainers[0].norm_factor,
+        "metrics": metrics,
+        "training_logs": {n: t.log for n, t in zip(names, trainers)},
+        "timings_s": timings,
+        "versions": _versions(),
+        "note": _model_note(cfg.model),
+    }
+    write_json(out / "results.json", results)
+    plot_alignment_histograms(metrics, out / "alignment_hist.pdf")
+    print(format_table(results))
+    print(f"\nwrote {out / 'results.json'}, {out / 'alignment_hist.pdf'} and dictionaries in {out / 'dictionaries'}")
+    return results
+
+
+def _model_note(model: str) -> str:
+    if model.lower() == "smollm2-135m-instruct":
+        return ("offline default: SmolLM2-135M-Instruct (de-quantized Q4_1 GGUF) on the bundled Wikipedia + "
+                "Gutenberg corpus, not the paper's Pythia-160M / Gemma-2-2B on the Pile")
+    return ""
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    v = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "nnsight", "dictionary_learning_aligned"):
+        try:
+            v[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            v[pkg] = None
+    return v
+
+
+ROWS = [
+    ("L0", lambda m: m["l0"], "{:.1f}"),
+    ("frac. variance explained", lambda m: m["frac_variance_explained"], "{:.4f}"),
+    ("MSE (per element)", lambda m: m["mse"], "{:.5f}"),
+    ("cosine similarity", lambda m: m["cossim"], "{:.4f}"),
+    ("CE loss clean", lambda m: m.get("loss_original"), "{:.4f}"),
+    ("CE loss with SAE", lambda m: m.get("loss_reconstructed"), "{:.4f}"),
+    ("CE loss zero-ablated", lambda m: m.get("loss_zero"), "{:.4f}"),
+    ("CE loss recovered", lambda m: m.get("frac_recovered"), "{:.4f}"),
+    ("alive fraction", lambda m: m["frac_alive"], "{:.4f}"),
+    ("alignment mean", lambda m: m["alignment"]["mean"], "{:.4f}"),
+    ("alignment |a-1|<0.1", lambda m: m["alignment"]["frac_within_0.1_of_1"], "{:.4f}"),
+    ("alignment a<0.5", lambda m: m["alignment"]["frac_below_0.5"], "{:.4f}"),
+    ("bimodality coefficient", lambda m: m["alignment"]["bimodality_coefficient"], "{:.3f}"),
+]
+
+
+def format_table(results: dict) -> str:
+    """Side-by-side text table of the demo's metrics (missing values shown as ``n/a``)."""
+    metrics = results["metrics"]
+    names = list(metrics)
+    w = max(len(r[0]) for r in ROWS) + 2
+    cols = [max(len(n), 10) + 2 for n in names]
+    lines = ["metric".ljust(w) + "".join(n.rjust(c) for n, c in zip(names, cols))]
+    lines.append("-" * len(lines[0]))
+    for label, get, fmt in ROWS:
+        cells = []
+        for n, c in zip(names, cols):
+            v = get(metrics[n])
+            cells.append((fmt.format(v) if v is not None else "n/a").rjust(c))
+        lines.append(label.ljust(w) + "".join(cells))
+    first = metrics[names[0]]
+    lines.append(f"({first['n_tokens']} held-out tokens for reconstruction and alive fraction, "
+                 f"{first.get('ce_n_tokens', 0)} predicted tokens for CE losses; "
+                 f"{results['train_tokens']} training tokens)")
+    return "\n".join(lines)
+
+
+def plot_alignment_histograms(metrics: dict, path) -> None:
+    """Write one alignment-score histogram per dictionary, side by side, to ``path`` (PDF) and a PNG preview."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), sharey=False)
+    for ax, (name, m) in zip(list(axes) if len(metrics) > 1 else [axes], metrics.items()):
+        s = m["alignment"]
+        edges = s["hist_edges"]
+        ax.stairs(s["hist_counts"], edges, fill=True, alpha=0.8)
+        ax.set_title(name)
+        ax.set_xlabel(r"alignment score $a_i = \langle e_i, d_i\rangle$")
+        ax.set_ylabel("features")
+        ax.set_yscale("symlog", linthresh=1)
+        extra = f"outside [{edges[0]:g}, {edges[-1]:g}]: {s['underflow'] + s['overflow']}"
+        ax.text(0.02, 0.97, f"mean {s['mean']:.3f}\n|a-1|<0.1: {s['frac_within_0.1_of_1']:.2f}\n{extra}",
+                transform=ax.transAxes, va="top", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    fig.savefig(Path(path).with_suffix(".png"), dpi=110)
+    plt.close(fig)

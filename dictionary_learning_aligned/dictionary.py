@@ -1,0 +1,353 @@
+"""Dictionaries (sparse autoencoders), mirroring ``saprmarks/dictionary_learning``'s ``Dictionary`` interface.
+
+Every dictionary has ``activation_dim``, ``dict_size``, ``encode(x)``, ``decode(f)``, ``forward(x,
+output_features=False)`` and the classmethod ``from_pretrained(path, device=None, dtype=None)``, plus the
+field's standard weights ``W_enc [dict_size, activation_dim]``, ``W_dec [activation_dim, dict_size]`` (unit-norm
+columns), ``b_enc [dict_size]`` and ``b_dec [activation_dim]``.
+
+The ``alignment`` argument (see :mod:`dictionary_learning_aligned.alignment`) selects how ``W_enc`` is obtained.
+For the reparameterized modes (``"project"``, ``"rescale"``) the stored parameter is ``V`` and ``W_enc`` is
+computed from ``V`` and ``W_dec`` on every access; in mode ``"tied"`` no encoder is stored; otherwise the stored
+parameter is ``W_enc`` itself. ``dictionary.W_enc`` always returns the encoder that ``encode`` uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from . import alignment as al
+from .io import atomic_path
+
+FORMAT_NAME = "dictionary_learning_aligned"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "ae.safetensors"
+LEGACY_WEIGHTS_FILE = "ae.pt"
+
+_DICT_CLASSES: dict[str, type] = {}
+
+
+def register_dictionary(cls):
+    """Class decorator: make a dictionary class loadable by name in :meth:`Dictionary.from_pretrained`."""
+    _DICT_CLASSES[cls.__name__] = cls
+    return cls
+
+
+class CheckpointError(ValueError):
+    """A file or folder is not a readable dictionary checkpoint (missing, corrupt, foreign or mismatched)."""
+
+
+class Dictionary(nn.Module, ABC):
+    """Base class of all dictionaries.
+
+    Subclasses implement ``encode`` and ``decode`` and call :meth:`_init_weights` in their constructor.
+
+    Attributes:
+        activation_dim: width ``D`` of the activations the dictionary reads.
+        dict_size: number of features ``F``.
+        alignment: the alignment mode (None for a standard SAE).
+    """
+
+    activation_dim: int
+    dict_size: int
+
+    def __init__(self, activation_dim: int, dict_size: int, alignment: Optional[str] = None):
+        super().__init__()
+        for name, v in (("activation_dim", activation_dim), ("dict_size", dict_size)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        self.activation_dim = activation_dim
+        self.dict_size = dict_size
+        self.alignment = al.check_mode(alignment)
+
+    # ------------------------------------------------------------------ weights
+    def _init_weights(self, encoder_scale: float = 0.1) -> None:
+        """Create ``W_dec`` (random unit-norm columns), the free encoder (``encoder_scale * W_dec.T``) and zero
+        biases. With this start ``a_i = encoder_scale`` for a standard SAE and ``a_i = 1`` when aligned."""
+        W_dec = torch.randn(self.activation_dim, self.dict_size)
+        W_dec = W_dec / W_dec.norm(dim=0, keepdim=True)
+        self.W_dec = nn.Parameter(W_dec)
+        if self.alignment in al.REPARAMETERIZED:
+            self.V = nn.Parameter(encoder_scale * W_dec.T.clone())
+        elif self.alignment != "tied":
+            self.W_enc = nn.Parameter(encoder_scale * W_dec.T.clone())
+        self.b_enc = nn.Parameter(torch.zeros(self.dict_size))
+        self.b_dec = nn.Parameter(torch.zeros(self.activation_dim))
+
+    def __getattr__(self, name: str):
+        # ``W_enc`` is a stored parameter for standard SAEs and is computed for reparameterized/tied ones.
+        if name == "W_enc":
+            mode = self.__dict__.get("alignment")
+            if mode in al.REPARAMETERIZED or mode == "tied":
+                params = self.__dict__["_parameters"]
+                return al.effective_encoder(mode, params.get("V"), params["W_dec"])
+        return super().__getattr__(name)
+
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Rescale every decoder column ``d_i`` to unit norm, in place (the function changes unless the
+        encoder is rescaled too; trainers call this after each optimizer step, as dictionary_learning does)."""
+        self.W_dec.div_(self.W_dec.norm(dim=0, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """Hook run by trainers after each optimizer step: renormalizes the decoder and, for the
+        ``"projection"`` ablation, projects the encoder onto ``<e_i, d_i> = 1``."""
+        self.normalize_decoder_()
+        if self.alignment == "projection":
+            self.W_enc.copy_(al.project_encoder(self.W_enc, self.W_dec))
+
+    def alignment_loss(self) -> torch.Tensor:
+        """``sum_i (a_i - 1)^2`` for the ``"penalty"`` ablation (the trainer multiplies it by lambda)."""
+        return al.alignment_penalty(self.W_enc, self.W_dec)
+
+    @torch.no_grad()
+    def scale_biases(self, scale: float) -> None:
+        """Fold an activation scale into the weights: a dictionary trained on ``x / scale`` becomes one that
+        reads raw ``x``. Multiplies ``b_enc`` and ``b_dec`` by ``scale`` (features are then ``scale`` times
+        larger; ``W_enc``, ``W_dec`` and hence the alignment scores are unchanged).
+
+        Raises:
+            ValueError: if ``scale`` is not a positive finite number.
+        """
+        scale = float(scale)
+        if not (scale > 0 and torch.isfinite(torch.tensor(scale))):
+            raise ValueError(f"scale must be a positive finite number, got {scale}")
+        self.b_enc.mul_(scale)
+        self.b_dec.mul_(scale)
+
+    # ------------------------------------------------------------------ forward
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected a torch.Tensor of activations, got {type(x).__name__}")
+        if x.shape[-1] != self.activation_dim:
+            raise ValueError(
+                f"activations have last dimension {x.shape[-1]} but this dictionary has activation_dim "
+                f"{self.activation_dim} (shape {tuple(x.shape)})"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"activations must be a floating-point tensor, got dtype {x.dtype}")
+
+    @abstractmethod
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Features ``f [..., dict_size]`` of activations ``x [..., activation_dim]``."""
+
+    @abstractmethod
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        """Reconstruction ``x_hat [..., activation_dim]`` of features ``f [..., dict_size]``."""
+
+    def forward(self, x: torch.Tensor, output_features: bool = False):
+        """Reconstruct activations.
+
+        Args:
+            x: ``[..., activation_dim]``.
+            output_features: also return the features.
+
+        Returns:
+            ``x_hat [..., activation_dim]``, or ``(x_hat, f)`` with ``f [..., dict_size]``.
+        """
+        f = self.encode(x)
+        x_hat = self.decode(f)
+        return (x_hat, f) if output_features else x_hat
+
+    # ------------------------------------------------------------------ save / load
+    def dictionary_config(self) -> dict:
+        """Constructor arguments that rebuild this dictionary (JSON-ready)."""
+        return {"activation_dim": self.activation_dim, "dict_size": self.dict_size, "alignment": self.alignment}
+
+    def save(self, path, config: Optional[dict] = None) -> Path:
+        """Write the weights as safetensors, atomically (a crash never leaves a half-written file).
+
+        Args:
+            path: a folder (``ae.safetensors`` is written inside, with ``config.json`` when ``config`` is
+                given) or a ``.safetensors`` file path.
+            config: optional JSON-ready dict written to ``config.json`` beside the weights.
+
+        Returns:
+            the path of the weights file.
+        """
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path.mkdir(parents=True, exist_ok=True)
+            path = path / WEIGHTS_FILE
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": FORMAT_NAME,
+            "format_version": str(FORMAT_VERSION),
+            "dict_class": type(self).__name__,
+            "dictionary_config": json.dumps(self.dictionary_config()),
+        }
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+        if config is not None:
+            with atomic_path(path.parent / "config.json") as tmp:
+                tmp.write_text(json.dumps(config, indent=2))
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path, device=None, dtype=None) -> "Dictionary":
+        """Load a dictionary saved by :meth:`save` (or by ``trainSAE``), without unpickling anything.
+
+        Args:
+            path: a run folder (``trainer_i``) or a weights file. ``ae.safetensors`` is preferred; a legacy
+                ``ae.pt`` (a plain state dict, e.g. from dictionary_learning) is read only with
+                ``torch.load(weights_only=True)`` and needs ``config.json`` beside it.
+            device: where to put the weights.
+            dtype: dtype of the weights (default: as stored).
+
+        Returns:
+            an instance of the saved class (which must be ``cls`` or a subclass of it), in eval mode.
+
+        Raises:
+            CheckpointError: missing file, corrupt or truncated file, a file that is not a dictionary
+                checkpoint of this library, pickled code in a legacy file, or tensors whose shapes do not
+                match the recorded configuration.
+        """
+        weights = _resolve_weights_path(path)
+        if weights.suffix == ".pt":
+            name, kwargs, state = _read_legacy(weights)
+        else:
+            name, kwargs, state = _read_safetensors(weights)
+        if name not in _DICT_CLASSES:
+            raise CheckpointError(f"{weights}: unknown dictionary class {name!r}; known: {sorted(_DICT_CLASSES)}")
+        klass = _DICT_CLASSES[name]
+        if not issubclass(klass, cls):
+            raise CheckpointError(f"{weights} holds a {name}, not a {cls.__name__}")
+        try:
+            ae = klass(**kwargs)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{weights}: invalid dictionary configuration {kwargs}: {e}") from e
+        expected = ae.state_dict()
+        if set(state) != set(expected):
+            raise CheckpointError(
+                f"{weights}: tensors {sorted(state)} do not match a {name} with {kwargs} "
+                f"(expected {sorted(expected)})"
+            )
+        for k, v in state.items():
+            if v.shape != expected[k].shape:
+                raise CheckpointError(
+                    f"{weights}: tensor {k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)} "
+                    f"for activation_dim={ae.activation_dim}, dict_size={ae.dict_size}"
+                )
+        ae.load_state_dict(state)
+        if dtype is not None:
+            ae = ae.to(dtype=dtype)
+        if device is not None:
+            ae = ae.to(device)
+        return ae.eval()
+
+
+def _resolve_weights_path(path) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        for name in (WEIGHTS_FILE, LEGACY_WEIGHTS_FILE):
+            if (p / name).is_file():
+                return p / name
+        raise CheckpointError(f"{p} holds no {WEIGHTS_FILE} (or legacy {LEGACY_WEIGHTS_FILE})")
+    if not p.is_file():
+        raise CheckpointError(f"no checkpoint at {p}: the file does not exist")
+    return p
+
+
+def _read_safetensors(weights: Path):
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises several error types for corrupt/truncated headers
+        raise CheckpointError(f"{weights} is not a readable safetensors file ({type(e).__name__}: {e})") from e
+    if meta.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{weights} is not a {FORMAT_NAME} checkpoint (metadata: {meta or 'none'})")
+    if int(meta.get("format_version", -1)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{weights} was written by a newer format version {meta['format_version']} (this library reads "
+            f"<= {FORMAT_VERSION}); upgrade dictionary_learning_aligned"
+        )
+    try:
+        kwargs = json.loads(meta["dictionary_config"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{weights}: missing or invalid dictionary_config metadata") from e
+    return meta.get("dict_class", ""), kwargs, state
+
+
+# dictionary_learning's AutoEncoder state-dict names -> ours (encoder.weight [F,D], decoder.weight [D,F])
+_DL_KEYS = {"encoder.weight": "W_enc", "encoder.bias": "b_enc", "decoder.weight": "W_dec", "bias": "b_dec"}
+
+
+def _read_legacy(weights: Path):
+    import pickle
+
+    try:
+        obj = torch.load(str(weights), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{weights} contains pickled objects other than tensors; refusing to load it (only plain state "
+            f"dicts are read, with torch.load(weights_only=True)): {e}"
+        ) from e
+    except Exception as e:
+        raise CheckpointError(f"{weights} is not a readable torch file ({type(e).__name__}: {e})") from e
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{weights} does not hold a state dict of tensors")
+    cfg_path = weights.parent / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{weights}: a legacy .pt checkpoint needs config.json beside it")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        tcfg = cfg.get("trainer", cfg)
+        kwargs = {"activation_dim": int(tcfg["activation_dim"]), "dict_size": int(tcfg["dict_size"])}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{cfg_path}: cannot read activation_dim and dict_size ({e})") from e
+    if "alignment" in tcfg:
+        kwargs["alignment"] = tcfg["alignment"]
+    name = tcfg.get("dict_class", "AutoEncoder")
+    if set(obj) == set(_DL_KEYS):  # a dictionary_learning AutoEncoder
+        obj = {_DL_KEYS[k]: v for k, v in obj.items()}
+    return name, kwargs, obj
+
+
+@register_dictionary
+class AutoEncoder(Dictionary):
+    """ReLU sparse autoencoder: ``f = ReLU(W_enc (x - b_dec) + b_enc)``, ``x_hat = W_dec f + b_dec``.
+
+    As in dictionary_learning's ``AutoEncoder`` (Bricken et al. 2023, "Towards Monosemanticity"), with the
+    decoder bias subtracted before encoding. Decoder columns start at unit norm and the encoder at
+    ``0.1 * W_dec.T``.
+
+    Args:
+        activation_dim: ``D``, width of the activations.
+        dict_size: ``F``, number of features.
+        alignment: None (standard), ``"project"`` or ``"rescale"`` (aligned: ``<e_i, d_i> = 1`` exactly), or
+            one of the ablations ``"penalty"``, ``"projection"``, ``"tied"``.
+
+    Raises:
+        ValueError: non-positive sizes or an unknown alignment mode.
+    """
+
+    def __init__(self, activation_dim: int, dict_size: int, alignment: Optional[str] = None):
+        super().__init__(activation_dim, dict_size, alignment)
+        self._init_weights()
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """``W_enc (x - b_dec) + b_enc``: ``[..., activation_dim] -> [..., dict_size]``."""
+        self._check_input(x)
+        return (x - self.b_dec) @ self.W_enc.T + self.b_enc
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``ReLU(W_enc (x - b_dec) + b_enc)``: ``[..., activation_dim] -> [..., dict_size]``."""
+        return torch.relu(self.pre_activations(x))
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        """``W_dec f + b_dec``: ``[..., dict_size] -> [..., activation_dim]``."""
+        return f @ self.W_dec.T + self.b_dec

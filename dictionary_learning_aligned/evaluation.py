@@ -1,0 +1,161 @@
+"""``evaluate``: reconstruction, sparsity, downstream CE loss and alignment metrics of a dictionary."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .alignment import alignment_scores, summarize_scores
+
+
+@torch.no_grad()
+def ce_losses(model, submodule, dictionary, tokens: torch.Tensor, skip_first: bool = True) -> dict:
+    """Next-token cross-entropy of ``model`` on ``tokens`` clean, with the dictionary spliced in at
+    ``submodule``'s output, and with that output zero-ablated.
+
+    Args:
+        model: ``nnsight.LanguageModel``.
+        submodule: envoy whose output is replaced (e.g. ``model.model.layers[12]``).
+        dictionary: reads raw activations of that output (``[..., activation_dim]``).
+        tokens: ``[batch, ctx_len]`` token ids.
+        skip_first: leave position 0 (the BOS token, whose activation is an outlier the dictionary is not
+            trained on with ``remove_bos``) untouched in both interventions.
+
+    Returns:
+        ``{"loss_original", "loss_reconstructed", "loss_zero"}`` in nats per token (mean over all predicted
+        positions).
+    """
+    tokens = tokens.to(model.device)
+    labels = tokens[:, 1:].reshape(-1)
+    start = 1 if skip_first else 0
+
+    def run(intervention):
+        with model.trace(tokens):
+            if intervention is not None:
+                out = submodule.output
+                h = out[0] if isinstance(out, tuple) else out
+                new = torch.cat([h[:, :start], intervention(h[:, start:])], dim=1)
+                submodule.output = (new,) + tuple(out[1:]) if isinstance(out, tuple) else new
+            logits = model.output.logits.save()
+        return float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels))
+
+    def reconstruct(h):
+        return dictionary(h.to(dictionary.W_dec.dtype)).to(h.dtype)
+
+    return {
+        "loss_original": run(None),
+        "loss_reconstructed": run(reconstruct),
+        "loss_zero": run(torch.zeros_like),
+    }
+
+
+@torch.no_grad()
+def evaluate(dictionary, activations: Iterable[torch.Tensor], n_batches: int = 10, ce_batches: int = 2,
+             ce_batch_size: int = 8, device: Optional[str] = None, *, model=None, submodule=None,
+             ce_tokens: Optional[list] = None, skip_first: Optional[bool] = None) -> dict:
+    """Evaluate a dictionary on held-out activations.
+
+    Args:
+        dictionary: any dictionary of this library, reading raw activations (as loaded by ``from_pretrained``).
+        activations: an iterator of ``[batch, activation_dim]`` activations. If it is an ``ActivationBuffer``,
+            downstream CE losses are computed too, on ``ce_batches`` further batches of ``ce_batch_size``
+            contexts from its text stream.
+        n_batches: activation batches for the reconstruction and sparsity metrics.
+        ce_batches, ce_batch_size: size of the CE-loss evaluation drawn from a buffer (0 batches: skip it).
+        device: where to run the dictionary (default: where its weights are).
+        model, submodule, ce_tokens: compute CE losses on these ``[batch, ctx_len]`` token batches with this
+            nnsight model and envoy instead of drawing from a buffer (so several dictionaries can be compared
+            on the same text; see :func:`collect_eval_data`).
+        skip_first: leave position 0 (BOS) untouched when splicing (default: the buffer's ``remove_bos``,
+            else True).
+
+    Returns:
+        dict with ``n_tokens`` (tokens the metrics below were computed over), ``l0`` (mean active features per
+        token), ``l1``, ``mse`` (mean squared error per element), ``l2_loss`` (mean ``||x - x_hat||``),
+        ``frac_variance_explained`` (``1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2``), ``cossim`` (mean
+        cosine similarity of ``x`` and ``x_hat``), ``l2_ratio`` (mean ``||x_hat|| / ||x||``), ``frac_alive``
+        (features that fired at least once over ``n_tokens`` tokens), ``alignment`` (the alignment-score
+        summary) and, for a buffer, ``loss_original``, ``loss_reconstructed``, ``loss_zero`` (nats/token),
+        ``ce_n_tokens`` (predicted positions the CE losses average over) and ``frac_recovered = (L_zero - L_sae) / (L_zero - L_clean)``.
+
+    Raises:
+        ValueError: no activations, or activations whose width is not the dictionary's ``activation_dim``.
+    """
+    device = device or dictionary.W_dec.device
+    dictionary = dictionary.to(device)
+    n = 0
+    sums = dict(sq_err=0.0, l0=0.0, l1=0.0, cos=0.0, ratio=0.0, l2=0.0)
+    sum_x = None
+    sum_x2 = 0.0
+    fired = torch.zeros(dictionary.dict_size, dtype=torch.bool, device=device)
+    for x in itertools.islice(iter(activations), n_batches):
+        x = x.to(device, dictionary.W_dec.dtype)
+        x_hat, f = dictionary(x, output_features=True)
+        err = (x - x_hat).float()
+        xf, xh = x.float(), x_hat.float()
+        n += x.shape[0]
+        sums["sq_err"] += float(err.pow(2).sum())
+        sums["l2"] += float(err.norm(dim=-1).sum())
+        sums["l0"] += float((f != 0).float().sum())
+        sums["l1"] += float(f.abs().float().sum())
+        sums["cos"] += float(F.cosine_similarity(xf, xh, dim=-1).sum())
+        sums["ratio"] += float((xh.norm(dim=-1) / xf.norm(dim=-1).clamp_min(1e-12)).sum())
+        sum_x = xf.sum(0) if sum_x is None else sum_x + xf.sum(0)
+        sum_x2 += float(xf.pow(2).sum())
+        fired |= (f != 0).any(0)
+    if n == 0:
+        raise ValueError("evaluate got no activations")
+    total_var = sum_x2 - float(sum_x.pow(2).sum()) / n
+    out = {
+        "n_tokens": n,
+        "l0": sums["l0"] / n,
+        "l1": sums["l1"] / n,
+        "mse": sums["sq_err"] / (n * dictionary.activation_dim),
+        "l2_loss": sums["l2"] / n,
+        "frac_variance_explained": 1.0 - sums["sq_err"] / total_var,
+        "cossim": sums["cos"] / n,
+        "l2_ratio": sums["ratio"] / n,
+        "frac_alive": float(fired.float().mean()),
+        "alignment": summarize_scores(alignment_scores(dictionary)),
+    }
+    if ce_tokens is None and ce_batches and hasattr(activations, "token_batch"):
+        if activations.io != "out":
+            raise ValueError("CE-loss metrics splice into a layer's output; evaluate with an io='out' buffer")
+        ce_tokens = [t for t in (activations.token_batch(ce_batch_size) for _ in range(ce_batches)) if t is not None]
+    if hasattr(activations, "submodule"):
+        model = model or activations.model
+        submodule = submodule or activations.submodule
+        skip_first = activations.remove_bos if skip_first is None else skip_first
+    if ce_tokens:
+        if model is None or submodule is None:
+            raise ValueError("CE-loss metrics need model and submodule (or an ActivationBuffer)")
+        losses = [(t.numel() - t.shape[0], ce_losses(model, submodule, dictionary, t,
+                                                     skip_first=True if skip_first is None else skip_first))
+                  for t in ce_tokens]
+        total = sum(w for w, _ in losses)
+        for key in ("loss_original", "loss_reconstructed", "loss_zero"):
+            out[key] = sum(w * l[key] for w, l in losses) / total
+        out["ce_n_tokens"] = total
+        denom = out["loss_zero"] - out["loss_original"]
+        out["frac_recovered"] = (out["loss_zero"] - out["loss_reconstructed"]) / denom if denom else None
+    return out
+
+
+def collect_eval_data(buffer, n_batches: int, ce_batches: int, ce_batch_size: int):
+    """Draw a fixed evaluation set from a buffer, so several dictionaries are evaluated on the same data.
+
+    Returns:
+        ``(activations, tokens)``: a list of up to ``n_batches`` ``[batch, activation_dim]`` tensors and a list
+        of up to ``ce_batches`` ``[ce_batch_size, ctx_len]`` token tensors (fewer when the text runs out).
+
+    Raises:
+        ValueError: the buffer yields no activations.
+    """
+    acts = list(itertools.islice(buffer, n_batches))
+    if not acts:
+        raise ValueError("the evaluation text produced no activations")
+    tokens = [t for t in (buffer.token_batch(ce_batch_size) for _ in range(ce_batches)) if t is not None]
+    return acts, tokens

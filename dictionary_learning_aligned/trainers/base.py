@@ -1,0 +1,271 @@
+"""What every trainer shares: the ``SAETrainer`` interface, schedules, the unit-norm decoder step, the alignment
+ablation hooks and dead-feature counters. Concrete trainers only define their sparsity loss."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from typing import Callable, Optional
+
+import torch
+
+from ..alignment import check_mode
+from ..dictionary import Dictionary
+
+LossLog = namedtuple("LossLog", ["x", "x_hat", "f", "losses"])
+
+
+class SAETrainer:
+    """The interface of dictionary_learning's ``SAETrainer``: ``update(step, activations)``, ``loss(x, step,
+    logging=False)``, ``config`` and ``get_logging_parameters()``.
+
+    Args:
+        seed: random seed recorded in ``config`` (None: not seeded).
+    """
+
+    def __init__(self, seed: Optional[int] = None):
+        self.seed = seed
+        self.logging_parameters: list[str] = []
+
+    def update(self, step: int, activations: torch.Tensor) -> None:
+        """One optimizer step on ``activations [batch, activation_dim]``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement update()")
+
+    def get_logging_parameters(self) -> dict:
+        """Values of the attributes named in ``self.logging_parameters`` (missing ones are skipped)."""
+        return {p: getattr(self, p) for p in self.logging_parameters if hasattr(self, p)}
+
+    @property
+    def config(self) -> dict:
+        """JSON-ready description of the trainer."""
+        return {"trainer_class": type(self).__name__, "seed": self.seed}
+
+
+def get_lr_schedule(
+    total_steps: int,
+    warmup_steps: int,
+    decay_start: Optional[int] = None,
+    resample_steps: Optional[int] = None,
+) -> Callable[[int], float]:
+    """Learning-rate multiplier per step, as in dictionary_learning: linear warmup from 0 to 1 over
+    ``warmup_steps``, constant, then linear decay to 0 from ``decay_start`` to ``total_steps``. With
+    ``resample_steps`` the warmup repeats after every resampling instead.
+
+    Raises:
+        ValueError: inconsistent step counts (warmup not below the total, decay start not after warmup...).
+    """
+    if not 0 <= warmup_steps < total_steps:
+        raise ValueError(f"warmup_steps must be in [0, steps={total_steps}), got {warmup_steps}")
+    if decay_start is not None:
+        if resample_steps is not None:
+            raise ValueError("decay_start and resample_steps cannot be used together")
+        if not warmup_steps < decay_start < total_steps:
+            raise ValueError(f"decay_start must be in (warmup_steps={warmup_steps}, steps={total_steps}), got {decay_start}")
+    if resample_steps is not None:
+        if not 0 < resample_steps < total_steps:
+            raise ValueError(f"resample_steps must be in (0, steps={total_steps}), got {resample_steps}")
+        return lambda step: min((step % resample_steps) / max(warmup_steps, 1), 1.0)
+
+    def schedule(step: int) -> float:
+        if step < warmup_steps:
+            return step / warmup_steps
+        if decay_start is not None and step >= decay_start:
+            return (total_steps - step) / (total_steps - decay_start)
+        return 1.0
+
+    return schedule
+
+
+def get_sparsity_warmup_fn(total_steps: int, sparsity_warmup_steps: Optional[int] = None) -> Callable[[int], float]:
+    """Sparsity-penalty multiplier: linear ramp from 0 to 1 over ``sparsity_warmup_steps`` (1 throughout if None).
+
+    Raises:
+        ValueError: ``sparsity_warmup_steps`` negative or larger than ``total_steps``.
+    """
+    if sparsity_warmup_steps is None or sparsity_warmup_steps == 0:
+        return lambda step: 1.0
+    if not 0 < sparsity_warmup_steps <= total_steps:
+        raise ValueError(f"sparsity_warmup_steps must be in [0, steps={total_steps}], got {sparsity_warmup_steps}")
+    return lambda step: min(step / sparsity_warmup_steps, 1.0)
+
+
+@torch.no_grad()
+def remove_gradient_parallel_to_decoder_directions(W_dec: torch.Tensor) -> None:
+    """Project ``W_dec.grad [activation_dim, dict_size]`` onto the tangent space of unit-norm columns, in place,
+    so that the step does not change the column norms to first order (dictionary_learning's ConstrainedAdam)."""
+    if W_dec.grad is None:
+        return
+    d = W_dec / W_dec.norm(dim=0, keepdim=True).clamp_min(1e-12)
+    W_dec.grad -= (W_dec.grad * d).sum(0, keepdim=True) * d
+
+
+def _check_positive(name, value, integer=False, allow_zero=False):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    if integer:
+        ok = ok and float(value).is_integer()
+    if not ok or value != value or value in (float("inf"),):
+        kind = "integer" if integer else "number"
+        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} {kind}, got {value!r}")
+
+
+class DictionaryTrainer(SAETrainer):
+    """Common machinery of the trainers in this library (not used directly).
+
+    Owns one dictionary ``self.ae``, an Adam optimizer with the unit-norm decoder step, the lr schedule,
+    the sparsity warmup, the alignment ablations (``"penalty"`` adds ``alignment_penalty * sum_i (a_i - 1)^2``
+    to the loss; ``"projection"`` projects after each step, via ``Dictionary.after_optimizer_step``) and the
+    dead-feature counter ``tokens_since_fired [dict_size]`` (tokens since each feature last fired).
+
+    Subclasses set ``dict_class`` and implement ``sparsity_loss(f) -> scalar`` and, if needed, ``_extra_config``.
+    """
+
+    dict_class: type = Dictionary
+
+    def __init__(
+        self,
+        steps: int,
+        activation_dim: int,
+        dict_size: int,
+        layer: int,
+        lm_name: str,
+        dict_class: Optional[type] = None,
+        lr: float = 1e-3,
+        warmup_steps: int = 1000,
+        decay_start: Optional[int] = None,
+        sparsity_warmup_steps: Optional[int] = 2000,
+        seed: Optional[int] = None,
+        device: Optional[str] = None,
+        wandb_name: Optional[str] = None,
+        submodule_name: Optional[str] = None,
+        alignment: Optional[str] = None,
+        alignment_penalty: Optional[float] = None,
+        resample_steps: Optional[int] = None,
+        dict_kwargs: Optional[dict] = None,
+    ):
+        super().__init__(seed)
+        _check_positive("steps", steps, integer=True)
+        _check_positive("lr", lr)
+        if layer is None or lm_name is None:
+            raise ValueError("layer and lm_name are required (they are recorded in config and used by loaders)")
+        self.alignment = check_mode(alignment)
+        if self.alignment == "penalty":
+            if alignment_penalty is None:
+                raise ValueError('alignment="penalty" needs alignment_penalty (the lambda of the soft constraint)')
+            _check_positive("alignment_penalty", alignment_penalty)
+        self.alignment_penalty = alignment_penalty
+        self.steps, self.layer, self.lm_name, self.submodule_name = int(steps), layer, lm_name, submodule_name
+        self.lr, self.warmup_steps, self.decay_start = lr, warmup_steps, decay_start
+        self.sparsity_warmup_steps, self.resample_steps = sparsity_warmup_steps, resample_steps
+        self.wandb_name = wandb_name or type(self).__name__
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if seed is not None:
+            torch.manual_seed(seed)
+            torch.cuda.manual_seed_all(seed)
+        self.dict_class = dict_class or type(self).dict_class
+        self.dict_kwargs = dict(dict_kwargs or {})
+        self.ae = self.dict_class(activation_dim, dict_size, alignment=self.alignment, **self.dict_kwargs).to(self.device)
+        self.optimizer = torch.optim.Adam(self.ae.parameters(), lr=lr)
+        self.lr_fn = get_lr_schedule(self.steps, warmup_steps, decay_start, resample_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lr_fn)
+        self.sparsity_warmup_fn = get_sparsity_warmup_fn(self.steps, sparsity_warmup_steps)
+        self.tokens_since_fired = torch.zeros(dict_size, dtype=torch.long, device=self.device)
+        self.logging_parameters = ["dead_fraction_10M"]
+
+    # -------------------------------------------------------------- loss
+    def sparsity_loss(self, f: torch.Tensor) -> torch.Tensor:
+        """Sparsity term (before its coefficient and warmup) of features ``f [batch, dict_size]``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement sparsity_loss()")
+
+    def sparsity_coefficient(self, step: int) -> float:
+        """Coefficient of the sparsity term at ``step`` (including warmup)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement sparsity_coefficient()")
+
+    def loss(self, x: torch.Tensor, step: int, logging: bool = False):
+        """Training loss ``sum_d (x - x_hat)^2`` (mean over the batch) + sparsity term [+ alignment penalty].
+
+        Args:
+            x: ``[batch, activation_dim]``.
+            step: current step (for the warmups).
+            logging: return a ``LossLog(x, x_hat, f, losses)`` instead of the scalar.
+        """
+        x_hat, f = self.ae(x, output_features=True)
+        recon = (x - x_hat).pow(2).sum(-1).mean()
+        sparsity = self.sparsity_loss(f)
+        loss = recon + self.sparsity_coefficient(step) * sparsity
+        terms = {"mse_loss": recon, "sparsity_loss": sparsity}
+        if self.alignment == "penalty":
+            pen = self.ae.alignment_loss()
+            loss = loss + self.alignment_penalty * pen
+            terms["alignment_penalty"] = pen
+        self._last_features = f
+        if not logging:
+            return loss
+        terms["l2_loss"] = (x - x_hat).norm(dim=-1).mean()
+        terms["loss"] = loss
+        return LossLog(x, x_hat, f, {k: float(v) for k, v in terms.items()})
+
+    # -------------------------------------------------------------- step
+    def update(self, step: int, activations: torch.Tensor) -> None:
+        """One Adam step on ``activations [batch, activation_dim]``: loss, backward, decoder-gradient projection,
+        step, decoder renormalization (and the projection ablation), lr schedule, dead-feature counters."""
+        x = activations.to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss(x, step)
+        loss.backward()
+        remove_gradient_parallel_to_decoder_directions(self.ae.W_dec)
+        self.optimizer.step()
+        self.ae.after_optimizer_step()
+        self.scheduler.step()
+        self._record_firing(self._last_features, x.shape[0])
+        self._last_features = None
+        if self.resample_steps is not None and step > 0 and step % self.resample_steps == 0:
+            self.resample_neurons(self.tokens_since_fired > self.resample_steps // 2 * x.shape[0], x)
+
+    @torch.no_grad()
+    def _record_firing(self, f: torch.Tensor, n_tokens: int) -> None:
+        fired = (f != 0).any(dim=0)
+        self.tokens_since_fired += n_tokens
+        self.tokens_since_fired[fired] = 0
+
+    def dead_mask(self, window_tokens: int = 10_000_000) -> torch.Tensor:
+        """``[dict_size]`` bool: features that have not fired in the last ``window_tokens`` training tokens."""
+        return self.tokens_since_fired >= window_tokens
+
+    @property
+    def dead_fraction_10M(self) -> float:
+        """Fraction of features silent for the last 10M training tokens."""
+        return float(self.dead_mask().float().mean())
+
+    def resample_neurons(self, deads: torch.Tensor, activations: torch.Tensor) -> None:
+        """Resampling is defined only by trainers that support it (see ``StandardTrainer``)."""
+        raise ValueError(f"{type(self).__name__} does not support resample_steps")
+
+    # -------------------------------------------------------------- config
+    def _extra_config(self) -> dict:
+        return {}
+
+    @property
+    def config(self) -> dict:
+        """JSON-ready trainer description; the keys dictionary_learning's and SAEBench's loaders read are
+        present (``trainer_class``, ``dict_class``, ``activation_dim``, ``dict_size``, ``layer``, ``lm_name``)."""
+        return {
+            "trainer_class": type(self).__name__,
+            "dict_class": self.dict_class.__name__,
+            "activation_dim": self.ae.activation_dim,
+            "dict_size": self.ae.dict_size,
+            "alignment": self.alignment,
+            "alignment_penalty": self.alignment_penalty,
+            "lr": self.lr,
+            "steps": self.steps,
+            "warmup_steps": self.warmup_steps,
+            "decay_start": self.decay_start,
+            "sparsity_warmup_steps": self.sparsity_warmup_steps,
+            "resample_steps": self.resample_steps,
+            "seed": self.seed,
+            "device": str(self.device),
+            "layer": self.layer,
+            "lm_name": self.lm_name,
+            "wandb_name": self.wandb_name,
+            "submodule_name": self.submodule_name,
+            **self.ae.dictionary_config(),
+            **self._extra_config(),
+        }
