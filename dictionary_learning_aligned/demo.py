@@ -127,7 +127,6 @@ def run_demo(cfg: DemoConfig) -> dict:
         raise ValueError(f"tokens={cfg.tokens} gives {steps} steps of batch_size={cfg.batch_size}; need at least 2")
     if cfg.alignment not in ("project", "rescale"):
         raise ValueError(f"alignment must be 'project' or 'rescale', got {cfg.alignment!r}")
-    out = prepare_output_dir(cfg.out, cfg.overwrite)
     timings = {}
     t0 = time.time()
     hf, tok = load_language_model(cfg.model, device=cfg.device, dtype=_dtype(cfg.model_dtype))
@@ -135,6 +134,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     lm = LanguageModel(hf, tokenizer=copy.deepcopy(tok))
     submodule = _envoy(lm, path)
     timings["load_model_s"] = time.time() - t0
+    out = prepare_output_dir(cfg.out, cfg.overwrite)
 
     def make_buffer(split, n_ctxs):
         return ActivationBuffer(iter_texts(cfg.corpus, split=split, seed=cfg.seed), lm, submodule,

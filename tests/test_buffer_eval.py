@@ -1,0 +1,103 @@
+import pytest
+import torch
+
+from dictionary_learning_aligned import AutoEncoder
+from dictionary_learning_aligned.buffer import ActivationBuffer, pack_token_contexts
+from dictionary_learning_aligned.evaluation import collect_eval_data, evaluate
+
+from .conftest import TEXTS
+
+
+def hidden_states(hf, tokens):
+    with torch.no_grad():
+        return hf(tokens, output_hidden_states=True).hidden_states
+
+
+def test_pack_token_contexts(smollm2_tokenizer):
+    ctxs = list(pack_token_contexts(TEXTS, smollm2_tokenizer, ctx_len=16))
+    assert len(ctxs) > 5 and all(c.shape == (16,) and c[0] == smollm2_tokenizer.bos_token_id for c in ctxs)
+    stream = torch.cat([c[1:] for c in ctxs]).tolist()
+    first = smollm2_tokenizer(TEXTS[0])["input_ids"]
+    assert stream[: len(first)] == first  # nothing lost or reordered
+    with pytest.raises(ValueError, match="ctx_len"):
+        next(pack_token_contexts(TEXTS, smollm2_tokenizer, ctx_len=1))
+
+
+@pytest.mark.parametrize("io,offset", [("out", 1), ("in", 0)])
+def test_buffer_matches_hf_hidden_states_and_serves_every_row_once(tiny_lm, io, offset):
+    hf, lm = tiny_lm
+    layer = 1
+    buf = ActivationBuffer(iter(TEXTS), lm, lm.model.layers[layer], io=io, n_ctxs=4, ctx_len=16,
+                           refresh_batch_size=2, out_batch_size=10, remove_bos=True)
+    served = torch.cat(list(buf))
+    assert served.shape[1] == 64
+    tokens = torch.stack(list(pack_token_contexts(TEXTS, lm.tokenizer, 16)))
+    ref = hidden_states(hf, tokens)[layer + offset][:, 1:].reshape(-1, 64)  # BOS removed
+    assert served.shape == ref.shape
+    # same multiset of rows: sort both by their first coordinate
+    key = lambda t: t[torch.argsort(t[:, 0])]
+    assert torch.allclose(key(served), key(ref), atol=1e-5)
+    assert not torch.allclose(served, ref)  # shuffled
+    assert buf.tokens_harvested == ref.shape[0]
+
+
+def test_forward_stops_after_the_layer(tiny_lm):
+    hf, lm = tiny_lm
+    calls = []
+    handle = hf.model.layers[2].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        buf = ActivationBuffer(iter(TEXTS), lm, lm.model.layers[0], n_ctxs=2, ctx_len=16, refresh_batch_size=2,
+                               out_batch_size=8)
+        next(buf)
+    finally:
+        handle.remove()
+    assert calls == []
+
+
+def test_buffer_bad_arguments(tiny_lm):
+    _, lm = tiny_lm
+    with pytest.raises(ValueError, match="io must be"):
+        ActivationBuffer(iter(TEXTS), lm, lm.model.layers[0], io="middle")
+    with pytest.raises(ValueError, match="out_batch_size"):
+        ActivationBuffer(iter(TEXTS), lm, lm.model.layers[0], out_batch_size=0)
+
+
+def perfect_dictionary(d):
+    """x = ReLU(x) - ReLU(-x): an exact dictionary with 2d unit-norm features."""
+    ae = AutoEncoder(d, 2 * d)
+    eye = torch.eye(d)
+    with torch.no_grad():
+        ae.W_enc.copy_(torch.cat([eye, -eye]))
+        ae.W_dec.copy_(torch.cat([eye, -eye], dim=1))
+    return ae
+
+
+def test_evaluate_perfect_and_zero_dictionaries(tiny_lm):
+    hf, lm = tiny_lm
+    buf = ActivationBuffer(iter(TEXTS * 2), lm, lm.model.layers[1], n_ctxs=8, ctx_len=16, refresh_batch_size=4,
+                           out_batch_size=32, remove_bos=True)
+    acts, tokens = collect_eval_data(buf, n_batches=3, ce_batches=1, ce_batch_size=2)
+    perfect = evaluate(perfect_dictionary(64), acts, n_batches=3, model=lm, submodule=lm.model.layers[1],
+                       ce_tokens=tokens)
+    assert perfect["n_tokens"] == 96
+    assert perfect["frac_variance_explained"] == pytest.approx(1.0, abs=1e-5)
+    assert perfect["cossim"] == pytest.approx(1.0, abs=1e-5)
+    assert perfect["loss_reconstructed"] == pytest.approx(perfect["loss_original"], abs=1e-4)
+    assert perfect["frac_recovered"] == pytest.approx(1.0, abs=1e-3)
+    assert perfect["loss_zero"] != pytest.approx(perfect["loss_original"], abs=1e-3)
+    assert 0 < perfect["l0"] <= 64 and perfect["frac_alive"] > 0.5
+    # a dictionary that outputs b_dec = 0 for everything behaves like zero ablation
+    dead = AutoEncoder(64, 16)
+    with torch.no_grad():
+        dead.b_enc.fill_(-1e6)
+    zero = evaluate(dead, acts, n_batches=3, model=lm, submodule=lm.model.layers[1], ce_tokens=tokens)
+    assert zero["l0"] == 0 and zero["frac_alive"] == 0
+    assert zero["frac_recovered"] == pytest.approx(0.0, abs=1e-3)
+    assert zero["alignment"]["n"] == 16
+
+
+def test_evaluate_rejects_wrong_width(tiny_lm):
+    with pytest.raises(ValueError, match="activation_dim"):
+        evaluate(AutoEncoder(32, 8), [torch.randn(4, 64)])
+    with pytest.raises(ValueError, match="no activations"):
+        evaluate(AutoEncoder(32, 8), [])

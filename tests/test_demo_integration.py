@@ -1,0 +1,49 @@
+"""End to end on the real SmolLM2-135M-Instruct (packaged GGUF) over a few hundred tokens of the bundled corpus."""
+import json
+
+import pytest
+
+from dictionary_learning_aligned import Dictionary, alignment_scores
+from dictionary_learning_aligned.__main__ import main
+from dictionary_learning_aligned.demo import DemoConfig, run_demo
+
+TINY = dict(tokens=768, batch_size=128, dict_size=256, ctx_len=64, buffer_ctxs=8, refresh_batch_size=4,
+            eval_batches=2, ce_batches=1, ce_batch_size=2, log_steps=2, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    return out, run_demo(DemoConfig(out=str(out), **TINY))
+
+
+def test_demo_outputs(demo_run):
+    out, results = demo_run
+    assert json.loads((out / "results.json").read_text())["steps_done"] == 6
+    assert (out / "alignment_hist.pdf").read_bytes()[:4] == b"%PDF"
+    assert (out / "alignment_hist.png").is_file()
+    std, ali = results["metrics"]["standard"], results["metrics"]["aligned (project)"]
+    assert ali["alignment"]["frac_within_0.1_of_1"] == 1.0
+    assert std["alignment"]["frac_within_0.1_of_1"] < 0.5
+    # a real language model on real English text: clean CE loss well below uniform (ln 49152 = 10.8)
+    assert 1.0 < std["loss_original"] < 6.0
+    assert std["loss_zero"] > std["loss_original"]
+    for m in (std, ali):
+        assert m["n_tokens"] == 256 and m["ce_n_tokens"] == 126
+        assert 0 < m["l0"] <= 256 and -5 < m["frac_variance_explained"] <= 1
+    for i in (0, 1):
+        ae = Dictionary.from_pretrained(out / "dictionaries" / f"trainer_{i}")
+        assert ae.activation_dim == 576 and ae.dict_size == 256
+    assert (alignment_scores(ae) - 1).abs().max() < 1e-5
+
+
+def test_demo_refuses_existing_output_and_bad_layer(demo_run, capsys):
+    out, _ = demo_run
+    before = (out / "results.json").read_bytes()
+    args = ["demo", "--out", str(out)] + [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    assert main(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "results.json").read_bytes() == before
+    assert main(["demo", "--out", str(out) + "_other", "--layer", "30"] + args[3:]) == 2
+    assert "layer 30 out of range: model has 30 layers (0..29)" in capsys.readouterr().err
+    assert not (out.parent / (out.name + "_other")).exists()
