@@ -38,15 +38,17 @@ def is_test_document(text: str) -> bool:
     return zlib.crc32(text.encode("utf-8")) % TEST_MODULUS == 0
 
 
-def iter_texts(source: Source = None, split: str = "train", seed: int = 0, min_chars: int = 1) -> Iterator[str]:
+def iter_texts(source: Source = None, split: str | None = None, seed: int = 0, min_chars: int = 1) -> Iterator[str]:
     """Yield text documents from ``source`` (see the module docstring for the accepted kinds of source).
 
     Args:
         source: ``None`` (bundled corpus), a path to a ``.txt``/``.txt.gz``/``.jsonl``/``.jsonl.gz`` file or a
             directory of such files, or a Hugging Face dataset name.
-        split: bundled corpus: ``"train"`` (~95% of documents), ``"test"`` (the disjoint ~5% held out by
-            :func:`is_test_document`) or ``"all"``. Hugging Face datasets: the split name passed to
-            ``load_dataset``. Ignored for local files and directories (all their documents are yielded).
+        split: bundled corpus: ``"train"`` (the default; ~95% of documents), ``"test"`` (the disjoint ~5% held
+            out by :func:`is_test_document`) or ``"all"``. Local files and directories: every document by
+            default (None or ``"all"``); ``"train"``/``"test"`` apply the same held-out rule, so one local corpus
+            can serve for training and evaluation. Hugging Face datasets: the split name passed to
+            ``load_dataset`` (default ``"train"``).
         seed: bundled corpus only: documents of each source (Wikipedia, Gutenberg) are shuffled with this seed
             and the sources are interleaved in proportion to their size in characters, so any prefix of the
             stream is a mix of both. Local files are read in file order; HF datasets in stream order.
@@ -106,24 +108,30 @@ def load_texts(source: Source = None, max_chars: int | None = None, max_docs: in
 
 # --------------------------------------------------------------------------------------------------- internals
 
-def _describe(source: Source, split: str) -> str:
+def _describe(source: Source, split: str | None) -> str:
     return f"bundled corpus {DEFAULT_CORPUS_DIR} (split={split!r})" if source is None else repr(str(source))
 
 
-def _raw_texts(source: Source, split: str, seed: int) -> Iterator[str]:
+def _raw_texts(source: Source, split: str | None, seed: int) -> Iterator[str]:
     if source is None:
-        return _bundled_texts(split, seed)
+        return _bundled_texts(split or "train", seed)
     path = Path(source).expanduser()
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
-        if not files:
-            raise ValueError(f"directory {path} has no {'/'.join(SUFFIXES)} files")
-        return (text for f in files for text in _file_texts(f))
-    if path.is_file():
-        return _file_texts(path)
+    if path.is_dir() or path.is_file():
+        if split not in (None, *SPLITS):
+            raise ValueError(f"split must be None or one of {SPLITS} for local text, got {split!r}")
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
+            if not files:
+                raise ValueError(f"directory {path} has no {'/'.join(SUFFIXES)} files")
+            texts = (text for f in files for text in _file_texts(f))
+        else:
+            texts = _file_texts(path)
+        if split in ("train", "test"):
+            return (t for t in texts if is_test_document(t) == (split == "test"))
+        return texts
     if str(source).endswith(SUFFIXES) or (os.sep in str(source) and not _looks_like_hub_id(str(source))):
         raise FileNotFoundError(f"text source {str(source)!r} does not exist")
-    return _hf_texts(str(source), split)
+    return _hf_texts(str(source), split or "train")
 
 
 def _looks_like_hub_id(name: str) -> bool:

@@ -280,3 +280,13 @@ def test_load_real_smollm2(monkeypatch):
         top = model(**single).logits[0, -1].topk(5).indices.tolist()
     assert paris in top  # the de-quantised weights still make a working model
     assert models.load_language_model(models.SMOLLM2_NAME)[0] is model  # in-process cache
+
+
+def test_local_corpus_train_test_split_is_disjoint_and_complete(tmp_path):
+    docs = [f"document number {i} with some words" for i in range(200)]
+    f = write_jsonl(tmp_path / "c.jsonl", [{"text": d} for d in docs])
+    train, test = list(data.iter_texts(f, split="train")), list(data.iter_texts(f, split="test"))
+    assert test and train and not set(train) & set(test)
+    assert sorted(train + test) == sorted(docs) == sorted(data.iter_texts(f))
+    with pytest.raises(ValueError, match="split must be"):
+        list(data.iter_texts(f, split="validation"))
