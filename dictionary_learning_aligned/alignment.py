@@ -170,9 +170,10 @@ def alignment_penalty(W_enc: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
     return ((a - 1.0) ** 2).sum()
 
 
-#: histogram bin edges used by :func:`summarize_scores` (scores outside go to the under/overflow counts)
-HIST_RANGE = (-0.5, 1.5)
-HIST_BINS = 40
+#: histogram used by :func:`summarize_scores`: 41 bins of width 0.05 centred on -0.5, -0.45, ..., 1.5 (so 1.0 is a
+#: bin centre, not an edge); scores outside go to the under/overflow counts
+HIST_RANGE = (-0.525, 1.525)
+HIST_BINS = 41
 
 
 def bimodality_coefficient(x: torch.Tensor) -> Optional[float]:
