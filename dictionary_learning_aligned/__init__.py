@@ -11,15 +11,18 @@ from .alignment import (
     rescale_encoder,
     summarize_scores,
 )
-from .dictionary import AutoEncoder, CheckpointError, Dictionary
-from .trainers import AlignedStandardTrainer, SAETrainer, StandardTrainer
+from .dictionary import AutoEncoder, AutoEncoderTopK, BatchTopKSAE, CheckpointError, Dictionary
+from .stability import stability
+from .trainers import (AlignedBatchTopKTrainer, AlignedPAnnealTrainer, AlignedStandardTrainer, AlignedTopKTrainer,
+                       BatchTopKTrainer, PAnnealTrainer, SAETrainer, StandardTrainer, TopKTrainer)
 from .training import LIBRARY_VERSION as __version__
 from .training import trainSAE
 
 __all__ = [
     "ALIGNMENT_MODES", "alignment_scores", "bimodality_coefficient", "effective_encoder", "project_encoder",
-    "rescale_encoder", "summarize_scores", "AutoEncoder", "CheckpointError", "Dictionary", "SAETrainer",
-    "StandardTrainer", "AlignedStandardTrainer", "trainSAE", "ActivationBuffer", "evaluate",
+    "rescale_encoder", "summarize_scores", "AutoEncoder", "AutoEncoderTopK", "BatchTopKSAE", "CheckpointError",
+    "Dictionary", "SAETrainer", "StandardTrainer", "AlignedStandardTrainer", "TopKTrainer", "AlignedTopKTrainer",
+    "BatchTopKTrainer", "AlignedBatchTopKTrainer", "PAnnealTrainer", "AlignedPAnnealTrainer", "stability", "trainSAE", "ActivationBuffer", "evaluate",
     "load_language_model", "__version__",
 ]
 

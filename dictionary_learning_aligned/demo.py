@@ -29,12 +29,19 @@ class DemoConfig:
     """training tokens (steps = tokens // batch_size)"""
     dict_size: int = 4096
     """features per dictionary"""
+    arch: str = "relu"
+    """architecture: relu (L1), topk, batchtopk or panneal (Lp, p annealed from 1 to 0.2)"""
     l1_penalty: float = 0.04
-    """L1 coefficient, the same for both SAEs (activations are normalized to unit mean squared norm)"""
-    lr: float = 1e-3
-    """peak Adam learning rate"""
+    """relu: L1 coefficient; panneal: initial sparsity coefficient; the same for both SAEs (activations are
+    normalized to unit mean squared norm)"""
+    k: int = 64
+    """topk / batchtopk: active features per token"""
+    lr: Optional[float] = None
+    """peak Adam learning rate (default: the trainer's: 1e-3 for relu/panneal, 2e-4/sqrt(dict_size/2^14) for topk)"""
     alignment: str = "project"
     """alignment mode of the aligned SAE (project or rescale)"""
+    seeds: int = 1
+    """seeds per SAE type; with 2 or more, cross-seed stability (MCS) is reported"""
     batch_size: int = 1024
     """activations per training step"""
     ctx_len: int = 128
@@ -50,7 +57,7 @@ class DemoConfig:
     ce_batch_size: int = 8
     """contexts per CE batch"""
     seed: int = 0
-    """seed of both SAEs (same initial decoder)"""
+    """first seed (seeds are seed, seed+1, ...; standard and aligned SAEs of one seed share the initial decoder)"""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     """device for the model and the SAEs"""
     model_dtype: str = "float32"
@@ -79,26 +86,54 @@ def _envoy(lm, path: str):
     return obj
 
 
-def trainer_configs(cfg: DemoConfig, activation_dim: int, steps: int) -> list[dict]:
-    """The two trainer configs of the demo: identical but for the alignment (schedules scaled to ``steps``)."""
-    from .trainers import AlignedStandardTrainer, StandardTrainer
+ARCHS = ("relu", "topk", "batchtopk", "panneal")
 
-    common = dict(
-        steps=steps, activation_dim=activation_dim, dict_size=cfg.dict_size, layer=cfg.layer, lm_name=cfg.model,
-        lr=cfg.lr, l1_penalty=cfg.l1_penalty, warmup_steps=max(1, steps // 20),
-        sparsity_warmup_steps=max(1, steps // 10), decay_start=max(2, int(0.8 * steps)) if steps > 10 else None,
-        seed=cfg.seed, submodule_name=f"layers.{cfg.layer}",
-    )
-    return [dict(trainer=StandardTrainer, **common),
-            dict(trainer=AlignedStandardTrainer, alignment=cfg.alignment, **common)]
+
+def trainer_configs(cfg: DemoConfig, activation_dim: int, steps: int) -> list[tuple[str, dict]]:
+    """``(group name, trainer config)`` of every SAE of the demo: for each seed a standard and an aligned SAE of
+    ``cfg.arch``, identical but for the alignment, with schedules scaled to ``steps``.
+
+    Raises:
+        ValueError: unknown architecture.
+    """
+    from . import trainers as T
+
+    if cfg.arch not in ARCHS:
+        raise ValueError(f"unknown arch {cfg.arch!r}; choose one of {ARCHS}")
+    standard, aligned = {
+        "relu": (T.StandardTrainer, T.AlignedStandardTrainer),
+        "topk": (T.TopKTrainer, T.AlignedTopKTrainer),
+        "batchtopk": (T.BatchTopKTrainer, T.AlignedBatchTopKTrainer),
+        "panneal": (T.PAnnealTrainer, T.AlignedPAnnealTrainer),
+    }[cfg.arch]
+    common = dict(steps=steps, activation_dim=activation_dim, dict_size=cfg.dict_size, layer=cfg.layer,
+                  lm_name=cfg.model, warmup_steps=max(1, steps // 20),
+                  decay_start=max(2, int(0.8 * steps)) if steps > 10 else None, submodule_name=f"layers.{cfg.layer}")
+    if cfg.lr is not None:
+        common["lr"] = cfg.lr
+    if cfg.arch in ("topk", "batchtopk"):
+        common.update(k=cfg.k, threshold_start_step=max(1, steps // 10))
+    else:
+        common["sparsity_warmup_steps"] = max(1, steps // 10)
+        if cfg.arch == "relu":
+            common["l1_penalty"] = cfg.l1_penalty
+        else:
+            common.update(initial_sparsity_penalty=cfg.l1_penalty, anneal_start=max(1, steps // 4),
+                          anneal_end=max(2, steps - 2) if steps > 3 else None, n_sparsity_updates=10)
+    out = []
+    for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+        out.append(("standard", dict(trainer=standard, seed=seed, **common)))
+        out.append((f"aligned ({cfg.alignment})", dict(trainer=aligned, alignment=cfg.alignment, seed=seed, **common)))
+    return out
 
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the demo end to end and write its outputs into ``cfg.out``.
 
-    Outputs: ``dictionaries/trainer_0`` (standard) and ``trainer_1`` (aligned) with weights and config,
-    ``results.json`` (settings, metrics of both, training logs, timings, versions), ``alignment_hist.pdf``
-    and ``.png`` (alignment-score histograms), and the printed table.
+    Outputs: ``dictionaries/trainer_{i}`` (for each seed a standard then an aligned SAE) with weights and
+    config, ``results.json`` (settings, metrics of every SAE, their mean/std per type, cross-seed stability with
+    per-feature max cosines when ``seeds > 1``, training logs, timings, versions), ``alignment_hist.pdf`` and
+    ``.png`` (alignment-score histograms, first seed of each type), and the printed table.
 
     Returns:
         the results dict written to ``results.json``.
@@ -117,9 +152,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     from .evaluation import collect_eval_data, evaluate
     from .io import prepare_output_dir, write_json
     from .models import layer_path, load_language_model
+    from .stability import stability
     from .training import trainSAE
 
-    for name in ("tokens", "dict_size", "batch_size", "ctx_len", "buffer_ctxs", "refresh_batch_size"):
+    for name in ("tokens", "dict_size", "batch_size", "ctx_len", "buffer_ctxs", "refresh_batch_size", "seeds"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
     steps = cfg.tokens // cfg.batch_size
@@ -127,6 +163,10 @@ def run_demo(cfg: DemoConfig) -> dict:
         raise ValueError(f"tokens={cfg.tokens} gives {steps} steps of batch_size={cfg.batch_size}; need at least 2")
     if cfg.alignment not in ("project", "rescale"):
         raise ValueError(f"alignment must be 'project' or 'rescale', got {cfg.alignment!r}")
+    if cfg.arch not in ARCHS:
+        raise ValueError(f"unknown arch {cfg.arch!r}; choose one of {ARCHS}")
+    if cfg.arch in ("topk", "batchtopk") and not 1 <= cfg.k <= cfg.dict_size:
+        raise ValueError(f"k must be in [1, dict_size={cfg.dict_size}], got {cfg.k}")
     timings = {}
     t0 = time.time()
     hf, tok = load_language_model(cfg.model, device=cfg.device, dtype=_dtype(cfg.model_dtype))
@@ -143,8 +183,10 @@ def run_demo(cfg: DemoConfig) -> dict:
                                 device=cfg.device, remove_bos=True)
 
     train_buffer = make_buffer("train", cfg.buffer_ctxs)
+    runs = trainer_configs(cfg, hf.config.hidden_size, steps)
+    names = [g if cfg.seeds == 1 else f"{g} seed {c['seed']}" for g, c in runs]
     t0 = time.time()
-    trainers = trainSAE(train_buffer, trainer_configs(cfg, hf.config.hidden_size, steps), steps,
+    trainers = trainSAE(train_buffer, [c for _, c in runs], steps,
                         save_dir=out / "dictionaries", log_steps=cfg.log_steps, normalize_activations=True,
                         device=cfg.device, autocast_dtype=_dtype(cfg.autocast), verbose=True,
                         run_cfg={"buffer": train_buffer.config, "model": cfg.model, "corpus": cfg.corpus or "bundled"})
@@ -155,12 +197,21 @@ def run_demo(cfg: DemoConfig) -> dict:
     eval_rows = max(1, (cfg.eval_batches * cfg.batch_size) // cfg.ctx_len + 1)
     eval_buffer = make_buffer("test", eval_rows)
     acts, ce_tokens = collect_eval_data(eval_buffer, cfg.eval_batches, cfg.ce_batches, cfg.ce_batch_size)
-    names = ["standard", f"aligned ({cfg.alignment})"]
-    metrics = {}
+    metrics, dictionaries = {}, {}
     for i, name in enumerate(names):
         ae = Dictionary.from_pretrained(out / "dictionaries" / f"trainer_{i}", device=cfg.device)
+        dictionaries[name] = ae
         metrics[name] = evaluate(ae, acts, n_batches=len(acts), model=lm, submodule=submodule, ce_tokens=ce_tokens,
                                  skip_first=True)
+    groups = {}
+    for (g, _), name in zip(runs, names):
+        groups.setdefault(g, []).append(name)
+    stab = {}
+    if cfg.seeds > 1:
+        for g, members in groups.items():
+            st = stability([dictionaries[m] for m in members])
+            st["per_feature_max_cos"] = [[round(v, 4) for v in p] for p in st["per_feature_max_cos"]]
+            stab[g] = st
     timings["evaluate_s"] = time.time() - t0
 
     results = {
@@ -171,13 +222,16 @@ def run_demo(cfg: DemoConfig) -> dict:
         "train_tokens": steps_done * cfg.batch_size,
         "norm_factor": trainers[0].norm_factor,
         "metrics": metrics,
+        "groups": groups,
+        "summary": summarize_groups(metrics, groups),
+        "stability": stab,
         "training_logs": {n: t.log for n, t in zip(names, trainers)},
         "timings_s": timings,
         "versions": _versions(),
         "note": _model_note(cfg.model),
     }
     write_json(out / "results.json", results)
-    plot_alignment_histograms(metrics, out / "alignment_hist.pdf")
+    plot_alignment_histograms({g: metrics[m[0]] for g, m in groups.items()}, out / "alignment_hist.pdf")
     print(format_table(results))
     print(f"\nwrote {out / 'results.json'}, {out / 'alignment_hist.pdf'} and dictionaries in {out / 'dictionaries'}")
     return results
@@ -219,23 +273,47 @@ ROWS = [
 ]
 
 
+def summarize_groups(metrics: dict, groups: dict) -> dict:
+    """Mean and (with several seeds) standard deviation over seeds of every table metric, per group."""
+    import statistics
+
+    out = {}
+    for g, members in groups.items():
+        out[g] = {}
+        for label, get, _ in ROWS:
+            vals = [get(metrics[m]) for m in members]
+            if any(v is None for v in vals):
+                out[g][label] = None
+                continue
+            out[g][label] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+    return out
+
+
 def format_table(results: dict) -> str:
-    """Side-by-side text table of the demo's metrics (missing values shown as ``n/a``)."""
-    metrics = results["metrics"]
-    names = list(metrics)
+    """Side-by-side text table of the demo's metrics per SAE type (mean ± std over seeds when there are
+    several; missing values shown as ``n/a``), with the cross-seed stability when measured."""
+    summary, groups, stab = results["summary"], list(results["summary"]), results.get("stability") or {}
+    n_seeds = len(next(iter(results["groups"].values())))
     w = max(len(r[0]) for r in ROWS) + 2
-    cols = [max(len(n), 10) + 2 for n in names]
-    lines = ["metric".ljust(w) + "".join(n.rjust(c) for n, c in zip(names, cols))]
+    cols = [max(len(g), 18 if n_seeds > 1 else 10) + 2 for g in groups]
+    lines = ["metric".ljust(w) + "".join(g.rjust(c) for g, c in zip(groups, cols))]
     lines.append("-" * len(lines[0]))
-    for label, get, fmt in ROWS:
+    rows = [(label, fmt) for label, _, fmt in ROWS]
+    for label, fmt in rows:
         cells = []
-        for n, c in zip(names, cols):
-            v = get(metrics[n])
-            cells.append((fmt.format(v) if v is not None else "n/a").rjust(c))
+        for g, c in zip(groups, cols):
+            v = summary[g][label]
+            txt = "n/a" if v is None else fmt.format(v["mean"]) + (f" ± {fmt.format(v['std'])}" if n_seeds > 1 else "")
+            cells.append(txt.rjust(c))
         lines.append(label.ljust(w) + "".join(cells))
-    first = metrics[names[0]]
-    lines.append(f"({first['n_tokens']} held-out tokens for reconstruction and alive fraction, "
-                 f"{first.get('ce_n_tokens', 0)} predicted tokens for CE losses; "
+    if stab:
+        for label, key in (("MCS across seeds", "mcs"), ("frac. max cos > 0.7", "frac_above_0.7"),
+                           ("frac. max cos > 0.9", "frac_above_0.9"), ("Hungarian mean cos", "hungarian_mean_cos")):
+            cells = [("n/a" if stab[g][key] is None else f"{stab[g][key]:.4f}").rjust(c) for g, c in zip(groups, cols)]
+            lines.append(label.ljust(w) + "".join(cells))
+    first = results["metrics"][results["groups"][groups[0]][0]]
+    lines.append(f"({n_seeds} seed(s) per type; {first['n_tokens']} held-out tokens for reconstruction and alive "
+                 f"fraction, {first.get('ce_n_tokens', 0)} predicted tokens for CE losses; "
                  f"{results['train_tokens']} training tokens)")
     return "\n".join(lines)
 

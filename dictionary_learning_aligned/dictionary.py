@@ -351,3 +351,113 @@ class AutoEncoder(Dictionary):
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         """``W_dec f + b_dec``: ``[..., dict_size] -> [..., activation_dim]``."""
         return f @ self.W_dec.T + self.b_dec
+
+
+def _check_k(k, dict_size) -> int:
+    if isinstance(k, torch.Tensor):
+        k = int(k)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= dict_size:
+        raise ValueError(f"k must be an integer in [1, dict_size={dict_size}], got {k!r}")
+    return k
+
+
+class _SparseCodeDictionary(Dictionary):
+    """Shared parts of the TopK-family dictionaries: buffers ``k`` and ``threshold``, the ReLU pre-activations,
+    the linear decoder, and folding of the activation scale into the threshold. The encoder starts equal to
+    ``W_dec.T`` (so ``a_i = 1`` at initialization even for standard training), as in dictionary_learning."""
+
+    def __init__(self, activation_dim: int, dict_size: int, k: int, alignment: Optional[str] = None):
+        super().__init__(activation_dim, dict_size, alignment)
+        self.register_buffer("k", torch.tensor(_check_k(k, dict_size), dtype=torch.int))
+        self.register_buffer("threshold", torch.tensor(-1.0))
+        self._init_weights(encoder_scale=1.0)
+
+    def post_relu(self, x: torch.Tensor) -> torch.Tensor:
+        """``ReLU(W_enc (x - b_dec) + b_enc)``: ``[..., activation_dim] -> [..., dict_size]``."""
+        self._check_input(x)
+        return torch.relu((x - self.b_dec) @ self.W_enc.T + self.b_enc)
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        """``W_dec f + b_dec``: ``[..., dict_size] -> [..., activation_dim]``."""
+        return f @ self.W_dec.T + self.b_dec
+
+    @torch.no_grad()
+    def scale_biases(self, scale: float) -> None:
+        """As :meth:`Dictionary.scale_biases`, and the learned threshold is scaled too (if set)."""
+        super().scale_biases(scale)
+        if self.threshold >= 0:
+            self.threshold.mul_(scale)
+
+    def dictionary_config(self) -> dict:
+        return {**super().dictionary_config(), "k": int(self.k)}
+
+
+@register_dictionary
+class AutoEncoderTopK(_SparseCodeDictionary):
+    """TopK SAE (Gao et al. 2024, "Scaling and evaluating sparse autoencoders", arXiv 2406.04093): the ``k``
+    largest ReLU pre-activations of each token are kept.
+
+    Args:
+        activation_dim, dict_size: shape.
+        k: active features per token, ``1 <= k <= dict_size``.
+        alignment: see :class:`AutoEncoder`.
+
+    Buffers: ``k`` (int), ``threshold`` (EMA of the smallest kept activation, learned by the trainer; -1 until
+    set; used only with ``use_threshold=True``).
+
+    Raises:
+        ValueError: bad sizes, ``k`` out of range, unknown alignment.
+    """
+
+    def encode(self, x: torch.Tensor, return_topk: bool = False, use_threshold: bool = False):
+        """Features ``f [..., dict_size]`` with exactly ``k`` non-negative entries kept per token.
+
+        Args:
+            x: ``[..., activation_dim]``.
+            return_topk: also return ``(top_values [..., k], top_indices [..., k], post_relu [..., dict_size])``.
+            use_threshold: instead of top-k, keep every activation above the learned ``threshold`` (JumpReLU
+                style inference); requires a learned threshold.
+
+        Raises:
+            ValueError: ``use_threshold`` before a threshold was learned.
+        """
+        pre = self.post_relu(x)
+        if use_threshold and self.threshold < 0:
+            raise ValueError("this TopK dictionary has no learned threshold yet (threshold = -1)")
+        top = pre.topk(int(self.k), dim=-1, sorted=False) if (return_topk or not use_threshold) else None
+        if use_threshold:
+            f = pre * (pre > self.threshold)
+        else:
+            f = torch.zeros_like(pre).scatter_(-1, top.indices, top.values)
+        return (f, top.values, top.indices, pre) if return_topk else f
+
+
+@register_dictionary
+class BatchTopKSAE(_SparseCodeDictionary):
+    """BatchTopK SAE (Bussmann et al. 2024, "BatchTopK Sparse Autoencoders", arXiv 2412.06410): during training
+    the ``k * batch`` largest ReLU pre-activations of the whole batch are kept; at inference a threshold learned
+    during training (an EMA of the smallest kept activation) is applied per token.
+
+    Args and buffers as :class:`AutoEncoderTopK`.
+    """
+
+    def encode(self, x: torch.Tensor, return_active: bool = False, use_threshold: bool = True):
+        """Features ``f [..., dict_size]``.
+
+        Args:
+            x: ``[batch, activation_dim]`` (or ``[..., activation_dim]``, flattened for the batch top-k).
+            return_active: also return ``(active [dict_size] bool, post_relu [..., dict_size])``.
+            use_threshold: keep activations above the learned threshold (inference, the default). If no
+                threshold has been learned yet (``threshold < 0``), the batch top-k is used instead.
+        """
+        pre = self.post_relu(x)
+        if use_threshold and self.threshold >= 0:
+            f = pre * (pre > self.threshold)
+        else:
+            flat = pre.reshape(-1, self.dict_size)
+            n = min(int(self.k) * flat.shape[0], flat.numel())
+            top = flat.flatten().topk(n, sorted=False)
+            f = torch.zeros_like(flat).flatten().scatter_(-1, top.indices, top.values).reshape(pre.shape)
+        if return_active:
+            return f, (f.reshape(-1, self.dict_size) > 0).any(0), pre
+        return f

@@ -50,3 +50,23 @@ TEXTS = [
     "It was the best of times, it was the worst of times. " * 7,
     "Paris is the capital of France and its largest city. " * 6,
 ]
+
+
+@pytest.fixture(scope="session")
+def smollm2_activations():
+    """About 2,000 real activations of SmolLM2-135M-Instruct layer 12 (BOS removed) on the bundled corpus, as
+    [256, 576] batches (the model is loaded once per test session)."""
+    import copy
+
+    from nnsight import LanguageModel
+
+    from dictionary_learning_aligned.buffer import ActivationBuffer
+    from dictionary_learning_aligned.data import iter_texts
+    from dictionary_learning_aligned.models import load_language_model
+
+    hf, tok = load_language_model()
+    lm = LanguageModel(hf, tokenizer=copy.deepcopy(tok))
+    buf = ActivationBuffer(iter_texts(split="train"), lm, lm.model.layers[12], n_ctxs=32, ctx_len=64,
+                           refresh_batch_size=16, out_batch_size=256, remove_bos=True)
+    batches = [next(buf) for _ in range(7)]
+    return batches

@@ -47,3 +47,22 @@ def test_demo_refuses_existing_output_and_bad_layer(demo_run, capsys):
     assert main(["demo", "--out", str(out) + "_other", "--layer", "30"] + args[3:]) == 2
     assert "layer 30 out of range: model has 30 layers (0..29)" in capsys.readouterr().err
     assert not (out.parent / (out.name + "_other")).exists()
+
+
+def test_demo_arch_and_seeds(tmp_path):
+    cfg = DemoConfig(out=str(tmp_path / "o"), arch="panneal", seeds=2, **{**TINY, "tokens": 1024})
+    results = run_demo(cfg)
+    assert set(results["groups"]) == {"standard", "aligned (project)"}
+    assert len(results["metrics"]) == 4 and results["groups"]["standard"] == ["standard seed 0", "standard seed 1"]
+    for g in results["groups"]:
+        st = results["stability"][g]
+        assert 0 < st["mcs"] < 1 and len(st["per_feature_max_cos"]) == 2 and st["hungarian_mean_cos"] is not None
+        assert results["summary"][g]["L0"]["std"] >= 0
+    cfgs = [json.loads((tmp_path / "o" / "dictionaries" / f"trainer_{i}" / "config.json").read_text())["trainer"]
+            for i in range(4)]
+    assert [c["trainer_class"] for c in cfgs] == ["PAnnealTrainer", "AlignedPAnnealTrainer"] * 2
+    assert [c["seed"] for c in cfgs] == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match="unknown arch"):
+        run_demo(DemoConfig(out=str(tmp_path / "x"), arch="jumprelu", **TINY))
+    with pytest.raises(ValueError, match="k must be in"):
+        run_demo(DemoConfig(out=str(tmp_path / "x"), arch="topk", k=0, **TINY))

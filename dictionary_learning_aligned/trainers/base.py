@@ -115,7 +115,8 @@ class DictionaryTrainer(SAETrainer):
     to the loss; ``"projection"`` projects after each step, via ``Dictionary.after_optimizer_step``) and the
     dead-feature counter ``tokens_since_fired [dict_size]`` (tokens since each feature last fired).
 
-    Subclasses set ``dict_class`` and implement ``sparsity_loss(f) -> scalar`` and, if needed, ``_extra_config``.
+    Subclasses set ``dict_class`` and implement :meth:`sparsity_term` (and, if needed, :meth:`encode_for_loss`,
+    :meth:`before_step`, :meth:`after_step`, ``_extra_config``).
     """
 
     dict_class: type = Dictionary
@@ -170,53 +171,81 @@ class DictionaryTrainer(SAETrainer):
         self.tokens_since_fired = torch.zeros(dict_size, dtype=torch.long, device=self.device)
         self.logging_parameters = ["dead_fraction_10M"]
 
-    # -------------------------------------------------------------- loss
-    def sparsity_loss(self, f: torch.Tensor) -> torch.Tensor:
-        """Sparsity term (before its coefficient and warmup) of features ``f [batch, dict_size]``."""
-        raise NotImplementedError(f"{type(self).__name__} must implement sparsity_loss()")
+    # -------------------------------------------------------------- hooks for subclasses
+    #: clip the global gradient norm to this value before each step (None: no clipping)
+    grad_clip_norm: Optional[float] = None
 
-    def sparsity_coefficient(self, step: int) -> float:
-        """Coefficient of the sparsity term at ``step`` (including warmup)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement sparsity_coefficient()")
-
-    def loss(self, x: torch.Tensor, step: int, logging: bool = False):
-        """Training loss ``sum_d (x - x_hat)^2`` (mean over the batch) + sparsity term [+ alignment penalty].
-
-        Args:
-            x: ``[batch, activation_dim]``.
-            step: current step (for the warmups).
-            logging: return a ``LossLog(x, x_hat, f, losses)`` instead of the scalar.
-        """
+    def encode_for_loss(self, x: torch.Tensor, step: int):
+        """``(x_hat [batch, activation_dim], f [batch, dict_size], aux: dict)`` used by the loss; subclasses put
+        extra tensors (pre-activations, top-k values) in ``aux``."""
         x_hat, f = self.ae(x, output_features=True)
+        return x_hat, f, {}
+
+    def sparsity_term(self, x, x_hat, f, aux, step: int):
+        """``(scaled term added to the loss, {name: unscaled value})``; subclasses define their sparsity loss."""
+        raise NotImplementedError(f"{type(self).__name__} must implement sparsity_term()")
+
+    def before_step(self, step: int, x: torch.Tensor) -> None:
+        """Called at the start of :meth:`update` (e.g. to initialise ``b_dec`` from the first batch)."""
+
+    def after_step(self, step: int, x: torch.Tensor, f: torch.Tensor, aux: dict) -> None:
+        """Called at the end of :meth:`update` with the step's features (threshold EMA, p-annealing...)."""
+
+    # -------------------------------------------------------------- loss
+    def _compute(self, x: torch.Tensor, step: int):
+        x_hat, f, aux = self.encode_for_loss(x, step)
         recon = (x - x_hat).pow(2).sum(-1).mean()
-        sparsity = self.sparsity_loss(f)
-        loss = recon + self.sparsity_coefficient(step) * sparsity
-        terms = {"mse_loss": recon, "sparsity_loss": sparsity}
+        sparse, terms = self.sparsity_term(x, x_hat, f, aux, step)
+        loss = recon + sparse
+        terms = {"mse_loss": recon, **terms}
         if self.alignment == "penalty":
             pen = self.ae.alignment_loss()
             loss = loss + self.alignment_penalty * pen
             terms["alignment_penalty"] = pen
-        self._last_features = f
+        return loss, terms, x_hat, f, aux
+
+    def loss(self, x: torch.Tensor, step: int, logging: bool = False):
+        """Training loss: ``mean_batch sum_d (x - x_hat)^2`` + the trainer's sparsity term [+ the
+        ``"penalty"`` ablation's ``alignment_penalty * sum_i (a_i - 1)^2``]. Does not change trainer state.
+
+        Args:
+            x: ``[batch, activation_dim]``.
+            step: current step (for warmups and schedules).
+            logging: return ``LossLog(x, x_hat, f, losses: dict of floats)`` instead of the scalar tensor.
+        """
+        loss, terms, x_hat, f, _ = self._compute(x, step)
         if not logging:
             return loss
         terms["l2_loss"] = (x - x_hat).norm(dim=-1).mean()
         terms["loss"] = loss
-        return LossLog(x, x_hat, f, {k: float(v) for k, v in terms.items()})
+        return LossLog(x, x_hat, f, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()})
 
     # -------------------------------------------------------------- step
     def update(self, step: int, activations: torch.Tensor) -> None:
         """One Adam step on ``activations [batch, activation_dim]``: loss, backward, decoder-gradient projection,
-        step, decoder renormalization (and the projection ablation), lr schedule, dead-feature counters."""
+        optional gradient clipping, step, decoder renormalization (and the projection ablation), lr schedule,
+        dead-feature counters, then :meth:`after_step`.
+
+        Raises:
+            ValueError: activations of the wrong shape.
+        """
         x = activations.to(self.device)
+        if x.ndim != 2 or x.shape[1] != self.ae.activation_dim:
+            raise ValueError(f"{type(self).__name__}.update expects activations [batch, {self.ae.activation_dim}], "
+                             f"got shape {tuple(x.shape)}")
+        self.before_step(step, x)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(x, step)
+        loss, _, _, f, aux = self._compute(x, step)
         loss.backward()
         remove_gradient_parallel_to_decoder_directions(self.ae.W_dec)
+        if self.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.ae.parameters(), self.grad_clip_norm)
         self.optimizer.step()
         self.ae.after_optimizer_step()
         self.scheduler.step()
-        self._record_firing(self._last_features, x.shape[0])
-        self._last_features = None
+        f = f.detach()
+        self._record_firing(f, x.shape[0])
+        self.after_step(step, x, f, aux)
         if self.resample_steps is not None and step > 0 and step % self.resample_steps == 0:
             self.resample_neurons(self.tokens_since_fired > self.resample_steps // 2 * x.shape[0], x)
 

@@ -70,13 +70,10 @@ class StandardTrainer(DictionaryTrainer):
             alignment=alignment, alignment_penalty=alignment_penalty, resample_steps=resample_steps,
         )
 
-    def sparsity_loss(self, f: torch.Tensor) -> torch.Tensor:
-        """``mean_batch ||f||_1`` for ``f [batch, dict_size]``."""
-        return f.abs().sum(-1).mean()
-
-    def sparsity_coefficient(self, step: int) -> float:
-        """``l1_penalty * s(step)``."""
-        return self.l1_penalty * self.sparsity_warmup_fn(step)
+    def sparsity_term(self, x, x_hat, f, aux, step):
+        """``l1_penalty * s(step) * mean_batch ||f||_1`` for ``f [batch, dict_size]``."""
+        l1 = f.abs().sum(-1).mean()
+        return self.l1_penalty * self.sparsity_warmup_fn(step) * l1, {"sparsity_loss": l1}
 
     @torch.no_grad()
     def resample_neurons(self, deads: torch.Tensor, activations: torch.Tensor) -> None:
@@ -117,21 +114,3 @@ class StandardTrainer(DictionaryTrainer):
 
     def _extra_config(self) -> dict:
         return {"l1_penalty": self.l1_penalty}
-
-
-class AlignedStandardTrainer(StandardTrainer):
-    """:class:`StandardTrainer` with aligned training (arXiv 2605.18629): the encoder is reparameterized so
-    that ``<e_i, d_i> = 1`` for every feature at every step (default ``alignment="project"``). No resampling.
-
-    Takes the same arguments as :class:`StandardTrainer`.
-
-    Raises:
-        ValueError: ``alignment=None`` (use ``StandardTrainer``) or ``resample_steps`` given.
-    """
-
-    def __init__(self, *args, alignment: str = "project", resample_steps: Optional[int] = None, **kwargs):
-        if alignment is None:
-            raise ValueError("AlignedStandardTrainer needs an alignment mode; use StandardTrainer for a standard SAE")
-        if resample_steps is not None:
-            raise ValueError("aligned training does not resample dead features; leave resample_steps=None")
-        super().__init__(*args, alignment=alignment, **kwargs)

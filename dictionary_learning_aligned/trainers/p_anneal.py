@@ -1,0 +1,114 @@
+"""p-annealing trainer: an Lp sparsity penalty with p annealed from p_start toward p_end."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..dictionary import AutoEncoder
+from .base import DictionaryTrainer
+
+
+class PAnnealTrainer(DictionaryTrainer):
+    """ReLU SAE with an Lp sparsity penalty whose p is annealed from ``p_start`` to ``p_end`` (Karvonen et al.
+    2024, "Measuring Progress in Dictionary Learning for Language Model Interpretability with Board Game Models",
+    arXiv 2408.00113), with dictionary_learning's ``PAnnealTrainer`` defaults except ``p_end`` (0.2, the value of
+    dictionary_learning's SAEBench recipe; p must stay in (0, 1]).
+
+    The penalty is ``coeff * s(t) * mean_batch ||f||_p`` (``sparsity_function="Lp"``) or ``... sum_i f_i^p``
+    (``"Lp^p"``). p takes the values ``linspace(p_start, p_end, n_sparsity_updates)`` at the steps
+    ``linspace(anneal_start, anneal_end, n_sparsity_updates)``; at each change the coefficient is multiplied by
+    ``mean Lp_old / mean Lp_new`` over the last ``sparsity_queue_length`` batches, so the penalty stays continuous.
+
+    Args:
+        steps, activation_dim, dict_size, layer, lm_name, lr (1e-3), warmup_steps (1000),
+        sparsity_warmup_steps (2000), decay_start, seed, device, wandb_name, submodule_name, alignment,
+        alignment_penalty: as :class:`StandardTrainer`.
+        initial_sparsity_penalty: starting coefficient (0.1).
+        sparsity_function: ``"Lp"`` or ``"Lp^p"``.
+        anneal_start (15000), anneal_end (default ``steps - 1``), p_start (1), p_end (0.2),
+        n_sparsity_updates (10), sparsity_queue_length (10).
+
+    Raises:
+        ValueError: ``p_start``/``p_end`` outside (0, 1], an unknown sparsity function, ``anneal_start`` not
+            below ``anneal_end`` or ``anneal_end`` beyond ``steps``, non-positive update counts.
+    """
+
+    dict_class = AutoEncoder
+
+    def __init__(self, steps: int, activation_dim: int, dict_size: int, layer: int, lm_name: str,
+                 dict_class: Optional[type] = None, lr: float = 1e-3, warmup_steps: int = 1000,
+                 sparsity_warmup_steps: Optional[int] = 2000, decay_start: Optional[int] = None,
+                 sparsity_function: str = "Lp", initial_sparsity_penalty: float = 1e-1, anneal_start: int = 15000,
+                 anneal_end: Optional[int] = None, p_start: float = 1.0, p_end: float = 0.2,
+                 n_sparsity_updates: int = 10, sparsity_queue_length: int = 10, seed: Optional[int] = None,
+                 device: Optional[str] = None, wandb_name: Optional[str] = None,
+                 submodule_name: Optional[str] = None, alignment: Optional[str] = None,
+                 alignment_penalty: Optional[float] = None):
+        for name, p in (("p_start", p_start), ("p_end", p_end)):
+            if not isinstance(p, (int, float)) or not 0 < p <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {p!r}")
+        if sparsity_function not in ("Lp", "Lp^p"):
+            raise ValueError(f"sparsity_function must be 'Lp' or 'Lp^p', got {sparsity_function!r}")
+        if not initial_sparsity_penalty >= 0:
+            raise ValueError(f"initial_sparsity_penalty must be >= 0, got {initial_sparsity_penalty!r}")
+        if not (isinstance(n_sparsity_updates, int) and n_sparsity_updates >= 1 and sparsity_queue_length >= 1):
+            raise ValueError("n_sparsity_updates and sparsity_queue_length must be positive integers")
+        super().__init__(
+            steps, activation_dim, dict_size, layer, lm_name, dict_class=dict_class, lr=lr,
+            warmup_steps=warmup_steps, decay_start=decay_start, sparsity_warmup_steps=sparsity_warmup_steps,
+            seed=seed, device=device, wandb_name=wandb_name, submodule_name=submodule_name, alignment=alignment,
+            alignment_penalty=alignment_penalty,
+        )
+        self.anneal_end = self.steps - 1 if anneal_end is None else anneal_end
+        if not 0 <= anneal_start < self.anneal_end < self.steps:
+            raise ValueError(f"need 0 <= anneal_start ({anneal_start}) < anneal_end ({self.anneal_end}) < "
+                             f"steps ({self.steps})")
+        self.sparsity_function, self.initial_sparsity_penalty = sparsity_function, float(initial_sparsity_penalty)
+        self.anneal_start, self.p_start, self.p_end = anneal_start, float(p_start), float(p_end)
+        self.n_sparsity_updates, self.sparsity_queue_length = n_sparsity_updates, sparsity_queue_length
+        self.update_steps = torch.linspace(anneal_start, self.anneal_end, n_sparsity_updates).round().long().tolist()
+        self.p_values = torch.linspace(p_start, p_end, n_sparsity_updates).tolist()
+        self.p, self.p_step_count = self.p_start, 0
+        self.sparsity_coeff = self.initial_sparsity_penalty
+        self.sparsity_queue: list[tuple[float, float]] = []
+        self.logging_parameters += ["p", "next_p", "sparsity_coeff"]
+
+    @property
+    def next_p(self) -> Optional[float]:
+        """The p of the next scheduled change (None after the last)."""
+        return self.p_values[self.p_step_count] if self.p_step_count < self.n_sparsity_updates else None
+
+    def lp_norm(self, f: torch.Tensor, p: float) -> torch.Tensor:
+        """``mean_batch ||f||_p`` (``"Lp"``) or ``mean_batch sum_i f_i^p`` (``"Lp^p"``) of ``f [batch, dict_size]``."""
+        s = f.clamp_min(0).pow(p).sum(-1)
+        return (s if self.sparsity_function == "Lp^p" else s.pow(1 / p)).mean()
+
+    def sparsity_term(self, x, x_hat, f, aux, step):
+        lp = self.lp_norm(f, self.p)
+        return self.sparsity_coeff * self.sparsity_warmup_fn(step) * lp, {"sparsity_loss": lp}
+
+    @torch.no_grad()
+    def after_step(self, step, x, f, aux):
+        nxt = self.next_p
+        if nxt is None:
+            return
+        self.sparsity_queue.append((float(self.lp_norm(f, self.p)), float(self.lp_norm(f, nxt))))
+        self.sparsity_queue = self.sparsity_queue[-self.sparsity_queue_length:]
+        while self.next_p is not None and step + 1 >= self.update_steps[self.p_step_count]:
+            new_p = self.next_p
+            if new_p != self.p and self.sparsity_queue:
+                old = sum(a for a, _ in self.sparsity_queue) / len(self.sparsity_queue)
+                new = sum(b for _, b in self.sparsity_queue) / len(self.sparsity_queue)
+                if new > 0:
+                    self.sparsity_coeff *= old / new
+                self.sparsity_queue = []  # its entries were measured for the old pair of p values
+            self.p = new_p
+            self.p_step_count += 1
+
+    def _extra_config(self) -> dict:
+        return {"sparsity_function": self.sparsity_function, "initial_sparsity_penalty": self.initial_sparsity_penalty,
+                "anneal_start": self.anneal_start, "anneal_end": self.anneal_end, "p_start": self.p_start,
+                "p_end": self.p_end, "n_sparsity_updates": self.n_sparsity_updates,
+                "sparsity_queue_length": self.sparsity_queue_length}

@@ -1,0 +1,164 @@
+"""TopK and BatchTopK trainers (auxiliary-k loss, inference threshold, optional k annealing)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..dictionary import AutoEncoderTopK, BatchTopKSAE
+from .base import DictionaryTrainer
+
+
+@torch.no_grad()
+def geometric_median(points: torch.Tensor, max_iter: int = 100, tol: float = 1e-5) -> torch.Tensor:
+    """Geometric median of ``points [n, d]`` by Weiszfeld's algorithm (Weiszfeld 1937), starting at the mean.
+
+    Returns:
+        ``[d]`` tensor minimising ``sum_n ||points_n - m||``.
+    """
+    points = points.float()
+    m = points.mean(0)
+    for _ in range(max_iter):
+        w = 1.0 / (points - m).norm(dim=1).clamp_min(1e-8)
+        new = (w[:, None] * points).sum(0) / w.sum()
+        if (new - m).norm() < tol:
+            return new
+        m = new
+    return m
+
+
+class TopKTrainer(DictionaryTrainer):
+    """TopK SAE training (Gao et al. 2024, arXiv 2406.04093) with dictionary_learning's ``TopKTrainer`` defaults.
+
+    Loss: ``mean_batch ||x - x_hat||^2 + auxk_alpha * auxk``, where the auxiliary loss reconstructs the residual
+    ``x - x_hat`` from the ``k_aux = activation_dim // 2`` largest pre-activations of dead features (no firing for
+    ``dead_feature_threshold`` tokens), normalised by the residual's variance (Gao et al., appendix A.2).
+    ``b_dec`` starts at the geometric median of the first batch; gradients are clipped to norm 1; after
+    ``threshold_start_step`` the inference threshold is an EMA (``threshold_beta``) of the mean per-token smallest
+    kept activation.
+
+    Args:
+        steps, activation_dim, dict_size, layer, lm_name: as :class:`StandardTrainer`.
+        k: active features per token (``1 <= k <= dict_size``).
+        lr: Adam learning rate; None: ``2e-4 / sqrt(dict_size / 2**14)`` (Gao et al.'s scaling).
+        auxk_alpha: weight of the auxiliary loss (default 1/32).
+        warmup_steps (default 1000), decay_start (default None): lr schedule.
+        threshold_beta (0.999), threshold_start_step (1000): inference threshold EMA.
+        k_anneal_steps: if set, k decreases linearly from ``activation_dim`` to ``k`` over these steps.
+        dead_feature_threshold: tokens without firing after which a feature counts as dead (10M).
+        seed, device, wandb_name, submodule_name, alignment, alignment_penalty: as :class:`StandardTrainer`.
+
+    Raises:
+        ValueError: ``k`` out of range, bad schedule values, bad alignment settings.
+    """
+
+    dict_class = AutoEncoderTopK
+    grad_clip_norm = 1.0
+
+    def __init__(self, steps: int, activation_dim: int, dict_size: int, k: int, layer: int, lm_name: str,
+                 dict_class: Optional[type] = None, lr: Optional[float] = None, auxk_alpha: float = 1 / 32,
+                 warmup_steps: int = 1000, decay_start: Optional[int] = None, threshold_beta: float = 0.999,
+                 threshold_start_step: int = 1000, k_anneal_steps: Optional[int] = None,
+                 dead_feature_threshold: int = 10_000_000, seed: Optional[int] = None, device: Optional[str] = None,
+                 wandb_name: Optional[str] = None, submodule_name: Optional[str] = None,
+                 alignment: Optional[str] = None, alignment_penalty: Optional[float] = None):
+        if lr is None:
+            if isinstance(dict_size, int) and dict_size > 0:
+                lr = 2e-4 / (dict_size / 2**14) ** 0.5
+        if not isinstance(auxk_alpha, (int, float)) or auxk_alpha < 0:
+            raise ValueError(f"auxk_alpha must be a non-negative number, got {auxk_alpha!r}")
+        if not 0 <= threshold_beta < 1:
+            raise ValueError(f"threshold_beta must be in [0, 1), got {threshold_beta!r}")
+        self.k, self.auxk_alpha = k, float(auxk_alpha)
+        self.threshold_beta, self.threshold_start_step = threshold_beta, threshold_start_step
+        self.k_anneal_steps, self.dead_feature_threshold = k_anneal_steps, dead_feature_threshold
+        self.top_k_aux = activation_dim // 2 if isinstance(activation_dim, int) else 1
+        super().__init__(
+            steps, activation_dim, dict_size, layer, lm_name, dict_class=dict_class, lr=lr,
+            warmup_steps=warmup_steps, decay_start=decay_start, sparsity_warmup_steps=None, seed=seed,
+            device=device, wandb_name=wandb_name, submodule_name=submodule_name, alignment=alignment,
+            alignment_penalty=alignment_penalty, dict_kwargs={"k": k},
+        )
+        if k_anneal_steps is not None and not (0 <= k_anneal_steps < self.steps and activation_dim > k):
+            raise ValueError(f"k_anneal_steps must be in [0, steps={self.steps}) with activation_dim > k, "
+                             f"got {k_anneal_steps}")
+        self.logging_parameters += ["dead_features", "pre_norm_auxk_loss"]
+        self.dead_features, self.pre_norm_auxk_loss = 0, -1.0
+
+    # the batch-level selection differs between TopK and BatchTopK
+    def select(self, x):
+        """``(f, post_relu, kept_values)`` for training: top-k per token."""
+        f, values, _, pre = self.ae.encode(x, return_topk=True, use_threshold=False)
+        return f, pre, values
+
+    def encode_for_loss(self, x, step):
+        f, pre, kept = self.select(x)
+        return self.ae.decode(f), f, {"post_relu": pre, "kept": kept}
+
+    def auxk_loss(self, residual: torch.Tensor, post_relu: torch.Tensor) -> torch.Tensor:
+        """Normalised auxiliary-k loss of the residual ``[batch, activation_dim]`` (0 when no feature is dead)."""
+        dead = self.tokens_since_fired >= self.dead_feature_threshold
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return residual.new_zeros(())
+        acts = torch.where(dead[None], post_relu, torch.full_like(post_relu, -torch.inf))
+        top = acts.topk(min(self.top_k_aux, n_dead), dim=-1, sorted=False)
+        aux_f = torch.zeros_like(post_relu).scatter_(-1, top.indices, top.values.clamp_min(0))
+        recon = aux_f @ self.ae.W_dec.T
+        err = (residual.float() - recon.float()).pow(2).sum(-1).mean()
+        var = (residual.float() - residual.float().mean(0)).pow(2).sum(-1).mean()
+        return (err / var).nan_to_num(0.0)
+
+    def sparsity_term(self, x, x_hat, f, aux, step):
+        if self.auxk_alpha == 0:
+            return x.new_zeros(()), {}
+        auxk = self.auxk_loss((x - x_hat).detach(), aux["post_relu"])
+        return self.auxk_alpha * auxk, {"auxk_loss": auxk}
+
+    def before_step(self, step, x):
+        if step == 0:
+            with torch.no_grad():
+                self.ae.b_dec.copy_(geometric_median(x).to(self.ae.b_dec.dtype))
+
+    @torch.no_grad()
+    def smallest_kept(self, kept: torch.Tensor) -> torch.Tensor:
+        """Statistic tracked by the threshold EMA: the mean over tokens of the smallest positive kept value."""
+        v = kept.float().clone()
+        v[v <= 0] = torch.inf
+        mins = v.min(dim=-1).values
+        mins = mins[torch.isfinite(mins)]
+        return mins.mean() if mins.numel() else v.new_zeros(())
+
+    @torch.no_grad()
+    def after_step(self, step, x, f, aux):
+        self.dead_features = int((self.tokens_since_fired >= self.dead_feature_threshold).sum())
+        if step > self.threshold_start_step:
+            m = self.smallest_kept(aux["kept"])
+            t = self.ae.threshold
+            t.copy_(m if t < 0 else self.threshold_beta * t + (1 - self.threshold_beta) * m)
+        if self.k_anneal_steps is not None:
+            r = min(step, self.k_anneal_steps) / self.k_anneal_steps if self.k_anneal_steps else 1.0
+            self.ae.k.fill_(int(self.ae.activation_dim * (1 - r) + self.k * r))
+
+    def _extra_config(self) -> dict:
+        return {"k": self.k, "auxk_alpha": self.auxk_alpha, "threshold_beta": self.threshold_beta,
+                "threshold_start_step": self.threshold_start_step, "k_anneal_steps": self.k_anneal_steps,
+                "dead_feature_threshold": self.dead_feature_threshold}
+
+
+class BatchTopKTrainer(TopKTrainer):
+    """BatchTopK SAE training (Bussmann et al. 2024, arXiv 2412.06410): as :class:`TopKTrainer`, but the
+    ``k * batch`` largest activations of the whole batch are kept, and the inference threshold is an EMA of the
+    smallest kept activation of the batch. Same arguments and defaults as :class:`TopKTrainer`."""
+
+    dict_class = BatchTopKSAE
+
+    def select(self, x):
+        f, _, pre = self.ae.encode(x, return_active=True, use_threshold=False)
+        return f, pre, f
+
+    @torch.no_grad()
+    def smallest_kept(self, kept):
+        pos = kept[kept > 0]
+        return pos.min().float() if pos.numel() else kept.new_zeros((), dtype=torch.float32)
