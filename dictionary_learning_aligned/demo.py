@@ -30,7 +30,8 @@ class DemoConfig:
     dict_size: int = 4096
     """features per dictionary"""
     arch: str = "relu"
-    """architecture: relu (L1), topk, batchtopk or panneal (Lp, p annealed from 1 to 0.2)"""
+    """architecture: relu (L1), topk, batchtopk or panneal (Lp, p annealed from 1 to 0.2), or a comma-separated
+    list of them (all trained on the same harvested batches)"""
     l1_penalty: float = 0.04
     """relu: L1 coefficient; panneal: initial sparsity coefficient; the same for both SAEs (activations are
     normalized to unit mean squared norm)"""
@@ -90,41 +91,57 @@ ARCHS = ("relu", "topk", "batchtopk", "panneal")
 
 
 def trainer_configs(cfg: DemoConfig, activation_dim: int, steps: int) -> list[tuple[str, dict]]:
-    """``(group name, trainer config)`` of every SAE of the demo: for each seed a standard and an aligned SAE of
-    ``cfg.arch``, identical but for the alignment, with schedules scaled to ``steps``.
+    """``(group name, trainer config)`` of every SAE of the demo: for each architecture and seed a standard and an
+    aligned SAE, identical but for the alignment, with schedules scaled to ``steps``.
 
     Raises:
         ValueError: unknown architecture.
     """
     from . import trainers as T
 
-    if cfg.arch not in ARCHS:
-        raise ValueError(f"unknown arch {cfg.arch!r}; choose one of {ARCHS}")
-    standard, aligned = {
+    pairs = {
         "relu": (T.StandardTrainer, T.AlignedStandardTrainer),
         "topk": (T.TopKTrainer, T.AlignedTopKTrainer),
         "batchtopk": (T.BatchTopKTrainer, T.AlignedBatchTopKTrainer),
         "panneal": (T.PAnnealTrainer, T.AlignedPAnnealTrainer),
-    }[cfg.arch]
+    }
+    archs = _archs(cfg.arch)
+    out = []
+    for arch in archs:
+        prefix = f"{arch} " if len(archs) > 1 else ""
+        standard, aligned = pairs[arch]
+        common = _arch_settings(cfg, arch, activation_dim, steps)
+        for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+            out.append((prefix + "standard", dict(trainer=standard, seed=seed, **common)))
+            out.append((prefix + f"aligned ({cfg.alignment})",
+                        dict(trainer=aligned, alignment=cfg.alignment, seed=seed, **common)))
+    return out
+
+
+def _archs(spec: str) -> list[str]:
+    archs = [a.strip() for a in str(spec).split(",") if a.strip()]
+    bad = [a for a in archs if a not in ARCHS]
+    if bad or not archs:
+        raise ValueError(f"unknown arch {spec!r}; choose one or more (comma-separated) of {ARCHS}")
+    return archs
+
+
+def _arch_settings(cfg: DemoConfig, arch: str, activation_dim: int, steps: int) -> dict:
     common = dict(steps=steps, activation_dim=activation_dim, dict_size=cfg.dict_size, layer=cfg.layer,
                   lm_name=cfg.model, warmup_steps=max(1, steps // 20),
                   decay_start=max(2, int(0.8 * steps)) if steps > 10 else None, submodule_name=f"layers.{cfg.layer}")
     if cfg.lr is not None:
         common["lr"] = cfg.lr
-    if cfg.arch in ("topk", "batchtopk"):
+    if arch in ("topk", "batchtopk"):
         common.update(k=cfg.k, threshold_start_step=max(1, steps // 10))
     else:
         common["sparsity_warmup_steps"] = max(1, steps // 10)
-        if cfg.arch == "relu":
+        if arch == "relu":
             common["l1_penalty"] = cfg.l1_penalty
         else:
             common.update(initial_sparsity_penalty=cfg.l1_penalty, anneal_start=max(1, steps // 4),
                           anneal_end=max(2, steps - 2) if steps > 3 else None, n_sparsity_updates=10)
-    out = []
-    for seed in range(cfg.seed, cfg.seed + cfg.seeds):
-        out.append(("standard", dict(trainer=standard, seed=seed, **common)))
-        out.append((f"aligned ({cfg.alignment})", dict(trainer=aligned, alignment=cfg.alignment, seed=seed, **common)))
-    return out
+    return common
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -149,7 +166,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from .buffer import ActivationBuffer
     from .data import iter_texts
     from .dictionary import Dictionary
-    from .evaluation import collect_eval_data, evaluate
+    from .evaluation import ce_losses, collect_eval_data, evaluate
     from .io import prepare_output_dir, write_json
     from .models import layer_path, load_language_model
     from .stability import stability
@@ -163,9 +180,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         raise ValueError(f"tokens={cfg.tokens} gives {steps} steps of batch_size={cfg.batch_size}; need at least 2")
     if cfg.alignment not in ("project", "rescale"):
         raise ValueError(f"alignment must be 'project' or 'rescale', got {cfg.alignment!r}")
-    if cfg.arch not in ARCHS:
-        raise ValueError(f"unknown arch {cfg.arch!r}; choose one of {ARCHS}")
-    if cfg.arch in ("topk", "batchtopk") and not 1 <= cfg.k <= cfg.dict_size:
+    if {"topk", "batchtopk"} & set(_archs(cfg.arch)) and not 1 <= cfg.k <= cfg.dict_size:
         raise ValueError(f"k must be in [1, dict_size={cfg.dict_size}], got {cfg.k}")
     timings = {}
     t0 = time.time()
@@ -198,11 +213,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     eval_buffer = make_buffer("test", eval_rows)
     acts, ce_tokens = collect_eval_data(eval_buffer, cfg.eval_batches, cfg.ce_batches, cfg.ce_batch_size)
     metrics, dictionaries = {}, {}
+    ce_reference = [ce_losses(lm, submodule, None, t, skip_first=True) for t in ce_tokens]
     for i, name in enumerate(names):
         ae = Dictionary.from_pretrained(out / "dictionaries" / f"trainer_{i}", device=cfg.device)
-        dictionaries[name] = ae
         metrics[name] = evaluate(ae, acts, n_batches=len(acts), model=lm, submodule=submodule, ce_tokens=ce_tokens,
-                                 skip_first=True)
+                                 skip_first=True, ce_reference=ce_reference)
+        dictionaries[name] = ae if cfg.seeds > 1 else None
     groups = {}
     for (g, _), name in zip(runs, names):
         groups.setdefault(g, []).append(name)
@@ -231,6 +247,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         "note": _model_note(cfg.model),
     }
     write_json(out / "results.json", results)
+    (out / "results.md").write_text(format_markdown(results))
     plot_alignment_histograms({g: metrics[m[0]] for g, m in groups.items()}, out / "alignment_hist.pdf")
     print(format_table(results))
     print(f"\nwrote {out / 'results.json'}, {out / 'alignment_hist.pdf'} and dictionaries in {out / 'dictionaries'}")
@@ -318,6 +335,26 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+MD_ROWS = ["L0", "frac. variance explained", "CE loss recovered", "alive fraction", "alignment mean",
+           "alignment a<0.5"]
+
+
+def format_markdown(results: dict) -> str:
+    """One markdown table row per SAE type: mean ± std over seeds of the key metrics, and the cross-seed MCS."""
+    stab = results.get("stability") or {}
+    head = ["SAE"] + MD_ROWS + (["MCS", "max cos > 0.7"] if stab else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for g, row in results["summary"].items():
+        cells = [g]
+        for label in MD_ROWS:
+            v = row[label]
+            cells.append("n/a" if v is None else f"{v['mean']:.3f} ± {v['std']:.3f}")
+        if stab:
+            cells += [f"{stab[g]['mcs']:.3f}", f"{stab[g]['frac_above_0.7']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_alignment_histograms(metrics: dict, path) -> None:
     """Write one alignment-score histogram per dictionary, side by side, to ``path`` (PDF) and a PNG preview."""
     import matplotlib
@@ -325,8 +362,13 @@ def plot_alignment_histograms(metrics: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), sharey=False)
-    for ax, (name, m) in zip(list(axes) if len(metrics) > 1 else [axes], metrics.items()):
+    n = len(metrics)
+    ncols = min(n, 4)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax, (name, m) in zip(axes.flat, metrics.items()):
         s = m["alignment"]
         edges = s["hist_edges"]
         ax.stairs(s["hist_counts"], edges, fill=True, alpha=0.8)

@@ -12,7 +12,8 @@ from .alignment import alignment_scores, summarize_scores
 
 
 @torch.no_grad()
-def ce_losses(model, submodule, dictionary, tokens: torch.Tensor, skip_first: bool = True) -> dict:
+def ce_losses(model, submodule, dictionary, tokens: torch.Tensor, skip_first: bool = True,
+              reference: Optional[dict] = None) -> dict:
     """Next-token cross-entropy of ``model`` on ``tokens`` clean, with the dictionary spliced in at
     ``submodule``'s output, and with that output zero-ablated.
 
@@ -23,10 +24,12 @@ def ce_losses(model, submodule, dictionary, tokens: torch.Tensor, skip_first: bo
         tokens: ``[batch, ctx_len]`` token ids.
         skip_first: leave position 0 (the BOS token, whose activation is an outlier the dictionary is not
             trained on with ``remove_bos``) untouched in both interventions.
+        reference: ``{"loss_original", "loss_zero"}`` already computed on these tokens (they do not depend on
+            the dictionary), to skip those two forward passes. ``dictionary=None`` computes only them.
 
     Returns:
         ``{"loss_original", "loss_reconstructed", "loss_zero"}`` in nats per token (mean over all predicted
-        positions).
+        positions); without a dictionary, no ``loss_reconstructed``.
     """
     tokens = tokens.to(model.device)
     labels = tokens[:, 1:].reshape(-1)
@@ -45,17 +48,17 @@ def ce_losses(model, submodule, dictionary, tokens: torch.Tensor, skip_first: bo
     def reconstruct(h):
         return dictionary(h.to(dictionary.W_dec.dtype)).to(h.dtype)
 
-    return {
-        "loss_original": run(None),
-        "loss_reconstructed": run(reconstruct),
-        "loss_zero": run(torch.zeros_like),
-    }
+    out = dict(reference) if reference else {"loss_original": run(None), "loss_zero": run(torch.zeros_like)}
+    if dictionary is not None:
+        out["loss_reconstructed"] = run(reconstruct)
+    return out
 
 
 @torch.no_grad()
 def evaluate(dictionary, activations: Iterable[torch.Tensor], n_batches: int = 10, ce_batches: int = 2,
              ce_batch_size: int = 8, device: Optional[str] = None, *, model=None, submodule=None,
-             ce_tokens: Optional[list] = None, skip_first: Optional[bool] = None) -> dict:
+             ce_tokens: Optional[list] = None, skip_first: Optional[bool] = None,
+             ce_reference: Optional[list] = None) -> dict:
     """Evaluate a dictionary on held-out activations.
 
     Args:
@@ -71,6 +74,8 @@ def evaluate(dictionary, activations: Iterable[torch.Tensor], n_batches: int = 1
             on the same text; see :func:`collect_eval_data`).
         skip_first: leave position 0 (BOS) untouched when splicing (default: the buffer's ``remove_bos``,
             else True).
+        ce_reference: per ``ce_tokens`` batch, the dictionary-independent ``{"loss_original", "loss_zero"}``
+            (from ``ce_losses(model, submodule, None, tokens)``), so they are not recomputed per dictionary.
 
     Returns:
         dict with ``n_tokens`` (tokens the metrics below were computed over), ``l0`` (mean active features per
@@ -132,9 +137,11 @@ def evaluate(dictionary, activations: Iterable[torch.Tensor], n_batches: int = 1
     if ce_tokens:
         if model is None or submodule is None:
             raise ValueError("CE-loss metrics need model and submodule (or an ActivationBuffer)")
+        refs = ce_reference or [None] * len(ce_tokens)
         losses = [(t.numel() - t.shape[0], ce_losses(model, submodule, dictionary, t,
-                                                     skip_first=True if skip_first is None else skip_first))
-                  for t in ce_tokens]
+                                                     skip_first=True if skip_first is None else skip_first,
+                                                     reference=r))
+                  for t, r in zip(ce_tokens, refs)]
         total = sum(w for w, _ in losses)
         for key in ("loss_original", "loss_reconstructed", "loss_zero"):
             out[key] = sum(w * l[key] for w, l in losses) / total
