@@ -1,7 +1,12 @@
-"""Build the larger training text for GPU runs: every Wikipedia and Gutenberg document of ../shared/data, shuffled
-(seed 2026) into one jsonl.gz (about 63M characters, ~15M SmolLM2 tokens). Not committed (25 MB): rebuild it.
+"""Build the larger training text for GPU runs: every document of the general-English sources of ../shared/data,
+shuffled (seed 2026) into one jsonl.gz. Not committed (tens of MB): rebuild it.
 
-Usage: python scripts/build_gpu_corpus.py [--shared ../shared/data] [--out /work/gpu_extra/wiki_gutenberg_mixed.jsonl.gz]
+--sources wiki_gutenberg (default; wikipedia_en + gutenberg_books, 63M characters, ~15M SmolLM2 tokens) or
+--sources all_english (also newsgroups20, nltk_english, reddit_top_posts, web_snippets: 123M characters, ~30M
+tokens; several of those have research-only or unstated licenses, see ../shared/data/*/README.md, which is why
+they are only used for runs, never shipped).
+
+Usage: python scripts/build_gpu_corpus.py [--shared ../shared/data] [--sources NAME] [--out FILE]
 """
 import argparse
 import gzip
@@ -11,10 +16,15 @@ from pathlib import Path
 
 ap = argparse.ArgumentParser(description=__doc__)
 ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-ap.add_argument("--out", type=Path, default=Path("/work/gpu_extra/wiki_gutenberg_mixed.jsonl.gz"))
+ap.add_argument("--sources", choices=["wiki_gutenberg", "all_english"], default="wiki_gutenberg")
+ap.add_argument("--out", type=Path, default=None)
 args = ap.parse_args()
+names = ["wikipedia_en", "gutenberg_books"]
+if args.sources == "all_english":
+    names += ["newsgroups20", "nltk_english", "reddit_top_posts", "web_snippets"]
+args.out = args.out or Path(f"/work/gpu_extra/{'wiki_gutenberg' if args.sources == 'wiki_gutenberg' else 'all_english'}_mixed.jsonl.gz")
 docs = []
-for name in ("wikipedia_en", "gutenberg_books"):
+for name in names:
     for f in sorted((args.shared / name).glob("*.jsonl.gz")):
         with gzip.open(f, "rt", encoding="utf-8") as fh:
             docs += [{"source": name, "text": json.loads(line)["text"]} for line in fh]

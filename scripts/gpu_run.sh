@@ -11,6 +11,6 @@ trap 'tar -czf "$OUT/$name.tar.gz" --exclude=dictionaries -C $runs "$name"' EXIT
 mkdir -p "$runs/$name"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$runs/$name/gpu.txt"
 timeout "${BUDGET_S:-560}" python3 -m dictionary_learning_aligned demo --device cuda --autocast bfloat16 \
-  --corpus "$GPU_FILES/wiki_gutenberg_mixed.jsonl.gz" --buffer-ctxs 8000 --refresh-batch-size 256 \
+  --corpus "$GPU_FILES/${CORPUS:-wiki_gutenberg_mixed.jsonl.gz}" --buffer-ctxs 8000 --refresh-batch-size 256 \
   --eval-batches 20 --ce-batches 20 --ce-batch-size 32 --out "$runs/$name/run" "$@" 2>&1 \
   | grep --line-buffered -v "training:" | tee "$runs/$name/log.txt"
