@@ -69,6 +69,10 @@ class ActivationBuffer:
         remove_bos: drop the BOS position of each context (its activation is an outlier in most models).
         add_special_tokens: passed to the tokenizer.
         dtype: dtype of stored activations (default float32).
+        max_norm_multiple: drop tokens whose activation norm exceeds this multiple of the median norm of their
+            harvest batch (as dictionary_learning's ``max_activation_norm_multiple``): the massive activations of
+            a few tokens (attention sinks) otherwise dominate the reconstruction loss. None keeps every token.
+        verbose: show a progress bar while the buffer fills.
 
     Iterating yields ``[out_batch_size, d_submodule]`` tensors (the last batch may be smaller) and stops
     when the text is exhausted.
@@ -80,9 +84,14 @@ class ActivationBuffer:
     def __init__(self, data: Iterable[str], model, submodule, d_submodule: Optional[int] = None, io: str = "out",
                  n_ctxs: int = 30_000, ctx_len: int = 128, refresh_batch_size: int = 512,
                  out_batch_size: int = 8192, device: str = "cpu", remove_bos: bool = False,
-                 add_special_tokens: bool = True, dtype: torch.dtype = torch.float32):
+                 add_special_tokens: bool = True, dtype: torch.dtype = torch.float32,
+                 max_norm_multiple: Optional[float] = None, verbose: bool = False):
         if io not in ("in", "out"):
             raise ValueError(f"io must be 'in' or 'out', got {io!r}")
+        if not isinstance(ctx_len, int) or ctx_len < 2:
+            raise ValueError(f"ctx_len must be an integer >= 2, got {ctx_len!r}")
+        if max_norm_multiple is not None and not max_norm_multiple > 1:
+            raise ValueError(f"max_norm_multiple must be > 1 or None, got {max_norm_multiple!r}")
         for name, v in (("n_ctxs", n_ctxs), ("refresh_batch_size", refresh_batch_size),
                         ("out_batch_size", out_batch_size)):
             if not v >= 1:
@@ -92,6 +101,8 @@ class ActivationBuffer:
         self.n_ctxs, self.ctx_len = int(n_ctxs), ctx_len
         self.refresh_batch_size, self.out_batch_size = int(refresh_batch_size), int(out_batch_size)
         self.device, self.remove_bos, self.add_special_tokens, self.dtype = device, remove_bos, add_special_tokens, dtype
+        self.max_norm_multiple, self.verbose = max_norm_multiple, verbose
+        self.tokens_dropped = 0
         self.contexts = pack_token_contexts(data, model.tokenizer, ctx_len, add_special_tokens=add_special_tokens)
         self.activations = torch.empty(0, self.d_submodule, dtype=dtype, device=device)
         self.read = torch.zeros(0, dtype=torch.bool, device=device)
@@ -103,7 +114,8 @@ class ActivationBuffer:
         """JSON-ready parameters of the buffer."""
         return {"d_submodule": self.d_submodule, "io": self.io, "n_ctxs": self.n_ctxs, "ctx_len": self.ctx_len,
                 "refresh_batch_size": self.refresh_batch_size, "out_batch_size": self.out_batch_size,
-                "device": str(self.device), "remove_bos": self.remove_bos}
+                "device": str(self.device), "remove_bos": self.remove_bos,
+                "max_norm_multiple": self.max_norm_multiple}
 
     def __iter__(self):
         return self
@@ -121,11 +133,18 @@ class ActivationBuffer:
 
     def token_batch(self, batch_size: Optional[int] = None) -> Optional[torch.Tensor]:
         """The next ``[batch, ctx_len]`` contexts of tokens (consumed from the same text stream), or None when
-        the text is exhausted."""
+        the text is exhausted.
+
+        Raises:
+            ValueError: ``batch_size < 1``.
+        """
+        n = self.refresh_batch_size if batch_size is None else batch_size
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         rows = []
         for ctx in self.contexts:
             rows.append(ctx)
-            if len(rows) == (batch_size or self.refresh_batch_size):
+            if len(rows) == n:
                 break
         if not rows:
             self._exhausted = True
@@ -144,9 +163,13 @@ class ActivationBuffer:
 
     def refresh(self) -> None:
         """Drop read activations and fill the buffer with new ones."""
+        from tqdm.auto import tqdm
+
         keep = self.activations[~self.read]
         chunks, n = [keep], len(keep)
         target = self.n_ctxs * self.ctx_len
+        bar = tqdm(total=target, initial=n, desc="harvesting activations", unit="tok", leave=False,
+                   disable=not self.verbose)
         while n < target:
             tokens = self.token_batch(min(self.refresh_batch_size, max(1, (target - n) // self.ctx_len + 1)))
             if tokens is None:
@@ -156,7 +179,14 @@ class ActivationBuffer:
                 h = h[:, 1:]
             h = h.reshape(-1, self.d_submodule).to(self.device, self.dtype)
             self.tokens_harvested += h.shape[0]
+            if self.max_norm_multiple is not None:
+                norms = h.float().norm(dim=-1)
+                ok = norms <= self.max_norm_multiple * norms.median()
+                self.tokens_dropped += int((~ok).sum())
+                h = h[ok]
             chunks.append(h)
             n += h.shape[0]
+            bar.update(h.shape[0])
+        bar.close()
         self.activations = torch.cat(chunks)
         self.read = torch.zeros(len(self.activations), dtype=torch.bool, device=self.device)

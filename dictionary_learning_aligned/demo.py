@@ -24,7 +24,7 @@ class DemoConfig:
     layer: int = 12
     """decoder block whose residual-stream output is read (0-based)"""
     corpus: Optional[str] = None
-    """text: None for the bundled corpus, a local txt/jsonl(.gz) file or folder, or a HF dataset name"""
+    """text: a local txt/jsonl(.gz) file or folder, or a Hugging Face dataset name; omit for the bundled corpus"""
     tokens: int = 300_000
     """training tokens (steps = tokens // batch_size)"""
     dict_size: int = 4096
@@ -60,11 +60,14 @@ class DemoConfig:
     seed: int = 0
     """first seed (seeds are seed, seed+1, ...; standard and aligned SAEs of one seed share the initial decoder)"""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    """device for the model and the SAEs"""
+    """device for the model and the SAEs (default: cuda if a GPU is available, else cpu)"""
     model_dtype: str = "float32"
     """dtype of the language model"""
     autocast: str = "float32"
     """autocast dtype for SAE training (bfloat16 on GPU is faster)"""
+    max_norm_multiple: Optional[float] = 10.0
+    """drop tokens whose activation norm exceeds this multiple of the median norm of their harvest batch
+    (massive-activation outliers that otherwise dominate MSE and FVE); 0 or negative: keep every token"""
     out: str = "demo_out"
     """output folder (must not exist or be empty, unless --overwrite)"""
     overwrite: bool = False
@@ -88,6 +91,9 @@ def _envoy(lm, path: str):
 
 
 ARCHS = ("relu", "topk", "batchtopk", "panneal")
+#: allowed values of the enum-like flags
+CHOICES = {"alignment": ["project", "rescale"], "model_dtype": ["float32", "bfloat16", "float16"],
+           "autocast": ["float32", "bfloat16", "float16"]}
 
 
 def trainer_configs(cfg: DemoConfig, activation_dim: int, steps: int) -> list[tuple[str, dict]]:
@@ -144,6 +150,47 @@ def _arch_settings(cfg: DemoConfig, arch: str, activation_dim: int, steps: int) 
     return common
 
 
+def validate_config(cfg: DemoConfig) -> None:
+    """Check every setting that can be checked without loading anything.
+
+    Raises:
+        ValueError: the first bad setting, named.
+    """
+    for name in ("tokens", "dict_size", "batch_size", "buffer_ctxs", "refresh_batch_size", "seeds", "eval_batches",
+                 "ce_batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.ctx_len < 2:
+        raise ValueError(f"ctx_len must be >= 2 (BOS plus at least one token), got {cfg.ctx_len}")
+    if cfg.ce_batches < 0:
+        raise ValueError(f"ce_batches must be >= 0, got {cfg.ce_batches}")
+    if cfg.tokens // cfg.batch_size < 2:
+        raise ValueError(f"tokens={cfg.tokens} gives {cfg.tokens // cfg.batch_size} steps of batch_size="
+                         f"{cfg.batch_size}; need at least 2")
+    if cfg.alignment not in ("project", "rescale"):
+        raise ValueError(f"alignment must be 'project' or 'rescale', got {cfg.alignment!r}")
+    if {"topk", "batchtopk"} & set(_archs(cfg.arch)) and not 1 <= cfg.k <= cfg.dict_size:
+        raise ValueError(f"k must be in [1, dict_size={cfg.dict_size}], got {cfg.k}")
+    if not cfg.l1_penalty >= 0 or cfg.l1_penalty == float("inf"):
+        raise ValueError(f"l1_penalty must be a finite number >= 0, got {cfg.l1_penalty}")
+    if cfg.lr is not None and not 0 < cfg.lr < float("inf"):
+        raise ValueError(f"lr must be a positive number, got {cfg.lr}")
+    if cfg.max_norm_multiple is not None and 0 < cfg.max_norm_multiple <= 1:
+        raise ValueError(f"max_norm_multiple must be > 1 (or <= 0 to keep every token), got {cfg.max_norm_multiple}")
+    if not str(cfg.model).strip():
+        raise ValueError("model name is empty")
+    if cfg.corpus is not None and not str(cfg.corpus).strip():
+        raise ValueError("corpus is empty; omit --corpus for the bundled corpus")
+    for name in ("model_dtype", "autocast"):
+        _dtype(getattr(cfg, name))
+    try:
+        dev = torch.device(cfg.device)
+    except RuntimeError as e:
+        raise ValueError(f"invalid device {cfg.device!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {cfg.device!r} requested but no CUDA GPU is available; use --device cpu")
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the demo end to end and write its outputs into ``cfg.out``.
 
@@ -167,21 +214,18 @@ def run_demo(cfg: DemoConfig) -> dict:
     from .data import iter_texts
     from .dictionary import Dictionary
     from .evaluation import ce_losses, collect_eval_data, evaluate
-    from .io import prepare_output_dir, write_json
+    from .io import check_output_dir, prepare_output_dir, write_json
     from .models import layer_path, load_language_model
     from .stability import stability
     from .training import trainSAE
 
-    for name in ("tokens", "dict_size", "batch_size", "ctx_len", "buffer_ctxs", "refresh_batch_size", "seeds"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    validate_config(cfg)
     steps = cfg.tokens // cfg.batch_size
     if steps < 2:
         raise ValueError(f"tokens={cfg.tokens} gives {steps} steps of batch_size={cfg.batch_size}; need at least 2")
-    if cfg.alignment not in ("project", "rescale"):
-        raise ValueError(f"alignment must be 'project' or 'rescale', got {cfg.alignment!r}")
-    if {"topk", "batchtopk"} & set(_archs(cfg.arch)) and not 1 <= cfg.k <= cfg.dict_size:
-        raise ValueError(f"k must be in [1, dict_size={cfg.dict_size}], got {cfg.k}")
+    check_output_dir(cfg.out, cfg.overwrite)  # fail before the slow steps; nothing is changed yet
+    for split in ("train", "test"):  # an unreadable corpus or an empty split fails here, not after training
+        next(iter_texts(cfg.corpus, split=split, seed=cfg.seed))
     timings = {}
     t0 = time.time()
     hf, tok = load_language_model(cfg.model, device=cfg.device, dtype=_dtype(cfg.model_dtype))
@@ -195,7 +239,9 @@ def run_demo(cfg: DemoConfig) -> dict:
         return ActivationBuffer(iter_texts(cfg.corpus, split=split, seed=cfg.seed), lm, submodule,
                                 d_submodule=hf.config.hidden_size, n_ctxs=n_ctxs, ctx_len=cfg.ctx_len,
                                 refresh_batch_size=cfg.refresh_batch_size, out_batch_size=cfg.batch_size,
-                                device=cfg.device, remove_bos=True)
+                                device=cfg.device, remove_bos=True,
+                                max_norm_multiple=cfg.max_norm_multiple if (cfg.max_norm_multiple or 0) > 0 else None,
+                                verbose=split == "train")
 
     train_buffer = make_buffer("train", cfg.buffer_ctxs)
     runs = trainer_configs(cfg, hf.config.hidden_size, steps)
@@ -328,6 +374,9 @@ def format_table(results: dict) -> str:
                            ("frac. max cos > 0.9", "frac_above_0.9"), ("Hungarian mean cos", "hungarian_mean_cos")):
             cells = [("n/a" if stab[g][key] is None else f"{stab[g][key]:.4f}").rjust(c) for g, c in zip(groups, cols)]
             lines.append(label.ljust(w) + "".join(cells))
+    if any(a in ("relu", "panneal") for a in _archs(results["settings"]["arch"])):
+        lines.append("note: at the same sparsity penalty the SAEs reach different L0; compare them at matched L0 "
+                     "(a penalty sweep, or --arch topk)")
     first = results["metrics"][results["groups"][groups[0]][0]]
     lines.append(f"({n_seeds} seed(s) per type; {first['n_tokens']} held-out tokens for reconstruction and alive "
                  f"fraction, {first.get('ce_n_tokens', 0)} predicted tokens for CE losses; "

@@ -74,9 +74,9 @@ class Dictionary(nn.Module, ABC):
         W_dec = W_dec / W_dec.norm(dim=0, keepdim=True)
         self.W_dec = nn.Parameter(W_dec)
         if self.alignment in al.REPARAMETERIZED:
-            self.V = nn.Parameter(encoder_scale * W_dec.T.clone())
+            self.V = nn.Parameter((encoder_scale * W_dec.T).contiguous())
         elif self.alignment != "tied":
-            self.W_enc = nn.Parameter(encoder_scale * W_dec.T.clone())
+            self.W_enc = nn.Parameter((encoder_scale * W_dec.T).contiguous())
         self.b_enc = nn.Parameter(torch.zeros(self.dict_size))
         self.b_dec = nn.Parameter(torch.zeros(self.activation_dim))
 
@@ -123,7 +123,12 @@ class Dictionary(nn.Module, ABC):
         self.b_dec.mul_(scale)
 
     # ------------------------------------------------------------------ forward
-    def _check_input(self, x: torch.Tensor) -> None:
+    def _check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Validate activations and cast them to the weights' dtype.
+
+        Raises:
+            TypeError: not a floating-point tensor. ValueError: last dimension is not ``activation_dim``.
+        """
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"expected a torch.Tensor of activations, got {type(x).__name__}")
         if x.shape[-1] != self.activation_dim:
@@ -133,6 +138,7 @@ class Dictionary(nn.Module, ABC):
             )
         if not x.is_floating_point():
             raise TypeError(f"activations must be a floating-point tensor, got dtype {x.dtype}")
+        return x.to(self.W_dec.dtype)
 
     @abstractmethod
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -224,7 +230,8 @@ class Dictionary(nn.Module, ABC):
         if not issubclass(klass, cls):
             raise CheckpointError(f"{weights} holds a {name}, not a {cls.__name__}")
         try:
-            ae = klass(**kwargs)
+            with torch.device("meta"):  # shapes only: nothing is allocated before the tensors are checked
+                ae = klass(**kwargs)
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{weights}: invalid dictionary configuration {kwargs}: {e}") from e
         expected = ae.state_dict()
@@ -239,11 +246,18 @@ class Dictionary(nn.Module, ABC):
                     f"{weights}: tensor {k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)} "
                     f"for activation_dim={ae.activation_dim}, dict_size={ae.dict_size}"
                 )
-        ae.load_state_dict(state)
+        ae.load_state_dict(state, assign=True)
         if dtype is not None:
+            if isinstance(dtype, str):
+                dtype = getattr(torch, dtype.replace("torch.", ""), None) if dtype else None
+            if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+                raise ValueError(f"dtype must be a floating-point torch.dtype or its name, got {dtype!r}")
             ae = ae.to(dtype=dtype)
         if device is not None:
-            ae = ae.to(device)
+            try:
+                ae = ae.to(torch.device(device))
+            except RuntimeError as e:
+                raise ValueError(f"invalid device {device!r}: {e}") from None
         return ae.eval()
 
 
@@ -270,7 +284,11 @@ def _read_safetensors(weights: Path):
         raise CheckpointError(f"{weights} is not a readable safetensors file ({type(e).__name__}: {e})") from e
     if meta.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{weights} is not a {FORMAT_NAME} checkpoint (metadata: {meta or 'none'})")
-    if int(meta.get("format_version", -1)) > FORMAT_VERSION:
+    try:
+        version = int(meta.get("format_version", -1))
+    except ValueError:
+        raise CheckpointError(f"{weights}: invalid format_version {meta.get('format_version')!r}") from None
+    if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{weights} was written by a newer format version {meta['format_version']} (this library reads "
             f"<= {FORMAT_VERSION}); upgrade dictionary_learning_aligned"
@@ -292,6 +310,8 @@ def _read_legacy(weights: Path):
     try:
         obj = torch.load(str(weights), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "invalid load key" in str(e):
+            raise CheckpointError(f"{weights} is not a torch checkpoint ({e})") from e
         raise CheckpointError(
             f"{weights} contains pickled objects other than tensors; refusing to load it (only plain state "
             f"dicts are read, with torch.load(weights_only=True)): {e}"
@@ -341,7 +361,7 @@ class AutoEncoder(Dictionary):
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         """``W_enc (x - b_dec) + b_enc``: ``[..., activation_dim] -> [..., dict_size]``."""
-        self._check_input(x)
+        x = self._check_input(x)
         return (x - self.b_dec) @ self.W_enc.T + self.b_enc
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -374,7 +394,7 @@ class _SparseCodeDictionary(Dictionary):
 
     def post_relu(self, x: torch.Tensor) -> torch.Tensor:
         """``ReLU(W_enc (x - b_dec) + b_enc)``: ``[..., activation_dim] -> [..., dict_size]``."""
-        self._check_input(x)
+        x = self._check_input(x)
         return torch.relu((x - self.b_dec) @ self.W_enc.T + self.b_enc)
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:

@@ -63,7 +63,8 @@ def evaluate(dictionary, activations: Iterable[torch.Tensor], n_batches: int = 1
 
     Args:
         dictionary: any dictionary of this library, reading raw activations (as loaded by ``from_pretrained``).
-        activations: an iterator of ``[batch, activation_dim]`` activations. If it is an ``ActivationBuffer``,
+        activations: an iterator of ``[batch, activation_dim]`` activations (a single ``[tokens,
+            activation_dim]`` tensor is one batch). If it is an ``ActivationBuffer``,
             downstream CE losses are computed too, on ``ce_batches`` further batches of ``ce_batch_size``
             contexts from its text stream.
         n_batches: activation batches for the reconstruction and sparsity metrics.
@@ -80,15 +81,22 @@ def evaluate(dictionary, activations: Iterable[torch.Tensor], n_batches: int = 1
     Returns:
         dict with ``n_tokens`` (tokens the metrics below were computed over), ``l0`` (mean active features per
         token), ``l1``, ``mse`` (mean squared error per element), ``l2_loss`` (mean ``||x - x_hat||``),
-        ``frac_variance_explained`` (``1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2``), ``cossim`` (mean
+        ``frac_variance_explained`` (``1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2``; None when the
+        activations have no variance, e.g. a single token), ``cossim`` (mean
         cosine similarity of ``x`` and ``x_hat``), ``l2_ratio`` (mean ``||x_hat|| / ||x||``), ``frac_alive``
         (features that fired at least once over ``n_tokens`` tokens), ``alignment`` (the alignment-score
         summary) and, for a buffer, ``loss_original``, ``loss_reconstructed``, ``loss_zero`` (nats/token),
         ``ce_n_tokens`` (predicted positions the CE losses average over) and ``frac_recovered = (L_zero - L_sae) / (L_zero - L_clean)``.
 
     Raises:
-        ValueError: no activations, or activations whose width is not the dictionary's ``activation_dim``.
+        ValueError: no activations, non-finite activations, or activations whose width is not the dictionary's
+            ``activation_dim``.
     """
+    if isinstance(activations, torch.Tensor):
+        if activations.ndim != 2:
+            raise ValueError(f"activations must be [tokens, activation_dim] or an iterator of such batches, got "
+                             f"shape {tuple(activations.shape)}")
+        activations = [activations]
     device = device or dictionary.W_dec.device
     dictionary = dictionary.to(device)
     n = 0
@@ -98,6 +106,8 @@ def evaluate(dictionary, activations: Iterable[torch.Tensor], n_batches: int = 1
     fired = torch.zeros(dictionary.dict_size, dtype=torch.bool, device=device)
     for x in itertools.islice(iter(activations), n_batches):
         x = x.to(device, dictionary.W_dec.dtype)
+        if not torch.isfinite(x).all():
+            raise ValueError("evaluate got activations with NaN or infinite values")
         x_hat, f = dictionary(x, output_features=True)
         err = (x - x_hat).float()
         xf, xh = x.float(), x_hat.float()
@@ -120,7 +130,7 @@ def evaluate(dictionary, activations: Iterable[torch.Tensor], n_batches: int = 1
         "l1": sums["l1"] / n,
         "mse": sums["sq_err"] / (n * dictionary.activation_dim),
         "l2_loss": sums["l2"] / n,
-        "frac_variance_explained": 1.0 - sums["sq_err"] / total_var,
+        "frac_variance_explained": 1.0 - sums["sq_err"] / total_var if total_var > 0 else None,
         "cossim": sums["cos"] / n,
         "l2_ratio": sums["ratio"] / n,
         "frac_alive": float(fired.float().mean()),

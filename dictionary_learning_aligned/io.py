@@ -23,6 +23,9 @@ def atomic_path(path):
     tmp = Path(tmp)
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -41,30 +44,71 @@ def write_json(path, obj) -> Path:
     return path
 
 
-def prepare_output_dir(path, overwrite: bool = False) -> Path:
-    """Create an output folder for a new run.
+#: files or folders whose presence marks a folder as the output of an earlier run of this library
+RUN_MARKERS = ("results.json", "config.json", "ae.safetensors", "dictionaries", "trainer_0")
 
-    Args:
-        path: the folder.
-        overwrite: if the folder exists and is not empty, delete it first. Without it, an existing non-empty
-            folder is an error, so earlier results are never replaced or mixed with a new run's.
+
+def check_output_dir(path, overwrite: bool = False) -> Path:
+    """Check, without changing anything, that ``path`` can receive a new run's outputs.
+
+    Rules: a missing or empty folder is fine. A non-empty folder is refused unless ``overwrite`` is set, and even
+    then only if it looks like an earlier run (it holds one of :data:`RUN_MARKERS`) and is not the current
+    folder, one of its parents, the home folder or ``/`` -- so ``--overwrite`` can never wipe unrelated files.
+
+    Returns:
+        the absolute path.
 
     Raises:
-        FileExistsError: the folder exists, is not empty, and ``overwrite`` is False.
-        NotADirectoryError: ``path`` is an existing file.
-        PermissionError: the folder cannot be created or written.
+        ValueError: empty path, or a folder that overwrite would not be allowed to replace.
+        FileExistsError: a non-empty folder without ``overwrite``.
+        NotADirectoryError: ``path`` (or a parent) is a file.
+        PermissionError: the nearest existing parent is not writable.
     """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"output path {path} exists and is a file")
-    if path.is_dir() and any(path.iterdir()):
+    if str(path).strip() == "":
+        raise ValueError("output folder path is empty")
+    p = Path(path).expanduser()
+    ap = p.resolve()
+    if (p.exists() or p.is_symlink()) and not p.is_dir():
+        raise NotADirectoryError(f"output path {p} exists and is not a folder")
+    for parent in ap.parents:
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(f"output path {p}: {parent} is a file")
+    if ap.is_dir() and any(ap.iterdir()):
         if not overwrite:
             raise FileExistsError(
-                f"output folder {path} already exists and is not empty; choose another folder or pass "
-                f"overwrite=True (--overwrite) to replace it"
-            )
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    if not os.access(path, os.W_OK):
-        raise PermissionError(f"output folder {path} is not writable")
-    return path
+                f"output folder {p} already exists and is not empty; choose another folder or pass "
+                f"overwrite=True (--overwrite) to replace an earlier run")
+        protected = {Path.cwd().resolve(), *Path.cwd().resolve().parents, Path.home().resolve(), Path("/")}
+        if ap in protected:
+            raise ValueError(f"refusing to overwrite {ap}: it is the current folder, one of its parents, the home "
+                             f"folder or /")
+        if p.is_symlink():
+            raise ValueError(f"refusing to overwrite {p}: it is a symbolic link to {ap}")
+        if not any((ap / m).exists() for m in RUN_MARKERS):
+            raise ValueError(f"refusing to overwrite {ap}: it does not look like an output folder of this library "
+                             f"(none of {', '.join(RUN_MARKERS)} inside)")
+    existing = next((q for q in (ap, *ap.parents) if q.exists()), Path("/"))
+    if not os.access(existing, os.W_OK):
+        raise PermissionError(f"cannot write output folder {p}: {existing} is not writable")
+    return ap
+
+
+def prepare_output_dir(path, overwrite: bool = False) -> Path:
+    """Create an output folder for a new run, after :func:`check_output_dir`; with ``overwrite`` an earlier
+    run's folder is deleted first. Call it only once the run's inputs have been validated.
+
+    Raises:
+        everything :func:`check_output_dir` raises, and PermissionError for a folder that cannot be created or
+        written (e.g. a read-only file system).
+    """
+    ap = check_output_dir(path, overwrite)
+    try:
+        if ap.is_dir() and any(ap.iterdir()):
+            shutil.rmtree(ap)
+        ap.mkdir(parents=True, exist_ok=True)
+        probe = ap / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"cannot create or write output folder {path}: {e.strerror or e}") from e
+    return ap

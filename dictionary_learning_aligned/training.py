@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import numbers
 import time
 from pathlib import Path
 from typing import Iterable, Optional
@@ -13,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .alignment import alignment_scores, summarize_scores
-from .io import prepare_output_dir, write_json
+from .io import check_output_dir, prepare_output_dir, write_json
 from .trainers.base import SAETrainer
 
 LIBRARY_VERSION = "0.1.0"
@@ -101,17 +102,21 @@ def trainSAE(
         ``trainer.norm_factor``) and ``.log`` (list of logged dicts).
 
     Raises:
-        ValueError: ``steps < 1``, no trainer configs, a bad trainer config, or non-finite loss.
+        ValueError: ``steps < 1``, no trainer configs, a bad trainer config, empty or non-finite activations, a
+            non-finite loss at a log step, or a ``save_dir`` that ``overwrite`` may not replace.
+        FloatingPointError: a trainer's weights became non-finite (checked before every save; nothing is saved).
         FileExistsError: ``save_dir`` exists and is not empty, without ``overwrite``.
     """
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+    if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if not trainer_configs:
         raise ValueError("trainer_configs is empty: nothing to train")
     if log_steps is not None and log_steps < 1:
         raise ValueError(f"log_steps must be >= 1, got {log_steps}")
+    steps = int(steps)
     save_steps = sorted(set(save_steps or []))
-    out = prepare_output_dir(save_dir, overwrite) if save_dir is not None else None
+    if save_dir is not None:
+        check_output_dir(save_dir, overwrite)  # fail fast, before any work; nothing is changed yet
     trainers = [_build_trainer(c, device) for c in trainer_configs]
 
     data = iter(data)
@@ -123,12 +128,15 @@ def trainSAE(
                 prefetched.append(next(data))
             except StopIteration:
                 break
+        if not prefetched:
+            raise ValueError("the activation data is empty (is the text shorter than one context?)")
         norm_factor = get_norm_factor(prefetched)
     for tr in trainers:
         tr.norm_factor = norm_factor
         tr.log = []
 
     dirs = []
+    out = prepare_output_dir(save_dir, overwrite) if save_dir is not None else None
     if out is not None:
         for i, tr in enumerate(trainers):
             d = out / f"trainer_{i}"
@@ -201,6 +209,12 @@ def _save(tr: SAETrainer, folder: Path, norm_factor: float, run_cfg, steps_done:
     """Save ``tr.ae`` so that it reads raw activations (norm factor folded), without touching the live weights."""
     import copy
 
+    bad = [n for n, p in tr.ae.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise FloatingPointError(
+            f"{type(tr).__name__} ({tr.config.get('alignment')}) diverged: non-finite values in {bad} after "
+            f"{steps_done} steps; not saved to {folder} (earlier checkpoints are untouched). Lower the learning "
+            f"rate or the sparsity coefficient.")
     ae = copy.deepcopy(tr.ae).float()
     if norm_factor != 1.0:
         ae.scale_biases(norm_factor)

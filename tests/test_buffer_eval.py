@@ -101,3 +101,17 @@ def test_evaluate_rejects_wrong_width(tiny_lm):
         evaluate(AutoEncoder(32, 8), [torch.randn(4, 64)])
     with pytest.raises(ValueError, match="no activations"):
         evaluate(AutoEncoder(32, 8), [])
+
+
+def test_buffer_drops_high_norm_outliers(tiny_lm):
+    hf, lm = tiny_lm
+    buf = ActivationBuffer(iter(TEXTS), lm, lm.model.layers[1], n_ctxs=4, ctx_len=16, refresh_batch_size=4,
+                           out_batch_size=1000, remove_bos=False, max_norm_multiple=1.05)
+    served = torch.cat(list(buf))
+    assert buf.tokens_dropped > 0 and served.shape[0] == buf.tokens_harvested - buf.tokens_dropped
+    with pytest.raises(ValueError, match="max_norm_multiple"):
+        ActivationBuffer(iter(TEXTS), lm, lm.model.layers[1], max_norm_multiple=1.0)
+    with pytest.raises(ValueError, match="ctx_len"):
+        ActivationBuffer(iter(TEXTS), lm, lm.model.layers[1], ctx_len=1)
+    with pytest.raises(ValueError, match="batch_size"):
+        buf.token_batch(0)

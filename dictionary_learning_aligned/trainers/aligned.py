@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .base import DictionaryTrainer
+from ..alignment import check_mode
 from .p_anneal import PAnnealTrainer
 from .standard import StandardTrainer
 from .top_k import BatchTopKTrainer, TopKTrainer
@@ -19,6 +19,7 @@ def make_aligned(base: type) -> type:
     """
 
     def __init__(self, *args, alignment: Optional[str] = "project", **kwargs):
+        alignment = check_mode(alignment)
         if alignment is None:
             raise ValueError(f"{type(self).__name__} needs an alignment mode; use {base.__name__} for standard training")
         if kwargs.get("resample_steps") is not None:

@@ -229,7 +229,10 @@ class DictionaryTrainer(SAETrainer):
         Raises:
             ValueError: activations of the wrong shape.
         """
-        x = activations.to(self.device)
+        if not isinstance(activations, torch.Tensor) or not activations.is_floating_point():
+            raise TypeError(f"{type(self).__name__}.update expects a floating-point tensor of activations, got "
+                            f"{getattr(activations, 'dtype', type(activations).__name__)}")
+        x = activations.to(self.device, self.ae.W_dec.dtype)
         if x.ndim != 2 or x.shape[1] != self.ae.activation_dim:
             raise ValueError(f"{type(self).__name__}.update expects activations [batch, {self.ae.activation_dim}], "
                              f"got shape {tuple(x.shape)}")

@@ -60,8 +60,9 @@ class StandardTrainer(DictionaryTrainer):
         alignment: Optional[str] = None,
         alignment_penalty: Optional[float] = None,
     ):
-        if not isinstance(l1_penalty, (int, float)) or isinstance(l1_penalty, bool) or not l1_penalty >= 0:
-            raise ValueError(f"l1_penalty must be a non-negative number, got {l1_penalty!r}")
+        if (not isinstance(l1_penalty, (int, float)) or isinstance(l1_penalty, bool) or not l1_penalty >= 0
+                or l1_penalty == float("inf")):
+            raise ValueError(f"l1_penalty must be a finite non-negative number, got {l1_penalty!r}")
         self.l1_penalty = float(l1_penalty)
         super().__init__(
             steps, activation_dim, dict_size, layer, lm_name, dict_class=dict_class, lr=lr,

@@ -1,0 +1,173 @@
+"""Bad inputs get clear errors, and nothing a user made is lost or changed."""
+import json
+import os
+import stat
+
+import pytest
+import torch
+
+from dictionary_learning_aligned import (AlignedStandardTrainer, AutoEncoder, CheckpointError, Dictionary,
+                                         StandardTrainer, trainSAE)
+from dictionary_learning_aligned.demo import DemoConfig, run_demo
+from dictionary_learning_aligned.evaluation import evaluate
+from dictionary_learning_aligned.io import prepare_output_dir, write_json
+
+CFG = dict(activation_dim=16, dict_size=32, layer=0, lm_name="m", warmup_steps=1, sparsity_warmup_steps=2, seed=0,
+           device="cpu")
+
+
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_never_wipes_current_or_unrelated_folders(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    (work / "results.json").write_text("{}")  # even if it looks like a run
+    monkeypatch.chdir(work)
+    for target in (".", "", str(tmp_path)):
+        with pytest.raises(ValueError, match="refusing to overwrite|empty"):
+            prepare_output_dir(target, overwrite=True)
+    unrelated = tmp_path / "photos"
+    unrelated.mkdir()
+    (unrelated / "a.jpg").write_text("x")
+    with pytest.raises(ValueError, match="does not look like an output folder"):
+        prepare_output_dir(unrelated, overwrite=True)
+    assert (work / "notes.txt").read_text() == "mine" and (unrelated / "a.jpg").exists()
+    old_run = tmp_path / "old_run"
+    old_run.mkdir()
+    (old_run / "results.json").write_text("{}")
+    assert not any(prepare_output_dir(old_run, overwrite=True).iterdir())
+
+
+def test_output_path_that_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("keep")
+    with pytest.raises(NotADirectoryError):
+        prepare_output_dir(f)
+    with pytest.raises(NotADirectoryError):
+        prepare_output_dir(f / "sub")
+    assert f.read_text() == "keep"
+
+
+def test_failed_config_with_overwrite_keeps_the_old_run(tmp_path, lowrank_data):
+    out = tmp_path / "run"
+    trainSAE(lowrank_data(batch=64, seed=1), [dict(trainer=StandardTrainer, steps=3, **{**CFG, "activation_dim": 32})],
+             steps=3, save_dir=out, device="cpu")
+    before = snapshot(out)
+    for bad in ([dict(trainer="Nope", steps=3, **CFG)], [dict(trainer=StandardTrainer, steps=3, lr=0.0, **CFG)]):
+        with pytest.raises(ValueError):
+            trainSAE(lowrank_data(), bad, steps=3, save_dir=out, overwrite=True, device="cpu")
+    assert snapshot(out) == before
+
+
+def test_divergence_is_an_error_and_nothing_is_saved(tmp_path):
+    data = [torch.randn(32, 16) * 1e3 for _ in range(5)]
+    with pytest.raises(FloatingPointError, match="diverged"):
+        trainSAE(data, [dict(trainer=StandardTrainer, steps=5, **{**CFG, "lr": 1e30})], steps=5,
+                 save_dir=tmp_path / "r", device="cpu")
+    assert not (tmp_path / "r" / "trainer_0" / "ae.safetensors").exists()
+
+
+def test_written_files_have_normal_permissions(tmp_path):
+    p = write_json(tmp_path / "x.json", {"a": 1})
+    assert stat.S_IMODE(os.stat(p).st_mode) & 0o044 == 0o044  # group/other readable, like any new file
+    with pytest.raises(ValueError):
+        write_json(tmp_path / "y.json", {"a": float("nan")})
+    assert not (tmp_path / "y.json").exists() and not list(tmp_path.glob(".y.json*"))
+
+
+def test_trainer_input_types():
+    tr = StandardTrainer(steps=10, **CFG)
+    tr.update(0, torch.randn(8, 16, dtype=torch.float64))  # cast, not a dtype crash
+    with pytest.raises(TypeError, match="floating-point tensor"):
+        tr.update(1, [[0.0] * 16])
+    with pytest.raises(ValueError, match="expects activations \\[batch, 16\\]"):
+        tr.update(1, torch.randn(16))
+    with pytest.raises(ValueError, match="needs an alignment mode"):
+        AlignedStandardTrainer(steps=10, alignment="none", **CFG)
+    with pytest.raises(ValueError, match="l1_penalty"):
+        StandardTrainer(steps=10, l1_penalty=float("inf"), **CFG)
+
+
+def test_evaluate_inputs():
+    ae = AutoEncoder(16, 32)
+    x = torch.randn(64, 16)
+    assert evaluate(ae, x)["n_tokens"] == 64  # a bare tensor is one batch, not 64 batches of one row
+    assert evaluate(ae, x) == evaluate(ae, [x])
+    assert evaluate(ae, torch.ones(5, 16))["frac_variance_explained"] is None
+    with pytest.raises(ValueError, match="NaN"):
+        evaluate(ae, torch.full((4, 16), float("nan")))
+    with pytest.raises(ValueError, match="shape"):
+        evaluate(ae, torch.randn(2, 3, 16))
+
+
+def test_checkpoint_with_absurd_config_fails_fast(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = AutoEncoder(8, 16).save(tmp_path / "a")
+    with safe_open(str(path), framework="pt") as f:
+        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    meta["dictionary_config"] = json.dumps({"activation_dim": 10**6, "dict_size": 10**7, "alignment": None})
+    save_file(state, str(path), metadata=meta)
+    with pytest.raises(CheckpointError, match="shape"):
+        Dictionary.from_pretrained(path)
+    meta["format_version"] = "abc"
+    save_file(state, str(path), metadata=meta)
+    with pytest.raises(CheckpointError, match="format_version"):
+        Dictionary.from_pretrained(path)
+    text = tmp_path / "t"
+    text.mkdir()
+    (text / "ae.pt").write_text("hello")
+    (text / "config.json").write_text('{"activation_dim": 8, "dict_size": 16}')
+    with pytest.raises(CheckpointError, match="not a (readable torch file|torch checkpoint)"):
+        Dictionary.from_pretrained(text)
+    good = AutoEncoder(8, 16).save(tmp_path / "g")
+    assert Dictionary.from_pretrained(good, dtype="float16").W_dec.dtype == torch.float16
+    with pytest.raises(ValueError, match="dtype"):
+        Dictionary.from_pretrained(good, dtype="int8")
+    with pytest.raises(ValueError, match="invalid device"):
+        Dictionary.from_pretrained(good, device="bogus")
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(device="bogus"), "invalid device"),
+    (dict(device="cuda:0"), "no CUDA GPU") if not torch.cuda.is_available() else (dict(ctx_len=1), "ctx_len"),
+    (dict(ctx_len=1), "ctx_len must be >= 2"),
+    (dict(eval_batches=0), "eval_batches"),
+    (dict(ce_batch_size=0), "ce_batch_size"),
+    (dict(ce_batches=-1), "ce_batches"),
+    (dict(tokens=100), "need at least 2"),
+    (dict(dict_size=0), "dict_size"),
+    (dict(l1_penalty=-1.0), "l1_penalty"),
+    (dict(lr=0.0), "lr must be"),
+    (dict(corpus=""), "corpus is empty"),
+    (dict(model=""), "model name is empty"),
+    (dict(max_norm_multiple=0.5), "max_norm_multiple"),
+    (dict(arch="relu,bogus"), "unknown arch"),
+])
+def test_demo_settings_fail_before_anything_is_written(tmp_path, kw, msg):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=msg):
+        run_demo(DemoConfig(out=str(out), **kw))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("content,msg", [("", "contains no text"), (b"\xff\xfe bad", "not valid UTF-8"),
+                                          ('{"title": "x"}\n', "no string 'text' field")])
+def test_demo_bad_corpus_fails_before_anything_is_written(tmp_path, content, msg):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ValueError, match=msg):
+        run_demo(DemoConfig(out=str(tmp_path / "out"), corpus=str(corpus)))
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_corpus_without_held_out_text(tmp_path):
+    corpus = tmp_path / "one.jsonl"
+    corpus.write_text(json.dumps({"text": "a single document of text"}) + "\n")
+    with pytest.raises(ValueError, match="contains no text"):
+        run_demo(DemoConfig(out=str(tmp_path / "out"), corpus=str(corpus)))
+    assert not (tmp_path / "out").exists()
