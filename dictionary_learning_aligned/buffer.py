@@ -73,6 +73,8 @@ class ActivationBuffer:
             harvest batch (as dictionary_learning's ``max_activation_norm_multiple``): the massive activations of
             a few tokens (attention sinks) otherwise dominate the reconstruction loss. None keeps every token.
         verbose: show a progress bar while the buffer fills.
+        seed: seed of the buffer's own random generator for shuffling (so the same text gives the same batches,
+            which resuming a run relies on); None: a random seed.
 
     Iterating yields ``[out_batch_size, d_submodule]`` tensors (the last batch may be smaller) and stops
     when the text is exhausted.
@@ -85,7 +87,7 @@ class ActivationBuffer:
                  n_ctxs: int = 30_000, ctx_len: int = 128, refresh_batch_size: int = 512,
                  out_batch_size: int = 8192, device: str = "cpu", remove_bos: bool = False,
                  add_special_tokens: bool = True, dtype: torch.dtype = torch.float32,
-                 max_norm_multiple: Optional[float] = None, verbose: bool = False):
+                 max_norm_multiple: Optional[float] = None, verbose: bool = False, seed: Optional[int] = None):
         if io not in ("in", "out"):
             raise ValueError(f"io must be 'in' or 'out', got {io!r}")
         if not isinstance(ctx_len, int) or ctx_len < 2:
@@ -103,6 +105,8 @@ class ActivationBuffer:
         self.device, self.remove_bos, self.add_special_tokens, self.dtype = device, remove_bos, add_special_tokens, dtype
         self.max_norm_multiple, self.verbose = max_norm_multiple, verbose
         self.tokens_dropped = 0
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
         self.contexts = pack_token_contexts(data, model.tokenizer, ctx_len, add_special_tokens=add_special_tokens)
         self.activations = torch.empty(0, self.d_submodule, dtype=dtype, device=device)
         self.read = torch.zeros(0, dtype=torch.bool, device=device)
@@ -127,7 +131,7 @@ class ActivationBuffer:
             unread = (~self.read).nonzero().squeeze(1)
         if len(unread) == 0:
             raise StopIteration
-        idx = unread[torch.randperm(len(unread), device=unread.device)[: self.out_batch_size]]
+        idx = unread[torch.randperm(len(unread), device=unread.device, generator=self.generator)[: self.out_batch_size]]
         self.read[idx] = True
         return self.activations[idx]
 

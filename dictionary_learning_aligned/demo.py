@@ -71,7 +71,11 @@ class DemoConfig:
     out: str = "demo_out"
     """output folder (must not exist or be empty, unless --overwrite)"""
     overwrite: bool = False
-    """replace a non-empty output folder"""
+    """replace the output folder of an earlier run"""
+    save_every: int = 0
+    """write a checkpoint (usable dictionary + full training state) every this many steps; 0: none"""
+    resume: bool = False
+    """continue the run in --out from its latest checkpoint (same settings), instead of starting a new one"""
     log_steps: int = 50
     """log losses and alignment summary every this many steps"""
 
@@ -223,7 +227,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     steps = cfg.tokens // cfg.batch_size
     if steps < 2:
         raise ValueError(f"tokens={cfg.tokens} gives {steps} steps of batch_size={cfg.batch_size}; need at least 2")
-    check_output_dir(cfg.out, cfg.overwrite)  # fail before the slow steps; nothing is changed yet
+    if cfg.resume:
+        if not (Path(cfg.out) / "dictionaries").is_dir():
+            raise ValueError(f"--resume: {cfg.out} holds no run to continue (no dictionaries/ folder)")
+    else:
+        check_output_dir(cfg.out, cfg.overwrite)  # fail before the slow steps; nothing is changed yet
     for split in ("train", "test"):  # an unreadable corpus or an empty split fails here, not after training
         next(iter_texts(cfg.corpus, split=split, seed=cfg.seed))
     timings = {}
@@ -233,7 +241,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     lm = LanguageModel(hf, tokenizer=copy.deepcopy(tok))
     submodule = _envoy(lm, path)
     timings["load_model_s"] = time.time() - t0
-    out = prepare_output_dir(cfg.out, cfg.overwrite)
+    out = Path(cfg.out) if cfg.resume else prepare_output_dir(cfg.out, cfg.overwrite)
 
     def make_buffer(split, n_ctxs):
         return ActivationBuffer(iter_texts(cfg.corpus, split=split, seed=cfg.seed), lm, submodule,
@@ -241,7 +249,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                                 refresh_batch_size=cfg.refresh_batch_size, out_batch_size=cfg.batch_size,
                                 device=cfg.device, remove_bos=True,
                                 max_norm_multiple=cfg.max_norm_multiple if (cfg.max_norm_multiple or 0) > 0 else None,
-                                verbose=split == "train")
+                                verbose=split == "train", seed=cfg.seed)
 
     train_buffer = make_buffer("train", cfg.buffer_ctxs)
     runs = trainer_configs(cfg, hf.config.hidden_size, steps)
@@ -249,7 +257,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     t0 = time.time()
     trainers = trainSAE(train_buffer, [c for _, c in runs], steps,
                         save_dir=out / "dictionaries", log_steps=cfg.log_steps, normalize_activations=True,
-                        device=cfg.device, autocast_dtype=_dtype(cfg.autocast), verbose=True,
+                        device=cfg.device, autocast_dtype=_dtype(cfg.autocast), verbose=True, resume=cfg.resume,
+                        save_steps=list(range(cfg.save_every - 1, steps, cfg.save_every)) if cfg.save_every > 0 else None,
                         run_cfg={"buffer": train_buffer.config, "model": cfg.model, "corpus": cfg.corpus or "bundled"})
     timings["harvest_and_train_s"] = time.time() - t0
     steps_done = trainers[0].steps_done

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import numbers
+import os
+import random
 import time
 from pathlib import Path
 from typing import Iterable, Optional
@@ -14,8 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .alignment import alignment_scores, summarize_scores
-from .io import check_output_dir, prepare_output_dir, write_json
-from .trainers.base import SAETrainer
+from .io import atomic_path, check_output_dir, prepare_output_dir, write_json
+from .trainers.base import NonFiniteError, SAETrainer
 
 LIBRARY_VERSION = "0.1.0"
 
@@ -73,6 +76,8 @@ def trainSAE(
     overwrite: bool = False,
     verbose: bool = False,
     norm_factor_batches: int = 10,
+    resume: bool = False,
+    skip_nonfinite_batches: bool = False,
 ) -> list[SAETrainer]:
     """Train one or more dictionaries on the same activation batches (dictionary_learning's ``trainSAE``).
 
@@ -82,7 +87,10 @@ def trainSAE(
         steps: number of steps (one batch each); training stops early, with a warning, if ``data`` runs out.
         save_dir: output folder; each trainer gets ``save_dir/trainer_{i}/`` with ``config.json`` and
             ``ae.safetensors`` (weights that read raw activations). None: nothing is written.
-        save_steps: steps at which to save intermediate weights to ``trainer_{i}/checkpoints/ae_{step}``.
+        save_steps: steps after which to write a checkpoint ``trainer_{i}/checkpoints/step_{step}/`` holding a
+            usable dictionary (``ae.safetensors``, raw-activation weights) and the full training state
+            (``trainer_state.pt``: weights, optimizer, scheduler, counters, p-anneal state, RNG states), each
+            checkpoint written to a temporary folder and renamed when complete.
         log_steps: every this many steps, record losses, L0, dead fraction and the alignment-score summary
             (printed with ``verbose``, logged to wandb with ``use_wandb``, and kept in ``trainer.log``).
         normalize_activations: divide activations by a scalar norm factor (estimated from the first
@@ -93,19 +101,28 @@ def trainSAE(
         autocast_dtype: ``torch.autocast`` dtype for the forward/backward pass (float32: no autocast).
         use_wandb, wandb_entity, wandb_project: optional Weights & Biases logging (off by default).
         run_cfg: extra JSON-ready information stored in each ``config.json`` (e.g. the buffer config).
-        overwrite: allow replacing a non-empty ``save_dir``.
+        overwrite: allow replacing a non-empty ``save_dir`` that holds an earlier run.
         verbose: print log lines.
         norm_factor_batches: batches used to estimate the norm factor.
+        resume: continue the run in ``save_dir`` from the latest checkpoint that every trainer completed (the
+            trainer configs must be the ones of that run). ``data`` must yield the same batches as in the first
+            run (a seeded ``ActivationBuffer`` over the same text does): the batches already trained on are
+            read again and skipped. Without any checkpoint, training starts from step 0 in the same folder.
+        skip_nonfinite_batches: skip activation batches holding NaN/inf (counted in ``trainer.skipped_batches``
+            and in the logs) instead of stopping with an error.
 
     Returns:
         the trainers, each with ``.ae`` (in-memory weights still expect normalized input, see
-        ``trainer.norm_factor``) and ``.log`` (list of logged dicts).
+        ``trainer.norm_factor``), ``.log`` (list of logged dicts) and ``.steps_done``.
 
     Raises:
         ValueError: ``steps < 1``, no trainer configs, a bad trainer config, empty or non-finite activations, a
-            non-finite loss at a log step, or a ``save_dir`` that ``overwrite`` may not replace.
+            ``save_dir`` that ``overwrite`` may not replace, or ``resume`` with a missing run or different
+            trainer configs.
+        NonFiniteError (a FloatingPointError): a non-finite loss or gradient, naming the trainer and step; the
+            weights and the checkpoints on disk are the last good ones.
         FloatingPointError: a trainer's weights became non-finite (checked before every save; nothing is saved).
-        FileExistsError: ``save_dir`` exists and is not empty, without ``overwrite``.
+        FileExistsError: ``save_dir`` exists and is not empty, without ``overwrite`` or ``resume``.
     """
     if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
@@ -113,35 +130,37 @@ def trainSAE(
         raise ValueError("trainer_configs is empty: nothing to train")
     if log_steps is not None and log_steps < 1:
         raise ValueError(f"log_steps must be >= 1, got {log_steps}")
+    if resume and save_dir is None:
+        raise ValueError("resume=True needs the save_dir of the run to continue")
     steps = int(steps)
     save_steps = sorted(set(save_steps or []))
-    if save_dir is not None:
+    if save_dir is not None and not resume:
         check_output_dir(save_dir, overwrite)  # fail fast, before any work; nothing is changed yet
     trainers = [_build_trainer(c, device) for c in trainer_configs]
+    for tr in trainers:
+        tr.log, tr.skipped_batches = [], 0
 
     data = iter(data)
-    prefetched: list[torch.Tensor] = []
-    norm_factor = 1.0
-    if normalize_activations:
-        for _ in range(norm_factor_batches):
-            try:
-                prefetched.append(next(data))
-            except StopIteration:
-                break
+    start, norm_factor, prefetched = 0, 1.0, []
+    if resume:
+        out = Path(save_dir)
+        start, norm_factor = _resume(trainers, out, normalize_activations)
+        for skipped in range(start):  # read again the batches already trained on
+            if next(data, None) is None:
+                raise ValueError(f"resume: the data ran out after {skipped} batches; the run had trained on {start}")
+    elif normalize_activations:
+        prefetched = [b for b in (next(data, None) for _ in range(norm_factor_batches)) if b is not None]
         if not prefetched:
             raise ValueError("the activation data is empty (is the text shorter than one context?)")
         norm_factor = get_norm_factor(prefetched)
     for tr in trainers:
         tr.norm_factor = norm_factor
-        tr.log = []
 
-    dirs = []
-    out = prepare_output_dir(save_dir, overwrite) if save_dir is not None else None
-    if out is not None:
-        for i, tr in enumerate(trainers):
-            d = out / f"trainer_{i}"
-            d.mkdir()
-            dirs.append(d)
+    out = None if save_dir is None else (Path(save_dir) if resume else prepare_output_dir(save_dir, overwrite))
+    dirs = [] if out is None else [out / f"trainer_{i}" for i in range(len(trainers))]
+    for tr, d in zip(trainers, dirs):
+        d.mkdir(exist_ok=True)
+        if start == 0:
             write_json(d / "config.json", _run_config(tr, norm_factor, run_cfg, steps_done=0))
 
     wandb_run = None
@@ -151,32 +170,40 @@ def trainSAE(
         wandb_run = wandb.init(entity=wandb_entity or None, project=wandb_project or None,
                                config={f"trainer_{i}": _json_safe(t.config) for i, t in enumerate(trainers)})
 
-    def batches():
-        yield from prefetched
-        yield from data
-
     dev_type = torch.device(device).type
     amp = (torch.autocast(device_type=dev_type, dtype=autocast_dtype)
            if autocast_dtype not in (None, torch.float32) else contextlib.nullcontext())
-    step = 0
+    step = start
     t0 = time.time()
-    bar = tqdm(total=steps, desc="training", unit="step", disable=not verbose and steps < 2)
-    for act in batches():
+    bar = tqdm(total=steps, initial=start, desc="training", unit="step", disable=not verbose and steps < 2)
+    for act in itertools.chain(prefetched, data):
         if step >= steps:
             break
         act = act.to(device)
         if not torch.isfinite(act).all():
-            raise ValueError(f"activation batch at step {step} contains NaN or infinite values")
+            if not skip_nonfinite_batches:
+                raise ValueError(f"activation batch at step {step} contains NaN or infinite values (pass "
+                                 f"skip_nonfinite_batches=True to skip such batches)")
+            for tr in trainers:
+                tr.skipped_batches += 1
+            print(f"warning: skipped a non-finite activation batch at step {step}")
+            continue
         if normalize_activations:
             act = act / norm_factor
         if log_steps is not None and step % log_steps == 0:
             _log(trainers, act, step, amp, verbose, wandb_run, time.time() - t0)
         for i, tr in enumerate(trainers):
-            with amp:
-                tr.update(step, act)
+            try:
+                with amp:
+                    tr.update(step, act)
+            except NonFiniteError as e:
+                raise NonFiniteError(f"trainer {i} ({type(tr).__name__}, alignment={tr.config.get('alignment')}) "
+                                     f"stopped: {e}. The weights are those before this step"
+                                     + (f"; the last checkpoint in {dirs[i] / 'checkpoints'} is intact" if dirs
+                                        else "")) from None
         if step in save_steps and out is not None:
             for tr, d in zip(trainers, dirs):
-                _save(tr, d / "checkpoints" / f"ae_{step}", norm_factor, run_cfg, step + 1)
+                _save_checkpoint(tr, d, step, norm_factor, run_cfg)
         step += 1
         bar.update(1)
     bar.close()
@@ -190,6 +217,89 @@ def trainSAE(
     if wandb_run is not None:
         wandb_run.finish()
     return trainers
+
+
+CHECKPOINT_PREFIX = "step_"
+
+
+def complete_checkpoints(trainer_dir) -> list[int]:
+    """Steps of the complete checkpoints in ``trainer_dir/checkpoints`` (sorted). Temporary folders of an
+    interrupted write are ignored."""
+    folder = Path(trainer_dir) / "checkpoints"
+    steps = []
+    for p in folder.glob(CHECKPOINT_PREFIX + "*") if folder.is_dir() else []:
+        suffix = p.name[len(CHECKPOINT_PREFIX):]
+        if suffix.isdigit() and (p / "trainer_state.pt").is_file() and (p / "ae.safetensors").is_file():
+            steps.append(int(suffix))
+    return sorted(steps)
+
+
+def _resume(trainers, out: Path, normalize_activations: bool) -> tuple[int, float]:
+    """Load the latest checkpoint common to all trainers; returns (next step, norm factor)."""
+    configs = []
+    for i, tr in enumerate(trainers):
+        cfg_path = out / f"trainer_{i}" / "config.json"
+        if not cfg_path.is_file():
+            raise ValueError(f"resume: {cfg_path} not found; is {out} the save_dir of a run with "
+                             f"{len(trainers)} trainer(s)?")
+        saved = json.loads(cfg_path.read_text())
+        mine, theirs = _json_safe(tr.config), saved.get("trainer", {})
+        diff = sorted(k for k in set(mine) | set(theirs) if k != "device" and mine.get(k) != theirs.get(k))
+        if diff:
+            raise ValueError(f"resume: trainer {i}'s config differs from the saved run in {diff} "
+                             f"(saved {[theirs.get(k) for k in diff]}, given {[mine.get(k) for k in diff]})")
+        configs.append(saved)
+    if any(c.get("norm_factor", 1.0) != 1.0 for c in configs) and not normalize_activations:
+        raise ValueError("resume: the saved run normalized activations; pass normalize_activations=True")
+    norm_factor = float(configs[0].get("norm_factor", 1.0))
+    common = set.intersection(*(set(complete_checkpoints(out / f"trainer_{i}")) for i in range(len(trainers))))
+    if not common:
+        return 0, norm_factor if normalize_activations else 1.0
+    last = max(common)
+    rng = None
+    for i, tr in enumerate(trainers):
+        path = out / f"trainer_{i}" / "checkpoints" / f"{CHECKPOINT_PREFIX}{last}" / "trainer_state.pt"
+        try:
+            state = torch.load(str(path), map_location=tr.device, weights_only=True)
+        except Exception as e:
+            raise ValueError(f"resume: cannot read checkpoint {path} ({type(e).__name__}: {e})") from e
+        tr.load_state_dict(state["trainer"])
+        rng = state["rng"]
+    _set_rng_state(rng)
+    return last + 1, norm_factor
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _save_checkpoint(tr: SAETrainer, trainer_dir: Path, step: int, norm_factor: float, run_cfg) -> None:
+    """Write ``checkpoints/step_{step}`` (usable dictionary + full training state) atomically: into a temporary
+    folder first, renamed when complete."""
+    import shutil
+
+    final = trainer_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{step}"
+    tmp = trainer_dir / "checkpoints" / f".tmp_{CHECKPOINT_PREFIX}{step}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    _save(tr, tmp, norm_factor, run_cfg, step + 1)
+    with atomic_path(tmp / "trainer_state.pt") as t:
+        torch.save({"trainer": tr.state_dict(), "rng": _rng_state(), "step": step}, str(t))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
 
 
 def _run_config(tr: SAETrainer, norm_factor: float, run_cfg: Optional[dict], steps_done: int) -> dict:

@@ -62,12 +62,22 @@ def test_failed_config_with_overwrite_keeps_the_old_run(tmp_path, lowrank_data):
     assert snapshot(out) == before
 
 
-def test_divergence_is_an_error_and_nothing_is_saved(tmp_path):
-    data = [torch.randn(32, 16) * 1e3 for _ in range(5)]
-    with pytest.raises(FloatingPointError, match="diverged"):
-        trainSAE(data, [dict(trainer=StandardTrainer, steps=5, **{**CFG, "lr": 1e30})], steps=5,
-                 save_dir=tmp_path / "r", device="cpu")
+def test_divergence_is_an_error_naming_trainer_and_step_and_nothing_is_saved(tmp_path):
+    data = [torch.randn(32, 16) * 1e3 for _ in range(8)]
+    with pytest.raises(FloatingPointError, match=r"trainer 0 \(StandardTrainer.*non-finite .* at step \d+"):
+        trainSAE(data, [dict(trainer=StandardTrainer, steps=8, **{**CFG, "lr": 1e30})], steps=8,
+                 save_dir=tmp_path / "r", save_steps=[0], device="cpu")
     assert not (tmp_path / "r" / "trainer_0" / "ae.safetensors").exists()
+    # the checkpoint written before the divergence is still loadable
+    Dictionary.from_pretrained(tmp_path / "r" / "trainer_0" / "checkpoints" / "step_0")
+
+
+def test_nonfinite_batches_can_be_skipped_and_counted(lowrank_data):
+    good = [x for _, x in zip(range(4), lowrank_data())]
+    data = good[:2] + [torch.full((256, 32), float("nan"))] + good[2:]
+    (tr,) = trainSAE(data, [dict(trainer=StandardTrainer, steps=4, **{**CFG, "activation_dim": 32})], steps=4,
+                     skip_nonfinite_batches=True, device="cpu")
+    assert tr.skipped_batches == 1 and tr.steps_done == 4 and all(torch.isfinite(p).all() for p in tr.ae.parameters())
 
 
 def test_written_files_have_normal_permissions(tmp_path):

@@ -28,7 +28,7 @@ def test_trainsae_outputs_and_roundtrip(tmp_path, lowrank_data, normalize):
         assert cfg["norm_factor"] == pytest.approx(s)
         assert cfg["trainer"]["trainer_class"] == type(tr).__name__
         assert cfg["steps_done"] == 60
-        assert (d / "checkpoints" / "ae_30" / "ae.safetensors").is_file()
+        assert (d / "checkpoints" / "step_30" / "ae.safetensors").is_file()
         loaded = Dictionary.from_pretrained(d)
         # the loaded dictionary reads raw activations and reproduces the trained one exactly
         expected = tr.ae(x / s) * s

@@ -14,6 +14,11 @@ from ..dictionary import Dictionary
 LossLog = namedtuple("LossLog", ["x", "x_hat", "f", "losses"])
 
 
+class NonFiniteError(FloatingPointError):
+    """A non-finite loss or gradient; raised before the optimizer step, so the weights are still the last good
+    ones (and the last checkpoint stays loadable)."""
+
+
 class SAETrainer:
     """The interface of dictionary_learning's ``SAETrainer``: ``update(step, activations)``, ``loss(x, step,
     logging=False)``, ``config`` and ``get_logging_parameters()``.
@@ -174,6 +179,8 @@ class DictionaryTrainer(SAETrainer):
     # -------------------------------------------------------------- hooks for subclasses
     #: clip the global gradient norm to this value before each step (None: no clipping)
     grad_clip_norm: Optional[float] = None
+    #: check the loss and gradients for NaN/inf at every step (raises :class:`NonFiniteError`)
+    check_finite: bool = True
 
     def encode_for_loss(self, x: torch.Tensor, step: int):
         """``(x_hat [batch, activation_dim], f [batch, dict_size], aux: dict)`` used by the loss; subclasses put
@@ -240,6 +247,8 @@ class DictionaryTrainer(SAETrainer):
         self.optimizer.zero_grad(set_to_none=True)
         loss, _, _, f, aux = self._compute(x, step)
         loss.backward()
+        if self.check_finite:
+            self._check_finite(loss, step)
         remove_gradient_parallel_to_decoder_directions(self.ae.W_dec)
         if self.grad_clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.ae.parameters(), self.grad_clip_norm)
@@ -251,6 +260,38 @@ class DictionaryTrainer(SAETrainer):
         self.after_step(step, x, f, aux)
         if self.resample_steps is not None and step > 0 and step % self.resample_steps == 0:
             self.resample_neurons(self.tokens_since_fired > self.resample_steps // 2 * x.shape[0], x)
+
+    @torch.no_grad()
+    def _check_finite(self, loss: torch.Tensor, step: int) -> None:
+        if not torch.isfinite(loss):
+            raise NonFiniteError(f"{type(self).__name__}: non-finite loss ({float(loss)}) at step {step}")
+        bad = [n for n, p in self.ae.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        if bad:
+            raise NonFiniteError(f"{type(self).__name__}: non-finite gradient of {bad} at step {step}")
+
+    # -------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict:
+        """Everything needed to continue training exactly: dictionary (with its buffers), optimizer, lr
+        scheduler, dead-feature counters, training log and the trainer-specific state (:meth:`_extra_state`).
+        Holds only tensors and plain Python values, so it loads with ``torch.load(weights_only=True)``."""
+        return {"ae": self.ae.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "tokens_since_fired": self.tokens_since_fired,
+                "log": list(getattr(self, "log", [])), "extra": self._extra_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict` (same trainer class and configuration)."""
+        self.ae.load_state_dict(state["ae"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.tokens_since_fired.copy_(state["tokens_since_fired"])
+        self.log = list(state.get("log", []))
+        self._load_extra_state(state.get("extra", {}))
+
+    def _extra_state(self) -> dict:
+        return {}
+
+    def _load_extra_state(self, extra: dict) -> None:
+        pass
 
     @torch.no_grad()
     def _record_firing(self, f: torch.Tensor, n_tokens: int) -> None:

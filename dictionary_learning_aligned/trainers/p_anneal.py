@@ -107,6 +107,15 @@ class PAnnealTrainer(DictionaryTrainer):
             self.p = new_p
             self.p_step_count += 1
 
+    def _extra_state(self) -> dict:
+        return {"p": self.p, "p_step_count": self.p_step_count, "sparsity_coeff": self.sparsity_coeff,
+                "sparsity_queue": [list(q) for q in self.sparsity_queue]}
+
+    def _load_extra_state(self, extra: dict) -> None:
+        self.p, self.p_step_count = extra["p"], extra["p_step_count"]
+        self.sparsity_coeff = extra["sparsity_coeff"]
+        self.sparsity_queue = [tuple(q) for q in extra["sparsity_queue"]]
+
     def _extra_config(self) -> dict:
         return {"sparsity_function": self.sparsity_function, "initial_sparsity_penalty": self.initial_sparsity_penalty,
                 "anneal_start": self.anneal_start, "anneal_end": self.anneal_end, "p_start": self.p_start,

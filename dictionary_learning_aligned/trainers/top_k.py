@@ -141,6 +141,12 @@ class TopKTrainer(DictionaryTrainer):
             r = min(step, self.k_anneal_steps) / self.k_anneal_steps if self.k_anneal_steps else 1.0
             self.ae.k.fill_(int(self.ae.activation_dim * (1 - r) + self.k * r))
 
+    def _extra_state(self) -> dict:
+        return {"dead_features": self.dead_features}
+
+    def _load_extra_state(self, extra: dict) -> None:
+        self.dead_features = extra.get("dead_features", 0)
+
     def _extra_config(self) -> dict:
         return {"k": self.k, "auxk_alpha": self.auxk_alpha, "threshold_beta": self.threshold_beta,
                 "threshold_start_step": self.threshold_start_step, "k_anneal_steps": self.k_anneal_steps,
