@@ -52,7 +52,10 @@ def _build_trainer(cfg: dict, device) -> SAETrainer:
             raise ValueError(f"unknown trainer {cls!r}; known: {sorted(TRAINER_CLASSES)}")
         cls = TRAINER_CLASSES[cls]
     cfg.setdefault("device", device)
-    return cls(**cfg)
+    try:
+        return cls(**cfg)
+    except TypeError as e:  # unexpected or missing keyword arguments
+        raise ValueError(f"bad arguments for {getattr(cls, '__name__', cls)}: {e}") from None
 
 
 def _json_safe(cfg: dict) -> dict:
@@ -153,6 +156,11 @@ def trainSAE(
         if not prefetched:
             raise ValueError("the activation data is empty (is the text shorter than one context?)")
         norm_factor = get_norm_factor(prefetched)
+    elif save_dir is not None:
+        prefetched = [b for b in [next(data, None)] if b is not None]
+    dims = {tr.ae.activation_dim for tr in trainers if hasattr(tr, "ae")}
+    for b in prefetched:  # bad data fails here, before an earlier run is replaced
+        _check_batch(b, dims, skip_nonfinite_batches)
     for tr in trainers:
         tr.norm_factor = norm_factor
 
@@ -219,6 +227,17 @@ def trainSAE(
     return trainers
 
 
+def _check_batch(b, dims: set, allow_nonfinite: bool) -> None:
+    if not isinstance(b, torch.Tensor) or not b.is_floating_point():
+        raise TypeError(f"activation batches must be floating-point tensors, got "
+                        f"{getattr(b, 'dtype', type(b).__name__)}")
+    if b.ndim != 2 or (dims and b.shape[1] not in dims):
+        raise ValueError(f"trainers expect activations [batch, {'/'.join(map(str, sorted(dims)))}], got a batch of "
+                         f"shape {tuple(b.shape)}")
+    if not allow_nonfinite and not torch.isfinite(b).all():
+        raise ValueError("the first activation batch contains NaN or infinite values")
+
+
 CHECKPOINT_PREFIX = "step_"
 
 
@@ -242,7 +261,14 @@ def _resume(trainers, out: Path, normalize_activations: bool) -> tuple[int, floa
         if not cfg_path.is_file():
             raise ValueError(f"resume: {cfg_path} not found; is {out} the save_dir of a run with "
                              f"{len(trainers)} trainer(s)?")
-        saved = json.loads(cfg_path.read_text())
+        try:
+            saved = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"resume: {cfg_path} is not valid JSON ({e})") from None
+        lib, ver = saved.get("library"), str(saved.get("library_version", ""))
+        if lib != "dictionary_learning_aligned" or ver.split(".")[0] != LIBRARY_VERSION.split(".")[0]:
+            raise ValueError(f"resume: {cfg_path} was written by {lib or 'another library'} version {ver or '?'}; "
+                             f"this is dictionary_learning_aligned {LIBRARY_VERSION} and cannot continue that run")
         mine, theirs = _json_safe(tr.config), saved.get("trainer", {})
         diff = sorted(k for k in set(mine) | set(theirs) if k != "device" and mine.get(k) != theirs.get(k))
         if diff:
@@ -294,9 +320,13 @@ def _save_checkpoint(tr: SAETrainer, trainer_dir: Path, step: int, norm_factor: 
     tmp = trainer_dir / "checkpoints" / f".tmp_{CHECKPOINT_PREFIX}{step}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    _save(tr, tmp, norm_factor, run_cfg, step + 1)
-    with atomic_path(tmp / "trainer_state.pt") as t:
-        torch.save({"trainer": tr.state_dict(), "rng": _rng_state(), "step": step}, str(t))
+    try:
+        _save(tr, tmp, norm_factor, run_cfg, step + 1)
+        with atomic_path(tmp / "trainer_state.pt") as t:
+            torch.save({"trainer": tr.state_dict(), "rng": _rng_state(), "step": step}, str(t))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave a partial checkpoint behind
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

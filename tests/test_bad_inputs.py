@@ -181,3 +181,104 @@ def test_demo_corpus_without_held_out_text(tmp_path):
     with pytest.raises(ValueError, match="contains no text"):
         run_demo(DemoConfig(out=str(tmp_path / "out"), corpus=str(corpus)))
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A suite of bad inputs aimed at an existing run: each is refused with a clear error and the run is unchanged.
+
+RUN_CFG = dict(trainer=StandardTrainer, steps=6, activation_dim=32, dict_size=64, layer=0, lm_name="m",
+               warmup_steps=1, sparsity_warmup_steps=2, seed=0)
+
+
+@pytest.fixture
+def existing_run(tmp_path, lowrank_data):
+    out = tmp_path / "run"
+    trainSAE(lowrank_data(), [RUN_CFG], steps=6, save_dir=out, save_steps=[2], device="cpu")
+    return out
+
+
+def _bad_version(out):
+    cfg = json.loads((out / "trainer_0" / "config.json").read_text())
+    cfg["library_version"] = "7.0.0"
+    (out / "trainer_0" / "config.json").write_text(json.dumps(cfg))
+
+
+BAD_RUNS = {
+    "unknown trainer": (dict(trainer_configs=[{**RUN_CFG, "trainer": "Nope"}], overwrite=True), ValueError, "unknown trainer"),
+    "zero lr": (dict(trainer_configs=[{**RUN_CFG, "lr": 0.0}], overwrite=True), ValueError, "lr must be"),
+    "negative steps": (dict(steps=-3, overwrite=True), ValueError, "steps must be a positive"),
+    "float steps": (dict(steps=2.5, overwrite=True), ValueError, "steps must be a positive"),
+    "k out of range": (dict(trainer_configs=[{**{k: v for k, v in RUN_CFG.items() if k != "sparsity_warmup_steps"},
+                                              "trainer": "TopKTrainer", "k": 65}], overwrite=True),
+                       ValueError, "k must be an integer"),
+    "argument of another trainer": (dict(trainer_configs=[{**RUN_CFG, "trainer": "TopKTrainer", "k": 4}],
+                                         overwrite=True), ValueError, "bad arguments for TopKTrainer"),
+    "alignment typo": (dict(trainer_configs=[{**RUN_CFG, "alignment": "projct"}], overwrite=True), ValueError,
+                       "unknown alignment mode"),
+    "resume with other config": (dict(trainer_configs=[{**RUN_CFG, "seed": 1}], resume=True), ValueError,
+                                 "config differs"),
+    "resume with more trainers": (dict(trainer_configs=[RUN_CFG, RUN_CFG], resume=True), ValueError, "not found"),
+    "no overwrite": (dict(), FileExistsError, "already exists"),
+    "wrong activation width": (dict(data=[torch.randn(8, 31)] * 6, overwrite=True), ValueError, "expect activations"),
+    "NaN activations": (dict(data=[torch.full((8, 32), float("nan"))] * 6, overwrite=True), ValueError, "NaN"),
+    "integer activations": (dict(data=[torch.ones(8, 32, dtype=torch.long)] * 6, overwrite=True), TypeError,
+                            "floating-point"),
+    "empty data with normalization": (dict(data=[], normalize_activations=True, overwrite=True), ValueError,
+                                      "activation data is empty"),
+    "config.json of another version": (dict(resume=True, _prepare=_bad_version), ValueError, "version 7.0.0"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_RUNS))
+def test_bad_inputs_leave_an_existing_run_unchanged(existing_run, lowrank_data, name):
+    kwargs, exc, msg = BAD_RUNS[name]
+    kwargs = dict(kwargs)
+    prepare = kwargs.pop("_prepare", None)
+    if prepare:
+        prepare(existing_run)
+    before = snapshot(existing_run)
+    args = dict(data=lowrank_data(seed=3), trainer_configs=[RUN_CFG], steps=6, save_dir=existing_run, device="cpu")
+    args.update(kwargs)
+    with pytest.raises(exc, match=msg):
+        trainSAE(**args)
+    assert snapshot(existing_run) == before
+
+
+def test_disk_full_during_checkpoint_keeps_the_previous_one(existing_run, lowrank_data, monkeypatch):
+    import errno
+
+    import safetensors.torch
+
+    before = snapshot(existing_run)
+    real = safetensors.torch.save_file
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(OSError, match="No space left"):
+        trainSAE(lowrank_data(), [RUN_CFG], steps=6, save_dir=existing_run, save_steps=[4], resume=True,
+                 device="cpu")
+    monkeypatch.setattr(safetensors.torch, "save_file", real)
+    assert snapshot(existing_run) == before  # no partial checkpoint, nothing else touched
+    assert not list((existing_run / "trainer_0" / "checkpoints").glob(".tmp*"))
+    Dictionary.from_pretrained(existing_run / "trainer_0" / "checkpoints" / "step_2")
+
+
+def test_unwritable_output_folder(tmp_path):
+    with pytest.raises((PermissionError, NotADirectoryError)):
+        prepare_output_dir("/proc/self/no_such_dir/out")
+    with pytest.raises(PermissionError, match="cannot"):
+        prepare_output_dir("/proc/dla_test_out")
+
+
+def test_checkpoint_from_a_newer_format_is_refused(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = AutoEncoder(8, 16).save(tmp_path / "a")
+    with safe_open(str(path), framework="pt") as f:
+        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(state, str(path), metadata={**meta, "format_version": "99"})
+    with pytest.raises(CheckpointError, match="newer format version 99"):
+        Dictionary.from_pretrained(path)
