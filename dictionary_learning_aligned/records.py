@@ -1,0 +1,94 @@
+"""The results store: one JSON record per trained dictionary, the contract between the reproduction (which writes
+records) and the figures (which only read them).
+
+A store is a folder ``DIR`` with ``DIR/records/<id>.json``. Each record (schema version 1) holds:
+
+=====================  ============================================================================================
+key                    meaning
+=====================  ============================================================================================
+``schema``             1
+``id``                 unique name: ``{experiment}__{arch}__{alignment or standard}__d{dict_size}__{sparsity}__s{seed}``
+``experiment``         experiment name (e.g. ``"main"``); ``scale``: ``"smoke" | "small" | "paper"``
+``model``              language model actually used; ``paper_model``: the paper's model it substitutes (or None)
+``offline_note``       a sentence when an offline substitute (model or text) was used, else ""
+``layer``              layer read; ``corpus``: text source; ``train_tokens``: tokens trained on
+``arch``               ``"relu" | "topk" | "batchtopk" | "panneal"``; ``alignment``: None or a mode name
+``dict_size``          features; ``sparsity``: ``{"name": "l1_penalty" | "k" | "initial_sparsity_penalty", "value": x}``
+``seed``               seed; ``group``: id without the seed (records of one group differ only by seed)
+``trainer``            the trainer's ``config`` dict
+``metrics``            :func:`~dictionary_learning_aligned.evaluation.evaluate` output without ``alignment``
+``alignment``          :func:`~dictionary_learning_aligned.alignment.summarize_scores` of the dictionary
+``per_feature``        ``{"alignment_score": [F floats], "max_cos_other_seeds": [F floats] or None,
+                       "fired": [F bools] (fired in the evaluation tokens)}``
+``stability``          ``{"mcs", "frac_above_0.7", "frac_above_0.9", "hungarian_mean_cos", "n_runs"}`` of the
+                       group (same for every seed of the group), or None with a single seed
+``paths``              ``{"dictionary": folder of ae.safetensors, relative to DIR}``
+``command``, ``versions``, ``created``  provenance
+=====================  ============================================================================================
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator, Optional
+
+from .io import write_json
+
+SCHEMA_VERSION = 1
+REQUIRED = ("schema", "id", "experiment", "scale", "model", "arch", "alignment", "dict_size", "sparsity", "seed",
+            "group", "metrics", "alignment", "per_feature", "stability")
+
+
+def record_id(experiment: str, arch: str, alignment: Optional[str], dict_size: int, sparsity: dict,
+              seed: int) -> str:
+    """The record id ``{experiment}__{arch}__{alignment}__d{dict_size}__{name}{value}__s{seed}``."""
+    return f"{group_id(experiment, arch, alignment, dict_size, sparsity)}__s{seed}"
+
+
+def group_id(experiment: str, arch: str, alignment: Optional[str], dict_size: int, sparsity: dict) -> str:
+    """The id shared by the seeds of one configuration."""
+    return f"{experiment}__{arch}__{alignment or 'standard'}__d{dict_size}__{sparsity['name']}{sparsity['value']:g}"
+
+
+def write_record(store, record: dict) -> Path:
+    """Validate and write ``record`` to ``store/records/<id>.json`` atomically.
+
+    Raises:
+        ValueError: a required key is missing or the schema version is not :data:`SCHEMA_VERSION`.
+    """
+    missing = [k for k in REQUIRED if k not in record]
+    if missing:
+        raise ValueError(f"record {record.get('id')!r} lacks {missing}")
+    if record["schema"] != SCHEMA_VERSION:
+        raise ValueError(f"record schema {record['schema']} is not {SCHEMA_VERSION}")
+    folder = Path(store) / "records"
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_json(folder / f"{record['id']}.json", record)
+
+
+def has_record(store, rid: str) -> bool:
+    """Whether a record with this id exists (the reproduction skips finished entries)."""
+    return (Path(store) / "records" / f"{rid}.json").is_file()
+
+
+def iter_records(store, **where) -> Iterator[dict]:
+    """Records of ``store`` (sorted by id) whose fields equal the given values, e.g.
+    ``iter_records(d, arch="topk", dict_size=4096)``.
+
+    Raises:
+        FileNotFoundError: ``store/records`` does not exist.
+        ValueError: a record file is not valid JSON or has another schema version (naming the file).
+    """
+    folder = Path(store) / "records"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no results store at {store} (missing {folder})")
+    for p in sorted(folder.glob("*.json")):
+        try:
+            rec = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p} is not valid JSON ({e})") from None
+        if rec.get("schema") != SCHEMA_VERSION:
+            raise ValueError(f"{p} has schema {rec.get('schema')!r}, expected {SCHEMA_VERSION}")
+        if all(rec.get(k) == v for k, v in where.items()):
+            yield rec
