@@ -58,7 +58,7 @@ def ce_losses(model, submodule, dictionary, tokens: torch.Tensor, skip_first: bo
 def evaluate(dictionary, activations: Iterable[torch.Tensor], n_batches: int = 10, ce_batches: int = 2,
              ce_batch_size: int = 8, device: Optional[str] = None, *, model=None, submodule=None,
              ce_tokens: Optional[list] = None, skip_first: Optional[bool] = None,
-             ce_reference: Optional[list] = None) -> dict:
+             ce_reference: Optional[list] = None, per_feature: bool = False) -> dict:
     """Evaluate a dictionary on held-out activations.
 
     Args:
@@ -75,6 +75,7 @@ def evaluate(dictionary, activations: Iterable[torch.Tensor], n_batches: int = 1
             on the same text; see :func:`collect_eval_data`).
         skip_first: leave position 0 (BOS) untouched when splicing (default: the buffer's ``remove_bos``,
             else True).
+        per_feature: also return ``fired`` (``[dict_size]`` list of bools: fired at least once).
         ce_reference: per ``ce_tokens`` batch, the dictionary-independent ``{"loss_original", "loss_zero"}``
             (from ``ce_losses(model, submodule, None, tokens)``), so they are not recomputed per dictionary.
 
@@ -136,6 +137,8 @@ def evaluate(dictionary, activations: Iterable[torch.Tensor], n_batches: int = 1
         "frac_alive": float(fired.float().mean()),
         "alignment": summarize_scores(alignment_scores(dictionary)),
     }
+    if per_feature:
+        out["fired"] = fired.cpu().tolist()
     if ce_tokens is None and ce_batches and hasattr(activations, "token_batch"):
         if activations.io != "out":
             raise ValueError("CE-loss metrics splice into a layer's output; evaluate with an io='out' buffer")

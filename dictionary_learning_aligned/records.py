@@ -17,7 +17,7 @@ key                    meaning
 ``seed``               seed; ``group``: id without the seed (records of one group differ only by seed)
 ``trainer``            the trainer's ``config`` dict
 ``metrics``            :func:`~dictionary_learning_aligned.evaluation.evaluate` output without ``alignment``
-``alignment``          :func:`~dictionary_learning_aligned.alignment.summarize_scores` of the dictionary
+``alignment_scores``   :func:`~dictionary_learning_aligned.alignment.summarize_scores` of the dictionary
 ``per_feature``        ``{"alignment_score": [F floats], "max_cos_other_seeds": [F floats] or None,
                        "fired": [F bools] (fired in the evaluation tokens)}``
 ``stability``          ``{"mcs", "frac_above_0.7", "frac_above_0.9", "hungarian_mean_cos", "n_runs"}`` of the
@@ -37,7 +37,7 @@ from .io import write_json
 
 SCHEMA_VERSION = 1
 REQUIRED = ("schema", "id", "experiment", "scale", "model", "arch", "alignment", "dict_size", "sparsity", "seed",
-            "group", "metrics", "alignment", "per_feature", "stability")
+            "group", "metrics", "alignment_scores", "per_feature", "stability")
 
 
 def record_id(experiment: str, arch: str, alignment: Optional[str], dict_size: int, sparsity: dict,

@@ -1,0 +1,129 @@
+"""The paper's experiments, as data. One :class:`Experiment` per experiment of arXiv 2605.18629; each resolves to
+a concrete grid at a scale:
+
+* ``smoke``: CPU in minutes, offline model, tiny dictionaries (checks the pipeline, not the science);
+* ``small``: one GPU, the offline default SmolLM2-135M-Instruct (layer 12) on local text, 20M tokens;
+* ``paper``: the paper's models (Pythia-160M layer 8, Gemma-2-2B layer 12) on the Pile, 500M tokens (needs the
+  hub); token budget and widths as the SAEBench baseline suite (dictionary_learning_demo).
+
+The paper's text gives neither its sparsity grid nor its token budget; the values here cover its range of L0
+(about 10 to 200) and are our choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+OFFLINE_MODEL = "smollm2-135m-instruct"
+OFFLINE_LAYER = 12
+ARCH_SPARSITY = {"relu": "l1_penalty", "topk": "k", "batchtopk": "k", "panneal": "initial_sparsity_penalty"}
+SCALES = ("smoke", "small", "paper")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment of the paper.
+
+    Attributes:
+        name: identifier used in record ids and on the command line.
+        figures: the paper figures it feeds.
+        paper_model, paper_layer, paper_corpus: the paper's setting.
+        archs: architectures trained.
+        alignments: alignment modes compared (None = standard).
+        dict_sizes: dictionary widths.
+        sparsity: per architecture, the sparsity values swept (``ARCH_SPARSITY`` names the parameter).
+        seeds: seeds per configuration.
+        tokens: training tokens per scale.
+    """
+
+    name: str
+    figures: tuple
+    paper_model: str = "EleutherAI/pythia-160m-deduped"
+    paper_layer: int = 8
+    paper_corpus: str = "monology/pile-uncopyrighted"
+    archs: tuple = ("relu", "topk", "batchtopk", "panneal")
+    alignments: tuple = (None, "project")
+    dict_sizes: tuple = (4096,)
+    sparsity: dict = field(default_factory=lambda: {
+        "relu": (0.02, 0.04, 0.08), "topk": (32, 64, 128), "batchtopk": (32, 64, 128),
+        "panneal": (0.02, 0.04, 0.08)})
+    seeds: int = 3
+    tokens: dict = field(default_factory=lambda: {"smoke": 24_576, "small": 20_000_000, "paper": 500_000_000})
+
+
+EXPERIMENTS = {e.name: e for e in [
+    Experiment("main", figures=(2, 3, 4, 5, 6, 7, 8, 10, 11, 13)),
+    Experiment("gemma", figures=(10,), paper_model="google/gemma-2-2b", paper_layer=12, seeds=1,
+               sparsity={"relu": (0.04,), "topk": (64,), "batchtopk": (64,), "panneal": (0.04,)}),
+    Experiment("tying", figures=(14,), archs=("relu", "topk"), alignments=(None, "project", "tied")),
+    Experiment("sizes", figures=(15, 16, 17, 18), dict_sizes=(16384, 65536)),
+    Experiment("long", figures=(19, 20), archs=("topk",), sparsity={"topk": (64,)}, seeds=1,
+               tokens={"smoke": 49_152, "small": 200_000_000, "paper": 2_000_000_000}),
+]}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One dictionary to train: the resolved settings of one grid point."""
+
+    experiment: str
+    arch: str
+    alignment: Optional[str]
+    dict_size: int
+    sparsity_name: str
+    sparsity_value: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An experiment resolved at a scale: where the activations come from and every run."""
+
+    experiment: Experiment
+    scale: str
+    model: str
+    layer: int
+    corpus: Optional[str]
+    tokens: int
+    offline_note: str
+    runs: tuple
+
+
+def resolve(name: str, scale: str, corpus: Optional[str] = None) -> Plan:
+    """The grid of ``name`` at ``scale``.
+
+    Args:
+        name: a key of :data:`EXPERIMENTS`.
+        scale: ``"smoke"``, ``"small"`` or ``"paper"``.
+        corpus: text source for smoke/small (default: the bundled corpus); ignored at paper scale.
+
+    Raises:
+        ValueError: unknown experiment or scale.
+    """
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; choose one of {sorted(EXPERIMENTS)}")
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; choose one of {SCALES}")
+    exp = EXPERIMENTS[name]
+    if scale == "smoke":
+        exp = replace(exp, dict_sizes=tuple(256 for _ in exp.dict_sizes[:1]), seeds=min(exp.seeds, 2),
+                      sparsity={a: _smoke_values(a, v) for a, v in exp.sparsity.items()})
+    if scale == "paper":
+        model, layer, corpus_used, note = exp.paper_model, exp.paper_layer, exp.paper_corpus, ""
+    else:
+        model, layer, corpus_used = OFFLINE_MODEL, OFFLINE_LAYER, corpus
+        note = (f"offline substitute: SmolLM2-135M-Instruct layer {OFFLINE_LAYER} on "
+                f"{corpus or 'the bundled Wikipedia + Gutenberg corpus'} instead of {exp.paper_model} layer "
+                f"{exp.paper_layer} on {exp.paper_corpus}")
+    runs = tuple(Run(exp.name, arch, al, d, ARCH_SPARSITY[arch], v, seed)
+                 for d in exp.dict_sizes for arch in exp.archs for v in exp.sparsity[arch]
+                 for al in exp.alignments for seed in range(exp.seeds))
+    return Plan(exp, scale, model, layer, corpus_used, exp.tokens[scale], note, runs)
+
+
+def _smoke_values(arch: str, values: tuple) -> tuple:
+    """At most two sparsity values (the extremes), with k suited to 256-feature smoke dictionaries."""
+    if ARCH_SPARSITY[arch] == "k":
+        return (8, 32) if len(values) > 1 else (min(int(values[0]), 32),)
+    return tuple(dict.fromkeys((values[0], values[-1])))

@@ -1,0 +1,197 @@
+"""Reproduce an experiment of the paper: ``python -m dictionary_learning_aligned.reproduce EXPERIMENT --scale
+smoke|small|paper [--device cuda] [--results DIR]``.
+
+For each dictionary size of the experiment's grid (:mod:`.experiments`), activations are harvested once and every
+dictionary still missing from the results store is trained on the same batches; each is then evaluated on
+held-out text and written as one record (:mod:`.records`), with its group's cross-seed stability. Re-running skips
+finished entries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .experiments import EXPERIMENTS, SCALES, Plan, Run, resolve
+from .records import SCHEMA_VERSION, group_id, has_record, record_id, write_record
+
+#: trainer classes per (architecture, aligned?)
+_TRAINERS = {"relu": ("StandardTrainer", "AlignedStandardTrainer"), "topk": ("TopKTrainer", "AlignedTopKTrainer"),
+             "batchtopk": ("BatchTopKTrainer", "AlignedBatchTopKTrainer"),
+             "panneal": ("PAnnealTrainer", "AlignedPAnnealTrainer")}
+
+
+def trainer_config(run: Run, activation_dim: int, steps: int, plan: Plan) -> dict:
+    """The ``trainSAE`` config of one run: the architecture's trainer (its aligned version when ``alignment`` is
+    set), schedules scaled to ``steps`` (lr warmup 5%, sparsity warmup 10%, decay from 80%)."""
+    standard, aligned = _TRAINERS[run.arch]
+    cfg = dict(trainer=aligned if run.alignment else standard, steps=steps, activation_dim=activation_dim,
+               dict_size=run.dict_size, layer=plan.layer, lm_name=plan.model, seed=run.seed,
+               warmup_steps=max(1, steps // 20), decay_start=max(2, int(0.8 * steps)) if steps > 10 else None,
+               submodule_name=f"layers.{plan.layer}")
+    if run.alignment:
+        cfg["alignment"] = run.alignment
+    value = run.sparsity_value
+    if run.arch in ("topk", "batchtopk"):
+        cfg.update(k=int(value), threshold_start_step=max(1, steps // 10))
+    else:
+        cfg["sparsity_warmup_steps"] = max(1, steps // 10)
+        cfg[run.sparsity_name] = value
+        if run.arch == "panneal":
+            cfg.update(anneal_start=max(1, steps // 4), anneal_end=max(2, steps - 2) if steps > 3 else None)
+    return cfg
+
+
+def run_experiment(name: str, scale: str, results: str, device: Optional[str] = None, corpus: Optional[str] = None,
+                   batch_size: Optional[int] = None, autocast: str = "auto", eval_batches: int = 10,
+                   ce_batches: int = 4, ce_batch_size: int = 8) -> list[str]:
+    """Train, evaluate and record every missing dictionary of an experiment; returns the ids written.
+
+    Args:
+        name, scale: see :func:`.experiments.resolve`.
+        results: the results store folder (created if missing; existing records are kept and skipped).
+        device: default ``cuda`` when available, else ``cpu``.
+        corpus: training text for smoke/small (default: bundled corpus).
+        batch_size: activations per step (default 1024 for smoke, 8192 otherwise).
+        autocast: ``"auto"`` (bfloat16 on GPU, none on CPU), ``"bfloat16"`` or ``"float32"``.
+        eval_batches, ce_batches, ce_batch_size: held-out evaluation size.
+
+    Raises:
+        ValueError: unknown experiment/scale, or a bad device.
+    """
+    from nnsight import LanguageModel
+
+    from .alignment import alignment_scores
+    from .buffer import ActivationBuffer
+    from .data import iter_texts
+    from .dictionary import Dictionary
+    from .evaluation import ce_losses, collect_eval_data, evaluate
+    from .models import layer_path, load_language_model
+    from .stability import stability
+    from .training import trainSAE
+
+    plan = resolve(name, scale, corpus)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but no CUDA GPU is available")
+    batch_size = batch_size or (1024 if scale == "smoke" else 8192)
+    amp = {"auto": torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32,
+           "bfloat16": torch.bfloat16, "float32": torch.float32}[autocast]
+    store = Path(results)
+    store.mkdir(parents=True, exist_ok=True)
+    todo = [r for r in plan.runs if not has_record(store, _rid(r))]
+    print(f"{name} @ {scale}: {len(plan.runs)} dictionaries in the grid, {len(todo)} to train"
+          + (f" ({plan.offline_note})" if plan.offline_note else ""))
+    if not todo:
+        return []
+    hf, tok = load_language_model(plan.model, device=device)
+    lm = LanguageModel(hf, tokenizer=copy.deepcopy(tok))
+    submodule = lm
+    for part in layer_path(hf, plan.layer).split("."):
+        submodule = submodule[int(part)] if part.isdigit() else getattr(submodule, part)
+    d_model = hf.config.hidden_size
+    steps = plan.tokens // batch_size
+
+    def buffer(split, n_ctxs):
+        return ActivationBuffer(iter_texts(plan.corpus, split=split, seed=0), lm, submodule, d_submodule=d_model,
+                                n_ctxs=n_ctxs, ctx_len=128, refresh_batch_size=32 if scale == "smoke" else 256,
+                                out_batch_size=batch_size, device=device, remove_bos=True, max_norm_multiple=10.0,
+                                seed=0)
+
+    written = []
+    eval_buf = buffer("test", (eval_batches * batch_size) // 128 + 1)
+    acts, ce_tokens = collect_eval_data(eval_buf, eval_batches, ce_batches, ce_batch_size)
+    ce_ref = [ce_losses(lm, submodule, None, t) for t in ce_tokens]
+    for dict_size in sorted({r.dict_size for r in todo}):
+        runs = [r for r in todo if r.dict_size == dict_size]
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = store / "dictionaries" / f"{name}__{scale}__d{dict_size}__{stamp}"
+        t0 = time.time()
+        trainers = trainSAE(buffer("train", min(8000, max(64, plan.tokens // 128 // 4))),
+                            [trainer_config(r, d_model, steps, plan) for r in runs], steps, save_dir=run_dir,
+                            normalize_activations=True, device=device, autocast_dtype=amp, verbose=True,
+                            log_steps=max(1, steps // 10),
+                            run_cfg={"experiment": name, "scale": scale, "model": plan.model,
+                                     "corpus": plan.corpus or "bundled"})
+        train_s = time.time() - t0
+        dictionaries, metrics = {}, {}
+        for i, r in enumerate(runs):
+            ae = Dictionary.from_pretrained(run_dir / f"trainer_{i}", device=device)
+            dictionaries[r] = ae
+            metrics[r] = evaluate(ae, acts, n_batches=len(acts), model=lm, submodule=submodule, ce_tokens=ce_tokens,
+                                  ce_reference=ce_ref, skip_first=True, per_feature=True)
+        groups: dict[str, list[Run]] = {}
+        for r in runs:
+            groups.setdefault(_gid(r), []).append(r)
+        for gid, members in groups.items():
+            stab = stability([dictionaries[r] for r in members]) if len(members) > 1 else None
+            for j, r in enumerate(members):
+                m = dict(metrics[r])
+                summary, fired = m.pop("alignment"), m.pop("fired")
+
+                rec = {
+                    "schema": SCHEMA_VERSION, "id": _rid(r), "experiment": name, "scale": scale,
+                    "model": plan.model, "paper_model": plan.experiment.paper_model,
+                    "offline_note": plan.offline_note, "layer": plan.layer, "corpus": plan.corpus or "bundled",
+                    "train_tokens": trainers[runs.index(r)].steps_done * batch_size, "arch": r.arch,
+                    "alignment": r.alignment, "dict_size": r.dict_size,
+                    "sparsity": {"name": r.sparsity_name, "value": r.sparsity_value}, "seed": r.seed,
+                    "group": gid, "trainer": trainers[runs.index(r)].config, "metrics": m,
+                    "alignment_scores": summary,
+                    "per_feature": {
+                        "alignment_score": [round(v, 5) for v in alignment_scores(dictionaries[r]).cpu().tolist()],
+                        "max_cos_other_seeds": ([round(v, 4) for v in stab["per_feature_max_cos"][j]]
+                                                if stab else None),
+                        "fired": fired},
+                    "stability": None if stab is None else {k: stab[k] for k in (
+                        "n_runs", "mcs", "frac_above_0.7", "frac_above_0.9", "hungarian_mean_cos")},
+                    "paths": {"dictionary": str((run_dir / f"trainer_{runs.index(r)}").relative_to(store))},
+                    "train_seconds_all_dictionaries_of_this_size": round(train_s, 1),
+                    "command": " ".join([Path(sys.executable).name, "-m", "dictionary_learning_aligned.reproduce"]
+                                        + sys.argv[1:]),
+                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                }
+                write_record(store, rec)
+                written.append(rec["id"])
+    return written
+
+
+def _rid(r: Run) -> str:
+    return record_id(r.experiment, r.arch, r.alignment, r.dict_size, {"name": r.sparsity_name, "value": r.sparsity_value},
+                     r.seed)
+
+
+def _gid(r: Run) -> str:
+    return group_id(r.experiment, r.arch, r.alignment, r.dict_size, {"name": r.sparsity_name, "value": r.sparsity_value})
+
+
+def main(argv=None) -> int:
+    """Command line of the reproduction (see the module docstring)."""
+    ap = argparse.ArgumentParser(prog="python -m dictionary_learning_aligned.reproduce", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("experiment", choices=sorted(EXPERIMENTS))
+    ap.add_argument("--scale", choices=SCALES, default="smoke")
+    ap.add_argument("--results", default="results/store", help="results store folder (default: results/store)")
+    ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    ap.add_argument("--corpus", default=None, help="training text for smoke/small (default: the bundled corpus)")
+    ap.add_argument("--batch-size", type=int, default=None)
+    args = ap.parse_args(argv)
+    try:
+        ids = run_experiment(args.experiment, args.scale, args.results, device=args.device, corpus=args.corpus,
+                             batch_size=args.batch_size)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(ids)} record(s) to {Path(args.results) / 'records'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

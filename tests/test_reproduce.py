@@ -1,0 +1,60 @@
+"""The reproduction: experiment grids as data, and one tiny grid end to end on the real SmolLM2."""
+import json
+
+import pytest
+
+from dictionary_learning_aligned import experiments
+from dictionary_learning_aligned.experiments import EXPERIMENTS, Experiment, resolve
+from dictionary_learning_aligned.records import iter_records
+from dictionary_learning_aligned.reproduce import main, run_experiment, trainer_config
+
+
+def test_every_paper_experiment_resolves_at_every_scale():
+    figs = set()
+    for name, exp in EXPERIMENTS.items():
+        figs |= set(exp.figures)
+        for scale in experiments.SCALES:
+            plan = resolve(name, scale)
+            assert plan.runs and len({(r.arch, r.alignment, r.dict_size, r.sparsity_value, r.seed)
+                                      for r in plan.runs}) == len(plan.runs)
+            if scale == "paper":
+                assert plan.model == exp.paper_model and plan.offline_note == ""
+            else:
+                assert plan.model == "smollm2-135m-instruct" and "offline substitute" in plan.offline_note
+    assert figs >= {2, 3, 4, 5, 6, 7, 8, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20}
+    main_small = resolve("main", "small")
+    assert main_small.tokens >= 20_000_000 and {r.seed for r in main_small.runs} == {0, 1, 2}
+    assert {r.arch for r in main_small.runs} == {"relu", "topk", "batchtopk", "panneal"}
+    with pytest.raises(ValueError, match="unknown experiment"):
+        resolve("nope", "small")
+    with pytest.raises(ValueError, match="unknown scale"):
+        resolve("main", "huge")
+
+
+def test_trainer_configs_differ_only_by_alignment():
+    plan = resolve("main", "small")
+    runs = [r for r in plan.runs if r.arch == "topk" and r.seed == 0 and r.sparsity_value == 64]
+    std, ali = (trainer_config(r, 576, 2441, plan) for r in sorted(runs, key=lambda r: r.alignment or ""))
+    assert std.pop("trainer") == "TopKTrainer" and ali.pop("trainer") == "AlignedTopKTrainer"
+    assert ali.pop("alignment") == "project" and std == ali and std["k"] == 64
+
+
+def test_tiny_grid_end_to_end_and_skip(tmp_path, monkeypatch):
+    tiny = Experiment("tiny", figures=(), archs=("topk",), sparsity={"topk": (8,)}, seeds=2,
+                      tokens={"smoke": 2048, "small": 2048, "paper": 2048})
+    monkeypatch.setitem(EXPERIMENTS, "tiny", tiny)
+    ids = run_experiment("tiny", "smoke", str(tmp_path), device="cpu", batch_size=256, eval_batches=2,
+                         ce_batches=1, ce_batch_size=2)
+    assert len(ids) == 4  # standard and aligned, two seeds
+    recs = list(iter_records(tmp_path))
+    assert {r["alignment"] for r in recs} == {None, "project"}
+    for r in recs:
+        assert r["train_tokens"] == 2048 and r["metrics"]["l0"] > 0 and r["stability"]["n_runs"] == 2
+        assert len(r["per_feature"]["alignment_score"]) == 256 == len(r["per_feature"]["max_cos_other_seeds"])
+        assert (tmp_path / r["paths"]["dictionary"] / "ae.safetensors").is_file()
+        assert "offline substitute" in r["offline_note"]
+    aligned = [r for r in recs if r["alignment"]]
+    assert all(abs(a - 1) < 1e-4 for r in aligned for a in r["per_feature"]["alignment_score"])
+    before = {p.name: p.read_bytes() for p in (tmp_path / "records").iterdir()}
+    assert main(["tiny", "--scale", "smoke", "--results", str(tmp_path)]) == 0  # nothing left to do
+    assert {p.name: p.read_bytes() for p in (tmp_path / "records").iterdir()} == before
