@@ -1,0 +1,21 @@
+"""Figures and claims table of arXiv 2605.18629 ("Aligned Training"), drawn only from the records of a results
+store (:mod:`dictionary_learning_aligned.records`); no trainer is imported.
+
+Command line::
+
+    python -m figures --results DIR --out DIR [--only fig2,fig10]   # one PDF + PNG per figure
+    python -m figures claims --results DIR [--format markdown|text]  # the claims table
+
+Python::
+
+    from figures import FIGURES, render_all, claims_table, format_claims
+    results = render_all("results_store", "figs_out")        # list of FigureResult
+    print(format_claims(claims_table(load_records("results_store"))))
+"""
+
+from ._common import load_records, load_saebench
+from .claims import claims_table, format_claims
+from .paper import FIGURES, FigureResult, FigureSpec, render_all
+
+__all__ = ["FIGURES", "FigureResult", "FigureSpec", "render_all", "claims_table", "format_claims", "load_records",
+           "load_saebench"]

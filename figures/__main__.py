@@ -1,0 +1,74 @@
+"""``python -m figures --results DIR --out DIR [--only fig2,fig10]`` and
+``python -m figures claims --results DIR [--format markdown|text]``.
+
+Exit codes: 0 when at least one figure was written (claims: the table was printed), 1 when none was, 2 when
+the results store is missing or an argument is wrong."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+from ._common import load_records
+from .claims import claims_table, format_claims, summary_counts
+from .paper import FIGURES, render_all
+
+
+def _figures_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m figures", description="Draw the paper's figures from a results store (one PDF + PNG "
+        "preview each). Subcommand: `python -m figures claims --results DIR` prints the claims table.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="figures (and the records each needs):\n" + "\n".join(
+            f"  {n:6s} {s.title}\n         needs {s.needs}" for n, s in FIGURES.items()))
+    p.add_argument("--results", required=True, help="results store folder (holding records/)")
+    p.add_argument("--out", required=True, help="output folder for figN.pdf / figN.png")
+    p.add_argument("--only", help="comma-separated figure names, e.g. fig2,fig10 (default: all)")
+    return p
+
+
+def _claims_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m figures claims",
+                                description="Check the paper's claims against the records of a results store.")
+    p.add_argument("--results", required=True, help="results store folder (holding records/)")
+    p.add_argument("--format", choices=("markdown", "text"), default="markdown")
+    p.add_argument("--aligned", default="project", help="alignment mode compared with standard (default project)")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the command line; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["claims"]:
+        args = _claims_parser().parse_args(argv[1:])
+        try:
+            records = load_records(args.results)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        rows = claims_table(records, aligned=args.aligned)
+        print(format_claims(rows, args.format))
+        print("\n" + ", ".join(f"{n} {v}" for v, n in summary_counts(rows).items()) + f" ({len(records)} records)")
+        return 0
+    parser = _figures_parser()
+    args = parser.parse_args(argv)
+    only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
+    if only:
+        unknown = [n for n in only if n not in FIGURES]
+        if unknown:
+            parser.error(f"unknown figures {unknown}; choose from {', '.join(FIGURES)}")
+    try:
+        results = render_all(args.results, args.out, only)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for r in results:
+        print(r.report())
+    n = sum(r.written for r in results)
+    print(f"{n} of {len(results)} figures written to {args.out}")
+    return 0 if n else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Data helpers shared by the figures and the claims table: selecting, grouping and averaging records, and reading
+SAEBench results. Nothing here imports matplotlib or any trainer; records come from
+:func:`dictionary_learning_aligned.records.iter_records` only."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+
+from dictionary_learning_aligned.records import iter_records
+
+ARCH_ORDER = ("relu", "topk", "batchtopk", "panneal")
+ARCH_LABEL = {"relu": "ReLU", "topk": "TopK", "batchtopk": "BatchTopK", "panneal": "p-anneal"}
+SPARSITY_LABEL = {"l1_penalty": "L1 penalty", "k": "k", "initial_sparsity_penalty": "initial penalty"}
+#: the paper's main dictionary width; other widths have their own figures (15-18)
+MAIN_DICT_SIZE = 4096
+#: where SAEBench JSON output is looked for, relative to the results store
+SAEBENCH_DIR = "saebench"
+#: SAEBench metrics used by figures 9 and 12: short name -> key path inside a SAEBench result file
+SAEBENCH_METRICS = {"scr": ("eval_result_metrics", "scr_metrics", "scr_metric_threshold_20"),
+                    "autointerp": ("eval_result_metrics", "autointerp", "autointerp_score")}
+
+Getter = Callable[[dict], Optional[float]]
+
+
+def load_records(results) -> list[dict]:
+    """All records of the store ``results`` (raises FileNotFoundError when there is no store)."""
+    return list(iter_records(results))
+
+
+def field_getter(*keys) -> Getter:
+    """A function returning ``record[k1][k2]...`` or None when a level is missing (keys may contain dots,
+    e.g. ``field_getter("stability", "frac_above_0.7")``)."""
+    def get(rec):
+        for k in keys:
+            if not isinstance(rec, dict) or rec.get(k) is None:
+                return None
+            rec = rec[k]
+        return rec
+    return get
+
+
+L0 = field_getter("metrics", "l0")
+
+
+def finite(x) -> bool:
+    """Whether ``x`` is a real finite number (not None, not a bool)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def mode_name(alignment: Optional[str]) -> str:
+    """``"standard"`` for None, else the alignment mode."""
+    return alignment or "standard"
+
+
+def archs_in(records: Iterable[dict], among: Iterable[str] = ARCH_ORDER) -> list[str]:
+    """Architectures of ``among`` present in ``records``, in the canonical order."""
+    present = {r["arch"] for r in records}
+    return [a for a in among if a in present]
+
+
+def alignments_in(records: Iterable[dict]) -> list[Optional[str]]:
+    """Alignment modes present, standard first, then by name."""
+    present = {r["alignment"] for r in records}
+    return sorted(present, key=lambda a: (a is not None, a or ""))
+
+
+def select(records: Iterable[dict], *, experiments=None, archs=None, alignments=None, dict_size=None,
+           model=None) -> list[dict]:
+    """Records matching every given filter (``None`` means no filter; lists mean "one of")."""
+    out = []
+    for r in records:
+        if experiments is not None and r.get("experiment") not in experiments:
+            continue
+        if archs is not None and r["arch"] not in archs:
+            continue
+        if alignments is not None and r["alignment"] not in alignments:
+            continue
+        if dict_size is not None and r["dict_size"] != dict_size:
+            continue
+        if model is not None and r.get("model") != model:
+            continue
+        out.append(r)
+    return out
+
+
+def primary_model(records: list[dict]) -> Optional[str]:
+    """The most common ``model`` of the records (ties: alphabetical), None for no records."""
+    counts = Counter(r.get("model") for r in records)
+    return min(counts, key=lambda m: (-counts[m], str(m))) if counts else None
+
+
+def pick_dict_size(records: list[dict], prefer: int = MAIN_DICT_SIZE) -> Optional[int]:
+    """``prefer`` if some record has it, else the smallest dict_size present (None for no records)."""
+    sizes = {r["dict_size"] for r in records}
+    return prefer if prefer in sizes else (min(sizes) if sizes else None)
+
+
+@dataclass
+class Point:
+    """One configuration (record group) averaged over its seeds: ``x``/``y`` means, ``*_std`` population std
+    (ddof 0; 0 for one seed), ``n`` seeds with both values."""
+
+    group: str
+    arch: str
+    alignment: Optional[str]
+    dict_size: int
+    sparsity: float
+    n: int
+    x: float
+    x_std: float
+    y: float
+    y_std: float
+    records: list = field(default_factory=list, repr=False)
+
+
+def aggregate(records: Iterable[dict], y: Getter, x: Getter = L0) -> list[Point]:
+    """Average ``x(record)`` and ``y(record)`` over the seeds of each record group.
+
+    Records where either value is missing or non-finite are left out. Points are sorted by (arch, alignment,
+    dict_size, x).
+    """
+    groups = defaultdict(list)
+    for r in records:
+        if finite(x(r)) and finite(y(r)):
+            groups[r["group"]].append(r)
+    pts = []
+    for g, rs in groups.items():
+        xs, ys = np.array([x(r) for r in rs], float), np.array([y(r) for r in rs], float)
+        r0 = rs[0]
+        pts.append(Point(g, r0["arch"], r0["alignment"], r0["dict_size"], float(r0["sparsity"]["value"]), len(rs),
+                         float(xs.mean()), float(xs.std()), float(ys.mean()), float(ys.std()), rs))
+    return sorted(pts, key=lambda p: (p.arch, mode_name(p.alignment), p.dict_size, p.x))
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
+    """(mean, population std, n) of the finite values; (nan, nan, 0) when there are none."""
+    v = np.array([x for x in values if finite(x)], float)
+    return (float(v.mean()), float(v.std()), len(v)) if len(v) else (math.nan, math.nan, 0)
+
+
+def fmt_ms(m: float, s: float, n: int, digits: int = 3) -> str:
+    """``"m ± s (n)"`` (just ``"m"`` for n == 1, ``"n/a"`` for n == 0)."""
+    if n == 0:
+        return "n/a"
+    return f"{m:.{digits}f}" if n == 1 else f"{m:.{digits}f} ± {s:.{digits}f} (n={n})"
+
+
+def load_saebench(results) -> tuple[dict[str, dict[str, float]], int]:
+    """SAEBench results under ``results/saebench/`` (any depth, ``*.json``), keyed by record id.
+
+    A file is matched to a record by a top-level ``record_id`` field, else ``sae_name``, whose value must be a
+    record ``id``; SAEBench writes neither, so add one of them to each output file. Values are read from the key
+    paths of :data:`SAEBENCH_METRICS` (``scr``: ``eval_result_metrics.scr_metrics.scr_metric_threshold_20``,
+    ``autointerp``: ``eval_result_metrics.autointerp.autointerp_score``); several files for one record merge.
+
+    Returns:
+        ``({record_id: {"scr": x, "autointerp": y}}, number of JSON files found)``. Unreadable files and files
+        without an id are counted but ignored.
+    """
+    folder = Path(results) / SAEBENCH_DIR
+    out: dict[str, dict[str, float]] = {}
+    files = sorted(folder.rglob("*.json")) if folder.is_dir() else []
+    for p in files:
+        try:
+            d = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        rid = (d.get("record_id") or d.get("sae_name")) if isinstance(d, dict) else None
+        if not isinstance(rid, str):
+            continue
+        for name, path in SAEBENCH_METRICS.items():
+            v = field_getter(*path)(d)
+            if finite(v):
+                out.setdefault(rid, {})[name] = float(v)
+    return out, len(files)

@@ -1,0 +1,224 @@
+"""The paper's claims, checked against the records of a results store.
+
+:func:`claims_table` returns one row per claim and setting (experiment, model, architecture, dict_size);
+:func:`format_claims` prints it. Verdicts are computed only from the records:
+
+* (a) standard SAEs have bimodal alignment scores: mean over standard records of Sarle's coefficient
+  (``alignment_scores.bimodality_coefficient``) above 5/9 (the uniform distribution's value).
+* (b) aligned training leaves near-zero dead features: the aligned dead fraction ``1 - metrics.frac_alive``
+  (mean over seeds) is at most ``dead_tol`` (default 1%) at every sparsity setting; the standard value is shown
+  for contrast.
+* (c) CE loss recovered is at least as high at equal L0: TopK/BatchTopK compare the same ``k``; ReLU and
+  p-anneal interpolate the standard curve (mean L0 -> mean CE loss recovered, linear, no extrapolation) at each
+  aligned point's L0. A point counts as "lower" when aligned minus standard is below ``-(std_aligned +
+  std_standard)`` (seed spreads); supported when no point is lower.
+* (d) higher cross-seed stability: ``stability.mcs`` of the aligned group above the standard group at every
+  sparsity setting present for both.
+* (e) (b)-(d) hold for TopK, BatchTopK and p-anneal: per setting, supported when (b), (c), (d) all are,
+  not supported when one is not, else insufficient data.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+import numpy as np
+
+from ._common import ARCH_LABEL, ARCH_ORDER, L0, SPARSITY_LABEL, aggregate, field_getter, finite, fmt_ms, mean_std
+
+SUPPORTED, NOT_SUPPORTED, INSUFFICIENT = "supported", "not supported", "insufficient data"
+#: Sarle's coefficient of a uniform distribution; larger values suggest bimodality
+BC_THRESHOLD = 5 / 9
+CLAIMS = {
+    "a": "standard SAEs have bimodal alignment scores (Sarle's coefficient > 5/9)",
+    "b": "aligned training leaves near-zero dead features",
+    "c": "aligned CE loss recovered is at least as high as standard at equal L0",
+    "d": "aligned training gives higher cross-seed stability (MCS)",
+    "e": "claims (b)-(d) hold for TopK, BatchTopK and p-anneal",
+}
+CE = field_getter("metrics", "frac_recovered")
+BC = field_getter("alignment_scores", "bimodality_coefficient")
+MCS = field_getter("stability", "mcs")
+
+
+def _dead(r):
+    a = field_getter("metrics", "frac_alive")(r)
+    return None if a is None else 1.0 - a
+
+
+def claims_table(records: list[dict], *, aligned: str = "project", dead_tol: float = 0.01) -> list[dict]:
+    """Check claims (a)-(e) per setting (experiment, model, arch, dict_size).
+
+    Args:
+        records: results-store records.
+        aligned: the alignment mode compared with standard (None) records.
+        dead_tol: the largest dead fraction counted as "near zero" in claim (b).
+
+    Returns:
+        rows ordered by claim, then setting, each a dict with ``claim`` (letter), ``statement``, ``setting``,
+        ``arch``, ``dict_size``, ``experiment``, ``model``, ``measured`` (text with mean ± std over seeds),
+        ``values`` (the numbers) and ``verdict`` (``"supported"``, ``"not supported"`` or
+        ``"insufficient data"``).
+    """
+    settings = defaultdict(list)
+    for r in records:
+        if r["alignment"] in (None, aligned):
+            settings[(r.get("experiment"), r.get("model"), r["arch"], r["dict_size"])].append(r)
+    several_models = len({k[1] for k in settings}) > 1
+    order = sorted(settings, key=lambda k: (str(k[0]), str(k[1]), ARCH_ORDER.index(k[2])
+                                            if k[2] in ARCH_ORDER else 99, k[3]))
+    rows = defaultdict(list)
+    for key in order:
+        exp, model, arch, size = key
+        recs = settings[key]
+        std = [r for r in recs if r["alignment"] is None]
+        ali = [r for r in recs if r["alignment"] == aligned]
+        base = dict(setting=f"{exp} · {ARCH_LABEL.get(arch, arch)} · d={size}"
+                    + (f" · {model}" if several_models else ""), arch=arch, dict_size=size, experiment=exp,
+                    model=model)
+        found = {"a": _claim_a(std), "b": _claim_b(std, ali, dead_tol), "c": _claim_c(std, ali, arch),
+                 "d": _claim_d(std, ali)}
+        if arch in ("topk", "batchtopk", "panneal"):
+            found["e"] = _claim_e({c: found[c] for c in "bcd"})
+        for c, (verdict, measured, values) in found.items():
+            rows[c].append(dict(claim=c, statement=CLAIMS[c], **base, measured=measured, values=values,
+                                verdict=verdict))
+    return [row for c in CLAIMS for row in rows[c]]
+
+
+def _claim_a(std):
+    vals = [BC(r) for r in std if finite(BC(r))]
+    m, s, n = mean_std(vals)
+    if n == 0:
+        return INSUFFICIENT, "no standard records with a bimodality coefficient", {}
+    above = sum(v > BC_THRESHOLD for v in vals)
+    return (SUPPORTED if m > BC_THRESHOLD else NOT_SUPPORTED,
+            f"standard BC {fmt_ms(m, s, n)}; {above}/{n} records > 5/9", dict(mean=m, std=s, n=n, above=above))
+
+
+def _pairs(std, ali, value, x=lambda r: 0.0):
+    """[(sparsity value, aligned Point, standard Point)] for sparsity settings present in both."""
+    s = {p.sparsity: p for p in aggregate(std, value, x)}
+    a = {p.sparsity: p for p in aggregate(ali, value, x)}
+    return [(v, a[v], s[v]) for v in sorted(set(s) & set(a))]
+
+
+def _sp(records) -> str:
+    name = records[0]["sparsity"]["name"] if records else ""
+    return SPARSITY_LABEL.get(name, name)
+
+
+def _claim_b(std, ali, tol):
+    pairs = _pairs(std, ali, _dead)
+    if not pairs:
+        only = aggregate(ali, _dead, x=lambda r: 0.0)
+        if not only:
+            return INSUFFICIENT, "no aligned records with metrics.frac_alive", {}
+        pairs = [(p.sparsity, p, None) for p in only]
+    parts, vals = [], []
+    for v, a, s in pairs:
+        parts.append(f"{_sp(ali)} {v:g}: aligned {fmt_ms(a.y, a.y_std, a.n)}"
+                     + (f" vs standard {fmt_ms(s.y, s.y_std, s.n)}" if s else " (no standard)"))
+        vals.append(dict(sparsity=v, aligned=a.y, aligned_std=a.y_std, standard=s.y if s else None,
+                         standard_std=s.y_std if s else None))
+    ok = all(a.y <= tol for _, a, _ in pairs)
+    return (SUPPORTED if ok else NOT_SUPPORTED, f"dead fraction (≤ {tol:g} = near zero): " + "; ".join(parts),
+            dict(points=vals, tol=tol))
+
+
+def _claim_c(std, ali, arch):
+    if arch in ("topk", "batchtopk"):
+        pairs = [(f"k {v:g} (L0 {a.x:.1f} vs {s.x:.1f})", a.y, a.y_std, s.y, s.y_std, a.n, s.n)
+                 for v, a, s in _pairs(std, ali, CE, L0)]
+        outside = []
+        if not pairs:
+            return INSUFFICIENT, "no k with CE loss recovered and L0 for both standard and aligned", {}
+    else:
+        curve = aggregate(std, CE)  # x = mean L0
+        xs = np.array([p.x for p in curve])
+        if len(set(xs.round(9))) < 2:
+            return INSUFFICIENT, f"not enough points: {len(curve)} standard L0 value(s), need 2 to interpolate", {}
+        order = np.argsort(xs)
+        xs, ys, ss = xs[order], np.array([p.y for p in curve])[order], np.array([p.y_std for p in curve])[order]
+        pairs, outside = [], []
+        for a in aggregate(ali, CE):
+            if xs[0] <= a.x <= xs[-1]:
+                pairs.append((f"L0 {a.x:.1f}", a.y, a.y_std, float(np.interp(a.x, xs, ys)),
+                              float(np.interp(a.x, xs, ss)), a.n, None))
+            else:
+                outside.append(f"{a.x:.1f}")
+        if not pairs:
+            return (INSUFFICIENT, f"aligned L0 ({', '.join(outside) or 'none with CE'}) outside the standard L0 "
+                    f"range [{xs[0]:.1f}, {xs[-1]:.1f}]; no extrapolation", {})
+    parts, vals, lower = [], [], 0
+    for label, ya, sa, ys_, ss_, na, ns in pairs:
+        diff = ya - ys_
+        low = diff < -(sa + ss_)
+        lower += low
+        std_txt = fmt_ms(ys_, ss_, ns) if ns else f"{ys_:.3f} ± {ss_:.3f} (interpolated)"
+        parts.append(f"{label}: aligned {fmt_ms(ya, sa, na)} vs standard {std_txt} (Δ {diff:+.3f})")
+        vals.append(dict(at=label, aligned=ya, aligned_std=sa, standard=ys_, standard_std=ss_, diff=diff))
+    if outside:
+        parts.append(f"aligned L0 {', '.join(outside)} outside the standard L0 range, not compared")
+    verdict = NOT_SUPPORTED if lower else SUPPORTED
+    return (verdict, f"CE loss recovered, aligned lower beyond seed spread at {lower}/{len(pairs)}: "
+            + "; ".join(parts), dict(points=vals, lower=lower, outside=outside))
+
+
+def _claim_d(std, ali):
+    pairs = _pairs([r for r in std if r.get("stability")], [r for r in ali if r.get("stability")], MCS)
+    if not pairs:
+        return INSUFFICIENT, "no sparsity setting with stability.mcs for both standard and aligned", {}
+    higher = sum(a.y > s.y for _, a, s in pairs)
+    runs = sorted({r["stability"].get("n_runs") for r in std + ali if r.get("stability")} - {None})
+    ma, sa, n = mean_std(a.y for _, a, _ in pairs)
+    ms, ss, _ = mean_std(s.y for _, _, s in pairs)
+    parts = "; ".join(f"{_sp(ali)} {v:g}: {a.y:.3f} vs {s.y:.3f}" for v, a, s in pairs)
+    return (SUPPORTED if higher == len(pairs) else NOT_SUPPORTED,
+            f"MCS aligned vs standard ({'/'.join(map(str, runs))} seeds), aligned higher at {higher}/{len(pairs)}: "
+            + parts + (f"; mean over settings {fmt_ms(ma, sa, n)} vs {fmt_ms(ms, ss, n)}" if n > 1 else ""),
+            dict(points=[dict(sparsity=v, aligned=a.y, standard=s.y) for v, a, s in pairs], higher=higher))
+
+
+def _claim_e(found: dict):
+    verdicts = {c: v[0] for c, v in found.items()}
+    if NOT_SUPPORTED in verdicts.values():
+        verdict = NOT_SUPPORTED
+    elif INSUFFICIENT in verdicts.values():
+        verdict = INSUFFICIENT
+    else:
+        verdict = SUPPORTED
+    return verdict, "; ".join(f"({c}) {v}" for c, v in verdicts.items()), verdicts
+
+
+def format_claims(rows: list[dict], fmt: str = "markdown") -> str:
+    """The claims table as a markdown table (``fmt="markdown"``) or plain text lines (``fmt="text"``).
+
+    Raises:
+        ValueError: unknown ``fmt``.
+    """
+    if fmt == "markdown":
+        lines = ["| claim | setting | measured | verdict |", "|---|---|---|---|"]
+        lines += [f"| ({r['claim']}) {r['statement']} | {r['setting']} | {r['measured'].replace('|', '/')} | "
+                  f"**{r['verdict']}** |" for r in rows]
+        return "\n".join(lines)
+    if fmt == "text":
+        out, last = [], None
+        for r in rows:
+            if r["claim"] != last:
+                out.append(f"({r['claim']}) {r['statement']}")
+                last = r["claim"]
+            out.append(f"  [{r['verdict']}] {r['setting']}: {r['measured']}")
+        return "\n".join(out)
+    raise ValueError(f"unknown format {fmt!r}; choose 'markdown' or 'text'")
+
+
+def summary_counts(rows: list[dict]) -> dict[str, int]:
+    """How many rows have each verdict."""
+    out = {SUPPORTED: 0, NOT_SUPPORTED: 0, INSUFFICIENT: 0}
+    for r in rows:
+        out[r["verdict"]] += 1
+    return out
+
+
+__all__ = ["claims_table", "format_claims", "summary_counts", "CLAIMS", "BC_THRESHOLD", "SUPPORTED",
+           "NOT_SUPPORTED", "INSUFFICIENT"]
