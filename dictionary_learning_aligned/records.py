@@ -22,6 +22,7 @@ key                    meaning
                        "fired": [F bools] (fired in the evaluation tokens)}``
 ``stability``          ``{"mcs", "frac_above_0.7", "frac_above_0.9", "hungarian_mean_cos", "n_runs"}`` of the
                        group (same for every seed of the group), or None with a single seed
+``training_log``       the trainer's log entries (step, losses, L0, FVE, dead fraction, alignment summary)
 ``paths``              ``{"dictionary": folder of ae.safetensors, relative to DIR}``
 ``command``, ``versions``, ``created``  provenance
 =====================  ============================================================================================

@@ -152,6 +152,7 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
                         "fired": fired},
                     "stability": None if stab is None else {k: stab[k] for k in (
                         "n_runs", "mcs", "frac_above_0.7", "frac_above_0.9", "hungarian_mean_cos")},
+                    "training_log": trainers[runs.index(r)].log,
                     "paths": {"dictionary": str((run_dir / f"trainer_{runs.index(r)}").relative_to(store))},
                     "train_seconds_all_dictionaries_of_this_size": round(train_s, 1),
                     "command": " ".join([Path(sys.executable).name, "-m", "dictionary_learning_aligned.reproduce"]
