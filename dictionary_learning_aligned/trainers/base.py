@@ -3,6 +3,7 @@ ablation hooks and dead-feature counters. Concrete trainers only define their sp
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections import namedtuple
 from typing import Callable, Optional
 
@@ -19,7 +20,7 @@ class NonFiniteError(FloatingPointError):
     ones (and the last checkpoint stays loadable)."""
 
 
-class SAETrainer:
+class SAETrainer(ABC):
     """The interface of dictionary_learning's ``SAETrainer``: ``update(step, activations)``, ``loss(x, step,
     logging=False)``, ``config`` and ``get_logging_parameters()``.
 
@@ -31,9 +32,9 @@ class SAETrainer:
         self.seed = seed
         self.logging_parameters: list[str] = []
 
+    @abstractmethod
     def update(self, step: int, activations: torch.Tensor) -> None:
         """One optimizer step on ``activations [batch, activation_dim]``."""
-        raise NotImplementedError(f"{type(self).__name__} must implement update()")
 
     def get_logging_parameters(self) -> dict:
         """Values of the attributes named in ``self.logging_parameters`` (missing ones are skipped)."""
@@ -188,9 +189,9 @@ class DictionaryTrainer(SAETrainer):
         x_hat, f = self.ae(x, output_features=True)
         return x_hat, f, {}
 
+    @abstractmethod
     def sparsity_term(self, x, x_hat, f, aux, step: int):
         """``(scaled term added to the loss, {name: unscaled value})``; subclasses define their sparsity loss."""
-        raise NotImplementedError(f"{type(self).__name__} must implement sparsity_term()")
 
     def before_step(self, step: int, x: torch.Tensor) -> None:
         """Called at the start of :meth:`update` (e.g. to initialise ``b_dec`` from the first batch)."""
@@ -291,7 +292,7 @@ class DictionaryTrainer(SAETrainer):
         return {}
 
     def _load_extra_state(self, extra: dict) -> None:
-        pass
+        """Restore what :meth:`_extra_state` saved (nothing for trainers without extra state)."""
 
     @torch.no_grad()
     def _record_firing(self, f: torch.Tensor, n_tokens: int) -> None:
