@@ -16,7 +16,7 @@ same batches, evaluate both on held-out text, and compare them.
 Writes into --out: results.json (settings, metrics, training logs, timings, versions), results.md (summary
 table), alignment_hist.pdf/.png (alignment-score histograms) and dictionaries/trainer_{i}/ (ae.safetensors +
 config.json; for each seed a standard then an aligned SAE). The defaults (SmolLM2-135M-Instruct layer 12, bundled
-corpus, 300k tokens, dict_size 4096) take about 10-15 minutes on 2 CPU cores. On a GPU, for example:
+corpus, 300k tokens, dict_size 4096) take about 7 minutes on 2 idle CPU cores. On a GPU, for example:
   python -m dictionary_learning_aligned demo --device cuda --autocast bfloat16 --tokens 10000000 \\
       --dict-size 16384 --batch-size 4096 --buffer-ctxs 8000 --refresh-batch-size 256
 Compare SAEs at matched L0: with the same L1 penalty the aligned SAE usually reaches a different L0 (TopK/
