@@ -11,6 +11,7 @@ from .alignment import (
     rescale_encoder,
     summarize_scores,
 )
+from .cache import ActivationCache, build_cache
 from .dictionary import AutoEncoder, AutoEncoderTopK, BatchTopKSAE, CheckpointError, Dictionary
 from .stability import stability
 from .trainers import (AlignedBatchTopKTrainer, AlignedPAnnealTrainer, AlignedStandardTrainer, AlignedTopKTrainer,
@@ -22,7 +23,8 @@ __all__ = [
     "ALIGNMENT_MODES", "alignment_scores", "bimodality_coefficient", "effective_encoder", "project_encoder",
     "rescale_encoder", "summarize_scores", "AutoEncoder", "AutoEncoderTopK", "BatchTopKSAE", "CheckpointError",
     "Dictionary", "SAETrainer", "StandardTrainer", "AlignedStandardTrainer", "TopKTrainer", "AlignedTopKTrainer",
-    "BatchTopKTrainer", "AlignedBatchTopKTrainer", "PAnnealTrainer", "AlignedPAnnealTrainer", "stability", "trainSAE", "ActivationBuffer", "evaluate",
+    "BatchTopKTrainer", "AlignedBatchTopKTrainer", "PAnnealTrainer", "AlignedPAnnealTrainer", "stability", "trainSAE",
+    "ActivationCache", "build_cache", "ActivationBuffer", "evaluate",
     "load_language_model", "__version__",
 ]
 

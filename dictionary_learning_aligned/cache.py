@@ -1,0 +1,164 @@
+"""On-disk activation cache: harvest once, train many dictionaries (and several epochs) from memory-mapped shards.
+
+Layout of a cache folder::
+
+    meta.json            what the activations are (model, layer, io, corpus, ...), dtype, activation_dim,
+                         token count, shard list; written last, so a folder without it is an unfinished cache
+    shard_00000.npy      [tokens, activation_dim] arrays (numpy .npy, memory-mapped when read)
+    ...
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+import numpy as np
+import torch
+
+from .io import write_json
+
+CACHE_FORMAT = 1
+_DTYPES = {"float32": (np.float32, torch.float32), "float16": (np.float16, torch.float16)}
+
+
+def build_cache(batches: Iterable[torch.Tensor], path, n_tokens: int, meta: dict, shard_tokens: int = 1 << 20,
+                dtype: str = "float16", overwrite: bool = False) -> Path:
+    """Write ``n_tokens`` activations from ``batches`` into a cache folder.
+
+    Args:
+        batches: iterator of ``[batch, activation_dim]`` tensors (e.g. an ``ActivationBuffer``).
+        path: the cache folder (must not exist, or be an earlier cache with ``overwrite``).
+        n_tokens: activations to store (fewer if the batches run out; the count is recorded).
+        meta: what the activations are, checked on reuse (e.g. ``{"model": ..., "layer": 12, "io": "out",
+            "corpus": ..., "ctx_len": 128, "remove_bos": True}``); must be JSON-ready.
+        shard_tokens: activations per shard file.
+        dtype: ``"float16"`` (half the disk) or ``"float32"``.
+        overwrite: replace an existing complete cache.
+
+    Returns:
+        the folder.
+
+    Raises:
+        ValueError: bad sizes/dtype, inconsistent batch widths, non-finite activations, no activations.
+        FileExistsError: the folder exists (and is not a cache to overwrite).
+    """
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if n_tokens < 1 or shard_tokens < 1:
+        raise ValueError(f"n_tokens and shard_tokens must be >= 1, got {n_tokens}, {shard_tokens}")
+    path = Path(path)
+    if path.exists():
+        if not (overwrite and (path / "meta.json").is_file()):
+            raise FileExistsError(f"{path} exists; choose a new folder (overwrite=True replaces an earlier cache)")
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    np_dtype = _DTYPES[dtype][0]
+    shards, written, dim = [], 0, None
+    shard, filled = None, 0
+    for b in batches:
+        if written >= n_tokens:
+            break
+        b = b.detach().float()
+        if dim is None:
+            dim = b.shape[-1]
+        if b.ndim != 2 or b.shape[1] != dim:
+            raise ValueError(f"activation batches must all be [batch, {dim}], got {tuple(b.shape)}")
+        if not torch.isfinite(b).all():
+            raise ValueError("activations contain NaN or infinite values")
+        rows = b[: n_tokens - written].cpu().numpy().astype(np_dtype)
+        while len(rows):
+            if shard is None:
+                name = f"shard_{len(shards):05d}.npy"
+                size = min(shard_tokens, n_tokens - written)
+                shard = np.lib.format.open_memmap(path / name, mode="w+", dtype=np_dtype, shape=(size, dim))
+                shards.append({"file": name, "tokens": size})
+                filled = 0
+            take = min(len(rows), len(shard) - filled)
+            shard[filled:filled + take] = rows[:take]
+            filled, written, rows = filled + take, written + take, rows[take:]
+            if filled == len(shard):
+                shard.flush()
+                shard = None
+    if written == 0:
+        shutil.rmtree(path)
+        raise ValueError("no activations to cache")
+    if shard is not None:  # the batches ran out inside a shard: record the filled part only
+        shard.flush()
+        shards[-1]["tokens"] = filled
+    write_json(path / "meta.json", {"format": CACHE_FORMAT, "dtype": dtype, "activation_dim": dim,
+                                    "tokens": written, "shards": shards, "meta": meta})
+    return path
+
+
+class ActivationCache:
+    """Shuffled batches from a cache folder written by :func:`build_cache`.
+
+    Args:
+        path: the cache folder.
+        batch_size: activations per batch.
+        epochs: passes over the cache (a new shuffle each epoch).
+        shuffle: shuffle across all shards (seeded); False: cache order.
+        seed: shuffle seed (the same seed gives the same batches, which resuming relies on).
+        device: where batches go; dtype: their dtype (default float32).
+        expect: fields that ``meta`` must match (e.g. ``{"model": ..., "layer": 12}``); a mismatch is an error.
+
+    Iterating yields ``[batch_size, activation_dim]`` tensors (the last one of the run may be smaller).
+
+    Raises:
+        FileNotFoundError: no cache at ``path``, or an unfinished one (no ``meta.json``), or a missing shard.
+        ValueError: ``expect`` does not match, an unknown format, or bad sizes.
+    """
+
+    def __init__(self, path, batch_size: int = 8192, epochs: int = 1, shuffle: bool = True, seed: int = 0,
+                 device: str = "cpu", dtype: torch.dtype = torch.float32, expect: Optional[dict] = None):
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"no complete activation cache at {self.path} (meta.json missing: the cache "
+                                    f"was never built or its build was interrupted)")
+        info = json.loads(meta_path.read_text())
+        if info.get("format") != CACHE_FORMAT:
+            raise ValueError(f"{self.path}: unknown cache format {info.get('format')!r}")
+        for k, v in (expect or {}).items():
+            if info["meta"].get(k) != v:
+                raise ValueError(f"{self.path} holds activations with {k}={info['meta'].get(k)!r}, not {v!r}; "
+                                 f"rebuild the cache or point to the right one")
+        if batch_size < 1 or epochs < 1:
+            raise ValueError(f"batch_size and epochs must be >= 1, got {batch_size}, {epochs}")
+        self.info, self.meta = info, info["meta"]
+        self.batch_size, self.epochs, self.shuffle, self.seed = batch_size, epochs, shuffle, seed
+        self.device, self.dtype = device, dtype
+        self.arrays = []
+        for s in info["shards"]:
+            f = self.path / s["file"]
+            if not f.is_file():
+                raise FileNotFoundError(f"{self.path}: shard {s['file']} is missing")
+            self.arrays.append(np.load(f, mmap_mode="r")[: s["tokens"]])
+        self.offsets = np.cumsum([0] + [len(a) for a in self.arrays])
+        self.n_tokens = int(self.offsets[-1])
+        self.activation_dim = info["activation_dim"]
+
+    @property
+    def config(self) -> dict:
+        """JSON-ready description (recorded by ``trainSAE`` runs)."""
+        return {"cache": str(self.path), "tokens": self.n_tokens, "epochs": self.epochs, "seed": self.seed,
+                "batch_size": self.batch_size, **{f"meta_{k}": v for k, v in self.meta.items()}}
+
+    def __len__(self) -> int:
+        return self.epochs * -(-self.n_tokens // self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        g = np.random.default_rng(self.seed)
+        for _ in range(self.epochs):
+            order = g.permutation(self.n_tokens) if self.shuffle else np.arange(self.n_tokens)
+            for s in range(0, self.n_tokens, self.batch_size):
+                idx = np.sort(order[s:s + self.batch_size])  # sorted: sequential reads within each shard
+                shard = np.searchsorted(self.offsets, idx, side="right") - 1
+                rows = np.concatenate([self.arrays[k][idx[shard == k] - self.offsets[k]] for k in np.unique(shard)])
+                batch = torch.from_numpy(np.ascontiguousarray(rows)).to(self.device, self.dtype)
+                if self.shuffle:  # undo the sort so the batch order is random too
+                    batch = batch[torch.from_numpy(g.permutation(len(batch))).to(self.device)]
+                yield batch

@@ -1,0 +1,71 @@
+import json
+
+import pytest
+import torch
+
+from dictionary_learning_aligned import StandardTrainer, trainSAE
+from dictionary_learning_aligned.cache import ActivationCache, build_cache
+
+META = {"model": "tiny", "layer": 3, "io": "out", "corpus": "synthetic", "ctx_len": 16}
+
+
+def batches(n=10, size=100, dim=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(size, dim, generator=g) for _ in range(n)]
+
+
+def rows_sorted(t):
+    return t[torch.argsort(t[:, 0])]
+
+
+def test_roundtrip_every_row_once_across_shards(tmp_path):
+    src = batches()
+    path = build_cache(src, tmp_path / "c", n_tokens=950, meta=META, shard_tokens=300, dtype="float32")
+    info = json.loads((path / "meta.json").read_text())
+    assert info["tokens"] == 950 and [s["tokens"] for s in info["shards"]] == [300, 300, 300, 50]
+    cache = ActivationCache(path, batch_size=128, expect={"model": "tiny", "layer": 3})
+    served = torch.cat(list(cache))
+    assert served.shape == (950, 8) and len(cache) == 8
+    assert torch.equal(rows_sorted(served), rows_sorted(torch.cat(src)[:950]))
+    assert not torch.equal(served, torch.cat(src)[:950])  # shuffled
+    assert torch.equal(torch.cat(list(ActivationCache(path, 128, seed=0))), served)  # seeded: same batches
+    assert not torch.equal(torch.cat(list(ActivationCache(path, 128, seed=1))), served)
+    two = list(ActivationCache(path, batch_size=128, epochs=2))
+    assert len(two) == 16 and not torch.equal(torch.cat(two[:8]), torch.cat(two[8:]))
+    ordered = torch.cat(list(ActivationCache(path, batch_size=128, shuffle=False)))
+    assert torch.equal(ordered, torch.cat(src)[:950])
+
+
+def test_float16_storage_and_fewer_tokens_than_asked(tmp_path):
+    src = batches(n=3)
+    path = build_cache(src, tmp_path / "c", n_tokens=10_000, meta=META, dtype="float16")
+    cache = ActivationCache(path, batch_size=1000, shuffle=False)
+    assert cache.n_tokens == 300
+    assert torch.allclose(next(iter(cache)), torch.cat(src), atol=1e-2)
+
+
+def test_cache_errors(tmp_path):
+    path = build_cache(batches(n=2), tmp_path / "c", n_tokens=200, meta=META)
+    with pytest.raises(ValueError, match="layer=3, not 4"):
+        ActivationCache(path, expect={"layer": 4})
+    with pytest.raises(FileExistsError):
+        build_cache(batches(n=2), path, n_tokens=200, meta=META)
+    (tmp_path / "half").mkdir()
+    with pytest.raises(FileNotFoundError, match="interrupted"):
+        ActivationCache(tmp_path / "half")
+    with pytest.raises(ValueError, match="NaN"):
+        build_cache([torch.full((4, 8), float("nan"))], tmp_path / "n", n_tokens=4, meta=META)
+    with pytest.raises(ValueError, match="all be"):
+        build_cache([torch.randn(4, 8), torch.randn(4, 9)], tmp_path / "w", n_tokens=8, meta=META)
+    with pytest.raises(ValueError, match="no activations"):
+        build_cache([], tmp_path / "e", n_tokens=8, meta=META)
+    assert not (tmp_path / "e").exists()
+
+
+def test_train_several_dictionaries_from_a_cache(tmp_path):
+    path = build_cache(batches(n=8, dim=16), tmp_path / "c", n_tokens=800, meta=META, shard_tokens=256)
+    cache = ActivationCache(path, batch_size=100, epochs=2, seed=0)
+    cfg = dict(trainer=StandardTrainer, steps=16, activation_dim=16, dict_size=32, layer=3, lm_name="tiny",
+               warmup_steps=1, sparsity_warmup_steps=2)
+    trainers = trainSAE(cache, [{**cfg, "seed": 0}, {**cfg, "seed": 1}], steps=16, device="cpu")
+    assert all(t.steps_done == 16 for t in trainers)
