@@ -51,7 +51,8 @@ def trainer_config(run: Run, activation_dim: int, steps: int, plan: Plan) -> dic
 
 def run_experiment(name: str, scale: str, results: str, device: Optional[str] = None, corpus: Optional[str] = None,
                    batch_size: Optional[int] = None, autocast: str = "auto", eval_batches: int = 10,
-                   ce_batches: int = 4, ce_batch_size: int = 8) -> list[str]:
+                   ce_batches: int = 4, ce_batch_size: int = 8, archs: Optional[list] = None,
+                   dict_sizes: Optional[list] = None) -> list[str]:
     """Train, evaluate and record every missing dictionary of an experiment; returns the ids written.
 
     Args:
@@ -62,6 +63,8 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
         batch_size: activations per step (default 1024 for smoke, 8192 otherwise).
         autocast: ``"auto"`` (bfloat16 on GPU, none on CPU), ``"bfloat16"`` or ``"float32"``.
         eval_batches, ce_batches, ce_batch_size: held-out evaluation size.
+        archs, dict_sizes: train only this part of the grid now (the rest is left for later invocations, e.g.
+            to fit a GPU time limit); records of one group are written together, so filter whole groups.
 
     Raises:
         ValueError: unknown experiment/scale, or a bad device.
@@ -86,7 +89,12 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
            "bfloat16": torch.bfloat16, "float32": torch.float32}[autocast]
     store = Path(results)
     store.mkdir(parents=True, exist_ok=True)
-    todo = [r for r in plan.runs if not has_record(store, _rid(r))]
+    for name_, chosen, allowed in (("arch", archs, {r.arch for r in plan.runs}),
+                                   ("dict_size", dict_sizes, {r.dict_size for r in plan.runs})):
+        if chosen and not set(chosen) <= allowed:
+            raise ValueError(f"{name_} {sorted(set(chosen) - allowed)} not in the {name} grid {sorted(allowed)}")
+    todo = [r for r in plan.runs if not has_record(store, _rid(r)) and (not archs or r.arch in archs)
+            and (not dict_sizes or r.dict_size in dict_sizes)]
     print(f"{name} @ {scale}: {len(plan.runs)} dictionaries in the grid, {len(todo)} to train"
           + (f" ({plan.offline_note})" if plan.offline_note else ""))
     if not todo:
@@ -183,10 +191,14 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     ap.add_argument("--corpus", default=None, help="training text for smoke/small (default: the bundled corpus)")
     ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--archs", default=None, help="comma-separated subset of the grid's architectures to train now")
+    ap.add_argument("--dict-sizes", default=None, help="comma-separated subset of the grid's dictionary sizes")
     args = ap.parse_args(argv)
     try:
         ids = run_experiment(args.experiment, args.scale, args.results, device=args.device, corpus=args.corpus,
-                             batch_size=args.batch_size)
+                             batch_size=args.batch_size,
+                             archs=args.archs.split(",") if args.archs else None,
+                             dict_sizes=[int(x) for x in args.dict_sizes.split(",")] if args.dict_sizes else None)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -58,3 +58,4 @@ def test_tiny_grid_end_to_end_and_skip(tmp_path, monkeypatch):
     before = {p.name: p.read_bytes() for p in (tmp_path / "records").iterdir()}
     assert main(["tiny", "--scale", "smoke", "--results", str(tmp_path)]) == 0  # nothing left to do
     assert {p.name: p.read_bytes() for p in (tmp_path / "records").iterdir()} == before
+    assert main(["tiny", "--scale", "smoke", "--results", str(tmp_path), "--archs", "relu"]) == 2  # not in grid
