@@ -147,10 +147,10 @@ def trainSAE(
     start, norm_factor, prefetched = 0, 1.0, []
     if resume:
         out = Path(save_dir)
-        start, norm_factor = _resume(trainers, out, normalize_activations)
-        for skipped in range(start):  # read again the batches already trained on
+        start, norm_factor, consumed = _resume(trainers, out, normalize_activations)
+        for skipped in range(consumed):  # read again the batches already used (trained on or skipped)
             if next(data, None) is None:
-                raise ValueError(f"resume: the data ran out after {skipped} batches; the run had trained on {start}")
+                raise ValueError(f"resume: the data ran out after {skipped} batches; the run had used {consumed}")
     elif normalize_activations:
         prefetched = [b for b in (next(data, None) for _ in range(norm_factor_batches)) if b is not None]
         if not prefetched:
@@ -253,8 +253,8 @@ def complete_checkpoints(trainer_dir) -> list[int]:
     return sorted(steps)
 
 
-def _resume(trainers, out: Path, normalize_activations: bool) -> tuple[int, float]:
-    """Load the latest checkpoint common to all trainers; returns (next step, norm factor)."""
+def _resume(trainers, out: Path, normalize_activations: bool) -> tuple[int, float, int]:
+    """Load the latest checkpoint common to all trainers; returns (next step, norm factor, data batches used)."""
     configs = []
     for i, tr in enumerate(trainers):
         cfg_path = out / f"trainer_{i}" / "config.json"
@@ -280,7 +280,7 @@ def _resume(trainers, out: Path, normalize_activations: bool) -> tuple[int, floa
     norm_factor = float(configs[0].get("norm_factor", 1.0))
     common = set.intersection(*(set(complete_checkpoints(out / f"trainer_{i}")) for i in range(len(trainers))))
     if not common:
-        return 0, norm_factor if normalize_activations else 1.0
+        return 0, norm_factor if normalize_activations else 1.0, 0
     last = max(common)
     rng = None
     for i, tr in enumerate(trainers):
@@ -290,9 +290,10 @@ def _resume(trainers, out: Path, normalize_activations: bool) -> tuple[int, floa
         except Exception as e:
             raise ValueError(f"resume: cannot read checkpoint {path} ({type(e).__name__}: {e})") from e
         tr.load_state_dict(state["trainer"])
+        tr.skipped_batches = state.get("skipped_batches", 0)
         rng = state["rng"]
     _set_rng_state(rng)
-    return last + 1, norm_factor
+    return last + 1, norm_factor, last + 1 + trainers[0].skipped_batches
 
 
 def _rng_state() -> dict:
@@ -323,7 +324,8 @@ def _save_checkpoint(tr: SAETrainer, trainer_dir: Path, step: int, norm_factor: 
     try:
         _save(tr, tmp, norm_factor, run_cfg, step + 1)
         with atomic_path(tmp / "trainer_state.pt") as t:
-            torch.save({"trainer": tr.state_dict(), "rng": _rng_state(), "step": step}, str(t))
+            torch.save({"trainer": tr.state_dict(), "rng": _rng_state(), "step": step,
+                        "skipped_batches": getattr(tr, "skipped_batches", 0)}, str(t))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # never leave a partial checkpoint behind
         raise

@@ -70,3 +70,17 @@ def test_resume_refuses_other_configs_and_missing_runs(tmp_path, lowrank_data):
     assert complete_checkpoints(tmp_path / "r" / "trainer_0") == [2]
     (tr,) = trainSAE(lowrank_data(), [cfg], steps=6, save_dir=tmp_path / "r", resume=True, device="cpu")
     assert tr.steps_done == 6
+
+
+def test_resume_after_skipped_batches_reads_the_same_data(tmp_path, lowrank_data):
+    cfg = dict(trainer=StandardTrainer, steps=8, activation_dim=32, dict_size=64, layer=0, lm_name="m",
+               warmup_steps=1, sparsity_warmup_steps=2, seed=0)
+    good = [x for _, x in zip(range(9), lowrank_data())]
+    data = good[:2] + [torch.full((256, 32), float("nan"))] + good[2:]
+    (full,) = trainSAE(list(data), [cfg], steps=8, skip_nonfinite_batches=True, device="cpu")
+    trainSAE(list(data), [cfg], steps=5, save_dir=tmp_path / "r", save_steps=[4], skip_nonfinite_batches=True,
+             device="cpu")
+    (resumed,) = trainSAE(list(data), [cfg], steps=8, save_dir=tmp_path / "r", resume=True,
+                          skip_nonfinite_batches=True, device="cpu")
+    for a, b in zip(full.ae.state_dict().values(), resumed.ae.state_dict().values()):
+        assert torch.equal(a, b)
