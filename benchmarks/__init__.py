@@ -1,0 +1,1 @@
+"""Benchmarks: throughput (speed.py); the SAEBench harness comes later."""

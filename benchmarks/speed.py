@@ -1,0 +1,163 @@
+"""Throughput benchmark: ``python -m benchmarks.speed [--device cuda] [--dict-sizes 4096,16384,65536] [--out FILE]``.
+
+Measures, on one device, in one run:
+* the bf16 matmul peak (an 8192^3 product, TFLOP/s) as the reference;
+* training-step throughput (tokens/s) of every architecture (ReLU, TopK, BatchTopK), standard and aligned, per
+  dictionary size, on random activations (width 576 = SmolLM2-135M's d_model, batch 8192 by default, bf16
+  autocast on GPU), with achieved TFLOP/s counted as ``12 * activation_dim * dict_size`` per token (dense forward
+  + backward) and its ratio to the measured peak, the aligned step's overhead over the standard one, and peak GPU
+  memory;
+* optionally (``--harvest``) activation harvesting tokens/s of SmolLM2-135M layer 12 at ctx 128 and 1024.
+
+Prints a table and writes JSON (with the command, device and versions). Speed targets live here, not in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ARCHS = {"relu": ("StandardTrainer", "AlignedStandardTrainer", {"l1_penalty": 0.04, "sparsity_warmup_steps": 1}),
+         "topk": ("TopKTrainer", "AlignedTopKTrainer", {"k": 64}),
+         "batchtopk": ("BatchTopKTrainer", "AlignedBatchTopKTrainer", {"k": 64})}
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: str, n: int = 8192, reps: int = 10) -> float:
+    """Measured bf16 (CPU: float32) matmul throughput in TFLOP/s on ``n x n x n`` products."""
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
+
+
+def step_throughput(trainer_name: str, extra: dict, dict_size: int, activation_dim: int, batch: int, device: str,
+                    steps: int, warmup: int) -> dict:
+    """Tokens/s and peak memory of ``trainer.update`` on random activations."""
+    from dictionary_learning_aligned.trainers import TRAINER_CLASSES
+
+    cls = TRAINER_CLASSES[trainer_name]
+    tr = cls(steps=10_000, activation_dim=activation_dim, dict_size=dict_size, layer=0, lm_name="benchmark",
+             warmup_steps=1, device=device, seed=0, **extra)
+    x = torch.randn(batch, activation_dim, device=device)
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if torch.device(device).type == "cuda"
+           else torch.autocast("cpu", enabled=False))
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for s in range(warmup):
+        with amp:
+            tr.update(s, x)
+    _sync(device)
+    t = time.perf_counter()
+    for s in range(warmup, warmup + steps):
+        with amp:
+            tr.update(s, x)
+    _sync(device)
+    dt = time.perf_counter() - t
+    tok_s = batch * steps / dt
+    return {"tokens_per_s": tok_s, "tflops": 12 * activation_dim * dict_size * tok_s / 1e12,
+            "peak_mem_gib": (torch.cuda.max_memory_allocated() / 2**30
+                             if torch.device(device).type == "cuda" else None)}
+
+
+def harvest_throughput(device: str, ctx_len: int, n_ctxs: int, batch: int) -> float:
+    """Tokens/s of ``ActivationBuffer`` filling at SmolLM2-135M layer 12 (bundled corpus)."""
+    import copy
+
+    from nnsight import LanguageModel
+
+    from dictionary_learning_aligned.buffer import ActivationBuffer
+    from dictionary_learning_aligned.data import iter_texts
+    from dictionary_learning_aligned.models import load_language_model
+
+    hf, tok = load_language_model(device=device, dtype=torch.bfloat16 if device != "cpu" else torch.float32)
+    lm = LanguageModel(hf, tokenizer=copy.deepcopy(tok))
+    buf = ActivationBuffer(iter_texts(split="all"), lm, lm.model.layers[12], n_ctxs=n_ctxs, ctx_len=ctx_len,
+                           refresh_batch_size=batch, out_batch_size=8192, device=device, seed=0)
+    buf.refresh()  # warm-up fill
+    buf.read[:] = True
+    _sync(device)
+    t = time.perf_counter()
+    before = buf.tokens_harvested
+    buf.refresh()
+    _sync(device)
+    return (buf.tokens_harvested - before) / (time.perf_counter() - t)
+
+
+def run(device: str, dict_sizes: list, activation_dim: int = 576, batch: int = 8192, steps: int = 20,
+        warmup: int = 5, harvest: bool = False, peak_n: int = 8192) -> dict:
+    """Run the benchmark grid; returns the JSON-ready results."""
+    res = {"device": torch.cuda.get_device_name() if torch.device(device).type == "cuda" else platform.processor()
+           or "cpu", "activation_dim": activation_dim, "batch": batch, "steps": steps,
+           "matmul_peak_tflops": matmul_peak(device, peak_n), "train": [], "harvest": {}}
+    for d in dict_sizes:
+        for arch, (std, ali, extra) in ARCHS.items():
+            row = {"arch": arch, "dict_size": d}
+            for kind, name in (("standard", std), ("aligned", ali)):
+                row[kind] = step_throughput(name, extra, d, activation_dim, batch, device, steps, warmup)
+            row["aligned_overhead"] = row["standard"]["tokens_per_s"] / row["aligned"]["tokens_per_s"] - 1
+            for kind in ("standard", "aligned"):
+                row[kind]["frac_of_peak"] = row[kind]["tflops"] / res["matmul_peak_tflops"]
+            res["train"].append(row)
+    if harvest:
+        for ctx in (128, 1024):
+            res["harvest"][f"ctx{ctx}"] = harvest_throughput(device, ctx, n_ctxs=max(8, 65536 // ctx),
+                                                             batch=max(1, 32768 // ctx))
+    return res
+
+
+def format_table(res: dict) -> str:
+    """Text table of the benchmark results."""
+    lines = [f"device: {res['device']}; matmul peak {res['matmul_peak_tflops']:.1f} TFLOP/s; batch {res['batch']}",
+             f"{'arch':10}{'dict_size':>10}{'std tok/s':>14}{'aligned tok/s':>15}{'overhead':>10}"
+             f"{'std TFLOP/s':>13}{'% peak':>8}{'peak GiB':>10}"]
+    for r in res["train"]:
+        s, a = r["standard"], r["aligned"]
+        mem = "" if s["peak_mem_gib"] is None else f"{max(s['peak_mem_gib'], a['peak_mem_gib']):.1f}"
+        lines.append(f"{r['arch']:10}{r['dict_size']:>10}{s['tokens_per_s']:>14,.0f}{a['tokens_per_s']:>15,.0f}"
+                     f"{r['aligned_overhead']:>+10.1%}{s['tflops']:>13.1f}{s['frac_of_peak']:>8.1%}{mem:>10}")
+    for k, v in res["harvest"].items():
+        lines.append(f"harvest SmolLM2-135M layer 12, {k}: {v:,.0f} tokens/s")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """Command line (see the module docstring)."""
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dict-sizes", default="4096,16384,65536")
+    ap.add_argument("--batch", type=int, default=8192)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--harvest", action="store_true", help="also measure harvesting (loads SmolLM2)")
+    ap.add_argument("--peak-n", type=int, default=8192, help="size of the matmul used for the peak")
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    args = ap.parse_args(argv)
+    res = run(args.device, [int(d) for d in args.dict_sizes.split(",")], batch=args.batch, steps=args.steps,
+              harvest=args.harvest, peak_n=args.peak_n)
+    res["command"] = " ".join(["python -m benchmarks.speed"] + (argv if argv is not None else sys.argv[1:]))
+    res["versions"] = {"torch": torch.__version__, "python": platform.python_version()}
+    print(format_table(res))
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
