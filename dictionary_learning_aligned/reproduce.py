@@ -52,7 +52,7 @@ def trainer_config(run: Run, activation_dim: int, steps: int, plan: Plan) -> dic
 def run_experiment(name: str, scale: str, results: str, device: Optional[str] = None, corpus: Optional[str] = None,
                    batch_size: Optional[int] = None, autocast: str = "auto", eval_batches: int = 10,
                    ce_batches: int = 4, ce_batch_size: int = 8, archs: Optional[list] = None,
-                   dict_sizes: Optional[list] = None) -> list[str]:
+                   dict_sizes: Optional[list] = None, cache: Optional[str] = None) -> list[str]:
     """Train, evaluate and record every missing dictionary of an experiment; returns the ids written.
 
     Args:
@@ -65,6 +65,9 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
         eval_batches, ce_batches, ce_batch_size: held-out evaluation size.
         archs, dict_sizes: train only this part of the grid now (the rest is left for later invocations, e.g.
             to fit a GPU time limit); records of one group are written together, so filter whole groups.
+        cache: folder of on-disk activation caches (:mod:`.cache`): the training activations are harvested once
+            into ``cache/<model>_L<layer>_<corpus>_<tokens>`` (float16) and reused by every dictionary size and
+            every later invocation with the same model, layer, corpus and token count.
 
     Raises:
         ValueError: unknown experiment/scale, or a bad device.
@@ -113,6 +116,23 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
                                 out_batch_size=batch_size, device=device, remove_bos=True, max_norm_multiple=10.0,
                                 seed=0)
 
+    def train_data():
+        if cache is None:
+            return buffer("train", min(8000, max(64, plan.tokens // 128 // 4)))
+        from .cache import ActivationCache, build_cache
+
+        meta = {"model": plan.model, "layer": plan.layer, "io": "out", "corpus": plan.corpus or "bundled",
+                "split": "train", "ctx_len": 128, "remove_bos": True, "max_norm_multiple": 10.0}
+        tag = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{plan.model}_L{plan.layer}_"
+                      f"{Path(str(plan.corpus)).name if plan.corpus else 'bundled'}_{plan.tokens}")
+        path = Path(cache) / tag
+        if not (path / "meta.json").is_file():
+            if path.exists():  # an interrupted build: start it again
+                import shutil
+                shutil.rmtree(path)
+            build_cache(buffer("train", min(8000, max(64, plan.tokens // 128 // 4))), path, plan.tokens, meta)
+        return ActivationCache(path, batch_size=batch_size, seed=0, device=device, expect=meta)
+
     written = []
     eval_buf = buffer("test", (eval_batches * batch_size) // 128 + 1)
     acts, ce_tokens = collect_eval_data(eval_buf, eval_batches, ce_batches, ce_batch_size)
@@ -122,7 +142,7 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = store / "dictionaries" / f"{name}__{scale}__d{dict_size}__{stamp}"
         t0 = time.time()
-        trainers = trainSAE(buffer("train", min(8000, max(64, plan.tokens // 128 // 4))),
+        trainers = trainSAE(train_data(),
                             [trainer_config(r, d_model, steps, plan) for r in runs], steps, save_dir=run_dir,
                             normalize_activations=True, device=device, autocast_dtype=amp, verbose=True,
                             log_steps=max(1, steps // 10),
@@ -193,12 +213,15 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--archs", default=None, help="comma-separated subset of the grid's architectures to train now")
     ap.add_argument("--dict-sizes", default=None, help="comma-separated subset of the grid's dictionary sizes")
+    ap.add_argument("--cache", default=None, help="harvest the training activations once into this folder and "
+                    "reuse them for every dictionary size and later invocation")
     args = ap.parse_args(argv)
     try:
         ids = run_experiment(args.experiment, args.scale, args.results, device=args.device, corpus=args.corpus,
                              batch_size=args.batch_size,
                              archs=args.archs.split(",") if args.archs else None,
-                             dict_sizes=[int(x) for x in args.dict_sizes.split(",")] if args.dict_sizes else None)
+                             dict_sizes=[int(x) for x in args.dict_sizes.split(",")] if args.dict_sizes else None,
+                             cache=args.cache)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -59,3 +59,21 @@ def test_tiny_grid_end_to_end_and_skip(tmp_path, monkeypatch):
     assert main(["tiny", "--scale", "smoke", "--results", str(tmp_path)]) == 0  # nothing left to do
     assert {p.name: p.read_bytes() for p in (tmp_path / "records").iterdir()} == before
     assert main(["tiny", "--scale", "smoke", "--results", str(tmp_path), "--archs", "relu"]) == 2  # not in grid
+
+
+def test_cached_activations_are_harvested_once(tmp_path, monkeypatch):
+    tiny = Experiment("tinyc", figures=(), archs=("topk",), sparsity={"topk": (8,)}, seeds=1,
+                      dict_sizes=(128, 256), tokens={"smoke": 1024, "small": 1024, "paper": 1024})
+    monkeypatch.setitem(EXPERIMENTS, "tinyc", tiny)
+    # dict sizes are not shrunk at smoke scale for this check: resolve at "small"
+    ids = run_experiment("tinyc", "small", str(tmp_path / "a"), device="cpu", batch_size=256, eval_batches=1,
+                         ce_batches=1, ce_batch_size=2, cache=str(tmp_path / "cache"))
+    assert len(ids) == 4
+    (meta,) = (tmp_path / "cache").glob("*/meta.json")
+    stamp = meta.stat().st_mtime_ns
+    assert json.loads(meta.read_text())["tokens"] == 1024
+    run_experiment("tinyc", "small", str(tmp_path / "b"), device="cpu", batch_size=256, eval_batches=1,
+                   ce_batches=1, ce_batch_size=2, cache=str(tmp_path / "cache"))
+    assert meta.stat().st_mtime_ns == stamp  # reused, not rebuilt
+    recs = list(iter_records(tmp_path / "b"))
+    assert {r["dict_size"] for r in recs} == {128, 256} and all(r["train_tokens"] == 1024 for r in recs)
