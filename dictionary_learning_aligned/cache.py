@@ -4,8 +4,8 @@ Layout of a cache folder::
 
     meta.json            what the activations are (model, layer, io, corpus, ...), dtype, activation_dim,
                          token count, shard list; written last, so a folder without it is an unfinished cache
-    shard_00000.npy      [tokens, activation_dim] arrays (numpy .npy, memory-mapped when read)
-    ...
+    shard_00000.npy      [tokens, activation_dim] arrays (numpy .npy, memory-mapped when read),
+    shard_00001.npy      one file per ``shard_tokens`` activations
 """
 
 from __future__ import annotations
