@@ -87,13 +87,6 @@ def _dtype(name: str) -> torch.dtype:
     return d
 
 
-def _envoy(lm, path: str):
-    obj = lm
-    for part in path.split("."):
-        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
-    return obj
-
-
 ARCHS = ("relu", "topk", "batchtopk", "panneal")
 #: allowed values of the enum-like flags
 CHOICES = {"alignment": ["project", "rescale"], "model_dtype": ["float32", "bfloat16", "float16"],
@@ -219,7 +212,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from .dictionary import Dictionary
     from .evaluation import ce_losses, collect_eval_data, evaluate
     from .io import check_output_dir, prepare_output_dir, write_json
-    from .models import layer_path, load_language_model
+    from .models import get_layer, load_language_model
     from .stability import stability
     from .training import trainSAE
 
@@ -237,9 +230,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     timings = {}
     t0 = time.time()
     hf, tok = load_language_model(cfg.model, device=cfg.device, dtype=_dtype(cfg.model_dtype))
-    path = layer_path(hf, cfg.layer)  # raises on a layer out of range
     lm = LanguageModel(hf, tokenizer=copy.deepcopy(tok))
-    submodule = _envoy(lm, path)
+    submodule = get_layer(lm, cfg.layer)  # the layer's envoy; raises on a layer out of range
     timings["load_model_s"] = time.time() - t0
     out = Path(cfg.out) if cfg.resume else prepare_output_dir(cfg.out, cfg.overwrite)
 

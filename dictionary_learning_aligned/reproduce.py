@@ -79,7 +79,7 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     from .data import iter_texts
     from .dictionary import Dictionary
     from .evaluation import ce_losses, collect_eval_data, evaluate
-    from .models import layer_path, load_language_model
+    from .models import get_layer, load_language_model
     from .stability import stability
     from .training import trainSAE
 
@@ -104,9 +104,7 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
         return []
     hf, tok = load_language_model(plan.model, device=device)
     lm = LanguageModel(hf, tokenizer=copy.deepcopy(tok))
-    submodule = lm
-    for part in layer_path(hf, plan.layer).split("."):
-        submodule = submodule[int(part)] if part.isdigit() else getattr(submodule, part)
+    submodule = get_layer(lm, plan.layer)  # the layer's envoy
     d_model = hf.config.hidden_size
     steps = plan.tokens // batch_size
 
