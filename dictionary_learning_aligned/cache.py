@@ -104,6 +104,9 @@ class ActivationCache:
         seed: shuffle seed (the same seed gives the same batches, which resuming relies on).
         device: where batches go; dtype: their dtype (default float32).
         expect: fields that ``meta`` must match (e.g. ``{"model": ..., "layer": 12}``); a mismatch is an error.
+        preload: read every shard into one tensor on ``device`` at the start (cache dtype; e.g. 23 GB for 20M
+            float16 activations of width 576) and index it there, instead of gathering each batch from the
+            memory-mapped files on the CPU. Same batches, in the same order, as without it.
 
     Iterating yields ``[batch_size, activation_dim]`` tensors (the last one of the run may be smaller).
 
@@ -113,7 +116,8 @@ class ActivationCache:
     """
 
     def __init__(self, path, batch_size: int = 8192, epochs: int = 1, shuffle: bool = True, seed: int = 0,
-                 device: str = "cpu", dtype: torch.dtype = torch.float32, expect: Optional[dict] = None):
+                 device: str = "cpu", dtype: torch.dtype = torch.float32, expect: Optional[dict] = None,
+                 preload: bool = False):
         self.path = Path(path)
         meta_path = self.path / "meta.json"
         if not meta_path.is_file():
@@ -140,6 +144,10 @@ class ActivationCache:
         self.offsets = np.cumsum([0] + [len(a) for a in self.arrays])
         self.n_tokens = int(self.offsets[-1])
         self.activation_dim = info["activation_dim"]
+        self.preload = preload
+        self._data = None
+        if preload:
+            self._data = torch.cat([torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in self.arrays])
 
     @property
     def config(self) -> dict:
@@ -156,9 +164,13 @@ class ActivationCache:
             order = g.permutation(self.n_tokens) if self.shuffle else np.arange(self.n_tokens)
             for s in range(0, self.n_tokens, self.batch_size):
                 idx = np.sort(order[s:s + self.batch_size])  # sorted: sequential reads within each shard
-                shard = np.searchsorted(self.offsets, idx, side="right") - 1
-                rows = np.concatenate([self.arrays[k][idx[shard == k] - self.offsets[k]] for k in np.unique(shard)])
-                batch = torch.from_numpy(np.ascontiguousarray(rows)).to(self.device, self.dtype)
+                if self._data is not None:
+                    batch = self._data[torch.from_numpy(idx).to(self._data.device)].to(self.dtype)
+                else:
+                    shard = np.searchsorted(self.offsets, idx, side="right") - 1
+                    rows = np.concatenate([self.arrays[k][idx[shard == k] - self.offsets[k]]
+                                           for k in np.unique(shard)])
+                    batch = torch.from_numpy(np.ascontiguousarray(rows)).to(self.device, self.dtype)
                 if self.shuffle:  # undo the sort so the batch order is random too
                     batch = batch[torch.from_numpy(g.permutation(len(batch))).to(self.device)]
                 yield batch

@@ -52,7 +52,8 @@ def trainer_config(run: Run, activation_dim: int, steps: int, plan: Plan) -> dic
 def run_experiment(name: str, scale: str, results: str, device: Optional[str] = None, corpus: Optional[str] = None,
                    batch_size: Optional[int] = None, autocast: str = "auto", eval_batches: int = 10,
                    ce_batches: int = 4, ce_batch_size: int = 8, archs: Optional[list] = None,
-                   dict_sizes: Optional[list] = None, cache: Optional[str] = None) -> list[str]:
+                   dict_sizes: Optional[list] = None, cache: Optional[str] = None, tokens: Optional[int] = None,
+                   epochs: int = 1, seeds: Optional[int] = None, preload: Optional[bool] = None) -> list[str]:
     """Train, evaluate and record every missing dictionary of an experiment; returns the ids written.
 
     Args:
@@ -68,9 +69,16 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
         cache: folder of on-disk activation caches (:mod:`.cache`): the training activations are harvested once
             into ``cache/<model>_L<layer>_<corpus>_<tokens>`` (float16) and reused by every dictionary size and
             every later invocation with the same model, layer, corpus and token count.
+        tokens: training tokens per dictionary instead of the scale's budget (recorded as ``train_tokens``, with
+            ``plan_tokens`` the scale's value), e.g. the longest run that fits a time limit.
+        epochs: passes over the cached activations (needs ``cache``): ``ceil(tokens / epochs)`` distinct tokens
+            are harvested and each is seen ``epochs`` times (recorded as ``unique_tokens`` and ``epochs``).
+        seeds: train only the first ``seeds`` seeds of the grid now.
+        preload: hold the whole cache on ``device`` (default: on a GPU) instead of reading batches from disk.
 
     Raises:
-        ValueError: unknown experiment/scale, or a bad device.
+        ValueError: unknown experiment/scale, a bad device, bad tokens/epochs/seeds, or ``epochs > 1`` without
+            ``cache``.
     """
     from nnsight import LanguageModel
 
@@ -84,6 +92,15 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     from .training import trainSAE
 
     plan = resolve(name, scale, corpus)
+    if tokens is not None and tokens < 1:
+        raise ValueError(f"tokens must be >= 1, got {tokens}")
+    if epochs < 1 or (epochs > 1 and cache is None):
+        raise ValueError(f"epochs must be >= 1 and epochs > 1 needs a cache folder (got epochs={epochs}, "
+                         f"cache={cache!r})")
+    if seeds is not None and not 1 <= seeds <= plan.experiment.seeds:
+        raise ValueError(f"seeds must be in 1..{plan.experiment.seeds} for {name}, got {seeds}")
+    total_tokens = tokens or plan.tokens
+    unique_tokens = -(-total_tokens // epochs)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but no CUDA GPU is available")
@@ -97,7 +114,7 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
         if chosen and not set(chosen) <= allowed:
             raise ValueError(f"{name_} {sorted(set(chosen) - allowed)} not in the {name} grid {sorted(allowed)}")
     todo = [r for r in plan.runs if not has_record(store, _rid(r)) and (not archs or r.arch in archs)
-            and (not dict_sizes or r.dict_size in dict_sizes)]
+            and (not dict_sizes or r.dict_size in dict_sizes) and (seeds is None or r.seed < seeds)]
     print(f"{name} @ {scale}: {len(plan.runs)} dictionaries in the grid, {len(todo)} to train"
           + (f" ({plan.offline_note})" if plan.offline_note else ""))
     if not todo:
@@ -106,7 +123,8 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     lm = LanguageModel(hf, tokenizer=copy.deepcopy(tok))
     submodule = get_layer(lm, plan.layer)  # the layer's envoy
     d_model = hf.config.hidden_size
-    steps = plan.tokens // batch_size
+    steps = total_tokens // batch_size
+    preload = torch.device(device).type == "cuda" if preload is None else preload
 
     def buffer(split, n_ctxs):
         return ActivationBuffer(iter_texts(plan.corpus, split=split, seed=0), lm, submodule, d_submodule=d_model,
@@ -116,20 +134,21 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
 
     def train_data():
         if cache is None:
-            return buffer("train", min(8000, max(64, plan.tokens // 128 // 4)))
+            return buffer("train", min(8000, max(64, total_tokens // 128 // 4)))
         from .cache import ActivationCache, build_cache
 
         meta = {"model": plan.model, "layer": plan.layer, "io": "out", "corpus": plan.corpus or "bundled",
                 "split": "train", "ctx_len": 128, "remove_bos": True, "max_norm_multiple": 10.0}
         tag = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{plan.model}_L{plan.layer}_"
-                      f"{Path(str(plan.corpus)).name if plan.corpus else 'bundled'}_{plan.tokens}")
+                      f"{Path(str(plan.corpus)).name if plan.corpus else 'bundled'}_{unique_tokens}")
         path = Path(cache) / tag
         if not (path / "meta.json").is_file():
             if path.exists():  # an interrupted build: start it again
                 import shutil
                 shutil.rmtree(path)
-            build_cache(buffer("train", min(8000, max(64, plan.tokens // 128 // 4))), path, plan.tokens, meta)
-        return ActivationCache(path, batch_size=batch_size, seed=0, device=device, expect=meta)
+            build_cache(buffer("train", min(8000, max(64, unique_tokens // 128 // 4))), path, unique_tokens, meta)
+        return ActivationCache(path, batch_size=batch_size, seed=0, device=device, expect=meta, epochs=epochs,
+                               preload=preload)
 
     written = []
     eval_buf = buffer("test", (eval_batches * batch_size) // 128 + 1)
@@ -166,7 +185,9 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
                     "schema": SCHEMA_VERSION, "id": _rid(r), "experiment": name, "scale": scale,
                     "model": plan.model, "paper_model": plan.experiment.paper_model,
                     "offline_note": plan.offline_note, "layer": plan.layer, "corpus": plan.corpus or "bundled",
-                    "train_tokens": trainers[runs.index(r)].steps_done * batch_size, "arch": r.arch,
+                    "train_tokens": trainers[runs.index(r)].steps_done * batch_size, "plan_tokens": plan.tokens,
+                    "unique_tokens": min(unique_tokens, trainers[runs.index(r)].steps_done * batch_size),
+                    "epochs": epochs, "arch": r.arch,
                     "alignment": r.alignment, "dict_size": r.dict_size,
                     "sparsity": {"name": r.sparsity_name, "value": r.sparsity_value}, "seed": r.seed,
                     "group": gid, "trainer": trainers[runs.index(r)].config, "metrics": m,
@@ -213,13 +234,24 @@ def main(argv=None) -> int:
     ap.add_argument("--dict-sizes", default=None, help="comma-separated subset of the grid's dictionary sizes")
     ap.add_argument("--cache", default=None, help="harvest the training activations once into this folder and "
                     "reuse them for every dictionary size and later invocation")
+    ap.add_argument("--tokens", type=int, default=None, help="training tokens per dictionary instead of the "
+                    "scale's budget (recorded with each result)")
+    ap.add_argument("--epochs", type=int, default=1, help="passes over the cached activations (needs --cache): "
+                    "ceil(tokens/epochs) distinct tokens are harvested")
+    ap.add_argument("--seeds", type=int, default=None, help="train only the first N seeds of the grid now")
+    ap.add_argument("--eval-batches", type=int, default=10, help="held-out batches for reconstruction metrics")
+    ap.add_argument("--ce-batches", type=int, default=4, help="held-out batches of contexts for CE losses")
+    ap.add_argument("--ce-batch-size", type=int, default=8, help="contexts per CE batch")
+    ap.add_argument("--no-preload", action="store_true", help="read cached batches from disk even on a GPU")
     args = ap.parse_args(argv)
     try:
         ids = run_experiment(args.experiment, args.scale, args.results, device=args.device, corpus=args.corpus,
                              batch_size=args.batch_size,
                              archs=args.archs.split(",") if args.archs else None,
                              dict_sizes=[int(x) for x in args.dict_sizes.split(",")] if args.dict_sizes else None,
-                             cache=args.cache)
+                             cache=args.cache, tokens=args.tokens, epochs=args.epochs, seeds=args.seeds,
+                             preload=False if args.no_preload else None, eval_batches=args.eval_batches,
+                             ce_batches=args.ce_batches, ce_batch_size=args.ce_batch_size)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

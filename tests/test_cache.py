@@ -34,6 +34,8 @@ def test_roundtrip_every_row_once_across_shards(tmp_path):
     assert len(two) == 16 and not torch.equal(torch.cat(two[:8]), torch.cat(two[8:]))
     ordered = torch.cat(list(ActivationCache(path, batch_size=128, shuffle=False)))
     assert torch.equal(ordered, torch.cat(src)[:950])
+    preloaded = list(ActivationCache(path, batch_size=128, epochs=2, preload=True))
+    assert all(torch.equal(a, b) for a, b in zip(preloaded, two, strict=True))  # same batches, same order
 
 
 def test_float16_storage_and_fewer_tokens_than_asked(tmp_path):

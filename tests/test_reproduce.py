@@ -77,3 +77,22 @@ def test_cached_activations_are_harvested_once(tmp_path, monkeypatch):
     assert meta.stat().st_mtime_ns == stamp  # reused, not rebuilt
     recs = list(iter_records(tmp_path / "b"))
     assert {r["dict_size"] for r in recs} == {128, 256} and all(r["train_tokens"] == 1024 for r in recs)
+
+
+def test_longer_run_over_epochs_of_a_cache_and_seed_subset(tmp_path, monkeypatch):
+    tiny = Experiment("tinye", figures=(), archs=("topk",), sparsity={"topk": (8,)}, seeds=2,
+                      tokens={"smoke": 512, "small": 512, "paper": 512})
+    monkeypatch.setitem(EXPERIMENTS, "tinye", tiny)
+    with pytest.raises(ValueError, match="needs a cache"):
+        run_experiment("tinye", "smoke", str(tmp_path), device="cpu", epochs=2)
+    with pytest.raises(ValueError, match="seeds must be"):
+        run_experiment("tinye", "smoke", str(tmp_path), device="cpu", seeds=3)
+    ids = run_experiment("tinye", "smoke", str(tmp_path), device="cpu", batch_size=256, eval_batches=1,
+                         ce_batches=1, ce_batch_size=2, cache=str(tmp_path / "cache"), tokens=1536, epochs=3,
+                         seeds=1)
+    assert len(ids) == 2  # seed 0 only, standard and aligned
+    (meta,) = (tmp_path / "cache").glob("*/meta.json")
+    assert json.loads(meta.read_text())["tokens"] == 512  # 1536 tokens = 3 passes over 512 harvested
+    for r in iter_records(tmp_path):
+        assert (r["train_tokens"], r["unique_tokens"], r["epochs"], r["plan_tokens"]) == (1536, 512, 3, 512)
+        assert r["seed"] == 0 and r["stability"] is None
