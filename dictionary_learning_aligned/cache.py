@@ -147,7 +147,7 @@ class ActivationCache:
         self.preload = preload
         self._data = None
         if preload:
-            self._data = torch.cat([torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in self.arrays])
+            self._data = torch.cat([torch.from_numpy(np.array(a)).to(device) for a in self.arrays])  # copies
 
     @property
     def config(self) -> dict:

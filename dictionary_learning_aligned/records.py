@@ -1,7 +1,8 @@
 """The results store: one JSON record per trained dictionary, the contract between the reproduction (which writes
 records) and the figures (which only read them).
 
-A store is a folder ``DIR`` with ``DIR/records/<id>.json``. Each record (schema version 1) holds:
+A store is a folder ``DIR`` with ``DIR/records/<id>.json`` (or ``<id>.json.gz``: committed stores are gzipped to
+keep the repository small; both are read). Each record (schema version 1) holds:
 
 =====================  ============================================================================================
 key                    meaning
@@ -30,6 +31,7 @@ key                    meaning
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import Iterator, Optional
@@ -70,7 +72,8 @@ def write_record(store, record: dict) -> Path:
 
 def has_record(store, rid: str) -> bool:
     """Whether a record with this id exists (the reproduction skips finished entries)."""
-    return (Path(store) / "records" / f"{rid}.json").is_file()
+    folder = Path(store) / "records"
+    return (folder / f"{rid}.json").is_file() or (folder / f"{rid}.json.gz").is_file()
 
 
 def iter_records(store, **where) -> Iterator[dict]:
@@ -79,15 +82,21 @@ def iter_records(store, **where) -> Iterator[dict]:
 
     Raises:
         FileNotFoundError: ``store/records`` does not exist.
-        ValueError: a record file is not valid JSON or has another schema version (naming the file).
+        ValueError: a record file is not valid JSON or has another schema version (naming the file), or a record
+            is stored twice (``<id>.json`` and ``<id>.json.gz``).
     """
     folder = Path(store) / "records"
     if not folder.is_dir():
         raise FileNotFoundError(f"no results store at {store} (missing {folder})")
-    for p in sorted(folder.glob("*.json")):
+    files = {p.name: p for p in folder.glob("*.json")}
+    for p in folder.glob("*.json.gz"):
+        if p.name[:-3] in files:
+            raise ValueError(f"{p} and {files[p.name[:-3]]} hold the same record; delete one of them")
+        files[p.name[:-3]] = p
+    for _, p in sorted(files.items()):
         try:
-            rec = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
+            rec = json.loads(gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_text())
+        except (json.JSONDecodeError, OSError, UnicodeDecodeError) as e:
             raise ValueError(f"{p} is not valid JSON ({e})") from None
         if rec.get("schema") != SCHEMA_VERSION:
             raise ValueError(f"{p} has schema {rec.get('schema')!r}, expected {SCHEMA_VERSION}")

@@ -123,7 +123,7 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     lm = LanguageModel(hf, tokenizer=copy.deepcopy(tok))
     submodule = get_layer(lm, plan.layer)  # the layer's envoy
     d_model = hf.config.hidden_size
-    steps = total_tokens // batch_size
+    steps = -(-total_tokens // batch_size)  # whole batches covering at least the budget
     preload = torch.device(device).type == "cuda" if preload is None else preload
 
     def buffer(split, n_ctxs):
@@ -185,8 +185,8 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
                     "schema": SCHEMA_VERSION, "id": _rid(r), "experiment": name, "scale": scale,
                     "model": plan.model, "paper_model": plan.experiment.paper_model,
                     "offline_note": plan.offline_note, "layer": plan.layer, "corpus": plan.corpus or "bundled",
-                    "train_tokens": trainers[runs.index(r)].steps_done * batch_size, "plan_tokens": plan.tokens,
-                    "unique_tokens": min(unique_tokens, trainers[runs.index(r)].steps_done * batch_size),
+                    "train_tokens": trainers[runs.index(r)].tokens_seen, "plan_tokens": plan.tokens,
+                    "unique_tokens": min(unique_tokens, trainers[runs.index(r)].tokens_seen),
                     "epochs": epochs, "arch": r.arch,
                     "alignment": r.alignment, "dict_size": r.dict_size,
                     "sparsity": {"name": r.sparsity_name, "value": r.sparsity_value}, "seed": r.seed,

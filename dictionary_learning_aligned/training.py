@@ -116,7 +116,8 @@ def trainSAE(
 
     Returns:
         the trainers, each with ``.ae`` (in-memory weights still expect normalized input, see
-        ``trainer.norm_factor``), ``.log`` (list of logged dicts) and ``.steps_done``.
+        ``trainer.norm_factor``), ``.log`` (list of logged dicts), ``.steps_done`` and ``.tokens_seen`` (activations
+        trained on; a short last batch counts its true size).
 
     Raises:
         ValueError: ``steps < 1``, no trainer configs, a bad trainer config, empty or non-finite activations, a
@@ -141,7 +142,7 @@ def trainSAE(
         check_output_dir(save_dir, overwrite)  # fail fast, before any work; nothing is changed yet
     trainers = [_build_trainer(c, device) for c in trainer_configs]
     for tr in trainers:
-        tr.log, tr.skipped_batches = [], 0
+        tr.log, tr.skipped_batches, tr.tokens_seen = [], 0, 0
 
     data = iter(data)
     start, norm_factor, prefetched = 0, 1.0, []
@@ -209,6 +210,8 @@ def trainSAE(
                                      f"stopped: {e}. The weights are those before this step"
                                      + (f"; the last checkpoint in {dirs[i] / 'checkpoints'} is intact" if dirs
                                         else "")) from None
+        for tr in trainers:
+            tr.tokens_seen += act.shape[0]
         if step in save_steps and out is not None:
             for tr, d in zip(trainers, dirs):
                 _save_checkpoint(tr, d, step, norm_factor, run_cfg)
@@ -291,6 +294,7 @@ def _resume(trainers, out: Path, normalize_activations: bool) -> tuple[int, floa
             raise ValueError(f"resume: cannot read checkpoint {path} ({type(e).__name__}: {e})") from e
         tr.load_state_dict(state["trainer"])
         tr.skipped_batches = state.get("skipped_batches", 0)
+        tr.tokens_seen = state.get("tokens_seen", 0)
         rng = state["rng"]
     _set_rng_state(rng)
     return last + 1, norm_factor, last + 1 + trainers[0].skipped_batches
@@ -325,7 +329,8 @@ def _save_checkpoint(tr: SAETrainer, trainer_dir: Path, step: int, norm_factor: 
         _save(tr, tmp, norm_factor, run_cfg, step + 1)
         with atomic_path(tmp / "trainer_state.pt") as t:
             torch.save({"trainer": tr.state_dict(), "rng": _rng_state(), "step": step,
-                        "skipped_batches": getattr(tr, "skipped_batches", 0)}, str(t))
+                        "skipped_batches": getattr(tr, "skipped_batches", 0),
+                        "tokens_seen": getattr(tr, "tokens_seen", 0)}, str(t))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # never leave a partial checkpoint behind
         raise

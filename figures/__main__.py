@@ -1,5 +1,6 @@
 """``python -m figures --results DIR --out DIR [--only fig2,fig10]`` and
-``python -m figures claims --results DIR [--format markdown|text]``.
+``python -m figures claims --results DIR [--format markdown|text]`` and
+``python -m figures table --results DIR [--experiment NAME] [--format markdown|text]``.
 
 Exit codes: 0 when at least one figure was written (claims: the table was printed), 1 when none was, 2 when
 the results store is missing or an argument is wrong."""
@@ -13,12 +14,14 @@ from typing import Optional
 from ._common import load_records
 from .claims import claims_table, format_claims, summary_counts
 from .paper import FIGURES, render_all
+from .tables import results_table
 
 
 def _figures_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m figures", description="Draw the paper's figures from a results store (one PDF + PNG "
-        "preview each). Subcommand: `python -m figures claims --results DIR` prints the claims table.",
+        "preview each). Subcommands: `python -m figures claims --results DIR` prints the claims table, "
+        "`python -m figures table --results DIR` the metrics per group.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="figures (and the records each needs):\n" + "\n".join(
             f"  {n:6s} {s.title}\n         needs {s.needs}" for n, s in FIGURES.items()))
@@ -37,9 +40,26 @@ def _claims_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _table_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m figures table",
+                                description="Mean ± std over seeds of the main metrics, one row per group.")
+    p.add_argument("--results", required=True, help="results store folder (holding records/)")
+    p.add_argument("--experiment", default=None, help="only this experiment (default: all)")
+    p.add_argument("--format", choices=("markdown", "text"), default="markdown")
+    return p
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["table"]:
+        args = _table_parser().parse_args(argv[1:])
+        try:
+            print(results_table(load_records(args.results), args.experiment, args.format))
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
     if argv[:1] == ["claims"]:
         args = _claims_parser().parse_args(argv[1:])
         try:

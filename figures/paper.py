@@ -597,7 +597,7 @@ def _long(records, rows, curve) -> Drawn:
     if logged:
         ax, (key, label) = axes[0, -1], curve
         for r in logged:
-            pts = [(e.get("tokens", e.get("step")), e.get(key)) for e in r["training_log"]]
+            pts = [(e.get("tokens", e.get("step")), e.get(key)) for e in r["training_log"] if e.get("step") != 0]
             pts = [(x, v) for x, v in pts if finite(x) and finite(v)]
             color, _, lab = mode_style(r["alignment"])
             ax.plot(*zip(*pts), color=color, label=f"{lab} s{r['seed']}") if pts else None
@@ -606,7 +606,10 @@ def _long(records, rows, curve) -> Drawn:
     if n == 0 and not logged:
         raise Missing(f"the 'long' records have no {' / '.join(l for _, l in rows)} values and no training_log")
     cfg = ", ".join(f"{ARCH_LABEL[a]} d={d} {v:g}" for a, d, v in sorted(configs))
-    return Drawn(fig, long + ref, f"configuration {cfg}; shorter points: the 'main' runs of it")
+    reps = sorted({(r.get("unique_tokens"), r.get("epochs")) for r in long if (r.get("epochs") or 1) > 1})
+    rep = "".join(f"; the long run saw {u / 1e6:g}M distinct tokens {e} times" for u, e in reps if u)
+    return Drawn(fig, long + ref, f"configuration {cfg}; shorter points: the 'main' runs of it{rep}; training "
+                                  "curve from step 1 (step 0 is the initialization)")
 
 
 def render_all(results, out, only=None, *, verbose_errors: bool = True) -> list[FigureResult]:

@@ -215,3 +215,22 @@ def test_claim_e_and_formatting():
     assert md.splitlines()[0] == "| claim | setting | measured | verdict |" and "± " in md
     with pytest.raises(ValueError):
         format_claims(rows, "html")
+
+
+def test_table_cli_groups_seeds(store, tmp_path, capsys):
+    from figures.tables import results_table
+
+    records = load_records(store)
+    text = results_table(records, fmt="markdown")
+    n_groups = len({r["group"] for r in records})
+    assert len(text.splitlines()) == 2 + n_groups
+    one = next(r for r in records if r["stability"])
+    line = next(ln for ln in text.splitlines() if f"| {one['dict_size']} |" in ln)
+    assert line.count("|") == 15
+    with pytest.raises(ValueError, match="no records of experiment 'nope'"):
+        results_table(records, experiment="nope")
+    with pytest.raises(ValueError, match="fmt must be"):
+        results_table(records, fmt="html")
+    assert main(["table", "--results", str(store), "--format", "text"]) == 0
+    assert "experiment\tSAE" in capsys.readouterr().out
+    assert main(["table", "--results", str(tmp_path / "nowhere")]) == 2

@@ -96,3 +96,22 @@ def test_longer_run_over_epochs_of_a_cache_and_seed_subset(tmp_path, monkeypatch
     for r in iter_records(tmp_path):
         assert (r["train_tokens"], r["unique_tokens"], r["epochs"], r["plan_tokens"]) == (1536, 512, 3, 512)
         assert r["seed"] == 0 and r["stability"] is None
+
+
+def test_gzipped_records_are_read_and_count_as_done(tmp_path):
+    import gzip
+
+    from dictionary_learning_aligned.records import REQUIRED, has_record, write_record
+
+    rec = {k: None for k in REQUIRED}
+    rec.update({"schema": 1, "id": "x__topk__standard__d8__k4__s0", "experiment": "x", "arch": "topk"})
+    path = write_record(tmp_path, rec)
+    assert [r["id"] for r in iter_records(tmp_path)] == [rec["id"]]
+    path.with_suffix(".json.gz").write_bytes(gzip.compress(path.read_bytes()))
+    with pytest.raises(ValueError, match="same record"):
+        list(iter_records(tmp_path))
+    path.unlink()
+    assert has_record(tmp_path, rec["id"]) and [r["id"] for r in iter_records(tmp_path, arch="topk")] == [rec["id"]]
+    (tmp_path / "records" / "bad.json.gz").write_bytes(b"not gzip")
+    with pytest.raises(ValueError, match="bad.json.gz is not valid JSON"):
+        list(iter_records(tmp_path))

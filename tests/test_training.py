@@ -86,3 +86,14 @@ def test_nonfinite_activations_are_refused(lowrank_data):
     bad = [torch.full((8, 32), float("nan"))]
     with pytest.raises(ValueError, match="NaN or infinite"):
         trainSAE(bad, [dict(trainer=StandardTrainer, steps=3, **CFG)], steps=3, device="cpu")
+
+
+def test_tokens_seen_counts_a_short_last_batch_and_survives_resume(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    data = [torch.randn(n, 32, generator=g) for n in (100, 100, 100, 30)]
+    cfg = [dict(trainer=StandardTrainer, steps=4, **CFG)]
+    (tr,) = trainSAE(iter(data), cfg, steps=4, device="cpu")
+    assert tr.tokens_seen == 330 and tr.steps_done == 4
+    trainSAE(iter(data[:2]), cfg, steps=4, save_dir=tmp_path / "r", save_steps=[1], device="cpu")
+    (resumed,) = trainSAE(iter(data), cfg, steps=4, save_dir=tmp_path / "r", resume=True, device="cpu")
+    assert resumed.tokens_seen == 330
