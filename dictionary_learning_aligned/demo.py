@@ -14,6 +14,8 @@ from typing import Optional
 
 import torch
 
+from .dtypes import as_dtype
+
 
 @dataclass
 class DemoConfig:
@@ -78,13 +80,6 @@ class DemoConfig:
     """continue the run in --out from its latest checkpoint (same settings), instead of starting a new one"""
     log_steps: int = 50
     """log losses and alignment summary every this many steps"""
-
-
-def _dtype(name: str) -> torch.dtype:
-    d = getattr(torch, name, None)
-    if not isinstance(d, torch.dtype):
-        raise ValueError(f"unknown dtype {name!r}; use float32, bfloat16 or float16")
-    return d
 
 
 ARCHS = ("relu", "topk", "batchtopk", "panneal")
@@ -179,7 +174,7 @@ def validate_config(cfg: DemoConfig) -> None:
     if cfg.corpus is not None and not str(cfg.corpus).strip():
         raise ValueError("corpus is empty; omit --corpus for the bundled corpus")
     for name in ("model_dtype", "autocast"):
-        _dtype(getattr(cfg, name))
+        as_dtype(getattr(cfg, name), name)
     try:
         dev = torch.device(cfg.device)
     except RuntimeError as e:
@@ -229,7 +224,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         next(iter_texts(cfg.corpus, split=split, seed=cfg.seed))
     timings = {}
     t0 = time.time()
-    hf, tok = load_language_model(cfg.model, device=cfg.device, dtype=_dtype(cfg.model_dtype))
+    hf, tok = load_language_model(cfg.model, device=cfg.device, dtype=as_dtype(cfg.model_dtype, "model_dtype"))
     lm = LanguageModel(hf, tokenizer=copy.deepcopy(tok))
     submodule = get_layer(lm, cfg.layer)  # the layer's envoy; raises on a layer out of range
     timings["load_model_s"] = time.time() - t0
@@ -249,7 +244,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     t0 = time.time()
     trainers = trainSAE(train_buffer, [c for _, c in runs], steps,
                         save_dir=out / "dictionaries", log_steps=cfg.log_steps, normalize_activations=True,
-                        device=cfg.device, autocast_dtype=_dtype(cfg.autocast), verbose=True, resume=cfg.resume,
+                        device=cfg.device, autocast_dtype=as_dtype(cfg.autocast, "autocast"), verbose=True,
+                        resume=cfg.resume,
                         save_steps=list(range(cfg.save_every - 1, steps, cfg.save_every)) if cfg.save_every > 0 else None,
                         run_cfg={"buffer": train_buffer.config, "model": cfg.model, "corpus": cfg.corpus or "bundled"})
     timings["harvest_and_train_s"] = time.time() - t0

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from . import alignment as al
+from .dtypes import as_dtype
 from .io import atomic_path
 
 FORMAT_NAME = "dictionary_learning_aligned"
@@ -248,11 +249,7 @@ class Dictionary(nn.Module, ABC):
                 )
         ae.load_state_dict(state, assign=True)
         if dtype is not None:
-            if isinstance(dtype, str):
-                dtype = getattr(torch, dtype.replace("torch.", ""), None) if dtype else None
-            if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-                raise ValueError(f"dtype must be a floating-point torch.dtype or its name, got {dtype!r}")
-            ae = ae.to(dtype=dtype)
+            ae = ae.to(dtype=as_dtype(dtype))
         if device is not None:
             try:
                 ae = ae.to(torch.device(device))

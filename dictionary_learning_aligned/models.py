@@ -15,6 +15,8 @@ from urllib.parse import urlparse
 
 import torch
 
+from .dtypes import as_dtype
+
 SMOLLM2_NAME = "smollm2-135m-instruct"
 SMOLLM2_HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_ENV_VAR = "DLA_SMOLLM2_GGUF"
@@ -107,7 +109,7 @@ def load_language_model(name: str = SMOLLM2_NAME, device: str | torch.device = "
         ValueError: a non-GGUF model that cannot be loaded (hub unreachable, unknown name, broken directory);
             the message names the model and the known offline model ``smollm2-135m-instruct``.
     """
-    dtype = _as_dtype(dtype)
+    dtype = as_dtype(dtype)
     lname = name.lower()
     key = (lname, str(torch.device(device)), dtype, None if gguf_path is None else str(gguf_path),
            os.environ.get(GGUF_ENV_VAR))
@@ -142,15 +144,6 @@ def load_language_model(name: str = SMOLLM2_NAME, device: str | torch.device = "
 def clear_model_cache() -> None:
     """Forget all models cached by :func:`load_language_model`."""
     _CACHE.clear()
-
-
-def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
-    if not isinstance(resolved, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r} (use e.g. torch.float32 or 'bfloat16')")
-    return resolved
 
 
 def _load_gguf(path: Path, dtype: torch.dtype):
