@@ -429,11 +429,14 @@ class AutoEncoderTopK(_SparseCodeDictionary):
         ValueError: bad sizes, ``k`` out of range, unknown alignment.
     """
 
-    def encode(self, x: torch.Tensor, return_topk: bool = False, use_threshold: bool = False):
+    def encode(self, x: torch.Tensor, return_topk: bool = False, use_threshold: bool = False,
+               k: Optional[int] = None):
         """Features ``f [..., dict_size]`` with exactly ``k`` non-negative entries kept per token.
 
         Args:
             x: ``[..., activation_dim]``.
+            k: override of the ``k`` buffer (trainers pass the current k as a Python int, which avoids reading
+                the buffer from the device at every step).
             return_topk: also return ``(top_values [..., k], top_indices [..., k], post_relu [..., dict_size])``.
             use_threshold: instead of top-k, keep every activation above the learned ``threshold`` (JumpReLU
                 style inference); requires a learned threshold.
@@ -444,7 +447,8 @@ class AutoEncoderTopK(_SparseCodeDictionary):
         pre = self.post_relu(x)
         if use_threshold and self.threshold < 0:
             raise ValueError("this TopK dictionary has no learned threshold yet (threshold = -1)")
-        top = pre.topk(int(self.k), dim=-1, sorted=False) if (return_topk or not use_threshold) else None
+        k = int(self.k) if k is None else k
+        top = pre.topk(k, dim=-1, sorted=False) if (return_topk or not use_threshold) else None
         if use_threshold:
             f = pre * (pre > self.threshold)
         else:
@@ -461,7 +465,8 @@ class BatchTopKSAE(_SparseCodeDictionary):
     Args and buffers as :class:`AutoEncoderTopK`.
     """
 
-    def encode(self, x: torch.Tensor, return_active: bool = False, use_threshold: bool = True):
+    def encode(self, x: torch.Tensor, return_active: bool = False, use_threshold: bool = True,
+               k: Optional[int] = None):
         """Features ``f [..., dict_size]``.
 
         Args:
@@ -469,13 +474,14 @@ class BatchTopKSAE(_SparseCodeDictionary):
             return_active: also return ``(active [dict_size] bool, post_relu [..., dict_size])``.
             use_threshold: keep activations above the learned threshold (inference, the default). If no
                 threshold has been learned yet (``threshold < 0``), the batch top-k is used instead.
+            k: override of the ``k`` buffer for the batch top-k (a Python int: no device read).
         """
         pre = self.post_relu(x)
         if use_threshold and self.threshold >= 0:
             f = pre * (pre > self.threshold)
         else:
             flat = pre.reshape(-1, self.dict_size)
-            n = min(int(self.k) * flat.shape[0], flat.numel())
+            n = min((int(self.k) if k is None else k) * flat.shape[0], flat.numel())
             top = flat.flatten().topk(n, sorted=False)
             f = torch.zeros_like(flat).flatten().scatter_(-1, top.indices, top.values).reshape(pre.shape)
         if return_active:

@@ -9,6 +9,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .. import distributed as _dist
 from ..alignment import check_mode
 from ..dictionary import Dictionary
 
@@ -176,6 +177,45 @@ class DictionaryTrainer(SAETrainer):
         self.sparsity_warmup_fn = get_sparsity_warmup_fn(self.steps, sparsity_warmup_steps)
         self.tokens_since_fired = torch.zeros(dict_size, dtype=torch.long, device=self.device)
         self.logging_parameters = ["dead_fraction_10M"]
+        self._ddp = None  # DistributedDataParallel wrapper of the loss (enable_data_parallel)
+        self._dp_active = False  # True only inside update() of a data-parallel trainer: collectives allowed
+
+    # -------------------------------------------------------------- data parallelism
+    def enable_data_parallel(self) -> None:
+        """Train data-parallel over the default ``torch.distributed`` process group from now on: ``update``
+        then takes this rank's shard of each global batch (see :mod:`..distributed`), gradients are averaged
+        over ranks by ``DistributedDataParallel``, and the statistics that are not per-token means are
+        all-reduced, so every rank ends each step with the same weights and state as a single process trained
+        on the global batch (up to float rounding). Rank 0's weights are broadcast to all ranks here.
+
+        Raises:
+            RuntimeError: no process group is initialised.
+            ValueError: ``resample_steps`` is set (resampling draws random inputs per rank; not supported).
+        """
+        if not _dist.is_initialized():
+            raise RuntimeError("enable_data_parallel needs torch.distributed.init_process_group first "
+                               "(run under torchrun)")
+        if self.resample_steps is not None:
+            raise ValueError("resample_steps is not supported with data-parallel training")
+        self._ddp = _dist.wrap(self)
+
+    @property
+    def data_parallel(self) -> bool:
+        """Whether this trainer trains data-parallel (:meth:`enable_data_parallel`)."""
+        return self._ddp is not None
+
+    def _world(self) -> int:
+        """Number of ranks whose shards make up the global batch inside :meth:`update` (1 otherwise)."""
+        return _dist.world_size() if self._dp_active else 1
+
+    def _global(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """``t`` all-reduced (``op``: sum/max/min) over ranks inside a data-parallel :meth:`update`; ``t``
+        itself otherwise (single process, or :meth:`loss` called for logging)."""
+        return _dist.all_reduce(t.clone(), op) if self._dp_active else t
+
+    def _gather(self, t: torch.Tensor) -> torch.Tensor:
+        """``t [n, ...]`` of all ranks concatenated in rank order inside a data-parallel :meth:`update`."""
+        return _dist.all_gather_cat(t) if self._dp_active else t
 
     # -------------------------------------------------------------- hooks for subclasses
     #: clip the global gradient norm to this value before each step (None: no clipping)
@@ -244,10 +284,17 @@ class DictionaryTrainer(SAETrainer):
         if x.ndim != 2 or x.shape[1] != self.ae.activation_dim:
             raise ValueError(f"{type(self).__name__}.update expects activations [batch, {self.ae.activation_dim}], "
                              f"got shape {tuple(x.shape)}")
+        self._dp_active = self._ddp is not None
+        try:
+            self._update(step, x)
+        finally:
+            self._dp_active = False
+
+    def _update(self, step: int, x: torch.Tensor) -> None:
         self.before_step(step, x)
         self.optimizer.zero_grad(set_to_none=True)
-        loss, _, _, f, aux = self._compute(x, step)
-        loss.backward()
+        loss, _, _, f, aux = (self._ddp or self._compute)(x, step)
+        loss.backward()  # data-parallel: DDP averages the gradients over ranks here
         if self.check_finite:
             self._check_finite(loss, step)
         remove_gradient_parallel_to_decoder_directions(self.ae.W_dec)
@@ -257,18 +304,29 @@ class DictionaryTrainer(SAETrainer):
         self.ae.after_optimizer_step()
         self.scheduler.step()
         f = f.detach()
-        self._record_firing(f, x.shape[0])
+        self._record_firing(self.fired(f, aux), x.shape[0] * self._world())
         self.after_step(step, x, f, aux)
         if self.resample_steps is not None and step > 0 and step % self.resample_steps == 0:
             self.resample_neurons(self.tokens_since_fired > self.resample_steps // 2 * x.shape[0], x)
 
     @torch.no_grad()
     def _check_finite(self, loss: torch.Tensor, step: int) -> None:
+        """Raise :class:`NonFiniteError` if the loss or a gradient holds NaN/inf, before the optimizer step.
+
+        One device-to-host synchronisation per call: the finiteness of the loss and of every gradient is
+        reduced to one flag on the device (all-reduced over ranks when data-parallel, so all ranks agree) and
+        read once; the culprits are named only after a failure."""
+        grads = [p.grad for p in self.ae.parameters() if p.grad is not None]
+        flags = torch.stack([torch.isfinite(loss.detach()).all()] + [torch.isfinite(g).all() for g in grads])
+        ok = self._global(flags.all().to(torch.int32), "min")
+        if bool(ok):
+            return
         if not torch.isfinite(loss):
             raise NonFiniteError(f"{type(self).__name__}: non-finite loss ({float(loss)}) at step {step}")
         bad = [n for n, p in self.ae.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-        if bad:
-            raise NonFiniteError(f"{type(self).__name__}: non-finite gradient of {bad} at step {step}")
+        raise NonFiniteError(f"{type(self).__name__}: non-finite "
+                             + (f"gradient of {bad}" if bad else "loss or gradient on another rank")
+                             + f" at step {step}")
 
     # -------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict:
@@ -295,10 +353,17 @@ class DictionaryTrainer(SAETrainer):
         """Restore what :meth:`_extra_state` saved (nothing for trainers without extra state)."""
 
     @torch.no_grad()
-    def _record_firing(self, f: torch.Tensor, n_tokens: int) -> None:
+    def fired(self, f: torch.Tensor, aux: dict) -> torch.Tensor:
+        """``[dict_size]`` bool: features that fired on some token of the step's (global) batch; ``f [batch,
+        dict_size]`` are this rank's features (OR-reduced over ranks when data-parallel)."""
         fired = (f != 0).any(dim=0)
-        self.tokens_since_fired += n_tokens
-        self.tokens_since_fired[fired] = 0
+        return self._global(fired.to(torch.int32), "max").bool() if self._dp_active else fired
+
+    @torch.no_grad()
+    def _record_firing(self, fired: torch.Tensor, n_tokens: int) -> None:
+        """Advance the dead-feature counters by ``n_tokens`` and reset those of ``fired [dict_size]`` (bool),
+        without a host synchronisation."""
+        self.tokens_since_fired.add_(n_tokens).masked_fill_(fired, 0)
 
     def dead_mask(self, window_tokens: int = 10_000_000) -> torch.Tensor:
         """``[dict_size]`` bool: features that have not fired in the last ``window_tokens`` training tokens."""

@@ -94,7 +94,9 @@ class PAnnealTrainer(DictionaryTrainer):
         nxt = self.next_p
         if nxt is None:
             return
-        self.sparsity_queue.append((float(self.lp_norm(f, self.p)), float(self.lp_norm(f, nxt))))
+        # means over this rank's tokens, averaged over ranks when data-parallel (equal shards: the global mean)
+        lp = self._global(torch.stack([self.lp_norm(f, self.p), self.lp_norm(f, nxt)]).float()) / self._world()
+        self.sparsity_queue.append(tuple(lp.tolist()))
         self.sparsity_queue = self.sparsity_queue[-self.sparsity_queue_length:]
         while self.next_p is not None and step + 1 >= self.update_steps[self.p_step_count]:
             new_p = self.next_p

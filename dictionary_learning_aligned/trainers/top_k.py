@@ -84,12 +84,27 @@ class TopKTrainer(DictionaryTrainer):
             raise ValueError(f"k_anneal_steps must be in [0, steps={self.steps}) with activation_dim > k, "
                              f"got {k_anneal_steps}")
         self.logging_parameters += ["dead_features", "pre_norm_auxk_loss"]
-        self.dead_features, self.pre_norm_auxk_loss = 0, -1.0
+        self.pre_norm_auxk_loss = -1.0
+        self._k_now = k
+
+    @property
+    def dead_features(self) -> int:
+        """Number of features that have not fired for ``dead_feature_threshold`` tokens (read on demand, so the
+        training step itself does not synchronise with the device for it)."""
+        return int((self.tokens_since_fired >= self.dead_feature_threshold).sum())
+
+    @property
+    def current_k(self) -> int:
+        """The k used at this step (differs from ``k`` during k annealing); a Python int, kept in step with the
+        dictionary's ``k`` buffer, so that reading it needs no device synchronisation."""
+        if getattr(self, "_k_now", None) is None:
+            self._k_now = int(self.ae.k)
+        return self._k_now
 
     # the batch-level selection differs between TopK and BatchTopK
     def select(self, x):
         """``(f, post_relu, kept_values)`` for training: top-k per token."""
-        f, values, _, pre = self.ae.encode(x, return_topk=True, use_threshold=False)
+        f, values, _, pre = self.ae.encode(x, return_topk=True, use_threshold=False, k=self.current_k)
         return f, pre, values
 
     def encode_for_loss(self, x, step):
@@ -97,7 +112,8 @@ class TopKTrainer(DictionaryTrainer):
         return self.ae.decode(f), f, {"post_relu": pre, "kept": kept}
 
     def auxk_loss(self, residual: torch.Tensor, post_relu: torch.Tensor) -> torch.Tensor:
-        """Normalised auxiliary-k loss of the residual ``[batch, activation_dim]`` (0 when no feature is dead)."""
+        """Normalised auxiliary-k loss of the residual ``[batch, activation_dim]`` (0 when no feature is dead).
+        When data-parallel, the residual variance is that of the global batch."""
         dead = self.tokens_since_fired >= self.dead_feature_threshold
         n_dead = int(dead.sum())
         if n_dead == 0:
@@ -107,7 +123,10 @@ class TopKTrainer(DictionaryTrainer):
         aux_f = torch.zeros_like(post_relu).scatter_(-1, top.indices, top.values.clamp_min(0))
         recon = aux_f @ self.ae.W_dec.T
         err = (residual.float() - recon.float()).pow(2).sum(-1).mean()
-        var = (residual.float() - residual.float().mean(0)).pow(2).sum(-1).mean()
+        r = residual.float()
+        n = r.shape[0] * self._world()
+        mean = self._global(r.sum(0)) / n
+        var = self._global((r - mean).pow(2).sum()) / n
         return (err / var).nan_to_num(0.0)
 
     def sparsity_term(self, x, x_hat, f, aux, step):
@@ -119,33 +138,34 @@ class TopKTrainer(DictionaryTrainer):
     def before_step(self, step, x):
         if step == 0:
             with torch.no_grad():
-                self.ae.b_dec.copy_(geometric_median(x).to(self.ae.b_dec.dtype))
+                self.ae.b_dec.copy_(geometric_median(self._gather(x)).to(self.ae.b_dec.dtype))
 
     @torch.no_grad()
     def smallest_kept(self, kept: torch.Tensor) -> torch.Tensor:
-        """Statistic tracked by the threshold EMA: the mean over tokens of the smallest positive kept value."""
-        v = kept.float().clone()
-        v[v <= 0] = torch.inf
-        mins = v.min(dim=-1).values
-        mins = mins[torch.isfinite(mins)]
-        return mins.mean() if mins.numel() else v.new_zeros(())
+        """Statistic tracked by the threshold EMA: the mean over the (global) batch's tokens of each token's
+        smallest positive kept value (tokens without one are left out; 0 if none has one). No host sync."""
+        v = kept.float()
+        mins = torch.where(v > 0, v, torch.full_like(v, torch.inf)).min(dim=-1).values
+        ok = torch.isfinite(mins)
+        stats = self._global(torch.stack([torch.where(ok, mins, 0.0).sum(), ok.sum().float()]))
+        return stats[0] / stats[1].clamp_min(1.0)
 
     @torch.no_grad()
     def after_step(self, step, x, f, aux):
-        self.dead_features = int((self.tokens_since_fired >= self.dead_feature_threshold).sum())
         if step > self.threshold_start_step:
             m = self.smallest_kept(aux["kept"])
             t = self.ae.threshold
-            t.copy_(m if t < 0 else self.threshold_beta * t + (1 - self.threshold_beta) * m)
+            t.copy_(torch.where(t < 0, m, self.threshold_beta * t + (1 - self.threshold_beta) * m))
         if self.k_anneal_steps is not None:
             r = min(step, self.k_anneal_steps) / self.k_anneal_steps if self.k_anneal_steps else 1.0
-            self.ae.k.fill_(int(self.ae.activation_dim * (1 - r) + self.k * r))
+            self._k_now = int(self.ae.activation_dim * (1 - r) + self.k * r)
+            self.ae.k.fill_(self._k_now)
 
     def _extra_state(self) -> dict:
         return {"dead_features": self.dead_features}
 
     def _load_extra_state(self, extra: dict) -> None:
-        self.dead_features = extra.get("dead_features", 0)
+        self._k_now = int(self.ae.k)  # dead_features is derived from the restored counters
 
     def _extra_config(self) -> dict:
         return {"k": self.k, "auxk_alpha": self.auxk_alpha, "threshold_beta": self.threshold_beta,
@@ -161,10 +181,23 @@ class BatchTopKTrainer(TopKTrainer):
     dict_class = BatchTopKSAE
 
     def select(self, x):
-        f, _, pre = self.ae.encode(x, return_active=True, use_threshold=False)
+        """``(f, post_relu, f)``: the ``k * batch`` largest activations of the (global) batch. Data-parallel,
+        each rank keeps its activations at or above the global ``k * batch``-th largest value (found from every
+        rank's local candidates), which selects the same entries as one process up to ties."""
+        if not self._dp_active:
+            f, _, pre = self.ae.encode(x, return_active=True, use_threshold=False, k=self.current_k)
+            return f, pre, f
+        pre = self.ae.post_relu(x)
+        n = min(self.current_k * x.shape[0] * self._world(), pre.numel())
+        with torch.no_grad():
+            local = pre.detach().flatten().topk(n, sorted=False).values
+            thr = self._gather(local).topk(n, sorted=False).values.min()
+        f = torch.where(pre >= thr, pre, torch.zeros_like(pre))
         return f, pre, f
 
     @torch.no_grad()
     def smallest_kept(self, kept):
-        pos = kept[kept > 0]
-        return pos.min().float() if pos.numel() else kept.new_zeros((), dtype=torch.float32)
+        """The smallest positive kept activation of the (global) batch (0 if none). No host sync."""
+        v = kept.float()
+        m = self._global(torch.where(v > 0, v, torch.full_like(v, torch.inf)).min(), "min")
+        return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
