@@ -401,6 +401,25 @@ class _SparseCodeDictionary(Dictionary):
         """``W_dec f + b_dec``: ``[..., dict_size] -> [..., activation_dim]``."""
         return f @ self.W_dec.T + self.b_dec
 
+    def decode_sparse(self, indices: torch.Tensor, values: torch.Tensor,
+                      offsets: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:meth:`decode` of a sparse code, reading only the decoder columns of the active features
+        (``embedding_bag`` with per-sample weights; differentiable in ``values`` and ``W_dec``).
+
+        Args:
+            indices: ``[batch, k]`` feature indices (TopK), or ``[n]`` indices with ``offsets``.
+            values: activations of those features, same shape as ``indices``.
+            offsets: ``[batch]`` start of each token's run in 1-D ``indices`` (sorted by token; empty runs
+                allowed), or None for 2-D ``indices``.
+
+        Returns:
+            ``x_hat [batch, activation_dim]`` in the decoder's dtype.
+        """
+        W = self.W_dec.T
+        out = torch.nn.functional.embedding_bag(indices, W, offsets, mode="sum",
+                                                per_sample_weights=values.to(W.dtype))
+        return out + self.b_dec
+
     @torch.no_grad()
     def scale_biases(self, scale: float) -> None:
         """As :meth:`Dictionary.scale_biases`, and the learned threshold is scaled too (if set)."""

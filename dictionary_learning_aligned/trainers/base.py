@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import namedtuple
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -122,6 +122,11 @@ class DictionaryTrainer(SAETrainer):
     to the loss; ``"projection"`` projects after each step, via ``Dictionary.after_optimizer_step``) and the
     dead-feature counter ``tokens_since_fired [dict_size]`` (tokens since each feature last fired).
 
+    Speed options (they change how, not what, is computed; not recorded in ``config``): ``compile=True`` (or a
+    ``torch.compile`` backend name) compiles the step-independent part of the loss (encoder, selection, decoder,
+    reconstruction error) with ``torch.compile``; ``fused_optimizer`` (default: on for CUDA) uses PyTorch's fused
+    Adam kernel.
+
     Subclasses set ``dict_class`` and implement :meth:`sparsity_term` (and, if needed, :meth:`encode_for_loss`,
     :meth:`before_step`, :meth:`after_step`, ``_extra_config``).
     """
@@ -148,6 +153,8 @@ class DictionaryTrainer(SAETrainer):
         alignment_penalty: Optional[float] = None,
         resample_steps: Optional[int] = None,
         dict_kwargs: Optional[dict] = None,
+        compile: Union[bool, str] = False,
+        fused_optimizer: Optional[bool] = None,
     ):
         super().__init__(seed)
         _check_positive("steps", steps, integer=True)
@@ -171,7 +178,15 @@ class DictionaryTrainer(SAETrainer):
         self.dict_class = dict_class or type(self).dict_class
         self.dict_kwargs = dict(dict_kwargs or {})
         self.ae = self.dict_class(activation_dim, dict_size, alignment=self.alignment, **self.dict_kwargs).to(self.device)
-        self.optimizer = torch.optim.Adam(self.ae.parameters(), lr=lr)
+        if fused_optimizer is None:
+            fused_optimizer = torch.device(self.device).type == "cuda"
+        self.fused_optimizer = bool(fused_optimizer)
+        # fused Adam: one kernel for the whole update instead of ~10 passes over the parameters (same math)
+        self.optimizer = torch.optim.Adam(self.ae.parameters(), lr=lr, **({"fused": True} if fused_optimizer else {}))
+        if compile not in (False, None, True) and not isinstance(compile, str):
+            raise ValueError(f"compile must be a bool or a torch.compile backend name, got {compile!r}")
+        self.compile = compile or False
+        self._forward_compiled = None
         self.lr_fn = get_lr_schedule(self.steps, warmup_steps, decay_start, resample_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lr_fn)
         self.sparsity_warmup_fn = get_sparsity_warmup_fn(self.steps, sparsity_warmup_steps)
@@ -222,10 +237,14 @@ class DictionaryTrainer(SAETrainer):
     grad_clip_norm: Optional[float] = None
     #: check the loss and gradients for NaN/inf at every step (raises :class:`NonFiniteError`)
     check_finite: bool = True
+    #: :meth:`_forward` runs collectives when data-parallel (then it is not compiled there)
+    _forward_has_collectives: bool = False
 
-    def encode_for_loss(self, x: torch.Tensor, step: int):
-        """``(x_hat [batch, activation_dim], f [batch, dict_size], aux: dict)`` used by the loss; subclasses put
-        extra tensors (pre-activations, top-k values) in ``aux``."""
+    def encode_for_loss(self, x: torch.Tensor, step: Optional[int]):
+        """``(x_hat [batch, activation_dim], f [batch, dict_size] or None, aux: dict)`` used by the loss;
+        subclasses put extra tensors (pre-activations, top-k values) in ``aux``. ``f`` may be None when the
+        code is kept sparse in ``aux`` (then :meth:`dense_features` and :meth:`fired` read ``aux``). Must not
+        depend on ``step`` (it is None on the compiled path)."""
         x_hat, f = self.ae(x, output_features=True)
         return x_hat, f, {}
 
@@ -240,9 +259,23 @@ class DictionaryTrainer(SAETrainer):
         """Called at the end of :meth:`update` with the step's features (threshold EMA, p-annealing...)."""
 
     # -------------------------------------------------------------- loss
+    def _forward(self, x: torch.Tensor):
+        """Step-independent part of the loss (what ``compile`` compiles): ``(recon, x_hat, f, aux)``."""
+        x_hat, f, aux = self.encode_for_loss(x, None)
+        return (x - x_hat).pow(2).sum(-1).mean(), x_hat, f, aux
+
+    def dense_features(self, f: Optional[torch.Tensor], aux: dict) -> torch.Tensor:
+        """``f [batch, dict_size]`` (trainers with sparse codes rebuild it from ``aux`` when ``f`` is None)."""
+        return f
+
     def _compute(self, x: torch.Tensor, step: int):
-        x_hat, f, aux = self.encode_for_loss(x, step)
-        recon = (x - x_hat).pow(2).sum(-1).mean()
+        if self.compile and not (self._dp_active and self._forward_has_collectives):
+            if self._forward_compiled is None:
+                backend = "inductor" if self.compile is True else self.compile
+                self._forward_compiled = torch.compile(self._forward, backend=backend)
+            recon, x_hat, f, aux = self._forward_compiled(x)
+        else:
+            recon, x_hat, f, aux = self._forward(x)
         sparse, terms = self.sparsity_term(x, x_hat, f, aux, step)
         loss = recon + sparse
         terms = {"mse_loss": recon, **terms}
@@ -266,6 +299,7 @@ class DictionaryTrainer(SAETrainer):
             return loss
         terms["l2_loss"] = (x - x_hat).norm(dim=-1).mean()
         terms["loss"] = loss
+        f = self.dense_features(f, _)
         return LossLog(x, x_hat, f, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()})
 
     # -------------------------------------------------------------- step
@@ -303,7 +337,7 @@ class DictionaryTrainer(SAETrainer):
         self.optimizer.step()
         self.ae.after_optimizer_step()
         self.scheduler.step()
-        f = f.detach()
+        f = None if f is None else f.detach()
         self._record_firing(self.fired(f, aux), x.shape[0] * self._world())
         self.after_step(step, x, f, aux)
         if self.resample_steps is not None and step > 0 and step % self.resample_steps == 0:
@@ -353,11 +387,15 @@ class DictionaryTrainer(SAETrainer):
         """Restore what :meth:`_extra_state` saved (nothing for trainers without extra state)."""
 
     @torch.no_grad()
-    def fired(self, f: torch.Tensor, aux: dict) -> torch.Tensor:
+    def fired(self, f: Optional[torch.Tensor], aux: dict) -> torch.Tensor:
         """``[dict_size]`` bool: features that fired on some token of the step's (global) batch; ``f [batch,
         dict_size]`` are this rank's features (OR-reduced over ranks when data-parallel)."""
-        fired = (f != 0).any(dim=0)
+        fired = self._fired_local(f, aux)
         return self._global(fired.to(torch.int32), "max").bool() if self._dp_active else fired
+
+    def _fired_local(self, f: Optional[torch.Tensor], aux: dict) -> torch.Tensor:
+        """``[dict_size]`` bool: features with a non-zero activation in this rank's batch."""
+        return (f != 0).any(dim=0)
 
     @torch.no_grad()
     def _record_firing(self, fired: torch.Tensor, n_tokens: int) -> None:

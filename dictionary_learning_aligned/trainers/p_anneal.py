@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -29,6 +29,7 @@ class PAnnealTrainer(DictionaryTrainer):
         sparsity_function: ``"Lp"`` or ``"Lp^p"``.
         anneal_start (15000), anneal_end (default ``steps - 1``), p_start (1), p_end (0.2),
         n_sparsity_updates (10), sparsity_queue_length (10).
+        compile, fused_optimizer: speed options, see :class:`~.base.DictionaryTrainer`.
 
     Raises:
         ValueError: ``p_start``/``p_end`` outside (0, 1], an unknown sparsity function, ``anneal_start`` not
@@ -45,7 +46,8 @@ class PAnnealTrainer(DictionaryTrainer):
                  n_sparsity_updates: int = 10, sparsity_queue_length: int = 10, seed: Optional[int] = None,
                  device: Optional[str] = None, wandb_name: Optional[str] = None,
                  submodule_name: Optional[str] = None, alignment: Optional[str] = None,
-                 alignment_penalty: Optional[float] = None):
+                 alignment_penalty: Optional[float] = None, compile: Union[bool, str] = False,
+                 fused_optimizer: Optional[bool] = None):
         for name, p in (("p_start", p_start), ("p_end", p_end)):
             if not isinstance(p, (int, float)) or not 0 < p <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {p!r}")
@@ -59,7 +61,7 @@ class PAnnealTrainer(DictionaryTrainer):
             steps, activation_dim, dict_size, layer, lm_name, dict_class=dict_class, lr=lr,
             warmup_steps=warmup_steps, decay_start=decay_start, sparsity_warmup_steps=sparsity_warmup_steps,
             seed=seed, device=device, wandb_name=wandb_name, submodule_name=submodule_name, alignment=alignment,
-            alignment_penalty=alignment_penalty,
+            alignment_penalty=alignment_penalty, compile=compile, fused_optimizer=fused_optimizer,
         )
         self.anneal_end = self.steps - 1 if anneal_end is None else anneal_end
         if not 0 <= anneal_start < self.anneal_end < self.steps:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -48,6 +48,12 @@ class TopKTrainer(DictionaryTrainer):
         k_anneal_steps: if set, k decreases linearly from ``activation_dim`` to ``k`` over these steps.
         dead_feature_threshold: tokens without firing after which a feature counts as dead (10M).
         seed, device, wandb_name, submodule_name, alignment, alignment_penalty: as :class:`StandardTrainer`.
+        sparse_decode: decode from the kept (index, value) pairs with
+            :meth:`~dictionary_learning_aligned.dictionary.AutoEncoderTopK.decode_sparse` (reads only the active
+            decoder columns; no dense ``[batch, dict_size]`` code is built for the decoder) instead of the dense
+            product ``f @ W_dec.T``. Same loss and gradients up to float rounding (the sparse decoder computes
+            in the decoder's dtype, float32, also under bf16 autocast). Default False (plain dense decoder).
+        compile, fused_optimizer: speed options, see :class:`~.base.DictionaryTrainer`.
 
     Raises:
         ValueError: ``k`` out of range, bad schedule values, bad alignment settings.
@@ -62,7 +68,9 @@ class TopKTrainer(DictionaryTrainer):
                  threshold_start_step: int = 1000, k_anneal_steps: Optional[int] = None,
                  dead_feature_threshold: int = 10_000_000, seed: Optional[int] = None, device: Optional[str] = None,
                  wandb_name: Optional[str] = None, submodule_name: Optional[str] = None,
-                 alignment: Optional[str] = None, alignment_penalty: Optional[float] = None):
+                 alignment: Optional[str] = None, alignment_penalty: Optional[float] = None,
+                 sparse_decode: bool = False, compile: Union[bool, str] = False,
+                 fused_optimizer: Optional[bool] = None):
         if lr is None:
             if isinstance(dict_size, int) and dict_size > 0:
                 lr = 2e-4 / (dict_size / 2**14) ** 0.5
@@ -78,8 +86,10 @@ class TopKTrainer(DictionaryTrainer):
             steps, activation_dim, dict_size, layer, lm_name, dict_class=dict_class, lr=lr,
             warmup_steps=warmup_steps, decay_start=decay_start, sparsity_warmup_steps=None, seed=seed,
             device=device, wandb_name=wandb_name, submodule_name=submodule_name, alignment=alignment,
-            alignment_penalty=alignment_penalty, dict_kwargs={"k": k},
+            alignment_penalty=alignment_penalty, dict_kwargs={"k": k}, compile=compile,
+            fused_optimizer=fused_optimizer,
         )
+        self.sparse_decode = bool(sparse_decode)
         if k_anneal_steps is not None and not (0 <= k_anneal_steps < self.steps and activation_dim > k):
             raise ValueError(f"k_anneal_steps must be in [0, steps={self.steps}) with activation_dim > k, "
                              f"got {k_anneal_steps}")
@@ -107,9 +117,35 @@ class TopKTrainer(DictionaryTrainer):
         f, values, _, pre = self.ae.encode(x, return_topk=True, use_threshold=False, k=self.current_k)
         return f, pre, values
 
+    def select_sparse(self, x):
+        """The kept activations as ``(post_relu [batch, dict_size], aux)`` with the same selection as
+        :meth:`select`; ``aux``: ``indices``, ``kept`` (values) ``[batch, k]`` and ``offsets`` None."""
+        pre = self.ae.post_relu(x)
+        top = pre.topk(self.current_k, dim=-1, sorted=False)
+        return pre, {"indices": top.indices, "kept": top.values, "offsets": None}
+
     def encode_for_loss(self, x, step):
+        if self.sparse_decode and not (self._dp_active and self._forward_has_collectives):
+            pre, aux = self.select_sparse(x)
+            return self.ae.decode_sparse(aux["indices"], aux["kept"], aux["offsets"]), None, {"post_relu": pre, **aux}
         f, pre, kept = self.select(x)
         return self.ae.decode(f), f, {"post_relu": pre, "kept": kept}
+
+    def dense_features(self, f, aux):
+        """``f [batch, dict_size]``, rebuilt from the kept (index, value) pairs on the sparse-decoder path."""
+        if f is not None:
+            return f
+        pre, idx, vals = aux["post_relu"], aux["indices"], aux["kept"]
+        if aux["offsets"] is None:
+            return torch.zeros_like(pre).scatter_(-1, idx, vals.to(pre.dtype))
+        return torch.zeros_like(pre).flatten().scatter_(0, aux["flat_indices"], vals.to(pre.dtype)).view_as(pre)
+
+    def _fired_local(self, f, aux):
+        if f is not None:
+            return super()._fired_local(f, aux)
+        hit = (aux["kept"] > 0).flatten().to(torch.int32)
+        return torch.zeros(self.ae.dict_size, dtype=torch.int32, device=hit.device).scatter_reduce_(
+            0, aux["indices"].flatten(), hit, "amax").bool()
 
     def auxk_loss(self, residual: torch.Tensor, post_relu: torch.Tensor) -> torch.Tensor:
         """Normalised auxiliary-k loss of the residual ``[batch, activation_dim]`` (0 when no feature is dead).
@@ -179,6 +215,21 @@ class BatchTopKTrainer(TopKTrainer):
     smallest kept activation of the batch. Same arguments and defaults as :class:`TopKTrainer`."""
 
     dict_class = BatchTopKSAE
+    _forward_has_collectives = True  # the data-parallel selection gathers candidates from every rank
+
+    def select_sparse(self, x):
+        """The ``n = k * batch`` largest activations of the batch (the same selection as :meth:`select`) as
+        ``(post_relu [batch, dict_size], aux)``; ``aux``: ``indices [n]`` (features, sorted by token),
+        ``kept [n]`` (values), ``offsets [batch]`` (each token's start in ``indices``) and ``flat_indices [n]``
+        (positions in the flattened ``[batch * dict_size]`` code)."""
+        pre = self.ae.post_relu(x)
+        n = min(self.current_k * x.shape[0], pre.numel())
+        top = pre.flatten().topk(n, sorted=False)
+        flat, order = top.indices.sort()
+        rows = torch.div(flat, self.ae.dict_size, rounding_mode="floor")
+        offsets = torch.searchsorted(rows, torch.arange(x.shape[0], device=rows.device))
+        return pre, {"indices": flat - rows * self.ae.dict_size, "kept": top.values[order], "offsets": offsets,
+                     "flat_indices": flat}
 
     def select(self, x):
         """``(f, post_relu, f)``: the ``k * batch`` largest activations of the (global) batch. Data-parallel,
