@@ -45,7 +45,7 @@ def test_fast_path_same_losses_gradients_and_weights(name, extra, lowrank_data):
         loss, *_ = tr._compute(x, 0)
         loss.backward()
         tr.first_grads = {n: p.grad.clone() for n, p in tr.ae.named_parameters()}
-        tr.first_loss = float(loss)
+        tr.first_loss = float(loss.detach())
     assert fast.first_loss == pytest.approx(plain.first_loss, rel=1e-6)
     for n, g in plain.first_grads.items():
         torch.testing.assert_close(fast.first_grads[n], g, rtol=1e-5, atol=1e-6, msg=n)

@@ -264,6 +264,19 @@ class DictionaryTrainer(SAETrainer):
         x_hat, f, aux = self.encode_for_loss(x, None)
         return (x - x_hat).pow(2).sum(-1).mean(), x_hat, f, aux
 
+    def _compile_forward(self):
+        """``torch.compile`` of :meth:`_forward` for this trainer alone. Dynamo keeps its compiled variants per
+        code object, at most ``recompile_limit`` (8) of them; a sweep has more trainer classes and settings than
+        that, so each trainer compiles its own copy of the code (otherwise later trainers would silently run
+        uncompiled)."""
+        import types
+
+        fn = type(self)._forward
+        code = fn.__code__.replace(co_name=f"_forward_{type(self).__name__}_{id(self):x}")
+        own = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+        backend = "inductor" if self.compile is True else self.compile
+        return torch.compile(types.MethodType(own, self), backend=backend)
+
     def dense_features(self, f: Optional[torch.Tensor], aux: dict) -> torch.Tensor:
         """``f [batch, dict_size]`` (trainers with sparse codes rebuild it from ``aux`` when ``f`` is None)."""
         return f
@@ -271,8 +284,7 @@ class DictionaryTrainer(SAETrainer):
     def _compute(self, x: torch.Tensor, step: int):
         if self.compile and not (self._dp_active and self._forward_has_collectives):
             if self._forward_compiled is None:
-                backend = "inductor" if self.compile is True else self.compile
-                self._forward_compiled = torch.compile(self._forward, backend=backend)
+                self._forward_compiled = self._compile_forward()
             recon, x_hat, f, aux = self._forward_compiled(x)
         else:
             recon, x_hat, f, aux = self._forward(x)
