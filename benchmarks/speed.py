@@ -15,6 +15,10 @@ Measures, on one device, in one run:
   for the benchmark only: ``pip install --no-deps dictionary-learning==0.1.0``; if it is absent, the benchmark says
   so and leaves those columns empty) on the same random activations and settings, and our speed-up over it.
 
+No end-to-end (harvest + train) comparison with dictionary_learning: its 0.1.0 ``ActivationBuffer`` does not run
+with the nnsight 0.8.1 this library pins (``OutOfOrderError`` at ``self.model.inputs.save()``), so its own
+pipeline would need a separate environment with an older nnsight.
+
 Example (the H200 run)::
 
     python -m benchmarks.speed --paths plain,default,sparse,compile,fast --compare-dictionary-learning \

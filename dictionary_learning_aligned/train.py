@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--config", default=None,
                     help="JSON file with a list of trainer configs ({'trainer': class name, ...}); replaces the "
                          "--arch/--alignment/--dict-size/--seeds grid")
+    ap.add_argument("--compile", action="store_true", help="torch.compile each trainer's loss (speed only)")
+    ap.add_argument("--sparse-decode", action="store_true",
+                    help="TopK/BatchTopK: decode from the kept (index, value) pairs (speed only)")
     ap.add_argument("--batch-size", type=int, default=8192, help="global batch size (default 8192)")
     ap.add_argument("--epochs", type=int, default=1, help="passes over the cache (default 1)")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: every full batch)")
@@ -221,6 +224,10 @@ def run(args: argparse.Namespace) -> list[int]:
         c.setdefault("warmup_steps", warmup)
         if any(n in str(c.get("trainer")) for n in ("StandardTrainer", "PAnnealTrainer")):
             c.setdefault("sparsity_warmup_steps", min(2000, steps // 5))
+        if args.compile:
+            c.setdefault("compile", True)
+        if args.sparse_decode and "TopK" in str(c.get("trainer")):
+            c.setdefault("sparse_decode", True)
         c.setdefault("seed", i)  # seeded: the same initial weights whichever process builds the trainer
     amp = {"auto": torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32,
            "bfloat16": torch.bfloat16, "float32": torch.float32}[args.autocast]
