@@ -239,9 +239,9 @@ class BatchTopKTrainer(TopKTrainer):
             f, _, pre = self.ae.encode(x, return_active=True, use_threshold=False, k=self.current_k)
             return f, pre, f
         pre = self.ae.post_relu(x)
-        n = min(self.current_k * x.shape[0] * self._world(), pre.numel())
+        n = self.current_k * x.shape[0] * self._world()  # k * global batch (<= its dict_size * batch entries)
         with torch.no_grad():
-            local = pre.detach().flatten().topk(n, sorted=False).values
+            local = pre.detach().flatten().topk(min(n, pre.numel()), sorted=False).values
             thr = self._gather(local).topk(n, sorted=False).values.min()
         f = torch.where(pre >= thr, pre, torch.zeros_like(pre))
         return f, pre, f
