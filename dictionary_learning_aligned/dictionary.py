@@ -415,7 +415,7 @@ class _SparseCodeDictionary(Dictionary):
         Returns:
             ``x_hat [batch, activation_dim]`` in the decoder's dtype.
         """
-        W = self.W_dec.T
+        W = self.W_dec.T.contiguous()  # rows d_i contiguous: coalesced gathers (a strided view reads slowly on GPUs)
         out = torch.nn.functional.embedding_bag(indices, W, offsets, mode="sum",
                                                 per_sample_weights=values.to(W.dtype))
         return out + self.b_dec

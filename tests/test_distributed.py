@@ -110,3 +110,15 @@ def test_bad_distributed_inputs(cache_and_config, tmp_path, capsys):
         trainSAE([torch.randn(4, 4)] * 2, [cfg], steps=2, device="cpu", data_parallel=True)
     assert train.main(["--cache", str(cache), "--out", str(tmp_path / "o"), "--arch", "gated", "--batch-size", "64"]) == 2
     assert "unknown arch" in capsys.readouterr().err
+
+
+def test_cli_builds_a_missing_cache_from_the_default_model(tmp_path):
+    """No cache at --cache: rank 0 harvests SmolLM2 layer 12 (bundled corpus) into it first, then trains."""
+    cache = tmp_path / "acts"
+    assert train.main(["--cache", str(cache), "--tokens", "600", "--ctx-len", "32", "--out", str(tmp_path / "o"),
+                       "--arch", "topk", "--alignment", "project", "--dict-size", "64", "--k", "8",
+                       "--batch-size", "100", "--sparse-decode"]) == 0
+    meta = json.loads((cache / "meta.json").read_text())
+    assert meta["tokens"] == 600 and meta["activation_dim"] == 576 and meta["meta"]["layer"] == 12
+    cfg = json.loads((tmp_path / "o" / "trainer_0" / "config.json").read_text())
+    assert cfg["trainer"]["steps"] == 6 and cfg["run"]["cache"]["meta_model"] == meta["meta"]["model"]
