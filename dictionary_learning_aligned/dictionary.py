@@ -413,9 +413,14 @@ class _SparseCodeDictionary(Dictionary):
                 allowed), or None for 2-D ``indices``.
 
         Returns:
-            ``x_hat [batch, activation_dim]`` in the decoder's dtype.
+            ``x_hat [batch, activation_dim]``. Under autocast the decoder is read in the autocast dtype (as the dense
+            product ``f @ W_dec.T`` would be), otherwise in its own dtype.
         """
-        W = self.W_dec.T.contiguous()  # rows d_i contiguous: coalesced gathers (a strided view reads slowly on GPUs)
+        W = self.W_dec.T
+        dev = W.device.type
+        if torch.is_autocast_enabled(dev):
+            W = W.to(torch.get_autocast_dtype(dev))
+        W = W.contiguous()  # rows d_i contiguous: coalesced gathers (a strided view reads slowly on GPUs)
         out = torch.nn.functional.embedding_bag(indices, W, offsets, mode="sum",
                                                 per_sample_weights=values.to(W.dtype))
         return out + self.b_dec

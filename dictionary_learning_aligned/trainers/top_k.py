@@ -51,8 +51,8 @@ class TopKTrainer(DictionaryTrainer):
         sparse_decode: decode from the kept (index, value) pairs with
             :meth:`~dictionary_learning_aligned.dictionary.AutoEncoderTopK.decode_sparse` (reads only the active
             decoder columns; no dense ``[batch, dict_size]`` code is built for the decoder) instead of the dense
-            product ``f @ W_dec.T``. Same loss and gradients up to float rounding (the sparse decoder computes
-            in the decoder's dtype, float32, also under bf16 autocast). Default False (plain dense decoder).
+            product ``f @ W_dec.T``. Same loss and gradients up to float rounding (under autocast both read the
+            decoder in the autocast dtype). Default False (plain dense decoder).
         compile, fused_optimizer: speed options, see :class:`~.base.DictionaryTrainer`.
 
     Raises:
