@@ -15,6 +15,10 @@ Measures, on one device, in one run:
   for the benchmark only: ``pip install --no-deps dictionary-learning==0.1.0``; if it is absent, the benchmark says
   so and leaves those columns empty) on the same random activations and settings, and our speed-up over it.
 
+* optionally (``--e2e-tokens N``) our end-to-end pipeline: harvest N activations of SmolLM2-135M layer 12 once and
+  train the standard and aligned dictionary of every architecture on the same batches (``trainSAE``), in tokens/s
+  of the whole pipeline (model loading excluded).
+
 No end-to-end (harvest + train) comparison with dictionary_learning: its 0.1.0 ``ActivationBuffer`` does not run
 with the nnsight 0.8.1 this library pins (``OutOfOrderError`` at ``self.model.inputs.save()``), so its own
 pipeline would need a separate environment with an older nnsight.
@@ -148,9 +152,61 @@ def harvest_throughput(device: str, ctx_len: int, n_ctxs: int, batch: int) -> fl
     return (buf.tokens_harvested - before) / (time.perf_counter() - t)
 
 
+def end_to_end_throughput(device: str, tokens: int, dict_size: int, archs: tuple = tuple(ARCHS), batch: int = 8192,
+                          ctx_len: int = 128, paths_opts: dict | None = None) -> dict:
+    """Harvest ``tokens`` activations of SmolLM2-135M layer 12 (bundled corpus, BOS removed) once and train a
+    standard and an aligned dictionary of each arch on the same batches with ``trainSAE``.
+
+    Returns:
+        ``{"tokens", "dictionaries", "dict_size", "seconds", "tokens_per_s", "load_s"}``; ``tokens_per_s`` is
+        harvested-and-trained tokens per second of wall time (model loading, ``load_s``, excluded).
+
+    Raises:
+        ValueError: fewer ``tokens`` than one ``batch``.
+    """
+    import copy
+
+    from nnsight import LanguageModel
+
+    from dictionary_learning_aligned.buffer import ActivationBuffer
+    from dictionary_learning_aligned.data import iter_texts
+    from dictionary_learning_aligned.models import get_layer, load_language_model
+    from dictionary_learning_aligned.training import trainSAE
+
+    steps = tokens // batch
+    if steps < 1:
+        raise ValueError(f"--e2e-tokens {tokens} is less than one batch of {batch}")
+    cuda = torch.device(device).type == "cuda"
+    t = time.perf_counter()
+    hf, tok = load_language_model(device=device, dtype=torch.bfloat16 if cuda else torch.float32)
+    lm = LanguageModel(hf, tokenizer=copy.deepcopy(tok))
+    load_s = time.perf_counter() - t
+    buf = ActivationBuffer(iter_texts(split="all"), lm, get_layer(lm, 12), d_submodule=hf.config.hidden_size,
+                           n_ctxs=max(8, min(8000, 4 * batch // ctx_len)), ctx_len=ctx_len,
+                           refresh_batch_size=max(1, 32768 // ctx_len) if cuda else 8, out_batch_size=batch,
+                           device=device, remove_bos=True, seed=0)
+    configs = []
+    for arch in archs:
+        std, ali, extra = ARCHS[arch]
+        for name in (std, ali):
+            configs.append({"trainer": name, "steps": steps, "activation_dim": hf.config.hidden_size,
+                            "dict_size": dict_size, "layer": 12, "lm_name": "smollm2-135m-instruct",
+                            "warmup_steps": 1, "seed": 0, **extra, **(paths_opts or {})})
+            if arch == "relu":
+                configs[-1].pop("sparse_decode", None)
+    _sync(device)
+    t = time.perf_counter()
+    trainSAE(buf, configs, steps, device=device, autocast_dtype=torch.bfloat16 if cuda else torch.float32)
+    _sync(device)
+    dt = time.perf_counter() - t
+    return {"tokens": steps * batch, "dictionaries": len(configs), "dict_size": dict_size, "seconds": dt,
+            "tokens_per_s": steps * batch / dt, "load_s": load_s}
+
+
 def run(device: str, dict_sizes: list, activation_dim: int = 576, batch: int = 8192, steps: int = 20,
         warmup: int = 5, harvest: bool = False, peak_n: int = 8192, paths: tuple = ("default",),
-        compare_dictionary_learning: bool = False, archs: tuple = tuple(ARCHS)) -> dict:
+        compare_dictionary_learning: bool = False, archs: tuple = tuple(ARCHS), e2e_tokens: int = 0,
+        e2e_dict_size: int = 16384) -> dict:
     """Run the benchmark grid; returns the JSON-ready results.
 
     Raises:
@@ -191,6 +247,9 @@ def run(device: str, dict_sizes: list, activation_dim: int = 576, batch: int = 8
                     row["speedup_vs_dl"] = {k: row[k]["tokens_per_s"] / dl_row["tokens_per_s"]
                                             for k in ("standard", "aligned")}
                 res["train"].append(row)
+    if e2e_tokens:
+        res["end_to_end"] = {p: end_to_end_throughput(device, e2e_tokens, e2e_dict_size, archs, batch,
+                                                      paths_opts=PATHS[p]) for p in paths}
     if harvest:
         for ctx in (128, 1024):
             res["harvest"][f"ctx{ctx}"] = harvest_throughput(device, ctx, n_ctxs=max(8, 65536 // ctx),
@@ -215,6 +274,9 @@ def format_table(res: dict) -> str:
         lines.append(f"{r['arch']:10}{r['dict_size']:>10}{r.get('path', 'default'):>9}{s['tokens_per_s']:>14,.0f}"
                      f"{a['tokens_per_s']:>15,.0f}{r['aligned_overhead']:>+10.1%}{s['tflops']:>13.1f}"
                      f"{s['frac_of_peak']:>8.1%}{mem:>10}{dl}")
+    for p, e in res.get("end_to_end", {}).items():
+        lines.append(f"end to end ({p}): harvest {e['tokens']:,} tokens + train {e['dictionaries']} dictionaries "
+                     f"(dict_size {e['dict_size']}): {e['tokens_per_s']:,.0f} tokens/s ({e['seconds']:.1f} s)")
     for k, v in res["harvest"].items():
         lines.append(f"harvest SmolLM2-135M layer 12, {k}: {v:,.0f} tokens/s")
     return "\n".join(lines)
@@ -234,6 +296,9 @@ def main(argv=None) -> int:
                                                        f"{list(PATHS)} (default: default)")
     ap.add_argument("--archs", default=",".join(ARCHS), help=f"comma list from {list(ARCHS)}")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
+    ap.add_argument("--e2e-tokens", type=int, default=0,
+                    help="also time harvest + training of every arch (standard and aligned) on N tokens (0: off)")
+    ap.add_argument("--e2e-dict-size", type=int, default=16384, help="dict_size of the end-to-end run")
     ap.add_argument("--compare-dictionary-learning", action="store_true",
                     help="also time dictionary-learning 0.1.0's trainers (pip install --no-deps "
                          "dictionary-learning==0.1.0) and report our speed-up")
@@ -241,7 +306,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     res = run(args.device, [int(d) for d in args.dict_sizes.split(",")], batch=args.batch, steps=args.steps,
               warmup=args.warmup, harvest=args.harvest, peak_n=args.peak_n, paths=tuple(args.paths.split(",")),
-              compare_dictionary_learning=args.compare_dictionary_learning, archs=tuple(args.archs.split(",")))
+              compare_dictionary_learning=args.compare_dictionary_learning, archs=tuple(args.archs.split(",")),
+              e2e_tokens=args.e2e_tokens, e2e_dict_size=args.e2e_dict_size)
     res["command"] = " ".join(["python -m benchmarks.speed"] + (argv if argv is not None else sys.argv[1:]))
     res["versions"] = {"torch": torch.__version__, "python": platform.python_version()}
     print(format_table(res))

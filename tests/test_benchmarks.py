@@ -33,3 +33,12 @@ def test_speed_benchmark_paths_and_dictionary_learning_comparison(tmp_path, monk
     res = json.loads(out.read_text())
     for r in res["train"]:
         assert r["dictionary_learning"]["tokens_per_s"] > 0 and r["speedup_vs_dl"]["standard"] > 0
+
+
+def test_end_to_end_benchmark_harvests_once_and_trains_every_arch(tmp_path):
+    out = tmp_path / "e2e.json"
+    assert speed.main(["--device", "cpu", "--dict-sizes", "64", "--batch", "64", "--steps", "1", "--warmup", "1",
+                       "--peak-n", "64", "--archs", "relu,batchtopk", "--e2e-tokens", "192", "--e2e-dict-size", "64",
+                       "--out", str(out)]) == 0
+    e = json.loads(out.read_text())["end_to_end"]["default"]
+    assert e["tokens"] == 192 and e["dictionaries"] == 4 and e["tokens_per_s"] > 0
