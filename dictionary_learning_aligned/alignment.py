@@ -105,6 +105,7 @@ class ProjectEncoder(torch.autograd.Function):
         return torch.addcmul(V, c[:, None], D)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, G: torch.Tensor):
         V, W_dec, c, nn_ = ctx.saved_tensors
         D = W_dec.T

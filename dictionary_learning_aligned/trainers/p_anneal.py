@@ -74,7 +74,7 @@ class PAnnealTrainer(DictionaryTrainer):
         self.p_values = torch.linspace(p_start, p_end, n_sparsity_updates).tolist()
         self.p, self.p_step_count = self.p_start, 0
         self.sparsity_coeff = self.initial_sparsity_penalty
-        self.sparsity_queue: list[tuple[float, float]] = []
+        self.sparsity_queue: list[torch.Tensor] = []  # [2] tensors: (mean Lp_old, mean Lp_new) per step
         self.logging_parameters += ["p", "next_p", "sparsity_coeff"]
 
     @property
@@ -96,15 +96,15 @@ class PAnnealTrainer(DictionaryTrainer):
         nxt = self.next_p
         if nxt is None:
             return
-        # means over this rank's tokens, averaged over ranks when data-parallel (equal shards: the global mean)
+        # means over this rank's tokens, averaged over ranks when data-parallel (equal shards: the global mean);
+        # kept on the device ([2] tensors) and read only when p changes, so most steps need no host sync
         lp = self._global(torch.stack([self.lp_norm(f, self.p), self.lp_norm(f, nxt)]).float()) / self._world()
-        self.sparsity_queue.append(tuple(lp.tolist()))
+        self.sparsity_queue.append(lp)
         self.sparsity_queue = self.sparsity_queue[-self.sparsity_queue_length:]
         while self.next_p is not None and step + 1 >= self.update_steps[self.p_step_count]:
             new_p = self.next_p
             if new_p != self.p and self.sparsity_queue:
-                old = sum(a for a, _ in self.sparsity_queue) / len(self.sparsity_queue)
-                new = sum(b for _, b in self.sparsity_queue) / len(self.sparsity_queue)
+                old, new = torch.stack(self.sparsity_queue).double().mean(0).tolist()
                 if new > 0:
                     self.sparsity_coeff *= old / new
                 self.sparsity_queue = []  # its entries were measured for the old pair of p values
@@ -113,12 +113,13 @@ class PAnnealTrainer(DictionaryTrainer):
 
     def _extra_state(self) -> dict:
         return {"p": self.p, "p_step_count": self.p_step_count, "sparsity_coeff": self.sparsity_coeff,
-                "sparsity_queue": [list(q) for q in self.sparsity_queue]}
+                "sparsity_queue": [q.tolist() for q in self.sparsity_queue]}
 
     def _load_extra_state(self, extra: dict) -> None:
         self.p, self.p_step_count = extra["p"], extra["p_step_count"]
         self.sparsity_coeff = extra["sparsity_coeff"]
-        self.sparsity_queue = [tuple(q) for q in extra["sparsity_queue"]]
+        self.sparsity_queue = [torch.tensor(q, dtype=torch.float32, device=self.device)
+                               for q in extra["sparsity_queue"]]
 
     def _extra_config(self) -> dict:
         return {"sparsity_function": self.sparsity_function, "initial_sparsity_penalty": self.initial_sparsity_penalty,
