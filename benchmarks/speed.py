@@ -7,7 +7,26 @@ Measures, on one device, in one run:
   autocast on GPU), with achieved TFLOP/s counted as ``12 * activation_dim * dict_size`` per token (dense forward
   + backward) and its ratio to the measured peak, the aligned step's overhead over the standard one, and peak GPU
   memory;
-* optionally (``--harvest``) activation harvesting tokens/s of SmolLM2-135M layer 12 at ctx 128 and 1024.
+* optionally (``--harvest``) activation harvesting tokens/s of SmolLM2-135M layer 12 at ctx 128 and 1024;
+* ``--paths``: which implementations of our step to time (each a row group; see :data:`PATHS`): ``plain`` (dense
+  decoder, no compile, unfused Adam), ``default`` (the trainers' defaults: fused Adam on CUDA), ``sparse``
+  (+ sparse decoder for TopK/BatchTopK), ``compile`` (+ torch.compile of the loss), ``fast`` (all of them);
+* ``--compare-dictionary-learning``: the same grid with PyPI ``dictionary-learning`` 0.1.0's trainers (install it
+  for the benchmark only: ``pip install --no-deps dictionary-learning==0.1.0``; if it is absent, the benchmark says
+  so and leaves those columns empty) on the same random activations and settings, and our speed-up over it.
+
+* optionally (``--e2e-tokens N``) our end-to-end pipeline: harvest N activations of SmolLM2-135M layer 12 once and
+  train the standard and aligned dictionary of every architecture on the same batches (``trainSAE``), in tokens/s
+  of the whole pipeline (model loading excluded).
+
+No end-to-end (harvest + train) comparison with dictionary_learning: its 0.1.0 ``ActivationBuffer`` does not run
+with the nnsight 0.8.1 this library pins (``OutOfOrderError`` at ``self.model.inputs.save()``), so its own
+pipeline would need a separate environment with an older nnsight.
+
+Example (the H200 run)::
+
+    python -m benchmarks.speed --paths plain,default,sparse,compile,fast --compare-dictionary-learning \
+        --out results/speed_h200.json
 
 Prints a table and writes JSON (with the command, device and versions). Speed targets live here, not in tests.
 """
@@ -26,6 +45,30 @@ import torch
 ARCHS = {"relu": ("StandardTrainer", "AlignedStandardTrainer", {"l1_penalty": 0.04, "sparsity_warmup_steps": 1}),
          "topk": ("TopKTrainer", "AlignedTopKTrainer", {"k": 64}),
          "batchtopk": ("BatchTopKTrainer", "AlignedBatchTopKTrainer", {"k": 64})}
+
+
+#: implementations of our training step that ``--paths`` can time: trainer keyword arguments per path
+#: (``sparse_decode`` applies to TopK/BatchTopK only); ``default`` is what the trainers do when not told
+PATHS = {"plain": {"fused_optimizer": False},
+         "default": {},
+         "sparse": {"sparse_decode": True},
+         "compile": {"compile": True},
+         "fast": {"sparse_decode": True, "compile": True}}
+#: dictionary_learning 0.1.0 trainer class per architecture, and its settings matching ours
+DL_ARCHS = {"relu": ("StandardTrainer", {"l1_penalty": 0.04, "sparsity_warmup_steps": 1}),
+            "topk": ("TopKTrainer", {"k": 64}),
+            "batchtopk": ("BatchTopKTrainer", {"k": 64})}
+
+
+def dictionary_learning_trainers():
+    """``(module, version)`` of the installed PyPI ``dictionary-learning`` trainers, or ``(None, reason)``."""
+    try:
+        import dictionary_learning
+        from dictionary_learning import trainers
+    except Exception as e:  # absent, or its imports fail
+        return None, f"dictionary-learning not importable ({type(e).__name__}: {e}); install it for the benchmark " \
+                     f"only with: pip install --no-deps dictionary-learning==0.1.0"
+    return trainers, getattr(dictionary_learning, "__version__", "?")
 
 
 def _sync(device):
@@ -48,14 +91,23 @@ def matmul_peak(device: str, n: int = 8192, reps: int = 10) -> float:
 
 
 def step_throughput(trainer_name: str, extra: dict, dict_size: int, activation_dim: int, batch: int, device: str,
-                    steps: int, warmup: int) -> dict:
-    """Tokens/s and peak memory of ``trainer.update`` on random activations."""
-    from dictionary_learning_aligned.trainers import TRAINER_CLASSES
+                    steps: int, warmup: int, library=None) -> dict:
+    """Tokens/s and peak memory of ``trainer.update`` on random activations (seed 0, so every implementation
+    sees the same activations).
 
-    cls = TRAINER_CLASSES[trainer_name]
+    Args:
+        trainer_name: class name in our ``TRAINER_CLASSES`` or, with ``library``, in that trainers module.
+        extra: further constructor arguments. library: dictionary_learning's ``trainers`` module, or None (ours).
+    """
+    if library is None:
+        from dictionary_learning_aligned.trainers import TRAINER_CLASSES
+
+        cls = TRAINER_CLASSES[trainer_name]
+    else:
+        cls = getattr(library, trainer_name)
     tr = cls(steps=10_000, activation_dim=activation_dim, dict_size=dict_size, layer=0, lm_name="benchmark",
              warmup_steps=1, device=device, seed=0, **extra)
-    x = torch.randn(batch, activation_dim, device=device)
+    x = torch.randn(batch, activation_dim, device=device, generator=torch.Generator(device).manual_seed(0))
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if torch.device(device).type == "cuda"
            else torch.autocast("cpu", enabled=False))
     if torch.device(device).type == "cuda":
@@ -100,21 +152,104 @@ def harvest_throughput(device: str, ctx_len: int, n_ctxs: int, batch: int) -> fl
     return (buf.tokens_harvested - before) / (time.perf_counter() - t)
 
 
+def end_to_end_throughput(device: str, tokens: int, dict_size: int, archs: tuple = tuple(ARCHS), batch: int = 8192,
+                          ctx_len: int = 128, paths_opts: dict | None = None) -> dict:
+    """Harvest ``tokens`` activations of SmolLM2-135M layer 12 (bundled corpus, BOS removed) once and train a
+    standard and an aligned dictionary of each arch on the same batches with ``trainSAE``.
+
+    Returns:
+        ``{"tokens", "dictionaries", "dict_size", "seconds", "tokens_per_s", "load_s"}``; ``tokens_per_s`` is
+        harvested-and-trained tokens per second of wall time (model loading, ``load_s``, excluded).
+
+    Raises:
+        ValueError: fewer ``tokens`` than one ``batch``.
+    """
+    import copy
+
+    from nnsight import LanguageModel
+
+    from dictionary_learning_aligned.buffer import ActivationBuffer
+    from dictionary_learning_aligned.data import iter_texts
+    from dictionary_learning_aligned.models import get_layer, load_language_model
+    from dictionary_learning_aligned.training import trainSAE
+
+    steps = tokens // batch
+    if steps < 1:
+        raise ValueError(f"--e2e-tokens {tokens} is less than one batch of {batch}")
+    cuda = torch.device(device).type == "cuda"
+    t = time.perf_counter()
+    hf, tok = load_language_model(device=device, dtype=torch.bfloat16 if cuda else torch.float32)
+    lm = LanguageModel(hf, tokenizer=copy.deepcopy(tok))
+    load_s = time.perf_counter() - t
+    buf = ActivationBuffer(iter_texts(split="all"), lm, get_layer(lm, 12), d_submodule=hf.config.hidden_size,
+                           n_ctxs=max(8, min(8000, 4 * batch // ctx_len)), ctx_len=ctx_len,
+                           refresh_batch_size=max(1, 32768 // ctx_len) if cuda else 8, out_batch_size=batch,
+                           device=device, remove_bos=True, seed=0)
+    configs = []
+    for arch in archs:
+        std, ali, extra = ARCHS[arch]
+        for name in (std, ali):
+            configs.append({"trainer": name, "steps": steps, "activation_dim": hf.config.hidden_size,
+                            "dict_size": dict_size, "layer": 12, "lm_name": "smollm2-135m-instruct",
+                            "warmup_steps": 1, "seed": 0, **extra, **(paths_opts or {})})
+            if arch == "relu":
+                configs[-1].pop("sparse_decode", None)
+    _sync(device)
+    t = time.perf_counter()
+    trainSAE(buf, configs, steps, device=device, autocast_dtype=torch.bfloat16 if cuda else torch.float32)
+    _sync(device)
+    dt = time.perf_counter() - t
+    return {"tokens": steps * batch, "dictionaries": len(configs), "dict_size": dict_size, "seconds": dt,
+            "tokens_per_s": steps * batch / dt, "load_s": load_s}
+
+
 def run(device: str, dict_sizes: list, activation_dim: int = 576, batch: int = 8192, steps: int = 20,
-        warmup: int = 5, harvest: bool = False, peak_n: int = 8192) -> dict:
-    """Run the benchmark grid; returns the JSON-ready results."""
+        warmup: int = 5, harvest: bool = False, peak_n: int = 8192, paths: tuple = ("default",),
+        compare_dictionary_learning: bool = False, archs: tuple = tuple(ARCHS), e2e_tokens: int = 0,
+        e2e_dict_size: int = 16384) -> dict:
+    """Run the benchmark grid; returns the JSON-ready results.
+
+    Raises:
+        ValueError: an unknown path or architecture.
+    """
+    bad = [p for p in paths if p not in PATHS] + [a for a in archs if a not in ARCHS]
+    if bad:
+        raise ValueError(f"unknown path/arch {bad}; paths: {sorted(PATHS)}, archs: {sorted(ARCHS)}")
     res = {"device": torch.cuda.get_device_name() if torch.device(device).type == "cuda" else platform.processor()
            or "cpu", "activation_dim": activation_dim, "batch": batch, "steps": steps,
-           "matmul_peak_tflops": matmul_peak(device, peak_n), "train": [], "harvest": {}}
+           "matmul_peak_tflops": matmul_peak(device, peak_n), "train": [], "harvest": {}, "paths": list(paths)}
+    dl = None
+    if compare_dictionary_learning:
+        dl, info = dictionary_learning_trainers()
+        res["dictionary_learning"] = info if dl is not None else None
+        if dl is None:
+            res["dictionary_learning_missing"] = info
+            print(f"note: {info}; skipping the dictionary_learning rows")
     for d in dict_sizes:
-        for arch, (std, ali, extra) in ARCHS.items():
-            row = {"arch": arch, "dict_size": d}
-            for kind, name in (("standard", std), ("aligned", ali)):
-                row[kind] = step_throughput(name, extra, d, activation_dim, batch, device, steps, warmup)
-            row["aligned_overhead"] = row["standard"]["tokens_per_s"] / row["aligned"]["tokens_per_s"] - 1
-            for kind in ("standard", "aligned"):
-                row[kind]["frac_of_peak"] = row[kind]["tflops"] / res["matmul_peak_tflops"]
-            res["train"].append(row)
+        for arch in archs:
+            std, ali, extra = ARCHS[arch]
+            dl_row = None
+            if dl is not None:
+                name, dl_extra = DL_ARCHS[arch]
+                dl_row = step_throughput(name, dl_extra, d, activation_dim, batch, device, steps, warmup, library=dl)
+                dl_row["frac_of_peak"] = dl_row["tflops"] / res["matmul_peak_tflops"]
+            for path in paths:
+                opts = {k: v for k, v in PATHS[path].items() if k != "sparse_decode" or arch != "relu"}
+                row = {"arch": arch, "dict_size": d, "path": path}
+                for kind, name in (("standard", std), ("aligned", ali)):
+                    row[kind] = step_throughput(name, {**extra, **opts}, d, activation_dim, batch, device, steps,
+                                                warmup)
+                row["aligned_overhead"] = row["standard"]["tokens_per_s"] / row["aligned"]["tokens_per_s"] - 1
+                for kind in ("standard", "aligned"):
+                    row[kind]["frac_of_peak"] = row[kind]["tflops"] / res["matmul_peak_tflops"]
+                if dl_row is not None:
+                    row["dictionary_learning"] = dl_row
+                    row["speedup_vs_dl"] = {k: row[k]["tokens_per_s"] / dl_row["tokens_per_s"]
+                                            for k in ("standard", "aligned")}
+                res["train"].append(row)
+    if e2e_tokens:
+        res["end_to_end"] = {p: end_to_end_throughput(device, e2e_tokens, e2e_dict_size, archs, batch,
+                                                      paths_opts=PATHS[p]) for p in paths}
     if harvest:
         for ctx in (128, 1024):
             res["harvest"][f"ctx{ctx}"] = harvest_throughput(device, ctx, n_ctxs=max(8, 65536 // ctx),
@@ -124,14 +259,24 @@ def run(device: str, dict_sizes: list, activation_dim: int = 576, batch: int = 8
 
 def format_table(res: dict) -> str:
     """Text table of the benchmark results."""
-    lines = [f"device: {res['device']}; matmul peak {res['matmul_peak_tflops']:.1f} TFLOP/s; batch {res['batch']}",
-             f"{'arch':10}{'dict_size':>10}{'std tok/s':>14}{'aligned tok/s':>15}{'overhead':>10}"
-             f"{'std TFLOP/s':>13}{'% peak':>8}{'peak GiB':>10}"]
+    lines = [f"device: {res['device']}; matmul peak {res['matmul_peak_tflops']:.1f} TFLOP/s; batch {res['batch']}"]
+    if res.get("dictionary_learning_missing"):
+        lines.append(f"dictionary_learning rows skipped: {res['dictionary_learning_missing']}")
+    elif res.get("dictionary_learning"):
+        lines.append(f"dictionary_learning {res['dictionary_learning']}: DL tok/s and our speed-up (std, aligned)")
+    lines.append(f"{'arch':10}{'dict_size':>10}{'path':>9}{'std tok/s':>14}{'aligned tok/s':>15}{'overhead':>10}"
+                 f"{'std TFLOP/s':>13}{'% peak':>8}{'peak GiB':>10}{'DL tok/s':>12}{'x DL std':>10}{'x DL al.':>10}")
     for r in res["train"]:
         s, a = r["standard"], r["aligned"]
         mem = "" if s["peak_mem_gib"] is None else f"{max(s['peak_mem_gib'], a['peak_mem_gib']):.1f}"
-        lines.append(f"{r['arch']:10}{r['dict_size']:>10}{s['tokens_per_s']:>14,.0f}{a['tokens_per_s']:>15,.0f}"
-                     f"{r['aligned_overhead']:>+10.1%}{s['tflops']:>13.1f}{s['frac_of_peak']:>8.1%}{mem:>10}")
+        dl = (f"{r['dictionary_learning']['tokens_per_s']:>12,.0f}{r['speedup_vs_dl']['standard']:>10.2f}"
+              f"{r['speedup_vs_dl']['aligned']:>10.2f}" if "dictionary_learning" in r else "")
+        lines.append(f"{r['arch']:10}{r['dict_size']:>10}{r.get('path', 'default'):>9}{s['tokens_per_s']:>14,.0f}"
+                     f"{a['tokens_per_s']:>15,.0f}{r['aligned_overhead']:>+10.1%}{s['tflops']:>13.1f}"
+                     f"{s['frac_of_peak']:>8.1%}{mem:>10}{dl}")
+    for p, e in res.get("end_to_end", {}).items():
+        lines.append(f"end to end ({p}): harvest {e['tokens']:,} tokens + train {e['dictionaries']} dictionaries "
+                     f"(dict_size {e['dict_size']}): {e['tokens_per_s']:,.0f} tokens/s ({e['seconds']:.1f} s)")
     for k, v in res["harvest"].items():
         lines.append(f"harvest SmolLM2-135M layer 12, {k}: {v:,.0f} tokens/s")
     return "\n".join(lines)
@@ -147,10 +292,22 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--harvest", action="store_true", help="also measure harvesting (loads SmolLM2)")
     ap.add_argument("--peak-n", type=int, default=8192, help="size of the matmul used for the peak")
+    ap.add_argument("--paths", default="default", help=f"comma list of step implementations to time, from "
+                                                       f"{list(PATHS)} (default: default)")
+    ap.add_argument("--archs", default=",".join(ARCHS), help=f"comma list from {list(ARCHS)}")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
+    ap.add_argument("--e2e-tokens", type=int, default=0,
+                    help="also time harvest + training of every arch (standard and aligned) on N tokens (0: off)")
+    ap.add_argument("--e2e-dict-size", type=int, default=16384, help="dict_size of the end-to-end run")
+    ap.add_argument("--compare-dictionary-learning", action="store_true",
+                    help="also time dictionary-learning 0.1.0's trainers (pip install --no-deps "
+                         "dictionary-learning==0.1.0) and report our speed-up")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
     res = run(args.device, [int(d) for d in args.dict_sizes.split(",")], batch=args.batch, steps=args.steps,
-              harvest=args.harvest, peak_n=args.peak_n)
+              warmup=args.warmup, harvest=args.harvest, peak_n=args.peak_n, paths=tuple(args.paths.split(",")),
+              compare_dictionary_learning=args.compare_dictionary_learning, archs=tuple(args.archs.split(",")),
+              e2e_tokens=args.e2e_tokens, e2e_dict_size=args.e2e_dict_size)
     res["command"] = " ".join(["python -m benchmarks.speed"] + (argv if argv is not None else sys.argv[1:]))
     res["versions"] = {"torch": torch.__version__, "python": platform.python_version()}
     print(format_table(res))

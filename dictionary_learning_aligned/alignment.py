@@ -68,6 +68,9 @@ def project_encoder(V: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
     Adds to each ``v_i`` the multiple of ``d_i`` that makes ``<e_i, d_i> = 1``; the component of ``v_i``
     orthogonal to ``d_i`` is kept. This is our reading of the reparameterization of arXiv 2605.18629.
 
+    Computed by :class:`ProjectEncoder`, a fused autograd function (same values and gradients as
+    :func:`project_encoder_reference`, with fewer passes over the ``[dict_size, activation_dim]`` tensors).
+
     Args:
         V: free encoder parameter, ``[dict_size, activation_dim]``.
         W_dec: decoder, ``[activation_dim, dict_size]`` (columns ``d_i``, need not be unit norm).
@@ -75,9 +78,44 @@ def project_encoder(V: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
     Returns:
         ``W_enc [dict_size, activation_dim]`` with ``<e_i, d_i> = 1`` up to float rounding.
     """
+    return ProjectEncoder.apply(V, W_dec)
+
+
+def project_encoder_reference(V: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+    """:func:`project_encoder` written with plain tensor operations (autograd derives the backward); the
+    reference the fused version is tested against. Same arguments and result."""
     D = W_dec.T  # [dict_size, activation_dim]
     dots = (V * D).sum(-1, keepdim=True)
     return V + (1.0 - dots) * D / (D * D).sum(-1, keepdim=True)
+
+
+class ProjectEncoder(torch.autograd.Function):
+    """``E = V + c D`` with ``c_i = (1 - <v_i, d_i>) / ||d_i||^2`` (``D = W_dec.T``), and its hand-derived
+    backward: with ``G = dL/dE``, ``g_i = <G_i, d_i>`` and ``s_i = g_i / ||d_i||^2``,
+    ``dL/dV = G - s D`` and ``dL/dD = c G - s V - 2 c s D``. Saves only ``V``, ``W_dec`` and two
+    ``[dict_size]`` vectors (autograd of the plain formula keeps several ``[dict_size, activation_dim]``
+    temporaries)."""
+
+    @staticmethod
+    def forward(ctx, V: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+        D = W_dec.T
+        nn_ = (D * D).sum(-1)
+        c = (1.0 - (V * D).sum(-1)) / nn_
+        ctx.save_for_backward(V, W_dec, c, nn_)
+        return torch.addcmul(V, c[:, None], D)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, G: torch.Tensor):
+        V, W_dec, c, nn_ = ctx.saved_tensors
+        D = W_dec.T
+        s = (G * D).sum(-1) / nn_
+        gV = torch.addcmul(G, s[:, None], D, value=-1.0) if ctx.needs_input_grad[0] else None
+        gD = None
+        if ctx.needs_input_grad[1]:
+            gD = torch.addcmul(torch.addcmul(c[:, None] * G, s[:, None], V, value=-1.0), (2 * c * s)[:, None], D,
+                               value=-1.0).T
+        return gV, gD
 
 
 def rescale_encoder(V: torch.Tensor, W_dec: torch.Tensor, eps: float = RESCALE_EPS) -> torch.Tensor:

@@ -107,8 +107,11 @@ class ActivationCache:
         preload: read every shard into one tensor on ``device`` at the start (cache dtype; e.g. 23 GB for 20M
             float16 activations of width 576) and index it there, instead of gathering each batch from the
             memory-mapped files on the CPU. Same batches, in the same order, as without it.
+        drop_last: leave out the smaller last batch of each epoch (every batch then has ``batch_size`` rows, as
+            data-parallel training needs).
 
-    Iterating yields ``[batch_size, activation_dim]`` tensors (the last one of the run may be smaller).
+    Iterating yields ``[batch_size, activation_dim]`` tensors (the last one of each epoch may be smaller unless
+    ``drop_last``).
 
     Raises:
         FileNotFoundError: no cache at ``path``, or an unfinished one (no ``meta.json``), or a missing shard.
@@ -117,7 +120,7 @@ class ActivationCache:
 
     def __init__(self, path, batch_size: int = 8192, epochs: int = 1, shuffle: bool = True, seed: int = 0,
                  device: str = "cpu", dtype: torch.dtype = torch.float32, expect: Optional[dict] = None,
-                 preload: bool = False):
+                 preload: bool = False, drop_last: bool = False):
         self.path = Path(path)
         meta_path = self.path / "meta.json"
         if not meta_path.is_file():
@@ -134,7 +137,10 @@ class ActivationCache:
             raise ValueError(f"batch_size and epochs must be >= 1, got {batch_size}, {epochs}")
         self.info, self.meta = info, info["meta"]
         self.batch_size, self.epochs, self.shuffle, self.seed = batch_size, epochs, shuffle, seed
-        self.device, self.dtype = device, dtype
+        self.device, self.dtype, self.drop_last = device, dtype, drop_last
+        if drop_last and batch_size > int(info["tokens"]):
+            raise ValueError(f"{self.path} holds {info['tokens']} activations, fewer than one batch of {batch_size} "
+                             f"(drop_last=True would yield nothing)")
         self.arrays = []
         for s in info["shards"]:
             f = self.path / s["file"]
@@ -156,13 +162,16 @@ class ActivationCache:
                 "batch_size": self.batch_size, **{f"meta_{k}": v for k, v in self.meta.items()}}
 
     def __len__(self) -> int:
-        return self.epochs * -(-self.n_tokens // self.batch_size)
+        per_epoch = self.n_tokens // self.batch_size if self.drop_last else -(-self.n_tokens // self.batch_size)
+        return self.epochs * per_epoch
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         g = np.random.default_rng(self.seed)
         for _ in range(self.epochs):
             order = g.permutation(self.n_tokens) if self.shuffle else np.arange(self.n_tokens)
             for s in range(0, self.n_tokens, self.batch_size):
+                if self.drop_last and s + self.batch_size > self.n_tokens:
+                    break
                 idx = np.sort(order[s:s + self.batch_size])  # sorted: sequential reads within each shard
                 if self._data is not None:
                     batch = self._data[torch.from_numpy(idx).to(self._data.device)].to(self.dtype)

@@ -398,6 +398,30 @@ class _SparseCodeDictionary(Dictionary):
         """``W_dec f + b_dec``: ``[..., dict_size] -> [..., activation_dim]``."""
         return f @ self.W_dec.T + self.b_dec
 
+    def decode_sparse(self, indices: torch.Tensor, values: torch.Tensor,
+                      offsets: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:meth:`decode` of a sparse code, reading only the decoder columns of the active features
+        (``embedding_bag`` with per-sample weights; differentiable in ``values`` and ``W_dec``).
+
+        Args:
+            indices: ``[batch, k]`` feature indices (TopK), or ``[n]`` indices with ``offsets``.
+            values: activations of those features, same shape as ``indices``.
+            offsets: ``[batch]`` start of each token's run in 1-D ``indices`` (sorted by token; empty runs
+                allowed), or None for 2-D ``indices``.
+
+        Returns:
+            ``x_hat [batch, activation_dim]``. Under autocast the decoder is read in the autocast dtype (as the dense
+            product ``f @ W_dec.T`` would be), otherwise in its own dtype.
+        """
+        W = self.W_dec.T
+        dev = W.device.type
+        if torch.is_autocast_enabled(dev):
+            W = W.to(torch.get_autocast_dtype(dev))
+        W = W.contiguous()  # rows d_i contiguous: coalesced gathers (a strided view reads slowly on GPUs)
+        out = torch.nn.functional.embedding_bag(indices, W, offsets, mode="sum",
+                                                per_sample_weights=values.to(W.dtype))
+        return out + self.b_dec
+
     @torch.no_grad()
     def scale_biases(self, scale: float) -> None:
         """As :meth:`Dictionary.scale_biases`, and the learned threshold is scaled too (if set)."""
@@ -426,11 +450,14 @@ class AutoEncoderTopK(_SparseCodeDictionary):
         ValueError: bad sizes, ``k`` out of range, unknown alignment.
     """
 
-    def encode(self, x: torch.Tensor, return_topk: bool = False, use_threshold: bool = False):
+    def encode(self, x: torch.Tensor, return_topk: bool = False, use_threshold: bool = False,
+               k: Optional[int] = None):
         """Features ``f [..., dict_size]`` with exactly ``k`` non-negative entries kept per token.
 
         Args:
             x: ``[..., activation_dim]``.
+            k: override of the ``k`` buffer (trainers pass the current k as a Python int, which avoids reading
+                the buffer from the device at every step).
             return_topk: also return ``(top_values [..., k], top_indices [..., k], post_relu [..., dict_size])``.
             use_threshold: instead of top-k, keep every activation above the learned ``threshold`` (JumpReLU
                 style inference); requires a learned threshold.
@@ -441,7 +468,8 @@ class AutoEncoderTopK(_SparseCodeDictionary):
         pre = self.post_relu(x)
         if use_threshold and self.threshold < 0:
             raise ValueError("this TopK dictionary has no learned threshold yet (threshold = -1)")
-        top = pre.topk(int(self.k), dim=-1, sorted=False) if (return_topk or not use_threshold) else None
+        k = int(self.k) if k is None else k
+        top = pre.topk(k, dim=-1, sorted=False) if (return_topk or not use_threshold) else None
         if use_threshold:
             f = pre * (pre > self.threshold)
         else:
@@ -458,7 +486,8 @@ class BatchTopKSAE(_SparseCodeDictionary):
     Args and buffers as :class:`AutoEncoderTopK`.
     """
 
-    def encode(self, x: torch.Tensor, return_active: bool = False, use_threshold: bool = True):
+    def encode(self, x: torch.Tensor, return_active: bool = False, use_threshold: bool = True,
+               k: Optional[int] = None):
         """Features ``f [..., dict_size]``.
 
         Args:
@@ -466,13 +495,14 @@ class BatchTopKSAE(_SparseCodeDictionary):
             return_active: also return ``(active [dict_size] bool, post_relu [..., dict_size])``.
             use_threshold: keep activations above the learned threshold (inference, the default). If no
                 threshold has been learned yet (``threshold < 0``), the batch top-k is used instead.
+            k: override of the ``k`` buffer for the batch top-k (a Python int: no device read).
         """
         pre = self.post_relu(x)
         if use_threshold and self.threshold >= 0:
             f = pre * (pre > self.threshold)
         else:
             flat = pre.reshape(-1, self.dict_size)
-            n = min(int(self.k) * flat.shape[0], flat.numel())
+            n = min((int(self.k) if k is None else k) * flat.shape[0], flat.numel())
             top = flat.flatten().topk(n, sorted=False)
             f = torch.zeros_like(flat).flatten().scatter_(-1, top.indices, top.values).reshape(pre.shape)
         if return_active:

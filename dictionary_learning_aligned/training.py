@@ -16,6 +16,7 @@ from typing import Iterable, Optional
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed as _dist
 from .alignment import alignment_scores, summarize_scores
 from .io import atomic_path, check_output_dir, prepare_output_dir, write_json
 from .trainers.base import NonFiniteError, SAETrainer
@@ -81,6 +82,7 @@ def trainSAE(
     norm_factor_batches: int = 10,
     resume: bool = False,
     skip_nonfinite_batches: bool = False,
+    data_parallel: bool = False,
 ) -> list[SAETrainer]:
     """Train one or more dictionaries on the same activation batches (dictionary_learning's ``trainSAE``).
 
@@ -113,6 +115,12 @@ def trainSAE(
             read again and skipped. Without any checkpoint, training starts from step 0 in the same folder.
         skip_nonfinite_batches: skip activation batches holding NaN/inf (counted in ``trainer.skipped_batches``
             and in the logs) instead of stopping with an error.
+        data_parallel: train every trainer data-parallel over the initialised ``torch.distributed`` process group
+            (see :mod:`.distributed`; run under ``torchrun``). Every rank must pass the same ``data`` (the same
+            global batches, whose size must be a multiple of the world size) and configs; each rank trains on its
+            slice of each batch with gradients averaged over ranks, which gives the single-process result on the
+            global batch up to float rounding. Only rank 0 logs and writes ``save_dir``. ``resume`` is not
+            supported in this mode.
 
     Returns:
         the trainers, each with ``.ae`` (in-memory weights still expect normalized input, see
@@ -136,11 +144,26 @@ def trainSAE(
         raise ValueError(f"log_steps must be >= 1, got {log_steps}")
     if resume and save_dir is None:
         raise ValueError("resume=True needs the save_dir of the run to continue")
+    writer = True
+    if data_parallel:
+        if not _dist.is_initialized():
+            raise ValueError("data_parallel=True needs an initialised torch.distributed process group (run the "
+                             "training under torchrun, e.g. python -m dictionary_learning_aligned.train)")
+        if resume:
+            raise ValueError("resume is not supported with data_parallel=True")
+        writer = _dist.rank() == 0
     steps = int(steps)
     save_steps = sorted(set(save_steps or []))
     if save_dir is not None and not resume:
         check_output_dir(save_dir, overwrite)  # fail fast, before any work; nothing is changed yet
+    if not writer:  # data-parallel ranks other than 0 train only (they checked save_dir above, so all fail alike)
+        save_dir, save_steps, log_steps, use_wandb, verbose = None, [], None, False, False
     trainers = [_build_trainer(c, device) for c in trainer_configs]
+    if data_parallel:
+        for tr in trainers:
+            if not hasattr(tr, "enable_data_parallel"):
+                raise ValueError(f"{type(tr).__name__} does not support data-parallel training")
+            tr.enable_data_parallel()  # a collective: every rank builds the same trainers in the same order
     for tr in trainers:
         tr.log, tr.skipped_batches, tr.tokens_seen = [], 0, 0
 
@@ -201,10 +224,11 @@ def trainSAE(
             act = act / norm_factor
         if log_steps is not None and step % log_steps == 0:
             _log(trainers, act, step, amp, verbose, wandb_run, time.time() - t0)
+        x = _dist.shard(act) if data_parallel else act
         for i, tr in enumerate(trainers):
             try:
                 with amp:
-                    tr.update(step, act)
+                    tr.update(step, x)
             except NonFiniteError as e:
                 raise NonFiniteError(f"trainer {i} ({type(tr).__name__}, alignment={tr.config.get('alignment')}) "
                                      f"stopped: {e}. The weights are those before this step"

@@ -13,3 +13,32 @@ def test_speed_benchmark_runs_and_reports(tmp_path):
         assert r["standard"]["tokens_per_s"] > 0 and r["aligned"]["tokens_per_s"] > 0
         assert abs(r["standard"]["tflops"] - 12 * 576 * 64 * r["standard"]["tokens_per_s"] / 1e12) < 1e-9
     assert res["matmul_peak_tflops"] > 0 and "benchmarks.speed" in res["command"]
+
+
+def test_speed_benchmark_paths_and_dictionary_learning_comparison(tmp_path, monkeypatch, capsys):
+    args = ["--device", "cpu", "--dict-sizes", "64", "--batch", "32", "--steps", "1", "--warmup", "1",
+            "--peak-n", "64", "--archs", "relu,topk", "--paths", "plain,sparse", "--compare-dictionary-learning"]
+    monkeypatch.setattr(speed, "dictionary_learning_trainers", lambda: (None, "dictionary-learning not importable"))
+    out = tmp_path / "a.json"
+    assert speed.main(args + ["--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert [(r["arch"], r["path"]) for r in res["train"]] == [("relu", "plain"), ("relu", "sparse"),
+                                                              ("topk", "plain"), ("topk", "sparse")]
+    assert "not importable" in res["dictionary_learning_missing"] and "skipping" in capsys.readouterr().out
+    assert all("dictionary_learning" not in r for r in res["train"])
+    monkeypatch.undo()
+    if speed.dictionary_learning_trainers()[0] is None:
+        return  # the comparison itself needs the optional package
+    assert speed.main(args + ["--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    for r in res["train"]:
+        assert r["dictionary_learning"]["tokens_per_s"] > 0 and r["speedup_vs_dl"]["standard"] > 0
+
+
+def test_end_to_end_benchmark_harvests_once_and_trains_every_arch(tmp_path):
+    out = tmp_path / "e2e.json"
+    assert speed.main(["--device", "cpu", "--dict-sizes", "64", "--batch", "64", "--steps", "1", "--warmup", "1",
+                       "--peak-n", "64", "--archs", "relu,batchtopk", "--e2e-tokens", "192", "--e2e-dict-size", "64",
+                       "--out", str(out)]) == 0
+    e = json.loads(out.read_text())["end_to_end"]["default"]
+    assert e["tokens"] == 192 and e["dictionaries"] == 4 and e["tokens_per_s"] > 0

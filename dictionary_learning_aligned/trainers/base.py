@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import namedtuple
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 
+from .. import distributed as _dist
 from ..alignment import check_mode
 from ..dictionary import Dictionary
 
@@ -121,6 +122,11 @@ class DictionaryTrainer(SAETrainer):
     to the loss; ``"projection"`` projects after each step, via ``Dictionary.after_optimizer_step``) and the
     dead-feature counter ``tokens_since_fired [dict_size]`` (tokens since each feature last fired).
 
+    Speed options (they change how, not what, is computed; not recorded in ``config``): ``compile=True`` (or a
+    ``torch.compile`` backend name) compiles the step-independent part of the loss (encoder, selection, decoder,
+    reconstruction error) with ``torch.compile``; ``fused_optimizer`` (default: on for CUDA) uses PyTorch's fused
+    Adam kernel.
+
     Subclasses set ``dict_class`` and implement :meth:`sparsity_term` (and, if needed, :meth:`encode_for_loss`,
     :meth:`before_step`, :meth:`after_step`, ``_extra_config``).
     """
@@ -147,6 +153,8 @@ class DictionaryTrainer(SAETrainer):
         alignment_penalty: Optional[float] = None,
         resample_steps: Optional[int] = None,
         dict_kwargs: Optional[dict] = None,
+        compile: Union[bool, str] = False,
+        fused_optimizer: Optional[bool] = None,
     ):
         super().__init__(seed)
         _check_positive("steps", steps, integer=True)
@@ -170,22 +178,73 @@ class DictionaryTrainer(SAETrainer):
         self.dict_class = dict_class or type(self).dict_class
         self.dict_kwargs = dict(dict_kwargs or {})
         self.ae = self.dict_class(activation_dim, dict_size, alignment=self.alignment, **self.dict_kwargs).to(self.device)
-        self.optimizer = torch.optim.Adam(self.ae.parameters(), lr=lr)
+        if fused_optimizer is None:
+            fused_optimizer = torch.device(self.device).type == "cuda"
+        self.fused_optimizer = bool(fused_optimizer)
+        # fused Adam: one kernel for the whole update instead of ~10 passes over the parameters (same math)
+        self.optimizer = torch.optim.Adam(self.ae.parameters(), lr=lr, **({"fused": True} if fused_optimizer else {}))
+        if compile not in (False, None, True) and not isinstance(compile, str):
+            raise ValueError(f"compile must be a bool or a torch.compile backend name, got {compile!r}")
+        self.compile = compile or False
+        self._forward_compiled = None
         self.lr_fn = get_lr_schedule(self.steps, warmup_steps, decay_start, resample_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lr_fn)
         self.sparsity_warmup_fn = get_sparsity_warmup_fn(self.steps, sparsity_warmup_steps)
         self.tokens_since_fired = torch.zeros(dict_size, dtype=torch.long, device=self.device)
         self.logging_parameters = ["dead_fraction_10M"]
+        self._ddp = None  # DistributedDataParallel wrapper of the loss (enable_data_parallel)
+        self._dp_active = False  # True only inside update() of a data-parallel trainer: collectives allowed
+
+    # -------------------------------------------------------------- data parallelism
+    def enable_data_parallel(self) -> None:
+        """Train data-parallel over the default ``torch.distributed`` process group from now on: ``update``
+        then takes this rank's shard of each global batch (see :mod:`..distributed`), gradients are averaged
+        over ranks by ``DistributedDataParallel``, and the statistics that are not per-token means are
+        all-reduced, so every rank ends each step with the same weights and state as a single process trained
+        on the global batch (up to float rounding). Rank 0's weights are broadcast to all ranks here.
+
+        Raises:
+            RuntimeError: no process group is initialised.
+            ValueError: ``resample_steps`` is set (resampling draws random inputs per rank; not supported).
+        """
+        if not _dist.is_initialized():
+            raise RuntimeError("enable_data_parallel needs torch.distributed.init_process_group first "
+                               "(run under torchrun)")
+        if self.resample_steps is not None:
+            raise ValueError("resample_steps is not supported with data-parallel training")
+        self._ddp = _dist.wrap(self)
+
+    @property
+    def data_parallel(self) -> bool:
+        """Whether this trainer trains data-parallel (:meth:`enable_data_parallel`)."""
+        return self._ddp is not None
+
+    def _world(self) -> int:
+        """Number of ranks whose shards make up the global batch inside :meth:`update` (1 otherwise)."""
+        return _dist.world_size() if self._dp_active else 1
+
+    def _global(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """``t`` all-reduced (``op``: sum/max/min) over ranks inside a data-parallel :meth:`update`; ``t``
+        itself otherwise (single process, or :meth:`loss` called for logging)."""
+        return _dist.all_reduce(t.clone(), op) if self._dp_active else t
+
+    def _gather(self, t: torch.Tensor) -> torch.Tensor:
+        """``t [n, ...]`` of all ranks concatenated in rank order inside a data-parallel :meth:`update`."""
+        return _dist.all_gather_cat(t) if self._dp_active else t
 
     # -------------------------------------------------------------- hooks for subclasses
     #: clip the global gradient norm to this value before each step (None: no clipping)
     grad_clip_norm: Optional[float] = None
     #: check the loss and gradients for NaN/inf at every step (raises :class:`NonFiniteError`)
     check_finite: bool = True
+    #: :meth:`_forward` runs collectives when data-parallel (then it is not compiled there)
+    _forward_has_collectives: bool = False
 
-    def encode_for_loss(self, x: torch.Tensor, step: int):
-        """``(x_hat [batch, activation_dim], f [batch, dict_size], aux: dict)`` used by the loss; subclasses put
-        extra tensors (pre-activations, top-k values) in ``aux``."""
+    def encode_for_loss(self, x: torch.Tensor, step: Optional[int]):
+        """``(x_hat [batch, activation_dim], f [batch, dict_size] or None, aux: dict)`` used by the loss;
+        subclasses put extra tensors (pre-activations, top-k values) in ``aux``. ``f`` may be None when the
+        code is kept sparse in ``aux`` (then :meth:`dense_features` and :meth:`fired` read ``aux``). Must not
+        depend on ``step`` (it is None on the compiled path)."""
         x_hat, f = self.ae(x, output_features=True)
         return x_hat, f, {}
 
@@ -200,9 +259,35 @@ class DictionaryTrainer(SAETrainer):
         """Called at the end of :meth:`update` with the step's features (threshold EMA, p-annealing...)."""
 
     # -------------------------------------------------------------- loss
+    def _forward(self, x: torch.Tensor):
+        """Step-independent part of the loss (what ``compile`` compiles): ``(recon, x_hat, f, aux)``."""
+        x_hat, f, aux = self.encode_for_loss(x, None)
+        return (x - x_hat).pow(2).sum(-1).mean(), x_hat, f, aux
+
+    def _compile_forward(self):
+        """``torch.compile`` of :meth:`_forward` for this trainer alone. Dynamo keeps its compiled variants per
+        code object, at most ``recompile_limit`` (8) of them; a sweep has more trainer classes and settings than
+        that, so each trainer compiles its own copy of the code (otherwise later trainers would silently run
+        uncompiled)."""
+        import types
+
+        fn = type(self)._forward
+        code = fn.__code__.replace(co_name=f"_forward_{type(self).__name__}_{id(self):x}")
+        own = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+        backend = "inductor" if self.compile is True else self.compile
+        return torch.compile(types.MethodType(own, self), backend=backend)
+
+    def dense_features(self, f: Optional[torch.Tensor], aux: dict) -> torch.Tensor:
+        """``f [batch, dict_size]`` (trainers with sparse codes rebuild it from ``aux`` when ``f`` is None)."""
+        return f
+
     def _compute(self, x: torch.Tensor, step: int):
-        x_hat, f, aux = self.encode_for_loss(x, step)
-        recon = (x - x_hat).pow(2).sum(-1).mean()
+        if self.compile and not (self._dp_active and self._forward_has_collectives):
+            if self._forward_compiled is None:
+                self._forward_compiled = self._compile_forward()
+            recon, x_hat, f, aux = self._forward_compiled(x)
+        else:
+            recon, x_hat, f, aux = self._forward(x)
         sparse, terms = self.sparsity_term(x, x_hat, f, aux, step)
         loss = recon + sparse
         terms = {"mse_loss": recon, **terms}
@@ -226,6 +311,7 @@ class DictionaryTrainer(SAETrainer):
             return loss
         terms["l2_loss"] = (x - x_hat).norm(dim=-1).mean()
         terms["loss"] = loss
+        f = self.dense_features(f, _)
         return LossLog(x, x_hat, f, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()})
 
     # -------------------------------------------------------------- step
@@ -244,10 +330,17 @@ class DictionaryTrainer(SAETrainer):
         if x.ndim != 2 or x.shape[1] != self.ae.activation_dim:
             raise ValueError(f"{type(self).__name__}.update expects activations [batch, {self.ae.activation_dim}], "
                              f"got shape {tuple(x.shape)}")
+        self._dp_active = self._ddp is not None
+        try:
+            self._update(step, x)
+        finally:
+            self._dp_active = False
+
+    def _update(self, step: int, x: torch.Tensor) -> None:
         self.before_step(step, x)
         self.optimizer.zero_grad(set_to_none=True)
-        loss, _, _, f, aux = self._compute(x, step)
-        loss.backward()
+        loss, _, _, f, aux = (self._ddp or self._compute)(x, step)
+        loss.backward()  # data-parallel: DDP averages the gradients over ranks here
         if self.check_finite:
             self._check_finite(loss, step)
         remove_gradient_parallel_to_decoder_directions(self.ae.W_dec)
@@ -256,19 +349,30 @@ class DictionaryTrainer(SAETrainer):
         self.optimizer.step()
         self.ae.after_optimizer_step()
         self.scheduler.step()
-        f = f.detach()
-        self._record_firing(f, x.shape[0])
+        f = None if f is None else f.detach()
+        self._record_firing(self.fired(f, aux), x.shape[0] * self._world())
         self.after_step(step, x, f, aux)
         if self.resample_steps is not None and step > 0 and step % self.resample_steps == 0:
             self.resample_neurons(self.tokens_since_fired > self.resample_steps // 2 * x.shape[0], x)
 
     @torch.no_grad()
     def _check_finite(self, loss: torch.Tensor, step: int) -> None:
+        """Raise :class:`NonFiniteError` if the loss or a gradient holds NaN/inf, before the optimizer step.
+
+        One device-to-host synchronisation per call: the finiteness of the loss and of every gradient is
+        reduced to one flag on the device (all-reduced over ranks when data-parallel, so all ranks agree) and
+        read once; the culprits are named only after a failure."""
+        grads = [p.grad for p in self.ae.parameters() if p.grad is not None]
+        flags = torch.stack([torch.isfinite(loss.detach()).all()] + [torch.isfinite(g).all() for g in grads])
+        ok = self._global(flags.all().to(torch.int32), "min")
+        if bool(ok):
+            return
         if not torch.isfinite(loss):
             raise NonFiniteError(f"{type(self).__name__}: non-finite loss ({float(loss)}) at step {step}")
         bad = [n for n, p in self.ae.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-        if bad:
-            raise NonFiniteError(f"{type(self).__name__}: non-finite gradient of {bad} at step {step}")
+        raise NonFiniteError(f"{type(self).__name__}: non-finite "
+                             + (f"gradient of {bad}" if bad else "loss or gradient on another rank")
+                             + f" at step {step}")
 
     # -------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict:
@@ -295,10 +399,21 @@ class DictionaryTrainer(SAETrainer):
         """Restore what :meth:`_extra_state` saved (nothing for trainers without extra state)."""
 
     @torch.no_grad()
-    def _record_firing(self, f: torch.Tensor, n_tokens: int) -> None:
-        fired = (f != 0).any(dim=0)
-        self.tokens_since_fired += n_tokens
-        self.tokens_since_fired[fired] = 0
+    def fired(self, f: Optional[torch.Tensor], aux: dict) -> torch.Tensor:
+        """``[dict_size]`` bool: features that fired on some token of the step's (global) batch; ``f [batch,
+        dict_size]`` are this rank's features (OR-reduced over ranks when data-parallel)."""
+        fired = self._fired_local(f, aux)
+        return self._global(fired.to(torch.int32), "max").bool() if self._dp_active else fired
+
+    def _fired_local(self, f: Optional[torch.Tensor], aux: dict) -> torch.Tensor:
+        """``[dict_size]`` bool: features with a non-zero activation in this rank's batch."""
+        return (f != 0).any(dim=0)
+
+    @torch.no_grad()
+    def _record_firing(self, fired: torch.Tensor, n_tokens: int) -> None:
+        """Advance the dead-feature counters by ``n_tokens`` and reset those of ``fired [dict_size]`` (bool),
+        without a host synchronisation."""
+        self.tokens_since_fired.add_(n_tokens).masked_fill_(fired, 0)
 
     def dead_mask(self, window_tokens: int = 10_000_000) -> torch.Tensor:
         """``[dict_size]`` bool: features that have not fired in the last ``window_tokens`` training tokens."""

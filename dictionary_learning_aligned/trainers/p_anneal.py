@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -29,6 +29,7 @@ class PAnnealTrainer(DictionaryTrainer):
         sparsity_function: ``"Lp"`` or ``"Lp^p"``.
         anneal_start (15000), anneal_end (default ``steps - 1``), p_start (1), p_end (0.2),
         n_sparsity_updates (10), sparsity_queue_length (10).
+        compile, fused_optimizer: speed options, see :class:`~.base.DictionaryTrainer`.
 
     Raises:
         ValueError: ``p_start``/``p_end`` outside (0, 1], an unknown sparsity function, ``anneal_start`` not
@@ -45,7 +46,8 @@ class PAnnealTrainer(DictionaryTrainer):
                  n_sparsity_updates: int = 10, sparsity_queue_length: int = 10, seed: Optional[int] = None,
                  device: Optional[str] = None, wandb_name: Optional[str] = None,
                  submodule_name: Optional[str] = None, alignment: Optional[str] = None,
-                 alignment_penalty: Optional[float] = None):
+                 alignment_penalty: Optional[float] = None, compile: Union[bool, str] = False,
+                 fused_optimizer: Optional[bool] = None):
         for name, p in (("p_start", p_start), ("p_end", p_end)):
             if not isinstance(p, (int, float)) or not 0 < p <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {p!r}")
@@ -59,7 +61,7 @@ class PAnnealTrainer(DictionaryTrainer):
             steps, activation_dim, dict_size, layer, lm_name, dict_class=dict_class, lr=lr,
             warmup_steps=warmup_steps, decay_start=decay_start, sparsity_warmup_steps=sparsity_warmup_steps,
             seed=seed, device=device, wandb_name=wandb_name, submodule_name=submodule_name, alignment=alignment,
-            alignment_penalty=alignment_penalty,
+            alignment_penalty=alignment_penalty, compile=compile, fused_optimizer=fused_optimizer,
         )
         self.anneal_end = self.steps - 1 if anneal_end is None else anneal_end
         if not 0 <= anneal_start < self.anneal_end < self.steps:
@@ -72,7 +74,7 @@ class PAnnealTrainer(DictionaryTrainer):
         self.p_values = torch.linspace(p_start, p_end, n_sparsity_updates).tolist()
         self.p, self.p_step_count = self.p_start, 0
         self.sparsity_coeff = self.initial_sparsity_penalty
-        self.sparsity_queue: list[tuple[float, float]] = []
+        self.sparsity_queue: list[torch.Tensor] = []  # [2] tensors: (mean Lp_old, mean Lp_new) per step
         self.logging_parameters += ["p", "next_p", "sparsity_coeff"]
 
     @property
@@ -94,13 +96,15 @@ class PAnnealTrainer(DictionaryTrainer):
         nxt = self.next_p
         if nxt is None:
             return
-        self.sparsity_queue.append((float(self.lp_norm(f, self.p)), float(self.lp_norm(f, nxt))))
+        # means over this rank's tokens, averaged over ranks when data-parallel (equal shards: the global mean);
+        # kept on the device ([2] tensors) and read only when p changes, so most steps need no host sync
+        lp = self._global(torch.stack([self.lp_norm(f, self.p), self.lp_norm(f, nxt)]).float()) / self._world()
+        self.sparsity_queue.append(lp)
         self.sparsity_queue = self.sparsity_queue[-self.sparsity_queue_length:]
         while self.next_p is not None and step + 1 >= self.update_steps[self.p_step_count]:
             new_p = self.next_p
             if new_p != self.p and self.sparsity_queue:
-                old = sum(a for a, _ in self.sparsity_queue) / len(self.sparsity_queue)
-                new = sum(b for _, b in self.sparsity_queue) / len(self.sparsity_queue)
+                old, new = torch.stack(self.sparsity_queue).double().mean(0).tolist()
                 if new > 0:
                     self.sparsity_coeff *= old / new
                 self.sparsity_queue = []  # its entries were measured for the old pair of p values
@@ -109,12 +113,13 @@ class PAnnealTrainer(DictionaryTrainer):
 
     def _extra_state(self) -> dict:
         return {"p": self.p, "p_step_count": self.p_step_count, "sparsity_coeff": self.sparsity_coeff,
-                "sparsity_queue": [list(q) for q in self.sparsity_queue]}
+                "sparsity_queue": [q.tolist() for q in self.sparsity_queue]}
 
     def _load_extra_state(self, extra: dict) -> None:
         self.p, self.p_step_count = extra["p"], extra["p_step_count"]
         self.sparsity_coeff = extra["sparsity_coeff"]
-        self.sparsity_queue = [tuple(q) for q in extra["sparsity_queue"]]
+        self.sparsity_queue = [torch.tensor(q, dtype=torch.float32, device=self.device)
+                               for q in extra["sparsity_queue"]]
 
     def _extra_config(self) -> dict:
         return {"sparsity_function": self.sparsity_function, "initial_sparsity_penalty": self.initial_sparsity_penalty,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -31,6 +31,7 @@ class StandardTrainer(DictionaryTrainer):
         seed, device, wandb_name, submodule_name: as in dictionary_learning.
         alignment: None (standard) or an alignment mode / ablation (see :mod:`..alignment`).
         alignment_penalty: lambda of the ``"penalty"`` ablation.
+        compile, fused_optimizer: speed options, see :class:`~.base.DictionaryTrainer`.
 
     Raises:
         ValueError: non-positive ``steps``/``lr``, negative ``l1_penalty``, inconsistent schedule steps,
@@ -59,6 +60,8 @@ class StandardTrainer(DictionaryTrainer):
         submodule_name: Optional[str] = None,
         alignment: Optional[str] = None,
         alignment_penalty: Optional[float] = None,
+        compile: Union[bool, str] = False,
+        fused_optimizer: Optional[bool] = None,
     ):
         if (not isinstance(l1_penalty, (int, float)) or isinstance(l1_penalty, bool) or not l1_penalty >= 0
                 or l1_penalty == float("inf")):
@@ -69,6 +72,7 @@ class StandardTrainer(DictionaryTrainer):
             warmup_steps=warmup_steps, decay_start=decay_start, sparsity_warmup_steps=sparsity_warmup_steps,
             seed=seed, device=device, wandb_name=wandb_name, submodule_name=submodule_name,
             alignment=alignment, alignment_penalty=alignment_penalty, resample_steps=resample_steps,
+            compile=compile, fused_optimizer=fused_optimizer,
         )
 
     def sparsity_term(self, x, x_hat, f, aux, step):

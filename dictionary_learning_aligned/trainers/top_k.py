@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -48,6 +48,12 @@ class TopKTrainer(DictionaryTrainer):
         k_anneal_steps: if set, k decreases linearly from ``activation_dim`` to ``k`` over these steps.
         dead_feature_threshold: tokens without firing after which a feature counts as dead (10M).
         seed, device, wandb_name, submodule_name, alignment, alignment_penalty: as :class:`StandardTrainer`.
+        sparse_decode: decode from the kept (index, value) pairs with
+            :meth:`~dictionary_learning_aligned.dictionary.AutoEncoderTopK.decode_sparse` (reads only the active
+            decoder columns; no dense ``[batch, dict_size]`` code is built for the decoder) instead of the dense
+            product ``f @ W_dec.T``. Same loss and gradients up to float rounding (under autocast both read the
+            decoder in the autocast dtype). Default False (plain dense decoder).
+        compile, fused_optimizer: speed options, see :class:`~.base.DictionaryTrainer`.
 
     Raises:
         ValueError: ``k`` out of range, bad schedule values, bad alignment settings.
@@ -62,7 +68,9 @@ class TopKTrainer(DictionaryTrainer):
                  threshold_start_step: int = 1000, k_anneal_steps: Optional[int] = None,
                  dead_feature_threshold: int = 10_000_000, seed: Optional[int] = None, device: Optional[str] = None,
                  wandb_name: Optional[str] = None, submodule_name: Optional[str] = None,
-                 alignment: Optional[str] = None, alignment_penalty: Optional[float] = None):
+                 alignment: Optional[str] = None, alignment_penalty: Optional[float] = None,
+                 sparse_decode: bool = False, compile: Union[bool, str] = False,
+                 fused_optimizer: Optional[bool] = None):
         if lr is None:
             if isinstance(dict_size, int) and dict_size > 0:
                 lr = 2e-4 / (dict_size / 2**14) ** 0.5
@@ -78,26 +86,70 @@ class TopKTrainer(DictionaryTrainer):
             steps, activation_dim, dict_size, layer, lm_name, dict_class=dict_class, lr=lr,
             warmup_steps=warmup_steps, decay_start=decay_start, sparsity_warmup_steps=None, seed=seed,
             device=device, wandb_name=wandb_name, submodule_name=submodule_name, alignment=alignment,
-            alignment_penalty=alignment_penalty, dict_kwargs={"k": k},
+            alignment_penalty=alignment_penalty, dict_kwargs={"k": k}, compile=compile,
+            fused_optimizer=fused_optimizer,
         )
+        self.sparse_decode = bool(sparse_decode)
         if k_anneal_steps is not None and not (0 <= k_anneal_steps < self.steps and activation_dim > k):
             raise ValueError(f"k_anneal_steps must be in [0, steps={self.steps}) with activation_dim > k, "
                              f"got {k_anneal_steps}")
         self.logging_parameters += ["dead_features", "pre_norm_auxk_loss"]
-        self.dead_features, self.pre_norm_auxk_loss = 0, -1.0
+        self.pre_norm_auxk_loss = -1.0
+        self._k_now = k
+
+    @property
+    def dead_features(self) -> int:
+        """Number of features that have not fired for ``dead_feature_threshold`` tokens (read on demand, so the
+        training step itself does not synchronise with the device for it)."""
+        return int((self.tokens_since_fired >= self.dead_feature_threshold).sum())
+
+    @property
+    def current_k(self) -> int:
+        """The k used at this step (differs from ``k`` during k annealing); a Python int, kept in step with the
+        dictionary's ``k`` buffer, so that reading it needs no device synchronisation."""
+        if getattr(self, "_k_now", None) is None:
+            self._k_now = int(self.ae.k)
+        return self._k_now
 
     # the batch-level selection differs between TopK and BatchTopK
     def select(self, x):
         """``(f, post_relu, kept_values)`` for training: top-k per token."""
-        f, values, _, pre = self.ae.encode(x, return_topk=True, use_threshold=False)
+        f, values, _, pre = self.ae.encode(x, return_topk=True, use_threshold=False, k=self.current_k)
         return f, pre, values
 
+    def select_sparse(self, x):
+        """The kept activations as ``(post_relu [batch, dict_size], aux)`` with the same selection as
+        :meth:`select`; ``aux``: ``indices``, ``kept`` (values) ``[batch, k]`` and ``offsets`` None."""
+        pre = self.ae.post_relu(x)
+        top = pre.topk(self.current_k, dim=-1, sorted=False)
+        return pre, {"indices": top.indices, "kept": top.values, "offsets": None}
+
     def encode_for_loss(self, x, step):
+        if self.sparse_decode and not (self._dp_active and self._forward_has_collectives):
+            pre, aux = self.select_sparse(x)
+            return self.ae.decode_sparse(aux["indices"], aux["kept"], aux["offsets"]), None, {"post_relu": pre, **aux}
         f, pre, kept = self.select(x)
         return self.ae.decode(f), f, {"post_relu": pre, "kept": kept}
 
+    def dense_features(self, f, aux):
+        """``f [batch, dict_size]``, rebuilt from the kept (index, value) pairs on the sparse-decoder path."""
+        if f is not None:
+            return f
+        pre, idx, vals = aux["post_relu"], aux["indices"], aux["kept"]
+        if aux["offsets"] is None:
+            return torch.zeros_like(pre).scatter_(-1, idx, vals.to(pre.dtype))
+        return torch.zeros_like(pre).flatten().scatter_(0, aux["flat_indices"], vals.to(pre.dtype)).view_as(pre)
+
+    def _fired_local(self, f, aux):
+        if f is not None:
+            return super()._fired_local(f, aux)
+        hit = (aux["kept"] > 0).flatten().to(torch.int32)
+        return torch.zeros(self.ae.dict_size, dtype=torch.int32, device=hit.device).scatter_reduce_(
+            0, aux["indices"].flatten(), hit, "amax").bool()
+
     def auxk_loss(self, residual: torch.Tensor, post_relu: torch.Tensor) -> torch.Tensor:
-        """Normalised auxiliary-k loss of the residual ``[batch, activation_dim]`` (0 when no feature is dead)."""
+        """Normalised auxiliary-k loss of the residual ``[batch, activation_dim]`` (0 when no feature is dead).
+        When data-parallel, the residual variance is that of the global batch."""
         dead = self.tokens_since_fired >= self.dead_feature_threshold
         n_dead = int(dead.sum())
         if n_dead == 0:
@@ -107,7 +159,10 @@ class TopKTrainer(DictionaryTrainer):
         aux_f = torch.zeros_like(post_relu).scatter_(-1, top.indices, top.values.clamp_min(0))
         recon = aux_f @ self.ae.W_dec.T
         err = (residual.float() - recon.float()).pow(2).sum(-1).mean()
-        var = (residual.float() - residual.float().mean(0)).pow(2).sum(-1).mean()
+        r = residual.float()
+        n = r.shape[0] * self._world()
+        mean = self._global(r.sum(0)) / n
+        var = self._global((r - mean).pow(2).sum()) / n
         return (err / var).nan_to_num(0.0)
 
     def sparsity_term(self, x, x_hat, f, aux, step):
@@ -119,33 +174,34 @@ class TopKTrainer(DictionaryTrainer):
     def before_step(self, step, x):
         if step == 0:
             with torch.no_grad():
-                self.ae.b_dec.copy_(geometric_median(x).to(self.ae.b_dec.dtype))
+                self.ae.b_dec.copy_(geometric_median(self._gather(x)).to(self.ae.b_dec.dtype))
 
     @torch.no_grad()
     def smallest_kept(self, kept: torch.Tensor) -> torch.Tensor:
-        """Statistic tracked by the threshold EMA: the mean over tokens of the smallest positive kept value."""
-        v = kept.float().clone()
-        v[v <= 0] = torch.inf
-        mins = v.min(dim=-1).values
-        mins = mins[torch.isfinite(mins)]
-        return mins.mean() if mins.numel() else v.new_zeros(())
+        """Statistic tracked by the threshold EMA: the mean over the (global) batch's tokens of each token's
+        smallest positive kept value (tokens without one are left out; 0 if none has one). No host sync."""
+        v = kept.float()
+        mins = torch.where(v > 0, v, torch.full_like(v, torch.inf)).min(dim=-1).values
+        ok = torch.isfinite(mins)
+        stats = self._global(torch.stack([torch.where(ok, mins, 0.0).sum(), ok.sum().float()]))
+        return stats[0] / stats[1].clamp_min(1.0)
 
     @torch.no_grad()
     def after_step(self, step, x, f, aux):
-        self.dead_features = int((self.tokens_since_fired >= self.dead_feature_threshold).sum())
         if step > self.threshold_start_step:
             m = self.smallest_kept(aux["kept"])
             t = self.ae.threshold
-            t.copy_(m if t < 0 else self.threshold_beta * t + (1 - self.threshold_beta) * m)
+            t.copy_(torch.where(t < 0, m, self.threshold_beta * t + (1 - self.threshold_beta) * m))
         if self.k_anneal_steps is not None:
             r = min(step, self.k_anneal_steps) / self.k_anneal_steps if self.k_anneal_steps else 1.0
-            self.ae.k.fill_(int(self.ae.activation_dim * (1 - r) + self.k * r))
+            self._k_now = int(self.ae.activation_dim * (1 - r) + self.k * r)
+            self.ae.k.fill_(self._k_now)
 
     def _extra_state(self) -> dict:
         return {"dead_features": self.dead_features}
 
     def _load_extra_state(self, extra: dict) -> None:
-        self.dead_features = extra.get("dead_features", 0)
+        self._k_now = int(self.ae.k)  # dead_features is derived from the restored counters
 
     def _extra_config(self) -> dict:
         return {"k": self.k, "auxk_alpha": self.auxk_alpha, "threshold_beta": self.threshold_beta,
@@ -159,12 +215,40 @@ class BatchTopKTrainer(TopKTrainer):
     smallest kept activation of the batch. Same arguments and defaults as :class:`TopKTrainer`."""
 
     dict_class = BatchTopKSAE
+    _forward_has_collectives = True  # the data-parallel selection gathers candidates from every rank
+
+    def select_sparse(self, x):
+        """The ``n = k * batch`` largest activations of the batch (the same selection as :meth:`select`) as
+        ``(post_relu [batch, dict_size], aux)``; ``aux``: ``indices [n]`` (features, sorted by token),
+        ``kept [n]`` (values), ``offsets [batch]`` (each token's start in ``indices``) and ``flat_indices [n]``
+        (positions in the flattened ``[batch * dict_size]`` code)."""
+        pre = self.ae.post_relu(x)
+        n = min(self.current_k * x.shape[0], pre.numel())
+        top = pre.flatten().topk(n, sorted=False)
+        flat, order = top.indices.sort()
+        rows = torch.div(flat, self.ae.dict_size, rounding_mode="floor")
+        offsets = torch.searchsorted(rows, torch.arange(x.shape[0], device=rows.device))
+        return pre, {"indices": flat - rows * self.ae.dict_size, "kept": top.values[order], "offsets": offsets,
+                     "flat_indices": flat}
 
     def select(self, x):
-        f, _, pre = self.ae.encode(x, return_active=True, use_threshold=False)
+        """``(f, post_relu, f)``: the ``k * batch`` largest activations of the (global) batch. Data-parallel,
+        each rank keeps its activations at or above the global ``k * batch``-th largest value (found from every
+        rank's local candidates), which selects the same entries as one process up to ties."""
+        if not self._dp_active:
+            f, _, pre = self.ae.encode(x, return_active=True, use_threshold=False, k=self.current_k)
+            return f, pre, f
+        pre = self.ae.post_relu(x)
+        n = self.current_k * x.shape[0] * self._world()  # k * global batch (<= its dict_size * batch entries)
+        with torch.no_grad():
+            local = pre.detach().flatten().topk(min(n, pre.numel()), sorted=False).values
+            thr = self._gather(local).topk(n, sorted=False).values.min()
+        f = torch.where(pre >= thr, pre, torch.zeros_like(pre))
         return f, pre, f
 
     @torch.no_grad()
     def smallest_kept(self, kept):
-        pos = kept[kept > 0]
-        return pos.min().float() if pos.numel() else kept.new_zeros((), dtype=torch.float32)
+        """The smallest positive kept activation of the (global) batch (0 if none). No host sync."""
+        v = kept.float()
+        m = self._global(torch.where(v > 0, v, torch.full_like(v, torch.inf)).min(), "min")
+        return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
