@@ -19,15 +19,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
-
-os.environ.setdefault("JAXTYPING_DISABLE", "1")  # SAEBench's k-sparse probe violates its own jaxtyping hints
 
 import torch
 
@@ -108,6 +105,7 @@ class RunSpec:
     overwrite: bool = False
     per_record_layout: bool = False
     command: str = ""
+    model: Optional[tuple] = None  # (HookedTransformer, info) built beforehand (e.g. shared by tests)
 
 
 def _get(d, path):
@@ -150,6 +148,21 @@ def _capture_errors(logger_names):
     finally:
         for lg in loggers:
             lg.removeHandler(h)
+
+
+@contextlib.contextmanager
+def _jaxtyping_off():
+    """Disable jaxtyping's runtime shape checks (as ``JAXTYPING_DISABLE=1``): SAEBench's k-sparse probe
+    (``train_sklearn_probe``) is called with positive + negative examples inside a function that bound
+    ``train_dataset_size`` to the per-class count, so its own hints fail. Restored on exit."""
+    import jaxtyping
+
+    old = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", old)
 
 
 def _versions() -> dict:
@@ -225,8 +238,9 @@ def _run_one(ev: str, spec: RunSpec, sae, name: str, scratch: Path, artifacts: P
             model_name=model_name, random_seed=spec.seed, dataset_names=names, probe_train_set_size=b.probe_train,
             probe_test_set_size=b.probe_test, context_length=b.context, llm_batch_size=b.llm_batch_size,
             llm_dtype=spec.dtype, k_values=list(b.probe_k_values), sae_batch_size=min(125, b.llm_batch_size * 4))
-        sp.run_eval(cfg, [(name, sae)], spec.device, str(out), force_rerun=True, clean_up_activations=False,
-                    save_activations=True, artifacts_path=str(artifacts))
+        with _jaxtyping_off():
+            sp.run_eval(cfg, [(name, sae)], spec.device, str(out), force_rerun=True, clean_up_activations=False,
+                        save_activations=True, artifacts_path=str(artifacts))
         path = get_results_filepath(str(out), name, "custom_sae")
     elif ev == "autointerp":
         import sae_bench.evals.autointerp.main as ai
@@ -311,11 +325,19 @@ def run(spec: RunSpec, log=print) -> dict:
     else:
         prepare_output_dir(out, spec.overwrite)
 
-    log(f"building {model_name} for TransformerLens ({spec.device}, {spec.dtype}) ...")
-    t0 = time.time()
-    tl_model, model_info = load_hooked_transformer(model_name, device=spec.device, dtype=dtype)
-    model_info["seconds"] = round(time.time() - t0, 1)
-    log(f"model ready in {model_info['seconds']} s: {model_info}")
+    if spec.model is not None:
+        tl_model, model_info = spec.model[0], dict(spec.model[1])
+    else:
+        log(f"building {model_name} for TransformerLens ({spec.device}, {spec.dtype}) ...")
+        t0 = time.time()
+        tl_model, model_info = load_hooked_transformer(model_name, device=spec.device, dtype=dtype)
+        model_info["seconds"] = round(time.time() - t0, 1)
+        log(f"model ready in {model_info['seconds']} s: {model_info}")
+    for d, sae, _ in saes:
+        if sae.cfg.d_in != tl_model.cfg.d_model or not 0 <= sae.cfg.hook_layer < tl_model.cfg.n_layers:
+            raise ValueError(f"{d.path}: dictionary reads {sae.cfg.hook_name} with activation_dim {sae.cfg.d_in}, but "
+                             f"{model_name} has {tl_model.cfg.n_layers} layers (0..{tl_model.cfg.n_layers - 1}) "
+                             f"of width {tl_model.cfg.d_model}")
 
     summary = {"command": spec.command, "model": model_info, "evals": spec.evals, "results": [],
                "versions": _versions()}
