@@ -224,3 +224,22 @@ def test_failures_raise_with_their_cause(tmp_path, smollm2_hooked, monkeypatch):
         with pytest.raises(runner.EvalFailed, match="core returned no result.*another-model"):
             runner._run_one("core", runner.RunSpec(dictionaries=[], evals=["core"], out=tmp_path / "o3"), sae, "x",
                             tmp_path / "scratch", tmp_path / "art", "dla-local/text", None)
+
+
+def test_harness_works_after_nnsight_was_imported():
+    """nnsight mounts ``.save`` on ``object``, which breaks beartype's first import (used by SAEBench); the harness
+    imports SAEBench with the mount lifted, in a fresh process where nnsight came first."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import nnsight, torch\n"
+            "from dictionary_learning_aligned.dictionary import AutoEncoder\n"
+            "from benchmarks.saebench.adapter import to_saebench\n"
+            "sae = to_saebench(AutoEncoder(8, 16), 'm', 0)\n"
+            "assert hasattr(object, 'save') and sae.W_dec.shape == (16, 8)\n")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]

@@ -21,6 +21,7 @@ from typing import Optional
 
 import torch
 
+from . import import_saebench
 from dictionary_learning_aligned.dictionary import (AutoEncoder, AutoEncoderTopK, BatchTopKSAE, CheckpointError,
                                                     Dictionary)
 
@@ -32,6 +33,7 @@ OUR_TRAINER_CLASSES = ("StandardTrainer", "AlignedStandardTrainer", "TopKTrainer
 
 
 def _base_sae_class():
+    import_saebench()
     from sae_bench.custom_saes.base_sae import BaseSAE
 
     return BaseSAE
@@ -246,6 +248,7 @@ def register_dictionary_learning_loaders() -> None:
     The runner's ``run_evals`` still catches and prints every exception (it never raises), and its
     ``MODEL_CONFIGS`` must list the model; prefer ``python -m benchmarks run``.
     """
+    import_saebench()
     import sae_bench.custom_saes.run_all_evals_dictionary_learning_saes as runner
 
     if getattr(runner, "_dla_registered", False):

@@ -24,6 +24,8 @@ from typing import Optional
 
 import torch
 
+from . import import_saebench
+
 #: text used to compare HookedTransformer and Hugging Face logits on load
 CHECK_TEXT = "The quick brown fox jumps over the lazy dog. Sparse autoencoders find features in activations."
 
@@ -34,6 +36,7 @@ class ModelBridgeError(RuntimeError):
 
 def official_tl_name(name: str) -> Optional[str]:
     """TransformerLens's official name for ``name`` (or an alias), or None when it does not list the model."""
+    import_saebench()
     from transformer_lens import loading_from_pretrained as lp
 
     try:
@@ -43,6 +46,7 @@ def official_tl_name(name: str) -> Optional[str]:
 
 
 def _llama_config(hf, device, dtype, n_ctx: int):
+    import_saebench()
     from transformer_lens import HookedTransformerConfig
 
     c = hf.config
@@ -186,6 +190,7 @@ def serve_model(model, names):
     Raises (inside the block, from the patched loaders):
         ModelBridgeError: an eval asks for another model, or for a dtype other than the model's.
     """
+    import_saebench()
     from transformer_lens import HookedTransformer
 
     names = {names} if isinstance(names, str) else set(names)

@@ -60,6 +60,11 @@ def store_dictionaries(store, pattern: str = "*") -> list[DictionaryEntry]:
     return out
 
 
+#: probe set sizes used offline unless given: the largest the local data in ../shared/data supports for every
+#: default local dataset (the nurse class of the bias-in-bios sample limits them)
+OFFLINE_SIZES = {"probe_train": 300, "probe_test": 80, "scr_train": 160, "scr_test": 52}
+
+
 def _csv(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
@@ -101,12 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--core-batches", type=int, default=b.core_batches, help="core reconstruction batches")
     p.add_argument("--core-sparsity-batches", type=int, default=b.core_sparsity_batches)
     p.add_argument("--core-batch-prompts", type=int, default=b.core_batch_prompts)
-    p.add_argument("--scr-train", type=int, default=b.scr_train, help="SCR/TPP probe train set size")
-    p.add_argument("--scr-test", type=int, default=b.scr_test)
+    p.add_argument("--scr-train", type=int, help=f"SCR/TPP probe train set size (default {b.scr_train} with "
+                   f"--online, {OFFLINE_SIZES['scr_train']} offline: the local bias-in-bios sample is small)")
+    p.add_argument("--scr-test", type=int, help=f"default {b.scr_test} online, {OFFLINE_SIZES['scr_test']} offline")
     p.add_argument("--scr-epochs", type=int, default=b.scr_epochs)
     p.add_argument("--scr-n-values", type=_ints, default=b.scr_n_values, help="latents ablated (comma list)")
-    p.add_argument("--probe-train", type=int, default=b.probe_train, help="sparse-probing train set size")
-    p.add_argument("--probe-test", type=int, default=b.probe_test)
+    p.add_argument("--probe-train", type=int, help=f"sparse-probing train set size (default {b.probe_train} "
+                   f"online, {OFFLINE_SIZES['probe_train']} offline)")
+    p.add_argument("--probe-test", type=int, help=f"default {b.probe_test} online, {OFFLINE_SIZES['probe_test']} "
+                   "offline")
     p.add_argument("--probe-k-values", type=_ints, default=b.probe_k_values)
     p.add_argument("--autointerp-tokens", type=int, default=b.autointerp_tokens)
     p.add_argument("--autointerp-latents", type=int, default=b.autointerp_latents)
@@ -133,6 +141,10 @@ def main(argv=None) -> int:
         if not args.out:
             raise SystemExit("--out is required with --dictionaries")
         dicts, out, per_record = find_dictionaries(args.dictionaries), Path(args.out), False
+    b = Budgets()
+    for k in OFFLINE_SIZES:
+        if getattr(args, k) is None:
+            setattr(args, k, getattr(b, k) if args.online else OFFLINE_SIZES[k])
     budgets = Budgets(context=args.context, llm_batch_size=args.llm_batch_size, core_batches=args.core_batches,
                       core_sparsity_batches=args.core_sparsity_batches, core_batch_prompts=args.core_batch_prompts,
                       scr_train=args.scr_train, scr_test=args.scr_test, scr_epochs=args.scr_epochs,

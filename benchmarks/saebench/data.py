@@ -41,6 +41,8 @@ import random
 import zlib
 from pathlib import Path
 
+from . import import_saebench
+
 PREFIX = "dla-local/"
 TEXT = PREFIX + "text"
 #: SAEBench's hub datasets per eval
@@ -260,6 +262,7 @@ class LocalData:
     def patch(self):
         """Within the block SAEBench/SAELens resolve ``dla-local/...`` names to the local files; everything is
         restored on exit."""
+        import_saebench()
         import datasets
         import sae_bench.evals.scr_and_tpp.dataset_creation as dc
         import sae_bench.evals.scr_and_tpp.main as scr_main

@@ -71,6 +71,9 @@ def _lenient(reply: str, messages) -> str:
 def patch_autointerp(judge: JudgeConfig):
     """Within the block, SAEBench's ``AutoInterp.get_api_response`` sends its chat requests to ``judge`` (restored on
     exit). Request errors propagate (they are not turned into empty answers)."""
+    from . import import_saebench
+
+    import_saebench()
     import sae_bench.evals.autointerp.main as ai
     from openai import OpenAI
     from tabulate import tabulate

@@ -290,9 +290,11 @@ def run(spec: RunSpec, log=print) -> dict:
     """
     from tqdm.auto import tqdm
 
+    from . import import_saebench
     from .adapter import load_saebench_sae
     from .bridge import load_hooked_transformer, serve_model
 
+    import_saebench()
     bad = [e for e in spec.evals if e not in EVALS]
     if bad or not spec.evals:
         raise ValueError(f"unknown evals {bad}; choose from {', '.join(EVALS)}")
@@ -348,7 +350,6 @@ def run(spec: RunSpec, log=print) -> dict:
                                                             * spec.budgets.core_batch_prompts * spec.budgets.context)))
         stack.enter_context(local.patch())
         stack.enter_context(serve_model(tl_model, {model_name}))
-        text_name = D.TEXT if spec.offline or "core" in spec.datasets else None
         judge_cfg = spec.judge
         if "autointerp" in spec.evals and judge_cfg is None:
             from dictionary_learning_aligned.models import load_language_model
@@ -359,9 +360,9 @@ def run(spec: RunSpec, log=print) -> dict:
             judge_cfg = stack.enter_context(LocalJudge(hf, tok)).config()
         for ev in spec.evals:
             artifacts = work / "artifacts"  # shared by the dictionaries of one run: same model, same data
-            tname = text_name or D.HUB_DATASETS[ev] if ev in ("core", "autointerp") else None
-            if ev in ("core", "autointerp") and ev in spec.datasets:
-                tname = spec.datasets[ev][0]
+            tname = None
+            if ev in ("core", "autointerp"):  # general text: named, else local or SAEBench's hub dataset
+                tname = spec.datasets[ev][0] if ev in spec.datasets else D.TEXT if spec.offline else D.HUB_DATASETS[ev]
             for d, sae, cfg in tqdm(saes, desc=f"SAEBench {ev}", unit="dict", file=sys.stderr):
                 t = time.time()
                 try:
