@@ -164,6 +164,7 @@ def test_all_evals_on_a_tiny_dictionary_write_saebench_json_for_the_figures(tmp_
         type(spec)(**{**vars(spec), "model": smollm2_hooked}), **kw))
     assert cli.main(["--results-store", str(store), "--evals", "core,scr,tpp,sparse_probing,autointerp",
                      *SMALL]) == 0
+    assert torch.is_grad_enabled()  # SAEBench switches autograd off globally; the harness restores it
     out = capsys.readouterr().out
     assert "far weaker than the paper's judge" in out and rid in out
     folder = store / "saebench" / rid
@@ -243,3 +244,19 @@ def test_harness_works_after_nnsight_was_imported():
     env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     r = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_evals_leave_grad_mode_and_rngs_as_they_were():
+    """SAEBench turns autograd off process-wide and reseeds the RNGs; the harness restores both (training code
+    running later in the same process needs gradients)."""
+    from benchmarks.saebench.runner import _restore_global_state
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    with _restore_global_state():
+        torch.set_grad_enabled(False)
+        torch.manual_seed(42)
+        torch.rand(5)
+    assert torch.is_grad_enabled()
+    assert torch.equal(torch.rand(3), expected)

@@ -151,6 +151,25 @@ def _capture_errors(logger_names):
 
 
 @contextlib.contextmanager
+def _restore_global_state():
+    """SAEBench's evals switch autograd off process-wide (``torch.set_grad_enabled(False)``) and reseed the global
+    RNGs; restore grad mode and the ``random``/NumPy/torch RNG states afterwards so the caller's training code is
+    unaffected."""
+    import random
+
+    import numpy as np
+
+    grad, py, nprng, trng = torch.is_grad_enabled(), random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        torch.set_grad_enabled(grad)
+        random.setstate(py)
+        np.random.set_state(nprng)
+        torch.set_rng_state(trng)
+
+
+@contextlib.contextmanager
 def _jaxtyping_off():
     """Disable jaxtyping's runtime shape checks (as ``JAXTYPING_DISABLE=1``): SAEBench's k-sparse probe
     (``train_sklearn_probe``) is called with positive + negative examples inside a function that bound
@@ -190,7 +209,13 @@ def _datasets_for(spec: RunSpec, ev: str) -> list:
 
 def _run_one(ev: str, spec: RunSpec, sae, name: str, scratch: Path, artifacts: Path, text_name: str,
              judge_cfg) -> tuple[dict, list]:
-    """Run eval ``ev`` on one SAE; returns (SAEBench result dict, dataset names)."""
+    """Run eval ``ev`` on one SAE; returns (SAEBench result dict, dataset names). Grad mode and RNG states are
+    restored afterwards."""
+    with _restore_global_state():
+        return _run_one_inner(ev, spec, sae, name, scratch, artifacts, text_name, judge_cfg)
+
+
+def _run_one_inner(ev, spec, sae, name, scratch, artifacts, text_name, judge_cfg):
     from sae_bench.sae_bench_utils.general_utils import get_results_filepath
 
     b = spec.budgets
