@@ -370,9 +370,10 @@ def run(spec: RunSpec, log=print) -> dict:
                "versions": _versions()}
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="saebench_harness_")))
+        b = spec.budgets  # general text: enough for the larger of autointerp and core (both passes), ~6 chars/token
+        core_tokens = (b.core_batches + b.core_sparsity_batches) * b.core_batch_prompts * b.context
         local = D.LocalData(spec.data_dir, work / "data", spec.text_source,
-                            text_chars=max(200_000, 8 * max(spec.budgets.autointerp_tokens, spec.budgets.core_batches
-                                                            * spec.budgets.core_batch_prompts * spec.budgets.context)))
+                            text_chars=max(200_000, 6 * max(b.autointerp_tokens, core_tokens)))
         stack.enter_context(local.patch())
         stack.enter_context(serve_model(tl_model, {model_name}))
         judge_cfg = spec.judge
