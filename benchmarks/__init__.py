@@ -1,1 +1,2 @@
-"""Benchmarks: throughput (speed.py); the SAEBench harness comes later."""
+"""Benchmarks: throughput (``python -m benchmarks.speed``) and the SAEBench harness (``python -m benchmarks run``,
+package :mod:`benchmarks.saebench`)."""

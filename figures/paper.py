@@ -558,8 +558,8 @@ def _saebench(results, metric: str) -> dict:
     where = Path(results) / SAEBENCH_DIR
     if not any(metric in v for v in sb.values()):
         hint = (f"{n_files} JSON files there, none with {metric} and a record_id/sae_name field" if n_files
-                else f"run SAEBench's {metric} eval on the dictionaries (each record's paths.dictionary) and put "
-                     "its JSON output there, adding a record_id field")
+                else f"run `python -m benchmarks run --results-store {results} --evals {metric}` (it writes "
+                     "SAEBench JSON with a record_id field there)")
         raise Missing(f"no SAEBench {metric.upper() if metric == 'scr' else metric} results in {where} — {hint}")
     return sb
 

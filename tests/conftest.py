@@ -70,3 +70,21 @@ def smollm2_activations():
                            refresh_batch_size=16, out_batch_size=256, remove_bos=True)
     batches = [next(buf) for _ in range(7)]
     return batches
+
+
+@pytest.fixture(scope="session")
+def smollm2_model():
+    """SmolLM2-135M-Instruct ``(hf_model, tokenizer)`` in float32 on CPU. ``load_language_model`` caches per process,
+    so this is the same object ``smollm2_activations`` and the SAEBench harness use (loaded once)."""
+    from dictionary_learning_aligned.models import load_language_model
+
+    return load_language_model()
+
+
+@pytest.fixture(scope="session")
+def smollm2_hooked(smollm2_model):
+    """``(HookedTransformer, info)`` built from ``smollm2_model`` by the SAEBench bridge (logits checked)."""
+    from benchmarks.saebench.bridge import hooked_transformer_from_hf
+
+    tl, check = hooked_transformer_from_hf(*smollm2_model)
+    return tl, {"model_name": "smollm2-135m-instruct", "source": "converted", "logit_check": check}

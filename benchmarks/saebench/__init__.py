@@ -1,0 +1,52 @@
+"""SAEBench harness: run SAEBench's core, SCR, TPP, sparse-probing and autointerp evals on this library's
+dictionaries, online (hub model, hub datasets, an OpenAI-compatible judge) or offline (SmolLM2-135M-Instruct from
+its GGUF file, local datasets, a local judge served on loopback).
+
+Modules:
+* :mod:`.adapter` -- a dictionary of ours as a ``sae_bench.custom_saes.base_sae.BaseSAE``, plus loaders for
+  SAEBench's own dictionary_learning runner;
+* :mod:`.bridge` -- the ``HookedTransformer`` the evals use (hub name or built from a loaded Hugging Face model);
+* :mod:`.data` -- hub dataset names or local substitutes, and the record of which data each eval used;
+* :mod:`.judge` -- the autointerp judge: any OpenAI-compatible endpoint or a local loopback server;
+* :mod:`.runner` -- runs the evals and writes SAEBench-schema JSON; ``python -m benchmarks run`` is its CLI.
+
+Importing this package does not import ``sae_bench``; the submodules do.
+"""
+
+import sys as _sys
+
+#: the SAEBench modules the harness uses
+SAEBENCH_MODULES = ("sae_bench.custom_saes.base_sae", "sae_bench.custom_saes.run_all_evals_dictionary_learning_saes",
+                    "sae_bench.evals.core.main", "sae_bench.evals.scr_and_tpp.main",
+                    "sae_bench.evals.sparse_probing.main", "sae_bench.evals.autointerp.main")
+
+
+def import_saebench() -> None:
+    """Import SAEBench's modules, also in a process where nnsight is already imported.
+
+    nnsight mounts ``.save`` on ``object`` (an unhashable ``instancemethod``), and beartype (imported by SAEBench,
+    TransformerLens, jaxtyping) builds a frozenset of ``object``'s callables when it is first imported, failing with
+    ``TypeError: unhashable type: 'instancemethod'``. If nnsight's mount is present and beartype not yet imported,
+    the mount is removed while SAEBench is imported and put back afterwards (nnsight's own ``unmount``/``mount``).
+
+    Raises:
+        ImportError: sae-bench is not installed (``pip install -r requirements.txt``).
+    """
+    import importlib
+
+    mounted = "beartype" not in _sys.modules and "save" in object.__dict__ and "nnsight" in _sys.modules
+    if mounted:
+        import nnsight
+        from nnsight._c import mount, unmount
+
+        unmount("save")
+    try:
+        for name in SAEBENCH_MODULES:
+            importlib.import_module(name)
+    finally:
+        if mounted:
+            mount(nnsight.save, "save")
+
+
+if "nnsight" in _sys.modules and "beartype" not in _sys.modules:
+    import_saebench()

@@ -1,0 +1,220 @@
+"""The language model SAEBench's evals run: a TransformerLens ``HookedTransformer``.
+
+Every SAEBench eval loads its model itself with ``HookedTransformer.from_pretrained_no_processing(name, ...)``
+(and ``BaseSAE.test_sae`` with ``HookedTransformer.from_pretrained``); none accepts a model object. So:
+
+* :func:`load_hooked_transformer` builds the model once: a name TransformerLens lists (e.g.
+  ``"pythia-160m-deduped"``, ``"gemma-2-2b"``) is loaded as SAEBench loads it; any other model, including the
+  offline default ``"smollm2-135m-instruct"`` (GGUF, via
+  :func:`dictionary_learning_aligned.models.load_language_model`), must be a LLaMA-architecture Hugging Face model
+  and is converted with TransformerLens's own weight converter (:func:`hooked_transformer_from_hf`), after which its
+  logits are checked against the Hugging Face model's.
+* :func:`serve_model` is a context manager that makes both loaders return that model for its name and restores
+  them on exit.
+
+TransformerLens gets its own copy of the tokenizer (``copy.deepcopy``), right-padded: nnsight switches the tokenizer
+it is given to left padding, and SAEBench pads to max length and runs TransformerLens without an attention mask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Optional
+
+import torch
+
+from . import import_saebench
+
+#: text used to compare HookedTransformer and Hugging Face logits on load
+CHECK_TEXT = "The quick brown fox jumps over the lazy dog. Sparse autoencoders find features in activations."
+
+
+class ModelBridgeError(RuntimeError):
+    """The HookedTransformer cannot be built, or disagrees with the Hugging Face model it was built from."""
+
+
+def official_tl_name(name: str) -> Optional[str]:
+    """TransformerLens's official name for ``name`` (or an alias), or None when it does not list the model."""
+    import_saebench()
+    from transformer_lens import loading_from_pretrained as lp
+
+    try:
+        return lp.get_official_model_name(name)
+    except ValueError:
+        return None
+
+
+def _llama_config(hf, device, dtype, n_ctx: int):
+    import_saebench()
+    from transformer_lens import HookedTransformerConfig
+
+    c = hf.config
+    if c.model_type != "llama":
+        raise ModelBridgeError(f"cannot convert a {c.model_type!r} Hugging Face model: the bridge builds only "
+                               f"LLaMA-architecture models; use a model TransformerLens lists instead")
+    rope = getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    if rope_type not in ("default", None):
+        raise ModelBridgeError(f"RoPE scaling {rope_type!r} is not supported by the bridge")
+    theta = rope.get("rope_theta") if isinstance(rope, dict) else None
+    theta = theta or getattr(c, "rope_theta", None)
+    if theta is None:
+        raise ModelBridgeError("the model config has no rope_theta")
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    act = getattr(c, "hidden_act", "silu")
+    return HookedTransformerConfig(
+        model_name=getattr(c, "_name_or_path", "") or "llama", original_architecture="LlamaForCausalLM",
+        d_model=c.hidden_size, n_layers=c.num_hidden_layers, n_heads=c.num_attention_heads, d_head=head_dim,
+        d_mlp=c.intermediate_size, n_key_value_heads=c.num_key_value_heads, d_vocab=c.vocab_size,
+        n_ctx=min(n_ctx, c.max_position_embeddings), eps=c.rms_norm_eps, act_fn=act, normalization_type="RMS",
+        final_rms=True, positional_embedding_type="rotary", rotary_dim=head_dim, rotary_adjacent_pairs=False,
+        rotary_base=float(theta), gated_mlp=True, default_prepend_bos=True, dtype=dtype, device=str(device))
+
+
+@torch.no_grad()
+def check_against_hf(tl_model, hf, tokenizer, text: str = CHECK_TEXT, atol: Optional[float] = None) -> dict:
+    """Compare the logits of ``tl_model`` with those of the Hugging Face model on ``[BOS] + tokens(text)``.
+
+    Args:
+        tl_model: the HookedTransformer. hf: the Hugging Face causal LM. tokenizer: its tokenizer.
+        atol: largest allowed absolute logit difference (default 1e-2 in float32, 0.5 in 16-bit dtypes).
+
+    Returns:
+        ``{"max_abs_logit_diff", "argmax_agreement", "n_tokens", "atol"}``.
+
+    Raises:
+        ModelBridgeError: the difference exceeds ``atol`` or fewer than 95% of argmax tokens agree.
+    """
+    dtype = next(tl_model.parameters()).dtype
+    if atol is None:
+        atol = 1e-2 if dtype == torch.float32 else 0.5
+    ids = tl_model.to_tokens(text, prepend_bos=True)  # [1, T]
+    tl_logits = tl_model(ids).float()
+    hf_logits = hf(ids.to(hf.device)).logits.float().to(tl_logits.device)
+    diff = (tl_logits - hf_logits).abs().max().item()
+    agree = (tl_logits.argmax(-1) == hf_logits.argmax(-1)).float().mean().item()
+    info = {"max_abs_logit_diff": diff, "argmax_agreement": agree, "n_tokens": int(ids.shape[1]), "atol": atol}
+    if not diff <= atol or agree < 0.95:
+        raise ModelBridgeError(f"HookedTransformer disagrees with the Hugging Face model: max |logit diff| {diff:.3g} "
+                               f"(allowed {atol:g}), argmax agreement {agree:.1%} on {ids.shape[1]} tokens")
+    return info
+
+
+def hooked_transformer_from_hf(hf, tokenizer, device="cpu", dtype: torch.dtype = torch.float32, n_ctx: int = 2048,
+                               check: bool = True):
+    """Build a HookedTransformer from an already loaded LLaMA-architecture Hugging Face model with
+    TransformerLens's weight converter (``convert_llama_weights``), without folding or centring anything (as
+    ``from_pretrained_no_processing``).
+
+    Args:
+        hf: a ``LlamaForCausalLM`` (e.g. SmolLM2 loaded from GGUF; its weights are already de-quantized).
+        tokenizer: its tokenizer; a deep copy is given to TransformerLens, with right padding.
+        device, dtype: where and in which dtype to build the model.
+        n_ctx: context length of the attention masks (capped at the model's ``max_position_embeddings``).
+        check: compare logits with ``hf`` (:func:`check_against_hf`).
+
+    Returns:
+        ``(model, info)``: the HookedTransformer (eval mode) and the logit check (``{}`` if ``check`` is False).
+
+    Raises:
+        ModelBridgeError: not a LLaMA model, unsupported RoPE scaling, or a failed logit check.
+    """
+    from transformer_lens import HookedTransformer
+    from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
+
+    cfg = _llama_config(hf, device, dtype, n_ctx)
+    tok = copy.deepcopy(tokenizer)
+    tok.padding_side = "right"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    src = hf.to(dtype) if next(hf.parameters()).dtype != dtype else hf
+    state = convert_llama_weights(src, cfg)
+    model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
+    model.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False, center_unembed=False,
+                                      fold_value_biases=False)
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    info = check_against_hf(model, src, tokenizer) if check else {}
+    return model, info
+
+
+def load_hooked_transformer(model_name: str, device="cpu", dtype: torch.dtype = torch.float32,
+                            hf_model=None, tokenizer=None, n_ctx: int = 2048):
+    """The HookedTransformer for ``model_name``.
+
+    Args:
+        model_name: a TransformerLens model name (loaded from the hub or its cache by
+            ``HookedTransformer.from_pretrained_no_processing``, as SAEBench does), or anything
+            :func:`~dictionary_learning_aligned.models.load_language_model` loads (default offline model
+            ``"smollm2-135m-instruct"``, a local folder, a hub id), which is then converted (LLaMA only).
+        device, dtype: where and in which dtype.
+        hf_model, tokenizer: an already loaded Hugging Face model and tokenizer to convert (skips loading).
+        n_ctx: context length for converted models.
+
+    Returns:
+        ``(model, info)`` where ``info`` records ``{"model_name", "source": "transformer_lens" | "converted",
+        "logit_check": {...}}``.
+
+    Raises:
+        ModelBridgeError: conversion or logit check failed. ValueError / FileNotFoundError: the model cannot be
+        loaded (from ``load_language_model``).
+    """
+    from transformer_lens import HookedTransformer
+
+    official = official_tl_name(model_name) if hf_model is None else None
+    if official is not None:
+        model = _ORIGINAL.get("from_pretrained_no_processing", HookedTransformer.from_pretrained_no_processing)(
+            official, device=device, dtype=dtype)
+        return model, {"model_name": model_name, "source": "transformer_lens", "official_name": official}
+    if hf_model is None:
+        from dictionary_learning_aligned.models import load_language_model
+
+        hf_model, tokenizer = load_language_model(model_name, device=device, dtype=dtype)
+    if tokenizer is None:
+        raise ValueError("hf_model given without its tokenizer")
+    model, check = hooked_transformer_from_hf(hf_model, tokenizer, device, dtype, n_ctx)
+    return model, {"model_name": model_name, "source": "converted", "logit_check": check}
+
+
+_ORIGINAL: dict = {}
+
+
+@contextlib.contextmanager
+def serve_model(model, names):
+    """Within the block, ``HookedTransformer.from_pretrained_no_processing(name, ...)`` and
+    ``HookedTransformer.from_pretrained(name, ...)`` return ``model`` for every ``name`` in ``names``; both are
+    restored on exit (also on error).
+
+    Raises (inside the block, from the patched loaders):
+        ModelBridgeError: an eval asks for another model, or for a dtype other than the model's.
+    """
+    import_saebench()
+    from transformer_lens import HookedTransformer
+
+    names = {names} if isinstance(names, str) else set(names)
+    dtype = next(model.parameters()).dtype
+    saved = {k: HookedTransformer.__dict__[k] for k in ("from_pretrained_no_processing", "from_pretrained")}
+
+    def serve(name, *args, **kwargs):
+        if name not in names:
+            raise ModelBridgeError(f"an eval asked for model {name!r}, but the harness serves only "
+                                   f"{sorted(names)}")
+        want = kwargs.get("dtype")
+        if isinstance(want, str):
+            want = getattr(torch, want.removeprefix("torch."), None)
+        if want is not None and want != dtype:
+            raise ModelBridgeError(f"an eval asked for {name!r} in {want}, but the model was built in {dtype}; "
+                                   f"pass the same --dtype")
+        return model
+
+    _ORIGINAL.update({k: v.__get__(None, HookedTransformer) for k, v in saved.items()})
+    HookedTransformer.from_pretrained_no_processing = staticmethod(serve)
+    HookedTransformer.from_pretrained = staticmethod(serve)
+    try:
+        yield model
+    finally:
+        for k, v in saved.items():
+            setattr(HookedTransformer, k, v)
+        _ORIGINAL.clear()

@@ -1,0 +1,453 @@
+"""Run SAEBench evals on our dictionaries and write SAEBench-schema JSON (``python -m benchmarks run``).
+
+For each eval, the language model is built once (:mod:`.bridge`) and served to SAEBench's own ``run_eval`` (or
+core's ``multiple_evals``), one dictionary at a time. SAEBench writes its JSON into a scratch folder; the harness
+checks that a result exists and holds numbers, adds
+
+* ``record_id`` (the results-store record id, when known; figures 9 and 12 match files by it),
+* ``dictionary`` (path, class, alignment, trainer class, layer),
+* ``data`` (which datasets were used: hub names, or local files and the mapping),
+* ``model`` (how the model was obtained, the logit check), ``judge`` (autointerp), ``harness`` (command, versions),
+
+and writes ``OUT/<name>/<eval>.json`` atomically. Non-finite numbers (e.g. the standard deviation of a single
+autointerp score) become ``null`` and are listed under ``non_finite_fields``. Any failure raises
+:class:`EvalFailed` naming the eval, the dictionary and the cause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from dictionary_learning_aligned.io import prepare_output_dir, write_json
+
+from . import data as D
+
+EVALS = ("core", "scr", "tpp", "sparse_probing", "autointerp")
+SUMMARY_FILE = "results.json"  # one of io.RUN_MARKERS, so --overwrite may replace an earlier harness output
+#: headline metric per eval for the summary table: (label, key path in the result JSON)
+HEADLINES = {
+    "core": [("FVE", ("eval_result_metrics", "reconstruction_quality", "explained_variance")),
+             ("CE score", ("eval_result_metrics", "model_performance_preservation", "ce_loss_score")),
+             ("L0", ("eval_result_metrics", "sparsity", "l0"))],
+    "scr": [("SCR@20", ("eval_result_metrics", "scr_metrics", "scr_metric_threshold_20"))],
+    "tpp": [("TPP@20", ("eval_result_metrics", "tpp_metrics", "tpp_threshold_20_total_metric"))],
+    "sparse_probing": [("probe top-1", ("eval_result_metrics", "sae", "sae_top_1_test_accuracy"))],
+    "autointerp": [("autointerp", ("eval_result_metrics", "autointerp", "autointerp_score"))],
+}
+
+
+class EvalFailed(RuntimeError):
+    """An eval produced no usable result; the message names the eval, the dictionary and the cause."""
+
+
+@dataclass
+class Budgets:
+    """Token/sample budgets per eval (SAEBench's defaults are much larger; see ``python -m benchmarks run -h``).
+
+    core: ``core_batches`` reconstruction batches and ``core_sparsity_batches`` sparsity batches of
+    ``core_batch_prompts`` prompts of ``context`` tokens. scr/tpp: probe train/test sizes. sparse probing: probe
+    train/test sizes. autointerp: ``autointerp_tokens`` tokens scanned, ``autointerp_latents`` latents judged.
+    """
+
+    context: int = 128
+    llm_batch_size: int = 32
+    core_batches: int = 200
+    core_sparsity_batches: int = 2000
+    core_batch_prompts: int = 16
+    scr_train: int = 4000
+    scr_test: int = 1000
+    scr_epochs: int = 20
+    scr_n_values: tuple = (2, 5, 10, 20, 50, 100, 500)
+    probe_train: int = 4000
+    probe_test: int = 1000
+    probe_k_values: tuple = (1, 2, 5)
+    autointerp_tokens: int = 2_000_000
+    autointerp_latents: int = 1000
+
+
+@dataclass
+class DictionaryEntry:
+    """One dictionary to evaluate: its folder, output name and record id (None outside a results store)."""
+
+    path: Path
+    name: str
+    record_id: Optional[str] = None
+
+
+@dataclass
+class RunSpec:
+    """Everything one harness run needs (the CLI builds it from its arguments)."""
+
+    dictionaries: list
+    evals: list
+    out: Path
+    model_name: Optional[str] = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    offline: bool = True
+    data_dir: Optional[str] = None
+    text_source: Optional[str] = None
+    datasets: dict = field(default_factory=dict)
+    scr_pairs: dict = field(default_factory=dict)
+    budgets: Budgets = field(default_factory=Budgets)
+    judge: Optional[object] = None  # a judge.JudgeConfig; None with autointerp = start the local judge
+    seed: int = 42
+    overwrite: bool = False
+    per_record_layout: bool = False
+    command: str = ""
+    model: Optional[tuple] = None  # (HookedTransformer, info) built beforehand (e.g. shared by tests)
+
+
+def _get(d, path):
+    for k in path:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _sanitize(obj, path="", bad=None):
+    """Replace NaN/inf by None (collecting their paths in ``bad``)."""
+    if bad is None:
+        bad = []
+    if isinstance(obj, float) and not math.isfinite(obj):
+        bad.append(path or "/")
+        return None
+    if isinstance(obj, dict):
+        return {k: _sanitize(v, f"{path}/{k}", bad) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_sanitize(v, f"{path}/{i}", bad) for i, v in enumerate(obj)]
+    return obj
+
+
+@contextlib.contextmanager
+def _capture_errors(logger_names):
+    """Collect ERROR log records of the given loggers (SAEBench's core logs and swallows its failures)."""
+    records = []
+
+    class H(logging.Handler):
+        def emit(self, record):
+            records.append(self.format(record))
+
+    h = H(level=logging.ERROR)
+    loggers = [logging.getLogger(n) for n in logger_names]
+    for lg in loggers:
+        lg.addHandler(h)
+    try:
+        yield records
+    finally:
+        for lg in loggers:
+            lg.removeHandler(h)
+
+
+@contextlib.contextmanager
+def _restore_global_state():
+    """SAEBench's evals switch autograd off process-wide (``torch.set_grad_enabled(False)``) and reseed the global
+    RNGs; restore grad mode and the ``random``/NumPy/torch RNG states afterwards so the caller's training code is
+    unaffected."""
+    import random
+
+    import numpy as np
+
+    grad, py, nprng, trng = torch.is_grad_enabled(), random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        torch.set_grad_enabled(grad)
+        random.setstate(py)
+        np.random.set_state(nprng)
+        torch.set_rng_state(trng)
+
+
+@contextlib.contextmanager
+def _jaxtyping_off():
+    """Disable jaxtyping's runtime shape checks (as ``JAXTYPING_DISABLE=1``): SAEBench's k-sparse probe
+    (``train_sklearn_probe``) is called with positive + negative examples inside a function that bound
+    ``train_dataset_size`` to the per-class count, so its own hints fail. Restored on exit."""
+    import jaxtyping
+
+    old = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", old)
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for p in ("torch", "transformers", "transformer-lens", "sae-bench", "sae-lens", "datasets"):
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+def _datasets_for(spec: RunSpec, ev: str) -> list:
+    if ev in spec.datasets:
+        names = list(spec.datasets[ev])
+    elif spec.offline:
+        names = list(D.LOCAL_DEFAULTS[ev])
+    else:
+        names = list(D.HUB_DATASETS[ev])
+    D.check_names(ev, names)
+    return names
+
+
+def _run_one(ev: str, spec: RunSpec, sae, name: str, scratch: Path, artifacts: Path, text_name: str,
+             judge_cfg) -> tuple[dict, list]:
+    """Run eval ``ev`` on one SAE; returns (SAEBench result dict, dataset names). Grad mode and RNG states are
+    restored afterwards."""
+    with _restore_global_state():
+        return _run_one_inner(ev, spec, sae, name, scratch, artifacts, text_name, judge_cfg)
+
+
+def _run_one_inner(ev, spec, sae, name, scratch, artifacts, text_name, judge_cfg):
+    from sae_bench.sae_bench_utils.general_utils import get_results_filepath
+
+    b = spec.budgets
+    out = scratch / ev
+    out.mkdir(parents=True, exist_ok=True)
+    model_name = sae.cfg.model_name
+    if ev == "core":
+        import sae_bench.evals.core.main as core
+
+        with _capture_errors(["sae_bench.evals.core.main", core.__name__]) as errors:
+            res = core.multiple_evals(
+                selected_saes=[(name, sae)], n_eval_reconstruction_batches=b.core_batches,
+                n_eval_sparsity_variance_batches=b.core_sparsity_batches, eval_batch_size_prompts=b.core_batch_prompts,
+                compute_featurewise_density_statistics=True, compute_featurewise_weight_based_metrics=True,
+                exclude_special_tokens_from_reconstruction=True, dataset=text_name, context_size=b.context,
+                output_folder=str(out), verbose=False, dtype=spec.dtype, device=spec.device, force_rerun=True)
+        if not res:
+            raise EvalFailed(f"core returned no result for {name} (SAEBench logged: "
+                             f"{' | '.join(errors) or 'nothing'})")
+        path, names = get_results_filepath(str(out), name, "custom_sae"), [text_name]
+    elif ev in ("scr", "tpp"):
+        import sae_bench.evals.scr_and_tpp.main as st
+
+        names = _datasets_for(spec, ev)
+        pairs = {**D.scr_pairs(names), **spec.scr_pairs}
+        kw = dict(column1_vals_lookup={n: pairs[n] for n in names if n in pairs}) if ev == "scr" else {}
+        if ev == "scr":
+            missing = [n for n in names if n not in kw["column1_vals_lookup"]]
+            default = st.ScrAndTppEvalConfig().column1_vals_lookup
+            kw["column1_vals_lookup"].update({n: default[n] for n in missing if n in default})
+        n_values = [n for n in b.scr_n_values if n <= sae.cfg.d_sae]
+        cfg = st.ScrAndTppEvalConfig(
+            model_name=model_name, random_seed=spec.seed, dataset_names=names, perform_scr=(ev == "scr"),
+            train_set_size=b.scr_train, test_set_size=b.scr_test, context_length=b.context,
+            probe_epochs=b.scr_epochs, llm_batch_size=b.llm_batch_size, llm_dtype=spec.dtype, n_values=n_values,
+            sae_batch_size=min(125, b.llm_batch_size * 4), **kw)
+        st.run_eval(cfg, [(name, sae)], spec.device, str(out), force_rerun=True, clean_up_activations=False,
+                    save_activations=True, artifacts_path=str(artifacts))
+        path = get_results_filepath(str(out / ev), name, "custom_sae")
+    elif ev == "sparse_probing":
+        import sae_bench.evals.sparse_probing.main as sp
+
+        names = _datasets_for(spec, ev)
+        cfg = sp.SparseProbingEvalConfig(
+            model_name=model_name, random_seed=spec.seed, dataset_names=names, probe_train_set_size=b.probe_train,
+            probe_test_set_size=b.probe_test, context_length=b.context, llm_batch_size=b.llm_batch_size,
+            llm_dtype=spec.dtype, k_values=list(b.probe_k_values), sae_batch_size=min(125, b.llm_batch_size * 4))
+        with _jaxtyping_off():
+            sp.run_eval(cfg, [(name, sae)], spec.device, str(out), force_rerun=True, clean_up_activations=False,
+                        save_activations=True, artifacts_path=str(artifacts))
+        path = get_results_filepath(str(out), name, "custom_sae")
+    elif ev == "autointerp":
+        import sae_bench.evals.autointerp.main as ai
+
+        from .judge import patch_autointerp
+
+        names = [text_name]
+        cfg = ai.AutoInterpEvalConfig(
+            model_name=model_name, random_seed=spec.seed, n_latents=min(b.autointerp_latents, sae.cfg.d_sae),
+            dataset_name=text_name, llm_context_size=b.context, llm_batch_size=b.llm_batch_size,
+            llm_dtype=spec.dtype, total_tokens=b.autointerp_tokens)
+        with patch_autointerp(judge_cfg):
+            ai.run_eval(cfg, [(name, sae)], spec.device, judge_cfg.api_key, str(out), force_rerun=True,
+                        artifacts_path=str(artifacts))
+        path = get_results_filepath(str(out), name, "custom_sae")
+    else:
+        raise ValueError(f"unknown eval {ev!r}; choose from {EVALS}")
+    if not Path(path).is_file():
+        raise EvalFailed(f"{ev} wrote no result file for {name} (expected {path})")
+    import json
+
+    res = json.loads(Path(path).read_text())
+    if ev == "autointerp" and not res.get("eval_result_unstructured"):
+        raise EvalFailed(f"autointerp scored no latent of {name}: every latent was dead in the "
+                         f"{b.autointerp_tokens} tokens scanned or the judge's replies could not be parsed; "
+                         f"raise --autointerp-tokens or use a stronger judge")
+    if not res.get("eval_result_metrics"):
+        raise EvalFailed(f"{ev} result for {name} has no eval_result_metrics ({path})")
+    return res, names
+
+
+def _describe_dict(d: DictionaryEntry, sae, cfg: dict) -> dict:
+    t = cfg.get("trainer", {})
+    return {"path": str(d.path), "name": d.name, "dict_class": t.get("dict_class"), "trainer_class":
+            t.get("trainer_class"), "alignment": getattr(sae, "alignment", None), "layer": sae.cfg.hook_layer,
+            "hook_name": sae.cfg.hook_name, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
+            "architecture": sae.cfg.architecture, "lm_name": t.get("lm_name")}
+
+
+def run(spec: RunSpec, log=print) -> dict:
+    """Run every eval of ``spec`` on every dictionary; returns the summary (also written to ``OUT/results.json``).
+
+    Raises:
+        ValueError: bad evals/dictionaries/settings (before anything runs). FileExistsError: output exists and
+        ``overwrite`` is off. EvalFailed / ModelBridgeError / the eval's own exception: an eval failed (the
+        exception names eval and dictionary; results written before it stay on disk).
+    """
+    from tqdm.auto import tqdm
+
+    from . import import_saebench
+    from .adapter import load_saebench_sae
+    from .bridge import load_hooked_transformer, serve_model
+
+    import_saebench()
+    bad = [e for e in spec.evals if e not in EVALS]
+    if bad or not spec.evals:
+        raise ValueError(f"unknown evals {bad}; choose from {', '.join(EVALS)}")
+    if not spec.dictionaries:
+        raise ValueError("no dictionaries to evaluate")
+    dtype = getattr(torch, spec.dtype.removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"--dtype must name a floating-point torch dtype, got {spec.dtype!r}")
+    for ev in spec.evals:
+        if ev in D.LOCAL_DEFAULTS:
+            _datasets_for(spec, ev)
+    # load every SAE first: a bad checkpoint or missing layer fails before any eval runs
+    saes = []
+    for d in spec.dictionaries:
+        sae, cfg = load_saebench_sae(d.path, model_name=spec.model_name, device=spec.device, dtype=dtype)
+        saes.append((d, sae, cfg))
+    model_names = {s.cfg.model_name for _, s, _ in saes}
+    if len(model_names) != 1:
+        raise ValueError(f"dictionaries were trained on different models {sorted(model_names)}; run them "
+                         f"separately or pass --model")
+    model_name = model_names.pop()
+    out = Path(spec.out)
+    targets = {(d.name, ev): out / d.name / f"{ev}.json" for d, _, _ in saes for ev in spec.evals}
+    if spec.per_record_layout:
+        clash = [str(p) for p in targets.values() if p.exists()]
+        if clash and not spec.overwrite:
+            raise FileExistsError(f"{len(clash)} result files exist already (e.g. {clash[0]}); pass --overwrite "
+                                  f"to replace them")
+        out.mkdir(parents=True, exist_ok=True)
+    else:
+        prepare_output_dir(out, spec.overwrite)
+
+    if spec.model is not None:
+        tl_model, model_info = spec.model[0], dict(spec.model[1])
+    else:
+        log(f"building {model_name} for TransformerLens ({spec.device}, {spec.dtype}) ...")
+        t0 = time.time()
+        tl_model, model_info = load_hooked_transformer(model_name, device=spec.device, dtype=dtype)
+        model_info["seconds"] = round(time.time() - t0, 1)
+        log(f"model ready in {model_info['seconds']} s: {model_info}")
+    for d, sae, _ in saes:
+        if sae.cfg.d_in != tl_model.cfg.d_model or not 0 <= sae.cfg.hook_layer < tl_model.cfg.n_layers:
+            raise ValueError(f"{d.path}: dictionary reads {sae.cfg.hook_name} with activation_dim {sae.cfg.d_in}, but "
+                             f"{model_name} has {tl_model.cfg.n_layers} layers (0..{tl_model.cfg.n_layers - 1}) "
+                             f"of width {tl_model.cfg.d_model}")
+
+    summary = {"command": spec.command, "model": model_info, "evals": spec.evals, "results": [],
+               "versions": _versions()}
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="saebench_harness_")))
+        b = spec.budgets  # general text: enough for the larger of autointerp and core (both passes), ~6 chars/token
+        core_tokens = (b.core_batches + b.core_sparsity_batches) * b.core_batch_prompts * b.context
+        local = D.LocalData(spec.data_dir, work / "data", spec.text_source,
+                            text_chars=max(200_000, 6 * max(b.autointerp_tokens, core_tokens)))
+        stack.enter_context(local.patch())
+        stack.enter_context(serve_model(tl_model, {model_name}))
+        judge_cfg = spec.judge
+        if "autointerp" in spec.evals and judge_cfg is None:
+            from dictionary_learning_aligned.models import load_language_model
+
+            from .judge import LocalJudge
+
+            hf, tok = load_language_model(device=spec.device)
+            judge_cfg = stack.enter_context(LocalJudge(hf, tok)).config()
+        for ev in spec.evals:
+            artifacts = work / "artifacts"  # shared by the dictionaries of one run: same model, same data
+            tname = None
+            if ev in ("core", "autointerp"):  # general text: named, else local or SAEBench's hub dataset
+                tname = spec.datasets[ev][0] if ev in spec.datasets else D.TEXT if spec.offline else D.HUB_DATASETS[ev]
+            for d, sae, cfg in tqdm(saes, desc=f"SAEBench {ev}", unit="dict", file=sys.stderr):
+                t = time.time()
+                try:
+                    res, names = _run_one(ev, spec, sae, d.name, work / "scratch" / d.name, artifacts, tname,
+                                          judge_cfg)
+                except EvalFailed:
+                    raise
+                except Exception as e:
+                    raise EvalFailed(f"{ev} failed on {d.path}: {type(e).__name__}: {e}") from e
+                bad = []
+                res = _sanitize(res, bad=bad)
+                used = {n: (local.used.get(n) or local.used.get(D.SCR_SETS.get(n, {}).get("base"))
+                            if n.startswith(D.PREFIX) else {"source": "Hugging Face hub"}) for n in names}
+                res.update({
+                    "record_id": d.record_id,
+                    "dictionary": _describe_dict(d, sae, cfg),
+                    "data": {"offline_substitutes": any(n.startswith(D.PREFIX) for n in names),
+                             "data_dir": str(local.data_dir) if any(n.startswith(D.PREFIX) for n in names) else None,
+                             "datasets": used},
+                    "model": model_info,
+                    "judge": judge_cfg.describe() if ev == "autointerp" else None,
+                    "harness": {"command": spec.command, "seconds": round(time.time() - t, 1),
+                                "budgets": vars(spec.budgets), "versions": summary["versions"]},
+                    "non_finite_fields": bad,
+                })
+                targets[(d.name, ev)].parent.mkdir(parents=True, exist_ok=True)
+                path = write_json(targets[(d.name, ev)], res)
+                row = {"dictionary": d.name, "record_id": d.record_id, "eval": ev, "file": str(path),
+                       "seconds": res["harness"]["seconds"]}
+                row.update({label: _get(res, p) for label, p in HEADLINES[ev]})
+                summary["results"].append(row)
+                log(f"{ev} on {d.name}: " + ", ".join(f"{label} {_fmt(_get(res, p))}" for label, p in HEADLINES[ev])
+                    + f" ({row['seconds']} s) -> {path}")
+    if judge_cfg is not None and getattr(judge_cfg, "local", False):
+        summary["judge_warning"] = judge_cfg.describe()["warning"]
+    write_json(out / SUMMARY_FILE if not spec.per_record_layout else out / f"run_{int(time.time())}.json", summary)
+    log(format_table(summary))
+    if summary.get("judge_warning"):
+        log(summary["judge_warning"])
+    return summary
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
+
+
+def format_table(summary: dict) -> str:
+    """A plain-text table: one row per dictionary, one column per headline metric."""
+    cols, rows = [], {}
+    for r in summary["results"]:
+        for label, _ in HEADLINES[r["eval"]]:
+            if label not in cols:
+                cols.append(label)
+            rows.setdefault(r["dictionary"], {})[label] = r.get(label)
+    width = max([len("dictionary")] + [len(k) for k in rows])
+    lines = ["  ".join(["dictionary".ljust(width)] + [c.rjust(11) for c in cols])]
+    for k, vals in rows.items():
+        lines.append("  ".join([k.ljust(width)] + [_fmt(vals.get(c)).rjust(11) for c in cols]))
+    return "\n".join(lines)
+
+
+__all__ = ["run", "RunSpec", "Budgets", "DictionaryEntry", "EvalFailed", "EVALS", "format_table"]
