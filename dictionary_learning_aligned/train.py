@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> list[int]:
     """
     from .cache import ActivationCache
     from .io import check_output_dir, prepare_output_dir, write_json
-    from .training import _save, trainSAE
+    from .training import _build_trainer, _save, trainSAE
 
     rank, world, local_rank = dd.init_from_env(args.backend)
     cuda = torch.cuda.is_available()
@@ -242,7 +242,14 @@ def run(args: argparse.Namespace) -> list[int]:
                             save_steps=_csv(args.save_steps, int), data_parallel=world > 1, **common)
         writes = rank == 0
     else:
-        _rank0_first(lambda: prepare_output_dir(args.out, args.overwrite))
+        def check_then_prepare():
+            # every config must build before an earlier run in --out is replaced (--overwrite): built on the
+            # meta device, so no memory is used; trainSAE builds them for real below
+            for c in configs:
+                _build_trainer({**c, "device": "meta"}, "meta")
+            prepare_output_dir(args.out, args.overwrite)
+
+        _rank0_first(check_then_prepare)
         mine = [i for i in range(len(configs)) if i % world == rank]
         trainers = trainSAE(cache, [configs[i] for i in mine], **common) if mine else []
         for i, tr in zip(mine, trainers):

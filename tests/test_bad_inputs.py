@@ -282,3 +282,35 @@ def test_checkpoint_from_a_newer_format_is_refused(tmp_path):
     save_file(state, str(path), metadata={**meta, "format_version": "99"})
     with pytest.raises(CheckpointError, match="newer format version 99"):
         Dictionary.from_pretrained(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command lines: python -m dictionary_learning_aligned.train
+
+
+@pytest.fixture
+def small_cache(tmp_path):
+    from dictionary_learning_aligned.cache import build_cache
+
+    g = torch.Generator().manual_seed(0)
+    return build_cache([torch.randn(256, 32, generator=g) for _ in range(4)], tmp_path / "cache", 1024,
+                       {"model": "m", "layer": 3})
+
+
+def _train(cache, out, *extra):
+    from dictionary_learning_aligned import train
+
+    return train.main(["--cache", str(cache), "--out", str(out), "--batch-size", "256", "--alignment", "none",
+                       "--dict-size", "64", "--steps", "2", *extra])
+
+
+def test_train_cli_spread_overwrite_with_a_bad_config_keeps_the_old_run(small_cache, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(small_cache, out, "--placement", "spread") == 0
+    before = snapshot(out)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"trainer": "Nope", "dict_size": 64}]))
+    for placement in ("spread", "ddp"):
+        assert _train(small_cache, out, "--placement", placement, "--overwrite", "--config", str(bad)) == 2
+        assert "unknown trainer 'Nope'" in capsys.readouterr().err
+        assert snapshot(out) == before
