@@ -135,17 +135,14 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     def train_data():
         if cache is None:
             return buffer("train", min(8000, max(64, total_tokens // 128 // 4)))
-        from .cache import ActivationCache, build_cache
+        from .cache import ActivationCache, build_cache, clear_unfinished
 
         meta = {"model": plan.model, "layer": plan.layer, "io": "out", "corpus": plan.corpus or "bundled",
                 "split": "train", "ctx_len": 128, "remove_bos": True, "max_norm_multiple": 10.0}
         tag = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{plan.model}_L{plan.layer}_"
                       f"{Path(str(plan.corpus)).name if plan.corpus else 'bundled'}_{unique_tokens}")
         path = Path(cache) / tag
-        if not (path / "meta.json").is_file():
-            if path.exists():  # an interrupted build: start it again
-                import shutil
-                shutil.rmtree(path)
+        if not clear_unfinished(path):  # an interrupted build of ours is started again; nothing else is deleted
             build_cache(buffer("train", min(8000, max(64, unique_tokens // 128 // 4))), path, unique_tokens, meta)
         return ActivationCache(path, batch_size=batch_size, seed=0, device=device, expect=meta, epochs=epochs,
                                preload=preload)
