@@ -314,3 +314,43 @@ def test_train_cli_spread_overwrite_with_a_bad_config_keeps_the_old_run(small_ca
         assert _train(small_cache, out, "--placement", placement, "--overwrite", "--config", str(bad)) == 2
         assert "unknown trainer 'Nope'" in capsys.readouterr().err
         assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--device", "bogus"], "--device: invalid device 'bogus'"),
+    (["--device", "cuda:0"], "no CUDA GPU") if not torch.cuda.is_available() else (["--tokens", "0"], "--tokens"),
+    (["--tokens", "0"], "--tokens must be >= 1"),
+    (["--dict-size", "abc"], "--dict-size must be a comma list of int"),
+    (["--seeds", "0,x"], "--seeds must be a comma list of int"),
+    (["--save-steps", "1,x"], "--save-steps must be a comma list of int"),
+    (["--config", "no_such.json"], "--config no_such.json: cannot read"),
+    (["--model", "another-model"], "model='m', not 'another-model'"),
+    (["--layer", "5"], "layer=3, not 5"),
+])
+def test_train_cli_bad_arguments_fail_with_one_line_before_any_work(small_cache, tmp_path, capsys, monkeypatch, args,
+                                                                    msg):
+    from dictionary_learning_aligned import train
+
+    monkeypatch.setattr(train, "harvest_cache", lambda *a, **k: pytest.fail("harvested despite a bad argument"))
+    before = snapshot(small_cache)
+    assert _train(small_cache, tmp_path / "out", *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and msg in err and "\n" not in err
+    assert not (tmp_path / "out").exists() and snapshot(small_cache) == before
+
+
+def test_train_cli_cache_path_that_is_not_a_cache_is_refused_before_loading_a_model(tmp_path, capsys, monkeypatch):
+    from dictionary_learning_aligned import train
+
+    monkeypatch.setattr(train, "harvest_cache", lambda *a, **k: pytest.fail("harvested into a folder of the user's"))
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    for cache in (afile, mine):
+        assert _train(cache, tmp_path / "out", "--tokens", "100") == 2
+        assert "is not an activation cache" in capsys.readouterr().err
+    assert afile.read_text() == "keep" and (mine / "notes.txt").read_text() == "keep"
+    assert _train(tmp_path / "c", afile) == 2  # --out is a file
+    assert "not a folder" in capsys.readouterr().err and afile.read_text() == "keep"
