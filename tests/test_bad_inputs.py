@@ -1,6 +1,7 @@
 """Bad inputs get clear errors, and nothing a user made is lost or changed."""
 import json
 import os
+import re
 import stat
 
 import pytest
@@ -354,3 +355,20 @@ def test_train_cli_cache_path_that_is_not_a_cache_is_refused_before_loading_a_mo
     assert afile.read_text() == "keep" and (mine / "notes.txt").read_text() == "keep"
     assert _train(tmp_path / "c", afile) == 2  # --out is a file
     assert "not a folder" in capsys.readouterr().err and afile.read_text() == "keep"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# python -m figures on broken results stores
+
+
+@pytest.mark.parametrize("content,msg", [("[1, 2]", "not a record .*JSON list"),
+                                          ('{"schema": 1, "id": "x"}', "not a complete record: it lacks")])
+def test_figures_cli_record_that_is_not_a_record(tmp_path, capsys, content, msg):
+    from figures.__main__ import main
+
+    (tmp_path / "records").mkdir(parents=True)
+    (tmp_path / "records" / "x.json").write_text(content)
+    for argv in (["table"], ["claims"], ["--out", str(tmp_path / "figs")]):
+        assert main([*argv, "--results", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "x.json" in err and "\n" not in err and re.search(msg, err)
