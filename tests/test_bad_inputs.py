@@ -372,3 +372,38 @@ def test_figures_cli_record_that_is_not_a_record(tmp_path, capsys, content, msg)
         assert main([*argv, "--results", str(tmp_path)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "x.json" in err and "\n" not in err and re.search(msg, err)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# python -m benchmarks run: user mistakes exit 2 with one line, before any model is loaded
+
+
+def test_benchmarks_cli_user_mistakes_exit_2_with_one_line(tmp_path, capsys, monkeypatch):
+    from benchmarks.__main__ import main
+    from benchmarks.saebench import bridge
+
+    monkeypatch.setattr(bridge, "load_hooked_transformer", lambda *a, **k: pytest.fail("model loaded"))
+    ae = AutoEncoder(16, 32)
+    d = tmp_path / "dicts" / "trainer_0"
+    ae.save(d)
+    (d / "config.json").write_text(json.dumps({"trainer": {"lm_name": "m", "layer": 0}}))
+    empty_store = tmp_path / "store"
+    (empty_store / "records").mkdir(parents=True)
+    (tmp_path / "nodict").mkdir()
+    out = ["--out", str(tmp_path / "out")]
+    cases = [
+        (["--dictionaries", str(tmp_path / "missing"), *out], "is not a folder"),
+        (["--dictionaries", str(tmp_path / "nodict"), *out], "no ae.safetensors"),
+        (["--dictionaries", str(d)], "--out is required"),
+        (["--results-store", str(empty_store)], "no record"),
+        (["--dictionaries", str(d), *out, "--evals", "bogus"], "unknown evals"),
+        (["--dictionaries", str(d), *out, "--evals", "core", "--device", "bogus"], "invalid device"),
+        (["--dictionaries", str(d), *out, "--evals", "core", "--dtype", "int8"], "--dtype"),
+        (["--dictionaries", str(d), *out, "--evals", "core", "--context", "0"], "--context must be a positive"),
+        (["--dictionaries", str(d), *out, "--evals", "core", "--scr-n-values", "0,2"], "--scr-n-values"),
+    ]
+    for argv, msg in cases:
+        assert main(["run", *argv]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and msg in err and "\n" not in err, (argv, err)
+    assert not (tmp_path / "out").exists()
