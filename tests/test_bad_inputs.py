@@ -407,3 +407,26 @@ def test_benchmarks_cli_user_mistakes_exit_2_with_one_line(tmp_path, capsys, mon
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and msg in err and "\n" not in err, (argv, err)
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# python -m dictionary_learning_aligned.reproduce: bad settings fail before the model is loaded
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--batch-size", "0"], "batch_size must be >= 1"),
+    (["--eval-batches", "0"], "eval_batches must be >= 1"),
+    (["--ce-batches", "-1"], "ce_batches must be >= 0"),
+    (["--ce-batch-size", "0"], "ce_batch_size must be >= 1"),
+    (["--device", "bogus"], "invalid device 'bogus'"),
+    (["--dict-sizes", "abc"], "--dict-sizes must be a comma list of integers"),
+    (["--tokens", "0"], "tokens must be >= 1"),
+    (["--epochs", "2"], "needs a cache"),
+])
+def test_reproduce_cli_bad_settings_fail_before_loading_the_model(tmp_path, capsys, monkeypatch, args, msg):
+    from dictionary_learning_aligned import models, reproduce
+
+    monkeypatch.setattr(models, "load_language_model", lambda *a, **k: pytest.fail("model loaded"))
+    assert reproduce.main(["main", "--scale", "smoke", "--results", str(tmp_path / "store"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and msg in err and "\n" not in err
