@@ -14,7 +14,12 @@ def main(argv=None) -> int:
         return 2
     from benchmarks.saebench.cli import main as run_main
 
-    return run_main(argv[1:])
+    try:
+        return run_main(argv[1:])
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as e:
+        # user mistakes, found before any eval runs (a failing eval raises EvalFailed, with its traceback)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

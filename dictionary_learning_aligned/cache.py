@@ -4,6 +4,8 @@ Layout of a cache folder::
 
     meta.json            what the activations are (model, layer, io, corpus, ...), dtype, activation_dim,
                          token count, shard list; written last, so a folder without it is an unfinished cache
+    .building            present while the cache is being written (removed with meta.json's arrival): marks an
+                         unfinished folder as one that build_cache made (see :func:`is_unfinished_cache`)
     shard_00000.npy      [tokens, activation_dim] arrays (numpy .npy, memory-mapped when read),
     shard_00001.npy      one file per ``shard_tokens`` activations
 """
@@ -11,6 +13,8 @@ Layout of a cache folder::
 from __future__ import annotations
 
 import json
+import numbers
+import re
 import shutil
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
@@ -21,6 +25,42 @@ import torch
 from .io import write_json
 
 CACHE_FORMAT = 1
+#: file that marks a folder as a cache that :func:`build_cache` is writing (or was, when it was killed)
+BUILDING_MARKER = ".building"
+_SHARD = re.compile(r"shard_\d{5}\.npy")
+
+
+def is_unfinished_cache(path) -> bool:
+    """Whether ``path`` is an interrupted :func:`build_cache` folder, safe to delete: no ``meta.json``, the
+    :data:`BUILDING_MARKER` file, and nothing else than shard files."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir() or not (path / BUILDING_MARKER).is_file():
+        return False
+    return all(p.name == BUILDING_MARKER or (_SHARD.fullmatch(p.name) and p.is_file() and not p.is_symlink())
+               for p in path.iterdir())
+
+
+def clear_unfinished(path) -> bool:
+    """Make ``path`` ready for :func:`build_cache` when it holds no complete cache: delete it if it is an
+    interrupted build (:func:`is_unfinished_cache`) and refuse anything else, which this library never deletes.
+
+    Returns:
+        True when ``path`` already holds a complete cache (nothing to build), else False.
+
+    Raises:
+        FileExistsError: ``path`` exists and is neither a complete cache nor an interrupted build of one.
+    """
+    path = Path(path)
+    if (path / "meta.json").is_file():
+        return True
+    if is_unfinished_cache(path):
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        raise FileExistsError(f"{path} exists but is not an activation cache (no meta.json) nor an interrupted "
+                              f"build of one; move it away or choose another cache folder")
+    return False
+
+
 _DTYPES = {"float32": (np.float32, torch.float32), "float16": (np.float16, torch.float16)}
 
 
@@ -47,14 +87,30 @@ def build_cache(batches: Iterable[torch.Tensor], path, n_tokens: int, meta: dict
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    if n_tokens < 1 or shard_tokens < 1:
-        raise ValueError(f"n_tokens and shard_tokens must be >= 1, got {n_tokens}, {shard_tokens}")
+    if not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1
+               for n in (n_tokens, shard_tokens)):
+        raise ValueError(f"n_tokens and shard_tokens must be integers >= 1, got {n_tokens!r}, {shard_tokens!r}")
+    try:  # checked before the (long) harvest, not when meta.json is written at its end
+        json.dumps(meta, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"cache meta must be JSON-ready: {e}") from None
     path = Path(path)
-    if path.exists():
+    if path.exists() or path.is_symlink():
         if not (overwrite and (path / "meta.json").is_file()):
             raise FileExistsError(f"{path} exists; choose a new folder (overwrite=True replaces an earlier cache)")
         shutil.rmtree(path)
     path.mkdir(parents=True)
+    (path / BUILDING_MARKER).write_text("build_cache is writing this folder; without meta.json it is unfinished\n")
+    try:
+        _fill(batches, path, int(n_tokens), meta, int(shard_tokens), dtype)
+    except BaseException:  # nothing half-written is left behind (the folder is ours: we just made it)
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    (path / BUILDING_MARKER).unlink()
+    return path
+
+
+def _fill(batches, path: Path, n_tokens: int, meta: dict, shard_tokens: int, dtype: str) -> None:
     np_dtype = _DTYPES[dtype][0]
     shards, written, dim = [], 0, None
     shard, filled = None, 0
@@ -83,14 +139,12 @@ def build_cache(batches: Iterable[torch.Tensor], path, n_tokens: int, meta: dict
                 shard.flush()
                 shard = None
     if written == 0:
-        shutil.rmtree(path)
         raise ValueError("no activations to cache")
     if shard is not None:  # the batches ran out inside a shard: record the filled part only
         shard.flush()
         shards[-1]["tokens"] = filled
     write_json(path / "meta.json", {"format": CACHE_FORMAT, "dtype": dtype, "activation_dim": dim,
                                     "tokens": written, "shards": shards, "meta": meta})
-    return path
 
 
 class ActivationCache:

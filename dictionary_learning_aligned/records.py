@@ -82,8 +82,8 @@ def iter_records(store, **where) -> Iterator[dict]:
 
     Raises:
         FileNotFoundError: ``store/records`` does not exist.
-        ValueError: a record file is not valid JSON or has another schema version (naming the file), or a record
-            is stored twice (``<id>.json`` and ``<id>.json.gz``).
+        ValueError: a record file is not valid JSON, not a JSON object, lacks a required key or has another schema
+            version (naming the file), or a record is stored twice (``<id>.json`` and ``<id>.json.gz``).
     """
     folder = Path(store) / "records"
     if not folder.is_dir():
@@ -98,7 +98,12 @@ def iter_records(store, **where) -> Iterator[dict]:
             rec = json.loads(gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_text())
         except (json.JSONDecodeError, OSError, UnicodeDecodeError) as e:
             raise ValueError(f"{p} is not valid JSON ({e})") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{p} is not a record (a JSON object), it holds a JSON {type(rec).__name__}")
         if rec.get("schema") != SCHEMA_VERSION:
             raise ValueError(f"{p} has schema {rec.get('schema')!r}, expected {SCHEMA_VERSION}")
+        missing = [k for k in REQUIRED if k not in rec]
+        if missing:
+            raise ValueError(f"{p} is not a complete record: it lacks {missing}")
         if all(rec.get(k) == v for k, v in where.items()):
             yield rec

@@ -77,8 +77,8 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
         preload: hold the whole cache on ``device`` (default: on a GPU) instead of reading batches from disk.
 
     Raises:
-        ValueError: unknown experiment/scale, a bad device, bad tokens/epochs/seeds, or ``epochs > 1`` without
-            ``cache``.
+        ValueError: unknown experiment/scale, a bad device, bad tokens/epochs/seeds/batch and evaluation sizes, or
+            ``epochs > 1`` without ``cache`` (all checked before the model is loaded).
     """
     from nnsight import LanguageModel
 
@@ -101,7 +101,15 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
         raise ValueError(f"seeds must be in 1..{plan.experiment.seeds} for {name}, got {seeds}")
     total_tokens = tokens or plan.tokens
     unique_tokens = -(-total_tokens // epochs)
+    for flag, v, low in (("batch_size", batch_size, 1), ("eval_batches", eval_batches, 1),
+                         ("ce_batches", ce_batches, 0), ("ce_batch_size", ce_batch_size, 1)):
+        if v is not None and v < low:
+            raise ValueError(f"{flag} must be >= {low}, got {v}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"invalid device {device!r} (e.g. cpu, cuda, cuda:0)") from None
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but no CUDA GPU is available")
     batch_size = batch_size or (1024 if scale == "smoke" else 8192)
@@ -135,17 +143,14 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     def train_data():
         if cache is None:
             return buffer("train", min(8000, max(64, total_tokens // 128 // 4)))
-        from .cache import ActivationCache, build_cache
+        from .cache import ActivationCache, build_cache, clear_unfinished
 
         meta = {"model": plan.model, "layer": plan.layer, "io": "out", "corpus": plan.corpus or "bundled",
                 "split": "train", "ctx_len": 128, "remove_bos": True, "max_norm_multiple": 10.0}
         tag = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{plan.model}_L{plan.layer}_"
                       f"{Path(str(plan.corpus)).name if plan.corpus else 'bundled'}_{unique_tokens}")
         path = Path(cache) / tag
-        if not (path / "meta.json").is_file():
-            if path.exists():  # an interrupted build: start it again
-                import shutil
-                shutil.rmtree(path)
+        if not clear_unfinished(path):  # an interrupted build of ours is started again; nothing else is deleted
             build_cache(buffer("train", min(8000, max(64, unique_tokens // 128 // 4))), path, unique_tokens, meta)
         return ActivationCache(path, batch_size=batch_size, seed=0, device=device, expect=meta, epochs=epochs,
                                preload=preload)
@@ -220,6 +225,13 @@ def _gid(r: Run) -> str:
     return group_id(r.experiment, r.arch, r.alignment, r.dict_size, {"name": r.sparsity_name, "value": r.sparsity_value})
 
 
+def _ints(s: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} must be a comma list of integers, got {s!r}") from None
+
+
 def main(argv=None) -> int:
     """Command line of the reproduction (see the module docstring)."""
     ap = argparse.ArgumentParser(prog="python -m dictionary_learning_aligned.reproduce", description=__doc__,
@@ -248,7 +260,7 @@ def main(argv=None) -> int:
         ids = run_experiment(args.experiment, args.scale, args.results, device=args.device, corpus=args.corpus,
                              batch_size=args.batch_size,
                              archs=args.archs.split(",") if args.archs else None,
-                             dict_sizes=[int(x) for x in args.dict_sizes.split(",")] if args.dict_sizes else None,
+                             dict_sizes=_ints(args.dict_sizes, "--dict-sizes") if args.dict_sizes else None,
                              cache=args.cache, tokens=args.tokens, epochs=args.epochs, seeds=args.seeds,
                              preload=False if args.no_preload else None, eval_batches=args.eval_batches,
                              ce_batches=args.ce_batches, ce_batch_size=args.ce_batch_size)

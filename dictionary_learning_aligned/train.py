@@ -165,14 +165,26 @@ def build_parser() -> argparse.ArgumentParser:
     b = ap.add_argument_group("building a missing cache")
     b.add_argument("--tokens", type=int, default=10_000_000, help="activations to harvest (default 10M)")
     b.add_argument("--model", default=None, help="language model (default SmolLM2-135M-Instruct)")
-    b.add_argument("--layer", type=int, default=12, help="layer (default 12)")
+    b.add_argument("--layer", type=int, default=None, help="layer (default 12)")
     b.add_argument("--corpus", default=None, help="text source (default: the bundled corpus)")
     b.add_argument("--ctx-len", type=int, default=128, help="context length (default 128)")
     return ap
 
 
-def _csv(s: str, cast=str) -> list:
-    return [cast(v.strip()) for v in s.split(",") if v.strip()]
+def _csv(s: str, cast=str, flag: str = "") -> list:
+    try:
+        return [cast(v.strip()) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{flag or 'list'} must be a comma list of {cast.__name__} values, got {s!r}") from None
+
+
+def _check_device(device: str) -> None:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device: invalid device {device!r} (e.g. cpu, cuda, cuda:0)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: no CUDA GPU is available")
 
 
 def run(args: argparse.Namespace) -> list[int]:
@@ -185,33 +197,47 @@ def run(args: argparse.Namespace) -> list[int]:
         ValueError: bad arguments (unknown arch, a batch size not divisible by the world size, an empty sweep...).
         FileExistsError: ``--out`` holds something and ``--overwrite`` was not given.
     """
-    from .cache import ActivationCache
+    from .cache import ActivationCache, clear_unfinished
     from .io import check_output_dir, prepare_output_dir, write_json
-    from .training import _save, trainSAE
+    from .training import _build_trainer, _save, trainSAE
 
     rank, world, local_rank = dd.init_from_env(args.backend)
     cuda = torch.cuda.is_available()
     device = args.device or (f"cuda:{local_rank}" if cuda else "cpu")
+    _check_device(device)
     if args.batch_size < 1 or args.epochs < 1:
         raise ValueError(f"--batch-size and --epochs must be >= 1, got {args.batch_size}, {args.epochs}")
+    if args.tokens < 1:
+        raise ValueError(f"--tokens must be >= 1, got {args.tokens}")
+    save_steps = _csv(args.save_steps, int, "--save-steps")
     if args.placement == "ddp" and args.batch_size % world:
         raise ValueError(f"--batch-size {args.batch_size} is not divisible by the world size {world} "
                          f"(data-parallel training gives each process batch_size / world_size activations)")
     check_output_dir(args.out, args.overwrite)  # every rank: all fail alike, before any work
     cache_path = Path(args.cache)
     if not (cache_path / "meta.json").is_file():
-        _rank0_first(lambda: harvest_cache(cache_path, args.tokens, args.model, args.layer, args.corpus,
-                                           args.ctx_len, device))
+        # an interrupted build of ours is started again; a file or someone else's folder is refused before the
+        # model is loaded
+        _rank0_first(lambda: clear_unfinished(cache_path) or harvest_cache(
+            cache_path, args.tokens, args.model, 12 if args.layer is None else args.layer, args.corpus,
+            args.ctx_len, device))
+    # the options that describe the cache, when given, must match an existing one
+    expect = {k: v for k, v in (("model", args.model), ("layer", args.layer), ("corpus", args.corpus))
+              if v is not None}
     cache = ActivationCache(cache_path, batch_size=args.batch_size, epochs=args.epochs, seed=0, device="cpu",
-                            drop_last=True)
+                            drop_last=True, expect=expect)
     steps = args.steps or len(cache)
     if args.config:
-        configs = json.loads(Path(args.config).read_text())
+        try:
+            configs = json.loads(Path(args.config).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"--config {args.config}: cannot read a JSON list of trainer configs ({e})") from None
         if not isinstance(configs, list) or not all(isinstance(c, dict) for c in configs):
             raise ValueError(f"{args.config} must hold a JSON list of trainer configs (dicts)")
     else:
         alignments = [None if a.lower() in ("none", "standard") else a for a in _csv(args.alignment)]
-        configs = grid_configs(_csv(args.arch), alignments, _csv(args.dict_size, int), _csv(args.seeds, int),
+        configs = grid_configs(_csv(args.arch), alignments, _csv(args.dict_size, int, "--dict-size"),
+                               _csv(args.seeds, int, "--seeds"),
                                k=args.k, l1_penalty=args.l1_penalty, lr=args.lr)
     if not configs:
         raise ValueError("no trainers to train")
@@ -239,10 +265,17 @@ def run(args: argparse.Namespace) -> list[int]:
     if args.placement == "ddp":
         mine = list(range(len(configs)))
         trainers = trainSAE(cache, configs, save_dir=args.out, overwrite=args.overwrite,
-                            save_steps=_csv(args.save_steps, int), data_parallel=world > 1, **common)
+                            save_steps=save_steps, data_parallel=world > 1, **common)
         writes = rank == 0
     else:
-        _rank0_first(lambda: prepare_output_dir(args.out, args.overwrite))
+        def check_then_prepare():
+            # every config must build before an earlier run in --out is replaced (--overwrite): built on the
+            # meta device, so no memory is used; trainSAE builds them for real below
+            for c in configs:
+                _build_trainer({**c, "device": "meta"}, "meta")
+            prepare_output_dir(args.out, args.overwrite)
+
+        _rank0_first(check_then_prepare)
         mine = [i for i in range(len(configs)) if i % world == rank]
         trainers = trainSAE(cache, [configs[i] for i in mine], **common) if mine else []
         for i, tr in zip(mine, trainers):
@@ -265,7 +298,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as e:
+    except (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -1,6 +1,7 @@
 """Bad inputs get clear errors, and nothing a user made is lost or changed."""
 import json
 import os
+import re
 import stat
 
 import pytest
@@ -282,3 +283,150 @@ def test_checkpoint_from_a_newer_format_is_refused(tmp_path):
     save_file(state, str(path), metadata={**meta, "format_version": "99"})
     with pytest.raises(CheckpointError, match="newer format version 99"):
         Dictionary.from_pretrained(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command lines: python -m dictionary_learning_aligned.train
+
+
+@pytest.fixture
+def small_cache(tmp_path):
+    from dictionary_learning_aligned.cache import build_cache
+
+    g = torch.Generator().manual_seed(0)
+    return build_cache([torch.randn(256, 32, generator=g) for _ in range(4)], tmp_path / "cache", 1024,
+                       {"model": "m", "layer": 3})
+
+
+def _train(cache, out, *extra):
+    from dictionary_learning_aligned import train
+
+    return train.main(["--cache", str(cache), "--out", str(out), "--batch-size", "256", "--alignment", "none",
+                       "--dict-size", "64", "--steps", "2", *extra])
+
+
+def test_train_cli_spread_overwrite_with_a_bad_config_keeps_the_old_run(small_cache, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(small_cache, out, "--placement", "spread") == 0
+    before = snapshot(out)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"trainer": "Nope", "dict_size": 64}]))
+    for placement in ("spread", "ddp"):
+        assert _train(small_cache, out, "--placement", placement, "--overwrite", "--config", str(bad)) == 2
+        assert "unknown trainer 'Nope'" in capsys.readouterr().err
+        assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--device", "bogus"], "--device: invalid device 'bogus'"),
+    (["--device", "cuda:0"], "no CUDA GPU") if not torch.cuda.is_available() else (["--tokens", "0"], "--tokens"),
+    (["--tokens", "0"], "--tokens must be >= 1"),
+    (["--dict-size", "abc"], "--dict-size must be a comma list of int"),
+    (["--seeds", "0,x"], "--seeds must be a comma list of int"),
+    (["--save-steps", "1,x"], "--save-steps must be a comma list of int"),
+    (["--config", "no_such.json"], "--config no_such.json: cannot read"),
+    (["--model", "another-model"], "model='m', not 'another-model'"),
+    (["--layer", "5"], "layer=3, not 5"),
+])
+def test_train_cli_bad_arguments_fail_with_one_line_before_any_work(small_cache, tmp_path, capsys, monkeypatch, args,
+                                                                    msg):
+    from dictionary_learning_aligned import train
+
+    monkeypatch.setattr(train, "harvest_cache", lambda *a, **k: pytest.fail("harvested despite a bad argument"))
+    before = snapshot(small_cache)
+    assert _train(small_cache, tmp_path / "out", *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and msg in err and "\n" not in err
+    assert not (tmp_path / "out").exists() and snapshot(small_cache) == before
+
+
+def test_train_cli_cache_path_that_is_not_a_cache_is_refused_before_loading_a_model(tmp_path, capsys, monkeypatch):
+    from dictionary_learning_aligned import train
+
+    monkeypatch.setattr(train, "harvest_cache", lambda *a, **k: pytest.fail("harvested into a folder of the user's"))
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    for cache in (afile, mine):
+        assert _train(cache, tmp_path / "out", "--tokens", "100") == 2
+        assert "is not an activation cache" in capsys.readouterr().err
+    assert afile.read_text() == "keep" and (mine / "notes.txt").read_text() == "keep"
+    assert _train(tmp_path / "c", afile) == 2  # --out is a file
+    assert "not a folder" in capsys.readouterr().err and afile.read_text() == "keep"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# python -m figures on broken results stores
+
+
+@pytest.mark.parametrize("content,msg", [("[1, 2]", "not a record .*JSON list"),
+                                          ('{"schema": 1, "id": "x"}', "not a complete record: it lacks")])
+def test_figures_cli_record_that_is_not_a_record(tmp_path, capsys, content, msg):
+    from figures.__main__ import main
+
+    (tmp_path / "records").mkdir(parents=True)
+    (tmp_path / "records" / "x.json").write_text(content)
+    for argv in (["table"], ["claims"], ["--out", str(tmp_path / "figs")]):
+        assert main([*argv, "--results", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "x.json" in err and "\n" not in err and re.search(msg, err)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# python -m benchmarks run: user mistakes exit 2 with one line, before any model is loaded
+
+
+def test_benchmarks_cli_user_mistakes_exit_2_with_one_line(tmp_path, capsys, monkeypatch):
+    from benchmarks.__main__ import main
+    from benchmarks.saebench import bridge
+
+    monkeypatch.setattr(bridge, "load_hooked_transformer", lambda *a, **k: pytest.fail("model loaded"))
+    ae = AutoEncoder(16, 32)
+    d = tmp_path / "dicts" / "trainer_0"
+    ae.save(d)
+    (d / "config.json").write_text(json.dumps({"trainer": {"lm_name": "m", "layer": 0}}))
+    empty_store = tmp_path / "store"
+    (empty_store / "records").mkdir(parents=True)
+    (tmp_path / "nodict").mkdir()
+    out = ["--out", str(tmp_path / "out")]
+    cases = [
+        (["--dictionaries", str(tmp_path / "missing"), *out], "is not a folder"),
+        (["--dictionaries", str(tmp_path / "nodict"), *out], "no ae.safetensors"),
+        (["--dictionaries", str(d)], "--out is required"),
+        (["--results-store", str(empty_store)], "no record"),
+        (["--dictionaries", str(d), *out, "--evals", "bogus"], "unknown evals"),
+        (["--dictionaries", str(d), *out, "--evals", "core", "--device", "bogus"], "invalid device"),
+        (["--dictionaries", str(d), *out, "--evals", "core", "--dtype", "int8"], "--dtype"),
+        (["--dictionaries", str(d), *out, "--evals", "core", "--context", "0"], "--context must be a positive"),
+        (["--dictionaries", str(d), *out, "--evals", "core", "--scr-n-values", "0,2"], "--scr-n-values"),
+    ]
+    for argv, msg in cases:
+        assert main(["run", *argv]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and msg in err and "\n" not in err, (argv, err)
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# python -m dictionary_learning_aligned.reproduce: bad settings fail before the model is loaded
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--batch-size", "0"], "batch_size must be >= 1"),
+    (["--eval-batches", "0"], "eval_batches must be >= 1"),
+    (["--ce-batches", "-1"], "ce_batches must be >= 0"),
+    (["--ce-batch-size", "0"], "ce_batch_size must be >= 1"),
+    (["--device", "bogus"], "invalid device 'bogus'"),
+    (["--dict-sizes", "abc"], "--dict-sizes must be a comma list of integers"),
+    (["--tokens", "0"], "tokens must be >= 1"),
+    (["--epochs", "2"], "needs a cache"),
+])
+def test_reproduce_cli_bad_settings_fail_before_loading_the_model(tmp_path, capsys, monkeypatch, args, msg):
+    from dictionary_learning_aligned import models, reproduce
+
+    monkeypatch.setattr(models, "load_language_model", lambda *a, **k: pytest.fail("model loaded"))
+    assert reproduce.main(["main", "--scale", "smoke", "--results", str(tmp_path / "store"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and msg in err and "\n" not in err

@@ -71,3 +71,49 @@ def test_train_several_dictionaries_from_a_cache(tmp_path):
                warmup_steps=1, sparsity_warmup_steps=2)
     trainers = trainSAE(cache, [{**cfg, "seed": 0}, {**cfg, "seed": 1}], steps=16, device="cpu")
     assert all(t.steps_done == 16 for t in trainers)
+
+
+def test_an_interrupted_build_is_marked_and_only_such_a_folder_is_cleared(tmp_path):
+    from dictionary_learning_aligned.cache import BUILDING_MARKER, clear_unfinished, is_unfinished_cache
+
+    def killed(n):  # the harvest dies (e.g. the process is killed) after n batches
+        for b in batches(n=n):
+            yield b
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(killed(3), tmp_path / "k", n_tokens=1000, meta=META, shard_tokens=100)
+    assert not (tmp_path / "k").exists()  # build_cache removes the folder it made when it fails
+    # a folder left by a killed process: marker and shards only -> cleared and rebuilt
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / BUILDING_MARKER).write_text("")
+    (half / "shard_00000.npy").write_bytes(b"x")
+    assert is_unfinished_cache(half) and clear_unfinished(half) is False and not half.exists()
+    # anything else is never deleted: a folder of the user's, or a marked folder holding other files
+    for files in ({"notes.txt": "mine"}, {BUILDING_MARKER: "", "shard_00000.npy": "x", "notes.txt": "mine"}):
+        other = tmp_path / "other"
+        other.mkdir()
+        for name, text in files.items():
+            (other / name).write_text(text)
+        assert not is_unfinished_cache(other)
+        with pytest.raises(FileExistsError, match="not an activation cache"):
+            clear_unfinished(other)
+        assert {p.name for p in other.iterdir()} == set(files)
+        for p in other.iterdir():
+            p.unlink()
+        other.rmdir()
+    done = build_cache(batches(n=2), tmp_path / "done", n_tokens=200, meta=META)
+    assert not (done / BUILDING_MARKER).exists() and clear_unfinished(done) is True
+
+
+def test_build_cache_checks_its_arguments_before_harvesting(tmp_path):
+    def never():
+        raise AssertionError("harvested before the arguments were checked")
+        yield
+
+    with pytest.raises(ValueError, match="JSON-ready"):
+        build_cache(never(), tmp_path / "m", n_tokens=10, meta={"x": object()})
+    with pytest.raises(ValueError, match="integers >= 1"):
+        build_cache(never(), tmp_path / "f", n_tokens=5.5, meta=META)
+    assert not (tmp_path / "m").exists() and not (tmp_path / "f").exists()

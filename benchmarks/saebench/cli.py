@@ -139,7 +139,7 @@ def main(argv=None) -> int:
         out, per_record = Path(args.out or Path(args.results_store) / "saebench"), True
     else:
         if not args.out:
-            raise SystemExit("--out is required with --dictionaries")
+            raise ValueError("--out is required with --dictionaries")
         dicts, out, per_record = find_dictionaries(args.dictionaries), Path(args.out), False
     b = Budgets()
     for k in OFFLINE_SIZES:

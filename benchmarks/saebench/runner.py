@@ -325,6 +325,16 @@ def run(spec: RunSpec, log=print) -> dict:
         raise ValueError(f"unknown evals {bad}; choose from {', '.join(EVALS)}")
     if not spec.dictionaries:
         raise ValueError("no dictionaries to evaluate")
+    try:
+        dev = torch.device(spec.device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device: invalid device {spec.device!r} (e.g. cpu, cuda, cuda:0)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {spec.device!r}: no CUDA GPU is available")
+    for k, v in vars(spec.budgets).items():
+        if any(not isinstance(x, int) or isinstance(x, bool) or x < 1 for x in (v if isinstance(v, tuple) else [v])):
+            what = "positive integers" if isinstance(v, tuple) else "a positive integer"
+            raise ValueError(f"--{k.replace('_', '-')} must be {what}, got {v!r}")
     dtype = getattr(torch, spec.dtype.removeprefix("torch."), None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"--dtype must name a floating-point torch dtype, got {spec.dtype!r}")
