@@ -43,12 +43,14 @@ PLACEMENTS = ("ddp", "spread")
 
 
 def grid_configs(archs: list[str], alignments: list[Optional[str]], dict_sizes: list[int], seeds: list[int],
-                 k: int = 64, l1_penalty: Optional[float] = None, lr: Optional[float] = None) -> list[dict]:
+                 k: int = 64, l1_penalty: Optional[float] = None, lr: Optional[float] = None,
+                 alignment_penalty: Optional[float] = None) -> list[dict]:
     """Trainer configs (without steps/shape/model fields) for the product arch x alignment x dict_size x seed.
 
     Args:
         archs: names from :data:`ARCHS`; alignments: None (standard) or aligned modes; dict_sizes; seeds.
-        k: TopK/BatchTopK k; l1_penalty: ReLU L1 coefficient (None: trainer default); lr: None: trainer default.
+        k: TopK/BatchTopK k; l1_penalty: ReLU L1 / p-anneal initial coefficient (None: trainer default);
+        lr: None: trainer default; alignment_penalty: the lambda of the ``"penalty"`` ablation (required by it).
 
     Raises:
         ValueError: unknown arch or alignment mode.
@@ -67,6 +69,10 @@ def grid_configs(archs: list[str], alignments: list[Optional[str]], dict_sizes: 
             cfg["k"] = k
         if arch == "relu" and l1_penalty is not None:
             cfg["l1_penalty"] = l1_penalty
+        if arch == "panneal" and l1_penalty is not None:
+            cfg["initial_sparsity_penalty"] = l1_penalty
+        if mode == "penalty" and alignment_penalty is not None:
+            cfg["alignment_penalty"] = alignment_penalty
         if lr is not None:
             cfg["lr"] = lr
         out.append(cfg)
@@ -142,7 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dict-size", default="4096", help="comma list of dictionary sizes (default 4096)")
     ap.add_argument("--seeds", default="0", help="comma list of seeds (default 0)")
     ap.add_argument("--k", type=int, default=64, help="k of TopK/BatchTopK (default 64)")
-    ap.add_argument("--l1-penalty", type=float, default=None, help="ReLU L1 coefficient (default: trainer's)")
+    ap.add_argument("--l1-penalty", type=float, default=None,
+                    help="ReLU L1 / p-anneal initial sparsity coefficient (default: trainer's)")
+    ap.add_argument("--alignment-penalty", type=float, default=None,
+                    help="lambda of the 'penalty' alignment ablation (required when --alignment has penalty)")
     ap.add_argument("--lr", type=float, default=None, help="learning rate (default: trainer's)")
     ap.add_argument("--config", default=None,
                     help="JSON file with a list of trainer configs ({'trainer': class name, ...}); replaces the "
@@ -238,7 +247,8 @@ def run(args: argparse.Namespace) -> list[int]:
         alignments = [None if a.lower() in ("none", "standard") else a for a in _csv(args.alignment)]
         configs = grid_configs(_csv(args.arch), alignments, _csv(args.dict_size, int, "--dict-size"),
                                _csv(args.seeds, int, "--seeds"),
-                               k=args.k, l1_penalty=args.l1_penalty, lr=args.lr)
+                               k=args.k, l1_penalty=args.l1_penalty, lr=args.lr,
+                               alignment_penalty=args.alignment_penalty)
     if not configs:
         raise ValueError("no trainers to train")
     warmup = args.warmup_steps if args.warmup_steps is not None else min(1000, steps // 10)
@@ -250,6 +260,9 @@ def run(args: argparse.Namespace) -> list[int]:
         c.setdefault("warmup_steps", warmup)
         if any(n in str(c.get("trainer")) for n in ("StandardTrainer", "PAnnealTrainer")):
             c.setdefault("sparsity_warmup_steps", min(2000, steps // 5))
+        if "PAnnealTrainer" in str(c.get("trainer")) and steps > 3:  # anneal over the run, as reproduce does
+            c.setdefault("anneal_start", max(1, steps // 4))
+            c.setdefault("anneal_end", steps - 2)
         if args.compile:
             c.setdefault("compile", True)
         if args.sparse_decode and "TopK" in str(c.get("trainer")):

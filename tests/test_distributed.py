@@ -122,3 +122,17 @@ def test_cli_builds_a_missing_cache_from_the_default_model(tmp_path):
     assert meta["tokens"] == 600 and meta["activation_dim"] == 576 and meta["meta"]["layer"] == 12
     cfg = json.loads((tmp_path / "o" / "trainer_0" / "config.json").read_text())
     assert cfg["trainer"]["steps"] == 6 and cfg["run"]["cache"]["meta_model"] == meta["meta"]["model"]
+
+
+def test_cli_panneal_and_penalty_ablation(cache_and_config, tmp_path, capsys):
+    _, cache, _ = cache_and_config
+    assert train.main(["--cache", str(cache), "--out", str(tmp_path / "o"), "--arch", "panneal,relu",
+                       "--alignment", "none,penalty", "--alignment-penalty", "0.5", "--l1-penalty", "0.03",
+                       "--dict-size", "32", "--batch-size", "100"]) == 0
+    cfgs = [json.loads((tmp_path / "o" / f"trainer_{i}" / "config.json").read_text())["trainer"] for i in range(4)]
+    pan = [c for c in cfgs if c["trainer_class"] == "PAnnealTrainer"]
+    assert all(c["initial_sparsity_penalty"] == 0.03 and c["anneal_start"] == 19 // 4 for c in pan)
+    assert [c["alignment_penalty"] for c in cfgs if c["alignment"] == "penalty"] == [0.5, 0.5]
+    assert train.main(["--cache", str(cache), "--out", str(tmp_path / "p"), "--alignment", "penalty",
+                       "--dict-size", "32", "--batch-size", "100"]) == 2
+    assert "alignment_penalty" in capsys.readouterr().err
