@@ -169,7 +169,8 @@ class ActivationCache:
 
     Raises:
         FileNotFoundError: no cache at ``path``, or an unfinished one (no ``meta.json``), or a missing shard.
-        ValueError: ``expect`` does not match, an unknown format, or bad sizes.
+        ValueError: ``expect`` does not match, an unknown format, bad sizes, or a damaged ``meta.json`` or shard
+            (truncated, garbage, or of another width).
     """
 
     def __init__(self, path, batch_size: int = 8192, epochs: int = 1, shuffle: bool = True, seed: int = 0,
@@ -180,7 +181,12 @@ class ActivationCache:
         if not meta_path.is_file():
             raise FileNotFoundError(f"no complete activation cache at {self.path} (meta.json missing: the cache "
                                     f"was never built or its build was interrupted)")
-        info = json.loads(meta_path.read_text())
+        try:
+            info = json.loads(meta_path.read_text())
+            if not isinstance(info, dict) or not all(k in info for k in ("activation_dim", "tokens", "shards")):
+                raise ValueError("activation_dim, tokens or shards missing")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{meta_path} is damaged ({e}); delete the cache folder and build it again") from None
         if info.get("format") != CACHE_FORMAT:
             raise ValueError(f"{self.path}: unknown cache format {info.get('format')!r}")
         for k, v in (expect or {}).items():
@@ -200,7 +206,15 @@ class ActivationCache:
             f = self.path / s["file"]
             if not f.is_file():
                 raise FileNotFoundError(f"{self.path}: shard {s['file']} is missing")
-            self.arrays.append(np.load(f, mmap_mode="r")[: s["tokens"]])
+            try:
+                arr = np.load(f, mmap_mode="r")
+            except (ValueError, OSError, EOFError) as e:
+                raise ValueError(f"{f} is damaged ({e}); delete the cache folder and build it again") from None
+            if arr.ndim != 2 or arr.shape[1] != info["activation_dim"] or len(arr) < s["tokens"]:
+                raise ValueError(f"{f} holds an array of shape {tuple(arr.shape)}, not [{s['tokens']}, "
+                                 f"{info['activation_dim']}] as meta.json says; delete the cache folder and build "
+                                 f"it again")
+            self.arrays.append(arr[: s["tokens"]])
         self.offsets = np.cumsum([0] + [len(a) for a in self.arrays])
         self.n_tokens = int(self.offsets[-1])
         self.activation_dim = info["activation_dim"]

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,3 +118,20 @@ def test_build_cache_checks_its_arguments_before_harvesting(tmp_path):
     with pytest.raises(ValueError, match="integers >= 1"):
         build_cache(never(), tmp_path / "f", n_tokens=5.5, meta=META)
     assert not (tmp_path / "m").exists() and not (tmp_path / "f").exists()
+
+
+def test_damaged_cache_is_named(tmp_path):
+    path = build_cache(batches(n=2), tmp_path / "c", n_tokens=200, meta=META, shard_tokens=100)
+    shard = path / "shard_00001.npy"
+    good = shard.read_bytes()
+    shard.write_bytes(good[:200])  # truncated
+    with pytest.raises(ValueError, match="shard_00001.npy is damaged|shard_00001.npy holds an array"):
+        ActivationCache(path)
+    np.save(shard, np.zeros((100, 5), np.float16))  # another width
+    with pytest.raises(ValueError, match=r"shard_00001.npy holds an array of shape \(100, 5\)"):
+        ActivationCache(path)
+    shard.write_bytes(good)
+    ActivationCache(path)  # intact again
+    (path / "meta.json").write_text("{not json")
+    with pytest.raises(ValueError, match="meta.json is damaged"):
+        ActivationCache(path)
