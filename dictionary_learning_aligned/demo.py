@@ -293,7 +293,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     (out / "results.md").write_text(format_markdown(results))
     plot_alignment_histograms({g: metrics[m[0]] for g, m in groups.items()}, out / "alignment_hist.pdf")
     print(format_table(results))
-    print(f"\nwrote {out / 'results.json'}, {out / 'alignment_hist.pdf'} and dictionaries in {out / 'dictionaries'}")
+    print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}, {out / 'alignment_hist.pdf'} (and .png) and "
+          f"dictionaries in {out / 'dictionaries'}")
     return results
 
 
@@ -345,7 +346,8 @@ def summarize_groups(metrics: dict, groups: dict) -> dict:
             if any(v is None for v in vals):
                 out[g][label] = None
                 continue
-            out[g][label] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+            out[g][label] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                             "n": len(vals)}
     return out
 
 
@@ -394,7 +396,8 @@ def format_markdown(results: dict) -> str:
         cells = [g]
         for label in MD_ROWS:
             v = row[label]
-            cells.append("n/a" if v is None else f"{v['mean']:.3f} ± {v['std']:.3f}")
+            cells.append("n/a" if v is None else f"{v['mean']:.3f}" + (f" ± {v['std']:.3f}" if v.get("n", 2) > 1
+                                                                      else ""))
         if stab:
             cells += [f"{stab[g]['mcs']:.3f}", f"{stab[g]['frac_above_0.7']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -301,6 +301,13 @@ def run(args: argparse.Namespace) -> list[int]:
         write_json(out / "run.json", {"command": "python -m dictionary_learning_aligned.train " + " ".join(
             sys.argv[1:]), "placement": args.placement, "world_size": world, "device": device, "steps": steps,
             "cache": cache.config, "trainers": json.loads(json.dumps(configs, default=str))})
+    for i, tr in zip(mine, trainers):  # every process reports its own trainers
+        last = tr.log[-1] if tr.log else {}
+        print(f"trainer_{i}: {type(tr).__name__} alignment={tr.config.get('alignment')} "
+              f"dict_size={tr.config.get('dict_size')} steps={tr.steps_done} tokens={tr.tokens_seen}"
+              + "".join(f" {k}={last[k]:.4g}" for k in ("loss", "l0", "frac_variance_explained")
+                        if isinstance(last.get(k), (int, float)))
+              + f" -> {out / f'trainer_{i}'}")
     if world > 1:
         torch.distributed.barrier()
     return mine

@@ -66,3 +66,15 @@ def test_demo_arch_and_seeds(tmp_path):
         run_demo(DemoConfig(out=str(tmp_path / "x"), arch="jumprelu", **TINY))
     with pytest.raises(ValueError, match="k must be in"):
         run_demo(DemoConfig(out=str(tmp_path / "x"), arch="topk", k=0, **TINY))
+
+
+def test_markdown_summary_shows_std_only_with_several_seeds():
+    from dictionary_learning_aligned.demo import MD_ROWS, format_markdown
+
+    def row(n):
+        return {label: {"mean": 0.5, "std": 0.01 if n > 1 else 0.0, "n": n} for label in MD_ROWS}
+
+    one = format_markdown({"summary": {"standard": row(1)}})
+    three = format_markdown({"summary": {"standard": row(3)}})
+    assert "±" not in one and "0.500" in one
+    assert three.count("±") == len(MD_ROWS)

@@ -260,3 +260,32 @@ def test_evals_leave_grad_mode_and_rngs_as_they_were():
         torch.rand(5)
     assert torch.is_grad_enabled()
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_offline_defaults_are_the_datasets_present(tmp_path):
+    from benchmarks.saebench import runner
+    from benchmarks.saebench.data import LOCAL_DEFAULTS, present_locally
+
+    spec = runner.RunSpec(dictionaries=[], evals=["scr"], out=tmp_path / "o")
+    # the shipped samples hold bias-in-bios and AG News only: SCR/TPP default to bias-in-bios there
+    assert runner._datasets_for(spec, "scr") == ["dla-local/bias_in_bios_class_set1"]
+    assert "dla-local/ag_news" in runner._datasets_for(spec, "sparse_probing")
+    assert not present_locally("dla-local/amazon_reviews_multidomain")
+    empty = runner.RunSpec(dictionaries=[], evals=["scr"], out=tmp_path / "o", data_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="scr: none of its local datasets"):
+        runner._datasets_for(empty, "scr")
+    assert set(runner._datasets_for(spec, "tpp")) <= set(LOCAL_DEFAULTS["tpp"])
+
+
+def test_smoke_budget_preset_and_explicit_flags_win(tmp_path, monkeypatch):
+    from benchmarks.saebench import cli, runner
+
+    seen = []
+    monkeypatch.setattr(runner, "run", lambda spec: seen.append(spec))
+    monkeypatch.setattr(cli, "find_dictionaries", lambda paths: [])
+    assert cli.main(["--dictionaries", "x", "--out", str(tmp_path / "o"), "--budget", "smoke",
+                     "--scr-train", "40"]) == 0
+    b = seen[-1].budgets
+    assert (b.context, b.core_batches, b.probe_train, b.autointerp_tokens, b.scr_train) == (64, 2, 20, 6000, 40)
+    assert cli.main(["--dictionaries", "x", "--out", str(tmp_path / "o")]) == 0
+    assert seen[-1].budgets.core_batches == runner.Budgets().core_batches

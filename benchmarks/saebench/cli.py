@@ -65,6 +65,13 @@ def store_dictionaries(store, pattern: str = "*") -> list[DictionaryEntry]:
 OFFLINE_SIZES = {"probe_train": 300, "probe_test": 80, "scr_train": 160, "scr_test": 52}
 
 
+#: ``--budget smoke``: the budgets of the test suite (every eval runs in seconds to a minute on a CPU; the numbers
+#: check the pipeline, they mean nothing); explicit flags still win
+SMOKE_BUDGETS = {"context": 64, "core_batches": 2, "core_sparsity_batches": 2, "core_batch_prompts": 4,
+                 "scr_train": 60, "scr_test": 12, "probe_train": 20, "probe_test": 10, "autointerp_latents": 3,
+                 "autointerp_tokens": 6000}
+
+
 def _csv(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
@@ -101,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     for ev in ("sparse_probing", "scr", "tpp", "core", "autointerp"):
         p.add_argument(f"--{ev.replace('_', '-')}-datasets", type=_csv, help=f"dataset names for {ev} "
                        "(hub names or dla-local/...; default per --online)")
+    p.add_argument("--budget", choices=("default", "smoke"), default="default", help="smoke: tiny budgets for a "
+                   "quick CPU check of the pipeline (" + ", ".join(f"{k}={v}" for k, v in SMOKE_BUDGETS.items())
+                   + "); explicit flags override them")
     p.add_argument("--context", type=int, default=b.context, help="tokens per prompt in every eval")
     p.add_argument("--llm-batch-size", type=int, default=b.llm_batch_size)
     p.add_argument("--core-batches", type=int, default=b.core_batches, help="core reconstruction batches")
@@ -133,7 +143,10 @@ def main(argv=None) -> int:
     from .judge import JudgeConfig
     from .runner import run
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if "smoke" in (parser.parse_known_args(argv)[0].budget,):
+        parser.set_defaults(**SMOKE_BUDGETS)
+    args = parser.parse_args(argv)
     if args.results_store:
         dicts = store_dictionaries(args.results_store, args.records)
         out, per_record = Path(args.out or Path(args.results_store) / "saebench"), True

@@ -27,7 +27,7 @@ local name                                  source (``DIR/...``)                
 Files without their own test split are split by text: a row is a test row iff ``crc32(text) % 4 == 0``.
 For sparse probing and TPP each class gets ``train_set_size // 2`` train and ``test_set_size // 2`` test texts
 (class-balanced sampling with the eval's seed; SAEBench's own bias-in-bios loader also balances gender, ours does
-not). SCR uses SAEBench's own code on ``dla-local/bias_in_bios`` (profession x gender; pairs
+not). SCR uses SAEBench's own code on ``dla-local/bias_in_bios_class_set1`` (profession x gender; pairs
 (accountant, nurse), (surgeon, nurse)) and ``dla-local/amazon_reviews_multidomain`` (category x rating 1/5; pairs
 (books, kitchen), (dvd, electronics)).
 """
@@ -317,6 +317,13 @@ def scr_pairs(names) -> dict:
     return {n: list(SCR_SETS[n]["pairs"]) for n in names if n in SCR_SETS}
 
 
+def present_locally(name: str, data_dir=None) -> bool:
+    """Whether the files of the local dataset ``name`` exist under ``data_dir`` (default: the shipped samples)."""
+    spec = LABELLED.get(name) or SCR_SETS[name]["spec"]
+    folder = Path(data_dir) if data_dir is not None else SAMPLE_DATA_DIR
+    return all((folder / spec["folder"] / f).is_file() for f in spec["files"] + (spec["test_files"] or []))
+
+
 def check_names(eval_name: str, names: list[str]) -> None:
     """Validate dataset names for an eval.
 
@@ -329,5 +336,5 @@ def check_names(eval_name: str, names: list[str]) -> None:
         raise ValueError(f"{eval_name}: unknown local datasets {bad}; available: {sorted(allowed)}")
 
 
-__all__ = ["LocalData", "HUB_DATASETS", "LOCAL_DEFAULTS", "LABELLED", "SCR_SETS", "TEXT", "PREFIX",
+__all__ = ["LocalData", "HUB_DATASETS", "LOCAL_DEFAULTS", "LABELLED", "SCR_SETS", "TEXT", "PREFIX", "present_locally",
            "SAMPLE_DATA_DIR", "scr_pairs", "check_names", "is_test_row"]

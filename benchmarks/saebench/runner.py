@@ -28,6 +28,7 @@ from typing import Optional
 
 import torch
 
+from dictionary_learning_aligned.dtypes import as_dtype
 from dictionary_learning_aligned.io import prepare_output_dir, write_json
 
 from . import data as D
@@ -199,8 +200,12 @@ def _versions() -> dict:
 def _datasets_for(spec: RunSpec, ev: str) -> list:
     if ev in spec.datasets:
         names = list(spec.datasets[ev])
-    elif spec.offline:
-        names = list(D.LOCAL_DEFAULTS[ev])
+    elif spec.offline:  # the defaults whose files are there (the shipped samples hold only some of them)
+        names = [n for n in D.LOCAL_DEFAULTS[ev] if D.present_locally(n, spec.data_dir)]
+        if not names:
+            raise FileNotFoundError(f"{ev}: none of its local datasets {D.LOCAL_DEFAULTS[ev]} has its files under "
+                                    f"{spec.data_dir or D.SAMPLE_DATA_DIR} (give --data-dir with the layout of "
+                                    f"../shared/data, or name datasets with --{ev.replace('_', '-')}-datasets)")
     else:
         names = list(D.HUB_DATASETS[ev])
     D.check_names(ev, names)
@@ -335,9 +340,7 @@ def run(spec: RunSpec, log=print) -> dict:
         if any(not isinstance(x, int) or isinstance(x, bool) or x < 1 for x in (v if isinstance(v, tuple) else [v])):
             what = "positive integers" if isinstance(v, tuple) else "a positive integer"
             raise ValueError(f"--{k.replace('_', '-')} must be {what}, got {v!r}")
-    dtype = getattr(torch, spec.dtype.removeprefix("torch."), None)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"--dtype must name a floating-point torch dtype, got {spec.dtype!r}")
+    dtype = as_dtype(spec.dtype, "--dtype")
     for ev in spec.evals:
         if ev in D.LOCAL_DEFAULTS:
             _datasets_for(spec, ev)
