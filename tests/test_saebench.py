@@ -136,8 +136,12 @@ def _store(tmp_path, ae):
     rid = "main__topk__project__d128__k16__s0"
     _save(ae, store / "dictionaries" / "main" / "trainer_0", trainer_class="AlignedTopKTrainer")
     (store / "records").mkdir(parents=True)
-    (store / "records" / f"{rid}.json").write_text(json.dumps({"schema": 1, "id": rid, "paths": {
-        "dictionary": "dictionaries/main/trainer_0"}}))
+    from dictionary_learning_aligned.records import REQUIRED
+
+    rec = {k: None for k in REQUIRED}  # only the fields the harness reads are filled
+    rec.update({"schema": 1, "id": rid, "experiment": "main", "arch": "topk", "alignment": "project",
+                "dict_size": 128, "seed": 0, "paths": {"dictionary": "dictionaries/main/trainer_0"}})
+    (store / "records" / f"{rid}.json").write_text(json.dumps(rec))
     return store, rid
 
 
