@@ -21,6 +21,12 @@ def test_pack_token_contexts(smollm2_tokenizer):
     assert stream[: len(first)] == first  # nothing lost or reordered
     with pytest.raises(ValueError, match="ctx_len"):
         next(pack_token_contexts(TEXTS, smollm2_tokenizer, ctx_len=1))
+    # documents tokenized in batches give exactly the contexts of one document per call
+    for n in (1, 2, 64):
+        again = list(pack_token_contexts(TEXTS, smollm2_tokenizer, ctx_len=16, tokenize_batch=n))
+        assert len(again) == len(ctxs) and all(torch.equal(a, b) for a, b in zip(again, ctxs))
+    with pytest.raises(ValueError, match="tokenize_batch"):
+        next(pack_token_contexts(TEXTS, smollm2_tokenizer, ctx_len=16, tokenize_batch=0))
 
 
 @pytest.mark.parametrize("io,offset", [("out", 1), ("in", 0)])
