@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from .dtypes import as_dtype
+from .dtypes import as_dtype, check_device
 
 
 @dataclass
@@ -175,12 +175,7 @@ def validate_config(cfg: DemoConfig) -> None:
         raise ValueError("corpus is empty; omit --corpus for the bundled corpus")
     for name in ("model_dtype", "autocast"):
         as_dtype(getattr(cfg, name), name)
-    try:
-        dev = torch.device(cfg.device)
-    except RuntimeError as e:
-        raise ValueError(f"invalid device {cfg.device!r}: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {cfg.device!r} requested but no CUDA GPU is available; use --device cpu")
+    check_device(cfg.device, "device")
 
 
 def run_demo(cfg: DemoConfig) -> dict:

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from . import alignment as al
-from .dtypes import as_dtype
+from .dtypes import as_dtype, check_device
 from .io import atomic_path
 
 FORMAT_NAME = "dictionary_learning_aligned"
@@ -251,10 +251,7 @@ class Dictionary(nn.Module, ABC):
         if dtype is not None:
             ae = ae.to(dtype=as_dtype(dtype))
         if device is not None:
-            try:
-                ae = ae.to(torch.device(device))
-            except RuntimeError as e:
-                raise ValueError(f"invalid device {device!r}: {e}") from None
+            ae = ae.to(check_device(device))
         return ae.eval()
 
 

@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 
+from .dtypes import check_device
 from .experiments import EXPERIMENTS, SCALES, Plan, Run, resolve
 from .records import SCHEMA_VERSION, group_id, has_record, record_id, write_record
 
@@ -106,12 +107,7 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
         if v is not None and v < low:
             raise ValueError(f"{flag} must be >= {low}, got {v}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"invalid device {device!r} (e.g. cpu, cuda, cuda:0)") from None
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but no CUDA GPU is available")
+    check_device(device, "--device")
     batch_size = batch_size or (1024 if scale == "smoke" else 8192)
     amp = {"auto": torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32,
            "bfloat16": torch.bfloat16, "float32": torch.float32}[autocast]

@@ -35,6 +35,7 @@ from typing import Callable, Optional
 import torch
 
 from . import distributed as dd
+from .dtypes import check_device
 
 ARCHS = {"relu": ("StandardTrainer", "AlignedStandardTrainer"), "topk": ("TopKTrainer", "AlignedTopKTrainer"),
          "batchtopk": ("BatchTopKTrainer", "AlignedBatchTopKTrainer"),
@@ -187,15 +188,6 @@ def _csv(s: str, cast=str, flag: str = "") -> list:
         raise ValueError(f"{flag or 'list'} must be a comma list of {cast.__name__} values, got {s!r}") from None
 
 
-def _check_device(device: str) -> None:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device: invalid device {device!r} (e.g. cpu, cuda, cuda:0)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device!r}: no CUDA GPU is available")
-
-
 def run(args: argparse.Namespace) -> list[int]:
     """Train as the parsed ``args`` say (call within torchrun or as a single process).
 
@@ -213,7 +205,7 @@ def run(args: argparse.Namespace) -> list[int]:
     rank, world, local_rank = dd.init_from_env(args.backend)
     cuda = torch.cuda.is_available()
     device = args.device or (f"cuda:{local_rank}" if cuda else "cpu")
-    _check_device(device)
+    check_device(device, "--device")
     if args.batch_size < 1 or args.epochs < 1:
         raise ValueError(f"--batch-size and --epochs must be >= 1, got {args.batch_size}, {args.epochs}")
     if args.tokens < 1:

@@ -154,8 +154,8 @@ class LocalJudge:
         judge = self
 
         class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # quiet
-                pass
+            def log_message(self, *args):
+                """Silence http.server's line per request (the harness reports progress itself)."""
 
             def _send(self, code: int, obj: dict):
                 body = json.dumps(obj).encode()

@@ -28,7 +28,7 @@ from typing import Optional
 
 import torch
 
-from dictionary_learning_aligned.dtypes import as_dtype
+from dictionary_learning_aligned.dtypes import as_dtype, check_device
 from dictionary_learning_aligned.io import prepare_output_dir, write_json
 
 from . import data as D
@@ -330,12 +330,7 @@ def run(spec: RunSpec, log=print) -> dict:
         raise ValueError(f"unknown evals {bad}; choose from {', '.join(EVALS)}")
     if not spec.dictionaries:
         raise ValueError("no dictionaries to evaluate")
-    try:
-        dev = torch.device(spec.device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device: invalid device {spec.device!r} (e.g. cpu, cuda, cuda:0)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {spec.device!r}: no CUDA GPU is available")
+    check_device(spec.device, "--device")
     for k, v in vars(spec.budgets).items():
         if any(not isinstance(x, int) or isinstance(x, bool) or x < 1 for x in (v if isinstance(v, tuple) else [v])):
             what = "positive integers" if isinstance(v, tuple) else "a positive integer"
