@@ -128,8 +128,25 @@ def step_throughput(trainer_name: str, extra: dict, dict_size: int, activation_d
                              if torch.device(device).type == "cuda" else None)}
 
 
-def harvest_throughput(device: str, ctx_len: int, n_ctxs: int, batch: int) -> float:
-    """Tokens/s of ``ActivationBuffer`` filling at SmolLM2-135M layer 12 (bundled corpus)."""
+def harvest_throughput(device: str, ctx_len: int, tokens: int, batch_tokens: int = 131072,
+                       corpus: str | None = None) -> dict:
+    """Tokens/s of ``ActivationBuffer`` filling ``tokens`` activations of SmolLM2-135M layer 12 (bf16 on a GPU).
+
+    One forward pass of ``batch_tokens // ctx_len`` contexts runs first, untimed (warm-up); then one buffer
+    fill of ``tokens // ctx_len`` contexts is timed (tokenization in the buffer's background thread, model
+    forward stopped after layer 12, activations copied into the buffer).
+
+    Args:
+        device: where the model runs.
+        ctx_len: tokens per context.
+        tokens: activations harvested in the timed fill.
+        batch_tokens: tokens per forward pass (``refresh_batch_size = batch_tokens // ctx_len``).
+        corpus: text source (:func:`dictionary_learning_aligned.data.iter_texts`; default the bundled corpus,
+            about 2M tokens: pass a larger local file for fills beyond that).
+
+    Returns:
+        ``{"tokens_per_s", "tokens", "refresh_batch_size"}``.
+    """
     import copy
 
     from nnsight import LanguageModel
@@ -140,20 +157,20 @@ def harvest_throughput(device: str, ctx_len: int, n_ctxs: int, batch: int) -> fl
 
     hf, tok = load_language_model(device=device, dtype=torch.bfloat16 if device != "cpu" else torch.float32)
     lm = LanguageModel(hf, tokenizer=copy.deepcopy(tok))
-    buf = ActivationBuffer(iter_texts(split="all"), lm, lm.model.layers[12], n_ctxs=n_ctxs, ctx_len=ctx_len,
-                           refresh_batch_size=batch, out_batch_size=8192, device=device, seed=0)
-    buf.refresh()  # warm-up fill
-    buf.read[:] = True
+    refresh = max(1, batch_tokens // ctx_len)
+    buf = ActivationBuffer(iter_texts(corpus, split="all"), lm, lm.model.layers[12], n_ctxs=max(1, tokens // ctx_len),
+                           ctx_len=ctx_len, refresh_batch_size=refresh, out_batch_size=8192, device=device, seed=0)
+    buf.harvest(buf.token_batch())  # warm-up forward
     _sync(device)
     t = time.perf_counter()
-    before = buf.tokens_harvested
     buf.refresh()
     _sync(device)
-    return (buf.tokens_harvested - before) / (time.perf_counter() - t)
+    return {"tokens_per_s": buf.tokens_harvested / (time.perf_counter() - t), "tokens": buf.tokens_harvested,
+            "refresh_batch_size": refresh}
 
 
 def end_to_end_throughput(device: str, tokens: int, dict_size: int, archs: tuple = tuple(ARCHS), batch: int = 8192,
-                          ctx_len: int = 128, paths_opts: dict | None = None) -> dict:
+                          ctx_len: int = 128, paths_opts: dict | None = None, corpus: str | None = None) -> dict:
     """Harvest ``tokens`` activations of SmolLM2-135M layer 12 (bundled corpus, BOS removed) once and train a
     standard and an aligned dictionary of each arch on the same batches with ``trainSAE``.
 
@@ -181,9 +198,9 @@ def end_to_end_throughput(device: str, tokens: int, dict_size: int, archs: tuple
     hf, tok = load_language_model(device=device, dtype=torch.bfloat16 if cuda else torch.float32)
     lm = LanguageModel(hf, tokenizer=copy.deepcopy(tok))
     load_s = time.perf_counter() - t
-    buf = ActivationBuffer(iter_texts(split="all"), lm, get_layer(lm, 12), d_submodule=hf.config.hidden_size,
-                           n_ctxs=max(8, min(8000, 4 * batch // ctx_len)), ctx_len=ctx_len,
-                           refresh_batch_size=max(1, 32768 // ctx_len) if cuda else 8, out_batch_size=batch,
+    buf = ActivationBuffer(iter_texts(corpus, split="all"), lm, get_layer(lm, 12), d_submodule=hf.config.hidden_size,
+                           n_ctxs=max(8, 4 * batch // ctx_len, min(8000, tokens // ctx_len // 4)), ctx_len=ctx_len,
+                           refresh_batch_size=max(1, 131072 // ctx_len) if cuda else 8, out_batch_size=batch,
                            device=device, remove_bos=True, seed=0)
     configs = []
     for arch in archs:
@@ -206,7 +223,8 @@ def end_to_end_throughput(device: str, tokens: int, dict_size: int, archs: tuple
 def run(device: str, dict_sizes: list, activation_dim: int = 576, batch: int = 8192, steps: int = 20,
         warmup: int = 5, harvest: bool = False, peak_n: int = 8192, paths: tuple = ("default",),
         compare_dictionary_learning: bool = False, archs: tuple = tuple(ARCHS), e2e_tokens: int = 0,
-        e2e_dict_size: int = 16384) -> dict:
+        e2e_dict_size: int = 16384, harvest_tokens: int | None = None, harvest_batch_tokens: int = 131072,
+        corpus: str | None = None) -> dict:
     """Run the benchmark grid; returns the JSON-ready results.
 
     Raises:
@@ -249,11 +267,11 @@ def run(device: str, dict_sizes: list, activation_dim: int = 576, batch: int = 8
                 res["train"].append(row)
     if e2e_tokens:
         res["end_to_end"] = {p: end_to_end_throughput(device, e2e_tokens, e2e_dict_size, archs, batch,
-                                                      paths_opts=PATHS[p]) for p in paths}
+                                                      paths_opts=PATHS[p], corpus=corpus) for p in paths}
     if harvest:
         for ctx in (128, 1024):
-            res["harvest"][f"ctx{ctx}"] = harvest_throughput(device, ctx, n_ctxs=max(8, 65536 // ctx),
-                                                             batch=max(1, 32768 // ctx))
+            n = harvest_tokens or (2_000_000 if torch.device(device).type == "cuda" else 65536)
+            res["harvest"][f"ctx{ctx}"] = harvest_throughput(device, ctx, n, harvest_batch_tokens, corpus)
     return res
 
 
@@ -278,7 +296,8 @@ def format_table(res: dict) -> str:
         lines.append(f"end to end ({p}): harvest {e['tokens']:,} tokens + train {e['dictionaries']} dictionaries "
                      f"(dict_size {e['dict_size']}): {e['tokens_per_s']:,.0f} tokens/s ({e['seconds']:.1f} s)")
     for k, v in res["harvest"].items():
-        lines.append(f"harvest SmolLM2-135M layer 12, {k}: {v:,.0f} tokens/s")
+        lines.append(f"harvest SmolLM2-135M layer 12, {k}: {v['tokens_per_s']:,.0f} tokens/s "
+                     f"({v['tokens']:,} tokens, {v['refresh_batch_size']} contexts per forward)")
     return "\n".join(lines)
 
 
@@ -291,6 +310,10 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=8192)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--harvest", action="store_true", help="also measure harvesting (loads SmolLM2)")
+    ap.add_argument("--harvest-tokens", type=int, default=None,
+                    help="tokens per timed harvest (default 2M on a GPU, 65536 on the CPU)")
+    ap.add_argument("--harvest-batch-tokens", type=int, default=131072, help="tokens per harvesting forward pass")
+    ap.add_argument("--corpus", default=None, help="text for harvesting (default: the bundled corpus)")
     ap.add_argument("--peak-n", type=int, default=8192, help="size of the matmul used for the peak")
     ap.add_argument("--paths", default="default", help=f"comma list of step implementations to time, from "
                                                        f"{list(PATHS)} (default: default)")
@@ -307,7 +330,8 @@ def main(argv=None) -> int:
     res = run(args.device, [int(d) for d in args.dict_sizes.split(",")], batch=args.batch, steps=args.steps,
               warmup=args.warmup, harvest=args.harvest, peak_n=args.peak_n, paths=tuple(args.paths.split(",")),
               compare_dictionary_learning=args.compare_dictionary_learning, archs=tuple(args.archs.split(",")),
-              e2e_tokens=args.e2e_tokens, e2e_dict_size=args.e2e_dict_size)
+              e2e_tokens=args.e2e_tokens, e2e_dict_size=args.e2e_dict_size, harvest_tokens=args.harvest_tokens,
+              harvest_batch_tokens=args.harvest_batch_tokens, corpus=args.corpus)
     res["command"] = " ".join(["python -m benchmarks.speed"] + (argv if argv is not None else sys.argv[1:]))
     res["versions"] = {"torch": torch.__version__, "python": platform.python_version()}
     print(format_table(res))

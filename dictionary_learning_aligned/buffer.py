@@ -3,7 +3,10 @@ served in shuffled batches (the interface of dictionary_learning's ``ActivationB
 
 from __future__ import annotations
 
+import copy
 import itertools
+import queue
+import threading
 from typing import Iterable, Iterator, Optional
 
 import torch
@@ -57,6 +60,60 @@ def pack_token_contexts(texts: Iterable[str], tokenizer, ctx_len: int, bos_token
                 yield torch.tensor([bos_token_id] + stream[start: start + ctx_len - 1], dtype=torch.long)
                 start += ctx_len - 1
             del stream[:start]
+
+
+def prefetch(items: Iterable, ahead: int = 64, chunk: int = 64) -> Iterator:
+    """The items of ``items`` in the same order, produced by a background thread up to ``ahead`` chunks of
+    ``chunk`` items in advance (so tokenization overlaps the model's forward pass on the GPU).
+
+    An exception raised while producing an item is raised here, at that item's place. Closing (or dropping) the
+    returned generator stops the thread.
+
+    Raises:
+        ValueError: ``ahead`` or ``chunk`` < 1.
+    """
+    if not (isinstance(ahead, int) and ahead >= 1 and isinstance(chunk, int) and chunk >= 1):
+        raise ValueError(f"ahead and chunk must be positive integers, got {ahead!r} and {chunk!r}")
+    q: queue.Queue = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+
+    def put(msg) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(msg, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work():
+        part = []
+        try:
+            for x in items:
+                part.append(x)
+                if len(part) == chunk:
+                    if not put(("items", part)):
+                        return
+                    part = []
+        except BaseException as e:  # handed to the consumer, raised after the items before it
+            if not part or put(("items", part)):
+                put(("error", e))
+            return
+        if not part or put(("items", part)):
+            put(("end", None))
+
+    threading.Thread(target=work, daemon=True, name="dla-prefetch").start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "items":
+                yield from value
+            elif kind == "end":
+                return
+            else:
+                raise value
+    finally:
+        stop.set()
 
 
 class ActivationBuffer:
@@ -119,7 +176,9 @@ class ActivationBuffer:
         self.tokens_dropped = 0
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
-        self.contexts = pack_token_contexts(data, model.tokenizer, ctx_len, add_special_tokens=add_special_tokens)
+        # the background thread gets its own tokenizer: a fast tokenizer used from two threads at once can fail
+        self.contexts = prefetch(pack_token_contexts(data, copy.deepcopy(model.tokenizer), ctx_len, add_special_tokens=add_special_tokens,
+                                                     tokenize_batch=256), ahead=max(2, 4 * int(refresh_batch_size) // 64))
         self.activations = torch.empty(0, self.d_submodule, dtype=dtype, device=device)
         self.read = torch.zeros(0, dtype=torch.bool, device=device)
         self.tokens_harvested = 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import math
 import sys
 import time
 from pathlib import Path
@@ -54,7 +55,8 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
                    batch_size: Optional[int] = None, autocast: str = "auto", eval_batches: int = 10,
                    ce_batches: int = 4, ce_batch_size: int = 8, archs: Optional[list] = None,
                    dict_sizes: Optional[list] = None, cache: Optional[str] = None, tokens: Optional[int] = None,
-                   epochs: int = 1, seeds: Optional[int] = None, preload: Optional[bool] = None) -> list[str]:
+                   epochs: int = 1, seeds: Optional[int] = None, preload: Optional[bool] = None,
+                   sparsity: Optional[list] = None) -> list[str]:
     """Train, evaluate and record every missing dictionary of an experiment; returns the ids written.
 
     Args:
@@ -75,6 +77,8 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
         epochs: passes over the cached activations (needs ``cache``): ``ceil(tokens / epochs)`` distinct tokens
             are harvested and each is seen ``epochs`` times (recorded as ``unique_tokens`` and ``epochs``).
         seeds: train only the first ``seeds`` seeds of the grid now.
+        sparsity: train only the grid points with these sparsity values now (L1 penalties, k values or p-anneal
+            coefficients, as listed in :mod:`.experiments`).
         preload: hold the whole cache on ``device`` (default: on a GPU) instead of reading batches from disk.
 
     Raises:
@@ -117,8 +121,13 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
                                    ("dict_size", dict_sizes, {r.dict_size for r in plan.runs})):
         if chosen and not set(chosen) <= allowed:
             raise ValueError(f"{name_} {sorted(set(chosen) - allowed)} not in the {name} grid {sorted(allowed)}")
+    values = sorted({float(r.sparsity_value) for r in plan.runs if not archs or r.arch in archs})
+    if sparsity and not all(any(math.isclose(v, w, rel_tol=1e-9) for w in values) for v in sparsity):
+        raise ValueError(f"sparsity {sorted(sparsity)} not all in the {name} grid's values {values} "
+                         f"(of the chosen architectures)")
     todo = [r for r in plan.runs if not has_record(store, _rid(r)) and (not archs or r.arch in archs)
-            and (not dict_sizes or r.dict_size in dict_sizes) and (seeds is None or r.seed < seeds)]
+            and (not dict_sizes or r.dict_size in dict_sizes) and (seeds is None or r.seed < seeds)
+            and (not sparsity or any(math.isclose(r.sparsity_value, v, rel_tol=1e-9) for v in sparsity))]
     print(f"{name} @ {scale}: {len(plan.runs)} dictionaries in the grid, {len(todo)} to train"
           + (f" ({plan.offline_note})" if plan.offline_note else ""))
     if not todo:
@@ -228,6 +237,13 @@ def _ints(s: str, flag: str) -> list[int]:
         raise ValueError(f"{flag} must be a comma list of integers, got {s!r}") from None
 
 
+def _floats(s: str, flag: str) -> list[float]:
+    try:
+        return [float(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} must be a comma list of numbers, got {s!r}") from None
+
+
 def main(argv=None) -> int:
     """Command line of the reproduction (see the module docstring)."""
     ap = argparse.ArgumentParser(prog="python -m dictionary_learning_aligned.reproduce", description=__doc__,
@@ -247,6 +263,8 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=1, help="passes over the cached activations (needs --cache): "
                     "ceil(tokens/epochs) distinct tokens are harvested")
     ap.add_argument("--seeds", type=int, default=None, help="train only the first N seeds of the grid now")
+    ap.add_argument("--sparsity", default=None, help="comma list: train only the grid points with these sparsity "
+                    "values now (L1 penalty, k or p-anneal coefficient)")
     ap.add_argument("--eval-batches", type=int, default=10, help="held-out batches for reconstruction metrics")
     ap.add_argument("--ce-batches", type=int, default=4, help="held-out batches of contexts for CE losses")
     ap.add_argument("--ce-batch-size", type=int, default=8, help="contexts per CE batch")
@@ -259,7 +277,8 @@ def main(argv=None) -> int:
                              dict_sizes=_ints(args.dict_sizes, "--dict-sizes") if args.dict_sizes else None,
                              cache=args.cache, tokens=args.tokens, epochs=args.epochs, seeds=args.seeds,
                              preload=False if args.no_preload else None, eval_batches=args.eval_batches,
-                             ce_batches=args.ce_batches, ce_batch_size=args.ce_batch_size)
+                             ce_batches=args.ce_batches, ce_batch_size=args.ce_batch_size,
+                             sparsity=_floats(args.sparsity, "--sparsity") if args.sparsity else None)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

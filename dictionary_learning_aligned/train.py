@@ -20,7 +20,9 @@ If ``--cache`` has no complete cache, it is built first (by rank 0) by harvestin
 ``--model`` layer ``--layer`` over ``--corpus`` (default: SmolLM2-135M-Instruct, layer 12, bundled corpus).
 
 Writes ``--out/trainer_{i}/`` (``ae.safetensors``, ``config.json``, ``log.json`` with the logged losses) and
-``--out/run.json`` (command, placement, world size, cache, trainer configs).
+``--out/run.json`` (command, placement, world size, cache, trainer configs, and the training wall time:
+``train_seconds`` from a common start to the last process's end, ``dictionary_tokens_per_s`` = trainers x steps x
+batch size / ``train_seconds``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import argparse
 import itertools
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -267,6 +270,9 @@ def run(args: argparse.Namespace) -> list[int]:
     out = Path(args.out)
     common = dict(steps=steps, log_steps=args.log_steps, normalize_activations=args.normalize, device=device,
                   autocast_dtype=amp, run_cfg=run_cfg, verbose=args.verbose)
+    if world > 1:
+        torch.distributed.barrier()
+    t0 = time.perf_counter()
     if args.placement == "ddp":
         mine = list(range(len(configs)))
         trainers = trainSAE(cache, configs, save_dir=args.out, overwrite=args.overwrite,
@@ -286,13 +292,16 @@ def run(args: argparse.Namespace) -> list[int]:
         for i, tr in zip(mine, trainers):
             _save(tr, out / f"trainer_{i}", tr.norm_factor, run_cfg, tr.steps_done)
         writes = True
+    seconds = _wall_seconds(t0, device, world)  # from the common start to the last process's end
     if writes:
         for i, tr in zip(mine, trainers):
             write_json(out / f"trainer_{i}" / "log.json", tr.log)
     if rank == 0:
         write_json(out / "run.json", {"command": "python -m dictionary_learning_aligned.train " + " ".join(
             sys.argv[1:]), "placement": args.placement, "world_size": world, "device": device, "steps": steps,
-            "cache": cache.config, "trainers": json.loads(json.dumps(configs, default=str))})
+            "cache": cache.config, "trainers": json.loads(json.dumps(configs, default=str)),
+            "train_seconds": seconds, "tokens_per_trainer": steps * args.batch_size,
+            "dictionary_tokens_per_s": len(configs) * steps * args.batch_size / seconds})
     for i, tr in zip(mine, trainers):  # every process reports its own trainers
         last = tr.log[-1] if tr.log else {}
         print(f"trainer_{i}: {type(tr).__name__} alignment={tr.config.get('alignment')} "
@@ -303,6 +312,19 @@ def run(args: argparse.Namespace) -> list[int]:
     if world > 1:
         torch.distributed.barrier()
     return mine
+
+
+def _wall_seconds(t0: float, device: str, world: int) -> float:
+    """Seconds since ``t0`` once this process's GPU work is done, the maximum over processes when ``world > 1``."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    dt = time.perf_counter() - t0
+    if world > 1:
+        t = torch.tensor([dt], dtype=torch.float64,
+                         device=device if torch.distributed.get_backend() == "nccl" else "cpu")
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        dt = float(t.item())
+    return dt
 
 
 def main(argv=None) -> int:

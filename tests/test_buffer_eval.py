@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from dictionary_learning_aligned import AutoEncoder
-from dictionary_learning_aligned.buffer import ActivationBuffer, pack_token_contexts
+from dictionary_learning_aligned.buffer import ActivationBuffer, pack_token_contexts, prefetch
 from dictionary_learning_aligned.evaluation import collect_eval_data, evaluate
 
 from .conftest import TEXTS
@@ -121,3 +121,50 @@ def test_buffer_drops_high_norm_outliers(tiny_lm):
         ActivationBuffer(iter(TEXTS), lm, lm.model.layers[1], ctx_len=1)
     with pytest.raises(ValueError, match="batch_size"):
         buf.token_batch(0)
+
+
+def test_prefetch_keeps_order_raises_in_place_and_stops():
+    assert list(prefetch(iter(range(1000)), ahead=2, chunk=7)) == list(range(1000))
+    assert list(prefetch([], ahead=1, chunk=1)) == []
+
+    def failing():
+        yield from range(5)
+        raise RuntimeError("bad document 5")
+
+    got = []
+    with pytest.raises(RuntimeError, match="bad document 5"):
+        for x in prefetch(failing(), ahead=1, chunk=2):
+            got.append(x)
+    assert got == [0, 1, 2, 3, 4]
+
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    gen = prefetch(endless(), ahead=2, chunk=4)
+    assert [next(gen) for _ in range(3)] == [0, 1, 2]
+    gen.close()  # the producer thread stops instead of running on
+    import time
+    time.sleep(0.3)
+    n = len(produced)
+    time.sleep(0.3)
+    assert len(produced) == n and n <= 4 * (2 + 2) + 1
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="positive integers"):
+            next(prefetch([1], ahead=bad))
+
+
+def test_buffer_contexts_equal_the_packed_stream(tiny_lm):
+    _, lm = tiny_lm
+    buf = ActivationBuffer(iter(TEXTS * 3), lm, lm.model.layers[0], n_ctxs=4, ctx_len=8, refresh_batch_size=2,
+                           out_batch_size=4)
+    want = torch.stack(list(pack_token_contexts(iter(TEXTS * 3), lm.tokenizer, 8)))
+    got = []
+    while (t := buf.token_batch(3)) is not None:
+        got.append(t)
+    assert torch.equal(torch.cat(got), want)

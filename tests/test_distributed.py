@@ -85,7 +85,23 @@ def test_two_process_ddp_and_spread_match_one_process(cache_and_config):
     assert_same(one, load_run(tmp / "spread"), atol=1e-7)
     run = json.loads((tmp / "ddp" / "run.json").read_text())
     assert run["world_size"] == 2 and run["placement"] == "ddp"
+    assert run["train_seconds"] > 0 and run["tokens_per_trainer"] == 24 * 64
+    assert run["dictionary_tokens_per_s"] == pytest.approx(len(CONFIGS) * 24 * 64 / run["train_seconds"])
     assert json.loads((tmp / "ddp" / "trainer_0" / "config.json").read_text())["run"]["world_size"] == 2
+    # the multi-GPU report on these runs: losses agree, timings and efficiency are read from run.json
+    from benchmarks import multigpu
+
+    assert multigpu.main(["--one", str(tmp / "one"), "--many", str(tmp / "ddp"), "--labels", "mix",
+                          "--sweep-one", str(tmp / "one"), "--sweep-many", str(tmp / "spread"),
+                          "--out", str(tmp / "report")]) == 0
+    rep = json.loads((tmp / "report" / "multigpu.json").read_text())
+    assert len(rep["ddp"]["mix"]["trainers"]) == len(CONFIGS)
+    assert all(r["steps_compared"] == 6 and r["max_rel_diff"] < 1e-4 for r in rep["ddp"]["mix"]["trainers"])
+    assert rep["ddp"]["mix"]["world_size"] == 2 and rep["sweep"]["placement_many"] == "spread"
+    assert rep["sweep"]["efficiency"] == pytest.approx(
+        rep["sweep"]["tokens_per_s_many"] / (2 * rep["sweep"]["tokens_per_s_one"]))
+    assert (tmp / "report" / "multigpu.pdf").stat().st_size > 0
+    assert multigpu.main(["--one", str(tmp / "one"), "--many", str(tmp), "--out", str(tmp / "r2")]) == 2
 
 
 def test_cli_grid_single_process(cache_and_config, tmp_path):

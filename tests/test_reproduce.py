@@ -80,22 +80,25 @@ def test_cached_activations_are_harvested_once(tmp_path, monkeypatch):
 
 
 def test_longer_run_over_epochs_of_a_cache_and_seed_subset(tmp_path, monkeypatch):
-    tiny = Experiment("tinye", figures=(), archs=("topk",), sparsity={"topk": (8,)}, seeds=2,
+    tiny = Experiment("tinye", figures=(), archs=("topk",), sparsity={"topk": (8, 32)}, seeds=2,
                       tokens={"smoke": 512, "small": 512, "paper": 512})
     monkeypatch.setitem(EXPERIMENTS, "tinye", tiny)
+    with pytest.raises(ValueError, match=r"sparsity \[16\] not all in the tinye grid's values \[8.0, 32.0\]"):
+        run_experiment("tinye", "smoke", str(tmp_path), device="cpu", sparsity=[16])
+    assert main(["tinye", "--results", str(tmp_path), "--sparsity", "8,x"]) == 2
     with pytest.raises(ValueError, match="needs a cache"):
         run_experiment("tinye", "smoke", str(tmp_path), device="cpu", epochs=2)
     with pytest.raises(ValueError, match="seeds must be"):
         run_experiment("tinye", "smoke", str(tmp_path), device="cpu", seeds=3)
     ids = run_experiment("tinye", "smoke", str(tmp_path), device="cpu", batch_size=256, eval_batches=1,
                          ce_batches=1, ce_batch_size=2, cache=str(tmp_path / "cache"), tokens=1536, epochs=3,
-                         seeds=1)
-    assert len(ids) == 2  # seed 0 only, standard and aligned
+                         seeds=1, sparsity=[8])
+    assert len(ids) == 2  # seed 0 and k 8 only, standard and aligned
     (meta,) = (tmp_path / "cache").glob("*/meta.json")
     assert json.loads(meta.read_text())["tokens"] == 512  # 1536 tokens = 3 passes over 512 harvested
     for r in iter_records(tmp_path):
         assert (r["train_tokens"], r["unique_tokens"], r["epochs"], r["plan_tokens"]) == (1536, 512, 3, 512)
-        assert r["seed"] == 0 and r["stability"] is None
+        assert r["seed"] == 0 and r["stability"] is None and r["sparsity"]["value"] == 8
 
 
 def test_gzipped_records_are_read_and_count_as_done(tmp_path):
