@@ -3,10 +3,12 @@ served in shuffled batches (the interface of dictionary_learning's ``ActivationB
 
 from __future__ import annotations
 
+import atexit
 import copy
 import itertools
 import queue
 import threading
+import weakref
 from typing import Iterable, Iterator, Optional
 
 import torch
@@ -62,6 +64,21 @@ def pack_token_contexts(texts: Iterable[str], tokenizer, ctx_len: int, bos_token
             del stream[:start]
 
 
+_PREFETCHERS: "weakref.WeakValueDictionary[int, threading.Thread]" = weakref.WeakValueDictionary()
+_STOPS: dict[int, threading.Event] = {}
+
+
+@atexit.register
+def _stop_prefetchers() -> None:
+    """Stop every producer thread before the interpreter finalizes: a thread left inside a fast tokenizer's
+    native thread pool at exit aborts the process ("terminate called without an active exception")."""
+    for key, stop in list(_STOPS.items()):
+        stop.set()
+        thread = _PREFETCHERS.get(key)
+        if thread is not None:
+            thread.join(timeout=10)
+
+
 def prefetch(items: Iterable, ahead: int = 64, chunk: int = 64) -> Iterator:
     """The items of ``items`` in the same order, produced by a background thread up to ``ahead`` chunks of
     ``chunk`` items in advance (so tokenization overlaps the model's forward pass on the GPU).
@@ -102,7 +119,9 @@ def prefetch(items: Iterable, ahead: int = 64, chunk: int = 64) -> Iterator:
         if not part or put(("items", part)):
             put(("end", None))
 
-    threading.Thread(target=work, daemon=True, name="dla-prefetch").start()
+    thread = threading.Thread(target=work, daemon=True, name="dla-prefetch")
+    _PREFETCHERS[id(thread)], _STOPS[id(thread)] = thread, stop
+    thread.start()
     try:
         while True:
             kind, value = q.get()
@@ -114,6 +133,7 @@ def prefetch(items: Iterable, ahead: int = 64, chunk: int = 64) -> Iterator:
                 raise value
     finally:
         stop.set()
+        _STOPS.pop(id(thread), None)
 
 
 class ActivationBuffer:

@@ -354,9 +354,13 @@ class AutoEncoder(Dictionary):
         self._init_weights()
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        """``W_enc (x - b_dec) + b_enc``: ``[..., activation_dim] -> [..., dict_size]``."""
+        """``W_enc (x - b_dec) + b_enc``: ``[..., activation_dim] -> [..., dict_size]``.
+
+        One ``linear`` call: under autocast the bias is added in the matmul's epilogue and the ``[batch,
+        dict_size]`` result stays in the autocast dtype (``x @ W.T + b`` would promote it to float32, doubling
+        the memory traffic of every later elementwise op on it)."""
         x = self._check_input(x)
-        return (x - self.b_dec) @ self.W_enc.T + self.b_enc
+        return torch.nn.functional.linear(x - self.b_dec, self.W_enc, self.b_enc)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``ReLU(W_enc (x - b_dec) + b_enc)``: ``[..., activation_dim] -> [..., dict_size]``."""
@@ -364,7 +368,7 @@ class AutoEncoder(Dictionary):
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         """``W_dec f + b_dec``: ``[..., dict_size] -> [..., activation_dim]``."""
-        return f @ self.W_dec.T + self.b_dec
+        return torch.nn.functional.linear(f, self.W_dec, self.b_dec)
 
 
 def _check_k(k, dict_size) -> int:
@@ -389,11 +393,11 @@ class _SparseCodeDictionary(Dictionary):
     def post_relu(self, x: torch.Tensor) -> torch.Tensor:
         """``ReLU(W_enc (x - b_dec) + b_enc)``: ``[..., activation_dim] -> [..., dict_size]``."""
         x = self._check_input(x)
-        return torch.relu((x - self.b_dec) @ self.W_enc.T + self.b_enc)
+        return torch.relu(torch.nn.functional.linear(x - self.b_dec, self.W_enc, self.b_enc))
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         """``W_dec f + b_dec``: ``[..., dict_size] -> [..., activation_dim]``."""
-        return f @ self.W_dec.T + self.b_dec
+        return torch.nn.functional.linear(f, self.W_dec, self.b_dec)
 
     def decode_sparse(self, indices: torch.Tensor, values: torch.Tensor,
                       offsets: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -408,12 +412,17 @@ class _SparseCodeDictionary(Dictionary):
 
         Returns:
             ``x_hat [batch, activation_dim]``. Under autocast the decoder is read in the autocast dtype (as the dense
-            product ``f @ W_dec.T`` would be), otherwise in its own dtype.
+            product ``f @ W_dec.T`` would be), except bfloat16 on CUDA (read in its own dtype, as CUDA lacks that
+            backward kernel), otherwise in its own dtype.
         """
         W = self.W_dec.T
         dev = W.device.type
         if torch.is_autocast_enabled(dev):
-            W = W.to(torch.get_autocast_dtype(dev))
+            amp = torch.get_autocast_dtype(dev)
+            # CUDA has no bfloat16 kernel for the backward of a per-sample-weighted embedding_bag (PyTorch 2.11:
+            # "_embedding_bag_per_sample_weights_backward_cuda not implemented for 'BFloat16'"): read in float32
+            if not (dev == "cuda" and amp == torch.bfloat16):
+                W = W.to(amp)
         W = W.contiguous()  # rows d_i contiguous: coalesced gathers (a strided view reads slowly on GPUs)
         out = torch.nn.functional.embedding_bag(indices, W, offsets, mode="sum",
                                                 per_sample_weights=values.to(W.dtype))

@@ -167,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--epochs", type=int, default=1, help="passes over the cache (default 1)")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: every full batch)")
     ap.add_argument("--warmup-steps", type=int, default=None, help="lr warmup (default: min(1000, steps // 10))")
+    ap.add_argument("--preload", choices=("auto", "yes", "no"), default="auto",
+                    help="hold the whole cache on the training device and index batches there (auto: on a GPU "
+                         "when the cache takes at most 40%% of its free memory); no: gather each batch from the "
+                         "memory-mapped files on the CPU. Same batches either way")
     ap.add_argument("--normalize", action="store_true", help="normalize activations to unit mean squared norm")
     ap.add_argument("--log-steps", type=int, default=None, help="log losses every this many steps")
     ap.add_argument("--save-steps", default="", help="comma list of steps to checkpoint (ddp placement)")
@@ -228,8 +232,9 @@ def run(args: argparse.Namespace) -> list[int]:
     # the options that describe the cache, when given, must match an existing one
     expect = {k: v for k, v in (("model", args.model), ("layer", args.layer), ("corpus", args.corpus))
               if v is not None}
-    cache = ActivationCache(cache_path, batch_size=args.batch_size, epochs=args.epochs, seed=0, device="cpu",
-                            drop_last=True, expect=expect)
+    preload = _want_preload(args.preload, cache_path, device)
+    cache = ActivationCache(cache_path, batch_size=args.batch_size, epochs=args.epochs, seed=0,
+                            device=device if preload else "cpu", drop_last=True, expect=expect, preload=preload)
     steps = args.steps or len(cache)
     if args.config:
         try:
@@ -299,7 +304,7 @@ def run(args: argparse.Namespace) -> list[int]:
     if rank == 0:
         write_json(out / "run.json", {"command": "python -m dictionary_learning_aligned.train " + " ".join(
             sys.argv[1:]), "placement": args.placement, "world_size": world, "device": device, "steps": steps,
-            "cache": cache.config, "trainers": json.loads(json.dumps(configs, default=str)),
+            "cache": cache.config, "preload": preload, "trainers": json.loads(json.dumps(configs, default=str)),
             "train_seconds": seconds, "tokens_per_trainer": steps * args.batch_size,
             "dictionary_tokens_per_s": len(configs) * steps * args.batch_size / seconds})
     for i, tr in zip(mine, trainers):  # every process reports its own trainers
@@ -312,6 +317,17 @@ def run(args: argparse.Namespace) -> list[int]:
     if world > 1:
         torch.distributed.barrier()
     return mine
+
+
+def _want_preload(choice: str, cache_path: Path, device: str) -> bool:
+    """``--preload``: yes/no, or (auto) on a CUDA device whose free memory is at least 2.5x the cache's shards."""
+    if choice != "auto":
+        return choice == "yes"
+    if torch.device(device).type != "cuda":
+        return False
+    size = sum(f.stat().st_size for f in Path(cache_path).glob("*.npy"))
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    return size <= 0.4 * free
 
 
 def _wall_seconds(t0: float, device: str, world: int) -> float:

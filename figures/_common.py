@@ -4,6 +4,7 @@ SAEBench results. Nothing here imports matplotlib or any trainer; records come f
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from collections import Counter, defaultdict
@@ -153,7 +154,8 @@ def fmt_ms(m: float, s: float, n: int, digits: int = 3) -> str:
 
 
 def load_saebench(results) -> tuple[dict[str, dict[str, float]], int]:
-    """SAEBench results under ``results/saebench/`` (any depth, ``*.json``), keyed by record id.
+    """SAEBench results under ``results/saebench/`` (any depth, ``*.json`` or gzipped ``*.json.gz``), keyed by record
+    id.
 
     A file is matched to a record by a top-level ``record_id`` field, else ``sae_name``, whose value must be a
     record ``id``; SAEBench writes neither, so add one of them to each output file. Values are read from the key
@@ -166,11 +168,11 @@ def load_saebench(results) -> tuple[dict[str, dict[str, float]], int]:
     """
     folder = Path(results) / SAEBENCH_DIR
     out: dict[str, dict[str, float]] = {}
-    files = sorted(folder.rglob("*.json")) if folder.is_dir() else []
+    files = sorted([*folder.rglob("*.json"), *folder.rglob("*.json.gz")]) if folder.is_dir() else []
     for p in files:
         try:
-            d = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
+            d = json.loads(gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_text())
+        except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError):
             continue
         rid = (d.get("record_id") or d.get("sae_name")) if isinstance(d, dict) else None
         if not isinstance(rid, str):

@@ -152,7 +152,7 @@ def _annotate(d: Drawn, name: str, title: str) -> None:
     head = f"Fig. {name[3:]}: {title}"
     if models:
         head += "\n" + "; ".join(str(m) for m in models)
-    d.fig.suptitle(head, fontsize=9)
+    d.fig.suptitle("\n".join(textwrap.fill(t, int(width * 12.5)) for t in head.split("\n")), fontsize=9)
     handles, first = {}, None
     for ax in d.fig.axes:  # one legend for the whole figure, in its first panel with data
         for h, lab in zip(*ax.get_legend_handles_labels()):

@@ -11,9 +11,16 @@
 #   C  SAEBench evals on them, four processes over the two GPUs (issue 5)
 #   D  `sizes` at 65536 (ReLU L1 0.04, TopK k 64, seed 0) on GPU 0 and `tying` (seed 0) on GPU 1 (issue 4)
 #   E  `sizes` at 16384 for BatchTopK (GPU 0) and p-anneal (GPU 1), seed 0 (issue 4)
+#   F  `sizes` at 16384 for ReLU (GPU 0) and `tying` (GPU 1), seed 0, after phase A's runs hit the time limit
+#   S  SAEBench core/SCR/TPP/autointerp on the six `main` TopK k 64 dictionaries, one process each, 3 per GPU
+#   P  the speed benchmark again (plain and default paths, dictionary_learning, harvest), GPU 0 alone
+# What ran on 2026-11-29: A (its reproduction runs were killed by the time limit; its speed benchmark, SAEBench
+# smoke check and compile benchmark failed: see results/speed_h200/README.md), F, B, S (sparse probing left out:
+# xgboost was not staged, so S puts an empty xgboost module on the path; autointerp failed, asking for more tokens
+# than the bundled held-out text has), P. C, D and E did not run (device time spent).
 # Everything a phase makes comes back as $OUT/*.tar.gz (records, logs, JSON; no weights).
 set -uo pipefail
-phase=${1:?usage: bash scripts/gpu_session.sh A|B|C|D}
+phase=${1:?usage: bash scripts/gpu_session.sh A|B|C|D|E|F|S|P}
 export PYTHONPATH=/tmp/site:$PWD GPU_FILES=/tmp/gpu/files PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export DLA_SMOLLM2_GGUF=$GPU_FILES/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -116,6 +123,30 @@ E)
   repro 1 /tmp/store sizes16k_panneal sizes --dict-sizes 16384 --archs panneal --seeds 1 &
   wait
   pack E_store /tmp/store
+  ;;
+F)
+  BUDGET_S=565 repro 0 /tmp/store sizes16k_relu sizes --dict-sizes 16384 --archs relu --seeds 1 &
+  BUDGET_S=565 repro 1 /tmp/store tying tying --seeds 1 &
+  wait
+  pack F_store /tmp/store
+  ;;
+S)
+  mkdir -p /tmp/stub/xgboost && printf 'def __getattr__(name):\n    raise ImportError("xgboost stub")\n' \
+    > /tmp/stub/xgboost/__init__.py
+  for a in standard project; do for s in 0 1 2; do
+    g=$([ $a = standard ] && echo 0 || echo 1)
+    CUDA_VISIBLE_DEVICES=$g PYTHONPATH=$PYTHONPATH:/tmp/stub timeout 265 python3 -m benchmarks run \
+      --results-store /tmp/store --records "main__topk__${a}__d4096__k64__s$s" --evals core,scr,tpp,autointerp \
+      --device cuda --data-dir /tmp/sbdata --core-batches 50 --core-sparsity-batches 250 --llm-batch-size 64 \
+      --autointerp-tokens 500000 --autointerp-latents 40 > "/tmp/store/log_saebench_${a}_s$s.txt" 2>&1 &
+  done; done
+  wait
+  tail -n 4 /tmp/store/log_saebench_*.txt
+  pack S_store /tmp/store
+  ;;
+P)
+  CUDA_VISIBLE_DEVICES=0 timeout 140 python3 -m benchmarks.speed --paths plain,default --compare-dictionary-learning \
+    --harvest --corpus "$C" --out "$OUT/speed.json"
   ;;
 *) echo "unknown phase $phase" >&2; exit 2;;
 esac

@@ -168,3 +168,27 @@ def test_buffer_contexts_equal_the_packed_stream(tiny_lm):
     while (t := buf.token_batch(3)) is not None:
         got.append(t)
     assert torch.equal(torch.cat(got), want)
+
+
+def test_process_exits_cleanly_while_prefetching():
+    """A producer thread still tokenizing at interpreter exit used to abort the process (exit code 134)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+from transformers import AutoTokenizer
+from dictionary_learning_aligned.buffer import pack_token_contexts, prefetch
+from dictionary_learning_aligned.data import iter_texts
+from dictionary_learning_aligned.models import find_smollm2_gguf
+p = find_smollm2_gguf()
+tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+gens = [prefetch(pack_token_contexts(iter_texts(split="train"), tok, 128, tokenize_batch=256), ahead=32)
+        for _ in range(3)]
+print([len(next(g)) for g in gens])
+"""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
+                       env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "[128, 128, 128]" in r.stdout

@@ -104,6 +104,15 @@ def test_two_process_ddp_and_spread_match_one_process(cache_and_config):
     assert multigpu.main(["--one", str(tmp / "one"), "--many", str(tmp), "--out", str(tmp / "r2")]) == 2
 
 
+def test_preloaded_cache_gives_the_same_training(cache_and_config, tmp_path):
+    tmp, cache, cfg = cache_and_config
+    args = ["--cache", str(cache), "--config", str(cfg), *COMMON]
+    assert train.main([*args, "--out", str(tmp_path / "mmap"), "--preload", "no"]) == 0
+    assert train.main([*args, "--out", str(tmp_path / "pre"), "--preload", "yes"]) == 0
+    assert json.loads((tmp_path / "pre" / "run.json").read_text())["preload"] is True
+    assert_same(load_run(tmp_path / "mmap"), load_run(tmp_path / "pre"), atol=0)
+
+
 def test_cli_grid_single_process(cache_and_config, tmp_path):
     _, cache, _ = cache_and_config
     assert train.main(["--cache", str(cache), "--out", str(tmp_path / "o"), "--arch", "relu,batchtopk",

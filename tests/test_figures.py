@@ -99,7 +99,8 @@ def test_model_and_offline_note_are_stated(store):
     _annotate(d, "fig2", FIGURES["fig2"].title)
     title, caption = d.fig.get_suptitle(), d.fig.get_supxlabel()
     assert title.startswith("Fig. 2: ReLU")
-    assert "smollm2-135m-instruct (offline substitute for EleutherAI/pythia-160m-deduped)" in title
+    assert "smollm2-135m-instruct (offline substitute for EleutherAI/pythia-160m-deduped)" in " ".join(title.split())
+    assert max(len(line) for line in title.split("\n")) <= int(d.fig.get_figwidth() * 12.5)  # wrapped to fit
     assert "offline substitute: SmolLM2-135M-Instruct" in caption and "scale: smoke" in caption
     assert "error bars: std over seeds" in " ".join(caption.split())
 
@@ -234,3 +235,17 @@ def test_table_cli_groups_seeds(store, tmp_path, capsys):
     assert main(["table", "--results", str(store), "--format", "text"]) == 0
     assert "experiment\tSAE" in capsys.readouterr().out
     assert main(["table", "--results", str(tmp_path / "nowhere")]) == 2
+
+
+def test_saebench_results_may_be_gzipped(tmp_path):
+    import gzip
+
+    from figures import load_saebench
+
+    d = tmp_path / "saebench" / "r1"
+    d.mkdir(parents=True)
+    res = {"record_id": "r1", "eval_result_metrics": {"scr_metrics": {"scr_metric_threshold_20": 0.25}}}
+    (d / "scr.json.gz").write_bytes(gzip.compress(json.dumps(res).encode()))
+    (d / "broken.json.gz").write_bytes(b"not gzip")  # counted, ignored
+    values, n_files = load_saebench(tmp_path)
+    assert values == {"r1": {"scr": 0.25}} and n_files == 2

@@ -293,3 +293,14 @@ def test_smoke_budget_preset_and_explicit_flags_win(tmp_path, monkeypatch):
     assert (b.context, b.core_batches, b.probe_train, b.autointerp_tokens, b.scr_train) == (64, 2, 20, 6000, 40)
     assert cli.main(["--dictionaries", "x", "--out", str(tmp_path / "o")]) == 0
     assert seen[-1].budgets.core_batches == runner.Budgets().core_batches
+
+
+def test_autointerp_text_budget_is_checked_before_any_eval(tmp_path, smollm2_tokenizer):
+    from benchmarks.saebench import data as D
+    from benchmarks.saebench.runner import check_text_tokens
+
+    local = D.LocalData(None, tmp_path, None, text_chars=20_000)
+    assert check_text_tokens(local, smollm2_tokenizer, 1000) > 1000
+    with pytest.raises(ValueError, match=r"autointerp needs --autointerp-tokens 10,000,000 tokens of general text.*"
+                                         r"held-out split.*--text-source"):
+        check_text_tokens(local, smollm2_tokenizer, 10_000_000)

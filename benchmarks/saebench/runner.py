@@ -17,6 +17,7 @@ autointerp score) become ``null`` and are listed under ``non_finite_fields``. An
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import sys
@@ -383,6 +384,8 @@ def run(spec: RunSpec, log=print) -> dict:
         local = D.LocalData(spec.data_dir, work / "data", spec.text_source,
                             text_chars=max(200_000, 6 * max(b.autointerp_tokens, core_tokens)))
         stack.enter_context(local.patch())
+        if "autointerp" in spec.evals and spec.offline and "autointerp" not in spec.datasets:
+            check_text_tokens(local, tl_model.tokenizer, b.autointerp_tokens)
         stack.enter_context(serve_model(tl_model, {model_name}))
         judge_cfg = spec.judge
         if "autointerp" in spec.evals and judge_cfg is None:
@@ -441,6 +444,28 @@ def run(spec: RunSpec, log=print) -> dict:
 
 def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
+
+
+def check_text_tokens(local, tokenizer, needed: int) -> int:
+    """Tokens of the local general text that autointerp reads; SAEBench asserts (with no message) when it has
+    fewer than ``--autointerp-tokens``, so this says so before any eval runs.
+
+    Returns:
+        the number of tokens (the tokenizer's count over the written documents).
+
+    Raises:
+        ValueError: fewer than ``needed`` tokens.
+    """
+    folder = local.text_folder()
+    n = 0
+    with open(folder / "train.jsonl", encoding="utf-8") as f:
+        for line in f:
+            n += len(tokenizer(json.loads(line)["text"], add_special_tokens=False)["input_ids"])
+            if n > needed:
+                return n
+    src = local.used.get(D.TEXT, {}).get("source", local.text_source)
+    raise ValueError(f"autointerp needs --autointerp-tokens {needed:,} tokens of general text, but the local text "
+                     f"({src}) has {n:,}: pass a larger --text-source or lower --autointerp-tokens")
 
 
 def format_table(summary: dict) -> str:

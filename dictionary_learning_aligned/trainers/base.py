@@ -340,7 +340,10 @@ class DictionaryTrainer(SAETrainer):
         self.before_step(step, x)
         self.optimizer.zero_grad(set_to_none=True)
         loss, _, _, f, aux = (self._ddp or self._compute)(x, step)
-        loss.backward()  # data-parallel: DDP averages the gradients over ranks here
+        # data-parallel: DDP averages the gradients over ranks here. torch.autograd.backward, not loss.backward():
+        # nnsight replaces Tensor.backward on import, and its replacement fails when the loss came from a
+        # torch.compile'd function (WithBlockNotFoundError, seen on the GPU with --compile)
+        torch.autograd.backward(loss)
         if self.check_finite:
             self._check_finite(loss, step)
         remove_gradient_parallel_to_decoder_directions(self.ae.W_dec)
