@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -36,14 +37,25 @@ def load_run(path) -> dict:
     if not (path / "run.json").is_file():
         raise FileNotFoundError(f"{path}: no run.json (not an output folder of dictionary_learning_aligned.train)")
     run = json.loads((path / "run.json").read_text())
+    if not isinstance(run, dict) or not isinstance(run.get("trainers"), list) or not run["trainers"] \
+            or not isinstance(run.get("world_size"), int) or run["world_size"] < 1:
+        raise ValueError(f"{path}/run.json is not the run.json of a dictionary_learning_aligned.train run")
     if "train_seconds" not in run:
         raise ValueError(f"{path}/run.json has no train_seconds: re-run with this version of the trainer")
+    for k in ("train_seconds", "dictionary_tokens_per_s"):
+        v = run.get(k)
+        if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"{path}/run.json: {k} must be a positive number, got {v!r}")
     run["logs"] = []
     for i in range(len(run["trainers"])):
         f = path / f"trainer_{i}" / "log.json"
         if not f.is_file():
             raise FileNotFoundError(f"{f} is missing")
-        run["logs"].append(json.loads(f.read_text()))
+        log = json.loads(f.read_text())
+        if not isinstance(log, list) or not log or not all(isinstance(e, dict) and "step" in e and "loss" in e
+                                                            for e in log):
+            raise ValueError(f"{f}: not a non-empty list of logged steps with a loss")
+        run["logs"].append(log)
     run["path"] = str(path)
     return run
 
@@ -65,9 +77,12 @@ def compare_ddp(one: dict, many: dict) -> dict:
     Raises:
         ValueError: the runs differ in trainers, steps or global batch size.
     """
-    if len(one["logs"]) != len(many["logs"]) or one["steps"] != many["steps"] \
-            or one.get("cache", {}).get("batch_size") != many.get("cache", {}).get("batch_size"):
-        raise ValueError(f"{one['path']} and {many['path']} are not the same training (trainers, steps or batch)")
+    if one["trainers"] != many["trainers"] or one.get("steps") != many.get("steps") \
+            or one.get("cache") != many.get("cache"):
+        raise ValueError(f"{one['path']} and {many['path']} are not the same training (trainers, steps or cache)")
+    if one["world_size"] != 1:
+        raise ValueError(f"{one['path']} ran on {one['world_size']} processes; --one/--sweep-one take a "
+                         f"one-process run")
     rows = []
     for i, (la, lb) in enumerate(zip(one["logs"], many["logs"])):
         by_step = {e["step"]: e for e in lb}
@@ -76,8 +91,10 @@ def compare_ddp(one: dict, many: dict) -> dict:
             raise ValueError(f"trainer {i}: no logged step in common")
         diffs = [(abs(a[k] - b[k]), abs(a[k] - b[k]) / max(abs(a[k]), 1e-12))
                  for a, b in common for k in LOSS_KEYS if k in a and k in b]
+        # a non-finite loss (a diverged run) is a difference, not something max() may skip
+        worst = [(math.inf, math.inf) if not all(map(math.isfinite, d)) else d for d in diffs]
         rows.append({"trainer": one["trainers"][i].get("trainer"), "steps_compared": len(common),
-                     "max_abs_diff": max(d[0] for d in diffs), "max_rel_diff": max(d[1] for d in diffs),
+                     "max_abs_diff": max(d[0] for d in worst), "max_rel_diff": max(d[1] for d in worst),
                      "final_loss_one": la[-1]["loss"], "final_loss_many": lb[-1]["loss"]})
     return {"trainers": rows, **_throughput(one, many)}
 
@@ -97,7 +114,7 @@ def plot(out: Path, ddp: list[tuple[str, dict, dict, dict]], sweep: dict | None)
             log = run["logs"][0]
             axes[0].plot([e["step"] for e in log], [e["loss"] for e in log], ls, color=c, label=f"{label}, {who}")
         by_step = {e["step"]: e["loss"] for e in many["logs"][0]}
-        pts = [(e["step"], abs(e["loss"] - by_step[e["step"]]) / abs(e["loss"])) for e in one["logs"][0]
+        pts = [(e["step"], abs(e["loss"] - by_step[e["step"]]) / max(abs(e["loss"]), 1e-12)) for e in one["logs"][0]
                if e["step"] in by_step]
         axes[1].semilogy([p[0] for p in pts], [max(p[1], 1e-12) for p in pts], color=c, label=label)
     axes[0].set(xlabel="step", ylabel="training loss", title="one process vs data-parallel")
@@ -132,6 +149,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep-one", default=None)
     ap.add_argument("--sweep-many", default=None)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
     args = ap.parse_args(argv)
     try:
         if len(args.one) != len(args.many) or not (args.one or args.sweep_one):
@@ -141,6 +159,13 @@ def main(argv=None) -> int:
         labels = args.labels.split(",") if args.labels else [Path(p).name for p in args.one]
         if len(labels) != len(args.one):
             raise ValueError(f"--labels has {len(labels)} names for {len(args.one)} pairs")
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"the pairs need distinct names (give --labels), got {labels}")
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is not a folder")
+        if (out / "multigpu.json").exists() and not args.overwrite:
+            raise ValueError(f"{out / 'multigpu.json'} exists: pass --overwrite to replace it")
         ddp = []
         for label, a, b in zip(labels, args.one, args.many):
             one, many = load_run(a), load_run(b)
@@ -148,11 +173,12 @@ def main(argv=None) -> int:
         sweep = None
         if args.sweep_one:
             s1, sn = load_run(args.sweep_one), load_run(args.sweep_many)
+            if s1["trainers"] != sn["trainers"] or s1.get("steps") != sn.get("steps") or s1["world_size"] != 1:
+                raise ValueError(f"{args.sweep_one} (one process) and {args.sweep_many} are not the same sweep")
             sweep = {"trainers": len(s1["trainers"]), "placement_many": sn["placement"], **_throughput(s1, sn)}
-    except (ValueError, FileNotFoundError, json.JSONDecodeError) as e:
+    except (ValueError, OSError, json.JSONDecodeError) as e:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out)
     summary = {"command": "python -m benchmarks.multigpu " + " ".join(argv if argv is not None else sys.argv[1:]),
                "ddp": {label: {"one": one["path"], "many": many["path"], "command_one": one["command"],
                                "command_many": many["command"], **c} for label, one, many, c in ddp},

@@ -91,6 +91,10 @@ def prefetch(items: Iterable, ahead: int = 64, chunk: int = 64) -> Iterator:
     """
     if not (isinstance(ahead, int) and ahead >= 1 and isinstance(chunk, int) and chunk >= 1):
         raise ValueError(f"ahead and chunk must be positive integers, got {ahead!r} and {chunk!r}")
+    return _prefetched(items, ahead, chunk)  # checked now; the thread starts at the first next()
+
+
+def _prefetched(items: Iterable, ahead: int, chunk: int) -> Iterator:
     q: queue.Queue = queue.Queue(maxsize=ahead)
     stop = threading.Event()
 
@@ -104,6 +108,12 @@ def prefetch(items: Iterable, ahead: int = 64, chunk: int = 64) -> Iterator:
         return False
 
     def work():
+        try:
+            produce()
+        finally:  # registered until the thread ends, so that an exit after close() still waits for it
+            _STOPS.pop(id(threading.current_thread()), None)
+
+    def produce():
         part = []
         try:
             for x in items:
@@ -132,8 +142,7 @@ def prefetch(items: Iterable, ahead: int = 64, chunk: int = 64) -> Iterator:
             else:
                 raise value
     finally:
-        stop.set()
-        _STOPS.pop(id(thread), None)
+        stop.set()  # the thread removes itself from _STOPS when it ends (it may still be inside ``items``)
 
 
 class ActivationBuffer:

@@ -239,9 +239,12 @@ def _ints(s: str, flag: str) -> list[int]:
 
 def _floats(s: str, flag: str) -> list[float]:
     try:
-        return [float(x) for x in s.split(",") if x.strip()]
+        values = [float(x) for x in s.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"{flag} must be a comma list of numbers, got {s!r}") from None
+        values = []
+    if not values:  # an empty list would mean no filter: the whole grid
+        raise ValueError(f"{flag} must be a comma list of numbers, got {s!r}")
+    return values
 
 
 def main(argv=None) -> int:
@@ -278,7 +281,7 @@ def main(argv=None) -> int:
                              cache=args.cache, tokens=args.tokens, epochs=args.epochs, seeds=args.seeds,
                              preload=False if args.no_preload else None, eval_batches=args.eval_batches,
                              ce_batches=args.ce_batches, ce_batch_size=args.ce_batch_size,
-                             sparsity=_floats(args.sparsity, "--sparsity") if args.sparsity else None)
+                             sparsity=_floats(args.sparsity, "--sparsity") if args.sparsity is not None else None)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -301,12 +301,14 @@ def run(args: argparse.Namespace) -> list[int]:
     if writes:
         for i, tr in zip(mine, trainers):
             write_json(out / f"trainer_{i}" / "log.json", tr.log)
+    # steps actually trained (fewer than ``steps`` when the activation data ran out): the same on every process
+    done = trainers[0].steps_done if trainers else steps
     if rank == 0:
         write_json(out / "run.json", {"command": "python -m dictionary_learning_aligned.train " + " ".join(
             sys.argv[1:]), "placement": args.placement, "world_size": world, "device": device, "steps": steps,
             "cache": cache.config, "preload": preload, "trainers": json.loads(json.dumps(configs, default=str)),
-            "train_seconds": seconds, "tokens_per_trainer": steps * args.batch_size,
-            "dictionary_tokens_per_s": len(configs) * steps * args.batch_size / seconds})
+            "steps_done": done, "train_seconds": seconds, "tokens_per_trainer": done * args.batch_size,
+            "dictionary_tokens_per_s": len(configs) * done * args.batch_size / seconds})
     for i, tr in zip(mine, trainers):  # every process reports its own trainers
         last = tr.log[-1] if tr.log else {}
         print(f"trainer_{i}: {type(tr).__name__} alignment={tr.config.get('alignment')} "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,7 +173,7 @@ def load_saebench(results) -> tuple[dict[str, dict[str, float]], int]:
     for p in files:
         try:
             d = json.loads(gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_text())
-        except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError):
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             continue
         rid = (d.get("record_id") or d.get("sae_name")) if isinstance(d, dict) else None
         if not isinstance(rid, str):

@@ -156,7 +156,7 @@ def test_prefetch_keeps_order_raises_in_place_and_stops():
     assert len(produced) == n and n <= 4 * (2 + 2) + 1
     for bad in (0, -1, 1.5):
         with pytest.raises(ValueError, match="positive integers"):
-            next(prefetch([1], ahead=bad))
+            prefetch([1], ahead=bad)  # raised at the call, not at the first next()
 
 
 def test_buffer_contexts_equal_the_packed_stream(tiny_lm):
@@ -192,3 +192,26 @@ print([len(next(g)) for g in gens])
                        env={**__import__("os").environ, "PYTHONPATH": str(root)})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "[128, 128, 128]" in r.stdout
+
+
+def test_prefetch_closed_early_is_still_stopped_at_exit():
+    """A generator closed (or dropped) while its thread is still inside the item iterator (e.g. tokenizing) must
+    stay known to the exit hook, which waits for it: it used to be forgotten at close() and could abort at exit."""
+    import threading
+    import time
+
+    from dictionary_learning_aligned import buffer as B
+
+    def slow():
+        yield 0
+        time.sleep(0.5)  # the producer is busy here when the consumer closes
+        yield 1
+
+    gen = prefetch(slow(), ahead=1, chunk=1)
+    assert next(gen) == 0
+    time.sleep(0.05)
+    gen.close()
+    threads = [t for t in threading.enumerate() if t.name == "dla-prefetch" and t.is_alive()]
+    assert threads and all(id(t) in B._STOPS for t in threads)
+    B._stop_prefetchers()
+    assert not any(t.is_alive() for t in threads) and not any(id(t) in B._STOPS for t in threads)

@@ -161,3 +161,14 @@ def test_cli_panneal_and_penalty_ablation(cache_and_config, tmp_path, capsys):
     assert train.main(["--cache", str(cache), "--out", str(tmp_path / "p"), "--alignment", "penalty",
                        "--dict-size", "32", "--batch-size", "100"]) == 2
     assert "alignment_penalty" in capsys.readouterr().err
+
+
+def test_run_json_counts_the_steps_trained_when_data_runs_out(cache_and_config, tmp_path):
+    tmp, cache, cfg = cache_and_config
+    cfg1 = tmp_path / "one.json"
+    cfg1.write_text(json.dumps(CONFIGS[:1]))
+    assert train.main(["--cache", str(cache), "--config", str(cfg1), "--batch-size", "64", "--steps", "1000",
+                       "--warmup-steps", "2", "--out", str(tmp_path / "o")]) == 0
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["steps_done"] == 30 and run["tokens_per_trainer"] == 30 * 64  # 30 batches cached, not 1000 steps
+    assert run["dictionary_tokens_per_s"] == pytest.approx(30 * 64 / run["train_seconds"])

@@ -247,5 +247,8 @@ def test_saebench_results_may_be_gzipped(tmp_path):
     res = {"record_id": "r1", "eval_result_metrics": {"scr_metrics": {"scr_metric_threshold_20": 0.25}}}
     (d / "scr.json.gz").write_bytes(gzip.compress(json.dumps(res).encode()))
     (d / "broken.json.gz").write_bytes(b"not gzip")  # counted, ignored
+    z = bytearray(gzip.compress(json.dumps(res).encode() * 50))
+    z[30:40] = b"\xff" * 10  # a gzip header with a corrupt deflate stream: zlib.error, not OSError
+    (d / "corrupt.json.gz").write_bytes(bytes(z))
     values, n_files = load_saebench(tmp_path)
-    assert values == {"r1": {"scr": 0.25}} and n_files == 2
+    assert values == {"r1": {"scr": 0.25}} and n_files == 3

@@ -86,6 +86,8 @@ def test_longer_run_over_epochs_of_a_cache_and_seed_subset(tmp_path, monkeypatch
     with pytest.raises(ValueError, match=r"sparsity \[16\] not all in the tinye grid's values \[8.0, 32.0\]"):
         run_experiment("tinye", "smoke", str(tmp_path), device="cpu", sparsity=[16])
     assert main(["tinye", "--results", str(tmp_path), "--sparsity", "8,x"]) == 2
+    for empty in (",", ""):  # not "no filter" (the whole grid)
+        assert main(["tinye", "--results", str(tmp_path), "--sparsity", empty]) == 2
     with pytest.raises(ValueError, match="needs a cache"):
         run_experiment("tinye", "smoke", str(tmp_path), device="cpu", epochs=2)
     with pytest.raises(ValueError, match="seeds must be"):

@@ -301,6 +301,6 @@ def test_autointerp_text_budget_is_checked_before_any_eval(tmp_path, smollm2_tok
 
     local = D.LocalData(None, tmp_path, None, text_chars=20_000)
     assert check_text_tokens(local, smollm2_tokenizer, 1000) > 1000
-    with pytest.raises(ValueError, match=r"autointerp needs --autointerp-tokens 10,000,000 tokens of general text.*"
+    with pytest.raises(ValueError, match=r"autointerp needs --autointerp-tokens 10,000,000 tokens of general text .*"
                                          r"held-out split.*--text-source"):
         check_text_tokens(local, smollm2_tokenizer, 10_000_000)
