@@ -307,6 +307,8 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dict-sizes", default="4096,16384,65536")
+    ap.add_argument("--activation-dim", type=int, default=576,
+                    help="width of the random activations (576: SmolLM2-135M; 2304: Gemma-2-2B)")
     ap.add_argument("--batch", type=int, default=8192)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--harvest", action="store_true", help="also measure harvesting (loads SmolLM2)")
@@ -327,7 +329,11 @@ def main(argv=None) -> int:
                          "dictionary-learning==0.1.0) and report our speed-up")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
-    res = run(args.device, [int(d) for d in args.dict_sizes.split(",")], batch=args.batch, steps=args.steps,
+    if args.activation_dim < 1:
+        print(f"error: --activation-dim must be >= 1, got {args.activation_dim}", file=sys.stderr)
+        return 2
+    res = run(args.device, [int(d) for d in args.dict_sizes.split(",")], activation_dim=args.activation_dim,
+              batch=args.batch, steps=args.steps,
               warmup=args.warmup, harvest=args.harvest, peak_n=args.peak_n, paths=tuple(args.paths.split(",")),
               compare_dictionary_learning=args.compare_dictionary_learning, archs=tuple(args.archs.split(",")),
               e2e_tokens=args.e2e_tokens, e2e_dict_size=args.e2e_dict_size, harvest_tokens=args.harvest_tokens,

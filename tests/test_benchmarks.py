@@ -13,6 +13,14 @@ def test_speed_benchmark_runs_and_reports(tmp_path):
         assert r["standard"]["tokens_per_s"] > 0 and r["aligned"]["tokens_per_s"] > 0
         assert abs(r["standard"]["tflops"] - 12 * 576 * 64 * r["standard"]["tokens_per_s"] / 1e12) < 1e-9
     assert res["matmul_peak_tflops"] > 0 and "benchmarks.speed" in res["command"]
+    # another width (e.g. 2304 for a Gemma-2-2B-sized dictionary)
+    assert speed.main(["--device", "cpu", "--dict-sizes", "64", "--batch", "16", "--steps", "1", "--warmup", "0",
+                       "--peak-n", "64", "--archs", "topk", "--activation-dim", "48", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["activation_dim"] == 48
+    assert abs(res["train"][0]["standard"]["tflops"] - 12 * 48 * 64 * res["train"][0]["standard"]["tokens_per_s"]
+               / 1e12) < 1e-9
+    assert speed.main(["--device", "cpu", "--activation-dim", "0"]) == 2
 
 
 def test_speed_benchmark_paths_and_dictionary_learning_comparison(tmp_path, monkeypatch, capsys):
