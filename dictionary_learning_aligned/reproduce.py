@@ -56,7 +56,7 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
                    ce_batches: int = 4, ce_batch_size: int = 8, archs: Optional[list] = None,
                    dict_sizes: Optional[list] = None, cache: Optional[str] = None, tokens: Optional[int] = None,
                    epochs: int = 1, seeds: Optional[int] = None, preload: Optional[bool] = None,
-                   sparsity: Optional[list] = None) -> list[str]:
+                   sparsity: Optional[list] = None, chunk: Optional[int] = None) -> list[str]:
     """Train, evaluate and record every missing dictionary of an experiment; returns the ids written.
 
     Args:
@@ -77,6 +77,8 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
         epochs: passes over the cached activations (needs ``cache``): ``ceil(tokens / epochs)`` distinct tokens
             are harvested and each is seen ``epochs`` times (recorded as ``unique_tokens`` and ``epochs``).
         seeds: train only the first ``seeds`` seeds of the grid now.
+        chunk: train at most this many dictionaries together (whole seed groups; default all of one size), and
+            write their records before the next part starts: a run stopped by a time limit keeps what finished.
         sparsity: train only the grid points with these sparsity values now (L1 penalties, k values or p-anneal
             coefficients, as listed in :mod:`.experiments`).
         preload: hold the whole cache on ``device`` (default: on a GPU) instead of reading batches from disk.
@@ -104,6 +106,8 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
                          f"cache={cache!r})")
     if seeds is not None and not 1 <= seeds <= plan.experiment.seeds:
         raise ValueError(f"seeds must be in 1..{plan.experiment.seeds} for {name}, got {seeds}")
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
     total_tokens = tokens or plan.tokens
     unique_tokens = -(-total_tokens // epochs)
     for flag, v, low in (("batch_size", batch_size, 1), ("eval_batches", eval_batches, 1),
@@ -164,10 +168,12 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     eval_buf = buffer("test", (eval_batches * batch_size) // 128 + 1)
     acts, ce_tokens = collect_eval_data(eval_buf, eval_batches, ce_batches, ce_batch_size)
     ce_ref = [ce_losses(lm, submodule, None, t) for t in ce_tokens]
-    for dict_size in sorted({r.dict_size for r in todo}):
-        runs = [r for r in todo if r.dict_size == dict_size]
+    parts = [part for d in sorted({r.dict_size for r in todo})
+             for part in _chunks([r for r in todo if r.dict_size == d], chunk)]
+    for j, runs in enumerate(parts):
+        dict_size = runs[0].dict_size
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = store / "dictionaries" / f"{name}__{scale}__d{dict_size}__{stamp}"
+        run_dir = store / "dictionaries" / f"{name}__{scale}__d{dict_size}__{stamp}__{j}"
         t0 = time.time()
         trainers = trainSAE(train_data(),
                             [trainer_config(r, d_model, steps, plan) for r in runs], steps, save_dir=run_dir,
@@ -211,7 +217,8 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
                         "n_runs", "mcs", "frac_above_0.7", "frac_above_0.9", "hungarian_mean_cos")},
                     "training_log": trainers[runs.index(r)].log,
                     "paths": {"dictionary": str((run_dir / f"trainer_{runs.index(r)}").relative_to(store))},
-                    "train_seconds_all_dictionaries_of_this_size": round(train_s, 1),
+                    "train_seconds_all_dictionaries_of_this_size": round(train_s, 1),  # of its part with --chunk
+                    "trained_together": len(runs),
                     "command": " ".join([Path(sys.executable).name, "-m", "dictionary_learning_aligned.reproduce"]
                                         + sys.argv[1:]),
                     "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -219,6 +226,23 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
                 write_record(store, rec)
                 written.append(rec["id"])
     return written
+
+
+def _chunks(runs: list, n: Optional[int]) -> list[list]:
+    """``runs`` cut into parts of at most ``n`` dictionaries (None: one part), never splitting the seeds of one
+    group (a group larger than ``n`` is a part of its own), in order."""
+    groups: dict[str, list] = {}
+    for r in runs:
+        groups.setdefault(_gid(r), []).append(r)
+    parts: list[list] = []
+    for members in groups.values():
+        if parts and n is not None and len(parts[-1]) + len(members) <= n:
+            parts[-1].extend(members)
+        elif parts and n is None:
+            parts[-1].extend(members)
+        else:
+            parts.append(list(members))
+    return parts
 
 
 def _rid(r: Run) -> str:
@@ -266,6 +290,8 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=1, help="passes over the cached activations (needs --cache): "
                     "ceil(tokens/epochs) distinct tokens are harvested")
     ap.add_argument("--seeds", type=int, default=None, help="train only the first N seeds of the grid now")
+    ap.add_argument("--chunk", type=int, default=None, help="train at most N dictionaries together (whole seed "
+                    "groups) and record them before the next part, so a run cut short keeps what finished")
     ap.add_argument("--sparsity", default=None, help="comma list: train only the grid points with these sparsity "
                     "values now (L1 penalty, k or p-anneal coefficient)")
     ap.add_argument("--eval-batches", type=int, default=10, help="held-out batches for reconstruction metrics")
@@ -281,7 +307,8 @@ def main(argv=None) -> int:
                              cache=args.cache, tokens=args.tokens, epochs=args.epochs, seeds=args.seeds,
                              preload=False if args.no_preload else None, eval_batches=args.eval_batches,
                              ce_batches=args.ce_batches, ce_batch_size=args.ce_batch_size,
-                             sparsity=_floats(args.sparsity, "--sparsity") if args.sparsity is not None else None)
+                             sparsity=_floats(args.sparsity, "--sparsity") if args.sparsity is not None else None,
+                             chunk=args.chunk)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -120,3 +120,20 @@ def test_gzipped_records_are_read_and_count_as_done(tmp_path):
     (tmp_path / "records" / "bad.json.gz").write_bytes(b"not gzip")
     with pytest.raises(ValueError, match="bad.json.gz is not valid JSON"):
         list(iter_records(tmp_path))
+
+
+def test_chunks_keep_seed_groups_together():
+    from dictionary_learning_aligned.experiments import resolve
+    from dictionary_learning_aligned.reproduce import _chunks, _gid
+
+    runs = [r for r in resolve("main", "small").runs if r.arch == "topk"]  # 3 k x 2 alignments x 3 seeds
+    assert [len(p) for p in _chunks(runs, None)] == [18]
+    for n, sizes in ((6, [6, 6, 6]), (7, [6, 6, 6]), (2, [3] * 6), (9, [9, 9])):
+        parts = _chunks(runs, n)
+        assert [len(p) for p in parts] == sizes
+        assert [r for p in parts for r in p] == runs  # same order, nothing lost
+        for p in parts:  # a group's seeds are never split
+            for r in p:
+                assert sum(_gid(q) == _gid(r) for q in p) == 3
+    with pytest.raises(ValueError, match="chunk must be >= 1"):
+        run_experiment("main", "smoke", "/nonexistent-store", device="cpu", chunk=0)
