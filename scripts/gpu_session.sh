@@ -17,7 +17,8 @@
 # What ran on 2026-11-29: A (its reproduction runs were killed by the time limit; its speed benchmark, SAEBench
 # smoke check and compile benchmark failed: see results/speed_h200/README.md), F, B, S (sparse probing left out:
 # xgboost was not staged, so S puts an empty xgboost module on the path; autointerp failed, asking for more tokens
-# than the bundled held-out text has), P. C, D and E did not run (device time spent).
+# than the bundled held-out text has), P. C, D and E did not run (device time spent); they have since gained
+# --chunk (records written part by part) and, for C, --text-source (enough text for autointerp).
 # Everything a phase makes comes back as $OUT/*.tar.gz (records, logs, JSON; no weights).
 set -uo pipefail
 phase=${1:?usage: bash scripts/gpu_session.sh A|B|C|D|E|F|S|P}
@@ -102,7 +103,8 @@ C)
   run_sb() {  # GPU GLOB NAME
     CUDA_VISIBLE_DEVICES=$1 timeout "${BUDGET_S:-530}" python3 -m benchmarks run --results-store /tmp/store \
       --records "$2" --device cuda --data-dir /tmp/sbdata --core-batches 50 --core-sparsity-batches 250 \
-      --llm-batch-size 64 --autointerp-tokens 500000 --autointerp-latents 40 > "/tmp/store/log_saebench_$3.txt" 2>&1
+      --llm-batch-size 64 --autointerp-tokens 500000 --autointerp-latents 40 --text-source "$C" \
+      > "/tmp/store/log_saebench_$3.txt" 2>&1
     t "SAEBench $3 ended (rc $?)"
   }
   run_sb 0 'main__topk__standard__d4096__k64__*' main_std & run_sb 0 'main__topk__project__d4096__k64__*' main_ali &
@@ -113,14 +115,14 @@ C)
   pack C_store /tmp/store
   ;;
 D)
-  repro 0 /tmp/store sizes65k sizes --dict-sizes 65536 --archs relu,topk --sparsity 0.04,64 --seeds 1 &
-  repro 1 /tmp/store tying tying --seeds 1 &
+  repro 0 /tmp/store sizes65k sizes --dict-sizes 65536 --archs relu,topk --sparsity 0.04,64 --seeds 1 --chunk 2 &
+  repro 1 /tmp/store tying tying --seeds 1 --chunk 6 &
   wait
   pack D_store /tmp/store
   ;;
 E)
-  repro 0 /tmp/store sizes16k_batchtopk sizes --dict-sizes 16384 --archs batchtopk --seeds 1 &
-  repro 1 /tmp/store sizes16k_panneal sizes --dict-sizes 16384 --archs panneal --seeds 1 &
+  repro 0 /tmp/store sizes16k_batchtopk sizes --dict-sizes 16384 --archs batchtopk --seeds 1 --chunk 2 &
+  repro 1 /tmp/store sizes16k_panneal sizes --dict-sizes 16384 --archs panneal --seeds 1 --chunk 2 &
   wait
   pack E_store /tmp/store
   ;;
