@@ -8,7 +8,6 @@ import copy
 import itertools
 import queue
 import threading
-import weakref
 from typing import Iterable, Iterator, Optional
 
 import torch
@@ -64,19 +63,17 @@ def pack_token_contexts(texts: Iterable[str], tokenizer, ctx_len: int, bos_token
             del stream[:start]
 
 
-_PREFETCHERS: "weakref.WeakValueDictionary[int, threading.Thread]" = weakref.WeakValueDictionary()
-_STOPS: dict[int, threading.Event] = {}
+#: producer threads still running, with their stop events (a thread removes itself when it ends)
+_PRODUCERS: dict[threading.Thread, threading.Event] = {}
 
 
 @atexit.register
 def _stop_prefetchers() -> None:
     """Stop every producer thread before the interpreter finalizes: a thread left inside a fast tokenizer's
     native thread pool at exit aborts the process ("terminate called without an active exception")."""
-    for key, stop in list(_STOPS.items()):
+    for thread, stop in list(_PRODUCERS.items()):
         stop.set()
-        thread = _PREFETCHERS.get(key)
-        if thread is not None:
-            thread.join(timeout=10)
+        thread.join(timeout=10)
 
 
 def prefetch(items: Iterable, ahead: int = 64, chunk: int = 64) -> Iterator:
@@ -102,16 +99,16 @@ def _prefetched(items: Iterable, ahead: int, chunk: int) -> Iterator:
         while not stop.is_set():
             try:
                 q.put(msg, timeout=0.05)
-                return True
             except queue.Full:
-                pass
+                continue
+            return True
         return False
 
     def work():
         try:
             produce()
         finally:  # registered until the thread ends, so that an exit after close() still waits for it
-            _STOPS.pop(id(threading.current_thread()), None)
+            _PRODUCERS.pop(threading.current_thread(), None)
 
     def produce():
         part = []
@@ -130,7 +127,7 @@ def _prefetched(items: Iterable, ahead: int, chunk: int) -> Iterator:
             put(("end", None))
 
     thread = threading.Thread(target=work, daemon=True, name="dla-prefetch")
-    _PREFETCHERS[id(thread)], _STOPS[id(thread)] = thread, stop
+    _PRODUCERS[thread] = stop
     thread.start()
     try:
         while True:
@@ -142,7 +139,7 @@ def _prefetched(items: Iterable, ahead: int, chunk: int) -> Iterator:
             else:
                 raise value
     finally:
-        stop.set()  # the thread removes itself from _STOPS when it ends (it may still be inside ``items``)
+        stop.set()  # the thread removes itself from _PRODUCERS when it ends (it may still be inside ``items``)
 
 
 class ActivationBuffer:
@@ -206,8 +203,9 @@ class ActivationBuffer:
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
         # the background thread gets its own tokenizer: a fast tokenizer used from two threads at once can fail
-        self.contexts = prefetch(pack_token_contexts(data, copy.deepcopy(model.tokenizer), ctx_len, add_special_tokens=add_special_tokens,
-                                                     tokenize_batch=256), ahead=max(2, 4 * int(refresh_batch_size) // 64))
+        packed = pack_token_contexts(data, copy.deepcopy(model.tokenizer), ctx_len,
+                                     add_special_tokens=add_special_tokens, tokenize_batch=256)
+        self.contexts = prefetch(packed, ahead=max(2, 4 * int(refresh_batch_size) // 64))
         self.activations = torch.empty(0, self.d_submodule, dtype=dtype, device=device)
         self.read = torch.zeros(0, dtype=torch.bool, device=device)
         self.tokens_harvested = 0

@@ -212,6 +212,6 @@ def test_prefetch_closed_early_is_still_stopped_at_exit():
     time.sleep(0.05)
     gen.close()
     threads = [t for t in threading.enumerate() if t.name == "dla-prefetch" and t.is_alive()]
-    assert threads and all(id(t) in B._STOPS for t in threads)
+    assert threads and all(t in B._PRODUCERS for t in threads)
     B._stop_prefetchers()
-    assert not any(t.is_alive() for t in threads) and not any(id(t) in B._STOPS for t in threads)
+    assert not any(t.is_alive() for t in threads) and not any(t in B._PRODUCERS for t in threads)
