@@ -1,5 +1,6 @@
 """One parser for dtype arguments given as ``torch.dtype`` objects or names (``"bfloat16"``, ``"torch.float16"``),
-and one check for device arguments, shared by the library, the demo and every command line."""
+the autocast choice of the training commands, one check for device arguments and one parser for comma-list
+arguments, shared by the library, the demo and every command line."""
 
 from __future__ import annotations
 
@@ -40,3 +41,43 @@ def check_device(device, what: str = "device") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{what} {device!r}: no CUDA GPU is available; use cpu")
     return dev
+
+
+#: ``--autocast`` choices of the training commands
+AUTOCAST_CHOICES = ("auto", "bfloat16", "float32")
+
+
+def autocast_dtype(choice: str, device) -> torch.dtype:
+    """The autocast dtype of ``--autocast CHOICE`` on ``device``: ``"auto"`` is bfloat16 on CUDA and float32 (no
+    autocast) elsewhere.
+
+    Raises:
+        ValueError: ``choice`` not in :data:`AUTOCAST_CHOICES`.
+    """
+    if choice not in AUTOCAST_CHOICES:
+        raise ValueError(f"autocast must be one of {AUTOCAST_CHOICES}, got {choice!r}")
+    if choice == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return as_dtype(choice)
+
+
+def comma_list(s: str, cast=str, flag: str = "list", allow_empty: bool = True) -> list:
+    """The items of a comma-separated argument (blank items skipped), each passed through ``cast``.
+
+    Args:
+        s: the argument, e.g. ``"4096,16384"``.
+        cast: ``str``, ``int``, ``float`` or another one-argument constructor.
+        flag: the argument's name, used in the error message (e.g. ``"--dict-sizes"``).
+        allow_empty: whether no item at all is accepted.
+
+    Raises:
+        ValueError: an item ``cast`` rejects, or no item when ``allow_empty`` is False.
+    """
+    kind = {int: "integers", float: "numbers"}.get(cast, f"{getattr(cast, '__name__', 'valid')} values")
+    try:
+        values = [cast(v.strip()) for v in s.split(",") if v.strip()]
+    except ValueError:
+        values = None
+    if values is None or (not values and not allow_empty):
+        raise ValueError(f"{flag} must be a comma list of {kind}, got {s!r}")
+    return values

@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from .dtypes import check_device
+from .dtypes import autocast_dtype, check_device, comma_list
 from .experiments import EXPERIMENTS, SCALES, Plan, Run, resolve
 from .records import SCHEMA_VERSION, group_id, has_record, record_id, write_record
 
@@ -117,8 +117,7 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     check_device(device, "--device")
     batch_size = batch_size or (1024 if scale == "smoke" else 8192)
-    amp = {"auto": torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32,
-           "bfloat16": torch.bfloat16, "float32": torch.float32}[autocast]
+    amp = autocast_dtype(autocast, device)
     store = Path(results)
     store.mkdir(parents=True, exist_ok=True)
     for name_, chosen, allowed in (("arch", archs, {r.arch for r in plan.runs}),
@@ -254,23 +253,6 @@ def _gid(r: Run) -> str:
     return group_id(r.experiment, r.arch, r.alignment, r.dict_size, {"name": r.sparsity_name, "value": r.sparsity_value})
 
 
-def _ints(s: str, flag: str) -> list[int]:
-    try:
-        return [int(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"{flag} must be a comma list of integers, got {s!r}") from None
-
-
-def _floats(s: str, flag: str) -> list[float]:
-    try:
-        values = [float(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        values = []
-    if not values:  # an empty list would mean no filter: the whole grid
-        raise ValueError(f"{flag} must be a comma list of numbers, got {s!r}")
-    return values
-
-
 def main(argv=None) -> int:
     """Command line of the reproduction (see the module docstring)."""
     ap = argparse.ArgumentParser(prog="python -m dictionary_learning_aligned.reproduce", description=__doc__,
@@ -303,11 +285,11 @@ def main(argv=None) -> int:
         ids = run_experiment(args.experiment, args.scale, args.results, device=args.device, corpus=args.corpus,
                              batch_size=args.batch_size,
                              archs=args.archs.split(",") if args.archs else None,
-                             dict_sizes=_ints(args.dict_sizes, "--dict-sizes") if args.dict_sizes else None,
+                             dict_sizes=comma_list(args.dict_sizes, int, "--dict-sizes") if args.dict_sizes else None,
                              cache=args.cache, tokens=args.tokens, epochs=args.epochs, seeds=args.seeds,
                              preload=False if args.no_preload else None, eval_batches=args.eval_batches,
                              ce_batches=args.ce_batches, ce_batch_size=args.ce_batch_size,
-                             sparsity=_floats(args.sparsity, "--sparsity") if args.sparsity is not None else None,
+                             sparsity=comma_list(args.sparsity, float, "--sparsity", allow_empty=False) if args.sparsity is not None else None,
                              chunk=args.chunk)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -38,7 +38,7 @@ from typing import Callable, Optional
 import torch
 
 from . import distributed as dd
-from .dtypes import check_device
+from .dtypes import AUTOCAST_CHOICES, autocast_dtype, check_device, comma_list
 
 ARCHS = {"relu": ("StandardTrainer", "AlignedStandardTrainer"), "topk": ("TopKTrainer", "AlignedTopKTrainer"),
          "batchtopk": ("BatchTopKTrainer", "AlignedBatchTopKTrainer"),
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--log-steps", type=int, default=None, help="log losses every this many steps")
     ap.add_argument("--save-steps", default="", help="comma list of steps to checkpoint (ddp placement)")
     ap.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if CUDA is available, else cpu")
-    ap.add_argument("--autocast", choices=("auto", "bfloat16", "float32"), default="auto",
+    ap.add_argument("--autocast", choices=AUTOCAST_CHOICES, default="auto",
                     help="auto: bfloat16 on CUDA, float32 on CPU")
     ap.add_argument("--backend", choices=("nccl", "gloo"), default=None, help="default: nccl on CUDA, else gloo")
     ap.add_argument("--verbose", action="store_true")
@@ -186,13 +186,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--corpus", default=None, help="text source (default: the bundled corpus)")
     b.add_argument("--ctx-len", type=int, default=128, help="context length (default 128)")
     return ap
-
-
-def _csv(s: str, cast=str, flag: str = "") -> list:
-    try:
-        return [cast(v.strip()) for v in s.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"{flag or 'list'} must be a comma list of {cast.__name__} values, got {s!r}") from None
 
 
 def run(args: argparse.Namespace) -> list[int]:
@@ -217,7 +210,7 @@ def run(args: argparse.Namespace) -> list[int]:
         raise ValueError(f"--batch-size and --epochs must be >= 1, got {args.batch_size}, {args.epochs}")
     if args.tokens < 1:
         raise ValueError(f"--tokens must be >= 1, got {args.tokens}")
-    save_steps = _csv(args.save_steps, int, "--save-steps")
+    save_steps = comma_list(args.save_steps, int, "--save-steps")
     if args.placement == "ddp" and args.batch_size % world:
         raise ValueError(f"--batch-size {args.batch_size} is not divisible by the world size {world} "
                          f"(data-parallel training gives each process batch_size / world_size activations)")
@@ -244,9 +237,9 @@ def run(args: argparse.Namespace) -> list[int]:
         if not isinstance(configs, list) or not all(isinstance(c, dict) for c in configs):
             raise ValueError(f"{args.config} must hold a JSON list of trainer configs (dicts)")
     else:
-        alignments = [None if a.lower() in ("none", "standard") else a for a in _csv(args.alignment)]
-        configs = grid_configs(_csv(args.arch), alignments, _csv(args.dict_size, int, "--dict-size"),
-                               _csv(args.seeds, int, "--seeds"),
+        alignments = [None if a.lower() in ("none", "standard") else a for a in comma_list(args.alignment)]
+        configs = grid_configs(comma_list(args.arch), alignments, comma_list(args.dict_size, int, "--dict-size"),
+                               comma_list(args.seeds, int, "--seeds"),
                                k=args.k, l1_penalty=args.l1_penalty, lr=args.lr,
                                alignment_penalty=args.alignment_penalty)
     if not configs:
@@ -268,8 +261,7 @@ def run(args: argparse.Namespace) -> list[int]:
         if args.sparse_decode and "TopK" in str(c.get("trainer")):
             c.setdefault("sparse_decode", True)
         c.setdefault("seed", i)  # seeded: the same initial weights whichever process builds the trainer
-    amp = {"auto": torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32,
-           "bfloat16": torch.bfloat16, "float32": torch.float32}[args.autocast]
+    amp = autocast_dtype(args.autocast, device)
     run_cfg = {"cache": cache.config, "placement": args.placement, "world_size": world,
                "batch_size": args.batch_size}
     out = Path(args.out)

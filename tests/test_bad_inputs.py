@@ -430,3 +430,20 @@ def test_reproduce_cli_bad_settings_fail_before_loading_the_model(tmp_path, caps
     assert reproduce.main(["main", "--scale", "smoke", "--results", str(tmp_path / "store"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and msg in err and "\n" not in err
+
+
+def test_shared_argument_parsers():
+    import torch
+
+    from dictionary_learning_aligned.dtypes import autocast_dtype, comma_list
+
+    assert comma_list(" 4096, 16384 ,", int, "--dict-sizes") == [4096, 16384]
+    assert comma_list("relu,,topk") == ["relu", "topk"] and comma_list("") == []
+    assert comma_list("0.02,64", float) == [0.02, 64.0]
+    with pytest.raises(ValueError, match="--seeds must be a comma list of integers, got '0,x'"):
+        comma_list("0,x", int, "--seeds")
+    with pytest.raises(ValueError, match="--sparsity must be a comma list of numbers, got ','"):
+        comma_list(",", float, "--sparsity", allow_empty=False)
+    assert autocast_dtype("auto", "cpu") == torch.float32 and autocast_dtype("bfloat16", "cpu") == torch.bfloat16
+    with pytest.raises(ValueError, match="autocast must be one of"):
+        autocast_dtype("float16", "cpu")

@@ -8,6 +8,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from dictionary_learning_aligned.dtypes import comma_list
+
 from .runner import EVALS, Budgets, DictionaryEntry, RunSpec
 
 
@@ -73,11 +75,11 @@ SMOKE_BUDGETS = {"context": 64, "core_batches": 2, "core_sparsity_batches": 2, "
 
 
 def _csv(s: str) -> list[str]:
-    return [x.strip() for x in s.split(",") if x.strip()]
+    return comma_list(s)
 
 
 def _ints(s: str) -> tuple:
-    return tuple(int(x) for x in _csv(s))
+    return tuple(comma_list(s, int))
 
 
 def build_parser() -> argparse.ArgumentParser:
