@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import shutil
@@ -46,6 +47,18 @@ def write_json(path, obj) -> Path:
 
 #: files or folders whose presence marks a folder as the output of an earlier run of this library
 RUN_MARKERS = ("results.json", "config.json", "ae.safetensors", "dictionaries", "trainer_0")
+
+
+def read_json(path):
+    """The JSON value in ``path``, read through gzip when the name ends in ``.gz`` (``x.json.gz``).
+
+    Raises:
+        OSError: unreadable file, or not gzip data under a ``.gz`` name (``gzip.BadGzipFile``).
+        EOFError, zlib.error: truncated or corrupt gzip data.
+        UnicodeDecodeError, json.JSONDecodeError: not UTF-8 JSON.
+    """
+    path = Path(path)
+    return json.loads(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_text())
 
 
 def check_output_dir(path, overwrite: bool = False) -> Path:

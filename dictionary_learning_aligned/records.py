@@ -31,12 +31,11 @@ key                    meaning
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 from typing import Iterator, Optional
 
-from .io import write_json
+from .io import read_json, write_json
 
 SCHEMA_VERSION = 1
 REQUIRED = ("schema", "id", "experiment", "scale", "model", "arch", "alignment", "dict_size", "sparsity", "seed",
@@ -95,7 +94,7 @@ def iter_records(store, **where) -> Iterator[dict]:
         files[p.name[:-3]] = p
     for _, p in sorted(files.items()):
         try:
-            rec = json.loads(gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_text())
+            rec = read_json(p)
         except (json.JSONDecodeError, OSError, UnicodeDecodeError) as e:
             raise ValueError(f"{p} is not valid JSON ({e})") from None
         if not isinstance(rec, dict):

@@ -235,9 +235,7 @@ def _chunks(runs: list, n: Optional[int]) -> list[list]:
         groups.setdefault(_gid(r), []).append(r)
     parts: list[list] = []
     for members in groups.values():
-        if parts and n is not None and len(parts[-1]) + len(members) <= n:
-            parts[-1].extend(members)
-        elif parts and n is None:
+        if parts and (n is None or len(parts[-1]) + len(members) <= n):
             parts[-1].extend(members)
         else:
             parts.append(list(members))

@@ -4,7 +4,6 @@ SAEBench results. Nothing here imports matplotlib or any trainer; records come f
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import zlib
@@ -15,6 +14,7 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
+from dictionary_learning_aligned.io import read_json
 from dictionary_learning_aligned.records import iter_records
 
 ARCH_ORDER = ("relu", "topk", "batchtopk", "panneal")
@@ -172,7 +172,7 @@ def load_saebench(results) -> tuple[dict[str, dict[str, float]], int]:
     files = sorted([*folder.rglob("*.json"), *folder.rglob("*.json.gz")]) if folder.is_dir() else []
     for p in files:
         try:
-            d = json.loads(gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_text())
+            d = read_json(p)
         except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             continue
         rid = (d.get("record_id") or d.get("sae_name")) if isinstance(d, dict) else None
