@@ -128,6 +128,20 @@ def step_throughput(trainer_name: str, extra: dict, dict_size: int, activation_d
                              if torch.device(device).type == "cuda" else None)}
 
 
+def _smollm2(device: str):
+    """``(hf_model, nnsight_model)``: SmolLM2-135M-Instruct on ``device`` (bfloat16 on a GPU, float32 on the CPU),
+    wrapped by nnsight with its own tokenizer copy."""
+    import copy
+
+    from nnsight import LanguageModel
+
+    from dictionary_learning_aligned.models import load_language_model
+
+    cuda = torch.device(device).type == "cuda"
+    hf, tok = load_language_model(device=device, dtype=torch.bfloat16 if cuda else torch.float32)
+    return hf, LanguageModel(hf, tokenizer=copy.deepcopy(tok))
+
+
 def harvest_throughput(device: str, ctx_len: int, tokens: int, batch_tokens: int = 131072,
                        corpus: str | None = None) -> dict:
     """Tokens/s of ``ActivationBuffer`` filling ``tokens`` activations of SmolLM2-135M layer 12 (bf16 on a GPU).
@@ -147,16 +161,10 @@ def harvest_throughput(device: str, ctx_len: int, tokens: int, batch_tokens: int
     Returns:
         ``{"tokens_per_s", "tokens", "refresh_batch_size"}``.
     """
-    import copy
-
-    from nnsight import LanguageModel
-
     from dictionary_learning_aligned.buffer import ActivationBuffer
     from dictionary_learning_aligned.data import iter_texts
-    from dictionary_learning_aligned.models import load_language_model
 
-    hf, tok = load_language_model(device=device, dtype=torch.bfloat16 if device != "cpu" else torch.float32)
-    lm = LanguageModel(hf, tokenizer=copy.deepcopy(tok))
+    _, lm = _smollm2(device)
     refresh = max(1, batch_tokens // ctx_len)
     buf = ActivationBuffer(iter_texts(corpus, split="all"), lm, lm.model.layers[12], n_ctxs=max(1, tokens // ctx_len),
                            ctx_len=ctx_len, refresh_batch_size=refresh, out_batch_size=8192, device=device, seed=0)
@@ -181,13 +189,9 @@ def end_to_end_throughput(device: str, tokens: int, dict_size: int, archs: tuple
     Raises:
         ValueError: fewer ``tokens`` than one ``batch``.
     """
-    import copy
-
-    from nnsight import LanguageModel
-
     from dictionary_learning_aligned.buffer import ActivationBuffer
     from dictionary_learning_aligned.data import iter_texts
-    from dictionary_learning_aligned.models import get_layer, load_language_model
+    from dictionary_learning_aligned.models import get_layer
     from dictionary_learning_aligned.training import trainSAE
 
     steps = tokens // batch
@@ -195,8 +199,7 @@ def end_to_end_throughput(device: str, tokens: int, dict_size: int, archs: tuple
         raise ValueError(f"--e2e-tokens {tokens} is less than one batch of {batch}")
     cuda = torch.device(device).type == "cuda"
     t = time.perf_counter()
-    hf, tok = load_language_model(device=device, dtype=torch.bfloat16 if cuda else torch.float32)
-    lm = LanguageModel(hf, tokenizer=copy.deepcopy(tok))
+    hf, lm = _smollm2(device)
     load_s = time.perf_counter() - t
     buf = ActivationBuffer(iter_texts(corpus, split="all"), lm, get_layer(lm, 12), d_submodule=hf.config.hidden_size,
                            n_ctxs=max(8, 4 * batch // ctx_len, min(8000, tokens // ctx_len // 4)), ctx_len=ctx_len,
