@@ -17,7 +17,10 @@ Measures, on one device, in one run:
 
 * optionally (``--e2e-tokens N``) our end-to-end pipeline: harvest N activations of SmolLM2-135M layer 12 once and
   train the standard and aligned dictionary of every architecture on the same batches (``trainSAE``), in tokens/s
-  of the whole pipeline (model loading excluded).
+  of the whole pipeline (model loading excluded), once per step implementation in ``--e2e-paths``.
+
+A grid point that fails (say, a kernel missing on the device) is reported as failed and the rest still runs; with
+``--out`` the JSON is rewritten after every row (``"complete": false`` until the end).
 
 No end-to-end (harvest + train) comparison with dictionary_learning: its 0.1.0 ``ActivationBuffer`` does not run
 with the nnsight 0.8.1 this library pins (``OutOfOrderError`` at ``self.model.inputs.save()``), so its own
@@ -227,13 +230,17 @@ def run(device: str, dict_sizes: list, activation_dim: int = 576, batch: int = 8
         warmup: int = 5, harvest: bool = False, peak_n: int = 8192, paths: tuple = ("default",),
         compare_dictionary_learning: bool = False, archs: tuple = tuple(ARCHS), e2e_tokens: int = 0,
         e2e_dict_size: int = 16384, harvest_tokens: int | None = None, harvest_batch_tokens: int = 131072,
-        corpus: str | None = None) -> dict:
+        corpus: str | None = None, e2e_paths: tuple = ("default",), progress=None) -> dict:
     """Run the benchmark grid; returns the JSON-ready results.
+
+    A grid point whose step raises (e.g. a kernel missing for a dtype) is recorded as ``{"error": "..."}`` in its
+    row and the grid goes on; ``progress(res)``, if given, is called with the results so far after every row, so a
+    run cut short keeps what it measured.
 
     Raises:
         ValueError: an unknown path or architecture.
     """
-    bad = [p for p in paths if p not in PATHS] + [a for a in archs if a not in ARCHS]
+    bad = [p for p in tuple(paths) + tuple(e2e_paths) if p not in PATHS] + [a for a in archs if a not in ARCHS]
     if bad:
         raise ValueError(f"unknown path/arch {bad}; paths: {sorted(PATHS)}, archs: {sorted(ARCHS)}")
     res = {"device": torch.cuda.get_device_name() if torch.device(device).type == "cuda" else platform.processor()
@@ -257,9 +264,15 @@ def run(device: str, dict_sizes: list, activation_dim: int = 576, batch: int = 8
             for path in paths:
                 opts = {k: v for k, v in PATHS[path].items() if k != "sparse_decode" or arch != "relu"}
                 row = {"arch": arch, "dict_size": d, "path": path}
-                for kind, name in (("standard", std), ("aligned", ali)):
-                    row[kind] = step_throughput(name, {**extra, **opts}, d, activation_dim, batch, device, steps,
-                                                warmup)
+                try:
+                    for kind, name in (("standard", std), ("aligned", ali)):
+                        row[kind] = step_throughput(name, {**extra, **opts}, d, activation_dim, batch, device,
+                                                    steps, warmup)
+                except Exception as e:  # recorded, not fatal: the rest of the grid still runs
+                    row = {"arch": arch, "dict_size": d, "path": path, "error": f"{type(e).__name__}: {e}"[:500]}
+                    res["train"].append(row)
+                    _progress(progress, res)
+                    continue
                 row["aligned_overhead"] = row["standard"]["tokens_per_s"] / row["aligned"]["tokens_per_s"] - 1
                 for kind in ("standard", "aligned"):
                     row[kind]["frac_of_peak"] = row[kind]["tflops"] / res["matmul_peak_tflops"]
@@ -268,14 +281,24 @@ def run(device: str, dict_sizes: list, activation_dim: int = 576, batch: int = 8
                     row["speedup_vs_dl"] = {k: row[k]["tokens_per_s"] / dl_row["tokens_per_s"]
                                             for k in ("standard", "aligned")}
                 res["train"].append(row)
-    if e2e_tokens:
-        res["end_to_end"] = {p: end_to_end_throughput(device, e2e_tokens, e2e_dict_size, archs, batch,
-                                                      paths_opts=PATHS[p], corpus=corpus) for p in paths}
+                _progress(progress, res)
     if harvest:
         for ctx in (128, 1024):
             n = harvest_tokens or (2_000_000 if torch.device(device).type == "cuda" else 65536)
             res["harvest"][f"ctx{ctx}"] = harvest_throughput(device, ctx, n, harvest_batch_tokens, corpus)
+            _progress(progress, res)
+    if e2e_tokens:
+        res["end_to_end"] = {}
+        for p in e2e_paths:
+            res["end_to_end"][p] = end_to_end_throughput(device, e2e_tokens, e2e_dict_size, archs, batch,
+                                                         paths_opts=PATHS[p], corpus=corpus)
+            _progress(progress, res)
     return res
+
+
+def _progress(progress, res: dict) -> None:
+    if progress is not None:
+        progress(res)
 
 
 def format_table(res: dict) -> str:
@@ -288,6 +311,9 @@ def format_table(res: dict) -> str:
     lines.append(f"{'arch':10}{'dict_size':>10}{'path':>9}{'std tok/s':>14}{'aligned tok/s':>15}{'overhead':>10}"
                  f"{'std TFLOP/s':>13}{'% peak':>8}{'peak GiB':>10}{'DL tok/s':>12}{'x DL std':>10}{'x DL al.':>10}")
     for r in res["train"]:
+        if "error" in r:
+            lines.append(f"{r['arch']:10}{r['dict_size']:>10}{r['path']:>9}  failed: {r['error'][:200]}")
+            continue
         s, a = r["standard"], r["aligned"]
         mem = "" if s["peak_mem_gib"] is None else f"{max(s['peak_mem_gib'], a['peak_mem_gib']):.1f}"
         dl = (f"{r['dictionary_learning']['tokens_per_s']:>12,.0f}{r['speedup_vs_dl']['standard']:>10.2f}"
@@ -327,6 +353,8 @@ def main(argv=None) -> int:
     ap.add_argument("--e2e-tokens", type=int, default=0,
                     help="also time harvest + training of every arch (standard and aligned) on N tokens (0: off)")
     ap.add_argument("--e2e-dict-size", type=int, default=16384, help="dict_size of the end-to-end run")
+    ap.add_argument("--e2e-paths", default="default", help="comma list: the step implementations of the "
+                                                            "end-to-end runs (default: default)")
     ap.add_argument("--compare-dictionary-learning", action="store_true",
                     help="also time dictionary-learning 0.1.0's trainers (pip install --no-deps "
                          "dictionary-learning==0.1.0) and report our speed-up")
@@ -335,13 +363,20 @@ def main(argv=None) -> int:
     if args.activation_dim < 1:
         print(f"error: --activation-dim must be >= 1, got {args.activation_dim}", file=sys.stderr)
         return 2
+    command = " ".join(["python -m benchmarks.speed"] + (argv if argv is not None else sys.argv[1:]))
+
+    def save(partial: dict) -> None:  # after every row, so a run cut short keeps what it measured
+        if args.out:
+            Path(args.out).write_text(json.dumps({**partial, "command": command, "complete": False}, indent=2))
+
     res = run(args.device, [int(d) for d in args.dict_sizes.split(",")], activation_dim=args.activation_dim,
               batch=args.batch, steps=args.steps,
               warmup=args.warmup, harvest=args.harvest, peak_n=args.peak_n, paths=tuple(args.paths.split(",")),
               compare_dictionary_learning=args.compare_dictionary_learning, archs=tuple(args.archs.split(",")),
               e2e_tokens=args.e2e_tokens, e2e_dict_size=args.e2e_dict_size, harvest_tokens=args.harvest_tokens,
-              harvest_batch_tokens=args.harvest_batch_tokens, corpus=args.corpus)
-    res["command"] = " ".join(["python -m benchmarks.speed"] + (argv if argv is not None else sys.argv[1:]))
+              harvest_batch_tokens=args.harvest_batch_tokens, corpus=args.corpus,
+              e2e_paths=tuple(args.e2e_paths.split(",")), progress=save)
+    res["command"], res["complete"] = command, True
     res["versions"] = {"torch": torch.__version__, "python": platform.python_version()}
     print(format_table(res))
     if args.out:

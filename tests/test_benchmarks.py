@@ -50,3 +50,27 @@ def test_end_to_end_benchmark_harvests_once_and_trains_every_arch(tmp_path):
                        "--out", str(out)]) == 0
     e = json.loads(out.read_text())["end_to_end"]["default"]
     assert e["tokens"] == 192 and e["dictionaries"] == 4 and e["tokens_per_s"] > 0
+
+
+def test_failing_grid_point_is_recorded_and_partial_results_are_saved(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "s.json"
+    real = speed.step_throughput
+    saved = []
+
+    def flaky(name, extra, *a, **k):  # the sparse decoder "has no kernel"; everything else runs
+        if extra.get("sparse_decode"):
+            raise RuntimeError("no kernel for this dtype")
+        return real(name, extra, *a, **k)
+
+    monkeypatch.setattr(speed, "step_throughput", flaky)
+    write = speed.Path.write_text
+    monkeypatch.setattr(speed.Path, "write_text", lambda self, s: (saved.append(json.loads(s)), write(self, s))[1])
+    assert speed.main(["--device", "cpu", "--dict-sizes", "64", "--batch", "16", "--steps", "1", "--warmup", "0",
+                       "--peak-n", "64", "--archs", "topk", "--paths", "plain,sparse", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    plain, sparse = res["train"]
+    assert plain["standard"]["tokens_per_s"] > 0 and "no kernel" in sparse["error"] and "standard" not in sparse
+    assert "failed: RuntimeError: no kernel" in capsys.readouterr().out
+    assert res["complete"] is True
+    # a file was written after each row, marked incomplete, before the final one
+    assert [len(s["train"]) for s in saved] == [1, 2, 2] and [s["complete"] for s in saved] == [False, False, True]

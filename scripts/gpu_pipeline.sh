@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The one-H200 GPU session of 2026-11-29 (fourth session): one background pipeline instead of separate phases, so
+# no device time is lost between calls. Staged first with ../shared/tools/gpu_bundle.sh .gpu --part-mib 40
+# <SmolLM2 GGUF> <all_english_mixed.jsonl.gz> <saebench_data.tar> --wheels "<scripts/gpu_saebench_wheels.sh's
+# wheels + dictionary-learning 0.1.0>"; the last part runs `bash scripts/gpu_pipeline.sh start`, which launches
+# `run` in its own process session (it outlives the call) and then waits; later calls run
+# `bash scripts/gpu_pipeline.sh wait SECONDS` back to back. Every call returns what exists so far as
+# $OUT/*.tar.gz (records, SAEBench JSON, speed JSON, logs; no weights).
+#
+# `run` (times are seconds after its start; every job is cut at DEADLINE_S so the last call gets its results):
+#   1. alone on the GPU: the speed benchmark (issue 6): plain/default/sparse paths + dictionary_learning 0.1.0 +
+#      harvesting + end to end; a Gemma-2-2B-sized dictionary (2304 x 65536); the compile/fast paths at 65536.
+#   2. `main` TopK k 64 (4096, 3 seeds, standard and aligned), harvesting the 20M-token cache first (issue 5's
+#      4096 dictionaries, weights kept on the machine).
+#   3. once the cache exists, together: `sizes` TopK k 64 at 16384 (3 seeds; issues 4 and 5) and `sizes` at
+#      65536 (ReLU L1 0.04, TopK k 64, seed 0; Figs. 17-18).
+#   4. SAEBench (issue 5), one process per dictionary: sparse probing + autointerp on the 4096 ones as soon as
+#      they exist, all five evals (core, SCR, TPP, sparse probing, autointerp) on the 16384 ones.
+#   5. after the 65536 runs: `sizes` at 16384, seed 0, for BatchTopK, p-anneal and TopK k 32/128 (Figs. 15-16).
+set -uo pipefail
+cmd=${1:?usage: bash scripts/gpu_pipeline.sh start|run|wait SECONDS}
+export PYTHONPATH=/tmp/site:$PWD GPU_FILES=/tmp/gpu/files PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
+export DLA_SMOLLM2_GGUF=$GPU_FILES/SmolLM2-135M-Instruct.Q4_1.gguf
+C=$GPU_FILES/all_english_mixed.jsonl.gz
+R=/tmp/res                      # everything that comes back
+STORE=$R/store                  # results store of the reproduction (dictionaries stay out of the tarball)
+DEADLINE_S=${DEADLINE_S:-1430}  # the pipeline's own end, counted from `run`'s start
+
+left() { local n=$(( DEADLINE_S - $(date +%s) + $(cat $R/t0) )); echo $(( n > 1 ? n : 1 )); }
+t() { echo "[$(( $(date +%s) - $(cat $R/t0) )) s] $*"; }
+
+repro() {  # NAME EXPERIMENT [reproduce flags...]: the reproduction at --scale small, cut at the deadline
+  local name=$1; shift
+  t "reproduce $name: $*"
+  timeout "$(left)" python3 -m dictionary_learning_aligned.reproduce "$@" --scale small --device cuda \
+    --results "$STORE" --cache /tmp/dla_cache --corpus "$C" --eval-batches 20 --ce-batches 20 --ce-batch-size 32 \
+    2>&1 | grep --line-buffered -v "training:" > "$R/logs/reproduce_$name.txt"
+  t "reproduce $name ended ($(ls "$STORE/records" 2>/dev/null | wc -l) records in the store)"
+}
+
+saebench() {  # RECORD EVALS: one SAEBench process for one record's dictionary, cut at the deadline
+  t "SAEBench $2 on $1"
+  OMP_NUM_THREADS=2 timeout "$(left)" python3 -m benchmarks run --results-store "$STORE" --records "$1" \
+    --evals "$2" --device cuda --data-dir /tmp/sbdata --text-source "$C" --core-batches 50 \
+    --core-sparsity-batches 250 --llm-batch-size 64 --autointerp-tokens 500000 --autointerp-latents 40 \
+    > "$R/logs/saebench_$1.txt" 2>&1
+  t "SAEBench on $1 ended (rc $?)"
+}
+
+pack() {
+  tar -czf "$OUT/store.tar.gz" --exclude=dictionaries --exclude=artifacts -C "$R" store 2>/dev/null
+  tar -czf "$OUT/logs.tar.gz" -C "$R" logs speed 2>/dev/null
+}
+
+case $cmd in
+start)
+  mkdir -p $R/logs $R/speed && date +%s > $R/t0
+  setsid nohup bash scripts/gpu_pipeline.sh run > $R/logs/pipeline.txt 2>&1 < /dev/null &
+  bash scripts/gpu_pipeline.sh wait "${2:-400}"
+  ;;
+wait)
+  end=$(( $(date +%s) + ${2:?seconds} ))
+  while [ "$(date +%s)" -lt "$end" ] && ! [ -f $R/done ]; do sleep 5; done
+  cat $R/logs/pipeline.txt; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
+  pack; ls -la "$OUT"
+  ;;
+run)
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee $R/logs/gpu.txt
+  python3 -c "import torch, sae_bench.evals.sparse_probing.main, sae_bench.evals.autointerp.main, xgboost, dictionary_learning
+print('torch', torch.__version__, '| imports ok: sae_bench sparse_probing/autointerp, xgboost, dictionary_learning')"
+  mkdir -p /tmp/sbdata && tar -xf "$GPU_FILES/saebench_data.tar" -C /tmp/sbdata
+  # 1. speed, alone on the GPU
+  t "speed: plain, default, sparse; dictionary_learning; harvest; end to end"
+  (cd $R/speed && timeout 260 python3 -m benchmarks.speed --paths plain,default,sparse \
+    --compare-dictionary-learning --harvest --corpus "$C" --e2e-tokens 4000000 --e2e-paths default,sparse \
+    --out speed.json > speed.txt 2>&1)
+  t "speed ended (rc $?)"
+  (cd $R/speed && timeout 90 python3 -m benchmarks.speed --activation-dim 2304 --dict-sizes 65536 \
+    --archs relu,topk --paths default,sparse --compare-dictionary-learning --out speed_gemma_size.json \
+    > speed_gemma_size.txt 2>&1)
+  t "speed at 2304 x 65536 ended (rc $?)"
+  (cd $R/speed && timeout 120 python3 -m benchmarks.speed --paths default,compile,fast --dict-sizes 65536 \
+    --archs topk --out speed_compile.json > speed_compile.txt 2>&1)
+  t "speed compile/fast ended (rc $?)"
+  # 2. the cache and the 4096 dictionaries
+  repro main_topk64 main --archs topk --sparsity 64 --chunk 6 &
+  j1=$!
+  while ! ls /tmp/dla_cache/*/meta.json > /dev/null 2>&1 && kill -0 $j1 2> /dev/null; do sleep 5; done
+  t "cache ready: $(ls -d /tmp/dla_cache/*/ 2>/dev/null)"
+  # 3. 16384 (3 seeds) and 65536 (seed 0), the latter reading batches from disk to leave GPU memory
+  repro sizes16k_topk64 sizes --dict-sizes 16384 --archs topk --sparsity 64 --chunk 6 &
+  j2=$!
+  (repro sizes65k sizes --dict-sizes 65536 --archs relu,topk --sparsity 0.04,64 --seeds 1 --chunk 2 --no-preload
+   # 5. then the other architectures at 16384, seed 0, as long as time is left
+   repro sizes16k_batchtopk sizes --dict-sizes 16384 --archs batchtopk --seeds 1 --chunk 2
+   repro sizes16k_panneal sizes --dict-sizes 16384 --archs panneal --seeds 1 --chunk 2
+   repro sizes16k_topk sizes --dict-sizes 16384 --archs topk --seeds 1 --sparsity 32,128 --chunk 2) &
+  j3=$!
+  # 4. SAEBench, one process per dictionary
+  wait $j1
+  for a in standard project; do for s in 0 1 2; do
+    saebench "main__topk__${a}__d4096__k64__s$s" sparse_probing,autointerp &
+  done; done
+  wait $j2
+  for a in standard project; do for s in 0 1 2; do
+    saebench "sizes__topk__${a}__d16384__k64__s$s" core,scr,tpp,sparse_probing,autointerp &
+  done; done
+  wait
+  t "pipeline done"; touch $R/done
+  ;;
+*) echo "unknown command $cmd" >&2; exit 2;;
+esac
