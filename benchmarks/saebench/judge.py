@@ -18,7 +18,7 @@ import re
 import threading
 import time
 from dataclasses import asdict, dataclass
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 from typing import Optional
 
 import torch
@@ -78,7 +78,10 @@ def patch_autointerp(judge: JudgeConfig):
     from openai import OpenAI
     from tabulate import tabulate
 
-    client = OpenAI(base_url=judge.base_url, api_key=judge.api_key or "none", max_retries=2)
+    # SAEBench sends up to 10 requests at once (a thread pool); a local judge answers them one after another, so a
+    # request may wait minutes on a busy GPU: give it time (the OpenAI client's own connect timeout is 5 s)
+    client = OpenAI(base_url=judge.base_url, api_key=judge.api_key or "none", max_retries=2,
+                    **({"timeout": LOCAL_JUDGE_TIMEOUT_S} if judge.local else {}))
     original = ai.AutoInterp.get_api_response
 
     def get_api_response(self, messages, max_tokens: int, n_completions: int = 1):
@@ -101,6 +104,18 @@ def patch_autointerp(judge: JudgeConfig):
         yield judge
     finally:
         ai.AutoInterp.get_api_response = original
+
+
+LOCAL_JUDGE_TIMEOUT_S = 1800.0  # per request (connect included) to the local judge
+
+
+class _Server(ThreadingHTTPServer):
+    """Accepts every connection at once (one thread each; generation itself is serialised by the judge's lock), with
+    a deep listen queue: SAEBench's autointerp opens 10 connections together, and a single-threaded server with the
+    default queue of 5 left the rest unaccepted until the client's connect timeout (seen on the GPU, 2026-11-29)."""
+
+    daemon_threads = True
+    request_queue_size = 128
 
 
 class LocalJudge:
@@ -208,7 +223,7 @@ class LocalJudge:
         """Start serving in a daemon thread; prints the weak-judge warning."""
         if not getattr(self.tokenizer, "chat_template", None):
             raise RuntimeError("the judge's tokenizer has no chat template; use an instruct model")
-        self._server = HTTPServer(("127.0.0.1", self.port), self._handler())
+        self._server = _Server(("127.0.0.1", self.port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="local-judge")
         self._thread.start()
         print(WEAK_JUDGE_WARNING, flush=True)
