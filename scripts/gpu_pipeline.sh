@@ -17,6 +17,12 @@
 #   4. SAEBench (issue 5), one process per dictionary: sparse probing + autointerp on the 4096 ones as soon as
 #      they exist, all five evals (core, SCR, TPP, sparse probing, autointerp) on the 16384 ones.
 #   5. after the 65536 runs: `sizes` at 16384, seed 0, for BatchTopK, p-anneal and TopK k 32/128 (Figs. 15-16).
+# What ran on 2026-11-29: all of `run` (speed 252 s, reproduction to 1368 s: results/speed_h200/,
+# results/reproduce_small/), except SAEBench: the xgboost wheel had not been staged (it was missing from the wheel
+# folder), so every SAEBench process failed at import; `resb` then could not install it either (no wheel), and a
+# last manual call with an empty `xgboost` module on the path ran sparse probing on the 4096 dictionaries, while
+# autointerp failed everywhere (the local judge's server refused SAEBench's concurrent requests; fixed since).
+# Next time: check `ls .gpu/*/ | grep xgboost` before staging, and run at most a few SAEBench processes at once.
 set -uo pipefail
 cmd=${1:?usage: bash scripts/gpu_pipeline.sh start|run|wait SECONDS}
 export PYTHONPATH=/tmp/site:$PWD GPU_FILES=/tmp/gpu/files PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
@@ -108,5 +114,17 @@ print('torch', torch.__version__, '| imports ok: sae_bench sparse_probing/autoin
   wait
   t "pipeline done"; touch $R/done
   ;;
+resb)  # SAEBench again after installing a missing wheel (.whl/, carried): all twelve processes at once
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  python3 -c "import xgboost; print('xgboost', xgboost.__version__)"
+  for a in standard project; do for s in 0 1 2; do
+    setsid nohup bash scripts/gpu_pipeline.sh sb1 "main__topk__${a}__d4096__k64__s$s" sparse_probing,autointerp \
+      < /dev/null >> $R/logs/pipeline.txt 2>&1 &
+    setsid nohup bash scripts/gpu_pipeline.sh sb1 "sizes__topk__${a}__d16384__k64__s$s" \
+      core,scr,tpp,sparse_probing,autointerp < /dev/null >> $R/logs/pipeline.txt 2>&1 &
+  done; done
+  bash scripts/gpu_pipeline.sh wait "${2:-400}"
+  ;;
+sb1) saebench "$2" "$3";;
 *) echo "unknown command $cmd" >&2; exit 2;;
 esac
