@@ -92,23 +92,25 @@ def project_encoder_reference(V: torch.Tensor, W_dec: torch.Tensor) -> torch.Ten
 class ProjectEncoder(torch.autograd.Function):
     """``E = V + c D`` with ``c_i = (1 - <v_i, d_i>) / ||d_i||^2`` (``D = W_dec.T``), and its hand-derived
     backward: with ``G = dL/dE``, ``g_i = <G_i, d_i>`` and ``s_i = g_i / ||d_i||^2``,
-    ``dL/dV = G - s D`` and ``dL/dD = c G - s V - 2 c s D``. Saves only ``V``, ``W_dec`` and two
+    ``dL/dV = G - s D`` and ``dL/dD = c G - s V - 2 c s D``. Saves ``V``, a row-major copy of ``D`` and two
     ``[dict_size]`` vectors (autograd of the plain formula keeps several ``[dict_size, activation_dim]``
     temporaries)."""
 
     @staticmethod
     def forward(ctx, V: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
-        D = W_dec.T
+        # one transposing copy, so that every later op reads D in V's row-major layout (with the view W_dec.T,
+        # each row-wise product and reduction mixed two layouts: strided reads on both CPU and GPU)
+        D = W_dec.T.contiguous()
         nn_ = (D * D).sum(-1)
         c = (1.0 - (V * D).sum(-1)) / nn_
-        ctx.save_for_backward(V, W_dec, c, nn_)
+        ctx.save_for_backward(V, D, c, nn_)
         return torch.addcmul(V, c[:, None], D)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, G: torch.Tensor):
-        V, W_dec, c, nn_ = ctx.saved_tensors
-        D = W_dec.T
+        V, D, c, nn_ = ctx.saved_tensors
+        G = G.contiguous()
         s = (G * D).sum(-1) / nn_
         gV = torch.addcmul(G, s[:, None], D, value=-1.0) if ctx.needs_input_grad[0] else None
         gD = None
