@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -259,8 +260,12 @@ def run(device: str, dict_sizes: list, activation_dim: int = 576, batch: int = 8
             dl_row = None
             if dl is not None:
                 name, dl_extra = DL_ARCHS[arch]
-                dl_row = step_throughput(name, dl_extra, d, activation_dim, batch, device, steps, warmup, library=dl)
-                dl_row["frac_of_peak"] = dl_row["tflops"] / res["matmul_peak_tflops"]
+                try:
+                    dl_row = step_throughput(name, dl_extra, d, activation_dim, batch, device, steps, warmup,
+                                             library=dl)
+                    dl_row["frac_of_peak"] = dl_row["tflops"] / res["matmul_peak_tflops"]
+                except Exception as e:  # recorded in this arch's rows; our own rows still run
+                    dl_row = {"error": f"{type(e).__name__}: {e}"[:500]}
             for path in paths:
                 opts = {k: v for k, v in PATHS[path].items() if k != "sparse_decode" or arch != "relu"}
                 row = {"arch": arch, "dict_size": d, "path": path}
@@ -276,7 +281,9 @@ def run(device: str, dict_sizes: list, activation_dim: int = 576, batch: int = 8
                 row["aligned_overhead"] = row["standard"]["tokens_per_s"] / row["aligned"]["tokens_per_s"] - 1
                 for kind in ("standard", "aligned"):
                     row[kind]["frac_of_peak"] = row[kind]["tflops"] / res["matmul_peak_tflops"]
-                if dl_row is not None:
+                if dl_row is not None and "error" in dl_row:
+                    row["dictionary_learning_error"] = dl_row["error"]
+                elif dl_row is not None:
                     row["dictionary_learning"] = dl_row
                     row["speedup_vs_dl"] = {k: row[k]["tokens_per_s"] / dl_row["tokens_per_s"]
                                             for k in ("standard", "aligned")}
@@ -290,8 +297,11 @@ def run(device: str, dict_sizes: list, activation_dim: int = 576, batch: int = 8
     if e2e_tokens:
         res["end_to_end"] = {}
         for p in e2e_paths:
-            res["end_to_end"][p] = end_to_end_throughput(device, e2e_tokens, e2e_dict_size, archs, batch,
-                                                         paths_opts=PATHS[p], corpus=corpus)
+            try:
+                res["end_to_end"][p] = end_to_end_throughput(device, e2e_tokens, e2e_dict_size, archs, batch,
+                                                             paths_opts=PATHS[p], corpus=corpus)
+            except Exception as e:  # recorded like a failed grid point; the other paths still run
+                res["end_to_end"][p] = {"error": f"{type(e).__name__}: {e}"[:500]}
             _progress(progress, res)
     return res
 
@@ -299,6 +309,10 @@ def run(device: str, dict_sizes: list, activation_dim: int = 576, batch: int = 8
 def _progress(progress, res: dict) -> None:
     if progress is not None:
         progress(res)
+
+
+def _one_line(msg: str, n: int = 200) -> str:
+    return " ".join(msg.split())[:n]
 
 
 def format_table(res: dict) -> str:
@@ -312,7 +326,7 @@ def format_table(res: dict) -> str:
                  f"{'std TFLOP/s':>13}{'% peak':>8}{'peak GiB':>10}{'DL tok/s':>12}{'x DL std':>10}{'x DL al.':>10}")
     for r in res["train"]:
         if "error" in r:
-            lines.append(f"{r['arch']:10}{r['dict_size']:>10}{r['path']:>9}  failed: {r['error'][:200]}")
+            lines.append(f"{r['arch']:10}{r['dict_size']:>10}{r['path']:>9}  failed: {_one_line(r['error'])}")
             continue
         s, a = r["standard"], r["aligned"]
         mem = "" if s["peak_mem_gib"] is None else f"{max(s['peak_mem_gib'], a['peak_mem_gib']):.1f}"
@@ -322,6 +336,9 @@ def format_table(res: dict) -> str:
                      f"{a['tokens_per_s']:>15,.0f}{r['aligned_overhead']:>+10.1%}{s['tflops']:>13.1f}"
                      f"{s['frac_of_peak']:>8.1%}{mem:>10}{dl}")
     for p, e in res.get("end_to_end", {}).items():
+        if "error" in e:
+            lines.append(f"end to end ({p}): failed: {_one_line(e['error'])}")
+            continue
         lines.append(f"end to end ({p}): harvest {e['tokens']:,} tokens + train {e['dictionaries']} dictionaries "
                      f"(dict_size {e['dict_size']}): {e['tokens_per_s']:,.0f} tokens/s ({e['seconds']:.1f} s)")
     for k, v in res["harvest"].items():
@@ -363,11 +380,32 @@ def main(argv=None) -> int:
     if args.activation_dim < 1:
         print(f"error: --activation-dim must be >= 1, got {args.activation_dim}", file=sys.stderr)
         return 2
+    bad = [f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}" for k in ("batch", "steps", "peak_n")
+           if getattr(args, k) < 1]
+    if 0 < args.e2e_tokens < args.batch:
+        bad.append(f"--e2e-tokens {args.e2e_tokens} is less than one batch of {args.batch}")
+    unknown = ([p for p in args.paths.split(",") + args.e2e_paths.split(",") if p not in PATHS]
+               + [a for a in args.archs.split(",") if a not in ARCHS])
+    if unknown:
+        bad.append(f"unknown path/arch {unknown}; paths: {sorted(PATHS)}, archs: {sorted(ARCHS)}")
+    if args.out:
+        if Path(args.out).is_dir():
+            bad.append(f"--out {args.out} is a directory")
+        else:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    if bad:
+        print("error: " + "; ".join(bad), file=sys.stderr)
+        return 2
     command = " ".join(["python -m benchmarks.speed"] + (argv if argv is not None else sys.argv[1:]))
+
+    def write(obj: dict) -> None:  # atomically: a run killed mid-write keeps the previous version
+        tmp = Path(f"{args.out}.tmp")
+        tmp.write_text(json.dumps(obj, indent=2))
+        os.replace(tmp, args.out)
 
     def save(partial: dict) -> None:  # after every row, so a run cut short keeps what it measured
         if args.out:
-            Path(args.out).write_text(json.dumps({**partial, "command": command, "complete": False}, indent=2))
+            write({**partial, "command": command, "complete": False})
 
     res = run(args.device, [int(d) for d in args.dict_sizes.split(",")], activation_dim=args.activation_dim,
               batch=args.batch, steps=args.steps,
@@ -380,7 +418,11 @@ def main(argv=None) -> int:
     res["versions"] = {"torch": torch.__version__, "python": platform.python_version()}
     print(format_table(res))
     if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=2))
+        write(res)
+    failed = [r for r in res["train"] if "error" in r] + [e for e in res.get("end_to_end", {}).values() if "error" in e]
+    if failed and len(failed) == len(res["train"]) + len(res.get("end_to_end", {})):
+        print("error: every measurement failed", file=sys.stderr)
+        return 1
     return 0
 
 

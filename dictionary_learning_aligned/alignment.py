@@ -92,25 +92,34 @@ def project_encoder_reference(V: torch.Tensor, W_dec: torch.Tensor) -> torch.Ten
 class ProjectEncoder(torch.autograd.Function):
     """``E = V + c D`` with ``c_i = (1 - <v_i, d_i>) / ||d_i||^2`` (``D = W_dec.T``), and its hand-derived
     backward: with ``G = dL/dE``, ``g_i = <G_i, d_i>`` and ``s_i = g_i / ||d_i||^2``,
-    ``dL/dV = G - s D`` and ``dL/dD = c G - s V - 2 c s D``. Saves ``V``, a row-major copy of ``D`` and two
-    ``[dict_size]`` vectors (autograd of the plain formula keeps several ``[dict_size, activation_dim]``
-    temporaries)."""
+    ``dL/dV = G - s D`` and ``dL/dD = c G - s V - 2 c s D``. Saves only the inputs and two ``[dict_size]``
+    vectors (autograd of the plain formula keeps several ``[dict_size, activation_dim]`` temporaries). Forward and
+    backward each make one row-major copy of ``W_dec.T``, so that the row-wise products and reductions read one
+    memory layout (with the transposed view they mixed two: strided reads). Twice differentiable: under
+    ``create_graph=True`` the backward is recomputed with plain tensor operations."""
 
     @staticmethod
     def forward(ctx, V: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
-        # one transposing copy, so that every later op reads D in V's row-major layout (with the view W_dec.T,
-        # each row-wise product and reduction mixed two layouts: strided reads on both CPU and GPU)
         D = W_dec.T.contiguous()
         nn_ = (D * D).sum(-1)
         c = (1.0 - (V * D).sum(-1)) / nn_
-        ctx.save_for_backward(V, D, c, nn_)
+        ctx.save_for_backward(V, W_dec, c, nn_)
         return torch.addcmul(V, c[:, None], D)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, G: torch.Tensor):
-        V, D, c, nn_ = ctx.saved_tensors
-        G = G.contiguous()
+        V, W_dec, c, nn_ = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True (double backward, e.g. a gradient penalty): the same formulas from the inputs, so
+            # that autograd records them (c and nn_ were saved without a graph)
+            D = W_dec.T
+            nn_ = (D * D).sum(-1)
+            c = (1.0 - (V * D).sum(-1)) / nn_
+            s = (G * D).sum(-1) / nn_
+            gV = G - s[:, None] * D if ctx.needs_input_grad[0] else None
+            gD = (c[:, None] * G - s[:, None] * V - (2 * c * s)[:, None] * D).T if ctx.needs_input_grad[1] else None
+            return gV, gD
+        D, G = W_dec.T.contiguous(), G.contiguous()
         s = (G * D).sum(-1) / nn_
         gV = torch.addcmul(G, s[:, None], D, value=-1.0) if ctx.needs_input_grad[0] else None
         gD = None

@@ -74,3 +74,56 @@ def test_failing_grid_point_is_recorded_and_partial_results_are_saved(tmp_path, 
     assert res["complete"] is True
     # a file was written after each row, marked incomplete, before the final one
     assert [len(s["train"]) for s in saved] == [1, 2, 2] and [s["complete"] for s in saved] == [False, False, True]
+
+
+TINY = ["--device", "cpu", "--dict-sizes", "64", "--batch", "16", "--steps", "1", "--warmup", "0", "--peak-n", "64",
+        "--archs", "relu"]
+
+
+def test_bad_arguments_fail_before_any_measurement(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(speed, "matmul_peak", lambda *a, **k: (_ for _ in ()).throw(AssertionError("measured")))
+    for extra in (["--steps", "0"], ["--peak-n", "0"], ["--batch", "0"], ["--paths", "bogus"], ["--e2e-paths", "x"],
+                  ["--archs", "relu,nope"], ["--e2e-tokens", "8"], ["--out", str(tmp_path)]):
+        assert speed.main(TINY + extra) == 2, extra
+        assert "error:" in capsys.readouterr().err
+    out = tmp_path / "new" / "dir" / "s.json"  # parent directories are created up front
+    monkeypatch.undo()
+    assert speed.main(TINY + ["--out", str(out)]) == 0 and json.loads(out.read_text())["complete"] is True
+
+
+def test_failing_dictionary_learning_row_and_end_to_end_path_do_not_stop_the_run(tmp_path, monkeypatch, capsys):
+    class Broken:  # dictionary_learning's trainers, all failing
+        def __getattr__(self, name):
+            def cls(**kw):
+                raise RuntimeError("DL broke\nsecond line")
+            return cls
+
+    monkeypatch.setattr(speed, "dictionary_learning_trainers", lambda: (Broken(), "0.1.0"))
+
+    def e2e(device, tokens, dict_size, archs, batch, paths_opts=None, corpus=None):
+        if paths_opts.get("compile"):
+            raise RuntimeError("no compiler\nhere")
+        return {"tokens": 16, "dictionaries": 2, "dict_size": dict_size, "seconds": 1.0, "tokens_per_s": 16.0,
+                "load_s": 0.0}
+
+    monkeypatch.setattr(speed, "end_to_end_throughput", e2e)
+    out = tmp_path / "s.json"
+    assert speed.main(TINY + ["--compare-dictionary-learning", "--e2e-tokens", "16", "--e2e-paths", "compile,default",
+                              "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    (row,) = res["train"]
+    assert row["standard"]["tokens_per_s"] > 0 and "DL broke" in row["dictionary_learning_error"]
+    assert "no compiler" in res["end_to_end"]["compile"]["error"] and res["end_to_end"]["default"]["tokens"] == 16
+    assert res["complete"] is True
+    table = capsys.readouterr().out
+    assert "end to end (compile): failed: RuntimeError: no compiler here" in table
+
+
+def test_all_rows_failing_exits_nonzero_with_one_line_per_row(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(speed, "step_throughput", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a\nb")))
+    out = tmp_path / "s.json"
+    assert speed.main(TINY + ["--dict-sizes", "64,128", "--out", str(out)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[:2] for ln in lines[2:]] == [["relu", "64"], ["relu", "128"]]
+    assert all(ln.endswith("failed: RuntimeError: a b") for ln in lines[2:])
+    assert len(json.loads(out.read_text())["train"]) == 2 and not list(tmp_path.glob("*.tmp"))

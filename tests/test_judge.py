@@ -57,3 +57,41 @@ def test_concurrent_requests_all_answered():
         for t in threads:
             t.join()
         assert replies == ["stub"] * 12 and judge.n_requests == 12
+
+
+def _raw(port, data: bytes, timeout=10) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+def test_bad_requests_are_rejected_without_reaching_the_model(capsys):
+    with SlowJudge(delay=0.0) as judge:
+        port = judge._server.server_address[1]
+        msg = [{"role": "user", "content": "hi"}]
+        bodies = [b"{nope", b"[]", json.dumps({"messages": msg, "n": 10**6}).encode(),
+                  json.dumps({"messages": msg, "n": -3}).encode(),
+                  b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": Infinity}']
+        for body in bodies:
+            head = b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body)
+            assert _raw(port, head + body).startswith(b"HTTP/1.0 400"), body
+        for length in (b"", b"Content-Length: -1\r\n", b"Content-Length: 1000000000000\r\n"):
+            assert _raw(port, b"POST /v1/chat/completions HTTP/1.1\r\n" + length + b"\r\n{}").startswith(b"HTTP/1.0 400")
+        assert judge.n_requests == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_start_twice_keeps_one_server_and_stop_closes_it():
+    judge = SlowJudge(delay=0.0).start()
+    port = judge._server.server_address[1]
+    assert judge.start()._server.server_address[1] == port
+    judge.stop()
+    judge.stop()
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        raise AssertionError("a server still listens after stop()")
+    except ConnectionRefusedError:
+        pass

@@ -80,8 +80,9 @@ def patch_autointerp(judge: JudgeConfig):
 
     # SAEBench sends up to 10 requests at once (a thread pool); a local judge answers them one after another, so a
     # request may wait minutes on a busy GPU: give it time (the OpenAI client's own connect timeout is 5 s)
-    client = OpenAI(base_url=judge.base_url, api_key=judge.api_key or "none", max_retries=2,
-                    **({"timeout": LOCAL_JUDGE_TIMEOUT_S} if judge.local else {}))
+    # (and no retries: a local judge that timed out is not helped by asking it again)
+    client = OpenAI(base_url=judge.base_url, api_key=judge.api_key or "none",
+                    **({"timeout": LOCAL_JUDGE_TIMEOUT_S, "max_retries": 0} if judge.local else {"max_retries": 2}))
     original = ai.AutoInterp.get_api_response
 
     def get_api_response(self, messages, max_tokens: int, n_completions: int = 1):
@@ -116,6 +117,18 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
     request_queue_size = 128
+
+    def handle_error(self, request, client_address):
+        """A client that went away (timeout, retry) is not a server error: no traceback for it."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
+#: most completions one request may ask for (SAEBench asks for 1), and largest request body accepted
+MAX_N = 16
+MAX_BODY_BYTES = 16 * 2**20
 
 
 class LocalJudge:
@@ -169,6 +182,8 @@ class LocalJudge:
         judge = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 120  # seconds a client may take to send its request (a stalled one frees its thread)
+
             def log_message(self, *args):
                 """Silence http.server's line per request (the harness reports progress itself)."""
 
@@ -189,13 +204,18 @@ class LocalJudge:
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     return self._send(404, {"error": {"message": f"no route {self.path}"}})
                 try:
-                    req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                    size = int(self.headers.get("Content-Length", -1))
+                    if not 0 <= size <= MAX_BODY_BYTES:
+                        raise ValueError(f"need a Content-Length between 0 and {MAX_BODY_BYTES}")
+                    req = json.loads(self.rfile.read(size))
                     msgs = req["messages"]
                     if not isinstance(msgs, list) or not msgs:
                         raise ValueError("messages must be a non-empty list")
                     n = int(req.get("n") or 1)
+                    if not 1 <= n <= MAX_N:
+                        raise ValueError(f"n must be between 1 and {MAX_N}, got {n}")
                     replies = judge.complete(msgs, int(req.get("max_tokens") or 32), n)
-                except (ValueError, KeyError, TypeError) as e:
+                except (ValueError, KeyError, TypeError, OverflowError) as e:
                     return self._send(400, {"error": {"message": f"bad request: {e}"}})
                 except Exception as e:  # generation failed: report it to the client
                     return self._send(500, {"error": {"message": f"{type(e).__name__}: {e}"}})
@@ -223,6 +243,8 @@ class LocalJudge:
         """Start serving in a daemon thread; prints the weak-judge warning."""
         if not getattr(self.tokenizer, "chat_template", None):
             raise RuntimeError("the judge's tokenizer has no chat template; use an instruct model")
+        if self._server is not None:  # already serving: a second server would outlive stop()
+            return self
         self._server = _Server(("127.0.0.1", self.port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="local-judge")
         self._thread.start()
