@@ -2,8 +2,9 @@
 # The one-H200 GPU session of 2026-11-29 (fourth session): one background pipeline instead of separate phases, so
 # no device time is lost between calls. Staged first with ../shared/tools/gpu_bundle.sh .gpu --part-mib 40
 # <SmolLM2 GGUF> <all_english_mixed.jsonl.gz> <saebench_data.tar> --wheels "<scripts/gpu_saebench_wheels.sh's
-# wheels + dictionary-learning 0.1.0>"; the last part runs `bash scripts/gpu_pipeline.sh start`, which launches
-# `run` in its own process session (it outlives the call) and then waits; later calls run
+# wheels + dictionary-learning 0.1.0>"; the last part runs `bash scripts/gpu_pipeline.sh start run` (on
+# 2026-11-29 `start 440`, before plans were named), which launches the plan in its own process session (it
+# outlives the call) and then waits; later calls run
 # `bash scripts/gpu_pipeline.sh wait SECONDS` back to back. Every call returns what exists so far as
 # $OUT/*.tar.gz (records, SAEBench JSON, speed JSON, logs; no weights).
 #
@@ -23,8 +24,15 @@
 # last manual call with an empty `xgboost` module on the path ran sparse probing on the 4096 dictionaries, while
 # autointerp failed everywhere (the local judge's server refused SAEBench's concurrent requests; fixed since).
 # Next time: check `ls .gpu/*/ | grep xgboost` before staging, and run at most a few SAEBench processes at once.
+#
+# `next` (planned, not yet run): the same staging (with xgboost-cpu among the wheels), last part `bash
+# .gpu/pN/stage.sh bash scripts/gpu_pipeline.sh start next 440`, then `bash scripts/gpu_pipeline.sh wait 560`
+# calls back to back. It stops at once if an import is missing; times the default and compiled paths again
+# (the reparameterization now reads W_dec.T row-major); retrains the TopK k 64 dictionaries at 4096 and 16384
+# (3 seeds) and runs SAEBench on them in four processes (sparse probing + autointerp at 4096, all five evals at
+# 16384); trains ReLU L1 0.02/0.08 and TopK k 32/128 at 65536 (second points for Figs. 17-18).
 set -uo pipefail
-cmd=${1:?usage: bash scripts/gpu_pipeline.sh start|run|wait SECONDS}
+cmd=${1:?usage: bash scripts/gpu_pipeline.sh start run|next [SECONDS] | wait SECONDS}
 export PYTHONPATH=/tmp/site:$PWD GPU_FILES=/tmp/gpu/files PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
 export DLA_SMOLLM2_GGUF=$GPU_FILES/SmolLM2-135M-Instruct.Q4_1.gguf
 C=$GPU_FILES/all_english_mixed.jsonl.gz
@@ -44,12 +52,13 @@ repro() {  # NAME EXPERIMENT [reproduce flags...]: the reproduction at --scale s
   t "reproduce $name ended ($(ls "$STORE/records" 2>/dev/null | wc -l) records in the store)"
 }
 
-saebench() {  # RECORD EVALS: one SAEBench process for one record's dictionary, cut at the deadline
+saebench() {  # RECORDS EVALS [LOG NAME]: one SAEBench process for the records matching a glob, cut at the deadline
+  local log=${3:-$1}
   t "SAEBench $2 on $1"
   OMP_NUM_THREADS=2 timeout "$(left)" python3 -m benchmarks run --results-store "$STORE" --records "$1" \
     --evals "$2" --device cuda --data-dir /tmp/sbdata --text-source "$C" --core-batches 50 \
     --core-sparsity-batches 250 --llm-batch-size 64 --autointerp-tokens 500000 --autointerp-latents 40 \
-    > "$R/logs/saebench_$1.txt" 2>&1
+    > "$R/logs/saebench_$log.txt" 2>&1
   t "SAEBench on $1 ended (rc $?)"
 }
 
@@ -59,10 +68,11 @@ pack() {
 }
 
 case $cmd in
-start)
+start)  # start PLAN [SECONDS]: launch plan `run` (2026-11-29) or `next` in the background, then wait
+  plan=${2:?start needs a plan: run or next}
   mkdir -p $R/logs $R/speed && date +%s > $R/t0
-  setsid nohup bash scripts/gpu_pipeline.sh run > $R/logs/pipeline.txt 2>&1 < /dev/null &
-  bash scripts/gpu_pipeline.sh wait "${2:-400}"
+  setsid nohup bash scripts/gpu_pipeline.sh "$plan" > $R/logs/pipeline.txt 2>&1 < /dev/null &
+  bash scripts/gpu_pipeline.sh wait "${3:-400}"
   ;;
 wait)
   end=$(( $(date +%s) + ${2:?seconds} ))
@@ -111,6 +121,33 @@ print('torch', torch.__version__, '| imports ok: sae_bench sparse_probing/autoin
   for a in standard project; do for s in 0 1 2; do
     saebench "sizes__topk__${a}__d16384__k64__s$s" core,scr,tpp,sparse_probing,autointerp &
   done; done
+  wait
+  t "pipeline done"; touch $R/done
+  ;;
+next)  # the plan for the next GPU session (issues 5 and 6), not yet run: see the header
+  python3 -c "import torch, xgboost, sae_bench.evals.sparse_probing.main, sae_bench.evals.autointerp.main, dictionary_learning
+print('imports ok: xgboost', xgboost.__version__)" || { t "a wheel is missing: stopping before any GPU work"; touch $R/done; exit 1; }
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee $R/logs/gpu.txt
+  mkdir -p /tmp/sbdata && tar -xf "$GPU_FILES/saebench_data.tar" -C /tmp/sbdata
+  # 1. alone on the GPU: time the row-major reparameterization (default and compiled paths) against DL again
+  (cd $R/speed && timeout 200 python3 -m benchmarks.speed --paths default,fast --compare-dictionary-learning \
+    --out speed_next.json > speed_next.txt 2>&1)
+  t "speed ended (rc $?)"
+  # 2. the cache and the SAEBench dictionaries (4096 and 16384, TopK k 64, 3 seeds); more sparsities at 65536
+  repro main_topk64 main --archs topk --sparsity 64 --chunk 6 &
+  j1=$!
+  while ! ls /tmp/dla_cache/*/meta.json > /dev/null 2>&1 && kill -0 $j1 2> /dev/null; do sleep 5; done
+  repro sizes16k_topk64 sizes --dict-sizes 16384 --archs topk --sparsity 64 --chunk 6 &
+  j2=$!
+  repro sizes65k_more sizes --dict-sizes 65536 --archs relu,topk --sparsity 0.02,0.08,32,128 --seeds 1 --chunk 2 \
+    --no-preload &
+  # 3. SAEBench: one process per record group (each runs its dictionaries one after another, one judge each)
+  wait $j1
+  saebench 'main__topk__standard__d4096__k64__*' sparse_probing,autointerp main_std &
+  saebench 'main__topk__project__d4096__k64__*' sparse_probing,autointerp main_ali &
+  wait $j2
+  saebench 'sizes__topk__standard__d16384__k64__*' core,scr,tpp,sparse_probing,autointerp sizes_std &
+  saebench 'sizes__topk__project__d16384__k64__*' core,scr,tpp,sparse_probing,autointerp sizes_ali &
   wait
   t "pipeline done"; touch $R/done
   ;;
