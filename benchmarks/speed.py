@@ -29,7 +29,7 @@ pipeline would need a separate environment with an older nnsight.
 Example (the H200 run)::
 
     python -m benchmarks.speed --paths plain,default,sparse,compile,fast --compare-dictionary-learning \
-        --out results/speed_h200.json
+        --out speed.json   # results/speed_h200/ holds the H200 runs
 
 Prints a table and writes JSON (with the command, device and versions). Speed targets live here, not in tests.
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one-H200 GPU session of 2026-11-29 (fourth session): one background pipeline instead of separate phases, so
+# The one-H200 GPU session of 2026-11-29 (the fourth development session, the third with a GPU): one background pipeline instead of separate phases, so
 # no device time is lost between calls. Staged first with ../shared/tools/gpu_bundle.sh .gpu --part-mib 40
 # <SmolLM2 GGUF> <all_english_mixed.jsonl.gz> <saebench_data.tar> --wheels "<scripts/gpu_saebench_wheels.sh's
 # wheels + dictionary-learning 0.1.0>"; the last part runs `bash scripts/gpu_pipeline.sh start run` (on
