@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from dictionary_learning_aligned.io import atomic_path
 
 ARCHS = {"relu": ("StandardTrainer", "AlignedStandardTrainer", {"l1_penalty": 0.04, "sparsity_warmup_steps": 1}),
          "topk": ("TopKTrainer", "AlignedTopKTrainer", {"k": 64}),
@@ -241,9 +242,9 @@ def run(device: str, dict_sizes: list, activation_dim: int = 576, batch: int = 8
     Raises:
         ValueError: an unknown path or architecture.
     """
-    bad = [p for p in tuple(paths) + tuple(e2e_paths) if p not in PATHS] + [a for a in archs if a not in ARCHS]
+    bad = _unknown_names(tuple(paths) + tuple(e2e_paths), archs)
     if bad:
-        raise ValueError(f"unknown path/arch {bad}; paths: {sorted(PATHS)}, archs: {sorted(ARCHS)}")
+        raise ValueError(bad)
     res = {"device": torch.cuda.get_device_name() if torch.device(device).type == "cuda" else platform.processor()
            or "cpu", "activation_dim": activation_dim, "batch": batch, "steps": steps,
            "matmul_peak_tflops": matmul_peak(device, peak_n), "train": [], "harvest": {}, "paths": list(paths)}
@@ -265,7 +266,7 @@ def run(device: str, dict_sizes: list, activation_dim: int = 576, batch: int = 8
                                              library=dl)
                     dl_row["frac_of_peak"] = dl_row["tflops"] / res["matmul_peak_tflops"]
                 except Exception as e:  # recorded in this arch's rows; our own rows still run
-                    dl_row = {"error": f"{type(e).__name__}: {e}"[:500]}
+                    dl_row = {"error": _error_text(e)}
             for path in paths:
                 opts = {k: v for k, v in PATHS[path].items() if k != "sparse_decode" or arch != "relu"}
                 row = {"arch": arch, "dict_size": d, "path": path}
@@ -274,7 +275,7 @@ def run(device: str, dict_sizes: list, activation_dim: int = 576, batch: int = 8
                         row[kind] = step_throughput(name, {**extra, **opts}, d, activation_dim, batch, device,
                                                     steps, warmup)
                 except Exception as e:  # recorded, not fatal: the rest of the grid still runs
-                    row = {"arch": arch, "dict_size": d, "path": path, "error": f"{type(e).__name__}: {e}"[:500]}
+                    row = {"arch": arch, "dict_size": d, "path": path, "error": _error_text(e)}
                     res["train"].append(row)
                     _progress(progress, res)
                     continue
@@ -301,9 +302,20 @@ def run(device: str, dict_sizes: list, activation_dim: int = 576, batch: int = 8
                 res["end_to_end"][p] = end_to_end_throughput(device, e2e_tokens, e2e_dict_size, archs, batch,
                                                              paths_opts=PATHS[p], corpus=corpus)
             except Exception as e:  # recorded like a failed grid point; the other paths still run
-                res["end_to_end"][p] = {"error": f"{type(e).__name__}: {e}"[:500]}
+                res["end_to_end"][p] = {"error": _error_text(e)}
             _progress(progress, res)
     return res
+
+
+def _unknown_names(paths, archs) -> str:
+    """An error message naming the unknown step paths and architectures, or "" when all are known."""
+    bad = [p for p in paths if p not in PATHS] + [a for a in archs if a not in ARCHS]
+    return f"unknown path/arch {bad}; paths: {sorted(PATHS)}, archs: {sorted(ARCHS)}" if bad else ""
+
+
+def _error_text(e: BaseException) -> str:
+    """How a failed measurement is recorded: the exception's type and message, at most 500 characters."""
+    return f"{type(e).__name__}: {e}"[:500]
 
 
 def _progress(progress, res: dict) -> None:
@@ -384,10 +396,9 @@ def main(argv=None) -> int:
            if getattr(args, k) < 1]
     if 0 < args.e2e_tokens < args.batch:
         bad.append(f"--e2e-tokens {args.e2e_tokens} is less than one batch of {args.batch}")
-    unknown = ([p for p in args.paths.split(",") + args.e2e_paths.split(",") if p not in PATHS]
-               + [a for a in args.archs.split(",") if a not in ARCHS])
+    unknown = _unknown_names(args.paths.split(",") + args.e2e_paths.split(","), args.archs.split(","))
     if unknown:
-        bad.append(f"unknown path/arch {unknown}; paths: {sorted(PATHS)}, archs: {sorted(ARCHS)}")
+        bad.append(unknown)
     if args.out:
         if Path(args.out).is_dir():
             bad.append(f"--out {args.out} is a directory")
@@ -399,9 +410,8 @@ def main(argv=None) -> int:
     command = " ".join(["python -m benchmarks.speed"] + (argv if argv is not None else sys.argv[1:]))
 
     def write(obj: dict) -> None:  # atomically: a run killed mid-write keeps the previous version
-        tmp = Path(f"{args.out}.tmp")
-        tmp.write_text(json.dumps(obj, indent=2))
-        os.replace(tmp, args.out)
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(json.dumps(obj, indent=2))
 
     def save(partial: dict) -> None:  # after every row, so a run cut short keeps what it measured
         if args.out:
