@@ -99,10 +99,15 @@ class ProjectEncoder(torch.autograd.Function):
     ``create_graph=True`` the backward is recomputed with plain tensor operations."""
 
     @staticmethod
+    def _coefficients(V: torch.Tensor, D: torch.Tensor):
+        """``(c, ||d_i||^2)``, both ``[dict_size]``, for rows ``v_i`` of ``V`` and ``d_i`` of ``D``."""
+        nn_ = (D * D).sum(-1)
+        return (1.0 - (V * D).sum(-1)) / nn_, nn_
+
+    @staticmethod
     def forward(ctx, V: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
         D = W_dec.T.contiguous()
-        nn_ = (D * D).sum(-1)
-        c = (1.0 - (V * D).sum(-1)) / nn_
+        c, nn_ = ProjectEncoder._coefficients(V, D)
         ctx.save_for_backward(V, W_dec, c, nn_)
         return torch.addcmul(V, c[:, None], D)
 
@@ -113,8 +118,7 @@ class ProjectEncoder(torch.autograd.Function):
             # create_graph=True (double backward, e.g. a gradient penalty): the same formulas from the inputs, so
             # that autograd records them (c and nn_ were saved without a graph)
             D = W_dec.T
-            nn_ = (D * D).sum(-1)
-            c = (1.0 - (V * D).sum(-1)) / nn_
+            c, nn_ = ProjectEncoder._coefficients(V, D)
             s = (G * D).sum(-1) / nn_
             gV = G - s[:, None] * D if ctx.needs_input_grad[0] else None
             gD = (c[:, None] * G - s[:, None] * V - (2 * c * s)[:, None] * D).T if ctx.needs_input_grad[1] else None
