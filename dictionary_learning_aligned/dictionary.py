@@ -141,6 +141,18 @@ class Dictionary(nn.Module, ABC):
             raise TypeError(f"activations must be a floating-point tensor, got dtype {x.dtype}")
         return x.to(self.W_dec.dtype)
 
+    def _affine_encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``W_enc (x - b_dec) + b_enc``: ``[..., activation_dim] -> [..., dict_size]`` (input checked).
+
+        One ``linear`` call: under autocast the bias is added in the matmul's epilogue and the ``[batch,
+        dict_size]`` result stays in the autocast dtype (``x @ W.T + b`` would promote it to float32, doubling
+        the memory traffic of every later elementwise op on it)."""
+        return torch.nn.functional.linear(self._check_input(x) - self.b_dec, self.W_enc, self.b_enc)
+
+    def _affine_decode(self, f: torch.Tensor) -> torch.Tensor:
+        """``W_dec f + b_dec``: ``[..., dict_size] -> [..., activation_dim]``, one ``linear`` call (as above)."""
+        return torch.nn.functional.linear(f, self.W_dec, self.b_dec)
+
     @abstractmethod
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Features ``f [..., dict_size]`` of activations ``x [..., activation_dim]``."""
@@ -354,13 +366,8 @@ class AutoEncoder(Dictionary):
         self._init_weights()
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        """``W_enc (x - b_dec) + b_enc``: ``[..., activation_dim] -> [..., dict_size]``.
-
-        One ``linear`` call: under autocast the bias is added in the matmul's epilogue and the ``[batch,
-        dict_size]`` result stays in the autocast dtype (``x @ W.T + b`` would promote it to float32, doubling
-        the memory traffic of every later elementwise op on it)."""
-        x = self._check_input(x)
-        return torch.nn.functional.linear(x - self.b_dec, self.W_enc, self.b_enc)
+        """``W_enc (x - b_dec) + b_enc``: ``[..., activation_dim] -> [..., dict_size]``."""
+        return self._affine_encode(x)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``ReLU(W_enc (x - b_dec) + b_enc)``: ``[..., activation_dim] -> [..., dict_size]``."""
@@ -368,7 +375,7 @@ class AutoEncoder(Dictionary):
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         """``W_dec f + b_dec``: ``[..., dict_size] -> [..., activation_dim]``."""
-        return torch.nn.functional.linear(f, self.W_dec, self.b_dec)
+        return self._affine_decode(f)
 
 
 def _check_k(k, dict_size) -> int:
@@ -392,12 +399,11 @@ class _SparseCodeDictionary(Dictionary):
 
     def post_relu(self, x: torch.Tensor) -> torch.Tensor:
         """``ReLU(W_enc (x - b_dec) + b_enc)``: ``[..., activation_dim] -> [..., dict_size]``."""
-        x = self._check_input(x)
-        return torch.relu(torch.nn.functional.linear(x - self.b_dec, self.W_enc, self.b_enc))
+        return torch.relu(self._affine_encode(x))
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         """``W_dec f + b_dec``: ``[..., dict_size] -> [..., activation_dim]``."""
-        return torch.nn.functional.linear(f, self.W_dec, self.b_dec)
+        return self._affine_decode(f)
 
     def decode_sparse(self, indices: torch.Tensor, values: torch.Tensor,
                       offsets: Optional[torch.Tensor] = None) -> torch.Tensor:
