@@ -125,12 +125,12 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
         if chosen and not set(chosen) <= allowed:
             raise ValueError(f"{name_} {sorted(set(chosen) - allowed)} not in the {name} grid {sorted(allowed)}")
     values = sorted({float(r.sparsity_value) for r in plan.runs if not archs or r.arch in archs})
-    if sparsity and not all(any(math.isclose(v, w, rel_tol=1e-9) for w in values) for v in sparsity):
+    if sparsity and not all(_among(v, values) for v in sparsity):
         raise ValueError(f"sparsity {sorted(sparsity)} not all in the {name} grid's values {values} "
                          f"(of the chosen architectures)")
     todo = [r for r in plan.runs if not has_record(store, _rid(r)) and (not archs or r.arch in archs)
             and (not dict_sizes or r.dict_size in dict_sizes) and (seeds is None or r.seed < seeds)
-            and (not sparsity or any(math.isclose(r.sparsity_value, v, rel_tol=1e-9) for v in sparsity))]
+            and (not sparsity or _among(r.sparsity_value, sparsity))]
     print(f"{name} @ {scale}: {len(plan.runs)} dictionaries in the grid, {len(todo)} to train"
           + (f" ({plan.offline_note})" if plan.offline_note else ""))
     if not todo:
@@ -225,6 +225,11 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
                 write_record(store, rec)
                 written.append(rec["id"])
     return written
+
+
+def _among(value: float, values) -> bool:
+    """Whether a sparsity value is one of ``values`` (up to float rounding: ``0.04`` from the command line)."""
+    return any(math.isclose(value, v, rel_tol=1e-9) for v in values)
 
 
 def _chunks(runs: list, n: Optional[int]) -> list[list]:

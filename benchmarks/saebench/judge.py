@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -120,8 +121,6 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request, client_address):
         """A client that went away (timeout, retry) is not a server error: no traceback for it."""
-        import sys
-
         if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
             super().handle_error(request, client_address)
 
