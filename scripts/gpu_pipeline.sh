@@ -62,6 +62,15 @@ saebench() {  # RECORDS EVALS [LOG NAME]: one SAEBench process for the records m
   t "SAEBench on $1 ended (rc $?)"
 }
 
+machine_setup() {  # the GPU's name and memory into the logs; the labelled SAEBench data unpacked
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee $R/logs/gpu.txt
+  mkdir -p /tmp/sbdata && tar -xf "$GPU_FILES/saebench_data.tar" -C /tmp/sbdata
+}
+
+wait_for_cache() {  # PID: until the activation cache is complete (meta.json written) or the harvesting job ended
+  while ! ls /tmp/dla_cache/*/meta.json > /dev/null 2>&1 && kill -0 "$1" 2> /dev/null; do sleep 5; done
+}
+
 pack() {
   tar -czf "$OUT/store.tar.gz" --exclude=dictionaries --exclude=artifacts -C "$R" store 2>/dev/null
   tar -czf "$OUT/logs.tar.gz" -C "$R" logs speed 2>/dev/null
@@ -81,10 +90,9 @@ wait)
   pack; ls -la "$OUT"
   ;;
 run)
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee $R/logs/gpu.txt
+  machine_setup
   python3 -c "import torch, sae_bench.evals.sparse_probing.main, sae_bench.evals.autointerp.main, xgboost, dictionary_learning
 print('torch', torch.__version__, '| imports ok: sae_bench sparse_probing/autointerp, xgboost, dictionary_learning')"
-  mkdir -p /tmp/sbdata && tar -xf "$GPU_FILES/saebench_data.tar" -C /tmp/sbdata
   # 1. speed, alone on the GPU
   t "speed: plain, default, sparse; dictionary_learning; harvest; end to end"
   (cd $R/speed && timeout 260 python3 -m benchmarks.speed --paths plain,default,sparse \
@@ -101,7 +109,7 @@ print('torch', torch.__version__, '| imports ok: sae_bench sparse_probing/autoin
   # 2. the cache and the 4096 dictionaries
   repro main_topk64 main --archs topk --sparsity 64 --chunk 6 &
   j1=$!
-  while ! ls /tmp/dla_cache/*/meta.json > /dev/null 2>&1 && kill -0 $j1 2> /dev/null; do sleep 5; done
+  wait_for_cache $j1
   t "cache ready: $(ls -d /tmp/dla_cache/*/ 2>/dev/null)"
   # 3. 16384 (3 seeds) and 65536 (seed 0), the latter reading batches from disk to leave GPU memory
   repro sizes16k_topk64 sizes --dict-sizes 16384 --archs topk --sparsity 64 --chunk 6 &
@@ -127,8 +135,7 @@ print('torch', torch.__version__, '| imports ok: sae_bench sparse_probing/autoin
 next)  # the plan for the next GPU session (issues 5 and 6), not yet run: see the header
   python3 -c "import torch, xgboost, sae_bench.evals.sparse_probing.main, sae_bench.evals.autointerp.main, dictionary_learning
 print('imports ok: xgboost', xgboost.__version__)" || { t "a wheel is missing: stopping before any GPU work"; touch $R/done; exit 1; }
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee $R/logs/gpu.txt
-  mkdir -p /tmp/sbdata && tar -xf "$GPU_FILES/saebench_data.tar" -C /tmp/sbdata
+  machine_setup
   # 1. alone on the GPU: time the row-major reparameterization (default and compiled paths) against DL again
   (cd $R/speed && timeout 200 python3 -m benchmarks.speed --paths default,fast --compare-dictionary-learning \
     --out speed_next.json > speed_next.txt 2>&1)
@@ -136,7 +143,7 @@ print('imports ok: xgboost', xgboost.__version__)" || { t "a wheel is missing: s
   # 2. the cache and the SAEBench dictionaries (4096 and 16384, TopK k 64, 3 seeds); more sparsities at 65536
   repro main_topk64 main --archs topk --sparsity 64 --chunk 6 &
   j1=$!
-  while ! ls /tmp/dla_cache/*/meta.json > /dev/null 2>&1 && kill -0 $j1 2> /dev/null; do sleep 5; done
+  wait_for_cache $j1
   repro sizes16k_topk64 sizes --dict-sizes 16384 --archs topk --sparsity 64 --chunk 6 &
   j2=$!
   repro sizes65k_more sizes --dict-sizes 65536 --archs relu,topk --sparsity 0.02,0.08,32,128 --seeds 1 --chunk 2 \
