@@ -25,12 +25,12 @@
 # autointerp failed everywhere (the local judge's server refused SAEBench's concurrent requests; fixed since).
 # Next time: check `ls .gpu/*/ | grep xgboost` before staging, and run at most a few SAEBench processes at once.
 #
-# `next` (planned, not yet run): the same staging (with xgboost-cpu among the wheels), last part `bash
+# `next` (the fifth session, 2026-11-29): the same staging (with xgboost-cpu among the wheels), last part `bash
 # .gpu/pN/stage.sh bash scripts/gpu_pipeline.sh start next 440`, then `bash scripts/gpu_pipeline.sh wait 560`
-# calls back to back. It stops at once if an import is missing; times the default and compiled paths again
-# (the reparameterization now reads W_dec.T row-major); retrains the TopK k 64 dictionaries at 4096 and 16384
-# (3 seeds) and runs SAEBench on them in four processes (sparse probing + autointerp at 4096, all five evals at
-# 16384); trains ReLU L1 0.02/0.08 and TopK k 32/128 at 65536 (second points for Figs. 17-18).
+# calls back to back. It stops at once if an import is missing; retrains the TopK k 64 dictionaries at 4096 and
+# 16384 (3 seeds; weights are not kept between sessions) and runs SAEBench on them, one process per dictionary
+# (autointerp at 4096, all five evals at 16384); then, if time is left, times the default and compiled paths
+# again (the reparameterization now reads W_dec.T row-major) and trains ReLU L1 0.02 and TopK k 128 at 65536.
 set -uo pipefail
 cmd=${1:?usage: bash scripts/gpu_pipeline.sh start run|next [SECONDS] | wait SECONDS}
 export PYTHONPATH=/tmp/site:$PWD GPU_FILES=/tmp/gpu/files PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
@@ -132,30 +132,39 @@ print('torch', torch.__version__, '| imports ok: sae_bench sparse_probing/autoin
   wait
   t "pipeline done"; touch $R/done
   ;;
-next)  # the plan for the next GPU session (issues 5 and 6), not yet run: see the header
+next)  # the plan for the fifth session (issue 5 first; issue 6's timing and Figs. 17-18 only with time left)
   python3 -c "import torch, xgboost, sae_bench.evals.sparse_probing.main, sae_bench.evals.autointerp.main, dictionary_learning
 print('imports ok: xgboost', xgboost.__version__)" || { t "a wheel is missing: stopping before any GPU work"; touch $R/done; exit 1; }
   machine_setup
-  # 1. alone on the GPU: time the row-major reparameterization (default and compiled paths) against DL again
-  (cd $R/speed && timeout 200 python3 -m benchmarks.speed --paths default,fast --compare-dictionary-learning \
-    --out speed_next.json > speed_next.txt 2>&1)
-  t "speed ended (rc $?)"
-  # 2. the cache and the SAEBench dictionaries (4096 and 16384, TopK k 64, 3 seeds); more sparsities at 65536
+  # 1. the cache and the SAEBench dictionaries (TopK k 64, 3 seeds, standard and aligned): 4096, then 16384
   repro main_topk64 main --archs topk --sparsity 64 --chunk 6 &
   j1=$!
   wait_for_cache $j1
   repro sizes16k_topk64 sizes --dict-sizes 16384 --archs topk --sparsity 64 --chunk 6 &
   j2=$!
-  repro sizes65k_more sizes --dict-sizes 65536 --archs relu,topk --sparsity 0.02,0.08,32,128 --seeds 1 --chunk 2 \
-    --no-preload &
-  # 3. SAEBench: one process per record group (each runs its dictionaries one after another, one judge each)
+  # 2. SAEBench, one process per dictionary (each with its own judge): at 4096 only autointerp is missing (core,
+  #    SCR, TPP and sparse probing are committed); at 16384 all five, autointerp last (an eval that fails stops
+  #    its process, and the ones before it are kept)
   wait $j1
-  saebench 'main__topk__standard__d4096__k64__*' sparse_probing,autointerp main_std &
-  saebench 'main__topk__project__d4096__k64__*' sparse_probing,autointerp main_ali &
+  for a in standard project; do for s in 0 1 2; do
+    saebench "main__topk__${a}__d4096__k64__s$s" autointerp &
+  done; done
   wait $j2
-  saebench 'sizes__topk__standard__d16384__k64__*' core,scr,tpp,sparse_probing,autointerp sizes_std &
-  saebench 'sizes__topk__project__d16384__k64__*' core,scr,tpp,sparse_probing,autointerp sizes_ali &
+  for a in standard project; do for s in 0 1 2; do
+    saebench "sizes__topk__${a}__d16384__k64__s$s" core,scr,tpp,sparse_probing,autointerp &
+  done; done
   wait
+  # 3. with the GPU free again and time left: time the row-major reparameterization (issue 6), then second
+  #    sparsities at 65536 (Figs. 17-18)
+  if [ "$(left)" -gt 150 ]; then
+    (cd $R/speed && timeout $(( $(left) < 200 ? $(left) - 20 : 200 )) python3 -m benchmarks.speed \
+      --paths default,fast --compare-dictionary-learning --out speed_next.json > speed_next.txt 2>&1)
+    t "speed ended (rc $?)"
+  fi
+  if [ "$(left)" -gt 420 ]; then
+    repro sizes65k_more sizes --dict-sizes 65536 --archs relu,topk --sparsity 0.02,128 --seeds 1 --chunk 2 \
+      --no-preload
+  fi
   t "pipeline done"; touch $R/done
   ;;
 resb)  # SAEBench again after installing a missing wheel (.whl/, carried): all twelve processes at once
