@@ -1,6 +1,6 @@
 """``python -m figures --results DIR --out DIR [--only fig2,fig10]`` and
 ``python -m figures claims --results DIR [--format markdown|text]`` and
-``python -m figures table --results DIR [--experiment NAME] [--format markdown|text]``.
+``python -m figures table --results DIR [--experiment NAME] [--saebench] [--format markdown|text]``.
 
 Exit codes: 0 when at least one figure was written (claims: the table was printed), 1 when none was, 2 when
 the results store is missing or an argument is wrong."""
@@ -14,7 +14,7 @@ from typing import Optional
 from ._common import load_records
 from .claims import claims_table, format_claims, summary_counts
 from .paper import FIGURES, render_all
-from .tables import results_table
+from .tables import results_table, saebench_table
 
 
 def _figures_parser() -> argparse.ArgumentParser:
@@ -45,6 +45,8 @@ def _table_parser() -> argparse.ArgumentParser:
                                 description="Mean ± std over seeds of the main metrics, one row per group.")
     p.add_argument("--results", required=True, help="results store folder (holding records/)")
     p.add_argument("--experiment", default=None, help="only this experiment (default: all)")
+    p.add_argument("--saebench", action="store_true", help="the SAEBench metrics (core, SCR, TPP, sparse probing, "
+                   "autointerp) of the records with results under DIR/saebench/")
     p.add_argument("--format", choices=("markdown", "text"), default="markdown")
     return p
 
@@ -55,7 +57,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if argv[:1] == ["table"]:
         args = _table_parser().parse_args(argv[1:])
         try:
-            print(results_table(load_records(args.results), args.experiment, args.format))
+            print(saebench_table(args.results, args.experiment, args.format) if args.saebench
+                  else results_table(load_records(args.results), args.experiment, args.format))
         except (FileNotFoundError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -24,9 +24,19 @@ SPARSITY_LABEL = {"l1_penalty": "L1 penalty", "k": "k", "initial_sparsity_penalt
 MAIN_DICT_SIZE = 4096
 #: where SAEBench JSON output is looked for, relative to the results store
 SAEBENCH_DIR = "saebench"
-#: SAEBench metrics used by figures 9 and 12: short name -> key path inside a SAEBench result file
-SAEBENCH_METRICS = {"scr": ("eval_result_metrics", "scr_metrics", "scr_metric_threshold_20"),
-                    "autointerp": ("eval_result_metrics", "autointerp", "autointerp_score")}
+#: SAEBench metrics read from the result files: short name -> key path inside a SAEBench result file. Figures 9
+#: and 12 use ``scr`` and ``autointerp``; ``python -m figures table --saebench`` shows them all.
+SAEBENCH_METRICS = {
+    "core_fve": ("eval_result_metrics", "reconstruction_quality", "explained_variance"),
+    "core_ce_score": ("eval_result_metrics", "model_performance_preservation", "ce_loss_score"),
+    "scr": ("eval_result_metrics", "scr_metrics", "scr_metric_threshold_20"),
+    "tpp": ("eval_result_metrics", "tpp_metrics", "tpp_threshold_20_total_metric"),
+    "probe_llm": ("eval_result_metrics", "llm", "llm_test_accuracy"),
+    "probe_sae": ("eval_result_metrics", "sae", "sae_test_accuracy"),
+    "probe_top1": ("eval_result_metrics", "sae", "sae_top_1_test_accuracy"),
+    "probe_top5": ("eval_result_metrics", "sae", "sae_top_5_test_accuracy"),
+    "autointerp": ("eval_result_metrics", "autointerp", "autointerp_score"),
+}
 
 Getter = Callable[[dict], Optional[float]]
 
@@ -154,18 +164,67 @@ def fmt_ms(m: float, s: float, n: int, digits: int = 3) -> str:
     return f"{m:.{digits}f}" if n == 1 else f"{m:.{digits}f} ± {s:.{digits}f} (n={n})"
 
 
+#: values that :func:`load_saebench` derives from autointerp's per-latent details (:func:`autointerp_chance_levels`)
+AUTOINTERP_CHANCE = {"autointerp_all_inactive": "all_inactive", "autointerp_random_guess": "random_guess"}
+
+
+def autointerp_chance_levels(result: dict) -> Optional[dict]:
+    """What SAEBench's autointerp score would be without any reading of the examples, for the latents one result
+    scored: the floor a judge has to clear before its score says anything about the dictionary.
+
+    SAEBench (``sae_bench.evals.autointerp``) scores a latent by the fraction of its ``n`` scoring examples
+    (``n_top_ex_for_scoring + n_random_ex_for_scoring + n_iw_sampled_ex_for_scoring`` of ``eval_config``; 2 + 10 +
+    2 by default, of which the 4 non-random ones activate the latent) whose activity the judge called right. So:
+
+    * ``all_inactive``: mean over latents of ``1 - k/n`` (``k`` active examples), the score of answering "none"
+      every time (10/14 = 0.714 with the defaults);
+    * ``random_guess``: mean over latents of ``1 - (p (n - k) + k (n - p)) / n**2``, the expected score of naming
+      as many examples as the judge named (``p``), chosen uniformly at random.
+
+    Args:
+        result: a SAEBench autointerp result (``eval_result_unstructured``: ``{latent: {"predictions": [...],
+            "correct seqs": [...]}}``, examples numbered from 1).
+
+    Returns:
+        ``{"all_inactive": float, "random_guess": float, "n_latents": int}``, or None when the result has no
+        per-latent details or no scoring sizes.
+    """
+    cfg, per_latent = result.get("eval_config") or {}, result.get("eval_result_unstructured")
+    try:
+        n = int(cfg["n_top_ex_for_scoring"]) + int(cfg["n_random_ex_for_scoring"]) + int(cfg["n_iw_sampled_ex_for_scoring"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if n <= 0 or not isinstance(per_latent, dict):
+        return None
+    none, guess = [], []
+    for v in per_latent.values():
+        if not isinstance(v, dict) or not isinstance(v.get("correct seqs"), list):
+            continue
+        k = len({i for i in v["correct seqs"] if isinstance(i, int) and 1 <= i <= n})
+        p = len({i for i in v.get("predictions") or [] if isinstance(i, int) and 1 <= i <= n})
+        none.append(1 - k / n)
+        guess.append(1 - (p * (n - k) + k * (n - p)) / n ** 2)
+    if not none:
+        return None
+    return {"all_inactive": float(np.mean(none)), "random_guess": float(np.mean(guess)), "n_latents": len(none)}
+
+
 def load_saebench(results) -> tuple[dict[str, dict[str, float]], int]:
     """SAEBench results under ``results/saebench/`` (any depth, ``*.json`` or gzipped ``*.json.gz``), keyed by record
     id.
 
     A file is matched to a record by a top-level ``record_id`` field, else ``sae_name``, whose value must be a
-    record ``id``; SAEBench writes neither, so add one of them to each output file. Values are read from the key
-    paths of :data:`SAEBENCH_METRICS` (``scr``: ``eval_result_metrics.scr_metrics.scr_metric_threshold_20``,
-    ``autointerp``: ``eval_result_metrics.autointerp.autointerp_score``); several files for one record merge.
+    record ``id``; SAEBench writes neither, so add one of them to each output file (``python -m benchmarks run
+    --results-store`` does). Values are read from the key paths of :data:`SAEBENCH_METRICS` (e.g. ``scr``:
+    ``eval_result_metrics.scr_metrics.scr_metric_threshold_20``, ``autointerp``:
+    ``eval_result_metrics.autointerp.autointerp_score``); several files for one record merge.
+
+    Autointerp results also give their chance levels (:func:`autointerp_chance_levels`) as
+    ``autointerp_all_inactive`` and ``autointerp_random_guess`` (:data:`AUTOINTERP_CHANCE`).
 
     Returns:
-        ``({record_id: {"scr": x, "autointerp": y}}, number of JSON files found)``. Unreadable files and files
-        without an id are counted but ignored.
+        ``({record_id: {"scr": x, "autointerp": y, ...}}, number of JSON files found)``, only the metrics found.
+        Unreadable files and files without an id are counted but ignored.
     """
     folder = Path(results) / SAEBENCH_DIR
     out: dict[str, dict[str, float]] = {}
@@ -182,4 +241,7 @@ def load_saebench(results) -> tuple[dict[str, dict[str, float]], int]:
             v = field_getter(*path)(d)
             if finite(v):
                 out.setdefault(rid, {})[name] = float(v)
+        chance = autointerp_chance_levels(d) if d.get("eval_type_id") == "autointerp" else None
+        for name, key in AUTOINTERP_CHANCE.items() if chance else ():
+            out.setdefault(rid, {})[name] = chance[key]
     return out, len(files)

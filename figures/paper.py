@@ -477,22 +477,31 @@ def fig12(records, results):
     recs = select(recs, model=primary_model(recs))
     score = lambda r: sb[r["id"]]["autointerp"]  # noqa: E731
     fig, axes = _panels(2, w=3.2)
-    archs, modes = archs_in(recs), alignments_in(recs)
+    cats = sorted({(r["arch"], r["dict_size"]) for r in recs},
+                  key=lambda c: (ARCH_ORDER.index(c[0]) if c[0] in ARCH_ORDER else 99, c[0], c[1]))
+    modes = alignments_in(recs)
     width = 0.8 / len(modes)
     for j, a in enumerate(modes):
         color, marker, label = mode_style(a)
         rs = select(recs, alignments=[a])
-        for i, arch in enumerate(archs):
-            m, s, n = mean_std(score(r) for r in select(rs, archs=[arch]))
+        for i, (arch, d) in enumerate(cats):
+            m, s, n = mean_std(score(r) for r in select(rs, archs=[arch], dict_size=d))
             if n:
                 axes[0, 0].bar(i + (j - (len(modes) - 1) / 2) * width, m, width * 0.92, yerr=s if n > 1 else None,
                                color=color, label=label if i == 0 else None, alpha=0.85)
         axes[0, 1].scatter([r["alignment_scores"]["mean"] for r in rs], [score(r) for r in rs], color=color,
                            marker=marker, label=label, s=18)
-    axes[0, 0].set_xticks(range(len(archs)), [ARCH_LABEL[a] for a in archs])
-    axes[0, 0].set(ylabel="autointerp score", title="per architecture (mean ± std over SAEs)")
+    # the floor: a judge that answers "none" for every scoring example (autointerp_chance_levels)
+    floor = [sb[r["id"]]["autointerp_all_inactive"] for r in recs if "autointerp_all_inactive" in sb[r["id"]]]
+    if floor:
+        for ax in (axes[0, 0], axes[0, 1]):
+            ax.axhline(float(np.mean(floor)), color="0.3", ls="--", lw=1,
+                       label="judge answering 'none'" if ax is axes[0, 1] else None)
+    axes[0, 0].set_xticks(range(len(cats)), [f"{ARCH_LABEL.get(a, a)}\n{d}" for a, d in cats])
+    axes[0, 0].set(ylabel="autointerp score", title="per architecture and dict_size\n(mean ± std over SAEs)")
     axes[0, 1].set(xlabel="mean alignment score of the SAE", ylabel="autointerp score", title="per SAE")
-    return Drawn(fig, recs, "SAEBench eval_result_metrics.autointerp.autointerp_score")
+    return Drawn(fig, recs, "SAEBench eval_result_metrics.autointerp.autointerp_score; dashed: the score of "
+                 "answering 'none' to every example")
 
 
 @_register("fig13", "alive features per architecture", "main records with metrics.frac_alive")

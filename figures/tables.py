@@ -1,11 +1,14 @@
-"""The results table: one row per group of a results store (records that differ only by seed), with mean ± std
-over seeds of the main metrics. ``python -m figures table --results DIR [--experiment main] [--format ...]``."""
+"""The results tables: one row per group of a results store (records that differ only by seed), with mean ± std
+over seeds of the main metrics (``python -m figures table --results DIR [--experiment main] [--format ...]``) or of
+the SAEBench metrics found under ``DIR/saebench/`` (the same command with ``--saebench``)."""
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from pathlib import Path
+from typing import Callable, Iterable, Optional
 
-from ._common import ARCH_LABEL, ARCH_ORDER, SPARSITY_LABEL, field_getter, mean_std, mode_name
+from ._common import (ARCH_LABEL, ARCH_ORDER, SPARSITY_LABEL, field_getter, load_records, load_saebench, mean_std,
+                      mode_name)
 
 #: (column title, getter, digits) of the table
 COLUMNS = (
@@ -20,26 +23,40 @@ COLUMNS = (
 )
 
 
+#: SAEBench columns of ``table --saebench``: (title, name in :data:`figures._common.SAEBENCH_METRICS`, digits)
+SAEBENCH_COLUMNS = (
+    ("core FVE", "core_fve", 3), ("core CE score", "core_ce_score", 3), ("SCR@20", "scr", 3), ("TPP@20", "tpp", 3),
+    ("LLM probe", "probe_llm", 3), ("SAE probe", "probe_sae", 3), ("SAE top-1", "probe_top1", 3),
+    ("SAE top-5", "probe_top5", 3), ("autointerp", "autointerp", 3),
+    ("autointerp if 'none'", "autointerp_all_inactive", 3),  # the score of a judge that always answers "none"
+)
+
+
 def _cell(values: list, digits: int) -> str:
     m, s, n = mean_std(values)
     if n == 0:
         return "n/a"
-    return f"{m:.{digits}f}" if n == 1 or s < 0.5 * 10 ** -digits else f"{m:.{digits}f} ± {s:.{digits}f}"
+    cell = f"{m:.{digits}f}" if n == 1 or s < 0.5 * 10 ** -digits else f"{m:.{digits}f} ± {s:.{digits}f}"
+    return cell if n == len(values) else f"{cell} (n={n})"  # some seeds lack this value
 
 
-def results_table(records: Iterable[dict], experiment: Optional[str] = None, fmt: str = "markdown") -> str:
+def results_table(records: Iterable[dict], experiment: Optional[str] = None, fmt: str = "markdown",
+                  columns: Optional[Iterable[tuple[str, Callable[[dict], Optional[float]], int]]] = None) -> str:
     """Mean (± population std over seeds, omitted when it rounds to 0) of L0, FVE, CE loss recovered, alive
     fraction, alignment-score mean and fraction below 0.5, and the group's MCS / fraction of features with max
-    cosine > 0.7 to the other seeds, per group (experiment, architecture, alignment, dict_size, sparsity).
+    cosine > 0.7 to the other seeds, per group (experiment, architecture, alignment, dict_size, sparsity). A cell
+    whose value some of the group's records lack says over how many it was taken, ``(n=2)``.
 
     Args:
         records: results-store records (:mod:`dictionary_learning_aligned.records`).
         experiment: keep only this experiment's records.
         fmt: ``"markdown"`` or ``"text"`` (tab-separated).
+        columns: ``(title, getter(record) -> value or None, digits)`` per column instead of :data:`COLUMNS`.
 
     Raises:
         ValueError: an unknown ``fmt``, or no records left to show.
     """
+    columns = COLUMNS if columns is None else tuple(columns)
     if fmt not in ("markdown", "text"):
         raise ValueError(f"fmt must be 'markdown' or 'text', got {fmt!r}")
     groups: dict[tuple, list[dict]] = {}
@@ -50,15 +67,35 @@ def results_table(records: Iterable[dict], experiment: Optional[str] = None, fmt
             groups.setdefault(key, []).append(r)
     if not groups:
         raise ValueError(f"no records{f' of experiment {experiment!r}' if experiment else ''} to tabulate")
-    head = ["experiment", "SAE", "dict_size", "sparsity", "seeds", "train tokens"] + [c[0] for c in COLUMNS]
+    head = ["experiment", "SAE", "dict_size", "sparsity", "seeds", "train tokens"] + [c[0] for c in columns]
     rows = []
     for (exp, _, arch, d, sname, sval, mode), recs in sorted(groups.items(), key=lambda kv: kv[0][:6] + (
             kv[0][6] != "standard", kv[0][6])):
         toks = sorted({r.get("train_tokens") for r in recs})
         rows.append([exp, f"{ARCH_LABEL.get(arch, arch)} {mode}", str(d), f"{SPARSITY_LABEL.get(sname, sname)} {sval:g}",
                      str(len(recs)), "/".join(f"{t / 1e6:g}M" for t in toks if t)]
-                    + [_cell([get(r) for r in recs], digits) for _, get, digits in COLUMNS])
+                    + [_cell([get(r) for r in recs], digits) for _, get, digits in columns])
     if fmt == "text":
         return "\n".join("\t".join(r) for r in [head] + rows)
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
                      + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def saebench_table(results, experiment: Optional[str] = None, fmt: str = "markdown") -> str:
+    """:func:`results_table` of the SAEBench metrics (:data:`SAEBENCH_COLUMNS`: core FVE and CE score, SCR and TPP
+    at 20 latents, sparse-probing accuracy of the LLM probe, the SAE probe on all latents and on its top 1 / 5
+    latents, autointerp score and the score of answering "none" to every autointerp example,
+    :func:`figures._common.autointerp_chance_levels`) for the records of the store ``results`` that have SAEBench results under
+    ``results/saebench/`` (matched by record id, :func:`figures._common.load_saebench`).
+
+    Raises:
+        FileNotFoundError: ``results`` is not a results store.
+        ValueError: no record has SAEBench results (the message says where they were looked for), or a bad ``fmt``.
+    """
+    sb, n_files = load_saebench(results)
+    records = [r for r in load_records(results) if r["id"] in sb]
+    if not records:
+        raise ValueError(f"no record of {results} has SAEBench results in {Path(results) / 'saebench'} "
+                         f"({n_files} JSON files there); run `python -m benchmarks run --results-store {results}`")
+    cols = [(title, (lambda r, name=name: sb[r["id"]].get(name)), digits) for title, name, digits in SAEBENCH_COLUMNS]
+    return results_table(records, experiment, fmt, columns=cols)

@@ -237,6 +237,57 @@ def test_table_cli_groups_seeds(store, tmp_path, capsys):
     assert main(["table", "--results", str(tmp_path / "nowhere")]) == 2
 
 
+def test_saebench_table_means_each_group_over_its_seeds_and_counts_missing_values(store, capsys):
+    from figures.tables import saebench_table
+
+    records = [r for r in load_records(store) if r["arch"] == "topk" and r["sparsity"]["value"] == 8]
+    assert len({r["group"] for r in records}) == 2 and len(records) >= 4
+    with pytest.raises(ValueError, match="no record .* has SAEBench results"):
+        saebench_table(store)
+    for i, r in enumerate(records):
+        d = store / "saebench" / r["id"]
+        d.mkdir(parents=True)
+        m = {"autointerp": {"autointerp_score": 0.5 + 0.1 * (r["alignment"] is not None) + 0.01 * r["seed"]}}
+        if r["seed"] != 0:  # seed 0 has no SCR: its cell counts the seeds that do
+            m["scr_metrics"] = {"scr_metric_threshold_20": 0.2}
+        (d / "x.json").write_text(json.dumps({"record_id": r["id"], "eval_result_metrics": m}))
+    text = saebench_table(store)
+    lines = text.splitlines()
+    assert len(lines) == 2 + 2 and lines[0].endswith("| autointerp | autointerp if 'none' |") and "SCR@20" in lines[0]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    for line in lines[2:]:
+        row = dict(zip(head, (c.strip() for c in line.strip("|").split("|"))))
+        grp = [r for r in records if f"TopK {'standard' if r['alignment'] is None else r['alignment']}" == row["SAE"]]
+        ai = [0.5 + 0.1 * (r["alignment"] is not None) + 0.01 * r["seed"] for r in grp]
+        assert row["seeds"] == str(len(grp)) and row["autointerp"].startswith(f"{np.mean(ai):.3f} ± {np.std(ai):.3f}")
+        assert row["SCR@20"] == f"0.200 (n={len(grp) - 1})" and row["core FVE"] == row["autointerp if 'none'"] == "n/a"
+    assert main(["table", "--saebench", "--results", str(store)]) == 0
+    assert capsys.readouterr().out.strip() == text
+
+
+def test_autointerp_chance_levels_are_the_scores_of_answering_none_and_of_guessing(tmp_path):
+    from figures import load_saebench
+    from figures._common import autointerp_chance_levels
+
+    cfg = {"n_top_ex_for_scoring": 2, "n_random_ex_for_scoring": 10, "n_iw_sampled_ex_for_scoring": 2}  # n = 14
+    res = {"eval_type_id": "autointerp", "record_id": "r1", "eval_config": cfg,
+           "eval_result_metrics": {"autointerp": {"autointerp_score": 0.6}},
+           "eval_result_unstructured": {
+               "7": {"predictions": [1, 5], "correct seqs": [1, 2, 3, 4]},  # none: 10/14; guess 2: 1 - 68/196
+               "9": {"predictions": [], "correct seqs": [1, 2, 3]}}}       # none: 11/14; guess 0 = none
+    c = autointerp_chance_levels(res)
+    assert c["n_latents"] == 2
+    assert c["all_inactive"] == pytest.approx((10 / 14 + 11 / 14) / 2)
+    assert c["random_guess"] == pytest.approx((1 - 68 / 196 + 11 / 14) / 2)
+    assert autointerp_chance_levels({**res, "eval_config": {}}) is None
+    assert autointerp_chance_levels({**res, "eval_result_unstructured": {}}) is None
+    (tmp_path / "saebench").mkdir()
+    (tmp_path / "saebench" / "a.json").write_text(json.dumps(res))
+    values, _ = load_saebench(tmp_path)
+    assert values["r1"] == {"autointerp": 0.6, "autointerp_all_inactive": c["all_inactive"],
+                            "autointerp_random_guess": c["random_guess"]}
+
+
 def test_saebench_results_may_be_gzipped(tmp_path):
     import gzip
 

@@ -158,7 +158,7 @@ def test_all_evals_on_a_tiny_dictionary_write_saebench_json_for_the_figures(tmp_
     """core, scr, tpp, sparse_probing and autointerp (local 135M judge) on a 128-feature aligned TopK dictionary over
     the real SmolLM2, through the CLI with --results-store; figures 9 and 12 then find the values by record id."""
     from benchmarks.saebench import cli, runner
-    from figures._common import load_saebench
+    from figures._common import AUTOINTERP_CHANCE, SAEBENCH_METRICS, load_saebench
 
     torch.manual_seed(0)
     ae = AutoEncoderTopK(576, 128, k=16, alignment="project")
@@ -192,7 +192,11 @@ def test_all_evals_on_a_tiny_dictionary_write_saebench_json_for_the_figures(tmp_
     sp = json.loads((folder / "sparse_probing.json").read_text())
     assert 0 <= sp["eval_result_metrics"]["sae"]["sae_top_1_test_accuracy"] <= 1
     values, n_files = load_saebench(store)
-    assert set(values[rid]) == {"scr", "autointerp"} and n_files >= 5
+    # every metric of every eval is found (but top-5 probing: SMALL asks for k 1 and 2), and autointerp's chance levels
+    assert set(values[rid]) == set(SAEBENCH_METRICS) - {"probe_top5"} | set(AUTOINTERP_CHANCE) and n_files >= 5
+    chance = ai["judge"]["chance_levels"]
+    assert chance["n_latents"] == len(ai["eval_result_unstructured"]) and 0 < chance["all_inactive"] < 1
+    assert values[rid]["autointerp_all_inactive"] == chance["all_inactive"]
     # existing results are never overwritten silently
     with pytest.raises(FileExistsError, match="--overwrite"):
         cli.main(["--results-store", str(store), "--evals", "core", *SMALL])

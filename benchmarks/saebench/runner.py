@@ -7,7 +7,9 @@ checks that a result exists and holds numbers, adds
 * ``record_id`` (the results-store record id, when known; figures 9 and 12 match files by it),
 * ``dictionary`` (path, class, alignment, trainer class, layer),
 * ``data`` (which datasets were used: hub names, or local files and the mapping),
-* ``model`` (how the model was obtained, the logit check), ``judge`` (autointerp), ``harness`` (command, versions),
+* ``model`` (how the model was obtained, the logit check), ``judge`` (autointerp: the endpoint, and
+  ``chance_levels``, what answering "none" or guessing would have scored on the same latents,
+  :func:`figures._common.autointerp_chance_levels`), ``harness`` (command, versions),
 
 and writes ``OUT/<name>/<eval>.json`` atomically. Non-finite numbers (e.g. the standard deviation of a single
 autointerp score) become ``null`` and are listed under ``non_finite_fields``. Any failure raises
@@ -31,6 +33,7 @@ import torch
 
 from dictionary_learning_aligned.dtypes import as_dtype, check_device
 from dictionary_learning_aligned.io import prepare_output_dir, write_json
+from figures._common import autointerp_chance_levels
 
 from . import data as D
 
@@ -44,7 +47,8 @@ HEADLINES = {
     "scr": [("SCR@20", ("eval_result_metrics", "scr_metrics", "scr_metric_threshold_20"))],
     "tpp": [("TPP@20", ("eval_result_metrics", "tpp_metrics", "tpp_threshold_20_total_metric"))],
     "sparse_probing": [("probe top-1", ("eval_result_metrics", "sae", "sae_top_1_test_accuracy"))],
-    "autointerp": [("autointerp", ("eval_result_metrics", "autointerp", "autointerp_score"))],
+    "autointerp": [("autointerp", ("eval_result_metrics", "autointerp", "autointerp_score")),
+                   ("if 'none'", ("judge", "chance_levels", "all_inactive"))],  # the floor a judge must clear
 }
 
 
@@ -425,6 +429,8 @@ def run(spec: RunSpec, log=print) -> dict:
                                 "budgets": vars(spec.budgets), "versions": summary["versions"]},
                     "non_finite_fields": bad,
                 })
+                if ev == "autointerp":  # what answering "none" / guessing would have scored on these latents
+                    res["judge"]["chance_levels"] = autointerp_chance_levels(res)
                 targets[(d.name, ev)].parent.mkdir(parents=True, exist_ok=True)
                 path = write_json(targets[(d.name, ev)], res)
                 row = {"dictionary": d.name, "record_id": d.record_id, "eval": ev, "file": str(path),
