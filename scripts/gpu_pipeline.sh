@@ -31,6 +31,9 @@
 # 16384 (3 seeds; weights are not kept between sessions) and runs SAEBench on them, one process per dictionary
 # (autointerp at 4096, all five evals at 16384); then, if time is left, times the default and compiled paths
 # again (the reparameterization now reads W_dec.T row-major) and trains ReLU L1 0.02 and TopK k 128 at 65536.
+# What ran (commit 1008232): all of it, done at 1178 s (trainings to 385 s, SAEBench 337-841 s, speed 841-935 s,
+# 65536 935-1178 s); results/reproduce_small/ (logs/log_s5_*) and results/speed_h200/ (s5_*). Device time 1,247 s
+# of 1,800 including the 60 s of staging.
 set -uo pipefail
 cmd=${1:?usage: bash scripts/gpu_pipeline.sh start run|next [SECONDS] | wait SECONDS}
 export PYTHONPATH=/tmp/site:$PWD GPU_FILES=/tmp/gpu/files PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
