@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -179,34 +180,64 @@ def autointerp_chance_levels(result: dict) -> Optional[dict]:
     * ``all_inactive``: mean over latents of ``1 - k/n`` (``k`` active examples), the score of answering "none"
       every time (10/14 = 0.714 with the defaults);
     * ``random_guess``: mean over latents of ``1 - (p (n - k) + k (n - p)) / n**2``, the expected score of naming
-      as many examples as the judge named (``p``), chosen uniformly at random.
+      as many examples as the judge named (``p``, counting distinct indices in 1..n, as SAEBench's scoring does),
+      chosen uniformly at random.
+
+    Each latent's stored ``score`` (when present) must equal the score its predictions and active examples give
+    with this ``n``; that catches a wrong ``eval_config``.
 
     Args:
         result: a SAEBench autointerp result (``eval_result_unstructured``: ``{latent: {"predictions": [...],
-            "correct seqs": [...]}}``, examples numbered from 1).
+            "correct seqs": [...], "score": ...}}``, examples numbered from 1).
 
     Returns:
         ``{"all_inactive": float, "random_guess": float, "n_latents": int}``, or None when the result has no
-        per-latent details or no scoring sizes.
+        per-latent details (``eval_result_unstructured`` missing or empty).
+
+    Raises:
+        ValueError: the scoring sizes are not non-negative integers with a positive sum, or a latent's entry is
+            malformed (not a dict; ``predictions`` / ``correct seqs`` not lists of integers; active examples outside
+            1..n or repeated) or disagrees with its stored score; the message names the latent.
     """
-    cfg, per_latent = result.get("eval_config") or {}, result.get("eval_result_unstructured")
-    try:
-        n = int(cfg["n_top_ex_for_scoring"]) + int(cfg["n_random_ex_for_scoring"]) + int(cfg["n_iw_sampled_ex_for_scoring"])
-    except (KeyError, TypeError, ValueError):
+    if not isinstance(result, dict):
+        raise ValueError(f"an autointerp result must be a JSON object, got {type(result).__name__}")
+    per_latent = result.get("eval_result_unstructured")
+    if not per_latent:
         return None
-    if n <= 0 or not isinstance(per_latent, dict):
-        return None
+    if not isinstance(per_latent, dict):
+        raise ValueError(f"eval_result_unstructured must map latents to their details, got {type(per_latent).__name__}")
+    cfg = result.get("eval_config") if isinstance(result.get("eval_config"), dict) else {}
+    sizes = [cfg.get(k) for k in ("n_top_ex_for_scoring", "n_random_ex_for_scoring", "n_iw_sampled_ex_for_scoring")]
+    if not all(_is_int(x) and x >= 0 for x in sizes) or sum(sizes) <= 0:
+        raise ValueError(f"eval_config's scoring sizes (n_top/n_random/n_iw_sampled_ex_for_scoring) must be "
+                         f"non-negative integers with a positive sum, got {sizes}")
+    n = sum(sizes)
     none, guess = [], []
-    for v in per_latent.values():
-        if not isinstance(v, dict) or not isinstance(v.get("correct seqs"), list):
-            continue
-        k = len({i for i in v["correct seqs"] if isinstance(i, int) and 1 <= i <= n})
-        p = len({i for i in v.get("predictions") or [] if isinstance(i, int) and 1 <= i <= n})
+    for latent, v in per_latent.items():
+        where = f"latent {latent}"
+        if not isinstance(v, dict):
+            raise ValueError(f"{where}: details must be an object, got {type(v).__name__}")
+        pred, act = v.get("predictions"), v.get("correct seqs")
+        if not isinstance(pred, list) or not all(_is_int(i) for i in pred):
+            raise ValueError(f"{where}: 'predictions' must be a list of example numbers, got {pred!r}")
+        if not isinstance(act, list) or not all(_is_int(i) and 1 <= i <= n for i in act) or len(set(act)) < len(act):
+            raise ValueError(f"{where}: 'correct seqs' must list distinct example numbers in 1..{n}, got {act!r}")
+        named, k = {i for i in pred if 1 <= i <= n}, len(act)
+        score = v.get("score")
+        if score is not None and abs(float(score) - (n - len(named ^ set(act))) / n) > 1e-6:
+            raise ValueError(f"{where}: stored score {score!r} is not what its predictions and active examples give "
+                             f"with n = {n} scoring examples (eval_config): a wrong eval_config or a corrupt file")
         none.append(1 - k / n)
-        guess.append(1 - (p * (n - k) + k * (n - p)) / n ** 2)
-    if not none:
-        return None
+        guess.append(1 - (len(named) * (n - k) + k * (n - len(named))) / n ** 2)
     return {"all_inactive": float(np.mean(none)), "random_guess": float(np.mean(guess)), "n_latents": len(none)}
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+#: metrics whose values are fractions (an autointerp score or a probe accuracy outside [0, 1] is a corrupt file)
+_FRACTIONS = {"autointerp", "probe_llm", "probe_sae", "probe_top1", "probe_top5"}
 
 
 def load_saebench(results) -> tuple[dict[str, dict[str, float]], int]:
@@ -222,26 +253,61 @@ def load_saebench(results) -> tuple[dict[str, dict[str, float]], int]:
     Autointerp results also give their chance levels (:func:`autointerp_chance_levels`) as
     ``autointerp_all_inactive`` and ``autointerp_random_guess`` (:data:`AUTOINTERP_CHANCE`).
 
+    Files that cannot be read, have no id or no metric, values that are not finite (or, for scores and
+    accuracies, outside [0, 1]) and chance levels that cannot be computed are left out with one warning
+    (``UserWarning``) naming each file and why; the harness's own run summaries (``run_*.json`` / ``results.json``)
+    are skipped without one.
+
     Returns:
         ``({record_id: {"scr": x, "autointerp": y, ...}}, number of JSON files found)``, only the metrics found.
-        Unreadable files and files without an id are counted but ignored.
+
+    Raises:
+        ValueError: two files give the same metric for one record (e.g. ``autointerp.json`` next to
+            ``autointerp.json.gz``, or a stale copy in another folder); the message names both.
     """
     folder = Path(results) / SAEBENCH_DIR
     out: dict[str, dict[str, float]] = {}
+    source: dict[tuple[str, str], Path] = {}
+    skipped: list[str] = []
     files = sorted([*folder.rglob("*.json"), *folder.rglob("*.json.gz")]) if folder.is_dir() else []
     for p in files:
         try:
             d = read_json(p)
-        except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            skipped.append(f"{p}: unreadable ({type(e).__name__})")
             continue
+        if isinstance(d, dict) and isinstance(d.get("results"), list) and "evals" in d:
+            continue  # a summary of `python -m benchmarks run`
         rid = (d.get("record_id") or d.get("sae_name")) if isinstance(d, dict) else None
         if not isinstance(rid, str):
+            skipped.append(f"{p}: no record_id or sae_name")
             continue
+        found = {}
         for name, path in SAEBENCH_METRICS.items():
             v = field_getter(*path)(d)
-            if finite(v):
-                out.setdefault(rid, {})[name] = float(v)
-        chance = autointerp_chance_levels(d) if d.get("eval_type_id") == "autointerp" else None
-        for name, key in AUTOINTERP_CHANCE.items() if chance else ():
-            out.setdefault(rid, {})[name] = chance[key]
+            if v is None:
+                continue
+            if not finite(v) or (name in _FRACTIONS and not 0 <= v <= 1):
+                skipped.append(f"{p}: {name} = {v!r} left out")
+                continue
+            found[name] = float(v)
+        if d.get("eval_type_id") == "autointerp":
+            try:
+                chance = autointerp_chance_levels(d)
+            except (ValueError, TypeError, OverflowError) as e:
+                chance = None
+                skipped.append(f"{p}: no chance levels ({e})")
+            found.update({name: chance[key] for name, key in AUTOINTERP_CHANCE.items()} if chance else {})
+        if not found:
+            skipped.append(f"{p}: no SAEBench metric this library reads")
+        for name, v in found.items():
+            if (rid, name) in source:
+                raise ValueError(f"two SAEBench files give {name} for record {rid}: {source[rid, name]} and {p}; "
+                                 f"remove the stale one")
+            source[rid, name] = p
+            out.setdefault(rid, {})[name] = v
+    if skipped:
+        warnings.warn(f"{len(skipped)} SAEBench file(s) or value(s) under {folder} left out:\n  "
+                      + "\n  ".join(skipped[:20]) + (f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""),
+                      stacklevel=2)
     return out, len(files)

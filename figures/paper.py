@@ -477,8 +477,9 @@ def fig12(records, results):
     recs = select(recs, model=primary_model(recs))
     score = lambda r: sb[r["id"]]["autointerp"]  # noqa: E731
     fig, axes = _panels(2, w=3.2)
+    size_key = lambda d: (0, d, "") if finite(d) else (1, 0, str(d))  # noqa: E731  (numbers first, in order)
     cats = sorted({(r["arch"], r["dict_size"]) for r in recs},
-                  key=lambda c: (ARCH_ORDER.index(c[0]) if c[0] in ARCH_ORDER else 99, c[0], c[1]))
+                  key=lambda c: (ARCH_ORDER.index(c[0]) if c[0] in ARCH_ORDER else 99, str(c[0]), size_key(c[1])))
     modes = alignments_in(recs)
     width = 0.8 / len(modes)
     for j, a in enumerate(modes):
@@ -488,15 +489,30 @@ def fig12(records, results):
             m, s, n = mean_std(score(r) for r in select(rs, archs=[arch], dict_size=d))
             if n:
                 axes[0, 0].bar(i + (j - (len(modes) - 1) / 2) * width, m, width * 0.92, yerr=s if n > 1 else None,
-                               color=color, label=label if i == 0 else None, alpha=0.85)
-        axes[0, 1].scatter([r["alignment_scores"]["mean"] for r in rs], [score(r) for r in rs], color=color,
-                           marker=marker, label=label, s=18)
-    # the floor: a judge that answers "none" for every scoring example (autointerp_chance_levels)
-    floor = [sb[r["id"]]["autointerp_all_inactive"] for r in recs if "autointerp_all_inactive" in sb[r["id"]]]
-    if floor:
-        for ax in (axes[0, 0], axes[0, 1]):
-            ax.axhline(float(np.mean(floor)), color="0.3", ls="--", lw=1,
-                       label="judge answering 'none'" if ax is axes[0, 1] else None)
+                               color=color, label=label, alpha=0.85)
+                label = None  # one legend entry per mode
+        pts = [(r["alignment_scores"].get("mean"), score(r)) for r in rs]
+        pts = [(x, y) for x, y in pts if finite(x)]
+        axes[0, 1].scatter([x for x, _ in pts], [y for _, y in pts], color=color, marker=marker,
+                           label=mode_style(a)[2], s=18)
+    # the floor: a judge that answers "none" for every scoring example (autointerp_chance_levels), per bar group
+    # and, on the right, per dict_size (SAEBench's scoring sizes may differ between runs)
+    def floor(rs):
+        return mean_std(sb[r["id"]].get("autointerp_all_inactive") for r in rs)[0]
+
+    for i, (arch, d) in enumerate(cats):
+        f = floor(select(recs, archs=[arch], dict_size=d))
+        if finite(f):
+            axes[0, 0].hlines(f, i - 0.45, i + 0.45, color="0.3", ls="--", lw=1,
+                              label="judge answering 'none'" if i == 0 else None)
+    floors = {d: floor(select(recs, dict_size=d)) for d in sorted({d for _, d in cats}, key=size_key)}
+    floors = {d: f for d, f in floors.items() if finite(f)}
+    if floors and max(floors.values()) - min(floors.values()) > 0.01:  # visibly different floors
+        for d, f in floors.items():
+            axes[0, 1].axhline(f, color="0.3", ls="--", lw=1, label=f"judge answering 'none', d={d}")
+    elif floors:
+        axes[0, 1].axhline(float(np.mean(list(floors.values()))), color="0.3", ls="--", lw=1,
+                           label="judge answering 'none'")
     axes[0, 0].set_xticks(range(len(cats)), [f"{ARCH_LABEL.get(a, a)}\n{d}" for a, d in cats])
     axes[0, 0].set(ylabel="autointerp score", title="per architecture and dict_size\n(mean ± std over SAEs)")
     axes[0, 1].set(xlabel="mean alignment score of the SAE", ylabel="autointerp score", title="per SAE")

@@ -90,12 +90,14 @@ def saebench_table(results, experiment: Optional[str] = None, fmt: str = "markdo
 
     Raises:
         FileNotFoundError: ``results`` is not a results store.
-        ValueError: no record has SAEBench results (the message says where they were looked for), or a bad ``fmt``.
+        ValueError: no record (of ``experiment``) has SAEBench results (the message says where they were looked
+            for), two SAEBench files give the same metric for one record, or a bad ``fmt``.
     """
     sb, n_files = load_saebench(results)
-    records = [r for r in load_records(results) if r["id"] in sb]
+    records = [r for r in load_records(results) if r["id"] in sb and experiment in (None, r["experiment"])]
     if not records:
-        raise ValueError(f"no record of {results} has SAEBench results in {Path(results) / 'saebench'} "
-                         f"({n_files} JSON files there); run `python -m benchmarks run --results-store {results}`")
+        raise ValueError(f"no record{f' of experiment {experiment!r}' if experiment else ''} of {results} has "
+                         f"SAEBench results in {Path(results) / 'saebench'} ({n_files} JSON files there); run "
+                         f"`python -m benchmarks run --results-store {results}`")
     cols = [(title, (lambda r, name=name: sb[r["id"]].get(name)), digits) for title, name, digits in SAEBENCH_COLUMNS]
     return results_table(records, experiment, fmt, columns=cols)

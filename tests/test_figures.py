@@ -272,20 +272,44 @@ def test_autointerp_chance_levels_are_the_scores_of_answering_none_and_of_guessi
     cfg = {"n_top_ex_for_scoring": 2, "n_random_ex_for_scoring": 10, "n_iw_sampled_ex_for_scoring": 2}  # n = 14
     res = {"eval_type_id": "autointerp", "record_id": "r1", "eval_config": cfg,
            "eval_result_metrics": {"autointerp": {"autointerp_score": 0.6}},
-           "eval_result_unstructured": {
-               "7": {"predictions": [1, 5], "correct seqs": [1, 2, 3, 4]},  # none: 10/14; guess 2: 1 - 68/196
-               "9": {"predictions": [], "correct seqs": [1, 2, 3]}}}       # none: 11/14; guess 0 = none
+           "eval_result_unstructured": {  # scores as SAEBench computes them: examples whose activity was called right
+               "7": {"predictions": [1, 5, 99], "correct seqs": [1, 2, 3, 4], "score": 10 / 14},  # 99: never shown
+               "9": {"predictions": [], "correct seqs": [1, 2, 3], "score": 11 / 14}}}
     c = autointerp_chance_levels(res)
     assert c["n_latents"] == 2
-    assert c["all_inactive"] == pytest.approx((10 / 14 + 11 / 14) / 2)
-    assert c["random_guess"] == pytest.approx((1 - 68 / 196 + 11 / 14) / 2)
-    assert autointerp_chance_levels({**res, "eval_config": {}}) is None
+    assert c["all_inactive"] == pytest.approx((10 / 14 + 11 / 14) / 2)  # answer "none": 10/14 and 11/14 right
+    assert c["random_guess"] == pytest.approx((1 - (2 * 10 + 4 * 12) / 196 + 11 / 14) / 2)  # name 2 (0) at random
     assert autointerp_chance_levels({**res, "eval_result_unstructured": {}}) is None
-    (tmp_path / "saebench").mkdir()
-    (tmp_path / "saebench" / "a.json").write_text(json.dumps(res))
-    values, _ = load_saebench(tmp_path)
-    assert values["r1"] == {"autointerp": 0.6, "autointerp_all_inactive": c["all_inactive"],
-                            "autointerp_random_guess": c["random_guess"]}
+    bad = [({"eval_config": {**cfg, "n_random_ex_for_scoring": 0}}, "stored score"),  # wrong n: scores disagree
+           ({"eval_config": {**cfg, "n_top_ex_for_scoring": float("inf")}}, "non-negative integers"),
+           ({"eval_config": {**cfg, "n_top_ex_for_scoring": True}}, "non-negative integers"),
+           ({"eval_config": {}}, "non-negative integers")]
+    for latent in ({"predictions": 5, "correct seqs": [1]}, {"predictions": [], "correct seqs": ["1", "2"]},
+                   {"predictions": [], "correct seqs": [1, 1]}, {"predictions": [], "correct seqs": [15]}, [1]):
+        bad.append(({"eval_result_unstructured": {**res["eval_result_unstructured"], "3": latent}}, "latent 3"))
+    for change, message in bad:
+        with pytest.raises(ValueError, match=message):
+            autointerp_chance_levels({**res, **change})
+    sb = tmp_path / "saebench"
+    sb.mkdir()
+    (sb / "a.json").write_text(json.dumps(res))
+    (sb / "b.json").write_text(json.dumps({**res, "record_id": "r2", "eval_config": {}}))  # no chance levels
+    (sb / "c.json").write_text(json.dumps({**res, "record_id": "r3", "eval_result_metrics": {
+        "autointerp": {"autointerp_score": 42.0}}}))  # not a fraction: left out
+    (sb / "d.json").write_text("{not json")
+    (sb / "run_1.json").write_text(json.dumps({"command": "x", "evals": ["core"], "results": []}))  # our summary
+    with pytest.warns(UserWarning) as caught:
+        values, n_files = load_saebench(tmp_path)
+    text = str(caught[0].message)
+    assert "3 SAEBench file(s) or value(s)" in text and "b.json: no chance levels" in text
+    assert "c.json: autointerp = 42.0 left out" in text and "d.json: unreadable" in text and "run_1" not in text
+    assert n_files == 5 and values["r1"] == {"autointerp": 0.6, "autointerp_all_inactive": c["all_inactive"],
+                                             "autointerp_random_guess": c["random_guess"]}
+    assert values["r2"] == {"autointerp": 0.6} and "autointerp" not in values.get("r3", {})
+    (sb / "stale").mkdir()
+    (sb / "stale" / "a.json").write_text(json.dumps(res))  # a second autointerp result for r1
+    with pytest.raises(ValueError, match="two SAEBench files give autointerp for record r1"):
+        load_saebench(tmp_path)
 
 
 def test_saebench_results_may_be_gzipped(tmp_path):

@@ -430,7 +430,10 @@ def run(spec: RunSpec, log=print) -> dict:
                     "non_finite_fields": bad,
                 })
                 if ev == "autointerp":  # what answering "none" / guessing would have scored on these latents
-                    res["judge"]["chance_levels"] = autointerp_chance_levels(res)
+                    try:
+                        res["judge"]["chance_levels"] = autointerp_chance_levels(res)
+                    except ValueError as e:  # SAEBench wrote something unexpected: say so, keep the result
+                        res["judge"]["chance_levels"] = {"error": str(e)}
                 targets[(d.name, ev)].parent.mkdir(parents=True, exist_ok=True)
                 path = write_json(targets[(d.name, ev)], res)
                 row = {"dictionary": d.name, "record_id": d.record_id, "eval": ev, "file": str(path),
