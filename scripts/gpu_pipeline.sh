@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one-H200 GPU session of 2026-11-29 (the fourth development session, the third with a GPU): one background pipeline instead of separate phases, so
-# no device time is lost between calls. Staged first with ../shared/tools/gpu_bundle.sh .gpu --part-mib 40
+# no device time is lost between calls. Staged first with ../shared/tools/gpu_bundle.sh .gpu --part-mib 32 (40 until the
+# checkout grew past 24 MB: a call carries at most 64 MiB)
 # <SmolLM2 GGUF> <all_english_mixed.jsonl.gz> <saebench_data.tar> --wheels "<scripts/gpu_saebench_wheels.sh's
 # wheels + dictionary-learning 0.1.0>"; the last part runs `bash scripts/gpu_pipeline.sh start run` (on
 # 2026-11-29 `start 440`, before plans were named), which launches the plan in its own process session (it
@@ -169,6 +170,18 @@ print('imports ok: xgboost', xgboost.__version__)" || { t "a wheel is missing: s
       --no-preload
   fi
   t "pipeline done"; touch $R/done
+  ;;
+massive)  # in the foreground, one call: retrain TopK k 64 at 16384 (seed 0, standard and aligned) and measure how
+  # much of their error sits on massive-activation tokens (scripts/massive_tokens.py); ran 2026-11-29 after `next`
+  mkdir -p $R/logs && date +%s > $R/t0
+  export DEADLINE_S=${2:-420}
+  machine_setup > /dev/null
+  repro sizes16k_topk64_s0 sizes --dict-sizes 16384 --archs topk --sparsity 64 --seeds 1 --chunk 2
+  t "massive-token check"
+  timeout "$(left)" python3 scripts/massive_tokens.py --results "$STORE" --records 'sizes__topk__*__d16384__k64__s0' \
+    --device cuda --batches 20 --out "$OUT/massive_tokens.json" 2>&1 | grep -v Warning | tee "$R/logs/massive_tokens.txt"
+  t "done"
+  pack
   ;;
 resb)  # SAEBench again after installing a missing wheel (.whl/, carried): all twelve processes at once
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
