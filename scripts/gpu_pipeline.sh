@@ -175,7 +175,7 @@ massive)  # in the foreground, one call: retrain TopK k 64 at 16384 (seed 0, sta
   # much of their error sits on massive-activation tokens (scripts/massive_tokens.py); ran 2026-11-29 after `next`
   mkdir -p $R/logs && date +%s > $R/t0
   export DEADLINE_S=${2:-420}
-  machine_setup > /dev/null
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee $R/logs/gpu.txt
   repro sizes16k_topk64_s0 sizes --dict-sizes 16384 --archs topk --sparsity 64 --seeds 1 --chunk 2
   t "massive-token check"
   timeout "$(left)" python3 scripts/massive_tokens.py --results "$STORE" --records 'sizes__topk__*__d16384__k64__s0' \
