@@ -34,7 +34,8 @@
 # again (the reparameterization now reads W_dec.T row-major) and trains ReLU L1 0.02 and TopK k 128 at 65536.
 # What ran (commit 1008232): all of it, done at 1178 s (trainings to 385 s, SAEBench 337-841 s, speed 841-935 s,
 # 65536 935-1178 s); results/reproduce_small/ (logs/log_s5_*) and results/speed_h200/ (s5_*). Device time 1,247 s
-# of 1,800 including the 60 s of staging.
+# of 1,800 including the 60 s of staging; then `massive` (below; staged again in 7 parts of 32 MiB without
+# sae_probes or the SAEBench data, 298 s): 1,608 s in all.
 set -uo pipefail
 cmd=${1:?usage: bash scripts/gpu_pipeline.sh start run|next [SECONDS] | wait SECONDS}
 export PYTHONPATH=/tmp/site:$PWD GPU_FILES=/tmp/gpu/files PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
