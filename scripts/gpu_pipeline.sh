@@ -67,6 +67,13 @@ saebench() {  # RECORDS EVALS [LOG NAME]: one SAEBench process for the records m
   t "SAEBench on $1 ended (rc $?)"
 }
 
+saebench_topk64() {  # EXPERIMENT DICT_SIZE EVALS: one background SAEBench process per TopK k 64 dictionary of the
+  # pair (standard and aligned x seeds 0-2); the caller waits for them
+  for a in standard project; do for s in 0 1 2; do
+    saebench "${1}__topk__${a}__d${2}__k64__s$s" "$3" &
+  done; done
+}
+
 machine_setup() {  # the GPU's name and memory into the logs; the labelled SAEBench data unpacked
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee $R/logs/gpu.txt
   mkdir -p /tmp/sbdata && tar -xf "$GPU_FILES/saebench_data.tar" -C /tmp/sbdata
@@ -127,13 +134,9 @@ print('torch', torch.__version__, '| imports ok: sae_bench sparse_probing/autoin
   j3=$!
   # 4. SAEBench, one process per dictionary
   wait $j1
-  for a in standard project; do for s in 0 1 2; do
-    saebench "main__topk__${a}__d4096__k64__s$s" sparse_probing,autointerp &
-  done; done
+  saebench_topk64 main 4096 sparse_probing,autointerp
   wait $j2
-  for a in standard project; do for s in 0 1 2; do
-    saebench "sizes__topk__${a}__d16384__k64__s$s" core,scr,tpp,sparse_probing,autointerp &
-  done; done
+  saebench_topk64 sizes 16384 core,scr,tpp,sparse_probing,autointerp
   wait
   t "pipeline done"; touch $R/done
   ;;
@@ -151,13 +154,9 @@ print('imports ok: xgboost', xgboost.__version__)" || { t "a wheel is missing: s
   #    SCR, TPP and sparse probing are committed); at 16384 all five, autointerp last (an eval that fails stops
   #    its process, and the ones before it are kept)
   wait $j1
-  for a in standard project; do for s in 0 1 2; do
-    saebench "main__topk__${a}__d4096__k64__s$s" autointerp &
-  done; done
+  saebench_topk64 main 4096 autointerp
   wait $j2
-  for a in standard project; do for s in 0 1 2; do
-    saebench "sizes__topk__${a}__d16384__k64__s$s" core,scr,tpp,sparse_probing,autointerp &
-  done; done
+  saebench_topk64 sizes 16384 core,scr,tpp,sparse_probing,autointerp
   wait
   # 3. with the GPU free again and time left: time the row-major reparameterization (issue 6), then second
   #    sparsities at 65536 (Figs. 17-18)
