@@ -197,7 +197,8 @@ def autointerp_chance_levels(result: dict) -> Optional[dict]:
     Raises:
         ValueError: the scoring sizes are not non-negative integers with a positive sum, or a latent's entry is
             malformed (not a dict; ``predictions`` / ``correct seqs`` not lists of integers; active examples outside
-            1..n or repeated) or disagrees with its stored score; the message names the latent.
+            1..n or repeated) or disagrees with its stored score (or that score is not a number); the message names
+            the latent.
     """
     if not isinstance(result, dict):
         raise ValueError(f"an autointerp result must be a JSON object, got {type(result).__name__}")
@@ -224,7 +225,7 @@ def autointerp_chance_levels(result: dict) -> Optional[dict]:
             raise ValueError(f"{where}: 'correct seqs' must list distinct example numbers in 1..{n}, got {act!r}")
         named, k = {i for i in pred if 1 <= i <= n}, len(act)
         score = v.get("score")
-        if score is not None and abs(float(score) - (n - len(named ^ set(act))) / n) > 1e-6:
+        if score is not None and not (finite(score) and abs(score - (n - len(named ^ set(act))) / n) <= 1e-6):
             raise ValueError(f"{where}: stored score {score!r} is not what its predictions and active examples give "
                              f"with n = {n} scoring examples (eval_config): a wrong eval_config or a corrupt file")
         none.append(1 - k / n)
@@ -294,7 +295,7 @@ def load_saebench(results) -> tuple[dict[str, dict[str, float]], int]:
         if d.get("eval_type_id") == "autointerp":
             try:
                 chance = autointerp_chance_levels(d)
-            except (ValueError, TypeError, OverflowError) as e:
+            except ValueError as e:  # autointerp_chance_levels checks every field it reads
                 chance = None
                 skipped.append(f"{p}: no chance levels ({e})")
             found.update({name: chance[key] for name, key in AUTOINTERP_CHANCE.items()} if chance else {})

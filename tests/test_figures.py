@@ -285,7 +285,9 @@ def test_autointerp_chance_levels_are_the_scores_of_answering_none_and_of_guessi
            ({"eval_config": {**cfg, "n_top_ex_for_scoring": True}}, "non-negative integers"),
            ({"eval_config": {}}, "non-negative integers")]
     for latent in ({"predictions": 5, "correct seqs": [1]}, {"predictions": [], "correct seqs": ["1", "2"]},
-                   {"predictions": [], "correct seqs": [1, 1]}, {"predictions": [], "correct seqs": [15]}, [1]):
+                   {"predictions": [], "correct seqs": [1, 1]}, {"predictions": [], "correct seqs": [15]}, [1],
+                   {"predictions": [], "correct seqs": [1], "score": "high"},
+                   {"predictions": [], "correct seqs": [1], "score": [1]}):
         bad.append(({"eval_result_unstructured": {**res["eval_result_unstructured"], "3": latent}}, "latent 3"))
     for change, message in bad:
         with pytest.raises(ValueError, match=message):
