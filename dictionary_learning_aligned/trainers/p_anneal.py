@@ -7,7 +7,8 @@ from typing import Optional, Union
 import torch
 
 from ..dictionary import AutoEncoder
-from .base import DictionaryTrainer
+from ..registry import Architecture, register
+from .base import DictionaryTrainer, make_aligned
 
 
 class PAnnealTrainer(DictionaryTrainer):
@@ -126,3 +127,20 @@ class PAnnealTrainer(DictionaryTrainer):
                 "anneal_start": self.anneal_start, "anneal_end": self.anneal_end, "p_start": self.p_start,
                 "p_end": self.p_end, "n_sparsity_updates": self.n_sparsity_updates,
                 "sparsity_queue_length": self.sparsity_queue_length}
+
+
+AlignedPAnnealTrainer = make_aligned(PAnnealTrainer)
+
+
+def panneal_schedule(steps: int) -> dict:
+    """Schedule settings of a p-anneal run of ``steps`` steps: as ReLU's (lr warmup 5%, sparsity warmup 10%,
+    decay from 80%), with p annealed from 25% of the run to its end."""
+    return {"warmup_steps": max(1, steps // 20), "decay_start": max(2, int(0.8 * steps)) if steps > 10 else None,
+            "sparsity_warmup_steps": max(1, steps // 10), "anneal_start": max(1, steps // 4),
+            "anneal_end": max(2, steps - 2) if steps > 3 else None}
+
+
+PANNEAL = register(Architecture(
+    name="panneal", label="p-anneal", trainer=PAnnealTrainer, aligned_trainer=AlignedPAnnealTrainer,
+    sparsity_param="initial_sparsity_penalty", sparsity_values=(0.02, 0.04, 0.08), default_sparsity=0.04,
+    schedule=panneal_schedule, saebench_kind="relu"))

@@ -7,7 +7,8 @@ from typing import Optional, Union
 import torch
 
 from ..dictionary import AutoEncoder
-from .base import DictionaryTrainer
+from ..registry import Architecture, register
+from .base import DictionaryTrainer, make_aligned
 
 
 class StandardTrainer(DictionaryTrainer):
@@ -119,3 +120,18 @@ class StandardTrainer(DictionaryTrainer):
 
     def _extra_config(self) -> dict:
         return {"l1_penalty": self.l1_penalty}
+
+
+AlignedStandardTrainer = make_aligned(StandardTrainer)
+
+
+def relu_schedule(steps: int) -> dict:
+    """Schedule settings of a ReLU run of ``steps`` steps: lr warmup 5%, sparsity warmup 10%, decay from 80%."""
+    return {"warmup_steps": max(1, steps // 20), "decay_start": max(2, int(0.8 * steps)) if steps > 10 else None,
+            "sparsity_warmup_steps": max(1, steps // 10)}
+
+
+RELU = register(Architecture(
+    name="relu", label="ReLU", trainer=StandardTrainer, aligned_trainer=AlignedStandardTrainer,
+    sparsity_param="l1_penalty", sparsity_values=(0.02, 0.04, 0.08), default_sparsity=0.04,
+    schedule=relu_schedule, saebench_kind="relu"))

@@ -7,7 +7,8 @@ from typing import Optional, Union
 import torch
 
 from ..dictionary import AutoEncoderTopK, BatchTopKSAE
-from .base import DictionaryTrainer
+from ..registry import Architecture, register
+from .base import DictionaryTrainer, make_aligned
 
 
 @torch.no_grad()
@@ -252,3 +253,24 @@ class BatchTopKTrainer(TopKTrainer):
         v = kept.float()
         m = self._global(torch.where(v > 0, v, torch.full_like(v, torch.inf)).min(), "min")
         return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+
+
+AlignedTopKTrainer = make_aligned(TopKTrainer)
+AlignedBatchTopKTrainer = make_aligned(BatchTopKTrainer)
+
+
+def topk_schedule(steps: int) -> dict:
+    """Schedule settings of a TopK/BatchTopK run of ``steps`` steps: lr warmup 5%, decay from 80%, inference
+    threshold learned from 10% of the run."""
+    return {"warmup_steps": max(1, steps // 20), "decay_start": max(2, int(0.8 * steps)) if steps > 10 else None,
+            "threshold_start_step": max(1, steps // 10)}
+
+
+TOPK = register(Architecture(
+    name="topk", label="TopK", trainer=TopKTrainer, aligned_trainer=AlignedTopKTrainer, sparsity_param="k",
+    sparsity_values=(32, 64, 128), default_sparsity=64, schedule=topk_schedule, saebench_kind="topk",
+    fixed_l0=True))
+BATCHTOPK = register(Architecture(
+    name="batchtopk", label="BatchTopK", trainer=BatchTopKTrainer, aligned_trainer=AlignedBatchTopKTrainer,
+    sparsity_param="k", sparsity_values=(32, 64, 128), default_sparsity=64, schedule=topk_schedule,
+    saebench_kind="batchtopk", fixed_l0=True))

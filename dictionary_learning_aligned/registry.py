@@ -1,0 +1,167 @@
+"""One registry of architectures.
+
+Each architecture is declared once, in its own trainer file, as an :class:`Architecture` and registered by name
+with :func:`register`. Everything that needs to know the architectures (demo, train, reproduce, the experiments,
+the speed benchmark, the SAEBench adapter, the figures) reads this registry instead of keeping its own table, and
+the stacked sweep engine (:mod:`.stacked`) reads the architecture's ``stack_rule``.
+
+Adding an architecture is one file that defines its dictionary, its trainer and an ``Architecture(...)`` passed
+to :func:`register`, plus one import line in :mod:`.trainers` (so that the built-ins register on import). A
+user's architecture registers the same way from their own module (``module:Class`` names on the command line
+import it).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+_REGISTRY: dict[str, "Architecture"] = {}
+
+
+def _no_schedule(steps: int) -> dict:
+    return {}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the library needs to know about one architecture.
+
+    Attributes:
+        name: registry key and the ``arch`` of records (``"relu"``, ``"topk"``...).
+        label: name shown in figures and tables (``"ReLU"``).
+        trainer: the standard trainer class (a :class:`~.trainers.base.SAETrainer`).
+        aligned_trainer: the aligned trainer class (None: the architecture has no aligned twin).
+        sparsity_param: the trainer argument that sets sparsity (``"l1_penalty"``, ``"k"``...).
+        sparsity_values: the sweep's default values of ``sparsity_param`` (low to high sparsity or as the paper).
+        default_sparsity: the single value used by the demo and one-off runs.
+        schedule: ``steps -> {trainer kwarg: value}``, the schedule settings scaled to a run of ``steps`` steps
+            (warmups, decay start, threshold start, annealing...), used by demo, train and reproduce.
+        saebench_kind: how SAEBench treats its dictionaries (``"relu"``, ``"topk"``, ``"batchtopk"``...).
+        stack_rule: the :class:`~.stacked.StackRule` subclass that trains many of its dictionaries as one
+            batched model (None: trained one trainer at a time).
+        in_paper: False for extensions that arXiv 2605.18629 does not evaluate (figures and tables say so).
+        fixed_l0: whether ``sparsity_param`` fixes L0 (TopK-style), so comparisons are at equal L0.
+    """
+
+    name: str
+    label: str
+    trainer: type
+    aligned_trainer: Optional[type]
+    sparsity_param: str
+    sparsity_values: tuple
+    default_sparsity: float
+    schedule: Callable[[int], dict] = _no_schedule
+    saebench_kind: str = "relu"
+    stack_rule: Optional[type] = None
+    in_paper: bool = True
+    fixed_l0: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def trainer_for(self, alignment: Optional[str]) -> type:
+        """The trainer class for an alignment mode (None: standard).
+
+        Raises:
+            ValueError: an aligned mode for an architecture without an aligned trainer.
+        """
+        if alignment is None:
+            return self.trainer
+        if self.aligned_trainer is None:
+            raise ValueError(f"architecture {self.name!r} has no aligned trainer")
+        return self.aligned_trainer
+
+    @property
+    def dict_class(self) -> type:
+        """The dictionary class its trainers build."""
+        return self.trainer.dict_class
+
+
+def register(arch: Architecture) -> Architecture:
+    """Add ``arch`` to the registry (returns it, so a module can keep a name for it).
+
+    Raises:
+        ValueError: another architecture already has this name (with different trainers).
+    """
+    if not isinstance(arch, Architecture):
+        raise TypeError(f"register() takes an Architecture, got {type(arch).__name__}")
+    old = _REGISTRY.get(arch.name)
+    if old is not None and (old.trainer, old.aligned_trainer) != (arch.trainer, arch.aligned_trainer):
+        raise ValueError(f"architecture {arch.name!r} is already registered with trainer {old.trainer.__name__}")
+    _REGISTRY[arch.name] = arch
+    return arch
+
+
+def _load_builtins() -> None:
+    importlib.import_module("dictionary_learning_aligned.trainers")
+
+
+def get(name: str) -> Architecture:
+    """The architecture registered under ``name``.
+
+    Raises:
+        ValueError: unknown name (the message lists the known ones).
+    """
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown architecture {name!r}; known: {names()}")
+    return _REGISTRY[name]
+
+
+def names(in_paper_only: bool = False) -> list[str]:
+    """Registered architecture names, in registration order (built-ins first)."""
+    _load_builtins()
+    return [n for n, a in _REGISTRY.items() if a.in_paper or not in_paper_only]
+
+
+def architectures() -> list[Architecture]:
+    """Every registered :class:`Architecture`, in registration order."""
+    _load_builtins()
+    return list(_REGISTRY.values())
+
+
+def for_trainer(cls_or_name) -> Optional[Architecture]:
+    """The architecture whose standard or aligned trainer is ``cls_or_name`` (a class or its name), or whose
+    trainer is a base class of it; None when no registered architecture matches."""
+    _load_builtins()
+    for arch in _REGISTRY.values():
+        for t in (arch.trainer, arch.aligned_trainer):
+            if t is None:
+                continue
+            if isinstance(cls_or_name, str) and t.__name__ == cls_or_name:
+                return arch
+            if isinstance(cls_or_name, type) and t is cls_or_name:
+                return arch
+    if isinstance(cls_or_name, type):
+        for arch in _REGISTRY.values():
+            if issubclass(cls_or_name, arch.trainer):
+                return arch
+    return None
+
+
+def trainer_classes() -> dict[str, type]:
+    """``{class name: class}`` of every registered trainer (standard and aligned)."""
+    out = {}
+    for arch in architectures():
+        for t in (arch.trainer, arch.aligned_trainer):
+            if t is not None:
+                out[t.__name__] = t
+    return out
+
+
+def import_object(spec: str):
+    """Import ``"package.module:Name"`` (a user's trainer or dictionary class) and return the object.
+
+    Raises:
+        ValueError: not of the form ``module:Name``, the module cannot be imported, or it has no such name.
+    """
+    if not isinstance(spec, str) or spec.count(":") != 1:
+        raise ValueError(f"expected 'module:Name', got {spec!r}")
+    mod_name, attr = spec.split(":")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ValueError(f"cannot import module {mod_name!r} for {spec!r}: {e}") from None
+    if not hasattr(mod, attr):
+        raise ValueError(f"module {mod_name!r} has no attribute {attr!r}")
+    return getattr(mod, attr)
