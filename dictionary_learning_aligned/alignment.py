@@ -72,11 +72,14 @@ def project_encoder(V: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
     :func:`project_encoder_reference`, with fewer passes over the ``[dict_size, activation_dim]`` tensors).
 
     Args:
-        V: free encoder parameter, ``[dict_size, activation_dim]``.
-        W_dec: decoder, ``[activation_dim, dict_size]`` (columns ``d_i``, need not be unit norm).
+        V: free encoder parameter, ``[dict_size, activation_dim]``, or ``[n, dict_size, activation_dim]`` for a
+            stack of ``n`` dictionaries (:mod:`.stacked`).
+        W_dec: decoder, ``[activation_dim, dict_size]`` (or ``[n, activation_dim, dict_size]``; columns ``d_i``,
+            need not be unit norm).
 
     Returns:
-        ``W_enc [dict_size, activation_dim]`` with ``<e_i, d_i> = 1`` up to float rounding.
+        ``W_enc [dict_size, activation_dim]`` (``[n, dict_size, activation_dim]``) with ``<e_i, d_i> = 1`` up to
+        float rounding.
     """
     return ProjectEncoder.apply(V, W_dec)
 
@@ -84,17 +87,17 @@ def project_encoder(V: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
 def project_encoder_reference(V: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
     """:func:`project_encoder` written with plain tensor operations (autograd derives the backward); the
     reference the fused version is tested against. Same arguments and result."""
-    D = W_dec.T  # [dict_size, activation_dim]
+    D = W_dec.mT  # [dict_size, activation_dim]
     dots = (V * D).sum(-1, keepdim=True)
     return V + (1.0 - dots) * D / (D * D).sum(-1, keepdim=True)
 
 
 class ProjectEncoder(torch.autograd.Function):
-    """``E = V + c D`` with ``c_i = (1 - <v_i, d_i>) / ||d_i||^2`` (``D = W_dec.T``), and its hand-derived
+    """``E = V + c D`` with ``c_i = (1 - <v_i, d_i>) / ||d_i||^2`` (``D = W_dec.mT``), and its hand-derived
     backward: with ``G = dL/dE``, ``g_i = <G_i, d_i>`` and ``s_i = g_i / ||d_i||^2``,
     ``dL/dV = G - s D`` and ``dL/dD = c G - s V - 2 c s D``. Saves only the inputs and two ``[dict_size]``
     vectors (autograd of the plain formula keeps several ``[dict_size, activation_dim]`` temporaries). Forward and
-    backward each make one row-major copy of ``W_dec.T``, so that the row-wise products and reductions read one
+    backward each make one row-major copy of ``W_dec.mT``, so that the row-wise products and reductions read one
     memory layout (with the transposed view they mixed two: strided reads). Twice differentiable: under
     ``create_graph=True`` the backward is recomputed with plain tensor operations."""
 
@@ -106,10 +109,10 @@ class ProjectEncoder(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, V: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
-        D = W_dec.T.contiguous()
+        D = W_dec.mT.contiguous()
         c, nn_ = ProjectEncoder._coefficients(V, D)
         ctx.save_for_backward(V, W_dec, c, nn_)
-        return torch.addcmul(V, c[:, None], D)
+        return torch.addcmul(V, c[..., None], D)
 
     @staticmethod
     def backward(ctx, G: torch.Tensor):
@@ -117,19 +120,19 @@ class ProjectEncoder(torch.autograd.Function):
         if torch.is_grad_enabled():
             # create_graph=True (double backward, e.g. a gradient penalty): the same formulas from the inputs, so
             # that autograd records them (c and nn_ were saved without a graph)
-            D = W_dec.T
+            D = W_dec.mT
             c, nn_ = ProjectEncoder._coefficients(V, D)
             s = (G * D).sum(-1) / nn_
-            gV = G - s[:, None] * D if ctx.needs_input_grad[0] else None
-            gD = (c[:, None] * G - s[:, None] * V - (2 * c * s)[:, None] * D).T if ctx.needs_input_grad[1] else None
+            gV = G - s[..., None] * D if ctx.needs_input_grad[0] else None
+            gD = (c[..., None] * G - s[..., None] * V - (2 * c * s)[..., None] * D).mT if ctx.needs_input_grad[1] else None
             return gV, gD
-        D, G = W_dec.T.contiguous(), G.contiguous()
+        D, G = W_dec.mT.contiguous(), G.contiguous()
         s = (G * D).sum(-1) / nn_
-        gV = torch.addcmul(G, s[:, None], D, value=-1.0) if ctx.needs_input_grad[0] else None
+        gV = torch.addcmul(G, s[..., None], D, value=-1.0) if ctx.needs_input_grad[0] else None
         gD = None
         if ctx.needs_input_grad[1]:
-            gD = torch.addcmul(torch.addcmul(c[:, None] * G, s[:, None], V, value=-1.0), (2 * c * s)[:, None], D,
-                               value=-1.0).T
+            gD = torch.addcmul(torch.addcmul(c[..., None] * G, s[..., None], V, value=-1.0), (2 * c * s)[..., None], D,
+                               value=-1.0).mT
         return gV, gD
 
 
@@ -140,14 +143,14 @@ def rescale_encoder(V: torch.Tensor, W_dec: torch.Tensor, eps: float = RESCALE_E
     ``<v_i, d_i>`` (``+eps`` at exactly 0), so the result stays finite; for those features ``a_i != 1``.
 
     Args:
-        V: ``[dict_size, activation_dim]``.
-        W_dec: ``[activation_dim, dict_size]``.
+        V: ``[dict_size, activation_dim]`` (or ``[n, dict_size, activation_dim]``, a stack).
+        W_dec: ``[activation_dim, dict_size]`` (or ``[n, activation_dim, dict_size]``).
         eps: smallest magnitude allowed for the denominator.
 
     Returns:
         ``W_enc [dict_size, activation_dim]``.
     """
-    dots = (V * W_dec.T).sum(-1, keepdim=True)
+    dots = (V * W_dec.mT).sum(-1, keepdim=True)
     sign = torch.where(dots < 0, -1.0, 1.0).to(dots.dtype)
     return V / (sign * dots.abs().clamp_min(eps))
 
@@ -169,7 +172,7 @@ def effective_encoder(alignment: Optional[str], V: Optional[torch.Tensor], W_dec
     if alignment == "rescale":
         return rescale_encoder(V, W_dec)
     if alignment == "tied":
-        return W_dec.T
+        return W_dec.mT
     return V
 
 
@@ -214,13 +217,14 @@ def alignment_penalty(W_enc: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
     """Soft-constraint ablation term ``sum_i (a_i - 1)^2`` (multiply by ``lambda`` in the loss).
 
     Args:
-        W_enc: ``[dict_size, activation_dim]``; W_dec: ``[activation_dim, dict_size]``.
+        W_enc: ``[dict_size, activation_dim]``; W_dec: ``[activation_dim, dict_size]`` (or both with a leading stack
+            dimension ``n``).
 
     Returns:
-        scalar tensor, differentiable in both weights.
+        scalar tensor (``[n]`` for a stack), differentiable in both weights.
     """
-    a = (W_enc * W_dec.T).sum(-1)
-    return ((a - 1.0) ** 2).sum()
+    a = (W_enc * W_dec.mT).sum(-1)
+    return ((a - 1.0) ** 2).sum(-1)
 
 
 #: histogram used by :func:`summarize_scores`: 41 bins of width 0.05 centred on -0.5, -0.45, ..., 1.5 (so 1.0 is a
