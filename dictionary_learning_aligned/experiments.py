@@ -2,7 +2,8 @@
 a concrete grid at a scale:
 
 * ``smoke``: CPU in minutes, offline model, tiny dictionaries (checks the pipeline, not the science);
-* ``small``: one GPU, the offline default SmolLM2-135M-Instruct (layer 12) on local text, 20M tokens;
+* ``small``: one GPU, the offline default SmolLM2-135M-Instruct (layer 12) on local text, 20M tokens; the
+  ``gemma`` experiment uses the offline Gemma-3-270M (layer 8) instead, a second model family (smoke too);
 * ``paper``: the paper's models (Pythia-160M layer 8, Gemma-2-2B layer 12) on the Pile, 500M tokens (needs the
   hub); token budget and widths as the SAEBench baseline suite (dictionary_learning_demo).
 
@@ -19,6 +20,11 @@ OFFLINE_MODEL = "smollm2-135m-instruct"
 OFFLINE_LAYER = 12
 ARCH_SPARSITY = {"relu": "l1_penalty", "topk": "k", "batchtopk": "k", "panneal": "initial_sparsity_penalty"}
 SCALES = ("smoke", "small", "paper")
+#: Gemma-3-270M's layer at the paper's relative depth for Gemma-2-2B: layer 12 of 26 blocks is at 12/26 = 0.46
+#: of the depth; 0.46 * 18 blocks = 8.3, so layer 8 (8/18 = 0.44; layer 9 would be 0.50)
+GEMMA3_LAYER = 8
+GEMMA3_LAYER_NOTE = ("layer 8 of Gemma-3-270M's 18 blocks: the paper's relative depth (Gemma-2-2B layer 12 of 26 = "
+                     "0.46 of the depth; 0.46 x 18 = 8.3, rounded to 8)")
 
 
 @dataclass(frozen=True)
@@ -50,12 +56,17 @@ class Experiment:
         "panneal": (0.02, 0.04, 0.08)})
     seeds: int = 3
     tokens: dict = field(default_factory=lambda: {"smoke": 24_576, "small": 20_000_000, "paper": 500_000_000})
+    offline_model: str = OFFLINE_MODEL
+    offline_layer: int = OFFLINE_LAYER
+    layer_note: str = ""
+    """why ``offline_layer`` was chosen, when it is not the default"""
 
 
 EXPERIMENTS = {e.name: e for e in [
     Experiment("main", figures=(2, 3, 4, 5, 6, 7, 8, 10, 11, 13)),
-    Experiment("gemma", figures=(10,), paper_model="google/gemma-2-2b", paper_layer=12, seeds=1,
-               sparsity={"relu": (0.04,), "topk": (64,), "batchtopk": (64,), "panneal": (0.04,)}),
+    Experiment("gemma", figures=(10,), paper_model="google/gemma-2-2b", paper_layer=12,
+               sparsity={"relu": (0.04,), "topk": (64,), "batchtopk": (64,), "panneal": (0.04,)},
+               offline_model="gemma-3-270m", offline_layer=GEMMA3_LAYER, layer_note=GEMMA3_LAYER_NOTE),
     Experiment("tying", figures=(14,), archs=("relu", "topk"), alignments=(None, "project", "tied")),
     Experiment("sizes", figures=(15, 16, 17, 18), dict_sizes=(16384, 65536)),
     Experiment("long", figures=(19, 20), archs=("topk",), sparsity={"topk": (64,)}, seeds=1,
@@ -112,14 +123,17 @@ def resolve(name: str, scale: str, corpus: Optional[str] = None) -> Plan:
     if scale == "paper":
         model, layer, corpus_used, note = exp.paper_model, exp.paper_layer, exp.paper_corpus, ""
     else:
-        model, layer, corpus_used = OFFLINE_MODEL, OFFLINE_LAYER, corpus
-        note = (f"offline substitute: SmolLM2-135M-Instruct layer {OFFLINE_LAYER} on "
+        model, layer, corpus_used = exp.offline_model, exp.offline_layer, corpus
+        note = (f"offline substitute: {_OFFLINE_TITLES.get(model, model)} layer {layer} on "
                 f"{corpus or 'the bundled Wikipedia + Gutenberg corpus'} instead of {exp.paper_model} layer "
-                f"{exp.paper_layer} on {exp.paper_corpus}")
+                f"{exp.paper_layer} on {exp.paper_corpus}" + (f"; {exp.layer_note}" if exp.layer_note else ""))
     runs = tuple(Run(exp.name, arch, al, d, ARCH_SPARSITY[arch], v, seed)
                  for d in exp.dict_sizes for arch in exp.archs for v in exp.sparsity[arch]
                  for al in exp.alignments for seed in range(exp.seeds))
     return Plan(exp, scale, model, layer, corpus_used, exp.tokens[scale], note, runs)
+
+
+_OFFLINE_TITLES = {OFFLINE_MODEL: "SmolLM2-135M-Instruct", "gemma-3-270m": "Gemma-3-270M"}
 
 
 def _smoke_values(arch: str, values: tuple) -> tuple:

@@ -20,7 +20,7 @@ def test_every_paper_experiment_resolves_at_every_scale():
             if scale == "paper":
                 assert plan.model == exp.paper_model and plan.offline_note == ""
             else:
-                assert plan.model == "smollm2-135m-instruct" and "offline substitute" in plan.offline_note
+                assert plan.model == exp.offline_model and "offline substitute" in plan.offline_note
     assert figs >= {2, 3, 4, 5, 6, 7, 8, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20}
     main_small = resolve("main", "small")
     assert main_small.tokens >= 20_000_000 and {r.seed for r in main_small.runs} == {0, 1, 2}
