@@ -13,8 +13,6 @@ parameter is ``W_enc`` itself. ``dictionary.W_enc`` always returns the encoder t
 
 from __future__ import annotations
 
-import json
-import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Optional
@@ -23,25 +21,10 @@ import torch
 import torch.nn as nn
 
 from . import alignment as al
-from .dtypes import as_dtype, check_device
-from .io import atomic_path
-
-FORMAT_NAME = "dictionary_learning_aligned"
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "ae.safetensors"
-LEGACY_WEIGHTS_FILE = "ae.pt"
-
-_DICT_CLASSES: dict[str, type] = {}
-
-
-def register_dictionary(cls):
-    """Class decorator: make a dictionary class loadable by name in :meth:`Dictionary.from_pretrained`."""
-    _DICT_CLASSES[cls.__name__] = cls
-    return cls
-
-
-class CheckpointError(ValueError):
-    """A file or folder is not a readable dictionary checkpoint (missing, corrupt, foreign or mismatched)."""
+from . import checkpoints as _ckpt
+# checkpoint names kept importable from here (they live in .checkpoints)
+from .checkpoints import (FORMAT_NAME, FORMAT_VERSION, LEGACY_WEIGHTS_FILE, WEIGHTS_FILE,  # noqa: F401
+                          CheckpointError, register_dictionary)
 
 
 class Dictionary(nn.Module, ABC):
@@ -181,7 +164,7 @@ class Dictionary(nn.Module, ABC):
         return {"activation_dim": self.activation_dim, "dict_size": self.dict_size, "alignment": self.alignment}
 
     def save(self, path, config: Optional[dict] = None) -> Path:
-        """Write the weights as safetensors, atomically (a crash never leaves a half-written file).
+        """Write the weights as safetensors, atomically (see :func:`.checkpoints.save_dictionary`).
 
         Args:
             path: a folder (``ae.safetensors`` is written inside, with ``config.json`` when ``config`` is
@@ -191,36 +174,17 @@ class Dictionary(nn.Module, ABC):
         Returns:
             the path of the weights file.
         """
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        if path.suffix != ".safetensors":
-            path.mkdir(parents=True, exist_ok=True)
-            path = path / WEIGHTS_FILE
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "format": FORMAT_NAME,
-            "format_version": str(FORMAT_VERSION),
-            "dict_class": type(self).__name__,
-            "dictionary_config": json.dumps(self.dictionary_config()),
-        }
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
-        if config is not None:
-            with atomic_path(path.parent / "config.json") as tmp:
-                tmp.write_text(json.dumps(config, indent=2))
-        return path
+        return _ckpt.save_dictionary(self, path, config)
 
     @classmethod
     def from_pretrained(cls, path, device=None, dtype=None) -> "Dictionary":
-        """Load a dictionary saved by :meth:`save` (or by ``trainSAE``), without unpickling anything.
+        """Load a dictionary without unpickling anything (see :func:`.checkpoints.load_dictionary`).
 
         Args:
-            path: a run folder (``trainer_i``) or a weights file. ``ae.safetensors`` is preferred; a legacy
-                ``ae.pt`` (a plain state dict, e.g. from dictionary_learning) is read only with
-                ``torch.load(weights_only=True)`` and needs ``config.json`` beside it.
+            path: a run folder (``trainer_i``) or a weights file of this library; a dictionary_learning folder
+                (``ae.pt`` + ``config.json``: AutoEncoder, AutoEncoderTopK, BatchTopKSAE); or a SAELens folder
+                (``cfg.json`` + ``sae_weights.safetensors``: standard, topk, and jumprelu as exported from a
+                BatchTopK dictionary). ``.pt`` files are read only with ``torch.load(weights_only=True)``.
             device: where to put the weights.
             dtype: dtype of the weights (default: as stored).
 
@@ -229,118 +193,10 @@ class Dictionary(nn.Module, ABC):
 
         Raises:
             CheckpointError: missing file, corrupt or truncated file, a file that is not a dictionary
-                checkpoint of this library, pickled code in a legacy file, or tensors whose shapes do not
-                match the recorded configuration.
+                checkpoint, pickled code in a ``.pt`` file, a format this library cannot represent (named),
+                tensors whose shapes do not match the recorded configuration, or NaN/inf weights (named).
         """
-        weights = _resolve_weights_path(path)
-        if weights.suffix == ".pt":
-            name, kwargs, state = _read_legacy(weights)
-        else:
-            name, kwargs, state = _read_safetensors(weights)
-        if name not in _DICT_CLASSES:
-            raise CheckpointError(f"{weights}: unknown dictionary class {name!r}; known: {sorted(_DICT_CLASSES)}")
-        klass = _DICT_CLASSES[name]
-        if not issubclass(klass, cls):
-            raise CheckpointError(f"{weights} holds a {name}, not a {cls.__name__}")
-        try:
-            with torch.device("meta"):  # shapes only: nothing is allocated before the tensors are checked
-                ae = klass(**kwargs)
-        except (TypeError, ValueError) as e:
-            raise CheckpointError(f"{weights}: invalid dictionary configuration {kwargs}: {e}") from e
-        expected = ae.state_dict()
-        if set(state) != set(expected):
-            raise CheckpointError(
-                f"{weights}: tensors {sorted(state)} do not match a {name} with {kwargs} "
-                f"(expected {sorted(expected)})"
-            )
-        for k, v in state.items():
-            if v.shape != expected[k].shape:
-                raise CheckpointError(
-                    f"{weights}: tensor {k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)} "
-                    f"for activation_dim={ae.activation_dim}, dict_size={ae.dict_size}"
-                )
-        ae.load_state_dict(state, assign=True)
-        if dtype is not None:
-            ae = ae.to(dtype=as_dtype(dtype))
-        if device is not None:
-            ae = ae.to(check_device(device))
-        return ae.eval()
-
-
-def _resolve_weights_path(path) -> Path:
-    p = Path(path)
-    if p.is_dir():
-        for name in (WEIGHTS_FILE, LEGACY_WEIGHTS_FILE):
-            if (p / name).is_file():
-                return p / name
-        raise CheckpointError(f"{p} holds no {WEIGHTS_FILE} (or legacy {LEGACY_WEIGHTS_FILE})")
-    if not p.is_file():
-        raise CheckpointError(f"no checkpoint at {p}: the file does not exist")
-    return p
-
-
-def _read_safetensors(weights: Path):
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises several error types for corrupt/truncated headers
-        raise CheckpointError(f"{weights} is not a readable safetensors file ({type(e).__name__}: {e})") from e
-    if meta.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"{weights} is not a {FORMAT_NAME} checkpoint (metadata: {meta or 'none'})")
-    try:
-        version = int(meta.get("format_version", -1))
-    except ValueError:
-        raise CheckpointError(f"{weights}: invalid format_version {meta.get('format_version')!r}") from None
-    if version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{weights} was written by a newer format version {meta['format_version']} (this library reads "
-            f"<= {FORMAT_VERSION}); upgrade dictionary_learning_aligned"
-        )
-    try:
-        kwargs = json.loads(meta["dictionary_config"])
-    except (KeyError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{weights}: missing or invalid dictionary_config metadata") from e
-    return meta.get("dict_class", ""), kwargs, state
-
-
-# dictionary_learning's AutoEncoder state-dict names -> ours (encoder.weight [F,D], decoder.weight [D,F])
-_DL_KEYS = {"encoder.weight": "W_enc", "encoder.bias": "b_enc", "decoder.weight": "W_dec", "bias": "b_dec"}
-
-
-def _read_legacy(weights: Path):
-    import pickle
-
-    try:
-        obj = torch.load(str(weights), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "invalid load key" in str(e):
-            raise CheckpointError(f"{weights} is not a torch checkpoint ({e})") from e
-        raise CheckpointError(
-            f"{weights} contains pickled objects other than tensors; refusing to load it (only plain state "
-            f"dicts are read, with torch.load(weights_only=True)): {e}"
-        ) from e
-    except Exception as e:
-        raise CheckpointError(f"{weights} is not a readable torch file ({type(e).__name__}: {e})") from e
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{weights} does not hold a state dict of tensors")
-    cfg_path = weights.parent / "config.json"
-    if not cfg_path.is_file():
-        raise CheckpointError(f"{weights}: a legacy .pt checkpoint needs config.json beside it")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-        tcfg = cfg.get("trainer", cfg)
-        kwargs = {"activation_dim": int(tcfg["activation_dim"]), "dict_size": int(tcfg["dict_size"])}
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{cfg_path}: cannot read activation_dim and dict_size ({e})") from e
-    if "alignment" in tcfg:
-        kwargs["alignment"] = tcfg["alignment"]
-    name = tcfg.get("dict_class", "AutoEncoder")
-    if set(obj) == set(_DL_KEYS):  # a dictionary_learning AutoEncoder
-        obj = {_DL_KEYS[k]: v for k, v in obj.items()}
-    return name, kwargs, obj
+        return _ckpt.load_dictionary(cls, path, device, dtype)
 
 
 @register_dictionary
@@ -508,11 +364,19 @@ class BatchTopKSAE(_SparseCodeDictionary):
             use_threshold: keep activations above the learned threshold (inference, the default). If no
                 threshold has been learned yet (``threshold < 0``), the batch top-k is used instead.
             k: override of the ``k`` buffer for the batch top-k (a Python int: no device read).
+
+        Rows never interact once a threshold is learned. Without one (inference falls back to the batch top-k),
+        a row holding NaN/inf is refused, as it would change the other rows' features.
+
+        Raises:
+            ValueError: ``use_threshold`` without a learned threshold and a non-finite input row.
         """
         pre = self.post_relu(x)
         if use_threshold and self.threshold >= 0:
             f = pre * (pre > self.threshold)
         else:
+            if use_threshold:
+                _refuse_nonfinite_rows(pre)
             flat = pre.reshape(-1, self.dict_size)
             n = min((int(self.k) if k is None else k) * flat.shape[0], flat.numel())
             top = flat.flatten().topk(n, sorted=False)
@@ -520,3 +384,17 @@ class BatchTopKSAE(_SparseCodeDictionary):
         if return_active:
             return f, (f.reshape(-1, self.dict_size) > 0).any(0), pre
         return f
+
+
+def _refuse_nonfinite_rows(pre: torch.Tensor) -> None:
+    """Inference without a learned threshold selects across the whole batch, so one row holding NaN/inf would
+    change the features of every other row: refuse it instead (training finds such rows through its loss check).
+
+    Raises:
+        ValueError: naming the first offending rows of ``pre [..., dict_size]``.
+    """
+    bad = ~torch.isfinite(pre.reshape(-1, pre.shape[-1])).all(-1)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten()[:5].tolist()
+        raise ValueError(f"BatchTopKSAE.encode: input rows {rows} (flattened) hold NaN or infinite values; without "
+                         f"a learned threshold the batch top-k would let them change the features of the other rows")

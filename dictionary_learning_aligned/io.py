@@ -6,7 +6,6 @@ import contextlib
 import gzip
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -45,8 +44,12 @@ def write_json(path, obj) -> Path:
     return path
 
 
-#: files or folders whose presence marks a folder as the output of an earlier run of this library
-RUN_MARKERS = ("results.json", "config.json", "ae.safetensors", "dictionaries", "trainer_0")
+#: the file this library writes into every output folder it creates; only a folder holding it may be replaced
+MARKER_FILE = ".dictionary_learning_aligned"
+#: names of the files this library writes into its output folders (``fnmatch`` patterns); replacing a folder
+#: deletes only these (and then the folders left empty), never another file a user put there
+OUTPUT_PATTERNS = ("*.json", "*.json.gz", "*.safetensors", "*.pt", "*.md", "*.pdf", "*.png", "*.jsonl", "*.log",
+                   ".*.tmp", ".write_test", MARKER_FILE)
 
 
 def read_json(path):
@@ -65,8 +68,9 @@ def check_output_dir(path, overwrite: bool = False) -> Path:
     """Check, without changing anything, that ``path`` can receive a new run's outputs.
 
     Rules: a missing or empty folder is fine. A non-empty folder is refused unless ``overwrite`` is set, and even
-    then only if it looks like an earlier run (it holds one of :data:`RUN_MARKERS`) and is not the current
-    folder, one of its parents, the home folder or ``/`` -- so ``--overwrite`` can never wipe unrelated files.
+    then only if this library created it (it holds :data:`MARKER_FILE`, written by :func:`prepare_output_dir`) and
+    it is not the current folder, one of its parents, the home folder or ``/``. A folder that merely looks like
+    a run (a ``config.json``, a model folder, a dictionary_learning run) is never replaced.
 
     Returns:
         the absolute path.
@@ -87,28 +91,67 @@ def check_output_dir(path, overwrite: bool = False) -> Path:
         if parent.exists() and not parent.is_dir():
             raise NotADirectoryError(f"output path {p}: {parent} is a file")
     if ap.is_dir() and any(ap.iterdir()):
-        if not overwrite:
-            raise FileExistsError(
-                f"output folder {p} already exists and is not empty; choose another folder or pass "
-                f"overwrite=True (--overwrite) to replace an earlier run")
-        protected = {Path.cwd().resolve(), *Path.cwd().resolve().parents, Path.home().resolve(), Path("/")}
-        if ap in protected:
-            raise ValueError(f"refusing to overwrite {ap}: it is the current folder, one of its parents, the home "
-                             f"folder or /")
-        if p.is_symlink():
-            raise ValueError(f"refusing to overwrite {p}: it is a symbolic link to {ap}")
-        if not any((ap / m).exists() for m in RUN_MARKERS):
-            raise ValueError(f"refusing to overwrite {ap}: it does not look like an output folder of this library "
-                             f"(none of {', '.join(RUN_MARKERS)} inside)")
+        _check_replaceable(p, ap, overwrite)
     existing = next((q for q in (ap, *ap.parents) if q.exists()), Path("/"))
     if not os.access(existing, os.W_OK):
         raise PermissionError(f"cannot write output folder {p}: {existing} is not writable")
     return ap
 
 
+def _check_replaceable(p: Path, ap: Path, overwrite: bool) -> None:
+    if not overwrite:
+        raise FileExistsError(
+            f"output folder {p} already exists and is not empty; choose another folder or pass "
+            f"overwrite=True (--overwrite) to replace an earlier run")
+    protected = {Path.cwd().resolve(), *Path.cwd().resolve().parents, Path.home().resolve(), Path("/")}
+    if ap in protected:
+        raise ValueError(f"refusing to overwrite {ap}: it is the current folder, one of its parents, the home "
+                         f"folder or /")
+    if p.is_symlink():
+        raise ValueError(f"refusing to overwrite {p}: it is a symbolic link to {ap}")
+    if not (ap / MARKER_FILE).is_file():
+        raise ValueError(f"refusing to overwrite {ap}: this library did not create it (no {MARKER_FILE} marker "
+                         f"file inside); choose another folder, or empty it yourself")
+
+
+def _delete_library_outputs(folder: Path) -> list[Path]:
+    """Delete the files of ``folder`` (recursively) whose names match :data:`OUTPUT_PATTERNS`, then the folders
+    left empty; returns the files kept (written by someone else). Symbolic links are removed, never followed."""
+    import fnmatch
+
+    kept = []
+    for root, dirs, files in os.walk(folder, topdown=False):
+        root = Path(root)
+        for name in files:
+            f = root / name
+            if any(fnmatch.fnmatch(name, pat) for pat in OUTPUT_PATTERNS) or f.is_symlink():
+                f.unlink()
+            else:
+                kept.append(f)
+        for name in dirs:
+            d = root / name
+            if d.is_symlink():
+                d.unlink()
+            elif not any(d.iterdir()):
+                d.rmdir()
+    return kept
+
+
+def mark_output_dir(folder) -> Path:
+    """Write :data:`MARKER_FILE` into ``folder`` (which must exist): it was created by this library, so a later
+    ``overwrite`` may replace the files this library writes there."""
+    marker = Path(folder) / MARKER_FILE
+    marker.write_text(json.dumps({"library": "dictionary_learning_aligned",
+                                  "note": "written by dictionary_learning_aligned: --overwrite may replace the "
+                                          "files this library wrote in this folder"}) + "\n")
+    return marker
+
+
 def prepare_output_dir(path, overwrite: bool = False) -> Path:
-    """Create an output folder for a new run, after :func:`check_output_dir`; with ``overwrite`` an earlier
-    run's folder is deleted first. Call it only once the run's inputs have been validated.
+    """Create an output folder for a new run, after :func:`check_output_dir`, and mark it as this library's
+    (:data:`MARKER_FILE`). With ``overwrite``, an earlier run's folder (one holding the marker) is emptied of the
+    files this library writes (:data:`OUTPUT_PATTERNS`) first; any other file in it is kept and named in a
+    warning. Call it only once the run's inputs have been validated.
 
     Raises:
         everything :func:`check_output_dir` raises, and PermissionError for a folder that cannot be created or
@@ -117,11 +160,17 @@ def prepare_output_dir(path, overwrite: bool = False) -> Path:
     ap = check_output_dir(path, overwrite)
     try:
         if ap.is_dir() and any(ap.iterdir()):
-            shutil.rmtree(ap)
+            kept = _delete_library_outputs(ap)
+            if kept:
+                import warnings
+
+                warnings.warn(f"{ap}: kept {len(kept)} file(s) this library did not write: "
+                              f"{', '.join(str(k.relative_to(ap)) for k in kept[:5])}")
         ap.mkdir(parents=True, exist_ok=True)
         probe = ap / ".write_test"
         probe.write_text("")
         probe.unlink()
+        mark_output_dir(ap)
     except OSError as e:
         raise PermissionError(f"cannot create or write output folder {path}: {e.strerror or e}") from e
     return ap

@@ -33,13 +33,12 @@ def test_overwrite_never_wipes_current_or_unrelated_folders(tmp_path, monkeypatc
     unrelated = tmp_path / "photos"
     unrelated.mkdir()
     (unrelated / "a.jpg").write_text("x")
-    with pytest.raises(ValueError, match="does not look like an output folder"):
+    with pytest.raises(ValueError, match="this library did not create it"):
         prepare_output_dir(unrelated, overwrite=True)
     assert (work / "notes.txt").read_text() == "mine" and (unrelated / "a.jpg").exists()
-    old_run = tmp_path / "old_run"
-    old_run.mkdir()
+    old_run = prepare_output_dir(tmp_path / "old_run")
     (old_run / "results.json").write_text("{}")
-    assert not any(prepare_output_dir(old_run, overwrite=True).iterdir())
+    assert [p.name for p in prepare_output_dir(old_run, overwrite=True).iterdir()] == [".dictionary_learning_aligned"]
 
 
 def test_output_path_that_is_a_file(tmp_path):
