@@ -8,6 +8,7 @@ import torch
 
 from ..dictionary import AutoEncoder
 from ..registry import Architecture, register
+from ..stacked import StackRule
 from .base import DictionaryTrainer, make_aligned
 
 
@@ -38,6 +39,8 @@ class PAnnealTrainer(DictionaryTrainer):
     """
 
     dict_class = AutoEncoder
+    config_fields = ("sparsity_function", "initial_sparsity_penalty", "anneal_start", "anneal_end", "p_start", "p_end",
+                     "n_sparsity_updates", "sparsity_queue_length")
 
     def __init__(self, steps: int, activation_dim: int, dict_size: int, layer: int, lm_name: str,
                  dict_class: Optional[type] = None, lr: float = 1e-3, warmup_steps: int = 1000,
@@ -122,11 +125,92 @@ class PAnnealTrainer(DictionaryTrainer):
         self.sparsity_queue = [torch.tensor(q, dtype=torch.float32, device=self.device)
                                for q in extra["sparsity_queue"]]
 
-    def _extra_config(self) -> dict:
-        return {"sparsity_function": self.sparsity_function, "initial_sparsity_penalty": self.initial_sparsity_penalty,
-                "anneal_start": self.anneal_start, "anneal_end": self.anneal_end, "p_start": self.p_start,
-                "p_end": self.p_end, "n_sparsity_updates": self.n_sparsity_updates,
-                "sparsity_queue_length": self.sparsity_queue_length}
+
+class PAnnealStackRule(StackRule):
+    """Stacked p-annealing (see :mod:`..stacked`): ``f = ReLU(pre)``, the Lp penalty with each dictionary's p
+    schedule (deterministic: tables computed on the host) and its coefficient, rescaled at each change of p by the
+    ratio of the queued Lp means (data-dependent: kept on the device), as :class:`PAnnealTrainer`."""
+
+    float64_tables = ("warm",)
+
+    @classmethod
+    def group_key(cls, trainer) -> tuple:
+        return (trainer.sparsity_function, trainer.sparsity_queue_length)
+
+    def load_state(self):
+        e, trs = self.engine, self.engine.trainers
+        self._sim = [[t.p, t.p_step_count] for t in trs]
+        self.coeff = torch.tensor([t.sparsity_coeff for t in trs], dtype=torch.float64, device=e.device)
+        self.q_len = trs[0].sparsity_queue_length
+        self.queue = torch.zeros(e.n, self.q_len, 2, device=e.device)
+        self.q_count = torch.zeros(e.n, dtype=torch.long, device=e.device)
+        for j, t in enumerate(trs):
+            kept = t.sparsity_queue[-self.q_len:]
+            for i, q in enumerate(kept):
+                self.queue[j, i] = q.to(e.device, torch.float32)
+            self.q_count[j] = len(kept)
+        self.p_power_sum = trs[0].sparsity_function == "Lp^p"
+
+    @staticmethod
+    def advance(t, state: list, step: int) -> tuple:
+        """One step of trainer ``t``'s p schedule from ``state = [p, p_step_count]`` (updated in place), as
+        :meth:`PAnnealTrainer.after_step`: ``(p, next p or p, has next, coefficient update)``."""
+        p, count = state
+        has_next = count < t.n_sparsity_updates
+        nxt = t.p_values[count] if has_next else p
+        change = False
+        while count < t.n_sparsity_updates and step + 1 >= t.update_steps[count]:
+            change = change or t.p_values[count] != p
+            p, count = t.p_values[count], count + 1
+        before = state[0]
+        state[:] = [p, count]
+        return before, nxt, has_next, change
+
+    def host_tables(self, steps):
+        trs = self.engine.trainers
+        rows = [[self.advance(t, st, s) + (st[0], st[1]) for t, st in zip(trs, self._sim)] for s in steps]
+        col = lambda i, dtype: torch.tensor([[r[i] for r in row] for row in rows], dtype=dtype)  # noqa: E731
+        return {"p": col(0, torch.float64), "p_next": col(1, torch.float64), "has_next": col(2, torch.bool),
+                "change": col(3, torch.bool), "p_after": col(4, torch.float64), "count_after": col(5, torch.long),
+                "warm": torch.tensor([[t.sparsity_warmup_fn(s) for t in trs] for s in steps], dtype=torch.float64)}
+
+    def lp_norm(self, f: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """``[n]``: ``mean_batch ||f||_p`` (``"Lp"``) or ``mean_batch sum_i f_i^p`` (``"Lp^p"``) with ``p [n]``."""
+        s = f.clamp_min(0).pow(p[:, None, None]).sum(-1)
+        return (s if self.p_power_sum else s.pow(1 / p[:, None])).mean(-1)
+
+    def sparsity(self, x, x_hat, f, aux, tab):
+        lp = self.lp_norm(f, tab["p"])
+        return (self.coeff * tab["warm"]).float() * lp, {"sparsity_loss": lp}
+
+    @torch.no_grad()
+    def after_step(self, step, x, f, aux, tab):
+        e = self.engine
+        if bool(e.host_row("has_next", step).any()):
+            pair = torch.stack([self.lp_norm(f, tab["p"]), self.lp_norm(f, tab["p_next"])], -1).float()
+            rows, pos = torch.arange(e.n, device=e.device), self.q_count % self.q_len
+            has = tab["has_next"]
+            self.queue[rows, pos] = torch.where(has[:, None], pair, self.queue[rows, pos])
+            self.q_count += has.long()
+        if bool(e.host_row("change", step).any()):
+            n_valid = self.q_count.clamp(max=self.q_len)
+            valid = torch.arange(self.q_len, device=e.device) < n_valid[:, None]
+            mean = (self.queue.double() * valid[..., None]).sum(1) / n_valid.clamp_min(1)[:, None]
+            hit = tab["change"] & (self.q_count > 0)
+            self.coeff = torch.where(hit & (mean[:, 1] > 0), self.coeff * mean[:, 0] / mean[:, 1], self.coeff)
+            self.q_count = torch.where(hit, 0, self.q_count)
+
+    def sync_state(self, steps_done):
+        e = self.engine
+        if e.step is None:
+            return
+        p_after, count_after = e.host_row("p_after", e.step), e.host_row("count_after", e.step)
+        counts, coeff = self.q_count.tolist(), self.coeff.tolist()
+        for j, t in enumerate(e.trainers):
+            t.p, t.p_step_count, t.sparsity_coeff = float(p_after[j]), int(count_after[j]), coeff[j]
+            n, start = min(counts[j], self.q_len), counts[j] % self.q_len if counts[j] > self.q_len else 0
+            order = [(start + i) % self.q_len for i in range(n)]
+            t.sparsity_queue = [self.queue[j, i].clone() for i in order]
 
 
 AlignedPAnnealTrainer = make_aligned(PAnnealTrainer)
@@ -143,4 +227,4 @@ def panneal_schedule(steps: int) -> dict:
 PANNEAL = register(Architecture(
     name="panneal", label="p-anneal", trainer=PAnnealTrainer, aligned_trainer=AlignedPAnnealTrainer,
     sparsity_param="initial_sparsity_penalty", sparsity_values=(0.02, 0.04, 0.08), default_sparsity=0.04,
-    schedule=panneal_schedule, saebench_kind="relu"))
+    schedule=panneal_schedule, saebench_kind="relu", stack_rule=PAnnealStackRule))

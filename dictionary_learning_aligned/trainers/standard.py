@@ -8,6 +8,7 @@ import torch
 
 from ..dictionary import AutoEncoder
 from ..registry import Architecture, register
+from ..stacked import StackRule
 from .base import DictionaryTrainer, make_aligned
 
 
@@ -40,6 +41,7 @@ class StandardTrainer(DictionaryTrainer):
     """
 
     dict_class = AutoEncoder
+    config_fields = ("l1_penalty",)
 
     def __init__(
         self,
@@ -118,8 +120,19 @@ class StandardTrainer(DictionaryTrainer):
                     state[key][rows] = 0.0
         self.tokens_since_fired[which] = 0
 
-    def _extra_config(self) -> dict:
-        return {"l1_penalty": self.l1_penalty}
+
+class StandardStackRule(StackRule):
+    """Stacked ReLU + L1 (see :mod:`..stacked`): ``f = ReLU(pre)``, sparsity term ``l1_penalty * s(t) *
+    mean_batch ||f||_1`` with each dictionary's coefficient and sparsity warmup."""
+
+    def host_tables(self, steps):
+        trs = self.engine.trainers
+        return {"l1_coef": torch.tensor([[t.l1_penalty * t.sparsity_warmup_fn(s) for t in trs] for s in steps],
+                                        dtype=torch.float64)}
+
+    def sparsity(self, x, x_hat, f, aux, tab):
+        l1 = f.abs().sum(-1).mean(-1)
+        return tab["l1_coef"] * l1, {"sparsity_loss": l1}
 
 
 AlignedStandardTrainer = make_aligned(StandardTrainer)
@@ -134,4 +147,4 @@ def relu_schedule(steps: int) -> dict:
 RELU = register(Architecture(
     name="relu", label="ReLU", trainer=StandardTrainer, aligned_trainer=AlignedStandardTrainer,
     sparsity_param="l1_penalty", sparsity_values=(0.02, 0.04, 0.08), default_sparsity=0.04,
-    schedule=relu_schedule, saebench_kind="relu"))
+    schedule=relu_schedule, saebench_kind="relu", stack_rule=StandardStackRule))

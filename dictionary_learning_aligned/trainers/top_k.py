@@ -8,6 +8,7 @@ import torch
 
 from ..dictionary import AutoEncoderTopK, BatchTopKSAE
 from ..registry import Architecture, register
+from ..stacked import TABLE_CHUNK, StackRule
 from .base import DictionaryTrainer, make_aligned
 
 
@@ -55,6 +56,7 @@ class TopKTrainer(DictionaryTrainer):
             product ``f @ W_dec.T``. Same loss and gradients up to float rounding (under autocast both read the
             decoder in the autocast dtype). Default False (plain dense decoder).
         compile, fused_optimizer: speed options, see :class:`~.base.DictionaryTrainer`.
+        dict_kwargs: further constructor arguments of the dictionary class (besides ``k`` and ``alignment``).
 
     Raises:
         ValueError: ``k`` out of range, bad schedule values, bad alignment settings.
@@ -62,6 +64,8 @@ class TopKTrainer(DictionaryTrainer):
 
     dict_class = AutoEncoderTopK
     grad_clip_norm = 1.0
+    config_fields = ("k", "auxk_alpha", "threshold_beta", "threshold_start_step", "k_anneal_steps",
+                     "dead_feature_threshold")
 
     def __init__(self, steps: int, activation_dim: int, dict_size: int, k: int, layer: int, lm_name: str,
                  dict_class: Optional[type] = None, lr: Optional[float] = None, auxk_alpha: float = 1 / 32,
@@ -71,7 +75,7 @@ class TopKTrainer(DictionaryTrainer):
                  wandb_name: Optional[str] = None, submodule_name: Optional[str] = None,
                  alignment: Optional[str] = None, alignment_penalty: Optional[float] = None,
                  sparse_decode: bool = False, compile: Union[bool, str] = False,
-                 fused_optimizer: Optional[bool] = None):
+                 fused_optimizer: Optional[bool] = None, dict_kwargs: Optional[dict] = None):
         if lr is None:
             if isinstance(dict_size, int) and dict_size > 0:
                 lr = 2e-4 / (dict_size / 2**14) ** 0.5
@@ -87,7 +91,7 @@ class TopKTrainer(DictionaryTrainer):
             steps, activation_dim, dict_size, layer, lm_name, dict_class=dict_class, lr=lr,
             warmup_steps=warmup_steps, decay_start=decay_start, sparsity_warmup_steps=None, seed=seed,
             device=device, wandb_name=wandb_name, submodule_name=submodule_name, alignment=alignment,
-            alignment_penalty=alignment_penalty, dict_kwargs={"k": k}, compile=compile,
+            alignment_penalty=alignment_penalty, dict_kwargs={"k": k, **(dict_kwargs or {})}, compile=compile,
             fused_optimizer=fused_optimizer,
         )
         self.sparse_decode = bool(sparse_decode)
@@ -107,10 +111,22 @@ class TopKTrainer(DictionaryTrainer):
     @property
     def current_k(self) -> int:
         """The k used at this step (differs from ``k`` during k annealing); a Python int, kept in step with the
-        dictionary's ``k`` buffer, so that reading it needs no device synchronisation."""
+        dictionary's ``k`` buffer, so that reading it needs no device synchronisation. Assign it to change the
+        k of the next steps (e.g. a k schedule in :meth:`after_step`): the dictionary's ``k`` buffer follows.
+
+        Raises:
+            ValueError: on assignment, a k outside ``[1, dict_size]``.
+        """
         if getattr(self, "_k_now", None) is None:
             self._k_now = int(self.ae.k)
         return self._k_now
+
+    @current_k.setter
+    def current_k(self, k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.ae.dict_size:
+            raise ValueError(f"current_k must be an integer in [1, dict_size={self.ae.dict_size}], got {k!r}")
+        self._k_now = k
+        self.ae.k.fill_(k)
 
     # the batch-level selection differs between TopK and BatchTopK
     def select(self, x):
@@ -195,19 +211,13 @@ class TopKTrainer(DictionaryTrainer):
             t.copy_(torch.where(t < 0, m, self.threshold_beta * t + (1 - self.threshold_beta) * m))
         if self.k_anneal_steps is not None:
             r = min(step, self.k_anneal_steps) / self.k_anneal_steps if self.k_anneal_steps else 1.0
-            self._k_now = int(self.ae.activation_dim * (1 - r) + self.k * r)
-            self.ae.k.fill_(self._k_now)
+            self.current_k = int(self.ae.activation_dim * (1 - r) + self.k * r)
 
     def _extra_state(self) -> dict:
         return {"dead_features": self.dead_features}
 
     def _load_extra_state(self, extra: dict) -> None:
         self._k_now = int(self.ae.k)  # dead_features is derived from the restored counters
-
-    def _extra_config(self) -> dict:
-        return {"k": self.k, "auxk_alpha": self.auxk_alpha, "threshold_beta": self.threshold_beta,
-                "threshold_start_step": self.threshold_start_step, "k_anneal_steps": self.k_anneal_steps,
-                "dead_feature_threshold": self.dead_feature_threshold}
 
 
 class BatchTopKTrainer(TopKTrainer):
@@ -255,6 +265,131 @@ class BatchTopKTrainer(TopKTrainer):
         return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
 
 
+class TopKStackRule(StackRule):
+    """Stacked TopK (see :mod:`..stacked`): per-token top-k of ``ReLU(pre)`` with each dictionary's k (one
+    selection of the largest k, masked per dictionary, when the k differ or anneal), the auxiliary-k loss of dead
+    features, the geometric-median ``b_dec`` start and the inference-threshold EMA, as :class:`TopKTrainer`."""
+
+    def load_state(self):
+        e, trs = self.engine, self.engine.trainers
+        dev = e.device
+        self.threshold = torch.stack([t.ae.threshold for t in trs]).detach().clone().float()
+        self.annealing = any(t.k_anneal_steps is not None for t in trs)
+        ks = {t.k for t in trs} | {t.current_k for t in trs}
+        self.k_max = min(e.dict_size, max(ks | ({e.activation_dim} if self.annealing else set())))
+        self.same_k = not self.annealing and len(ks) == 1
+        self.auxk_alpha = torch.tensor([t.auxk_alpha for t in trs], device=dev)
+        self.dead_threshold = torch.tensor([t.dead_feature_threshold for t in trs], device=dev)
+        self.min_dead_threshold = min(t.dead_feature_threshold for t in trs)
+        self.k_aux = min(trs[0].top_k_aux, e.dict_size)
+        self.beta = torch.tensor([t.threshold_beta for t in trs], device=dev)
+        self.one_minus_beta = torch.tensor([1 - t.threshold_beta for t in trs], device=dev)
+        self._tokens_bound = float(e.tokens_since_fired.max()) if e.tokens_since_fired.numel() else 0.0
+        self._resync_at = -1
+
+    @staticmethod
+    def k_at(t, step: int) -> int:
+        """The k that trainer ``t`` uses at ``step`` (its ``current_k`` there; differs from ``k`` while annealing)."""
+        if t.k_anneal_steps is None or step == 0:
+            return t.k
+        r = min(step - 1, t.k_anneal_steps) / t.k_anneal_steps if t.k_anneal_steps else 1.0
+        return int(t.ae.activation_dim * (1 - r) + t.k * r)
+
+    def host_tables(self, steps):
+        trs = self.engine.trainers
+        return {"k": torch.tensor([[self.k_at(t, s) for t in trs] for s in steps], dtype=torch.long),
+                "thr_on": torch.tensor([[s > t.threshold_start_step for t in trs] for s in steps])}
+
+    def _top(self, scores: torch.Tensor, k_now: torch.Tensor, k_max: int):
+        """``(values, indices)`` of the ``k_now [n]`` largest entries of each row of ``scores [n, ..., m]`` (the
+        largest ``k_max`` selected once; ranks beyond a dictionary's ``k_now`` get value 0)."""
+        if self.same_k:
+            top = scores.topk(k_max, dim=-1, sorted=False)
+            return top.values, top.indices
+        top = scores.topk(k_max, dim=-1, sorted=True)
+        keep = torch.arange(k_max, device=scores.device) < k_now.view(-1, *[1] * (scores.ndim - 1))
+        return top.values * keep, top.indices
+
+    def select(self, pre, tab):
+        post = torch.relu(pre)
+        values, indices = self._top(post, tab["k"], self.k_max)
+        return torch.zeros_like(post).scatter_(-1, indices, values), {"post_relu": post, "kept": values}
+
+    def _aux_needed(self) -> bool:
+        """Whether some dictionary may have a dead feature now: a host bound on the dead-feature counters (exact
+        refresh, one synchronisation, at most once per table chunk while the bound says maybe)."""
+        if self._tokens_bound >= self.min_dead_threshold and self.engine.step >= self._resync_at:
+            self._tokens_bound = float(self.engine.tokens_since_fired.max())
+            self._resync_at = self.engine.step + TABLE_CHUNK
+        return self._tokens_bound >= self.min_dead_threshold
+
+    def sparsity(self, x, x_hat, f, aux, tab):
+        e = self.engine
+        if not self._aux_needed():
+            return x_hat.new_zeros(e.n, dtype=torch.float32), {}
+        residual, post = (x - x_hat).detach(), aux["post_relu"]
+        dead = e.tokens_since_fired >= self.dead_threshold[:, None]
+        acts = torch.where(dead[:, None, :], post, torch.full_like(post, -torch.inf))
+        top = acts.topk(self.k_aux, dim=-1, sorted=False)
+        aux_f = torch.zeros_like(post).scatter_(-1, top.indices, top.values.clamp_min(0))
+        recon = torch.bmm(aux_f, e.W_dec.mT)
+        r = residual.float()
+        err = (r - recon.float()).pow(2).sum(-1).mean(-1)
+        var = (r - r.sum(1, keepdim=True) / r.shape[1]).pow(2).sum((1, 2)) / r.shape[1]
+        auxk = torch.where(dead.any(-1), (err / var).nan_to_num(0.0), 0.0)
+        return self.auxk_alpha * auxk, {"auxk_loss": auxk}
+
+    @torch.no_grad()
+    def before_step(self, step, x):
+        if step == 0:
+            self.engine.b_dec.copy_(geometric_median(x).to(self.engine.b_dec.dtype).expand_as(self.engine.b_dec))
+
+    @torch.no_grad()
+    def smallest_kept(self, kept: torch.Tensor) -> torch.Tensor:
+        """``[n]``: per dictionary, the mean over tokens of each token's smallest positive kept value."""
+        v = kept.float()
+        mins = torch.where(v > 0, v, torch.full_like(v, torch.inf)).min(dim=-1).values
+        ok = torch.isfinite(mins)
+        return torch.where(ok, mins, 0.0).sum(-1) / ok.sum(-1).float().clamp_min(1.0)
+
+    @torch.no_grad()
+    def after_step(self, step, x, f, aux, tab):
+        self._tokens_bound += x.shape[0]
+        if not bool(self.engine.host_row("thr_on", step).any()):
+            return
+        m, t = self.smallest_kept(aux["kept"]), self.threshold
+        new = torch.where(t < 0, m, self.beta * t + self.one_minus_beta * m)
+        t.copy_(torch.where(tab["thr_on"], new, t))
+
+    @torch.no_grad()
+    def sync_state(self, steps_done):
+        for j, t in enumerate(self.engine.trainers):
+            t.ae.threshold.copy_(self.threshold[j])
+            if t.k_anneal_steps is not None:
+                t._k_now = self.k_at(t, steps_done)
+                t.ae.k.fill_(t._k_now)
+
+
+class BatchTopKStackRule(TopKStackRule):
+    """Stacked BatchTopK: per dictionary, the ``k * batch`` largest activations of the whole batch are kept, and
+    the threshold EMA tracks the smallest kept activation, as :class:`BatchTopKTrainer`."""
+
+    def select(self, pre, tab):
+        post = torch.relu(pre)
+        n, batch, size = post.shape
+        flat = post.reshape(n, batch * size)
+        k_now = (tab["k"] * batch).clamp(max=flat.shape[1])
+        values, indices = self._top(flat, k_now, min(self.k_max * batch, flat.shape[1]))
+        f = torch.zeros_like(flat).scatter_(-1, indices, values).view_as(post)
+        return f, {"post_relu": post, "kept": values}
+
+    @torch.no_grad()
+    def smallest_kept(self, kept):
+        v = kept.float()
+        m = torch.where(v > 0, v, torch.full_like(v, torch.inf)).min(dim=-1).values
+        return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+
+
 AlignedTopKTrainer = make_aligned(TopKTrainer)
 AlignedBatchTopKTrainer = make_aligned(BatchTopKTrainer)
 
@@ -269,8 +404,8 @@ def topk_schedule(steps: int) -> dict:
 TOPK = register(Architecture(
     name="topk", label="TopK", trainer=TopKTrainer, aligned_trainer=AlignedTopKTrainer, sparsity_param="k",
     sparsity_values=(32, 64, 128), default_sparsity=64, schedule=topk_schedule, saebench_kind="topk",
-    fixed_l0=True))
+    stack_rule=TopKStackRule, fixed_l0=True))
 BATCHTOPK = register(Architecture(
     name="batchtopk", label="BatchTopK", trainer=BatchTopKTrainer, aligned_trainer=AlignedBatchTopKTrainer,
     sparsity_param="k", sparsity_values=(32, 64, 128), default_sparsity=64, schedule=topk_schedule,
-    saebench_kind="batchtopk", fixed_l0=True))
+    saebench_kind="batchtopk", stack_rule=BatchTopKStackRule, fixed_l0=True))
