@@ -128,10 +128,16 @@ class DictionaryTrainer(SAETrainer):
     Adam kernel.
 
     Subclasses set ``dict_class`` and implement :meth:`sparsity_term` (and, if needed, :meth:`encode_for_loss`,
-    :meth:`before_step`, :meth:`after_step`, ``_extra_config``).
+    :meth:`before_step`, :meth:`after_step`); they list their own hyperparameters in ``config_fields`` so that
+    ``config`` (and ``config.json``) records them (see :meth:`extra_config` and ``docs/extending.md``).
     """
 
     dict_class: type = Dictionary
+    #: names of this class's own hyperparameters, each stored as an attribute of the same name; :meth:`extra_config`
+    #: collects them from the class and all its bases, so a subclass lists only the ones it adds
+    config_fields: tuple = ()
+    #: Adam's (beta1, beta2); dictionary_learning's JumpReLU trainer uses (0.0, 0.999)
+    adam_betas: tuple = (0.9, 0.999)
 
     def __init__(
         self,
@@ -182,7 +188,8 @@ class DictionaryTrainer(SAETrainer):
             fused_optimizer = torch.device(self.device).type == "cuda"
         self.fused_optimizer = bool(fused_optimizer)
         # fused Adam: one kernel for the whole update instead of ~10 passes over the parameters (same math)
-        self.optimizer = torch.optim.Adam(self.ae.parameters(), lr=lr, **({"fused": True} if fused_optimizer else {}))
+        self.optimizer = torch.optim.Adam(self.ae.parameters(), lr=lr, betas=tuple(self.adam_betas),
+                                          **({"fused": True} if fused_optimizer else {}))
         if compile not in (False, None, True) and not isinstance(compile, str):
             raise ValueError(f"compile must be a bool or a torch.compile backend name, got {compile!r}")
         self.compile = compile or False
@@ -432,8 +439,16 @@ class DictionaryTrainer(SAETrainer):
         raise ValueError(f"{type(self).__name__} does not support resample_steps")
 
     # -------------------------------------------------------------- config
-    def _extra_config(self) -> dict:
-        return {}
+    def extra_config(self) -> dict:
+        """The trainer's own hyperparameters for ``config``: ``{name: getattr(self, name)}`` for every name in
+        ``config_fields`` of this class and its bases (base classes first, each name once). Override it (and call
+        ``super().extra_config()``) for values that are not plain attributes. Values must be JSON-ready.
+
+        Raises:
+            AttributeError: a name in ``config_fields`` that is not an attribute of the trainer.
+        """
+        names = dict.fromkeys(n for k in reversed(type(self).__mro__) for n in vars(k).get("config_fields", ()))
+        return {n: getattr(self, n) for n in names}
 
     @property
     def config(self) -> dict:
@@ -459,7 +474,7 @@ class DictionaryTrainer(SAETrainer):
             "wandb_name": self.wandb_name,
             "submodule_name": self.submodule_name,
             **self.ae.dictionary_config(),
-            **self._extra_config(),
+            **self.extra_config(),
         }
 
 
