@@ -6,6 +6,7 @@ from .base import DictionaryTrainer, SAETrainer, get_lr_schedule, get_sparsity_w
 from .standard import AlignedStandardTrainer, StandardTrainer
 from .top_k import AlignedBatchTopKTrainer, AlignedTopKTrainer, BatchTopKTrainer, TopKTrainer, geometric_median
 from .p_anneal import AlignedPAnnealTrainer, PAnnealTrainer
+from .jumprelu import AlignedJumpReluTrainer, JumpReluTrainer
 
 
 def __getattr__(name):
