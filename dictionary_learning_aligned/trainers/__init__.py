@@ -7,6 +7,7 @@ from .standard import AlignedStandardTrainer, StandardTrainer
 from .top_k import AlignedBatchTopKTrainer, AlignedTopKTrainer, BatchTopKTrainer, TopKTrainer, geometric_median
 from .p_anneal import AlignedPAnnealTrainer, PAnnealTrainer
 from .jumprelu import AlignedJumpReluTrainer, JumpReluTrainer
+from .matryoshka import AlignedMatryoshkaBatchTopKTrainer, MatryoshkaBatchTopKTrainer
 
 
 def __getattr__(name):
