@@ -1,8 +1,8 @@
 """Train dictionaries from an activation cache, on one or several processes/GPUs.
 
-Single process::
+Single process (``python -m dictionary_learning_aligned.train`` is the same command)::
 
-    python -m dictionary_learning_aligned.train --cache acts/ --out runs/x --arch relu,topk --alignment none,project
+    python -m dictionary_learning_aligned train --cache acts/ --out runs/x --arch relu,topk --alignment none,project
 
 Several GPUs (one process per GPU, launched by torchrun)::
 
@@ -27,17 +27,19 @@ batch size / ``train_seconds``).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+from simple_parsing.helpers import choice, field, flag
 
 from . import distributed as dd
+from .cli import default_device
 from .dtypes import AUTOCAST_CHOICES, autocast_dtype, check_device, comma_list
 
 ARCHS = {"relu": ("StandardTrainer", "AlignedStandardTrainer"), "topk": ("TopKTrainer", "AlignedTopKTrainer"),
@@ -136,85 +138,116 @@ def harvest_cache(path, tokens: int, model: Optional[str] = None, layer: int = 1
     return build_cache(buf, path, tokens, meta)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m dictionary_learning_aligned.train``."""
-    ap = argparse.ArgumentParser(prog="python -m dictionary_learning_aligned.train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", required=True, help="activation cache folder (built first if it holds no cache)")
-    ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
-    ap.add_argument("--placement", choices=PLACEMENTS, default="ddp",
-                    help="ddp: every trainer data-parallel over all processes; spread: trainer i on process "
-                         "i %% world_size (default: ddp)")
-    ap.add_argument("--arch", default="relu", help=f"comma list of {sorted(ARCHS)} (default relu)")
-    ap.add_argument("--alignment", default="none,project",
-                    help="comma list of alignment modes; none = standard (default none,project)")
-    ap.add_argument("--dict-size", default="4096", help="comma list of dictionary sizes (default 4096)")
-    ap.add_argument("--seeds", default="0", help="comma list of seeds (default 0)")
-    ap.add_argument("--k", type=int, default=64, help="k of TopK/BatchTopK (default 64)")
-    ap.add_argument("--l1-penalty", type=float, default=None,
-                    help="ReLU L1 / p-anneal initial sparsity coefficient (default: trainer's)")
-    ap.add_argument("--alignment-penalty", type=float, default=None,
-                    help="lambda of the 'penalty' alignment ablation (required when --alignment has penalty)")
-    ap.add_argument("--lr", type=float, default=None, help="learning rate (default: trainer's)")
-    ap.add_argument("--config", default=None,
-                    help="JSON file with a list of trainer configs ({'trainer': class name, ...}); replaces the "
-                         "--arch/--alignment/--dict-size/--seeds grid")
-    ap.add_argument("--compile", action="store_true", help="torch.compile each trainer's loss (speed only)")
-    ap.add_argument("--sparse-decode", action="store_true",
-                    help="TopK/BatchTopK: decode from the kept (index, value) pairs (speed only)")
-    ap.add_argument("--batch-size", type=int, default=8192, help="global batch size (default 8192)")
-    ap.add_argument("--epochs", type=int, default=1, help="passes over the cache (default 1)")
-    ap.add_argument("--steps", type=int, default=None, help="training steps (default: every full batch)")
-    ap.add_argument("--warmup-steps", type=int, default=None, help="lr warmup (default: min(1000, steps // 10))")
-    ap.add_argument("--preload", choices=("auto", "yes", "no"), default="auto",
-                    help="hold the whole cache on the training device and index batches there (auto: on a GPU "
-                         "when the cache takes at most 40%% of its free memory); no: gather each batch from the "
-                         "memory-mapped files on the CPU. Same batches either way")
-    ap.add_argument("--normalize", action="store_true", help="normalize activations to unit mean squared norm")
-    ap.add_argument("--log-steps", type=int, default=None, help="log losses every this many steps")
-    ap.add_argument("--save-steps", default="", help="comma list of steps to checkpoint (ddp placement)")
-    ap.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if CUDA is available, else cpu")
-    ap.add_argument("--autocast", choices=AUTOCAST_CHOICES, default="auto",
-                    help="auto: bfloat16 on CUDA, float32 on CPU")
-    ap.add_argument("--backend", choices=("nccl", "gloo"), default=None, help="default: nccl on CUDA, else gloo")
-    ap.add_argument("--verbose", action="store_true")
-    b = ap.add_argument_group("building a missing cache")
-    b.add_argument("--tokens", type=int, default=10_000_000, help="activations to harvest (default 10M)")
-    b.add_argument("--model", default=None, help="language model (default SmolLM2-135M-Instruct)")
-    b.add_argument("--layer", type=int, default=None, help="layer (default 12)")
-    b.add_argument("--corpus", default=None, help="text source (default: the bundled corpus)")
-    b.add_argument("--ctx-len", type=int, default=128, help="context length (default 128)")
-    return ap
+@dataclass
+class TrainConfig:
+    """Settings of ``python -m dictionary_learning_aligned train`` (one flag per field, ``--dict-size`` for
+    ``dict_size``)."""
+
+    cache: str
+    """activation cache folder (built first, by harvesting --tokens activations, if it holds no cache)"""
+    out: str
+    """output folder: trainer_{i}/ (ae.safetensors, config.json, log.json) and run.json"""
+    overwrite: bool = field(False, action="store_true")
+    """replace an earlier run in --out"""
+    placement: str = choice(*PLACEMENTS, default="ddp")
+    """ddp: every trainer data-parallel over all processes; spread: trainer i on process i %% world_size"""
+    arch: str = "relu"
+    """comma list of architectures (relu, topk, batchtopk, panneal, or any registered one)"""
+    alignment: str = "none,project"
+    """comma list of alignment modes: none (standard), project, rescale, tied, penalty"""
+    dict_size: str = "4096"
+    """comma list of dictionary sizes"""
+    seeds: str = "0"
+    """comma list of seeds"""
+    k: int = 64
+    """active features per token of TopK / BatchTopK"""
+    l1_penalty: Optional[float] = None
+    """ReLU L1 / p-anneal initial sparsity coefficient (default: the trainer's)"""
+    alignment_penalty: Optional[float] = None
+    """lambda of the 'penalty' alignment ablation (required when --alignment has penalty)"""
+    lr: Optional[float] = None
+    """peak learning rate (default: the trainer's)"""
+    config: Optional[str] = None
+    """JSON file with a list of trainer configs ({"trainer": class name or module:Class, ...}); replaces the
+    --arch/--alignment/--dict-size/--seeds grid"""
+    compile: bool = field(False, action="store_true")
+    """torch.compile each trainer's loss (speed only)"""
+    sparse_decode: bool = field(False, action="store_true")
+    """TopK/BatchTopK: decode from the kept (index, value) pairs (speed only)"""
+    batch_size: int = 8192
+    """global batch size (activations per step over all processes)"""
+    epochs: int = 1
+    """passes over the cache"""
+    steps: Optional[int] = None
+    """training steps (default: every full batch of --epochs passes)"""
+    warmup_steps: Optional[int] = None
+    """learning-rate warmup steps (default: min(1000, steps // 10))"""
+    preload: str = choice("auto", "yes", "no", default="auto")
+    """hold the whole cache on the training device and index batches there (auto: on a GPU when the cache takes
+    at most 40%% of its free memory); no: gather each batch from the memory-mapped files on the CPU. Same batches
+    either way"""
+    normalize: bool = flag(True, negative_prefix="--no-")
+    """scale activations to unit mean squared norm (the factor is folded into the saved weights), as the
+    reproduction's committed results do; --no-normalize trains on raw activations"""
+    log_steps: Optional[int] = None
+    """log losses every this many steps (default: no intermediate logs)"""
+    save_steps: str = ""
+    """comma list of steps to checkpoint (ddp placement)"""
+    device: Optional[str] = None
+    """training device (default: cuda:LOCAL_RANK when CUDA is available, else cpu)"""
+    autocast: str = choice(*AUTOCAST_CHOICES, default="auto")
+    """autocast dtype of training (auto: bfloat16 on CUDA, float32 on CPU)"""
+    backend: Optional[str] = choice("nccl", "gloo", None, default=None)
+    """torch.distributed backend under torchrun (default: nccl on CUDA, else gloo)"""
+    verbose: bool = field(False, action="store_true")
+    """print every logged step and third-party messages (default: one progress bar and a summary)"""
+    wandb: bool = field(False, action="store_true")
+    """log losses to Weights & Biases (pip install .[wandb]; project from --wandb-project)"""
+    wandb_project: str = ""
+    """Weights & Biases project (default: wandb's own default)"""
+    tokens: int = 10_000_000
+    """building a missing cache: activations to harvest"""
+    model: Optional[str] = None
+    """building a missing cache: language model (default SmolLM2-135M-Instruct); checked against an existing
+    cache when given"""
+    layer: Optional[int] = None
+    """building a missing cache: decoder block whose output is read (default 12); checked against an existing
+    cache when given"""
+    corpus: Optional[str] = None
+    """building a missing cache: text source (default: the bundled corpus); checked against an existing cache
+    when given"""
+    ctx_len: int = 128
+    """building a missing cache: tokens per context"""
 
 
-def run(args: argparse.Namespace) -> list[int]:
-    """Train as the parsed ``args`` say (call within torchrun or as a single process).
+def build_parser(prog: str = "python -m dictionary_learning_aligned train"):
+    """The command line of ``train`` (a :func:`.cli.config_parser` over :class:`TrainConfig`)."""
+    from .cli import config_parser
 
-    Returns:
-        the indices of the trainers this process trained.
+    return config_parser(prog, TrainConfig, __doc__)
+
+
+def _check_args(args: TrainConfig, world: int) -> None:
+    """Refuse bad sizes before anything is loaded or written.
 
     Raises:
-        ValueError: bad arguments (unknown arch, a batch size not divisible by the world size, an empty sweep...).
-        FileExistsError: ``--out`` holds something and ``--overwrite`` was not given.
+        ValueError: a batch size, epoch count or token count below 1, or a batch size not divisible by the
+            world size under ddp placement.
     """
-    from .cache import ActivationCache, clear_unfinished
-    from .io import check_output_dir, prepare_output_dir, write_json
-    from .training import _build_trainer, _save, trainSAE
-
-    rank, world, local_rank = dd.init_from_env(args.backend)
-    cuda = torch.cuda.is_available()
-    device = args.device or (f"cuda:{local_rank}" if cuda else "cpu")
-    check_device(device, "--device")
     if args.batch_size < 1 or args.epochs < 1:
         raise ValueError(f"--batch-size and --epochs must be >= 1, got {args.batch_size}, {args.epochs}")
     if args.tokens < 1:
         raise ValueError(f"--tokens must be >= 1, got {args.tokens}")
-    save_steps = comma_list(args.save_steps, int, "--save-steps")
     if args.placement == "ddp" and args.batch_size % world:
         raise ValueError(f"--batch-size {args.batch_size} is not divisible by the world size {world} "
                          f"(data-parallel training gives each process batch_size / world_size activations)")
-    check_output_dir(args.out, args.overwrite)  # every rank: all fail alike, before any work
+
+
+def _open_cache(args: TrainConfig, device: str):
+    """The activation cache of ``args.cache`` (harvested first, by rank 0, when missing) and whether it is
+    preloaded on ``device``."""
+    from .cache import ActivationCache, clear_unfinished
+
     cache_path = Path(args.cache)
     if not (cache_path / "meta.json").is_file():
         # an interrupted build of ours is started again; a file or someone else's folder is refused before the
@@ -228,7 +261,16 @@ def run(args: argparse.Namespace) -> list[int]:
     preload = _want_preload(args.preload, cache_path, device)
     cache = ActivationCache(cache_path, batch_size=args.batch_size, epochs=args.epochs, seed=0,
                             device=device if preload else "cpu", drop_last=True, expect=expect, preload=preload)
-    steps = args.steps or len(cache)
+    return cache, preload
+
+
+def _read_configs(args: TrainConfig) -> list[dict]:
+    """The trainer configs of the run: ``--config``'s JSON list, else the --arch x --alignment x --dict-size x
+    --seeds grid (:func:`grid_configs`).
+
+    Raises:
+        ValueError: an unreadable ``--config`` file or one not holding a list of dicts; an empty sweep.
+    """
     if args.config:
         try:
             configs = json.loads(Path(args.config).read_text())
@@ -244,6 +286,12 @@ def run(args: argparse.Namespace) -> list[int]:
                                alignment_penalty=args.alignment_penalty)
     if not configs:
         raise ValueError("no trainers to train")
+    return configs
+
+
+def _fill_defaults(configs: list[dict], args: TrainConfig, cache, steps: int) -> None:
+    """Complete every trainer config in place with what the run decides: steps, shape and model fields, warmup
+    and the architecture's schedules scaled to ``steps``, the speed options, and a seed (its index)."""
     warmup = args.warmup_steps if args.warmup_steps is not None else min(1000, steps // 10)
     for i, c in enumerate(configs):
         c.setdefault("steps", steps)
@@ -261,53 +309,96 @@ def run(args: argparse.Namespace) -> list[int]:
         if args.sparse_decode and "TopK" in str(c.get("trainer")):
             c.setdefault("sparse_decode", True)
         c.setdefault("seed", i)  # seeded: the same initial weights whichever process builds the trainer
-    amp = autocast_dtype(args.autocast, device)
-    run_cfg = {"cache": cache.config, "placement": args.placement, "world_size": world,
-               "batch_size": args.batch_size}
-    out = Path(args.out)
-    common = dict(steps=steps, log_steps=args.log_steps, normalize_activations=args.normalize, device=device,
-                  autocast_dtype=amp, run_cfg=run_cfg, verbose=args.verbose)
-    if world > 1:
-        torch.distributed.barrier()
-    t0 = time.perf_counter()
-    if args.placement == "ddp":
-        mine = list(range(len(configs)))
-        trainers = trainSAE(cache, configs, save_dir=args.out, overwrite=args.overwrite,
-                            save_steps=save_steps, data_parallel=world > 1, **common)
-        writes = rank == 0
-    else:
-        def check_then_prepare():
-            # every config must build before an earlier run in --out is replaced (--overwrite): built on the
-            # meta device, so no memory is used; trainSAE builds them for real below
-            for c in configs:
-                _build_trainer({**c, "device": "meta"}, "meta")
-            prepare_output_dir(args.out, args.overwrite)
 
-        _rank0_first(check_then_prepare)
-        mine = [i for i in range(len(configs)) if i % world == rank]
-        trainers = trainSAE(cache, [configs[i] for i in mine], **common) if mine else []
-        for i, tr in zip(mine, trainers):
-            _save(tr, out / f"trainer_{i}", tr.norm_factor, run_cfg, tr.steps_done)
-        writes = True
-    seconds = _wall_seconds(t0, device, world)  # from the common start to the last process's end
-    if writes:
-        for i, tr in zip(mine, trainers):
-            write_json(out / f"trainer_{i}" / "log.json", tr.log)
-    # steps actually trained (fewer than ``steps`` when the activation data ran out): the same on every process
-    done = trainers[0].steps_done if trainers else steps
-    if rank == 0:
-        write_json(out / "run.json", {"command": "python -m dictionary_learning_aligned.train " + " ".join(
-            sys.argv[1:]), "placement": args.placement, "world_size": world, "device": device, "steps": steps,
-            "cache": cache.config, "preload": preload, "trainers": json.loads(json.dumps(configs, default=str)),
-            "steps_done": done, "train_seconds": seconds, "tokens_per_trainer": done * args.batch_size,
-            "dictionary_tokens_per_s": len(configs) * done * args.batch_size / seconds})
-    for i, tr in zip(mine, trainers):  # every process reports its own trainers
+
+def _train_placed(args: TrainConfig, cache, configs: list[dict], common: dict, rank: int, world: int):
+    """Train ``configs`` as ``--placement`` says; returns (indices this process trained, its trainers, whether
+    this process writes their folders)."""
+    from .io import prepare_output_dir
+    from .training import _build_trainer, _save, trainSAE
+
+    if args.placement == "ddp":
+        trainers = trainSAE(cache, configs, save_dir=args.out, overwrite=args.overwrite,
+                            save_steps=comma_list(args.save_steps, int, "--save-steps"), data_parallel=world > 1,
+                            **common)
+        return list(range(len(configs))), trainers, rank == 0
+
+    def check_then_prepare():
+        # every config must build before an earlier run in --out is replaced (--overwrite): built on the meta
+        # device, so no memory is used; trainSAE builds them for real below
+        for c in configs:
+            _build_trainer({**c, "device": "meta"}, "meta")
+        prepare_output_dir(args.out, args.overwrite)
+
+    _rank0_first(check_then_prepare)
+    mine = [i for i in range(len(configs)) if i % world == rank]
+    trainers = trainSAE(cache, [configs[i] for i in mine], **common) if mine else []
+    for i, tr in zip(mine, trainers):
+        _save(tr, Path(args.out) / f"trainer_{i}", tr.norm_factor, common["run_cfg"], tr.steps_done)
+    return mine, trainers, True
+
+
+def _report(out: Path, mine: list[int], trainers: list) -> None:
+    """One line per trainer this process trained: class, alignment, size, steps, last logged losses, folder."""
+    for i, tr in zip(mine, trainers):
         last = tr.log[-1] if tr.log else {}
         print(f"trainer_{i}: {type(tr).__name__} alignment={tr.config.get('alignment')} "
               f"dict_size={tr.config.get('dict_size')} steps={tr.steps_done} tokens={tr.tokens_seen}"
               + "".join(f" {k}={last[k]:.4g}" for k in ("loss", "l0", "frac_variance_explained")
                         if isinstance(last.get(k), (int, float)))
               + f" -> {out / f'trainer_{i}'}")
+
+
+def run(args: TrainConfig, command: Optional[str] = None) -> list[int]:
+    """Train as ``args`` say (call within torchrun or as a single process).
+
+    Args:
+        args: the settings (a :class:`TrainConfig`, or any object with its fields).
+        command: the command line recorded in ``run.json`` (default: this module's alias and ``sys.argv``).
+
+    Returns:
+        the indices of the trainers this process trained.
+
+    Raises:
+        ValueError: bad arguments (unknown arch, a batch size not divisible by the world size, an empty sweep...).
+        FileExistsError: ``--out`` holds something and ``--overwrite`` was not given.
+    """
+    from .io import check_output_dir, write_json
+
+    rank, world, local_rank = dd.init_from_env(args.backend)
+    device = args.device or default_device(local_rank)
+    check_device(device, "--device")
+    _check_args(args, world)
+    comma_list(args.save_steps, int, "--save-steps")
+    check_output_dir(args.out, args.overwrite)  # every rank: all fail alike, before any work
+    cache, preload = _open_cache(args, device)
+    steps = args.steps or len(cache)
+    configs = _read_configs(args)
+    _fill_defaults(configs, args, cache, steps)
+    run_cfg = {"cache": cache.config, "placement": args.placement, "world_size": world,
+               "batch_size": args.batch_size}
+    common = dict(steps=steps, log_steps=args.log_steps, normalize_activations=args.normalize, device=device,
+                  autocast_dtype=autocast_dtype(args.autocast, device), run_cfg=run_cfg, verbose=args.verbose,
+                  use_wandb=args.wandb, wandb_project=args.wandb_project)
+    if world > 1:
+        torch.distributed.barrier()
+    t0 = time.perf_counter()
+    mine, trainers, writes = _train_placed(args, cache, configs, common, rank, world)
+    seconds = _wall_seconds(t0, device, world)  # from the common start to the last process's end
+    out = Path(args.out)
+    if writes:
+        for i, tr in zip(mine, trainers):
+            write_json(out / f"trainer_{i}" / "log.json", tr.log)
+    # steps actually trained (fewer than ``steps`` when the activation data ran out): the same on every process
+    done = trainers[0].steps_done if trainers else steps
+    if rank == 0:
+        write_json(out / "run.json", {
+            "command": command or "python -m dictionary_learning_aligned.train " + " ".join(sys.argv[1:]),
+            "placement": args.placement, "world_size": world, "device": device, "steps": steps,
+            "cache": cache.config, "preload": preload, "trainers": json.loads(json.dumps(configs, default=str)),
+            "steps_done": done, "train_seconds": seconds, "tokens_per_trainer": done * args.batch_size,
+            "dictionary_tokens_per_s": len(configs) * done * args.batch_size / seconds})
+    _report(out, mine, trainers)  # every process reports its own trainers
     if world > 1:
         torch.distributed.barrier()
     return mine
@@ -337,11 +428,18 @@ def _wall_seconds(t0: float, device: str, world: int) -> float:
     return dt
 
 
-def main(argv=None) -> int:
-    """Entry point; returns the exit status (2 with a one-line error for bad input)."""
-    args = build_parser().parse_args(argv)
+def main(argv: Optional[list[str]] = None, prog: str = "python -m dictionary_learning_aligned train") -> int:
+    """Entry point of ``train`` (and of the alias ``python -m dictionary_learning_aligned.train``); returns the exit
+    status (2 with a one-line error for bad input)."""
+    import shlex
+
+    from .cli import parse_config, set_verbosity
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_config(build_parser(prog), argv)
+    set_verbosity(args.verbose)
     try:
-        run(args)
+        run(args, command=" ".join([prog, *map(shlex.quote, argv)]))
     except (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -16,7 +16,8 @@ from dictionary_learning_aligned.cache import build_cache
 from dictionary_learning_aligned.training import trainSAE
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMON = ["--batch-size", "64", "--steps", "24", "--warmup-steps", "2", "--log-steps", "4"]
+# raw activations (--no-normalize): the tolerances below are absolute, for weights at the activations' own scale
+COMMON = ["--batch-size", "64", "--steps", "24", "--warmup-steps", "2", "--log-steps", "4", "--no-normalize"]
 # every trainer state that must be global: auxk dead masks (features die after 64 tokens), threshold EMAs (from
 # step 4), BatchTopK's batch-level selection, p-annealing's coefficient updates, geometric-median b_dec init
 CONFIGS = [
