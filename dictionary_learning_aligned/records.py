@@ -27,11 +27,16 @@ key                    meaning
 ``paths``              ``{"dictionary": folder of ae.safetensors, relative to DIR}``
 ``command``, ``versions``, ``created``  provenance
 =====================  ============================================================================================
+
+Records name no file of the machine that wrote them: in ``corpus``, ``offline_note`` and ``command`` every
+absolute path is stored (and, for stores written before this rule, read) machine-neutral by
+:func:`neutral_paths`: a path inside the store relative to it, any other path by its last component.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -53,8 +58,41 @@ def group_id(experiment: str, arch: str, alignment: Optional[str], dict_size: in
     return f"{experiment}__{arch}__{alignment or 'standard'}__d{dict_size}__{sparsity['name']}{sparsity['value']:g}"
 
 
+#: record fields that may name files of the machine that wrote them (made neutral by :func:`neutral_paths`)
+PATH_FIELDS = ("corpus", "offline_note", "command")
+# an absolute path of at least two components, not preceded by a character that would make it part of a word
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/(?:[\w.+@=-]+/)+[\w.+@=-]*")
+
+
+def neutral_paths(text: str, store) -> str:
+    """``text`` with every absolute path of two or more components made machine-neutral: a path inside
+    ``store`` becomes ``<store folder name>/<path relative to the store>``, any other path its last component
+    (``/tmp/gpu/files/corpus.jsonl.gz`` -> ``corpus.jsonl.gz``). Text without such paths is returned unchanged.
+
+    Args:
+        text: a record field (a corpus name, a note, a command line).
+        store: the results store folder (need not exist).
+    """
+    root = Path(store).resolve()
+
+    def neutral(match: re.Match) -> str:
+        path = Path(match.group(0))
+        try:
+            return str(Path(root.name) / path.relative_to(root))
+        except ValueError:
+            return path.name or match.group(0)
+
+    return _ABSOLUTE_PATH.sub(neutral, text)
+
+
+def _neutral_record(store, record: dict) -> dict:
+    """A copy of ``record`` whose :data:`PATH_FIELDS` went through :func:`neutral_paths`."""
+    return {k: neutral_paths(v, store) if k in PATH_FIELDS and isinstance(v, str) else v for k, v in record.items()}
+
+
 def write_record(store, record: dict) -> Path:
-    """Validate and write ``record`` to ``store/records/<id>.json`` atomically.
+    """Validate and write ``record`` to ``store/records/<id>.json`` atomically, with machine-neutral paths in
+    :data:`PATH_FIELDS` (:func:`neutral_paths`; the caller's dict is not changed).
 
     Raises:
         ValueError: a required key is missing or the schema version is not :data:`SCHEMA_VERSION`.
@@ -66,7 +104,7 @@ def write_record(store, record: dict) -> Path:
         raise ValueError(f"record schema {record['schema']} is not {SCHEMA_VERSION}")
     folder = Path(store) / "records"
     folder.mkdir(parents=True, exist_ok=True)
-    return write_json(folder / f"{record['id']}.json", record)
+    return write_json(folder / f"{record['id']}.json", _neutral_record(store, record))
 
 
 def has_record(store, rid: str) -> bool:
@@ -104,5 +142,6 @@ def iter_records(store, **where) -> Iterator[dict]:
         missing = [k for k in REQUIRED if k not in rec]
         if missing:
             raise ValueError(f"{p} is not a complete record: it lacks {missing}")
+        rec = _neutral_record(store, rec)
         if all(rec.get(k) == v for k, v in where.items()):
             yield rec
