@@ -4,11 +4,12 @@ Formats read by :func:`load_dictionary` (and so by ``Dictionary.from_pretrained`
 
 * this library's ``ae.safetensors`` (tensors plus metadata naming the class and its constructor arguments);
 * a plain-state-dict ``ae.pt`` with ``config.json`` beside it, in saprmarks/dictionary_learning's layout
-  (``AutoEncoder``, ``AutoEncoderTopK``, ``BatchTopKSAE``; ``JumpReluAutoEncoder`` once a JumpReLU dictionary
-  is registered here) or in ours; read only with ``torch.load(weights_only=True)``;
+  (``AutoEncoder``, ``AutoEncoderTopK``, ``BatchTopKSAE``, ``JumpReluAutoEncoder``, ``MatryoshkaBatchTopKSAE``;
+  the last two through their class's ``from_dictionary_learning_state``) or in ours; read only with
+  ``torch.load(weights_only=True)``;
 * a SAELens folder (``cfg.json`` + ``sae_weights.safetensors``, as written by ``SAE.save_model``) of
-  architecture ``standard``, ``topk`` or ``jumprelu`` (the last one as a BatchTopK dictionary when its threshold
-  is one number for all features and the folder says k, as our SAELens export writes it).
+  architecture ``standard``, ``topk`` or ``jumprelu`` (a JumpReLU dictionary; or a (Matryoshka) BatchTopK
+  dictionary when its threshold is one number for all features and the folder says k, as our export writes it).
 
 Every loaded tensor is checked: names and shapes must match the recorded configuration and every value must be
 finite (a checkpoint holding NaN/inf is refused with the tensor named). The writers of foreign formats live in
@@ -239,8 +240,10 @@ def _read_state_dict_file(weights: Path):
         raise CheckpointError(f"{cfg_path}: cannot read activation_dim and dict_size ({e})") from e
     name = tcfg.get("dict_class", "AutoEncoder")
     alignment = tcfg.get("alignment")
-    if name in DL_LAYOUTS and set(state) == set(DL_LAYOUTS[name][0]):
-        name, state = _from_dl_layout(name, state, tcfg, weights)
+    if name in DL_LAYOUTS and set(state) == set(DL_LAYOUTS[name]):
+        state = {DL_LAYOUTS[name][k]: v for k, v in state.items()}
+    elif name in DL_OWN_LAYOUT:
+        kwargs, state = _from_dl_own_layout(name, state, tcfg, kwargs, weights)
     if "k" in state and "k" not in kwargs:
         kwargs["k"] = _config_k(tcfg, state, weights)
     kwargs["alignment"] = alignment
@@ -249,30 +252,33 @@ def _read_state_dict_file(weights: Path):
     return name, kwargs, state
 
 
-# dictionary_learning 0.1.0 state-dict names -> ours, per dictionary class (nn.Linear weights are [out, in], as ours)
+# dictionary_learning 0.1.0 state-dict names -> ours, for its nn.Linear dictionaries (weights [out, in], as ours)
 _DL_LINEAR = {"encoder.weight": "W_enc", "encoder.bias": "b_enc", "decoder.weight": "W_dec"}
 DL_LAYOUTS = {
-    "AutoEncoder": ({**_DL_LINEAR, "bias": "b_dec"}, "AutoEncoder"),
-    "AutoEncoderTopK": ({**_DL_LINEAR, "b_dec": "b_dec", "k": "k", "threshold": "threshold"}, "AutoEncoderTopK"),
-    "BatchTopKSAE": ({**_DL_LINEAR, "b_dec": "b_dec", "k": "k", "threshold": "threshold"}, "BatchTopKSAE"),
-    "JumpReluAutoEncoder": ({"W_enc": "W_enc", "b_enc": "b_enc", "W_dec": "W_dec", "b_dec": "b_dec",
-                             "threshold": "threshold"}, "JumpReluAutoEncoder"),
+    "AutoEncoder": {**_DL_LINEAR, "bias": "b_dec"},
+    "AutoEncoderTopK": {**_DL_LINEAR, "b_dec": "b_dec", "k": "k", "threshold": "threshold"},
+    "BatchTopKSAE": {**_DL_LINEAR, "b_dec": "b_dec", "k": "k", "threshold": "threshold"},
 }
+#: dictionary_learning classes stored as raw parameters (``W_enc [D, F]``, ``W_dec [F, D]``); our class of the
+#: same name maps them with its ``from_dictionary_learning_state`` classmethod
+DL_OWN_LAYOUT = ("JumpReluAutoEncoder", "MatryoshkaBatchTopKSAE")
 
 
-def _from_dl_layout(name: str, state: dict, tcfg: dict, source) -> tuple[str, dict]:
-    names, ours = DL_LAYOUTS[name]
-    if name == "JumpReluAutoEncoder":
-        if ours not in _DICT_CLASSES:
-            raise CheckpointError(
-                f"{source}: a dictionary_learning JumpReluAutoEncoder; this version of dictionary_learning_aligned "
-                f"has no JumpReLU dictionary to load it into (missing: a registered class {ours!r})")
-        # dictionary_learning stores W_enc [D, F] and W_dec [F, D] here, and does not subtract b_dec on input
-        state = {"W_enc": state["W_enc"].T, "W_dec": state["W_dec"].T, "b_dec": state["b_dec"],
-                 "threshold": state["threshold"],
-                 "b_enc": state["b_enc"] + state["W_enc"].T @ state["b_dec"]}
-        return ours, state
-    return ours, {names[k]: v for k, v in state.items()}
+def _from_dl_own_layout(name: str, state: dict, tcfg: dict, kwargs: dict, source) -> tuple[dict, dict]:
+    klass = _DICT_CLASSES.get(name)
+    if klass is None or not hasattr(klass, "from_dictionary_learning_state"):
+        raise CheckpointError(f"{source}: a dictionary_learning {name}; this version of dictionary_learning_aligned "
+                              f"has no such dictionary to load it into (missing: a registered class {name!r})")
+    W_dec = state.get("W_dec")
+    ours = "V" in state or (W_dec is not None and tuple(W_dec.shape) == (kwargs["activation_dim"], kwargs["dict_size"])
+                            and kwargs["activation_dim"] != kwargs["dict_size"])
+    if ours:  # an ae.pt in our own names and layout
+        return {**kwargs, **{k: tcfg[k] for k in ("k", "group_sizes", "apply_b_dec_to_input") if k in tcfg}}, state
+    try:
+        their_kwargs, mapped = klass.from_dictionary_learning_state(state, tcfg)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: {e}") from e
+    return {**kwargs, **their_kwargs}, mapped
 
 
 def _config_k(tcfg: dict, state: dict, source) -> int:
@@ -316,11 +322,12 @@ def _read_saelens(folder: Path):
         raise CheckpointError(f"{folder}: SAELens {arch} weights {sorted(raw)}, expected {sorted(expected)}")
     state = {"W_enc": raw["W_enc"].T.contiguous(), "W_dec": raw["W_dec"].T.contiguous(), "b_dec": raw["b_dec"],
              "b_enc": raw["b_enc"]}
-    if not cfg.get("apply_b_dec_to_input", True):  # ours subtracts b_dec before encoding: fold it into b_enc
-        state["b_enc"] = raw["b_enc"] + state["W_enc"] @ raw["b_dec"]
     ours = (cfg.get("metadata") or {}).get(PROVENANCE_KEY) or {}
     kwargs = {"activation_dim": d_in, "dict_size": d_sae}
     name = _saelens_class(arch, cfg, ours, raw, state, kwargs, folder)
+    if not cfg.get("apply_b_dec_to_input", True) and name != "JumpReluAutoEncoder":
+        # ours subtracts b_dec before encoding: W_enc x + b_enc = W_enc (x - b_dec) + (b_enc + W_enc b_dec)
+        state["b_enc"] = raw["b_enc"] + state["W_enc"] @ raw["b_dec"]
     kwargs["alignment"] = ours.get("alignment")
     if kwargs["alignment"] is not None:
         state = _as_aligned_state(state, kwargs["alignment"], folder)
@@ -351,14 +358,18 @@ def _saelens_class(arch, cfg, ours, raw, state, kwargs, folder) -> str:
         state.update(k=torch.tensor(kwargs["k"], dtype=torch.int), threshold=torch.tensor(-1.0))
         return "AutoEncoderTopK"
     thr = raw["threshold"]
-    if ours.get("dict_class") == "BatchTopKSAE" and bool((thr == thr[0]).all()) and "k" in ours:
+    if ours.get("dict_class") in ("BatchTopKSAE", "MatryoshkaBatchTopKSAE") and bool((thr == thr[0]).all()):
         kwargs["k"] = int(ours["k"])
         state.update(k=torch.tensor(kwargs["k"], dtype=torch.int), threshold=thr[0].clone().float())
-        return "BatchTopKSAE"
+        if "group_sizes" in ours:
+            kwargs["group_sizes"] = [int(g) for g in ours["group_sizes"]]
+            state["group_sizes"] = torch.tensor(kwargs["group_sizes"])
+        return ours["dict_class"]
     if "JumpReluAutoEncoder" not in _DICT_CLASSES:
         raise CheckpointError(f"{folder}: SAELens jumprelu with per-feature thresholds; this version of "
                               f"dictionary_learning_aligned has no JumpReLU dictionary (missing: a registered class "
                               f"'JumpReluAutoEncoder')")
+    kwargs["apply_b_dec_to_input"] = bool(cfg.get("apply_b_dec_to_input", True))
     state["threshold"] = thr
     return "JumpReluAutoEncoder"
 

