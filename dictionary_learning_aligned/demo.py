@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 
+from . import registry
 from .dtypes import as_dtype, check_device
 
 
@@ -27,18 +28,19 @@ class DemoConfig:
     """decoder block whose residual-stream output is read (0-based)"""
     corpus: Optional[str] = None
     """text: a local txt/jsonl(.gz) file or folder, or a Hugging Face dataset name; omit for the bundled corpus"""
-    tokens: int = 300_000
-    """training tokens (steps = tokens // batch_size)"""
+    tokens: int = 200_000
+    """training tokens (steps = tokens // batch_size); the default keeps the demo under 10 minutes on 2 CPU
+    cores, enough to see the two SAEs differ, not to train them well (use 10M+ on a GPU)"""
     dict_size: int = 4096
     """features per dictionary"""
     arch: str = "relu"
-    """architecture: relu (L1), topk, batchtopk or panneal (Lp, p annealed from 1 to 0.2), or a comma-separated
-    list of them (all trained on the same harvested batches)"""
+    """architecture: relu (L1), topk, batchtopk or panneal (Lp, p annealed from 1 to 0.2), the extensions (not in
+    the paper) jumprelu and matryoshka, any other registered name, or a comma-separated list of them (all trained on the same harvested batches)"""
     l1_penalty: float = 0.04
     """relu: L1 coefficient; panneal: initial sparsity coefficient; the same for both SAEs (activations are
     normalized to unit mean squared norm)"""
     k: int = 64
-    """topk / batchtopk: active features per token"""
+    """topk / batchtopk / matryoshka: active features per token; jumprelu: the target L0"""
     lr: Optional[float] = None
     """peak Adam learning rate (default: the trainer's: 1e-3 for relu/panneal, 2e-4/sqrt(dict_size/2^14) for topk)"""
     alignment: str = "project"
@@ -82,7 +84,6 @@ class DemoConfig:
     """log losses and alignment summary every this many steps"""
 
 
-ARCHS = ("relu", "topk", "batchtopk", "panneal")
 #: allowed values of the enum-like flags
 CHOICES = {"alignment": ["project", "rescale"], "model_dtype": ["float32", "bfloat16", "float16"],
            "autocast": ["float32", "bfloat16", "float16"]}
@@ -95,19 +96,11 @@ def trainer_configs(cfg: DemoConfig, activation_dim: int, steps: int) -> list[tu
     Raises:
         ValueError: unknown architecture.
     """
-    from . import trainers as T
-
-    pairs = {
-        "relu": (T.StandardTrainer, T.AlignedStandardTrainer),
-        "topk": (T.TopKTrainer, T.AlignedTopKTrainer),
-        "batchtopk": (T.BatchTopKTrainer, T.AlignedBatchTopKTrainer),
-        "panneal": (T.PAnnealTrainer, T.AlignedPAnnealTrainer),
-    }
     archs = _archs(cfg.arch)
     out = []
     for arch in archs:
         prefix = f"{arch} " if len(archs) > 1 else ""
-        standard, aligned = pairs[arch]
+        standard, aligned = registry.get(arch).trainer, registry.get(arch).aligned_trainer
         common = _arch_settings(cfg, arch, activation_dim, steps)
         for seed in range(cfg.seed, cfg.seed + cfg.seeds):
             out.append((prefix + "standard", dict(trainer=standard, seed=seed, **common)))
@@ -117,28 +110,35 @@ def trainer_configs(cfg: DemoConfig, activation_dim: int, steps: int) -> list[tu
 
 
 def _archs(spec: str) -> list[str]:
+    """The architecture names of a comma-separated ``--arch`` value (registered names, :mod:`.registry`).
+
+    Raises:
+        ValueError: an empty list or a name that is not registered (the message lists the registered ones).
+    """
     archs = [a.strip() for a in str(spec).split(",") if a.strip()]
-    bad = [a for a in archs if a not in ARCHS]
+    known = registry.names()
+    bad = [a for a in archs if a not in known]
     if bad or not archs:
-        raise ValueError(f"unknown arch {spec!r}; choose one or more (comma-separated) of {ARCHS}")
+        raise ValueError(f"unknown arch {spec!r}; choose one or more (comma-separated) of {tuple(known)}")
     return archs
 
 
+def _counts_features(arch: str) -> bool:
+    """Whether the architecture's sparsity parameter counts active features per token (``k``, ``target_l0``:
+    set by ``--k``) rather than weighting a penalty (``l1_penalty``, ``initial_sparsity_penalty``: ``--l1-penalty``)."""
+    return all(isinstance(v, int) for v in registry.get(arch).sparsity_values)
+
+
 def _arch_settings(cfg: DemoConfig, arch: str, activation_dim: int, steps: int) -> dict:
+    """Trainer arguments shared by the standard and aligned SAE of ``arch``: shape, model, the registered
+    schedule scaled to ``steps`` (``Architecture.schedule``), the sparsity value (``--k`` or ``--l1-penalty``,
+    :func:`_counts_features`) and ``--lr`` if given."""
+    spec = registry.get(arch)
     common = dict(steps=steps, activation_dim=activation_dim, dict_size=cfg.dict_size, layer=cfg.layer,
-                  lm_name=cfg.model, warmup_steps=max(1, steps // 20),
-                  decay_start=max(2, int(0.8 * steps)) if steps > 10 else None, submodule_name=f"layers.{cfg.layer}")
+                  lm_name=cfg.model, submodule_name=f"layers.{cfg.layer}", **spec.schedule(steps))
     if cfg.lr is not None:
         common["lr"] = cfg.lr
-    if arch in ("topk", "batchtopk"):
-        common.update(k=cfg.k, threshold_start_step=max(1, steps // 10))
-    else:
-        common["sparsity_warmup_steps"] = max(1, steps // 10)
-        if arch == "relu":
-            common["l1_penalty"] = cfg.l1_penalty
-        else:
-            common.update(initial_sparsity_penalty=cfg.l1_penalty, anneal_start=max(1, steps // 4),
-                          anneal_end=max(2, steps - 2) if steps > 3 else None, n_sparsity_updates=10)
+    common[spec.sparsity_param] = cfg.k if _counts_features(arch) else cfg.l1_penalty
     return common
 
 
@@ -161,7 +161,7 @@ def validate_config(cfg: DemoConfig) -> None:
                          f"{cfg.batch_size}; need at least 2")
     if cfg.alignment not in ("project", "rescale"):
         raise ValueError(f"alignment must be 'project' or 'rescale', got {cfg.alignment!r}")
-    if {"topk", "batchtopk"} & set(_archs(cfg.arch)) and not 1 <= cfg.k <= cfg.dict_size:
+    if any(_counts_features(a) for a in _archs(cfg.arch)) and not 1 <= cfg.k <= cfg.dict_size:
         raise ValueError(f"k must be in [1, dict_size={cfg.dict_size}], got {cfg.k}")
     if not cfg.l1_penalty >= 0 or cfg.l1_penalty == float("inf"):
         raise ValueError(f"l1_penalty must be a finite number >= 0, got {cfg.l1_penalty}")
@@ -195,8 +195,9 @@ def run_demo(cfg: DemoConfig) -> dict:
         FileExistsError: ``cfg.out`` exists and is not empty (without ``overwrite``).
         FileNotFoundError: the offline model file is missing (the message says how to install it).
     """
-    from nnsight import LanguageModel
+    from nnsight.modeling.transformers import TransformersModel
 
+    from . import console
     from .buffer import ActivationBuffer
     from .data import iter_texts
     from .dictionary import Dictionary
@@ -211,19 +212,24 @@ def run_demo(cfg: DemoConfig) -> dict:
     if steps < 2:
         raise ValueError(f"tokens={cfg.tokens} gives {steps} steps of batch_size={cfg.batch_size}; need at least 2")
     if cfg.resume:
-        if not (Path(cfg.out) / "dictionaries").is_dir():
-            raise ValueError(f"--resume: {cfg.out} holds no run to continue (no dictionaries/ folder)")
+        check_resume(cfg)  # same settings and text as the run recorded, and not finished; nothing is changed
     else:
         check_output_dir(cfg.out, cfg.overwrite)  # fail before the slow steps; nothing is changed yet
     for split in ("train", "test"):  # an unreadable corpus or an empty split fails here, not after training
         next(iter_texts(cfg.corpus, split=split, seed=cfg.seed))
     timings = {}
     t0 = time.time()
-    hf, tok = load_language_model(cfg.model, device=cfg.device, dtype=as_dtype(cfg.model_dtype, "model_dtype"))
-    lm = LanguageModel(hf, tokenizer=copy.deepcopy(tok))
+    _say(f"[1/3] loading {cfg.model} on {cfg.device}" + (" (4-bit Q4_1 GGUF, de-quantised to float32)"
+         if cfg.model.lower() == "smollm2-135m-instruct" else ""))
+    with console.captured_output(None, stderr=True):  # transformers' loading bars; errors still raise
+        hf, tok = load_language_model(cfg.model, device=cfg.device, dtype=as_dtype(cfg.model_dtype, "model_dtype"))
+    # nnsight's TransformersModel: LanguageModel is its deprecated alias (same class but for a warning)
+    lm = TransformersModel(hf, tokenizer=copy.deepcopy(tok), task="text-generation")
     submodule = get_layer(lm, cfg.layer)  # the layer's envoy; raises on a layer out of range
     timings["load_model_s"] = time.time() - t0
     out = Path(cfg.out) if cfg.resume else prepare_output_dir(cfg.out, cfg.overwrite)
+    if not cfg.resume:
+        write_json(out / FINGERPRINT_FILE, run_fingerprint(cfg))
 
     def make_buffer(split, n_ctxs):
         return ActivationBuffer(iter_texts(cfg.corpus, split=split, seed=cfg.seed), lm, submodule,
@@ -231,21 +237,26 @@ def run_demo(cfg: DemoConfig) -> dict:
                                 refresh_batch_size=cfg.refresh_batch_size, out_batch_size=cfg.batch_size,
                                 device=cfg.device, remove_bos=True,
                                 max_norm_multiple=cfg.max_norm_multiple if (cfg.max_norm_multiple or 0) > 0 else None,
-                                verbose=split == "train", seed=cfg.seed)
+                                verbose=split == "train" and console.is_verbose(), seed=cfg.seed)
 
     train_buffer = make_buffer("train", cfg.buffer_ctxs)
     runs = trainer_configs(cfg, hf.config.hidden_size, steps)
     names = [g if cfg.seeds == 1 else f"{g} seed {c['seed']}" for g, c in runs]
+    _say(f"[2/3] harvesting activations of layer {cfg.layer} and training {len(runs)} SAEs for {steps} steps "
+         f"of {cfg.batch_size} tokens" + ("" if console.is_verbose() else " (--verbose prints the training log)"))
     t0 = time.time()
     trainers = trainSAE(train_buffer, [c for _, c in runs], steps,
                         save_dir=out / "dictionaries", log_steps=cfg.log_steps, normalize_activations=True,
-                        device=cfg.device, autocast_dtype=as_dtype(cfg.autocast, "autocast"), verbose=True,
+                        device=cfg.device, autocast_dtype=as_dtype(cfg.autocast, "autocast"),
+                        verbose=console.is_verbose(),
                         resume=cfg.resume,
                         save_steps=list(range(cfg.save_every - 1, steps, cfg.save_every)) if cfg.save_every > 0 else None,
                         run_cfg={"buffer": train_buffer.config, "model": cfg.model, "corpus": cfg.corpus or "bundled"})
     timings["harvest_and_train_s"] = time.time() - t0
     steps_done = trainers[0].steps_done
 
+    _say(f"[3/3] evaluating on held-out text ({cfg.eval_batches * cfg.batch_size} tokens, CE loss on "
+         f"{cfg.ce_batches * cfg.ce_batch_size} contexts)")
     t0 = time.time()
     eval_rows = max(1, (cfg.eval_batches * cfg.batch_size) // cfg.ctx_len + 1)
     eval_buffer = make_buffer("test", eval_rows)
@@ -291,6 +302,69 @@ def run_demo(cfg: DemoConfig) -> dict:
     print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}, {out / 'alignment_hist.pdf'} (and .png) and "
           f"dictionaries in {out / 'dictionaries'}")
     return results
+
+
+def _say(message: str) -> None:
+    """One line of progress on stdout, flushed at once (a phase of the demo starts)."""
+    print(message, flush=True)
+
+
+FINGERPRINT_FILE = "run_fingerprint.json"
+#: settings that may differ on --resume (where outputs go, logging, checkpoint cadence, evaluation size)
+RESUME_MAY_DIFFER = ("out", "overwrite", "resume", "device", "log_steps", "save_every", "eval_batches", "ce_batches",
+                     "ce_batch_size")
+FINGERPRINT_DOCS = 64
+
+
+def run_fingerprint(cfg: DemoConfig) -> dict:
+    """What a run's training depends on: the settings (but :data:`RESUME_MAY_DIFFER`) and a SHA-256 of the first
+    :data:`FINGERPRINT_DOCS` training documents in stream order (they make the first batches), with their count.
+
+    Raises:
+        ValueError: the corpus cannot be read (as :func:`.data.iter_texts`).
+    """
+    import hashlib
+    import itertools
+
+    from .data import iter_texts
+
+    h, n = hashlib.sha256(), 0
+    for text in itertools.islice(iter_texts(cfg.corpus, split="train", seed=cfg.seed), FINGERPRINT_DOCS):
+        h.update(text.encode("utf-8") + b"\0")
+        n += 1
+    settings = {k: v for k, v in asdict(cfg).items() if k not in RESUME_MAY_DIFFER}
+    return {"settings": settings, "corpus_sha256": h.hexdigest(), "corpus_docs_hashed": n}
+
+
+def check_resume(cfg: DemoConfig) -> None:
+    """Refuse ``--resume`` unless ``cfg.out`` holds an unfinished run with the same settings and training text.
+
+    Raises:
+        ValueError: no run there, a finished run (``results.json`` or final dictionaries written: resuming would
+            retrain it and replace them), a run without a recorded fingerprint, other settings (named), or another
+            corpus or corpus order.
+    """
+    out = Path(cfg.out)
+    if not (out / "dictionaries").is_dir():
+        raise ValueError(f"--resume: {cfg.out} holds no run to continue (no dictionaries/ folder)")
+    finished = (out / "results.json").is_file() or any((out / "dictionaries").glob("trainer_*/ae.safetensors"))
+    if finished:
+        raise ValueError(f"--resume: the run in {cfg.out} is finished (its dictionaries or results.json are "
+                         f"written); resuming would retrain and replace them. Start a new run in another folder")
+    try:
+        saved = json.loads((out / FINGERPRINT_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--resume: {out / FINGERPRINT_FILE} is missing or unreadable ({e}); cannot check that the "
+                         f"settings and text match the run") from None
+    mine = run_fingerprint(cfg)
+    diff = sorted(k for k in set(mine["settings"]) | set(saved.get("settings", {}))
+                  if mine["settings"].get(k) != saved.get("settings", {}).get(k))
+    if diff:
+        raise ValueError(f"--resume: settings differ from the run's: " + ", ".join(
+            f"{k} (run {saved['settings'].get(k)!r}, given {mine['settings'].get(k)!r})" for k in diff))
+    if mine["corpus_sha256"] != saved.get("corpus_sha256"):
+        raise ValueError(f"--resume: the training text differs from the run's (fingerprint of its first "
+                         f"{FINGERPRINT_DOCS} documents); resume with the same --corpus and --seed")
 
 
 def _model_note(model: str) -> str:
@@ -368,7 +442,7 @@ def format_table(results: dict) -> str:
                            ("frac. max cos > 0.9", "frac_above_0.9"), ("Hungarian mean cos", "hungarian_mean_cos")):
             cells = [("n/a" if stab[g][key] is None else f"{stab[g][key]:.4f}").rjust(c) for g, c in zip(groups, cols)]
             lines.append(label.ljust(w) + "".join(cells))
-    if any(a in ("relu", "panneal") for a in _archs(results["settings"]["arch"])):
+    if any(not registry.get(a).fixed_l0 for a in _archs(results["settings"]["arch"])):
         lines.append("note: at the same sparsity penalty the SAEs reach different L0; compare them at matched L0 "
                      "(a penalty sweep, or --arch topk)")
     first = results["metrics"][results["groups"][groups[0]][0]]

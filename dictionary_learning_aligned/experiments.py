@@ -8,7 +8,9 @@ a concrete grid at a scale:
   hub); token budget and widths as the SAEBench baseline suite (dictionary_learning_demo).
 
 The paper's text gives neither its sparsity grid nor its token budget; the values here cover its range of L0
-(about 10 to 200) and are our choice.
+(about 10 to 200) and are our choice. Architectures, their sparsity parameter and default sweep values come from
+the registry (:mod:`.registry`). The ``extensions`` experiment trains the registered architectures that the paper
+does not evaluate (JumpReLU, Matryoshka BatchTopK); it is not in the paper and feeds none of its figures.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
+from . import registry
+
 OFFLINE_MODEL = "smollm2-135m-instruct"
 OFFLINE_LAYER = 12
-ARCH_SPARSITY = {"relu": "l1_penalty", "topk": "k", "batchtopk": "k", "panneal": "initial_sparsity_penalty"}
 SCALES = ("smoke", "small", "paper")
 #: Gemma-3-270M's layer at the paper's relative depth for Gemma-2-2B: layer 12 of 26 blocks is at 12/26 = 0.46
 #: of the depth; 0.46 * 18 blocks = 8.3, so layer 8 (8/18 = 0.44; layer 9 would be 0.50)
@@ -38,9 +41,11 @@ class Experiment:
         archs: architectures trained.
         alignments: alignment modes compared (None = standard).
         dict_sizes: dictionary widths.
-        sparsity: per architecture, the sparsity values swept (``ARCH_SPARSITY`` names the parameter).
+        sparsity: per architecture, the sparsity values swept (the architecture's ``sparsity_param`` in the
+            registry names the parameter; default: every architecture's registered ``sparsity_values``).
         seeds: seeds per configuration.
         tokens: training tokens per scale.
+        in_paper: False for an experiment that arXiv 2605.18629 does not run (an extension).
     """
 
     name: str
@@ -48,18 +53,17 @@ class Experiment:
     paper_model: str = "EleutherAI/pythia-160m-deduped"
     paper_layer: int = 8
     paper_corpus: str = "monology/pile-uncopyrighted"
-    archs: tuple = ("relu", "topk", "batchtopk", "panneal")
+    archs: tuple = field(default_factory=lambda: tuple(registry.names(in_paper_only=True)))
     alignments: tuple = (None, "project")
     dict_sizes: tuple = (4096,)
-    sparsity: dict = field(default_factory=lambda: {
-        "relu": (0.02, 0.04, 0.08), "topk": (32, 64, 128), "batchtopk": (32, 64, 128),
-        "panneal": (0.02, 0.04, 0.08)})
+    sparsity: dict = field(default_factory=lambda: {a.name: a.sparsity_values for a in registry.architectures()})
     seeds: int = 3
     tokens: dict = field(default_factory=lambda: {"smoke": 24_576, "small": 20_000_000, "paper": 500_000_000})
     offline_model: str = OFFLINE_MODEL
     offline_layer: int = OFFLINE_LAYER
     layer_note: str = ""
     """why ``offline_layer`` was chosen, when it is not the default"""
+    in_paper: bool = True
 
 
 EXPERIMENTS = {e.name: e for e in [
@@ -71,6 +75,9 @@ EXPERIMENTS = {e.name: e for e in [
     Experiment("sizes", figures=(15, 16, 17, 18), dict_sizes=(16384, 65536)),
     Experiment("long", figures=(19, 20), archs=("topk",), sparsity={"topk": (64,)}, seeds=1,
                tokens={"smoke": 49_152, "small": 200_000_000, "paper": 2_000_000_000}),
+    # not in the paper: the registered extensions, on the main experiment's setting
+    Experiment("extensions", figures=(), archs=tuple(n for n in registry.names() if n not in registry.names(in_paper_only=True)),
+               in_paper=False),
 ]}
 
 
@@ -127,7 +134,7 @@ def resolve(name: str, scale: str, corpus: Optional[str] = None) -> Plan:
         note = (f"offline substitute: {_OFFLINE_TITLES.get(model, model)} layer {layer} on "
                 f"{corpus or 'the bundled Wikipedia + Gutenberg corpus'} instead of {exp.paper_model} layer "
                 f"{exp.paper_layer} on {exp.paper_corpus}" + (f"; {exp.layer_note}" if exp.layer_note else ""))
-    runs = tuple(Run(exp.name, arch, al, d, ARCH_SPARSITY[arch], v, seed)
+    runs = tuple(Run(exp.name, arch, al, d, registry.get(arch).sparsity_param, v, seed)
                  for d in exp.dict_sizes for arch in exp.archs for v in exp.sparsity[arch]
                  for al in exp.alignments for seed in range(exp.seeds))
     return Plan(exp, scale, model, layer, corpus_used, exp.tokens[scale], note, runs)
@@ -138,6 +145,6 @@ _OFFLINE_TITLES = {OFFLINE_MODEL: "SmolLM2-135M-Instruct", "gemma-3-270m": "Gemm
 
 def _smoke_values(arch: str, values: tuple) -> tuple:
     """At most two sparsity values (the extremes), with k suited to 256-feature smoke dictionaries."""
-    if ARCH_SPARSITY[arch] == "k":
+    if all(isinstance(v, int) for v in values):  # feature counts (k, target_l0): sized for 256 features
         return (8, 32) if len(values) > 1 else (min(int(values[0]), 32),)
     return tuple(dict.fromkeys((values[0], values[-1])))

@@ -1,5 +1,6 @@
-"""Reproduce an experiment of the paper: ``python -m dictionary_learning_aligned.reproduce EXPERIMENT --scale
-smoke|small|paper [--device cuda] [--results DIR]``.
+"""Reproduce an experiment of the paper: ``python -m dictionary_learning_aligned reproduce EXPERIMENT --scale
+smoke|small|paper [--device cuda] [--results DIR]`` (``python -m dictionary_learning_aligned.reproduce`` is the
+same command).
 
 For each dictionary size of the experiment's grid (:mod:`.experiments`), activations are harvested once and every
 dictionary still missing from the results store is trained on the same batches; each is then evaluated on
@@ -9,46 +10,73 @@ finished entries.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime
 import math
 import sys
+import textwrap
 import time
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Optional
 
 import torch
+from simple_parsing.helpers import choice, field
 
-from .dtypes import autocast_dtype, check_device, comma_list
+from . import registry
+from .cli import default_device
+from .dtypes import AUTOCAST_CHOICES, autocast_dtype, check_device, comma_list
 from .experiments import EXPERIMENTS, SCALES, Plan, Run, resolve
 from .records import SCHEMA_VERSION, group_id, has_record, record_id, write_record
 
-#: trainer classes per (architecture, aligned?)
-_TRAINERS = {"relu": ("StandardTrainer", "AlignedStandardTrainer"), "topk": ("TopKTrainer", "AlignedTopKTrainer"),
-             "batchtopk": ("BatchTopKTrainer", "AlignedBatchTopKTrainer"),
-             "panneal": ("PAnnealTrainer", "AlignedPAnnealTrainer")}
-
 
 def trainer_config(run: Run, activation_dim: int, steps: int, plan: Plan) -> dict:
-    """The ``trainSAE`` config of one run: the architecture's trainer (its aligned version when ``alignment`` is
-    set), schedules scaled to ``steps`` (lr warmup 5%, sparsity warmup 10%, decay from 80%)."""
-    standard, aligned = _TRAINERS[run.arch]
-    cfg = dict(trainer=aligned if run.alignment else standard, steps=steps, activation_dim=activation_dim,
+    """The ``trainSAE`` config of one run: the architecture's trainer from the registry (its aligned version when
+    ``alignment`` is set), the run's sparsity value, and the architecture's schedule scaled to ``steps``
+    (``Architecture.schedule``: e.g. lr warmup 5%, sparsity warmup 10%, decay from 80%).
+
+    Raises:
+        ValueError: an architecture that is not registered.
+    """
+    arch = registry.get(run.arch)
+    cfg = dict(trainer=arch.trainer_for(run.alignment).__name__, steps=steps, activation_dim=activation_dim,
                dict_size=run.dict_size, layer=plan.layer, lm_name=plan.model, seed=run.seed,
-               warmup_steps=max(1, steps // 20), decay_start=max(2, int(0.8 * steps)) if steps > 10 else None,
-               submodule_name=f"layers.{plan.layer}")
+               submodule_name=f"layers.{plan.layer}", **arch.schedule(steps))
     if run.alignment:
         cfg["alignment"] = run.alignment
     value = run.sparsity_value
-    if run.arch in ("topk", "batchtopk"):
-        cfg.update(k=int(value), threshold_start_step=max(1, steps // 10))
-    else:
-        cfg["sparsity_warmup_steps"] = max(1, steps // 10)
-        cfg[run.sparsity_name] = value
-        if run.arch == "panneal":
-            cfg.update(anneal_start=max(1, steps // 4), anneal_end=max(2, steps - 2) if steps > 3 else None)
+    cfg[run.sparsity_name] = int(value) if arch.fixed_l0 else value
     return cfg
+
+
+@dataclass
+class _Part:
+    """What every part of one reproduction shares: the plan, the store, the loaded model and the held-out data."""
+
+    name: str
+    scale: str
+    plan: Plan
+    store: Path
+    device: str
+    batch_size: int
+    amp: Optional[torch.dtype]
+    steps: int
+    total_tokens: int
+    unique_tokens: int
+    epochs: int
+    cache: Optional[str]
+    preload: bool
+    lm: object = None
+    submodule: object = None
+    d_model: int = 0
+    eval_acts: list = dataclass_field(default_factory=list)
+    ce_tokens: list = dataclass_field(default_factory=list)
+    ce_reference: list = dataclass_field(default_factory=list)
+    verbose: bool = True
+    use_wandb: bool = False
+    wandb_project: str = ""
+    command: str = ""
 
 
 def run_experiment(name: str, scale: str, results: str, device: Optional[str] = None, corpus: Optional[str] = None,
@@ -56,8 +84,12 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
                    ce_batches: int = 4, ce_batch_size: int = 8, archs: Optional[list] = None,
                    dict_sizes: Optional[list] = None, cache: Optional[str] = None, tokens: Optional[int] = None,
                    epochs: int = 1, seeds: Optional[int] = None, preload: Optional[bool] = None,
-                   sparsity: Optional[list] = None, chunk: Optional[int] = None) -> list[str]:
+                   sparsity: Optional[list] = None, chunk: Optional[int] = None, verbose: bool = True,
+                   use_wandb: bool = False, wandb_project: str = "", command: Optional[str] = None) -> list[str]:
     """Train, evaluate and record every missing dictionary of an experiment; returns the ids written.
+
+    The steps: :func:`select_runs` (the grid points still missing from the store), then per part of one
+    dictionary size (:func:`_chunks`) :func:`train_part`, :func:`evaluate_part` and :func:`record_part`.
 
     Args:
         name, scale: see :func:`.experiments.resolve`.
@@ -82,44 +114,75 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
         sparsity: train only the grid points with these sparsity values now (L1 penalties, k values or p-anneal
             coefficients, as listed in :mod:`.experiments`).
         preload: hold the whole cache on ``device`` (default: on a GPU) instead of reading batches from disk.
+        verbose: print every logged training step; use_wandb, wandb_project: log training to Weights & Biases.
+        command: the command line recorded in each record (default: the module alias and ``sys.argv``).
 
     Raises:
         ValueError: unknown experiment/scale, a bad device, bad tokens/epochs/seeds/batch and evaluation sizes, or
             ``epochs > 1`` without ``cache`` (all checked before the model is loaded).
     """
-    from nnsight import LanguageModel
-
-    from .alignment import alignment_scores
-    from .buffer import ActivationBuffer
-    from .data import iter_texts
-    from .dictionary import Dictionary
-    from .evaluation import ce_losses, collect_eval_data, evaluate
-    from .models import get_layer, load_language_model
-    from .stability import stability
-    from .training import trainSAE
-
     plan = resolve(name, scale, corpus)
+    _check_sizes(plan, tokens, epochs, cache, seeds, chunk, batch_size, eval_batches, ce_batches, ce_batch_size)
+    device = device or default_device()
+    check_device(device, "--device")
+    batch_size = batch_size or (1024 if scale == "smoke" else 8192)
+    total_tokens = tokens or plan.tokens
+    store = Path(results)
+    store.mkdir(parents=True, exist_ok=True)
+    todo = select_runs(plan, store, archs, dict_sizes, seeds, sparsity)
+    print(f"{name} @ {scale}: {len(plan.runs)} dictionaries in the grid, {len(todo)} to train"
+          + (f" ({plan.offline_note})" if plan.offline_note else ""))
+    if not todo:
+        return []
+    ctx = _Part(name=name, scale=scale, plan=plan, store=store, device=device, batch_size=batch_size,
+                amp=autocast_dtype(autocast, device), steps=-(-total_tokens // batch_size),  # whole batches
+                total_tokens=total_tokens, unique_tokens=-(-total_tokens // epochs), epochs=epochs, cache=cache,
+                preload=torch.device(device).type == "cuda" if preload is None else preload, verbose=verbose,
+                use_wandb=use_wandb, wandb_project=wandb_project,
+                command=command or " ".join([Path(sys.executable).name, "-m", "dictionary_learning_aligned.reproduce"]
+                                            + sys.argv[1:]))
+    _load_model_and_eval_data(ctx, eval_batches, ce_batches, ce_batch_size)
+    written = []
+    parts = [part for d in sorted({r.dict_size for r in todo})
+             for part in _chunks([r for r in todo if r.dict_size == d], chunk)]
+    for j, runs in enumerate(parts):
+        run_dir, trainers, train_s = train_part(ctx, runs, j)
+        dictionaries, metrics = evaluate_part(ctx, runs, run_dir)
+        written += record_part(ctx, runs, run_dir, trainers, train_s, dictionaries, metrics)
+    return written
+
+
+def _check_sizes(plan: Plan, tokens, epochs, cache, seeds, chunk, batch_size, eval_batches, ce_batches,
+                 ce_batch_size) -> None:
+    """Refuse bad token, epoch, seed, chunk, batch and evaluation sizes before anything is loaded.
+
+    Raises:
+        ValueError: naming the setting and its allowed range.
+    """
     if tokens is not None and tokens < 1:
         raise ValueError(f"tokens must be >= 1, got {tokens}")
     if epochs < 1 or (epochs > 1 and cache is None):
         raise ValueError(f"epochs must be >= 1 and epochs > 1 needs a cache folder (got epochs={epochs}, "
                          f"cache={cache!r})")
     if seeds is not None and not 1 <= seeds <= plan.experiment.seeds:
-        raise ValueError(f"seeds must be in 1..{plan.experiment.seeds} for {name}, got {seeds}")
+        raise ValueError(f"seeds must be in 1..{plan.experiment.seeds} for {plan.experiment.name}, got {seeds}")
     if chunk is not None and chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    total_tokens = tokens or plan.tokens
-    unique_tokens = -(-total_tokens // epochs)
-    for flag, v, low in (("batch_size", batch_size, 1), ("eval_batches", eval_batches, 1),
-                         ("ce_batches", ce_batches, 0), ("ce_batch_size", ce_batch_size, 1)):
+    for flag_, v, low in (("batch_size", batch_size, 1), ("eval_batches", eval_batches, 1),
+                          ("ce_batches", ce_batches, 0), ("ce_batch_size", ce_batch_size, 1)):
         if v is not None and v < low:
-            raise ValueError(f"{flag} must be >= {low}, got {v}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    check_device(device, "--device")
-    batch_size = batch_size or (1024 if scale == "smoke" else 8192)
-    amp = autocast_dtype(autocast, device)
-    store = Path(results)
-    store.mkdir(parents=True, exist_ok=True)
+            raise ValueError(f"{flag_} must be >= {low}, got {v}")
+
+
+def select_runs(plan: Plan, store: Path, archs: Optional[list] = None, dict_sizes: Optional[list] = None,
+                seeds: Optional[int] = None, sparsity: Optional[list] = None) -> list[Run]:
+    """The runs of ``plan`` still to train: not yet recorded in ``store`` and inside the requested part of the
+    grid (``archs``, ``dict_sizes``, the first ``seeds`` seeds, ``sparsity`` values; None: all).
+
+    Raises:
+        ValueError: a requested architecture, size or sparsity value that is not in the experiment's grid.
+    """
+    name = plan.experiment.name
     for name_, chosen, allowed in (("arch", archs, {r.arch for r in plan.runs}),
                                    ("dict_size", dict_sizes, {r.dict_size for r in plan.runs})):
         if chosen and not set(chosen) <= allowed:
@@ -128,103 +191,142 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     if sparsity and not all(_among(v, values) for v in sparsity):
         raise ValueError(f"sparsity {sorted(sparsity)} not all in the {name} grid's values {values} "
                          f"(of the chosen architectures)")
-    todo = [r for r in plan.runs if not has_record(store, _rid(r)) and (not archs or r.arch in archs)
+    return [r for r in plan.runs if not has_record(store, _rid(r)) and (not archs or r.arch in archs)
             and (not dict_sizes or r.dict_size in dict_sizes) and (seeds is None or r.seed < seeds)
             and (not sparsity or _among(r.sparsity_value, sparsity))]
-    print(f"{name} @ {scale}: {len(plan.runs)} dictionaries in the grid, {len(todo)} to train"
-          + (f" ({plan.offline_note})" if plan.offline_note else ""))
-    if not todo:
-        return []
-    hf, tok = load_language_model(plan.model, device=device)
-    lm = LanguageModel(hf, tokenizer=copy.deepcopy(tok))
-    submodule = get_layer(lm, plan.layer)  # the layer's envoy
-    d_model = hf.config.hidden_size
-    steps = -(-total_tokens // batch_size)  # whole batches covering at least the budget
-    preload = torch.device(device).type == "cuda" if preload is None else preload
 
-    def buffer(split, n_ctxs):
-        return ActivationBuffer(iter_texts(plan.corpus, split=split, seed=0), lm, submodule, d_submodule=d_model,
-                                n_ctxs=n_ctxs, ctx_len=128, refresh_batch_size=32 if scale == "smoke" else 256,
-                                out_batch_size=batch_size, device=device, remove_bos=True, max_norm_multiple=10.0,
-                                seed=0)
 
-    def train_data():
-        if cache is None:
-            return buffer("train", min(8000, max(64, total_tokens // 128 // 4)))
-        from .cache import ActivationCache, build_cache, clear_unfinished
+def _buffer(ctx: _Part, split: str, n_ctxs: int):
+    """An activation buffer over ``split`` of the plan's corpus, as every part of the reproduction reads it."""
+    from .buffer import ActivationBuffer
+    from .data import iter_texts
 
-        meta = {"model": plan.model, "layer": plan.layer, "io": "out", "corpus": plan.corpus or "bundled",
-                "split": "train", "ctx_len": 128, "remove_bos": True, "max_norm_multiple": 10.0}
-        tag = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{plan.model}_L{plan.layer}_"
-                      f"{Path(str(plan.corpus)).name if plan.corpus else 'bundled'}_{unique_tokens}")
-        path = Path(cache) / tag
-        if not clear_unfinished(path):  # an interrupted build of ours is started again; nothing else is deleted
-            build_cache(buffer("train", min(8000, max(64, unique_tokens // 128 // 4))), path, unique_tokens, meta)
-        return ActivationCache(path, batch_size=batch_size, seed=0, device=device, expect=meta, epochs=epochs,
-                               preload=preload)
+    return ActivationBuffer(iter_texts(ctx.plan.corpus, split=split, seed=0), ctx.lm, ctx.submodule,
+                            d_submodule=ctx.d_model, n_ctxs=n_ctxs, ctx_len=128,
+                            refresh_batch_size=32 if ctx.scale == "smoke" else 256, out_batch_size=ctx.batch_size,
+                            device=ctx.device, remove_bos=True, max_norm_multiple=10.0, seed=0)
 
+
+def _load_model_and_eval_data(ctx: _Part, eval_batches: int, ce_batches: int, ce_batch_size: int) -> None:
+    """Load the plan's language model into ``ctx`` and collect the held-out evaluation data once (activations,
+    CE-loss token batches and the model's clean CE losses on them)."""
+    from nnsight import LanguageModel
+
+    from .evaluation import ce_losses, collect_eval_data
+    from .models import get_layer, load_language_model
+
+    hf, tok = load_language_model(ctx.plan.model, device=ctx.device)
+    ctx.lm = LanguageModel(hf, tokenizer=copy.deepcopy(tok))
+    ctx.submodule = get_layer(ctx.lm, ctx.plan.layer)  # the layer's envoy
+    ctx.d_model = hf.config.hidden_size
+    eval_buf = _buffer(ctx, "test", (eval_batches * ctx.batch_size) // 128 + 1)
+    ctx.eval_acts, ctx.ce_tokens = collect_eval_data(eval_buf, eval_batches, ce_batches, ce_batch_size)
+    ctx.ce_reference = [ce_losses(ctx.lm, ctx.submodule, None, t) for t in ctx.ce_tokens]
+
+
+def _train_data(ctx: _Part):
+    """The training activations: a fresh buffer, or (with a cache folder) the cached harvest of the plan's
+    model, layer, corpus and token count, built first when missing."""
+    if ctx.cache is None:
+        return _buffer(ctx, "train", min(8000, max(64, ctx.total_tokens // 128 // 4)))
+    from .cache import ActivationCache, build_cache, clear_unfinished
+
+    plan = ctx.plan
+    meta = {"model": plan.model, "layer": plan.layer, "io": "out", "corpus": plan.corpus or "bundled",
+            "split": "train", "ctx_len": 128, "remove_bos": True, "max_norm_multiple": 10.0}
+    tag = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{plan.model}_L{plan.layer}_"
+                  f"{Path(str(plan.corpus)).name if plan.corpus else 'bundled'}_{ctx.unique_tokens}")
+    path = Path(ctx.cache) / tag
+    if not clear_unfinished(path):  # an interrupted build of ours is started again; nothing else is deleted
+        build_cache(_buffer(ctx, "train", min(8000, max(64, ctx.unique_tokens // 128 // 4))), path,
+                    ctx.unique_tokens, meta)
+    return ActivationCache(path, batch_size=ctx.batch_size, seed=0, device=ctx.device, expect=meta,
+                           epochs=ctx.epochs, preload=ctx.preload)
+
+
+def train_part(ctx: _Part, runs: list[Run], j: int) -> tuple[Path, list, float]:
+    """Train the dictionaries of ``runs`` (one size) together on the same batches into a new folder of the store;
+    returns (that folder, the trainers, the training seconds)."""
+    from .training import trainSAE
+
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = ctx.store / "dictionaries" / f"{ctx.name}__{ctx.scale}__d{runs[0].dict_size}__{stamp}__{j}"
+    t0 = time.time()
+    trainers = trainSAE(_train_data(ctx), [trainer_config(r, ctx.d_model, ctx.steps, ctx.plan) for r in runs],
+                        ctx.steps, save_dir=run_dir, normalize_activations=True, device=ctx.device,
+                        autocast_dtype=ctx.amp, verbose=ctx.verbose, log_steps=max(1, ctx.steps // 10),
+                        use_wandb=ctx.use_wandb, wandb_project=ctx.wandb_project,
+                        run_cfg={"experiment": ctx.name, "scale": ctx.scale, "model": ctx.plan.model,
+                                 "corpus": ctx.plan.corpus or "bundled"})
+    return run_dir, trainers, time.time() - t0
+
+
+def evaluate_part(ctx: _Part, runs: list[Run], run_dir: Path) -> tuple[dict, dict]:
+    """Load each trained dictionary of ``runs`` from ``run_dir`` and evaluate it on the held-out data; returns
+    (dictionaries, metrics), both keyed by run."""
+    from .dictionary import Dictionary
+    from .evaluation import evaluate
+
+    dictionaries, metrics = {}, {}
+    for i, r in enumerate(runs):
+        ae = Dictionary.from_pretrained(run_dir / f"trainer_{i}", device=ctx.device)
+        dictionaries[r] = ae
+        metrics[r] = evaluate(ae, ctx.eval_acts, n_batches=len(ctx.eval_acts), model=ctx.lm,
+                              submodule=ctx.submodule, ce_tokens=ctx.ce_tokens, ce_reference=ctx.ce_reference,
+                              skip_first=True, per_feature=True)
+    return dictionaries, metrics
+
+
+def record_part(ctx: _Part, runs: list[Run], run_dir: Path, trainers: list, train_s: float, dictionaries: dict,
+                metrics: dict) -> list[str]:
+    """Write one record per run of a trained and evaluated part, with its group's cross-seed stability; returns
+    the record ids."""
+    from .stability import stability
+
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(_gid(r), []).append(r)
     written = []
-    eval_buf = buffer("test", (eval_batches * batch_size) // 128 + 1)
-    acts, ce_tokens = collect_eval_data(eval_buf, eval_batches, ce_batches, ce_batch_size)
-    ce_ref = [ce_losses(lm, submodule, None, t) for t in ce_tokens]
-    parts = [part for d in sorted({r.dict_size for r in todo})
-             for part in _chunks([r for r in todo if r.dict_size == d], chunk)]
-    for j, runs in enumerate(parts):
-        dict_size = runs[0].dict_size
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = store / "dictionaries" / f"{name}__{scale}__d{dict_size}__{stamp}__{j}"
-        t0 = time.time()
-        trainers = trainSAE(train_data(),
-                            [trainer_config(r, d_model, steps, plan) for r in runs], steps, save_dir=run_dir,
-                            normalize_activations=True, device=device, autocast_dtype=amp, verbose=True,
-                            log_steps=max(1, steps // 10),
-                            run_cfg={"experiment": name, "scale": scale, "model": plan.model,
-                                     "corpus": plan.corpus or "bundled"})
-        train_s = time.time() - t0
-        dictionaries, metrics = {}, {}
-        for i, r in enumerate(runs):
-            ae = Dictionary.from_pretrained(run_dir / f"trainer_{i}", device=device)
-            dictionaries[r] = ae
-            metrics[r] = evaluate(ae, acts, n_batches=len(acts), model=lm, submodule=submodule, ce_tokens=ce_tokens,
-                                  ce_reference=ce_ref, skip_first=True, per_feature=True)
-        groups: dict[str, list[Run]] = {}
-        for r in runs:
-            groups.setdefault(_gid(r), []).append(r)
-        for gid, members in groups.items():
-            stab = stability([dictionaries[r] for r in members]) if len(members) > 1 else None
-            for j, r in enumerate(members):
-                m = dict(metrics[r])
-                summary, fired = m.pop("alignment"), m.pop("fired")
-
-                rec = {
-                    "schema": SCHEMA_VERSION, "id": _rid(r), "experiment": name, "scale": scale,
-                    "model": plan.model, "paper_model": plan.experiment.paper_model,
-                    "offline_note": plan.offline_note, "layer": plan.layer, "corpus": plan.corpus or "bundled",
-                    "train_tokens": trainers[runs.index(r)].tokens_seen, "plan_tokens": plan.tokens,
-                    "unique_tokens": min(unique_tokens, trainers[runs.index(r)].tokens_seen),
-                    "epochs": epochs, "arch": r.arch,
-                    "alignment": r.alignment, "dict_size": r.dict_size,
-                    "sparsity": {"name": r.sparsity_name, "value": r.sparsity_value}, "seed": r.seed,
-                    "group": gid, "trainer": trainers[runs.index(r)].config, "metrics": m,
-                    "alignment_scores": summary,
-                    "per_feature": {
-                        "alignment_score": [round(v, 5) for v in alignment_scores(dictionaries[r]).cpu().tolist()],
-                        "max_cos_other_seeds": ([round(v, 4) for v in stab["per_feature_max_cos"][j]]
-                                                if stab else None),
-                        "fired": fired},
-                    "stability": None if stab is None else {k: stab[k] for k in (
-                        "n_runs", "mcs", "frac_above_0.7", "frac_above_0.9", "hungarian_mean_cos")},
-                    "training_log": trainers[runs.index(r)].log,
-                    "paths": {"dictionary": str((run_dir / f"trainer_{runs.index(r)}").relative_to(store))},
-                    "train_seconds_all_dictionaries_of_this_size": round(train_s, 1),  # of its part with --chunk
-                    "trained_together": len(runs),
-                    "command": " ".join([Path(sys.executable).name, "-m", "dictionary_learning_aligned.reproduce"]
-                                        + sys.argv[1:]),
-                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                }
-                write_record(store, rec)
-                written.append(rec["id"])
+    for gid, members in groups.items():
+        stab = stability([dictionaries[r] for r in members]) if len(members) > 1 else None
+        for j, r in enumerate(members):
+            i = runs.index(r)
+            rec = _record(ctx, r, gid, trainers[i], dictionaries[r], dict(metrics[r]), stab, j,
+                          run_dir / f"trainer_{i}")
+            rec.update(train_seconds_all_dictionaries_of_this_size=round(train_s, 1),  # of its part with --chunk
+                       trained_together=len(runs))
+            write_record(ctx.store, rec)
+            written.append(rec["id"])
     return written
+
+
+def _record(ctx: _Part, r: Run, gid: str, trainer, ae, m: dict, stab: Optional[dict], j: int,
+            trainer_dir: Path) -> dict:
+    """The record of one run (:mod:`.records`): settings, metrics, alignment scores, per-feature data, the
+    stability of its group (``stab``, it being member ``j``), training log and the dictionary's path."""
+    from .alignment import alignment_scores
+
+    summary, fired = m.pop("alignment"), m.pop("fired")
+    plan = ctx.plan
+    return {
+        "schema": SCHEMA_VERSION, "id": _rid(r), "experiment": ctx.name, "scale": ctx.scale,
+        "model": plan.model, "paper_model": plan.experiment.paper_model, "offline_note": plan.offline_note,
+        "layer": plan.layer, "corpus": plan.corpus or "bundled", "train_tokens": trainer.tokens_seen,
+        "plan_tokens": plan.tokens, "unique_tokens": min(ctx.unique_tokens, trainer.tokens_seen),
+        "epochs": ctx.epochs, "arch": r.arch, "alignment": r.alignment, "dict_size": r.dict_size,
+        "sparsity": {"name": r.sparsity_name, "value": r.sparsity_value}, "seed": r.seed,
+        "group": gid, "trainer": trainer.config, "metrics": m, "alignment_scores": summary,
+        "per_feature": {
+            "alignment_score": [round(v, 5) for v in alignment_scores(ae).cpu().tolist()],
+            "max_cos_other_seeds": [round(v, 4) for v in stab["per_feature_max_cos"][j]] if stab else None,
+            "fired": fired},
+        "stability": None if stab is None else {k: stab[k] for k in (
+            "n_runs", "mcs", "frac_above_0.7", "frac_above_0.9", "hungarian_mean_cos")},
+        "training_log": trainer.log,
+        "paths": {"dictionary": str(trainer_dir.relative_to(ctx.store))},
+        "command": ctx.command,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def _among(value: float, values) -> bool:
@@ -256,48 +358,119 @@ def _gid(r: Run) -> str:
     return group_id(r.experiment, r.arch, r.alignment, r.dict_size, {"name": r.sparsity_name, "value": r.sparsity_value})
 
 
-def main(argv=None) -> int:
-    """Command line of the reproduction (see the module docstring)."""
-    ap = argparse.ArgumentParser(prog="python -m dictionary_learning_aligned.reproduce", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiment", choices=sorted(EXPERIMENTS))
-    ap.add_argument("--scale", choices=SCALES, default="smoke")
-    ap.add_argument("--results", default="results/store", help="results store folder (default: results/store)")
-    ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    ap.add_argument("--corpus", default=None, help="training text for smoke/small (default: the bundled corpus)")
-    ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--archs", default=None, help="comma-separated subset of the grid's architectures to train now")
-    ap.add_argument("--dict-sizes", default=None, help="comma-separated subset of the grid's dictionary sizes")
-    ap.add_argument("--cache", default=None, help="harvest the training activations once into this folder and "
-                    "reuse them for every dictionary size and later invocation")
-    ap.add_argument("--tokens", type=int, default=None, help="training tokens per dictionary instead of the "
-                    "scale's budget (recorded with each result)")
-    ap.add_argument("--epochs", type=int, default=1, help="passes over the cached activations (needs --cache): "
-                    "ceil(tokens/epochs) distinct tokens are harvested")
-    ap.add_argument("--seeds", type=int, default=None, help="train only the first N seeds of the grid now")
-    ap.add_argument("--chunk", type=int, default=None, help="train at most N dictionaries together (whole seed "
-                    "groups) and record them before the next part, so a run cut short keeps what finished")
-    ap.add_argument("--sparsity", default=None, help="comma list: train only the grid points with these sparsity "
-                    "values now (L1 penalty, k or p-anneal coefficient)")
-    ap.add_argument("--eval-batches", type=int, default=10, help="held-out batches for reconstruction metrics")
-    ap.add_argument("--ce-batches", type=int, default=4, help="held-out batches of contexts for CE losses")
-    ap.add_argument("--ce-batch-size", type=int, default=8, help="contexts per CE batch")
-    ap.add_argument("--no-preload", action="store_true", help="read cached batches from disk even on a GPU")
-    args = ap.parse_args(argv)
+def experiments_help() -> str:
+    """The experiments and scales, for ``reproduce -h``: per experiment its grid and the paper figures it feeds
+    (read from :data:`.experiments.EXPERIMENTS`, so the help cannot drift from the grids)."""
+    lines = ["experiments (grids in dictionary_learning_aligned/experiments.py):"]
+    for e in EXPERIMENTS.values():
+        figs = ("feeds Figs. " + ", ".join(map(str, e.figures)) if e.figures
+                else "not in the paper (an extension): feeds none of its figures")
+        modes = ", ".join("standard" if a is None else a for a in e.alignments)
+        line = (f"{e.name:10s} {', '.join(e.archs)} x ({modes}); dict_size {', '.join(map(str, e.dict_sizes))}; "
+                f"{e.seeds} seed(s); tokens smoke/small/paper {e.tokens['smoke']:,}/{e.tokens['small']:,}/"
+                f"{e.tokens['paper']:,}; {figs}")
+        lines += textwrap.wrap(line, 110, initial_indent="  ", subsequent_indent=" " * 13)
+    lines.append("scales: smoke (minutes on a CPU, checks the pipeline, the numbers mean nothing), small (one GPU, "
+                 "offline models, local text), paper (the paper's models on the Pile; needs the hub)")
+    return "\n".join(lines)
+
+
+@dataclass
+class ReproduceConfig:
+    """Settings of ``python -m dictionary_learning_aligned reproduce`` (the experiment first, then flags)."""
+
+    experiment: str = field(positional=True, metavar="EXPERIMENT")
+    """the experiment to run: one of those described at the end of this help"""
+    scale: str = choice(*SCALES, default="smoke")
+    """token budget, models and grid: smoke (CPU check), small (one GPU), paper (the paper's budgets)"""
+    results: str = "results/store"
+    """results store folder: records/ (one JSON per dictionary) and dictionaries/ (weights); existing records are
+    kept and skipped"""
+    device: Optional[str] = None
+    """device for the model and the SAEs (default: cuda when available, else cpu)"""
+    corpus: Optional[str] = None
+    """training text for smoke/small: a txt/jsonl(.gz) file or folder, or a Hugging Face dataset (default: the
+    bundled corpus)"""
+    batch_size: Optional[int] = None
+    """activations per training step (default: 1024 at smoke scale, 8192 otherwise)"""
+    autocast: str = choice(*AUTOCAST_CHOICES, default="auto")
+    """autocast dtype of SAE training (auto: bfloat16 on CUDA, float32 on CPU)"""
+    archs: Optional[str] = None
+    """comma-separated subset of the grid's architectures to train now (default: all)"""
+    dict_sizes: Optional[str] = None
+    """comma-separated subset of the grid's dictionary sizes to train now (default: all)"""
+    cache: Optional[str] = None
+    """harvest the training activations once into this folder and reuse them for every dictionary size and later
+    invocation (default: harvest into memory each time)"""
+    tokens: Optional[int] = None
+    """training tokens per dictionary instead of the scale's budget (recorded with each result)"""
+    epochs: int = 1
+    """passes over the cached activations (needs --cache): ceil(tokens/epochs) distinct tokens are harvested"""
+    seeds: Optional[int] = None
+    """train only the first N seeds of the grid now (default: all)"""
+    chunk: Optional[int] = None
+    """train at most N dictionaries together (whole seed groups) and record them before the next part, so a run
+    cut short keeps what finished (default: all of one dictionary size together)"""
+    sparsity: Optional[str] = None
+    """comma list: train only the grid points with these sparsity values now (L1 penalty, k or p-anneal
+    coefficient; default: all)"""
+    eval_batches: int = 10
+    """held-out batches (of --batch-size activations) for reconstruction metrics"""
+    ce_batches: int = 4
+    """held-out batches of contexts for CE losses (0: no CE losses)"""
+    ce_batch_size: int = 8
+    """contexts (of 128 tokens) per CE batch"""
+    no_preload: bool = field(False, action="store_true")
+    """read cached batches from disk even on a GPU (default: a cache is held on the GPU)"""
+    verbose: bool = field(False, action="store_true")
+    """print every logged training step and third-party messages"""
+    wandb: bool = field(False, action="store_true")
+    """log training losses to Weights & Biases (pip install .[wandb]; project from --wandb-project)"""
+    wandb_project: str = ""
+    """Weights & Biases project (default: wandb's own default)"""
+
+
+def build_parser(prog: str = "python -m dictionary_learning_aligned reproduce"):
+    """The command line of ``reproduce`` (a :func:`.cli.config_parser` over :class:`ReproduceConfig`)."""
+    from .cli import config_parser
+
+    return config_parser(prog, ReproduceConfig, __doc__, epilog=experiments_help())
+
+
+def run_config(cfg: ReproduceConfig, command: Optional[str] = None) -> list[str]:
+    """:func:`run_experiment` with the settings of ``cfg`` (comma lists parsed); returns the record ids written.
+
+    Raises:
+        ValueError: a malformed comma list, and everything :func:`run_experiment` refuses.
+    """
+    return run_experiment(
+        cfg.experiment, cfg.scale, cfg.results, device=cfg.device, corpus=cfg.corpus, batch_size=cfg.batch_size,
+        autocast=cfg.autocast, archs=comma_list(cfg.archs, allow_empty=False) if cfg.archs else None,
+        dict_sizes=comma_list(cfg.dict_sizes, int, "--dict-sizes") if cfg.dict_sizes else None,
+        cache=cfg.cache, tokens=cfg.tokens, epochs=cfg.epochs, seeds=cfg.seeds,
+        preload=False if cfg.no_preload else None, eval_batches=cfg.eval_batches, ce_batches=cfg.ce_batches,
+        ce_batch_size=cfg.ce_batch_size, chunk=cfg.chunk, verbose=cfg.verbose, use_wandb=cfg.wandb,
+        wandb_project=cfg.wandb_project, command=command,
+        sparsity=comma_list(cfg.sparsity, float, "--sparsity", allow_empty=False)
+        if cfg.sparsity is not None else None)
+
+
+def main(argv: Optional[list[str]] = None, prog: str = "python -m dictionary_learning_aligned reproduce") -> int:
+    """Command line of the reproduction (see the module docstring and ``-h``); also the alias
+    ``python -m dictionary_learning_aligned.reproduce``. Returns the exit status (2 for bad input)."""
+    import shlex
+
+    from .cli import parse_config, set_verbosity
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg = parse_config(build_parser(prog), argv)
+    set_verbosity(cfg.verbose)
     try:
-        ids = run_experiment(args.experiment, args.scale, args.results, device=args.device, corpus=args.corpus,
-                             batch_size=args.batch_size,
-                             archs=args.archs.split(",") if args.archs else None,
-                             dict_sizes=comma_list(args.dict_sizes, int, "--dict-sizes") if args.dict_sizes else None,
-                             cache=args.cache, tokens=args.tokens, epochs=args.epochs, seeds=args.seeds,
-                             preload=False if args.no_preload else None, eval_batches=args.eval_batches,
-                             ce_batches=args.ce_batches, ce_batch_size=args.ce_batch_size,
-                             sparsity=comma_list(args.sparsity, float, "--sparsity", allow_empty=False) if args.sparsity is not None else None,
-                             chunk=args.chunk)
+        ids = run_config(cfg, command=" ".join([prog, *map(shlex.quote, argv)]))
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {len(ids)} record(s) to {Path(args.results) / 'records'}")
+    print(f"wrote {len(ids)} record(s) to {Path(cfg.results) / 'records'}")
     return 0
 
 
