@@ -70,7 +70,22 @@ def iter_texts(source: Source = None, split: str | None = None, seed: int = 0, m
             n += 1
             yield text
     if n == 0:
-        raise ValueError(f"text source {_describe(source, split)} contains no text (min_chars={min_chars})")
+        raise ValueError(_no_text_message(source, split, seed, min_chars))
+
+
+def _no_text_message(source: Source, split: str | None, seed: int, min_chars: int) -> str:
+    """Why a source yielded nothing: empty, or (local text) every document fell on the other side of the split."""
+    base = f"text source {_describe(source, split)} contains no text (min_chars={min_chars})"
+    local = source is not None and Path(source).expanduser().exists()
+    if split not in ("train", "test") or not local:
+        return base
+    total = sum(1 for t in _raw_texts(source, "all", seed) if len(t.strip()) >= min_chars)
+    if total == 0:
+        return base
+    other = "test" if split == "train" else "train"
+    return (f"{base}: its {total} document(s) all fall in the {other!r} split (a document is held out for 'test' "
+            f"iff crc32(text) % {TEST_MODULUS} == 0, so a corpus of one or a few documents can leave a split empty); "
+            f"add documents, or pass separate files for training and evaluation")
 
 
 def load_texts(source: Source = None, max_chars: int | None = None, max_docs: int | None = None,

@@ -64,7 +64,8 @@ def evaluate(dictionary, activations: Iterable[torch.Tensor], n_batches: int = 1
     Args:
         dictionary: any dictionary of this library, reading raw activations (as loaded by ``from_pretrained``).
         activations: an iterator of ``[batch, activation_dim]`` activations (a single ``[tokens,
-            activation_dim]`` tensor is one batch). If it is an ``ActivationBuffer``,
+            activation_dim]`` tensor is one batch; ``[batch, seq, activation_dim]`` is read as ``batch * seq``
+            tokens). If it is an ``ActivationBuffer``,
             downstream CE losses are computed too, on ``ce_batches`` further batches of ``ce_batch_size``
             contexts from its text stream.
         n_batches: activation batches for the reconstruction and sparsity metrics.
@@ -91,12 +92,12 @@ def evaluate(dictionary, activations: Iterable[torch.Tensor], n_batches: int = 1
 
     Raises:
         ValueError: no activations, non-finite activations, or activations whose width is not the dictionary's
-            ``activation_dim``.
+            ``activation_dim`` (or with fewer than 2 dimensions).
     """
     if isinstance(activations, torch.Tensor):
-        if activations.ndim != 2:
-            raise ValueError(f"activations must be [tokens, activation_dim] or an iterator of such batches, got "
-                             f"shape {tuple(activations.shape)}")
+        if activations.ndim < 2:
+            raise ValueError(f"activations must be [tokens, activation_dim] (or [batch, seq, activation_dim]) or an "
+                             f"iterator of such batches, got shape {tuple(activations.shape)}")
         activations = [activations]
     device = device or dictionary.W_dec.device
     dictionary = dictionary.to(device)
@@ -106,7 +107,7 @@ def evaluate(dictionary, activations: Iterable[torch.Tensor], n_batches: int = 1
     sum_x2 = 0.0
     fired = torch.zeros(dictionary.dict_size, dtype=torch.bool, device=device)
     for x in itertools.islice(iter(activations), n_batches):
-        x = x.to(device, dictionary.W_dec.dtype)
+        x = _as_tokens(x, dictionary.activation_dim).to(device, dictionary.W_dec.dtype)
         if not torch.isfinite(x).all():
             raise ValueError("evaluate got activations with NaN or infinite values")
         x_hat, f = dictionary(x, output_features=True)
@@ -162,6 +163,19 @@ def evaluate(dictionary, activations: Iterable[torch.Tensor], n_batches: int = 1
         denom = out["loss_zero"] - out["loss_original"]
         out["frac_recovered"] = (out["loss_zero"] - out["loss_reconstructed"]) / denom if denom else None
     return out
+
+
+def _as_tokens(x: torch.Tensor, activation_dim: int) -> torch.Tensor:
+    """``[..., activation_dim]`` activations as ``[tokens, activation_dim]`` (a ``[batch, seq, d]`` batch counts
+    every position as a token).
+
+    Raises:
+        ValueError: a last dimension other than ``activation_dim``, or fewer than 2 dimensions.
+    """
+    if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[-1] != activation_dim:
+        raise ValueError(f"evaluate expects activations [tokens, {activation_dim}] or [batch, seq, {activation_dim}], "
+                         f"got shape {tuple(getattr(x, 'shape', ()))}")
+    return x.reshape(-1, activation_dim)
 
 
 def collect_eval_data(buffer, n_batches: int, ce_batches: int, ce_batch_size: int):

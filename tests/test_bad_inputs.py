@@ -110,7 +110,7 @@ def test_evaluate_inputs():
     with pytest.raises(ValueError, match="NaN"):
         evaluate(ae, torch.full((4, 16), float("nan")))
     with pytest.raises(ValueError, match="shape"):
-        evaluate(ae, torch.randn(2, 3, 16))
+        evaluate(ae, torch.randn(2, 3, 15))
 
 
 def test_checkpoint_with_absurd_config_fails_fast(tmp_path):

@@ -328,7 +328,7 @@ class DictionaryTrainer(SAETrainer):
         dead-feature counters, then :meth:`after_step`.
 
         Raises:
-            ValueError: activations of the wrong shape.
+            ValueError: activations of the wrong shape, or an empty batch (no state is changed).
         """
         if not isinstance(activations, torch.Tensor) or not activations.is_floating_point():
             raise TypeError(f"{type(self).__name__}.update expects a floating-point tensor of activations, got "
@@ -337,6 +337,9 @@ class DictionaryTrainer(SAETrainer):
         if x.ndim != 2 or x.shape[1] != self.ae.activation_dim:
             raise ValueError(f"{type(self).__name__}.update expects activations [batch, {self.ae.activation_dim}], "
                              f"got shape {tuple(x.shape)}")
+        if x.shape[0] == 0:  # before any state changes (b_dec init, optimizer, counters)
+            raise ValueError(f"{type(self).__name__}.update got an empty batch (shape {tuple(x.shape)}); nothing "
+                             f"was changed")
         self._dp_active = self._ddp is not None
         try:
             self._update(step, x)
