@@ -155,6 +155,8 @@ def _assemble_gemma3(target: Path) -> None:
 #: offline aliases (lower case) -> GGUF finder, and the Hugging Face ids that fall back to them
 _OFFLINE_MODELS = {SMOLLM2_NAME: find_smollm2_gguf, GEMMA3_NAME: find_gemma3_gguf}
 _HF_FALLBACK = {SMOLLM2_HF_ID.lower(): SMOLLM2_NAME, GEMMA3_HF_ID.lower(): GEMMA3_NAME}
+#: the aliases of the models that load offline from packaged GGUF files
+OFFLINE_NAMES = tuple(_OFFLINE_MODELS)
 
 
 def load_language_model(name: str = SMOLLM2_NAME, device: str | torch.device = "cpu",

@@ -276,7 +276,7 @@ def test_real_gemma3_buffer_ce_loss_and_bridge(gemma3_270m):
     x = torch.cat(acts)
     assert x.shape == (512, 640) and torch.isfinite(x).all()
     assert x.abs().max() < 65504  # fits the float16 activation cache
-    assert (tokens[:, 1:] != tok.bos_token_id).all()  # one BOS per context, none inside
+    assert all((t[:, 1:] != tok.bos_token_id).all() for t in tokens)  # one BOS per context, none inside
     out = evaluate(perfect_dictionary(640), acts, n_batches=4, model=lm, submodule=models.get_layer(lm, layer),
                    ce_tokens=tokens)
     assert 1.0 < out["loss_original"] < 5.0  # a working language model on English text (nats/token)
@@ -321,3 +321,21 @@ def test_packing_drops_the_bos_a_tokenizer_puts_on_each_document(smollm2_tokeniz
     plain = list(pack_token_contexts(TEXTS, smollm2_tokenizer, ctx_len=16))
     assert all((c[1:] != bos).all() for c in with_bos)
     assert len(with_bos) == len(plain) and all(torch.equal(a, b) for a, b in zip(with_bos, plain))
+
+
+def test_saebench_builds_the_offline_gemma3_from_its_gguf_not_the_hub(tiny_gemma, smollm2_tokenizer, monkeypatch):
+    """TransformerLens lists gemma-3-270m (as google/gemma-3-270m, a hub download); the harness must convert the
+    offline model instead."""
+    from benchmarks.saebench import bridge
+
+    hf, _ = tiny_gemma
+    asked = []
+
+    def fake_load(name, device="cpu", dtype=torch.float32):
+        asked.append(name)
+        return hf, smollm2_tokenizer
+
+    monkeypatch.setattr(models, "load_language_model", fake_load)
+    tl, info = bridge.load_hooked_transformer("gemma-3-270m")
+    assert asked == ["gemma-3-270m"] and info["source"] == "converted"
+    assert info["logit_check"]["max_abs_logit_diff"] < 1e-3

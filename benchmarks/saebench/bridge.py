@@ -210,8 +210,10 @@ def load_hooked_transformer(model_name: str, device="cpu", dtype: torch.dtype = 
     Args:
         model_name: a TransformerLens model name (loaded from the hub or its cache by
             ``HookedTransformer.from_pretrained_no_processing``, as SAEBench does), or anything
-            :func:`~dictionary_learning_aligned.models.load_language_model` loads (default offline model
-            ``"smollm2-135m-instruct"``, a local folder, a hub id), which is then converted (LLaMA only).
+            :func:`~dictionary_learning_aligned.models.load_language_model` loads (the offline models
+            ``"smollm2-135m-instruct"`` and ``"gemma-3-270m"``, a local folder, a hub id), which is then
+            converted (LLaMA and Gemma-3 only). The offline aliases are always converted from their GGUF files,
+            also ``"gemma-3-270m"``, which TransformerLens lists (as ``google/gemma-3-270m``, from the hub).
         device, dtype: where and in which dtype.
         hf_model, tokenizer: an already loaded Hugging Face model and tokenizer to convert (skips loading).
         n_ctx: context length for converted models.
@@ -226,7 +228,10 @@ def load_hooked_transformer(model_name: str, device="cpu", dtype: torch.dtype = 
     """
     from transformer_lens import HookedTransformer
 
-    official = official_tl_name(model_name) if hf_model is None else None
+    from dictionary_learning_aligned.models import OFFLINE_NAMES
+
+    offline = hf_model is not None or model_name.lower() in OFFLINE_NAMES
+    official = None if offline else official_tl_name(model_name)
     if official is not None:
         model = _ORIGINAL.get("from_pretrained_no_processing", HookedTransformer.from_pretrained_no_processing)(
             official, device=device, dtype=dtype)
