@@ -165,3 +165,29 @@ def import_object(spec: str):
     if not hasattr(mod, attr):
         raise ValueError(f"module {mod_name!r} has no attribute {attr!r}")
     return getattr(mod, attr)
+
+
+def resolve_trainer(spec) -> type:
+    """The trainer class named by ``spec``: a class (returned as is), a registered trainer's class name
+    (``"TopKTrainer"``) or ``"package.module:Class"`` (a user's trainer, imported; importing its module also runs
+    any ``register(...)`` in it). Cheap: it is how the command lines check ``--config`` before any harvesting.
+
+    Raises:
+        ValueError: an unknown name (the message lists the registered ones), a module that cannot be imported or
+            lacks the name, or an object that is not a subclass of :class:`~.trainers.base.SAETrainer`.
+    """
+    from .trainers.base import SAETrainer
+
+    cls = spec
+    if isinstance(spec, str):
+        if ":" in spec:
+            cls = import_object(spec)
+        else:
+            known = trainer_classes()
+            if spec not in known:
+                raise ValueError(f"unknown trainer {spec!r}; known: {sorted(known)} (or 'package.module:Class' for "
+                                 f"a trainer of your own)")
+            cls = known[spec]
+    if not (isinstance(cls, type) and issubclass(cls, SAETrainer)):
+        raise ValueError(f"trainer {spec!r} is not a subclass of SAETrainer (got {cls!r})")
+    return cls

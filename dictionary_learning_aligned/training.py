@@ -46,12 +46,10 @@ def _build_trainer(cfg: dict, device) -> SAETrainer:
     if "trainer" not in cfg:
         raise ValueError(f"trainer config needs a 'trainer' key (the trainer class); got keys {sorted(cfg)}")
     cls = cfg.pop("trainer")
-    if isinstance(cls, str):
-        from .trainers import TRAINER_CLASSES
+    if isinstance(cls, str):  # a registered trainer's class name, or "package.module:Class"
+        from .registry import resolve_trainer
 
-        if cls not in TRAINER_CLASSES:
-            raise ValueError(f"unknown trainer {cls!r}; known: {sorted(TRAINER_CLASSES)}")
-        cls = TRAINER_CLASSES[cls]
+        cls = resolve_trainer(cls)
     cfg.setdefault("device", device)
     try:
         return cls(**cfg)
