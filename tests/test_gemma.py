@@ -339,3 +339,30 @@ def test_saebench_builds_the_offline_gemma3_from_its_gguf_not_the_hub(tiny_gemma
     tl, info = bridge.load_hooked_transformer("gemma-3-270m")
     assert asked == ["gemma-3-270m"] and info["source"] == "converted"
     assert info["logit_check"]["max_abs_logit_diff"] < 1e-3
+
+
+def test_gemma3_tokenizer_saved_once_beside_the_assembled_file(monkeypatch, gemma_env, smollm2_tokenizer, tmp_path):
+    import os
+
+    import transformers
+
+    gguf = tmp_path / models.GEMMA3_FILE
+    gguf.write_bytes(b"GGUF\x03\x00\x00\x00")
+    real = transformers.AutoTokenizer.from_pretrained
+    from_gguf = []
+
+    def from_pretrained(where, gguf_file=None, **kw):
+        if gguf_file is not None:
+            from_gguf.append(gguf_file)
+            return smollm2_tokenizer
+        return real(where, **kw)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", from_pretrained)
+    first = models._cached_tokenizer(gguf)
+    folder = gemma_env / "gemma-3-270m-q4_k_m.tokenizer"
+    assert from_gguf == [gguf.name] and (folder / "source.json").is_file()
+    again = models._cached_tokenizer(gguf)
+    assert len(from_gguf) == 1 and again("Hello world")["input_ids"] == first("Hello world")["input_ids"]
+    os.utime(gguf, ns=(1, 1))  # another file under the same name: the saved tokenizer is rebuilt
+    models._cached_tokenizer(gguf)
+    assert len(from_gguf) == 2 and sorted(p.name for p in gemma_env.iterdir()) == [folder.name]
