@@ -174,20 +174,23 @@ class PAnnealStackRule(StackRule):
                 "change": col(3, torch.bool), "p_after": col(4, torch.float64), "count_after": col(5, torch.long),
                 "warm": torch.tensor([[t.sparsity_warmup_fn(s) for t in trs] for s in steps], dtype=torch.float64)}
 
-    def lp_norm(self, f: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        """``[n]``: ``mean_batch ||f||_p`` (``"Lp"``) or ``mean_batch sum_i f_i^p`` (``"Lp^p"``) with ``p [n]``."""
-        s = f.clamp_min(0).pow(p[:, None, None]).sum(-1)
-        return (s if self.p_power_sum else s.pow(1 / p[:, None])).mean(-1)
+    def lp_norm(self, f: torch.Tensor, name: str, tab: dict) -> torch.Tensor:
+        """``[n]``: ``mean_batch ||f||_p`` (``"Lp"``) or ``mean_batch sum_i f_i^p`` (``"Lp^p"``), with each
+        dictionary's p from table ``name`` (one scalar exponent when all are equal, as a lone trainer computes)."""
+        host = self.engine.host_row(name, self.engine.step)
+        p = float(host[0]) if bool((host == host[0]).all()) else tab[name][:, None, None].float()
+        s = f.clamp_min(0).pow(p).sum(-1)
+        return (s if self.p_power_sum else s.pow(1 / p if isinstance(p, float) else 1 / p[..., 0])).mean(-1)
 
     def sparsity(self, x, x_hat, f, aux, tab):
-        lp = self.lp_norm(f, tab["p"])
+        lp = self.lp_norm(f, "p", tab)
         return (self.coeff * tab["warm"]).float() * lp, {"sparsity_loss": lp}
 
     @torch.no_grad()
     def after_step(self, step, x, f, aux, tab):
         e = self.engine
         if bool(e.host_row("has_next", step).any()):
-            pair = torch.stack([self.lp_norm(f, tab["p"]), self.lp_norm(f, tab["p_next"])], -1).float()
+            pair = torch.stack([self.lp_norm(f, "p", tab), self.lp_norm(f, "p_next", tab)], -1).float()
             rows, pos = torch.arange(e.n, device=e.device), self.q_count % self.q_len
             has = tab["has_next"]
             self.queue[rows, pos] = torch.where(has[:, None], pair, self.queue[rows, pos])
@@ -197,7 +200,7 @@ class PAnnealStackRule(StackRule):
             valid = torch.arange(self.q_len, device=e.device) < n_valid[:, None]
             mean = (self.queue.double() * valid[..., None]).sum(1) / n_valid.clamp_min(1)[:, None]
             hit = tab["change"] & (self.q_count > 0)
-            self.coeff = torch.where(hit & (mean[:, 1] > 0), self.coeff * mean[:, 0] / mean[:, 1], self.coeff)
+            self.coeff = torch.where(hit & (mean[:, 1] > 0), self.coeff * (mean[:, 0] / mean[:, 1]), self.coeff)
             self.q_count = torch.where(hit, 0, self.q_count)
 
     def sync_state(self, steps_done):
