@@ -42,9 +42,6 @@ from . import distributed as dd
 from .cli import default_device
 from .dtypes import AUTOCAST_CHOICES, autocast_dtype, check_device, comma_list
 
-ARCHS = {"relu": ("StandardTrainer", "AlignedStandardTrainer"), "topk": ("TopKTrainer", "AlignedTopKTrainer"),
-         "batchtopk": ("BatchTopKTrainer", "AlignedBatchTopKTrainer"),
-         "panneal": ("PAnnealTrainer", "AlignedPAnnealTrainer")}
 PLACEMENTS = ("ddp", "spread")
 
 
@@ -54,29 +51,29 @@ def grid_configs(archs: list[str], alignments: list[Optional[str]], dict_sizes: 
     """Trainer configs (without steps/shape/model fields) for the product arch x alignment x dict_size x seed.
 
     Args:
-        archs: names from :data:`ARCHS`; alignments: None (standard) or aligned modes; dict_sizes; seeds.
-        k: TopK/BatchTopK k; l1_penalty: ReLU L1 / p-anneal initial coefficient (None: trainer default);
-        lr: None: trainer default; alignment_penalty: the lambda of the ``"penalty"`` ablation (required by it).
+        archs: registered architecture names (:mod:`.registry`); alignments: None (standard) or aligned modes;
+            dict_sizes; seeds.
+        k: the value of architectures whose sparsity parameter counts features per token (TopK, BatchTopK,
+            Matryoshka ``k``; JumpReLU ``target_l0``); l1_penalty: that of penalty-weighted ones (ReLU L1,
+            p-anneal initial coefficient; None: trainer default); lr: None: trainer default; alignment_penalty:
+            the lambda of the ``"penalty"`` ablation (required by it).
 
     Raises:
         ValueError: unknown arch or alignment mode.
     """
+    from . import registry
     from .alignment import check_mode
 
     out = []
-    for arch, mode, size, seed in itertools.product(archs, alignments, dict_sizes, seeds):
-        if arch not in ARCHS:
-            raise ValueError(f"unknown arch {arch!r}; choose from {sorted(ARCHS)}")
+    for name, mode, size, seed in itertools.product(archs, alignments, dict_sizes, seeds):
+        arch = registry.get(name)
         mode = check_mode(mode)
-        cfg = {"trainer": ARCHS[arch][mode is not None], "dict_size": size, "seed": seed}
+        cfg = {"trainer": arch.trainer_for(mode).__name__, "dict_size": size, "seed": seed}
         if mode is not None:
             cfg["alignment"] = mode
-        if arch in ("topk", "batchtopk"):
-            cfg["k"] = k
-        if arch == "relu" and l1_penalty is not None:
-            cfg["l1_penalty"] = l1_penalty
-        if arch == "panneal" and l1_penalty is not None:
-            cfg["initial_sparsity_penalty"] = l1_penalty
+        value = k if all(isinstance(v, int) for v in arch.sparsity_values) else l1_penalty
+        if value is not None:
+            cfg[arch.sparsity_param] = value
         if mode == "penalty" and alignment_penalty is not None:
             cfg["alignment_penalty"] = alignment_penalty
         if lr is not None:
@@ -152,7 +149,8 @@ class TrainConfig:
     placement: str = choice(*PLACEMENTS, default="ddp")
     """ddp: every trainer data-parallel over all processes; spread: trainer i on process i %% world_size"""
     arch: str = "relu"
-    """comma list of architectures (relu, topk, batchtopk, panneal, or any registered one)"""
+    """comma list of architectures (relu, topk, batchtopk, panneal; the extensions jumprelu, matryoshka; or any
+    registered one)"""
     alignment: str = "none,project"
     """comma list of alignment modes: none (standard), project, rescale, tied, penalty"""
     dict_size: str = "4096"
@@ -160,7 +158,7 @@ class TrainConfig:
     seeds: str = "0"
     """comma list of seeds"""
     k: int = 64
-    """active features per token of TopK / BatchTopK"""
+    """active features per token of TopK / BatchTopK / Matryoshka; JumpReLU's target L0"""
     l1_penalty: Optional[float] = None
     """ReLU L1 / p-anneal initial sparsity coefficient (default: the trainer's)"""
     alignment_penalty: Optional[float] = None
@@ -271,6 +269,8 @@ def _read_configs(args: TrainConfig) -> list[dict]:
     Raises:
         ValueError: an unreadable ``--config`` file or one not holding a list of dicts; an empty sweep.
     """
+    from .registry import resolve_trainer
+
     if args.config:
         try:
             configs = json.loads(Path(args.config).read_text())
@@ -278,6 +278,13 @@ def _read_configs(args: TrainConfig) -> list[dict]:
             raise ValueError(f"--config {args.config}: cannot read a JSON list of trainer configs ({e})") from None
         if not isinstance(configs, list) or not all(isinstance(c, dict) for c in configs):
             raise ValueError(f"{args.config} must hold a JSON list of trainer configs (dicts)")
+        for i, c in enumerate(configs):  # every trainer name resolves (module:Class imported) before any harvest
+            if "trainer" not in c:
+                raise ValueError(f"--config {args.config}: trainer config {i} has no 'trainer' key")
+            try:
+                resolve_trainer(c["trainer"])
+            except ValueError as e:
+                raise ValueError(f"--config {args.config}: trainer config {i}: {e}") from None
     else:
         alignments = [None if a.lower() in ("none", "standard") else a for a in comma_list(args.alignment)]
         configs = grid_configs(comma_list(args.arch), alignments, comma_list(args.dict_size, int, "--dict-size"),
@@ -291,22 +298,30 @@ def _read_configs(args: TrainConfig) -> list[dict]:
 
 def _fill_defaults(configs: list[dict], args: TrainConfig, cache, steps: int) -> None:
     """Complete every trainer config in place with what the run decides: steps, shape and model fields, warmup
-    and the architecture's schedules scaled to ``steps``, the speed options, and a seed (its index)."""
+    and the architecture's schedules scaled to ``steps``, the speed options, and a seed (its index). Which
+    schedule settings a trainer takes is read from its architecture's registered schedule (:mod:`.registry`;
+    a user's trainer subclassing a registered one takes that one's)."""
+    from .registry import for_trainer, resolve_trainer
+    from .trainers.top_k import TopKTrainer
+
     warmup = args.warmup_steps if args.warmup_steps is not None else min(1000, steps // 10)
     for i, c in enumerate(configs):
+        cls = resolve_trainer(c["trainer"])
+        arch = for_trainer(cls)
+        takes = set(arch.schedule(max(steps, 11))) if arch is not None else set()
         c.setdefault("steps", steps)
         c.setdefault("activation_dim", cache.activation_dim)
         c.setdefault("layer", cache.meta.get("layer", -1))
         c.setdefault("lm_name", cache.meta.get("model", "unknown"))
         c.setdefault("warmup_steps", warmup)
-        if any(n in str(c.get("trainer")) for n in ("StandardTrainer", "PAnnealTrainer")):
+        if "sparsity_warmup_steps" in takes:
             c.setdefault("sparsity_warmup_steps", min(2000, steps // 5))
-        if "PAnnealTrainer" in str(c.get("trainer")) and steps > 3:  # anneal over the run, as reproduce does
+        if "anneal_start" in takes and steps > 3:  # anneal over the run, as reproduce does
             c.setdefault("anneal_start", max(1, steps // 4))
             c.setdefault("anneal_end", steps - 2)
         if args.compile:
             c.setdefault("compile", True)
-        if args.sparse_decode and "TopK" in str(c.get("trainer")):
+        if args.sparse_decode and issubclass(cls, TopKTrainer):
             c.setdefault("sparse_decode", True)
         c.setdefault("seed", i)  # seeded: the same initial weights whichever process builds the trainer
 
@@ -371,9 +386,9 @@ def run(args: TrainConfig, command: Optional[str] = None) -> list[int]:
     _check_args(args, world)
     comma_list(args.save_steps, int, "--save-steps")
     check_output_dir(args.out, args.overwrite)  # every rank: all fail alike, before any work
+    configs = _read_configs(args)  # checked (trainer names resolved) before the cache is opened or harvested
     cache, preload = _open_cache(args, device)
     steps = args.steps or len(cache)
-    configs = _read_configs(args)
     _fill_defaults(configs, args, cache, steps)
     run_cfg = {"cache": cache.config, "placement": args.placement, "world_size": world,
                "batch_size": args.batch_size}
