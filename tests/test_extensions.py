@@ -80,8 +80,7 @@ def test_matryoshka_groups_and_bad_inputs():
         group_sizes_from_fractions(4, (0.1, 0.9))
     with pytest.raises(ValueError, match="group_weights"):
         MatryoshkaBatchTopKTrainer(steps=10, **TINY, k=4, group_fractions=(0.5, 0.5), group_weights=(1.0,))
-    with pytest.raises(ValueError, match="sparse_decode"):
-        MatryoshkaBatchTopKTrainer(steps=10, **TINY, k=4, sparse_decode=True)
+    assert not MatryoshkaBatchTopKTrainer(steps=10, **TINY, k=4, sparse_decode=True).sparse_decode  # ignored
     with pytest.raises(ValueError, match="group_sizes"):
         MatryoshkaBatchTopKSAE(4, 8, k=2, group_sizes=[4, 3])
     ae = MatryoshkaBatchTopKSAE(4, 8, k=2, group_sizes=[2, 2, 4])

@@ -119,9 +119,11 @@ class MatryoshkaBatchTopKTrainer(BatchTopKTrainer):
         group_weights: weight of each group's reconstruction loss (default ``1 / n_groups`` each).
         dict_class: default :class:`MatryoshkaBatchTopKSAE`.
 
+        sparse_decode: accepted for a uniform interface and ignored (a speed option only; the nested loss
+            decodes every prefix of groups from the dense code).
+
     Raises:
-        ValueError: bad fractions or weights, ``sparse_decode=True`` (not supported: the nested loss needs the
-            dense code), and BatchTopK's checks.
+        ValueError: bad fractions or weights, and BatchTopK's checks.
     """
 
     dict_class = MatryoshkaBatchTopKSAE
@@ -130,9 +132,6 @@ class MatryoshkaBatchTopKTrainer(BatchTopKTrainer):
     def __init__(self, steps: int, activation_dim: int, dict_size: int, k: int, layer: int, lm_name: str,
                  group_fractions: Sequence[float] = DEFAULT_GROUP_FRACTIONS,
                  group_weights: Optional[Sequence[float]] = None, sparse_decode: bool = False, **kwargs):
-        if sparse_decode:
-            raise ValueError("MatryoshkaBatchTopKTrainer does not support sparse_decode (the nested loss decodes "
-                             "every prefix of groups from the dense code)")
         self.group_sizes = group_sizes_from_fractions(dict_size, group_fractions)
         self.group_fractions = [float(f) for f in group_fractions]
         n = len(self.group_sizes)
