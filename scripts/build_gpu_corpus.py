@@ -6,7 +6,9 @@ shuffled (seed 2026) into one jsonl.gz. Not committed (tens of MB): rebuild it.
 tokens; several of those have research-only or unstated licenses, see ../shared/data/*/README.md, which is why
 they are only used for runs, never shipped).
 
-Usage: python scripts/build_gpu_corpus.py [--shared ../shared/data] [--sources NAME] [--out FILE]
+Usage: python scripts/build_gpu_corpus.py [--shared DATA] [--sources NAME] [--out FILE]
+(DATA: the folder of text sets, one subfolder per source, as described in the README's Data section; default
+../shared/data beside the checkout; FILE default: gpu_corpus/<sources>_mixed.jsonl.gz in the current folder)
 """
 import argparse
 import gzip
@@ -22,7 +24,7 @@ args = ap.parse_args()
 names = ["wikipedia_en", "gutenberg_books"]
 if args.sources == "all_english":
     names += ["newsgroups20", "nltk_english", "reddit_top_posts", "web_snippets"]
-args.out = args.out or Path(f"/work/gpu_extra/{'wiki_gutenberg' if args.sources == 'wiki_gutenberg' else 'all_english'}_mixed.jsonl.gz")
+args.out = args.out or Path("gpu_corpus") / f"{args.sources}_mixed.jsonl.gz"
 docs = []
 for name in names:
     for f in sorted((args.shared / name).glob("*.jsonl.gz")):

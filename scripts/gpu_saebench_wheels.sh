@@ -6,9 +6,9 @@
 # running tests/test_saebench.py: wandb, datasets, httpx2, opentelemetry..., 22 MB); the last, xgboost-cpu
 # (6 MB), is imported by sae_probes for the sparse-probing eval (missing in the 2026-11-29 session, which
 # therefore ran without sparse probing).
-# Usage: bash scripts/gpu_saebench_wheels.sh [DIR]   (default /work/gpu_extra/wheels_saebench)
+# Usage: bash scripts/gpu_saebench_wheels.sh [DIR]   (default gpu_extra/wheels_saebench in the current folder)
 set -euo pipefail
-dir=${1:-/work/gpu_extra/wheels_saebench}
+dir=${1:-gpu_extra/wheels_saebench}
 mkdir -p "$dir"
 python3 -m pip download -q --no-deps --python-version 3.12 --platform manylinux_2_28_x86_64 \
   --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --only-binary=:all: -d "$dir" \
