@@ -47,9 +47,35 @@ import torch
 
 from dictionary_learning_aligned.io import atomic_path
 
-ARCHS = {"relu": ("StandardTrainer", "AlignedStandardTrainer", {"l1_penalty": 0.04, "sparsity_warmup_steps": 1}),
-         "topk": ("TopKTrainer", "AlignedTopKTrainer", {"k": 64}),
-         "batchtopk": ("BatchTopKTrainer", "AlignedBatchTopKTrainer", {"k": 64})}
+#: architectures timed unless ``--archs`` says otherwise (any registered name may be given)
+ARCHS = ("relu", "topk", "batchtopk")
+
+
+def arch_settings(arch: str) -> tuple[str, str, dict]:
+    """``(standard trainer name, aligned trainer name, constructor arguments)`` of a registered architecture for
+    the benchmark: its registered schedule for the 10k steps :func:`step_throughput` builds its trainers for
+    (except the lr schedule, which the benchmark sets), a sparsity warmup of 1 step if it has one, and its default
+    sparsity value.
+
+    Raises:
+        ValueError: an unregistered architecture.
+    """
+    from dictionary_learning_aligned import registry
+
+    a = registry.get(arch)
+    extra = {k: v for k, v in a.schedule(10_000).items() if k not in ("warmup_steps", "decay_start")}
+    if "sparsity_warmup_steps" in extra:
+        extra["sparsity_warmup_steps"] = 1
+    extra[a.sparsity_param] = a.default_sparsity
+    return a.trainer.__name__, a.aligned_trainer.__name__, extra
+
+
+def _takes_sparse_decode(arch: str) -> bool:
+    """Whether the architecture's trainer has the sparse-decoder option (the TopK family)."""
+    from dictionary_learning_aligned import registry
+    from dictionary_learning_aligned.trainers.top_k import TopKTrainer
+
+    return issubclass(registry.get(arch).trainer, TopKTrainer)
 
 
 #: implementations of our training step that ``--paths`` can time: trainer keyword arguments per path
@@ -212,12 +238,12 @@ def end_to_end_throughput(device: str, tokens: int, dict_size: int, archs: tuple
                            device=device, remove_bos=True, seed=0)
     configs = []
     for arch in archs:
-        std, ali, extra = ARCHS[arch]
+        std, ali, extra = arch_settings(arch)
         for name in (std, ali):
             configs.append({"trainer": name, "steps": steps, "activation_dim": hf.config.hidden_size,
                             "dict_size": dict_size, "layer": 12, "lm_name": "smollm2-135m-instruct",
                             "warmup_steps": 1, "seed": 0, **extra, **(paths_opts or {})})
-            if arch == "relu":
+            if not _takes_sparse_decode(arch):
                 configs[-1].pop("sparse_decode", None)
     _sync(device)
     t = time.perf_counter()
@@ -257,9 +283,9 @@ def run(device: str, dict_sizes: list, activation_dim: int = 576, batch: int = 8
             print(f"note: {info}; skipping the dictionary_learning rows")
     for d in dict_sizes:
         for arch in archs:
-            std, ali, extra = ARCHS[arch]
+            std, ali, extra = arch_settings(arch)
             dl_row = None
-            if dl is not None:
+            if dl is not None and arch in DL_ARCHS:
                 name, dl_extra = DL_ARCHS[arch]
                 try:
                     dl_row = step_throughput(name, dl_extra, d, activation_dim, batch, device, steps, warmup,
@@ -268,7 +294,7 @@ def run(device: str, dict_sizes: list, activation_dim: int = 576, batch: int = 8
                 except Exception as e:  # recorded in this arch's rows; our own rows still run
                     dl_row = {"error": _error_text(e)}
             for path in paths:
-                opts = {k: v for k, v in PATHS[path].items() if k != "sparse_decode" or arch != "relu"}
+                opts = {k: v for k, v in PATHS[path].items() if k != "sparse_decode" or _takes_sparse_decode(arch)}
                 row = {"arch": arch, "dict_size": d, "path": path}
                 try:
                     for kind, name in (("standard", std), ("aligned", ali)):
@@ -309,8 +335,11 @@ def run(device: str, dict_sizes: list, activation_dim: int = 576, batch: int = 8
 
 def _unknown_names(paths, archs) -> str:
     """An error message naming the unknown step paths and architectures, or "" when all are known."""
-    bad = [p for p in paths if p not in PATHS] + [a for a in archs if a not in ARCHS]
-    return f"unknown path/arch {bad}; paths: {sorted(PATHS)}, archs: {sorted(ARCHS)}" if bad else ""
+    from dictionary_learning_aligned import registry
+
+    known = registry.names()
+    bad = [p for p in paths if p not in PATHS] + [a for a in archs if a not in known]
+    return f"unknown path/arch {bad}; paths: {sorted(PATHS)}, archs: {sorted(known)}" if bad else ""
 
 
 def _error_text(e: BaseException) -> str:
@@ -377,7 +406,8 @@ def main(argv=None) -> int:
     ap.add_argument("--peak-n", type=int, default=8192, help="size of the matmul used for the peak")
     ap.add_argument("--paths", default="default", help=f"comma list of step implementations to time, from "
                                                        f"{list(PATHS)} (default: default)")
-    ap.add_argument("--archs", default=",".join(ARCHS), help=f"comma list from {list(ARCHS)}")
+    ap.add_argument("--archs", default=",".join(ARCHS), help=f"comma list of registered architectures (default "
+                    f"{','.join(ARCHS)}; also panneal and the extensions jumprelu, matryoshka)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
     ap.add_argument("--e2e-tokens", type=int, default=0,
                     help="also time harvest + training of every arch (standard and aligned) on N tokens (0: off)")
