@@ -1,6 +1,7 @@
 """Data helpers shared by the figures and the claims table: selecting, grouping and averaging records, and reading
-SAEBench results. Nothing here imports matplotlib or any trainer; records come from
-:func:`dictionary_learning_aligned.records.iter_records` only."""
+SAEBench results. Nothing here imports matplotlib; records come from
+:func:`dictionary_learning_aligned.records.iter_records` only, and the architectures' names, order and labels from
+the architecture registry (:mod:`dictionary_learning_aligned.registry`)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,16 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
+from dictionary_learning_aligned import registry
 from dictionary_learning_aligned.io import read_json
 from dictionary_learning_aligned.records import iter_records
 
-ARCH_ORDER = ("relu", "topk", "batchtopk", "panneal")
-ARCH_LABEL = {"relu": "ReLU", "topk": "TopK", "batchtopk": "BatchTopK", "panneal": "p-anneal"}
-SPARSITY_LABEL = {"l1_penalty": "L1 penalty", "k": "k", "initial_sparsity_penalty": "initial penalty"}
+#: registered architectures in registration order: the paper's four first, then the extensions
+ARCH_ORDER = tuple(registry.names())
+#: label per architecture; architectures that arXiv 2605.18629 does not evaluate say so
+ARCH_LABEL = {a.name: a.label if a.in_paper else f"{a.label} (not in paper)" for a in registry.architectures()}
+SPARSITY_LABEL = {"l1_penalty": "L1 penalty", "k": "k", "initial_sparsity_penalty": "initial penalty",
+                  "target_l0": "target L0"}
 #: the paper's main dictionary width; other widths have their own figures (15-18)
 MAIN_DICT_SIZE = 4096
 #: where SAEBench JSON output is looked for, relative to the results store

@@ -8,8 +8,9 @@
 * (b) aligned training leaves near-zero dead features: the aligned dead fraction ``1 - metrics.frac_alive``
   (mean over seeds) is at most ``dead_tol`` (default 1%) at every sparsity setting; the standard value is shown
   for contrast.
-* (c) CE loss recovered is at least as high at equal L0: TopK/BatchTopK compare the same ``k``; ReLU and
-  p-anneal interpolate the standard curve (mean L0 -> mean CE loss recovered, linear, no extrapolation) at each
+* (c) CE loss recovered is at least as high at equal L0: architectures whose sparsity parameter fixes L0
+  (TopK/BatchTopK, ``fixed_l0`` in the registry) compare the same ``k``; ReLU and p-anneal (and other penalty
+  architectures) interpolate the standard curve (mean L0 -> mean CE loss recovered, linear, no extrapolation) at each
   aligned point's L0. A point counts as "lower" when aligned minus standard is below ``-(std_aligned +
   std_standard)`` (seed spreads); supported when no point is lower.
 * (d) higher cross-seed stability: ``stability.mcs`` of the aligned group above the standard group at every
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 import numpy as np
+
+from dictionary_learning_aligned import registry
 
 from ._common import ARCH_LABEL, ARCH_ORDER, L0, SPARSITY_LABEL, aggregate, field_getter, finite, fmt_ms, mean_std
 
@@ -125,8 +128,13 @@ def _claim_b(std, ali, tol):
             dict(points=vals, tol=tol))
 
 
+def _fixes_l0(arch: str) -> bool:
+    """Whether a registered architecture's sparsity parameter fixes L0 (False for unregistered names)."""
+    return arch in registry.names() and registry.get(arch).fixed_l0
+
+
 def _claim_c(std, ali, arch):
-    if arch in ("topk", "batchtopk"):
+    if _fixes_l0(arch):
         pairs = [(f"k {v:g} (L0 {a.x:.1f} vs {s.x:.1f})", a.y, a.y_std, s.y, s.y_std, a.n, s.n)
                  for v, a, s in _pairs(std, ali, CE, L0)]
         outside = []
