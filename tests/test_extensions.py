@@ -169,3 +169,42 @@ def test_dictionary_learning_checkpoint_loads(tmp_path, name):
         assert torch.allclose(ours.decode(ours.encode(x)), theirs.decode(theirs.encode(x)), atol=1e-5)
     with pytest.raises(ValueError, match="not a dictionary_learning"):
         type(ours).from_dictionary_learning_state({"W_enc": state["W_enc"]})
+
+
+# ----------------------------------------------------------------- SAEBench adapter: the dictionary's own encode
+
+class _SquaredReLU(Dictionary):
+    """A user's dictionary class, registered nowhere: the adapter must still accept it."""
+
+    def __init__(self, activation_dim, dict_size, alignment=None):
+        super().__init__(activation_dim, dict_size, alignment)
+        self._init_weights()
+
+    def encode(self, x):
+        return torch.relu(self._affine_encode(x)).pow(2)
+
+    def decode(self, f):
+        return self._affine_decode(f)
+
+
+@pytest.mark.parametrize("make,label", [
+    (lambda: JumpReluAutoEncoder(16, 64, alignment="project", initial_threshold=0.05), "jumprelu"),
+    (lambda: MatryoshkaBatchTopKSAE(16, 64, k=4, group_sizes=[16, 16, 32]), "matryoshka_batch_topk"),
+    (lambda: _SquaredReLU(16, 64), "_SquaredReLU")])
+def test_saebench_adapter_uses_the_dictionary_encode(make, label):
+    pytest.importorskip("sae_bench")
+    from benchmarks.saebench.adapter import to_saebench
+
+    torch.manual_seed(0)
+    ae = make()
+    with torch.no_grad():
+        ae.b_enc.normal_(0, 0.1)
+        ae.W_dec.mul_(torch.rand(64) + 0.5)  # decoder columns not unit norm: the adapter rescales
+    sae = to_saebench(ae, "smollm2-135m-instruct", 3)
+    assert sae.cfg.architecture == label and sae.check_decoder_norms()
+    x = torch.randn(5, 7, 16)
+    with torch.no_grad():
+        f_ours, f_sb = ae.encode(x), sae.encode(x)
+        assert (f_ours > 0).any() and torch.equal(f_ours > 0, f_sb > 0)
+        assert torch.allclose(f_sb, f_ours * sae.feature_scale, atol=1e-5)
+        assert torch.allclose(sae(x), ae(x), atol=1e-4)

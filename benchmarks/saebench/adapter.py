@@ -4,10 +4,10 @@ Conventions differ: we store ``W_enc [dict_size, activation_dim]`` and ``W_dec [
 norm columns); SAEBench wants ``W_enc [d_in, d_sae]`` and ``W_dec [d_sae, d_in]`` with unit-norm rows. The adapter
 transposes, and if a decoder column ``d_i`` is not exactly unit norm (norm ``n_i``) it rescales ``d_i -> d_i / n_i``
 and ``e_i -> n_i e_i``, ``b_enc_i -> n_i b_enc_i`` so that ``decode(encode(x))`` is unchanged; the feature values
-are then ``n_i`` times ours. TopK selection and the BatchTopK threshold are applied to the *original* feature
-values (``f_i / n_i``), so even the selection is unchanged. For every alignment mode (``"project"``/``"rescale"``
-with free parameter ``V``, ``"tied"``, ...) the encoder used is the dictionary's effective ``W_enc``, so the SAEBench
-SAE computes exactly what ``dictionary.encode`` computes.
+are then ``n_i`` times ours. ``encode`` calls the source dictionary's own ``encode`` (its selection: ReLU, top-k per
+token, the BatchTopK threshold, JumpReLU thresholds, or any other dictionary's rule) and multiplies by ``n_i``, so the
+SAEBench SAE computes exactly what ``dictionary.encode`` computes, for every alignment mode and every
+:class:`~dictionary_learning_aligned.dictionary.Dictionary` subclass, registered or a user's own.
 
 :func:`register_dictionary_learning_loaders` makes SAEBench's own runner
 (``sae_bench.custom_saes.run_all_evals_dictionary_learning_saes``) load our checkpoints from a local folder.
@@ -15,6 +15,7 @@ SAE computes exactly what ``dictionary.encode`` computes.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Optional
@@ -22,14 +23,13 @@ from typing import Optional
 import torch
 
 from . import import_saebench
-from dictionary_learning_aligned.dictionary import (AutoEncoder, AutoEncoderTopK, BatchTopKSAE, CheckpointError,
-                                                    Dictionary)
+from dictionary_learning_aligned import registry
+from dictionary_learning_aligned.dictionary import CheckpointError, Dictionary
 
-#: SAEBench ``cfg.architecture`` label per dictionary class
-ARCHITECTURES = {AutoEncoder: "standard", AutoEncoderTopK: "topk", BatchTopKSAE: "batch_topk"}
-#: trainer classes of this library (``config.json["trainer"]["trainer_class"]``)
-OUR_TRAINER_CLASSES = ("StandardTrainer", "AlignedStandardTrainer", "TopKTrainer", "AlignedTopKTrainer",
-                       "BatchTopKTrainer", "AlignedBatchTopKTrainer", "PAnnealTrainer", "AlignedPAnnealTrainer")
+#: SAEBench ``cfg.architecture`` label per registry ``saebench_kind`` where SAEBench's name differs
+SAEBENCH_LABELS = {"relu": "standard", "batchtopk": "batch_topk"}
+#: trainer classes of this library (``config.json["trainer"]["trainer_class"]``): every registered trainer
+OUR_TRAINER_CLASSES = tuple(registry.trainer_classes())
 
 
 def _base_sae_class():
@@ -46,46 +46,26 @@ def _make_class():
         """A dictionary of ours as a SAEBench ``BaseSAE``.
 
         Weights (SAEBench layout): ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]`` (unit-norm rows), ``b_enc
-        [d_sae]``, ``b_dec [d_in]``; buffers ``k`` (TopK/BatchTopK, else 0), ``threshold`` (BatchTopK/TopK learned
-        threshold in our feature units, -1 if none) and ``feature_scale [d_sae]`` (the decoder norms ``n_i``
-        folded into the encoder; ones for a unit-norm decoder).
+        [d_sae]``, ``b_dec [d_in]``; buffer ``feature_scale [d_sae]`` (the decoder norms ``n_i`` folded into the
+        encoder; ones for a unit-norm decoder); submodule ``source``, a copy of the dictionary, whose ``encode``
+        selects the features.
 
-        ``encode(x [..., d_in]) -> f [..., d_sae]``, ``decode(f) -> x_hat [..., d_in]``, ``forward = decode(encode)``.
-        Build it with :func:`to_saebench`.
+        ``encode(x [..., d_in]) -> source.encode(x) * feature_scale [..., d_sae]``, ``decode(f) -> f @ W_dec + b_dec
+        [..., d_in]``, ``forward = decode(encode)``. Build it with :func:`to_saebench`.
         """
 
-        def __init__(self, d_in: int, d_sae: int, model_name: str, hook_layer: int, device, dtype,
+        def __init__(self, source: Dictionary, model_name: str, hook_layer: int, device, dtype,
                      hook_name: Optional[str], kind: str):
-            super().__init__(d_in, d_sae, model_name, hook_layer, device, dtype, hook_name)
-            if kind not in ("relu", "topk", "batchtopk"):
-                raise ValueError(f"unknown dictionary kind {kind!r}")
+            super().__init__(source.activation_dim, source.dict_size, model_name, hook_layer, device, dtype,
+                             hook_name)
             self.kind = kind
-            self.register_buffer("k", torch.tensor(0, dtype=torch.int, device=device))
-            self.register_buffer("threshold", torch.tensor(-1.0, dtype=dtype, device=device))
-            self.register_buffer("feature_scale", torch.ones(d_sae, dtype=dtype, device=device))
-
-        def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
-            """``ReLU((x - b_dec) @ W_enc + b_enc)``: ``[..., d_in] -> [..., d_sae]``."""
-            return torch.relu((x.to(self.W_enc.dtype) - self.b_dec) @ self.W_enc + self.b_enc)
+            self.source = source.to(device=device, dtype=dtype).eval().requires_grad_(False)
+            self.register_buffer("feature_scale", torch.ones(source.dict_size, dtype=dtype, device=device))
 
         def encode(self, x: torch.Tensor) -> torch.Tensor:
-            """Features ``[..., d_sae]`` of activations ``x [..., d_in]``, selected as the source dictionary
-            selects them (ReLU; top-k per token; BatchTopK threshold, or the batch top-k over all tokens of ``x``
-            when no threshold was learned)."""
-            pre = self.pre_acts(x)
-            if self.kind == "relu":
-                return pre
-            orig = pre / self.feature_scale  # the source dictionary's feature values
-            if self.kind == "topk":
-                idx = orig.topk(int(self.k), dim=-1, sorted=False).indices
-                return torch.zeros_like(pre).scatter_(-1, idx, pre.gather(-1, idx))
-            if self.threshold >= 0:
-                return pre * (orig > self.threshold)
-            flat, flat_orig = pre.reshape(-1, pre.shape[-1]), orig.reshape(-1, pre.shape[-1])
-            n = min(int(self.k) * flat.shape[0], flat.numel())
-            idx = flat_orig.flatten().topk(n, sorted=False).indices
-            out = torch.zeros_like(flat).flatten().scatter_(-1, idx, flat.flatten()[idx])
-            return out.reshape(pre.shape)
+            """Features ``[..., d_sae]`` of activations ``x [..., d_in]``: the source dictionary's ``encode``
+            (its own selection), times ``feature_scale``."""
+            return self.source.encode(x.to(self.W_dec.dtype)) * self.feature_scale
 
         def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
             """``f @ W_dec + b_dec``: ``[..., d_sae] -> [..., d_in]``."""
@@ -110,15 +90,20 @@ def saebench_sae_class():
     return _CLASS
 
 
-def _kind(dictionary: Dictionary) -> str:
-    if isinstance(dictionary, BatchTopKSAE):
-        return "batchtopk"
-    if isinstance(dictionary, AutoEncoderTopK):
-        return "topk"
-    if isinstance(dictionary, AutoEncoder):
-        return "relu"
-    raise TypeError(f"no SAEBench adapter for dictionary class {type(dictionary).__name__}; supported: "
-                    f"{', '.join(c.__name__ for c in ARCHITECTURES)}")
+def saebench_kind(dictionary: Dictionary) -> str:
+    """The registry's ``saebench_kind`` of the architecture whose dictionary class is the closest base class of
+    ``dictionary``'s class (``"custom"`` for a Dictionary subclass no architecture registers).
+
+    Raises:
+        TypeError: ``dictionary`` is not a :class:`Dictionary` (the adapter needs its ``encode``, ``W_enc``,
+            ``W_dec``, ``b_enc``, ``b_dec``, ``activation_dim`` and ``dict_size``).
+    """
+    if not isinstance(dictionary, Dictionary):
+        raise TypeError(f"no SAEBench adapter for {type(dictionary).__name__}: not a "
+                        f"dictionary_learning_aligned Dictionary subclass")
+    mro = type(dictionary).__mro__
+    owners = [(mro.index(a.dict_class), a.saebench_kind) for a in registry.architectures() if a.dict_class in mro]
+    return min(owners)[1] if owners else "custom"
 
 
 @torch.no_grad()
@@ -127,10 +112,10 @@ def to_saebench(dictionary: Dictionary, model_name: str, hook_layer: int, hook_n
     """Convert a dictionary of ours into a SAEBench ``BaseSAE`` computing the same function.
 
     Args:
-        dictionary: an ``AutoEncoder`` (ReLU, also p-annealing), ``AutoEncoderTopK`` or ``BatchTopKSAE`` in any
-            alignment mode; its weights ``W_enc [dict_size, activation_dim]``, ``W_dec [activation_dim,
-            dict_size]``, ``b_enc [dict_size]``, ``b_dec [activation_dim]`` are read (``W_enc`` is the effective
-            encoder, computed from ``V`` for the reparameterized modes).
+        dictionary: any :class:`Dictionary` (registered architectures and users' own subclasses), in any alignment
+            mode; its weights ``W_enc [dict_size, activation_dim]``, ``W_dec [activation_dim, dict_size]``,
+            ``b_enc [dict_size]``, ``b_dec [activation_dim]`` are read (``W_enc`` is the effective encoder,
+            computed from ``V`` for the reparameterized modes) and a copy of it encodes.
         model_name: the model name SAEBench uses to load the language model (``cfg.model_name``).
         hook_layer: the block whose output the dictionary reads.
         hook_name: TransformerLens hook; default ``blocks.{hook_layer}.hook_resid_post`` (the output of decoder
@@ -140,14 +125,15 @@ def to_saebench(dictionary: Dictionary, model_name: str, hook_layer: int, hook_n
 
     Returns:
         a ``DictionarySAE`` with ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]`` (unit-norm rows), ``b_enc``,
-        ``b_dec``, buffers ``k``, ``threshold``, ``feature_scale`` and ``cfg.architecture`` in ``{"standard",
-        "topk", "batch_topk"}``; extra attributes ``alignment`` (the source's mode).
+        ``b_dec``, buffer ``feature_scale``, ``cfg.architecture`` from the registry's ``saebench_kind``
+        (``standard``, ``topk``, ``batch_topk``, ``jumprelu``, ``matryoshka_batch_topk``; the class name for an
+        unregistered dictionary class) and extra attributes ``alignment`` (the source's mode) and ``kind``.
 
     Raises:
-        TypeError: unsupported dictionary class. ValueError: a decoder column of zero or non-finite norm, or
+        TypeError: not a :class:`Dictionary`. ValueError: a decoder column of zero or non-finite norm, or
         non-finite weights (the conversion would not preserve the function).
     """
-    kind = _kind(dictionary)
+    kind = saebench_kind(dictionary)
     device = torch.device(device) if device is not None else dictionary.W_dec.device
     W_enc = dictionary.W_enc.detach().double()  # [F, D]
     W_dec = dictionary.W_dec.detach().double()  # [D, F]
@@ -157,19 +143,13 @@ def to_saebench(dictionary: Dictionary, model_name: str, hook_layer: int, hook_n
     if (norms <= 0).any():
         raise ValueError(f"{int((norms <= 0).sum())} decoder columns have zero norm; cannot normalize them")
     cls = saebench_sae_class()
-    sae = cls(dictionary.activation_dim, dictionary.dict_size, model_name, int(hook_layer), device, dtype,
-              hook_name, kind)
+    sae = cls(copy.deepcopy(dictionary), model_name, int(hook_layer), device, dtype, hook_name, kind)
     sae.W_enc.copy_((W_enc * norms[:, None]).T.to(dtype))
     sae.W_dec.copy_((W_dec / norms).T.to(dtype))
     sae.b_enc.copy_((dictionary.b_enc.detach().double() * norms).to(dtype))
     sae.b_dec.copy_(dictionary.b_dec.detach().to(dtype))
     sae.feature_scale.copy_(norms.to(dtype))
-    if kind != "relu":
-        sae.k.fill_(int(dictionary.k))
-        # TopK uses plain top-k at inference (dictionary.encode's default); BatchTopK its learned threshold
-        if kind == "batchtopk":
-            sae.threshold.fill_(float(dictionary.threshold))
-    sae.cfg.architecture = ARCHITECTURES[type(dictionary)] if type(dictionary) in ARCHITECTURES else kind
+    sae.cfg.architecture = type(dictionary).__name__ if kind == "custom" else SAEBENCH_LABELS.get(kind, kind)
     sae.cfg.dtype = str(dtype).removeprefix("torch.")
     sae.alignment = dictionary.alignment
     return sae.eval()
@@ -295,5 +275,5 @@ def register_dictionary_learning_loaders() -> None:
     runner._dla_registered = True
 
 
-__all__ = ["to_saebench", "load_saebench_sae", "saebench_sae_class", "register_dictionary_learning_loaders",
-           "read_run_config", "OUR_TRAINER_CLASSES"]
+__all__ = ["to_saebench", "load_saebench_sae", "saebench_sae_class", "saebench_kind",
+           "register_dictionary_learning_loaders", "read_run_config", "OUR_TRAINER_CLASSES"]
