@@ -300,7 +300,8 @@ def test_real_gemma3_tl_config_matches_transformer_lens_own(gemma3_270m):
     hf, _ = gemma3_270m
     ours = _gemma3_config(hf, "cpu", torch.float32, 8192).to_dict()
     theirs = lp.get_pretrained_model_config("google/gemma-3-270m", dtype=torch.float32).to_dict()
-    keys = ("d_model", "d_head", "n_heads", "d_mlp", "n_layers", "n_ctx", "eps", "d_vocab", "act_fn", "rotary_base",
+    assert ours["eps"] == pytest.approx(theirs["eps"], rel=1e-6)  # 1e-6, stored as float32 in the GGUF file
+    keys = ("d_model", "d_head", "n_heads", "d_mlp", "n_layers", "n_ctx", "d_vocab", "act_fn", "rotary_base",
             "rotary_base_local", "n_key_value_heads", "window_size", "attn_types", "attn_scale", "use_qk_norm",
             "use_normalization_before_and_after", "gated_mlp", "final_rms", "positional_embedding_type")
     assert {k: ours[k] for k in keys} == {k: theirs[k] for k in keys}
