@@ -271,8 +271,55 @@ def load_saebench(results) -> tuple[dict[str, dict[str, float]], int]:
         ValueError: two files give the same metric for one record (e.g. ``autointerp.json`` next to
             ``autointerp.json.gz``, or a stale copy in another folder); the message names both.
     """
-    folder = Path(results) / SAEBENCH_DIR
-    out: dict[str, dict[str, float]] = {}
+    return _load_saebench_folder(Path(results) / SAEBENCH_DIR, _record_id_of)
+
+
+def _record_id_of(d: dict, path: Path) -> Optional[str]:
+    """A result file's record id: its ``record_id``, else ``sae_name`` (None when neither is a string)."""
+    rid = d.get("record_id") or d.get("sae_name")
+    return rid if isinstance(rid, str) else None
+
+
+def _dictionary_name_of(d: dict, path: Path) -> Optional[str]:
+    """A ``benchmarks run --dictionaries`` result file's dictionary name: ``dictionary.name``, else its folder."""
+    name = (d.get("dictionary") or {}).get("name") if isinstance(d.get("dictionary"), dict) else None
+    return name if isinstance(name, str) else path.parent.name
+
+
+def _metrics_of(d: dict, p: Path, skipped: list) -> dict:
+    """The :data:`SAEBENCH_METRICS` (and autointerp chance levels) of one result ``d`` read from ``p``; values
+    left out are described in ``skipped``."""
+    found = {}
+    for name, path in SAEBENCH_METRICS.items():
+        v = field_getter(*path)(d)
+        if v is None:
+            continue
+        if not finite(v) or (name in _FRACTIONS and not 0 <= v <= 1):
+            skipped.append(f"{p}: {name} = {v!r} left out")
+            continue
+        found[name] = float(v)
+    if d.get("eval_type_id") == "autointerp":
+        try:
+            chance = autointerp_chance_levels(d)
+        except ValueError as e:  # autointerp_chance_levels checks every field it reads
+            chance = None
+            skipped.append(f"{p}: no chance levels ({e})")
+        found.update({name: chance[key] for name, key in AUTOINTERP_CHANCE.items()} if chance else {})
+    if not found:
+        skipped.append(f"{p}: no SAEBench metric this library reads")
+    return found
+
+
+def _load_saebench_folder(folder: Path, key_of: Callable[[dict, Path], Optional[str]], describe: bool = False):
+    """Every SAEBench result under ``folder`` (see :func:`load_saebench`), keyed by ``key_of(result, path)``;
+    results without a key are left out with the warning. Returns ``(results by key, number of JSON files)``.
+    With ``describe``, each entry also holds the files' ``dictionary`` description (written by ``benchmarks run``)
+    under the key ``"dictionary"``.
+
+    Raises:
+        ValueError: two files give the same metric for one key.
+    """
+    out: dict[str, dict] = {}
     source: dict[tuple[str, str], Path] = {}
     skipped: list[str] = []
     files = sorted([*folder.rglob("*.json"), *folder.rglob("*.json.gz")]) if folder.is_dir() else []
@@ -284,36 +331,34 @@ def load_saebench(results) -> tuple[dict[str, dict[str, float]], int]:
             continue
         if isinstance(d, dict) and isinstance(d.get("results"), list) and "evals" in d:
             continue  # a summary of `python -m benchmarks run`
-        rid = (d.get("record_id") or d.get("sae_name")) if isinstance(d, dict) else None
-        if not isinstance(rid, str):
+        rid = key_of(d, p) if isinstance(d, dict) else None
+        if rid is None:
             skipped.append(f"{p}: no record_id or sae_name")
             continue
-        found = {}
-        for name, path in SAEBENCH_METRICS.items():
-            v = field_getter(*path)(d)
-            if v is None:
-                continue
-            if not finite(v) or (name in _FRACTIONS and not 0 <= v <= 1):
-                skipped.append(f"{p}: {name} = {v!r} left out")
-                continue
-            found[name] = float(v)
-        if d.get("eval_type_id") == "autointerp":
-            try:
-                chance = autointerp_chance_levels(d)
-            except ValueError as e:  # autointerp_chance_levels checks every field it reads
-                chance = None
-                skipped.append(f"{p}: no chance levels ({e})")
-            found.update({name: chance[key] for name, key in AUTOINTERP_CHANCE.items()} if chance else {})
-        if not found:
-            skipped.append(f"{p}: no SAEBench metric this library reads")
-        for name, v in found.items():
+        for name, v in _metrics_of(d, p, skipped).items():
             if (rid, name) in source:
                 raise ValueError(f"two SAEBench files give {name} for record {rid}: {source[rid, name]} and {p}; "
                                  f"remove the stale one")
             source[rid, name] = p
             out.setdefault(rid, {})[name] = v
+        if describe and rid in out and isinstance(d.get("dictionary"), dict):
+            out[rid].setdefault("dictionary", d["dictionary"])
     if skipped:
         warnings.warn(f"{len(skipped)} SAEBench file(s) or value(s) under {folder} left out:\n  "
                       + "\n  ".join(skipped[:20]) + (f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""),
-                      stacklevel=2)
+                      stacklevel=3)
     return out, len(files)
+
+
+def load_saebench_dictionaries(folder) -> tuple[dict[str, dict], int]:
+    """SAEBench results written by ``python -m benchmarks run --dictionaries ... --out folder``
+    (``folder/<name>/<eval>.json``), keyed by dictionary name (the files' ``dictionary.name``, else their folder).
+
+    Returns:
+        ``({name: {"scr": x, ..., "dictionary": {path, dict_class, trainer_class, alignment, d_sae, ...}}},
+        number of JSON files found)``; values are read and checked as :func:`load_saebench` does.
+
+    Raises:
+        ValueError: two files give the same metric for one dictionary.
+    """
+    return _load_saebench_folder(Path(folder), _dictionary_name_of, describe=True)

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from ._common import (ARCH_LABEL, ARCH_ORDER, SPARSITY_LABEL, field_getter, load_records, load_saebench, mean_std,
-                      mode_name)
+from ._common import (ARCH_LABEL, ARCH_ORDER, SPARSITY_LABEL, field_getter, load_records, load_saebench,
+                      load_saebench_dictionaries, mean_std, mode_name)
 
 #: (column title, getter, digits) of the table
 COLUMNS = (
@@ -88,11 +88,19 @@ def saebench_table(results, experiment: Optional[str] = None, fmt: str = "markdo
     :func:`figures._common.autointerp_chance_levels`) for the records of the store ``results`` that have SAEBench results under
     ``results/saebench/`` (matched by record id, :func:`figures._common.load_saebench`).
 
+    When ``results`` is not a results store (no ``records/``) but the output folder of ``python -m benchmarks run
+    --dictionaries ... --out DIR``, the table has one row per dictionary instead (:func:`dictionaries_saebench_table`).
+
     Raises:
-        FileNotFoundError: ``results`` is not a results store.
+        FileNotFoundError: ``results`` is neither a results store nor a folder.
         ValueError: no record (of ``experiment``) has SAEBench results (the message says where they were looked
             for), two SAEBench files give the same metric for one record, or a bad ``fmt``.
     """
+    if not (Path(results) / "records").is_dir() and Path(results).is_dir():
+        if experiment is not None:
+            raise ValueError(f"{results} is an output folder of `benchmarks run --dictionaries`, not a results store: "
+                             f"it has no experiments (drop --experiment)")
+        return dictionaries_saebench_table(results, fmt)
     sb, n_files = load_saebench(results)
     records = [r for r in load_records(results) if r["id"] in sb and experiment in (None, r["experiment"])]
     if not records:
@@ -101,3 +109,42 @@ def saebench_table(results, experiment: Optional[str] = None, fmt: str = "markdo
                          f"`python -m benchmarks run --results-store {results}`")
     cols = [(title, (lambda r, name=name: sb[r["id"]].get(name)), digits) for title, name, digits in SAEBENCH_COLUMNS]
     return results_table(records, experiment, fmt, columns=cols)
+
+
+def _sae_label(desc: dict) -> str:
+    """``"<architecture label> <alignment>"`` of a dictionary described by ``benchmarks run`` (its trainer class's
+    registered architecture; the trainer or dictionary class name when none is registered)."""
+    from dictionary_learning_aligned import registry
+
+    tc = desc.get("trainer_class")
+    arch = registry.for_trainer(tc) if isinstance(tc, str) else None
+    name = ARCH_LABEL.get(arch.name, arch.label) if arch is not None else (tc or desc.get("dict_class") or "?")
+    return f"{name} {mode_name(desc.get('alignment'))}"
+
+
+def dictionaries_saebench_table(folder, fmt: str = "markdown") -> str:
+    """The SAEBench metrics (:data:`SAEBENCH_COLUMNS`) of every dictionary evaluated by ``python -m benchmarks run
+    --dictionaries ... --out folder``: one row per dictionary (name, architecture and alignment from its trainer
+    class, dict_size, trainer class), read by :func:`figures._common.load_saebench_dictionaries`. Built-in,
+    extension and users' plug-in trainers alike.
+
+    Raises:
+        ValueError: no SAEBench result under ``folder`` (the message says what to run), two files give the same
+            metric for one dictionary, or a bad ``fmt``.
+    """
+    if fmt not in ("markdown", "text"):
+        raise ValueError(f"fmt must be 'markdown' or 'text', got {fmt!r}")
+    sb, n_files = load_saebench_dictionaries(folder)
+    if not sb:
+        raise ValueError(f"no SAEBench results of dictionaries in {folder} ({n_files} JSON files there); run "
+                         f"`python -m benchmarks run --dictionaries DIR --out {folder}`, or pass a results store")
+    head = ["dictionary", "SAE", "dict_size", "trainer"] + [title for title, _, _ in SAEBENCH_COLUMNS]
+    rows = []
+    for name in sorted(sb):
+        desc = sb[name].get("dictionary", {})
+        rows.append([name, _sae_label(desc), str(desc.get("d_sae", "?")), str(desc.get("trainer_class", "?"))]
+                    + [_cell([sb[name].get(key)], digits) for _, key, digits in SAEBENCH_COLUMNS])
+    if fmt == "text":
+        return "\n".join("\t".join(r) for r in [head] + rows)
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                     + ["| " + " | ".join(r) + " |" for r in rows])
