@@ -1,23 +1,47 @@
-"""``python -m benchmarks run ...``: the SAEBench harness (see ``benchmarks/saebench``). The throughput benchmark
-is ``python -m benchmarks.speed``."""
+"""``python -m benchmarks run ...``: the SAEBench harness (see ``benchmarks/saebench`` and ``run -h``).
 
+The other benchmarks are modules of their own: ``python -m benchmarks.speed`` (training throughput),
+``python -m benchmarks.multigpu`` (one GPU against several) and ``python -m benchmarks.massive_tokens`` (a
+dictionary's error on the language model's massive-activation tokens)."""
+
+from __future__ import annotations
+
+import argparse
 import sys
+from typing import Optional
+
+#: errors that are the user's (found before any eval runs; a failing eval raises EvalFailed, with its traceback)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
 
 
-def main(argv=None) -> int:
-    """Dispatch ``run`` to :func:`benchmarks.saebench.cli.main`."""
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser: names the subcommand ``run`` (which parses its own flags) and the other benchmarks."""
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Benchmarks of this library's dictionaries.",
+        epilog="commands:\n"
+               "  run    SAEBench evals (core, scr, tpp, sparse_probing, autointerp) on dictionaries or a results\n"
+               "         store, offline by default; `python -m benchmarks run -h` lists its flags\n"
+               "other benchmarks (modules of their own, each with -h):\n"
+               "  python -m benchmarks.speed           training throughput, standard vs aligned\n"
+               "  python -m benchmarks.multigpu        data-parallel training against one GPU\n"
+               "  python -m benchmarks.massive_tokens  error share of massive-activation tokens")
+    p.add_argument("command", choices=("run",), metavar="COMMAND", help="run (the SAEBench harness)")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Dispatch ``run`` to :func:`benchmarks.saebench.cli.main`; returns the exit status (2 with a one-line error
+    for a bad argument, a missing folder or a refused overwrite)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("run",) or argv[0] in ("-h", "--help"):
-        print("usage: python -m benchmarks run --dictionaries DIR [DIR ...] --out DIR [--evals core,scr,tpp,"
-              "sparse_probing,autointerp] ...   (python -m benchmarks run -h for all options)\n"
-              "       python -m benchmarks.speed ...   (training throughput)", file=sys.stderr)
+    if argv[:1] != ["run"]:
+        build_parser().parse_args(argv[:1])  # -h prints the help, anything else a usage error; both exit
         return 2
     from benchmarks.saebench.cli import main as run_main
 
     try:
         return run_main(argv[1:])
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as e:
-        # user mistakes, found before any eval runs (a failing eval raises EvalFailed, with its traceback)
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -8,6 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from dictionary_learning_aligned.cli import default_device, set_verbosity
 from dictionary_learning_aligned.dtypes import comma_list
 
 from .runner import EVALS, Budgets, DictionaryEntry, RunSpec
@@ -62,7 +63,7 @@ def store_dictionaries(store, pattern: str = "*") -> list[DictionaryEntry]:
     return out
 
 
-#: probe set sizes used offline unless given: the largest the local data in ../shared/data supports for every
+#: probe set sizes used offline unless given: the largest the local labelled datasets support for every
 #: default local dataset (the nurse class of the bias-in-bios sample limits them)
 OFFLINE_SIZES = {"probe_train": 300, "probe_test": 80, "scr_train": 160, "scr_test": 52}
 
@@ -100,11 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace earlier outputs")
     p.add_argument("--model", help="model name (default: each dictionary's trainer.lm_name); TransformerLens names "
                    "load as SAEBench loads them, others (e.g. smollm2-135m-instruct) are converted")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", help="LLM and SAE dtype (float32, bfloat16)")
+    p.add_argument("--device", default=None, help="device for the model and the dictionaries (default: cuda when "
+                   "available, else cpu)")
+    p.add_argument("--dtype", default="float32", help="LLM and SAE dtype (float32, bfloat16; default float32)")
     p.add_argument("--online", action="store_true", help="use SAEBench's hub datasets instead of local substitutes")
-    p.add_argument("--data-dir", help="local labelled datasets laid out like ../shared/data (default: the tiny "
-                   "samples in benchmarks/saebench/sample_data)")
+    p.add_argument("--data-dir", help="folder of local labelled datasets, one subfolder per dataset laid out as "
+                   "benchmarks/saebench/sample_data (see its README; default: those tiny bundled samples)")
     p.add_argument("--text-source", help="general text for core/autointerp offline (file/folder/HF name; default "
                    "the bundled corpus's held-out split, ~80k tokens)")
     for ev in ("sparse_probing", "scr", "tpp", "core", "autointerp"):
@@ -113,28 +115,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", choices=("default", "smoke"), default="default", help="smoke: tiny budgets for a "
                    "quick CPU check of the pipeline (" + ", ".join(f"{k}={v}" for k, v in SMOKE_BUDGETS.items())
                    + "); explicit flags override them")
-    p.add_argument("--context", type=int, default=b.context, help="tokens per prompt in every eval")
-    p.add_argument("--llm-batch-size", type=int, default=b.llm_batch_size)
-    p.add_argument("--core-batches", type=int, default=b.core_batches, help="core reconstruction batches")
-    p.add_argument("--core-sparsity-batches", type=int, default=b.core_sparsity_batches)
-    p.add_argument("--core-batch-prompts", type=int, default=b.core_batch_prompts)
+    p.add_argument("--context", type=int, default=b.context, help=f"tokens per prompt in every eval (default "
+                   f"{b.context})")
+    p.add_argument("--llm-batch-size", type=int, default=b.llm_batch_size, help="prompts per language-model forward "
+                   f"pass (default {b.llm_batch_size})")
+    p.add_argument("--core-batches", type=int, default=b.core_batches, help="core: reconstruction batches (default "
+                   f"{b.core_batches})")
+    p.add_argument("--core-sparsity-batches", type=int, default=b.core_sparsity_batches, help="core: batches for "
+                   f"the feature-density statistics (default {b.core_sparsity_batches})")
+    p.add_argument("--core-batch-prompts", type=int, default=b.core_batch_prompts, help="core: prompts per batch "
+                   f"(default {b.core_batch_prompts})")
     p.add_argument("--scr-train", type=int, help=f"SCR/TPP probe train set size (default {b.scr_train} with "
                    f"--online, {OFFLINE_SIZES['scr_train']} offline: the local bias-in-bios sample is small)")
-    p.add_argument("--scr-test", type=int, help=f"default {b.scr_test} online, {OFFLINE_SIZES['scr_test']} offline")
-    p.add_argument("--scr-epochs", type=int, default=b.scr_epochs)
-    p.add_argument("--scr-n-values", type=_ints, default=b.scr_n_values, help="latents ablated (comma list)")
+    p.add_argument("--scr-test", type=int, help=f"SCR/TPP probe test set size (default {b.scr_test} online, "
+                   f"{OFFLINE_SIZES['scr_test']} offline)")
+    p.add_argument("--scr-epochs", type=int, default=b.scr_epochs, help="SCR/TPP probe training epochs (default "
+                   f"{b.scr_epochs})")
+    p.add_argument("--scr-n-values", type=_ints, default=b.scr_n_values, help="SCR/TPP: numbers of latents ablated "
+                   f"(comma list; default {','.join(map(str, b.scr_n_values))})")
     p.add_argument("--probe-train", type=int, help=f"sparse-probing train set size (default {b.probe_train} "
                    f"online, {OFFLINE_SIZES['probe_train']} offline)")
-    p.add_argument("--probe-test", type=int, help=f"default {b.probe_test} online, {OFFLINE_SIZES['probe_test']} "
-                   "offline")
-    p.add_argument("--probe-k-values", type=_ints, default=b.probe_k_values)
-    p.add_argument("--autointerp-tokens", type=int, default=b.autointerp_tokens)
-    p.add_argument("--autointerp-latents", type=int, default=b.autointerp_latents)
+    p.add_argument("--probe-test", type=int, help=f"sparse-probing test set size (default {b.probe_test} online, "
+                   f"{OFFLINE_SIZES['probe_test']} offline)")
+    p.add_argument("--probe-k-values", type=_ints, default=b.probe_k_values, help="sparse probing: numbers of "
+                   f"latents per probe (comma list; default {','.join(map(str, b.probe_k_values))})")
+    p.add_argument("--autointerp-tokens", type=int, default=b.autointerp_tokens, help="autointerp: tokens scanned "
+                   f"for activating examples (default {b.autointerp_tokens})")
+    p.add_argument("--autointerp-latents", type=int, default=b.autointerp_latents, help="autointerp: latents "
+                   f"explained and judged (default {b.autointerp_latents})")
     p.add_argument("--judge-url", help="OpenAI-compatible base URL (e.g. https://api.openai.com/v1); default: start "
                    "the local SmolLM2-135M judge")
-    p.add_argument("--judge-model", default="gpt-4o-mini")
+    p.add_argument("--judge-model", default="gpt-4o-mini", help="judge model name at --judge-url (default "
+                   "gpt-4o-mini, the paper's)")
     p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="random seed of every eval (default 42)")
+    p.add_argument("--verbose", action="store_true", help="show the evals' own output (probe accuracies, "
+                   "third-party warnings); default: a progress line per eval and the summary")
     return p
 
 
@@ -149,6 +165,9 @@ def main(argv=None) -> int:
     if "smoke" in (parser.parse_known_args(argv)[0].budget,):
         parser.set_defaults(**SMOKE_BUDGETS)
     args = parser.parse_args(argv)
+    set_verbosity(args.verbose)
+    if args.device is None:
+        args.device = default_device()
     if args.results_store:
         dicts = store_dictionaries(args.results_store, args.records)
         out, per_record = Path(args.out or Path(args.results_store) / "saebench"), True
