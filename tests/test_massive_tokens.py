@@ -1,14 +1,9 @@
-"""scripts/massive_tokens.py's error split: pooled FVE with and without the massive tokens, their error share."""
-
-import importlib.util
-from pathlib import Path
+"""benchmarks.massive_tokens's error split: pooled FVE with and without the massive tokens, their error share."""
 
 import pytest
 import torch
 
-_spec = importlib.util.spec_from_file_location("massive_tokens", Path(__file__).parents[1] / "scripts" / "massive_tokens.py")
-massive_tokens = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(massive_tokens)
+from benchmarks import massive_tokens
 
 
 def test_error_split_separates_the_massive_tokens():

@@ -2,7 +2,7 @@
 # Run one demo on a GPU machine with the common GPU settings plus the given flags, and pack its outputs
 # (weights excluded) into $OUT/NAME.tar.gz. Needs $GPU_FILES with the SmolLM2 GGUF and the mixed corpus
 # (scripts/build_gpu_corpus.py); see results/*/README.md for the runs made with it.
-# Usage: bash scripts/gpu_run.sh NAME [demo flags...]
+# Usage: bash results/arch_runs_gpu_run.sh NAME [demo flags...]
 set -uo pipefail
 name=$1; shift
 export DLA_SMOLLM2_GGUF=$GPU_FILES/SmolLM2-135M-Instruct.Q4_1.gguf PYTHONUNBUFFERED=1

@@ -3,7 +3,7 @@
 # into $OUT/NAME.tar.gz. Needs $GPU_FILES with the SmolLM2 GGUF and the all-English corpus
 # (scripts/build_gpu_corpus.py --sources all_english). The store and the activation cache live under /tmp, so
 # calls on the same warm machine share them (one harvest for every call).
-# Usage: bash scripts/gpu_reproduce.sh NAME EXPERIMENT [reproduce flags...]
+# Usage: bash results/reproduce_small/gpu_reproduce.sh NAME EXPERIMENT [reproduce flags...]
 set -uo pipefail
 name=$1; shift
 export DLA_SMOLLM2_GGUF=$GPU_FILES/SmolLM2-135M-Instruct.Q4_1.gguf PYTHONUNBUFFERED=1

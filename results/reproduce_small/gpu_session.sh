@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU session of 2026-11-29 on nvidia-h200-x2 (two H200s), in phases of at most ~9 minutes (one device call
 # each). Staged first with ../shared/tools/gpu_bundle.sh .gpu <SmolLM2 GGUF> <all_english_mixed.jsonl.gz>
-# <saebench_data.tar> --wheels "<the wheels of scripts/gpu_saebench_wheels.sh + dictionary-learning 0.1.0>"; the
-# last part runs phase A, later calls run `bash scripts/gpu_session.sh PHASE` on the same warm machine (the
+# <saebench_data.tar> --wheels "<the wheels of results/reproduce_small/gpu_saebench_wheels.sh + dictionary-learning 0.1.0>"; the
+# last part runs phase A, later calls run `bash results/reproduce_small/gpu_session.sh PHASE` on the same warm machine (the
 # results stores, the activation cache and the trained dictionaries stay in /tmp between calls).
 #   A  speed benchmark on GPU 1 (issue 6), then a SAEBench smoke check; harvest + `sizes` at 16384 (ReLU, TopK,
 #      seed 0) on GPU 0 (issue 4)
@@ -21,7 +21,7 @@
 # --chunk (records written part by part) and, for C, --text-source (enough text for autointerp).
 # Everything a phase makes comes back as $OUT/*.tar.gz (records, logs, JSON; no weights).
 set -uo pipefail
-phase=${1:?usage: bash scripts/gpu_session.sh A|B|C|D|E|F|S|P}
+phase=${1:?usage: bash results/reproduce_small/gpu_session.sh A|B|C|D|E|F|S|P}
 export PYTHONPATH=/tmp/site:$PWD GPU_FILES=/tmp/gpu/files PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export DLA_SMOLLM2_GGUF=$GPU_FILES/SmolLM2-135M-Instruct.Q4_1.gguf

@@ -6,7 +6,7 @@
 # running tests/test_saebench.py: wandb, datasets, httpx2, opentelemetry..., 22 MB); the last, xgboost-cpu
 # (6 MB), is imported by sae_probes for the sparse-probing eval (missing in the 2026-11-29 session, which
 # therefore ran without sparse probing).
-# Usage: bash scripts/gpu_saebench_wheels.sh [DIR]   (default gpu_extra/wheels_saebench in the current folder)
+# Usage: bash results/reproduce_small/gpu_saebench_wheels.sh [DIR]   (default gpu_extra/wheels_saebench in the current folder)
 set -euo pipefail
 dir=${1:-gpu_extra/wheels_saebench}
 mkdir -p "$dir"

@@ -2,7 +2,7 @@
 # Run the demo at a larger scale on a GPU machine (the command recorded in results/). Needs $GPU_FILES with the
 # SmolLM2 GGUF file and a mixed Wikipedia + Gutenberg corpus (wiki_gutenberg_mixed.jsonl.gz, built from
 # ../shared/data by scripts/build_gpu_corpus.py); writes a tarball of every run's outputs (weights excluded) to $OUT.
-# Usage: bash scripts/gpu_demo.sh TOKENS DICT_SIZE L1 [L1 ...]
+# Usage: bash results/demo_gpu_10M_d16384/gpu_demo.sh TOKENS DICT_SIZE L1 [L1 ...]
 set -uo pipefail
 tokens=$1; dict=$2; shift 2
 export DLA_SMOLLM2_GGUF=$GPU_FILES/SmolLM2-135M-Instruct.Q4_1.gguf PYTHONUNBUFFERED=1

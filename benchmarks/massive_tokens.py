@@ -6,9 +6,10 @@ held-out activations **without** that filter (BOS still removed), reconstructs t
 results store, and reports, per dictionary: the pooled fraction of variance explained on all tokens and on the
 tokens under the threshold, the share of tokens over it, their share of the squared error, and the mean squared
 error on each side. It was written to test the explanation given in results/reproduce_small/README.md for
-SAEBench's low pooled explained variance of the aligned dict_size 16384 dictionaries.
+SAEBench's low pooled explained variance of the aligned dict_size 16384 dictionaries (numbers in
+results/reproduce_small/massive_tokens/).
 
-    python scripts/massive_tokens.py --results STORE --records 'sizes__topk__*__d16384__k64__s0' \
+    python -m benchmarks.massive_tokens --results STORE --records 'sizes__topk__*__d16384__k64__s0' \
         --device cuda --batches 20 --out massive_tokens.json
 
 Model, layer and corpus come from the first matching record (``--corpus`` overrides the corpus). Prints one line
@@ -56,18 +57,23 @@ def error_split(x: torch.Tensor, x_hat: torch.Tensor, norms: torch.Tensor, thres
 
 def main(argv=None) -> int:
     """Command line (see the module docstring); returns 0."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.massive_tokens", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", required=True, help="results store (records/ and the dictionaries)")
     p.add_argument("--records", required=True, help="glob on record ids")
     p.add_argument("--corpus", help="text source (default: the first record's corpus)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batches", type=int, default=20, help="batches of 8192 held-out tokens")
-    p.add_argument("--batch-size", type=int, default=8192)
-    p.add_argument("--multiple", type=float, default=10.0, help="massive = norm > MULTIPLE x the median norm")
-    p.add_argument("--out", help="JSON output file")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--batches", type=int, default=20, help="batches of --batch-size held-out tokens (default 20)")
+    p.add_argument("--batch-size", type=int, default=8192, help="tokens per batch (default 8192)")
+    p.add_argument("--multiple", type=float, default=10.0, help="massive = norm > MULTIPLE x the median norm "
+                   "(default 10, the training filter's)")
+    p.add_argument("--out", help="JSON output file (default: print only)")
     args = p.parse_args(argv)
     if not args.multiple > 1:
         raise ValueError(f"--multiple must be > 1, got {args.multiple}")
+    from dictionary_learning_aligned.cli import default_device
+
+    args.device = args.device or default_device()
 
     from nnsight import LanguageModel
 
@@ -98,7 +104,7 @@ def main(argv=None) -> int:
     x = torch.cat(xs)
     norms = x.norm(dim=-1)
     threshold = args.multiple * float(norms.median())
-    out = {"command": " ".join(["python", "scripts/massive_tokens.py", *(argv if argv is not None else sys.argv[1:])]),
+    out = {"command": " ".join(["python", "-m", "benchmarks.massive_tokens", *(argv if argv is not None else sys.argv[1:])]),
            "n_tokens": x.shape[0], "median_norm": float(norms.median()), "max_norm": float(norms.max()),
            "threshold": threshold, "dictionaries": {}}
     print(f"{x.shape[0]:,} held-out tokens (BOS removed, no norm filter) in {time.time() - t:.0f} s; median norm "

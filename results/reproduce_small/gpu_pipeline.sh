@@ -2,11 +2,11 @@
 # The one-H200 GPU session of 2026-11-29 (the fourth development session, the third with a GPU): one background pipeline instead of separate phases, so
 # no device time is lost between calls. Staged first with ../shared/tools/gpu_bundle.sh .gpu --part-mib 32 (40 until the
 # checkout grew past 24 MB: a call carries at most 64 MiB)
-# <SmolLM2 GGUF> <all_english_mixed.jsonl.gz> <saebench_data.tar> --wheels "<scripts/gpu_saebench_wheels.sh's
-# wheels + dictionary-learning 0.1.0>"; the last part runs `bash scripts/gpu_pipeline.sh start run` (on
+# <SmolLM2 GGUF> <all_english_mixed.jsonl.gz> <saebench_data.tar> --wheels "<results/reproduce_small/gpu_saebench_wheels.sh's
+# wheels + dictionary-learning 0.1.0>"; the last part runs `bash results/reproduce_small/gpu_pipeline.sh start run` (on
 # 2026-11-29 `start 440`, before plans were named), which launches the plan in its own process session (it
 # outlives the call) and then waits; later calls run
-# `bash scripts/gpu_pipeline.sh wait SECONDS` back to back. Every call returns what exists so far as
+# `bash results/reproduce_small/gpu_pipeline.sh wait SECONDS` back to back. Every call returns what exists so far as
 # $OUT/*.tar.gz (records, SAEBench JSON, speed JSON, logs; no weights).
 #
 # `run` (times are seconds after its start; every job is cut at DEADLINE_S so the last call gets its results):
@@ -27,7 +27,7 @@
 # Next time: check `ls .gpu/*/ | grep xgboost` before staging, and run at most a few SAEBench processes at once.
 #
 # `next` (the fifth session, 2026-11-29): the same staging (with xgboost-cpu among the wheels), last part `bash
-# .gpu/pN/stage.sh bash scripts/gpu_pipeline.sh start next 440`, then `bash scripts/gpu_pipeline.sh wait 560`
+# .gpu/pN/stage.sh bash results/reproduce_small/gpu_pipeline.sh start next 440`, then `bash results/reproduce_small/gpu_pipeline.sh wait 560`
 # calls back to back. It stops at once if an import is missing; retrains the TopK k 64 dictionaries at 4096 and
 # 16384 (3 seeds; weights are not kept between sessions) and runs SAEBench on them, one process per dictionary
 # (autointerp at 4096, all five evals at 16384); then, if time is left, times the default and compiled paths
@@ -37,7 +37,7 @@
 # of 1,800 including the 60 s of staging; then `massive` (below; staged again in 7 parts of 32 MiB without
 # sae_probes or the SAEBench data, 298 s): 1,608 s in all.
 set -uo pipefail
-cmd=${1:?usage: bash scripts/gpu_pipeline.sh start run|next [SECONDS] | wait SECONDS}
+cmd=${1:?usage: bash results/reproduce_small/gpu_pipeline.sh start run|next [SECONDS] | wait SECONDS}
 export PYTHONPATH=/tmp/site:$PWD GPU_FILES=/tmp/gpu/files PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
 export DLA_SMOLLM2_GGUF=$GPU_FILES/SmolLM2-135M-Instruct.Q4_1.gguf
 C=$GPU_FILES/all_english_mixed.jsonl.gz
@@ -92,8 +92,8 @@ case $cmd in
 start)  # start PLAN [SECONDS]: launch plan `run` (2026-11-29) or `next` in the background, then wait
   plan=${2:?start needs a plan: run or next}
   mkdir -p $R/logs $R/speed && date +%s > $R/t0
-  setsid nohup bash scripts/gpu_pipeline.sh "$plan" > $R/logs/pipeline.txt 2>&1 < /dev/null &
-  bash scripts/gpu_pipeline.sh wait "${3:-400}"
+  setsid nohup bash results/reproduce_small/gpu_pipeline.sh "$plan" > $R/logs/pipeline.txt 2>&1 < /dev/null &
+  bash results/reproduce_small/gpu_pipeline.sh wait "${3:-400}"
   ;;
 wait)
   end=$(( $(date +%s) + ${2:?seconds} ))
@@ -172,13 +172,13 @@ print('imports ok: xgboost', xgboost.__version__)" || { t "a wheel is missing: s
   t "pipeline done"; touch $R/done
   ;;
 massive)  # in the foreground, one call: retrain TopK k 64 at 16384 (seed 0, standard and aligned) and measure how
-  # much of their error sits on massive-activation tokens (scripts/massive_tokens.py); ran 2026-11-29 after `next`
+  # much of their error sits on massive-activation tokens (benchmarks/massive_tokens.py); ran 2026-11-29 after `next`
   mkdir -p $R/logs && date +%s > $R/t0
   export DEADLINE_S=${2:-420}
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee $R/logs/gpu.txt
   repro sizes16k_topk64_s0 sizes --dict-sizes 16384 --archs topk --sparsity 64 --seeds 1 --chunk 2
   t "massive-token check"
-  timeout "$(left)" python3 scripts/massive_tokens.py --results "$STORE" --records 'sizes__topk__*__d16384__k64__s0' \
+  timeout "$(left)" python3 -m benchmarks.massive_tokens --results "$STORE" --records 'sizes__topk__*__d16384__k64__s0' \
     --device cuda --batches 20 --out "$OUT/massive_tokens.json" 2>&1 | grep -v Warning | tee "$R/logs/massive_tokens.txt"
   t "done"
   pack
@@ -187,12 +187,12 @@ resb)  # SAEBench again after installing a missing wheel (.whl/, carried): all t
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
   python3 -c "import xgboost; print('xgboost', xgboost.__version__)"
   for a in standard project; do for s in 0 1 2; do
-    setsid nohup bash scripts/gpu_pipeline.sh sb1 "main__topk__${a}__d4096__k64__s$s" sparse_probing,autointerp \
+    setsid nohup bash results/reproduce_small/gpu_pipeline.sh sb1 "main__topk__${a}__d4096__k64__s$s" sparse_probing,autointerp \
       < /dev/null >> $R/logs/pipeline.txt 2>&1 &
-    setsid nohup bash scripts/gpu_pipeline.sh sb1 "sizes__topk__${a}__d16384__k64__s$s" \
+    setsid nohup bash results/reproduce_small/gpu_pipeline.sh sb1 "sizes__topk__${a}__d16384__k64__s$s" \
       core,scr,tpp,sparse_probing,autointerp < /dev/null >> $R/logs/pipeline.txt 2>&1 &
   done; done
-  bash scripts/gpu_pipeline.sh wait "${2:-400}"
+  bash results/reproduce_small/gpu_pipeline.sh wait "${2:-400}"
   ;;
 sb1) saebench "$2" "$3";;
 *) echo "unknown command $cmd" >&2; exit 2;;
