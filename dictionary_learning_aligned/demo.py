@@ -371,6 +371,9 @@ def _model_note(model: str) -> str:
     if model.lower() == "smollm2-135m-instruct":
         return ("offline default: SmolLM2-135M-Instruct (de-quantized Q4_1 GGUF) on the bundled Wikipedia + "
                 "Gutenberg corpus, not the paper's Pythia-160M / Gemma-2-2B on the Pile")
+    if model.lower() == "gemma-3-270m":
+        return ("offline second family: Gemma-3-270M base (de-quantized Q4_K_M GGUF, Gemma Terms of Use) on the "
+                "bundled Wikipedia + Gutenberg corpus, not the paper's Gemma-2-2B on the Pile")
     return ""
 
 
