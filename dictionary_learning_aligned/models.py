@@ -285,6 +285,9 @@ def _cached_tokenizer(path: Path):
         return tok  # not a folder this function wrote: left alone
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; give the folder the usual permissions
     try:
         tok.save_pretrained(tmp)
         (tmp / "source.json").write_text(json.dumps(source))
