@@ -269,13 +269,13 @@ class ActivationBuffer:
 
     def refresh(self) -> None:
         """Drop read activations and fill the buffer with new ones."""
-        from tqdm.auto import tqdm
+        from .console import progress
 
         keep = self.activations[~self.read]
         chunks, n = [keep], len(keep)
         target = self.n_ctxs * self.ctx_len
-        bar = tqdm(total=target, initial=n, desc="harvesting activations", unit="tok", leave=False,
-                   disable=not self.verbose)
+        bar = progress(total=target, initial=n, desc="harvesting activations", unit="tok", leave=False,
+                       disable=not self.verbose)
         while n < target:
             tokens = self.token_batch(min(self.refresh_batch_size, max(1, (target - n) // self.ctx_len + 1)))
             if tokens is None:

@@ -98,13 +98,14 @@ def _showwarning(message, category, filename, lineno, file=None, line=None) -> N
 
 
 def progress(iterable: Optional[Iterable] = None, *, total: Optional[float] = None, desc: str = "",
-             unit: str = "it", initial: float = 0, disable: bool = False, file: Optional[IO[str]] = None):
+             unit: str = "it", initial: float = 0, disable: bool = False, leave: bool = True,
+             file: Optional[IO[str]] = None):
     """A tqdm progress bar for one long phase (use it like ``tqdm``: iterate, or ``update(n)`` and ``close()``).
 
     Args:
         iterable: what to iterate over (optional); total: the expected number of units; desc: the phase, e.g.
             ``"training"``; unit: what is counted, e.g. ``"step"``; initial: units already done (resumed runs);
-            disable: no bar at all.
+            disable: no bar at all; leave: keep the finished bar on a terminal (False: erase it).
         file: where the bar goes (default ``sys.stderr`` at call time). On a terminal the bar redraws in place;
             otherwise it writes one line per update, at most one every ``LINE_INTERVAL_S`` seconds.
 
@@ -115,9 +116,9 @@ def progress(iterable: Optional[Iterable] = None, *, total: Optional[float] = No
 
     stream = sys.stderr if file is None else file
     if _is_terminal(stream):
-        return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, disable=disable, file=stream,
-                    dynamic_ncols=True)
-    return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, disable=disable,
+        return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, disable=disable, leave=leave,
+                    file=stream, dynamic_ncols=True)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, disable=disable, leave=True,
                 file=LineStream(stream), mininterval=LINE_INTERVAL_S, maxinterval=LINE_INTERVAL_S * 4, ncols=100,
                 ascii=True)
 
