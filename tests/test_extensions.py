@@ -208,3 +208,42 @@ def test_saebench_adapter_uses_the_dictionary_encode(make, label):
         assert (f_ours > 0).any() and torch.equal(f_ours > 0, f_sb > 0)
         assert torch.allclose(f_sb, f_ours * sae.feature_scale, atol=1e-5)
         assert torch.allclose(sae(x), ae(x), atol=1e-4)
+
+
+# ----------------------------------------------------------------- every consumer knows them through the registry
+
+def test_reproduction_demo_and_train_build_the_extensions():
+    from dictionary_learning_aligned import demo
+    from dictionary_learning_aligned.experiments import EXPERIMENTS, resolve
+    from dictionary_learning_aligned.reproduce import trainer_config
+    from dictionary_learning_aligned.train import grid_configs
+    from dictionary_learning_aligned.training import _build_trainer
+
+    assert not EXPERIMENTS["extensions"].in_paper and EXPERIMENTS["main"].in_paper
+    plan = resolve("extensions", "smoke")
+    assert {(r.arch, r.sparsity_name) for r in plan.runs} == {("jumprelu", "target_l0"), ("matryoshka", "k")}
+    assert {r.sparsity_value for r in plan.runs} == {8, 32} and {r.alignment for r in plan.runs} == {None, "project"}
+    configs = [trainer_config(r, 16, 40, plan) for r in plan.runs if r.seed == 0]
+    configs += [c for _, c in demo.trainer_configs(demo.DemoConfig(arch="jumprelu,matryoshka", dict_size=256, k=8),
+                                                   16, 40)]
+    configs += [{**c, "steps": 40, "activation_dim": 16, "layer": 0, "lm_name": "t", "warmup_steps": 2,
+                 **({"sparsity_warmup_steps": 4} if "JumpRelu" in c["trainer"] else {})}
+                for c in grid_configs(["jumprelu", "matryoshka"], [None, "project"], [256], [0], k=8)]
+    built = [_build_trainer(c, "cpu") for c in configs]
+    assert {type(t).__name__ for t in built} == {"JumpReluTrainer", "AlignedJumpReluTrainer",
+                                                 "MatryoshkaBatchTopKTrainer", "AlignedMatryoshkaBatchTopKTrainer"}
+    for t in built:
+        assert t.config.get("target_l0", t.config.get("k")) in (8, 32)
+        assert t.sparsity_warmup_steps == (4 if isinstance(t, JumpReluTrainer) else None)
+    with pytest.raises(ValueError, match="unknown arch"):
+        demo.trainer_configs(demo.DemoConfig(arch="nope"), 16, 40)
+
+
+def test_current_k_assignment_is_checked():
+    tr = MatryoshkaBatchTopKTrainer(steps=10, **TINY, k=4)
+    tr.current_k = 6
+    assert tr.current_k == 6 and int(tr.ae.k) == 6
+    for bad in (0, 65, 2.5, True):
+        with pytest.raises(ValueError, match="current_k"):
+            tr.current_k = bad
+    assert tr.current_k == 6 and int(tr.ae.k) == 6  # unchanged after a refused value
