@@ -247,3 +247,23 @@ def test_current_k_assignment_is_checked():
         with pytest.raises(ValueError, match="current_k"):
             tr.current_k = bad
     assert tr.current_k == 6 and int(tr.ae.k) == 6  # unchanged after a refused value
+
+
+@pytest.mark.parametrize("make", [lambda: JumpReluAutoEncoder(16, 64, initial_threshold=0.05),
+                                  lambda: JumpReluAutoEncoder(16, 64, apply_b_dec_to_input=True),
+                                  lambda: MatryoshkaBatchTopKSAE(16, 64, k=4, group_sizes=[16, 48])])
+def test_scale_biases_folds_the_activation_scale(make):
+    """trainSAE folds the normalization factor into the weights: the dictionary then reads raw activations."""
+    import copy
+
+    torch.manual_seed(0)
+    ae = make()
+    with torch.no_grad():
+        ae.b_enc.normal_(0, 0.1)
+        ae.b_dec.normal_(0, 0.1)
+        ae.threshold.fill_(0.05)
+    raw = copy.deepcopy(ae)
+    raw.scale_biases(3.0)
+    x = _data(1)[0]
+    assert torch.allclose(raw.encode(3 * x), 3 * ae.encode(x), atol=1e-5)
+    assert torch.allclose(raw(3 * x), 3 * ae(x), atol=1e-4)
