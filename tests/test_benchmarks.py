@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from benchmarks import speed
 
 
@@ -34,11 +36,19 @@ def test_speed_benchmark_paths_and_dictionary_learning_comparison(tmp_path, monk
                                                               ("topk", "plain"), ("topk", "sparse")]
     assert "not importable" in res["dictionary_learning_missing"] and "skipping" in capsys.readouterr().out
     assert all("dictionary_learning" not in r for r in res["train"])
-    monkeypatch.undo()
-    if speed.dictionary_learning_trainers()[0] is None:
-        return  # the comparison itself needs the optional package
+
+
+def test_speed_benchmark_compares_with_dictionary_learning(tmp_path):
+    trainers, version = speed.dictionary_learning_trainers()
+    if trainers is None:
+        pytest.skip(f"the comparison needs dictionary-learning 0.1.0 (scripts/install.sh installs it --no-deps): "
+                    f"{version}")
+    out = tmp_path / "a.json"
+    args = ["--device", "cpu", "--dict-sizes", "64", "--batch", "32", "--steps", "1", "--warmup", "1",
+            "--peak-n", "64", "--archs", "relu,topk", "--paths", "plain", "--compare-dictionary-learning"]
     assert speed.main(args + ["--out", str(out)]) == 0
     res = json.loads(out.read_text())
+    assert "dictionary_learning_missing" not in res and len(res["train"]) == 2
     for r in res["train"]:
         assert r["dictionary_learning"]["tokens_per_s"] > 0 and r["speedup_vs_dl"]["standard"] > 0
 

@@ -1,5 +1,6 @@
 """End to end on the real SmolLM2-135M-Instruct (packaged GGUF) over a few hundred tokens of the bundled corpus."""
 import json
+import statistics
 
 import pytest
 
@@ -57,13 +58,15 @@ def test_demo_arch_and_seeds(tmp_path):
     for g in results["groups"]:
         st = results["stability"][g]
         assert 0 < st["mcs"] < 1 and len(st["per_feature_max_cos"]) == 2 and st["hungarian_mean_cos"] is not None
-        assert results["summary"][g]["L0"]["std"] >= 0
+        l0s = [results["metrics"][m]["l0"] for m in results["groups"][g]]
+        assert results["summary"][g]["L0"]["n"] == 2
+        assert results["summary"][g]["L0"]["std"] == pytest.approx(statistics.stdev(l0s)) and l0s[0] != l0s[1]
     cfgs = [json.loads((tmp_path / "o" / "dictionaries" / f"trainer_{i}" / "config.json").read_text())["trainer"]
             for i in range(4)]
     assert [c["trainer_class"] for c in cfgs] == ["PAnnealTrainer", "AlignedPAnnealTrainer"] * 2
     assert [c["seed"] for c in cfgs] == [0, 0, 1, 1]
     with pytest.raises(ValueError, match="unknown arch"):
-        run_demo(DemoConfig(out=str(tmp_path / "x"), arch="jumprelu", **TINY))
+        run_demo(DemoConfig(out=str(tmp_path / "x"), arch="gated", **TINY))
     with pytest.raises(ValueError, match="k must be in"):
         run_demo(DemoConfig(out=str(tmp_path / "x"), arch="topk", k=0, **TINY))
 

@@ -32,7 +32,7 @@ from typing import Optional
 import torch
 
 from dictionary_learning_aligned.dtypes import as_dtype, check_device
-from dictionary_learning_aligned.io import prepare_output_dir, write_json
+from dictionary_learning_aligned.io import check_output_dir, prepare_output_dir, write_json
 from figures._common import autointerp_chance_levels
 
 from . import data as D
@@ -318,18 +318,57 @@ def _describe_dict(d: DictionaryEntry, sae, cfg: dict) -> dict:
 def run(spec: RunSpec, log=print) -> dict:
     """Run every eval of ``spec`` on every dictionary; returns the summary (also written to ``OUT/results.json``).
 
+    The steps: check the spec, load every dictionary, prepare the outputs, load the model, then per eval and
+    dictionary run it and write its JSON (:func:`_run_and_write`).
+
     Raises:
         ValueError: bad evals/dictionaries/settings (before anything runs). FileExistsError: output exists and
         ``overwrite`` is off. EvalFailed / ModelBridgeError / the eval's own exception: an eval failed (the
         exception names eval and dictionary; results written before it stay on disk).
     """
-    from tqdm.auto import tqdm
-
     from . import import_saebench
-    from .adapter import load_saebench_sae
-    from .bridge import load_hooked_transformer, serve_model
+    from .bridge import serve_model
 
     import_saebench()
+    dtype = _check_spec(spec)
+    saes, model_name = _load_saes(spec, dtype)  # a bad checkpoint or missing layer fails before any eval runs
+    out, targets = _check_outputs(spec, saes)
+    tl_model, model_info = _load_model(spec, saes, model_name, dtype, log)
+    # created only now: a refused dictionary or model leaves no output folder behind
+    if spec.per_record_layout:
+        out.mkdir(parents=True, exist_ok=True)
+    else:
+        prepare_output_dir(out, spec.overwrite)
+    summary = {"command": spec.command, "model": model_info, "evals": spec.evals, "results": [],
+               "versions": _versions()}
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="saebench_harness_")))
+        b = spec.budgets  # general text: enough for the larger of autointerp and core (both passes), ~6 chars/token
+        core_tokens = (b.core_batches + b.core_sparsity_batches) * b.core_batch_prompts * b.context
+        local = D.LocalData(spec.data_dir, work / "data", spec.text_source,
+                            text_chars=max(200_000, 6 * max(b.autointerp_tokens, core_tokens)))
+        stack.enter_context(local.patch())
+        if "autointerp" in spec.evals and spec.offline and "autointerp" not in spec.datasets:
+            check_text_tokens(local, tl_model.tokenizer, b.autointerp_tokens)
+        stack.enter_context(serve_model(tl_model, {model_name}))
+        judge_cfg = _judge_config(spec, stack)
+        for ev in spec.evals:
+            _run_and_write(ev, spec, saes, work, local, judge_cfg, model_info, targets, summary, log)
+    if judge_cfg is not None and getattr(judge_cfg, "local", False):
+        summary["judge_warning"] = judge_cfg.describe()["warning"]
+    write_json(out / SUMMARY_FILE if not spec.per_record_layout else out / f"run_{int(time.time())}.json", summary)
+    log(format_table(summary))
+    if summary.get("judge_warning"):
+        log(summary["judge_warning"])
+    return summary
+
+
+def _check_spec(spec: RunSpec) -> torch.dtype:
+    """Check evals, dictionaries, device, budgets, dtype and datasets of ``spec``; returns the dtype.
+
+    Raises:
+        ValueError: the first bad setting, named as its command-line flag.
+    """
     bad = [e for e in spec.evals if e not in EVALS]
     if bad or not spec.evals:
         raise ValueError(f"unknown evals {bad}; choose from {', '.join(EVALS)}")
@@ -344,7 +383,17 @@ def run(spec: RunSpec, log=print) -> dict:
     for ev in spec.evals:
         if ev in D.LOCAL_DEFAULTS:
             _datasets_for(spec, ev)
-    # load every SAE first: a bad checkpoint or missing layer fails before any eval runs
+    return dtype
+
+
+def _load_saes(spec: RunSpec, dtype) -> tuple[list, str]:
+    """Every dictionary of ``spec`` as (entry, SAEBench SAE, config), and the one model they were trained on.
+
+    Raises:
+        ValueError: dictionaries trained on different models (without ``--model``).
+    """
+    from .adapter import load_saebench_sae
+
     saes = []
     for d in spec.dictionaries:
         sae, cfg = load_saebench_sae(d.path, model_name=spec.model_name, device=spec.device, dtype=dtype)
@@ -353,7 +402,16 @@ def run(spec: RunSpec, log=print) -> dict:
     if len(model_names) != 1:
         raise ValueError(f"dictionaries were trained on different models {sorted(model_names)}; run them "
                          f"separately or pass --model")
-    model_name = model_names.pop()
+    return saes, model_names.pop()
+
+
+def _check_outputs(spec: RunSpec, saes: list) -> tuple[Path, dict]:
+    """The output folder (checked, not yet created) and the result file of every (dictionary name, eval).
+
+    Raises:
+        FileExistsError: result files (per-record layout) or a non-empty output folder exist, without
+            ``overwrite``.
+    """
     out = Path(spec.out)
     targets = {(d.name, ev): out / d.name / f"{ev}.json" for d, _, _ in saes for ev in spec.evals}
     if spec.per_record_layout:
@@ -361,9 +419,18 @@ def run(spec: RunSpec, log=print) -> dict:
         if clash and not spec.overwrite:
             raise FileExistsError(f"{len(clash)} result files exist already (e.g. {clash[0]}); pass --overwrite "
                                   f"to replace them")
-        out.mkdir(parents=True, exist_ok=True)
     else:
-        prepare_output_dir(out, spec.overwrite)
+        check_output_dir(out, spec.overwrite)
+    return out, targets
+
+
+def _load_model(spec: RunSpec, saes: list, model_name: str, dtype, log) -> tuple:
+    """The TransformerLens model (``spec.model``, else built from ``model_name``) and its description.
+
+    Raises:
+        ValueError: a dictionary whose layer or width the model does not have.
+    """
+    from .bridge import load_hooked_transformer
 
     if spec.model is not None:
         tl_model, model_info = spec.model[0], dict(spec.model[1])
@@ -378,77 +445,80 @@ def run(spec: RunSpec, log=print) -> dict:
             raise ValueError(f"{d.path}: dictionary reads {sae.cfg.hook_name} with activation_dim {sae.cfg.d_in}, but "
                              f"{model_name} has {tl_model.cfg.n_layers} layers (0..{tl_model.cfg.n_layers - 1}) "
                              f"of width {tl_model.cfg.d_model}")
+    return tl_model, model_info
 
-    summary = {"command": spec.command, "model": model_info, "evals": spec.evals, "results": [],
-               "versions": _versions()}
-    with contextlib.ExitStack() as stack:
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="saebench_harness_")))
-        b = spec.budgets  # general text: enough for the larger of autointerp and core (both passes), ~6 chars/token
-        core_tokens = (b.core_batches + b.core_sparsity_batches) * b.core_batch_prompts * b.context
-        local = D.LocalData(spec.data_dir, work / "data", spec.text_source,
-                            text_chars=max(200_000, 6 * max(b.autointerp_tokens, core_tokens)))
-        stack.enter_context(local.patch())
-        if "autointerp" in spec.evals and spec.offline and "autointerp" not in spec.datasets:
-            check_text_tokens(local, tl_model.tokenizer, b.autointerp_tokens)
-        stack.enter_context(serve_model(tl_model, {model_name}))
-        judge_cfg = spec.judge
-        if "autointerp" in spec.evals and judge_cfg is None:
-            from dictionary_learning_aligned.models import load_language_model
 
-            from .judge import LocalJudge
+def _judge_config(spec: RunSpec, stack: contextlib.ExitStack):
+    """The autointerp judge: ``spec.judge``, else (autointerp requested) the local SmolLM2 judge, started inside
+    ``stack``; None when autointerp is not run."""
+    if "autointerp" not in spec.evals or spec.judge is not None:
+        return spec.judge
+    from dictionary_learning_aligned.models import load_language_model
 
-            hf, tok = load_language_model(device=spec.device)
-            judge_cfg = stack.enter_context(LocalJudge(hf, tok)).config()
-        for ev in spec.evals:
-            artifacts = work / "artifacts"  # shared by the dictionaries of one run: same model, same data
-            tname = None
-            if ev in ("core", "autointerp"):  # general text: named, else local or SAEBench's hub dataset
-                tname = spec.datasets[ev][0] if ev in spec.datasets else D.TEXT if spec.offline else D.HUB_DATASETS[ev]
-            for d, sae, cfg in tqdm(saes, desc=f"SAEBench {ev}", unit="dict", file=sys.stderr):
-                t = time.time()
-                try:
-                    res, names = _run_one(ev, spec, sae, d.name, work / "scratch" / d.name, artifacts, tname,
-                                          judge_cfg)
-                except EvalFailed:
-                    raise
-                except Exception as e:
-                    raise EvalFailed(f"{ev} failed on {d.path}: {type(e).__name__}: {e}") from e
-                bad = []
-                res = _sanitize(res, bad=bad)
-                used = {n: (local.used.get(n) or local.used.get(D.SCR_SETS.get(n, {}).get("base"))
-                            if n.startswith(D.PREFIX) else {"source": "Hugging Face hub"}) for n in names}
-                res.update({
-                    "record_id": d.record_id,
-                    "dictionary": _describe_dict(d, sae, cfg),
-                    "data": {"offline_substitutes": any(n.startswith(D.PREFIX) for n in names),
-                             "data_dir": str(local.data_dir) if any(n.startswith(D.PREFIX) for n in names) else None,
-                             "datasets": used},
-                    "model": model_info,
-                    "judge": judge_cfg.describe() if ev == "autointerp" else None,
-                    "harness": {"command": spec.command, "seconds": round(time.time() - t, 1),
-                                "budgets": vars(spec.budgets), "versions": summary["versions"]},
-                    "non_finite_fields": bad,
-                })
-                if ev == "autointerp":  # what answering "none" / guessing would have scored on these latents
-                    try:
-                        res["judge"]["chance_levels"] = autointerp_chance_levels(res)
-                    except ValueError as e:  # SAEBench wrote something unexpected: say so, keep the result
-                        res["judge"]["chance_levels"] = {"error": str(e)}
-                targets[(d.name, ev)].parent.mkdir(parents=True, exist_ok=True)
-                path = write_json(targets[(d.name, ev)], res)
-                row = {"dictionary": d.name, "record_id": d.record_id, "eval": ev, "file": str(path),
-                       "seconds": res["harness"]["seconds"]}
-                row.update({label: _get(res, p) for label, p in HEADLINES[ev]})
-                summary["results"].append(row)
-                log(f"{ev} on {d.name}: " + ", ".join(f"{label} {_fmt(_get(res, p))}" for label, p in HEADLINES[ev])
-                    + f" ({row['seconds']} s) -> {path}")
-    if judge_cfg is not None and getattr(judge_cfg, "local", False):
-        summary["judge_warning"] = judge_cfg.describe()["warning"]
-    write_json(out / SUMMARY_FILE if not spec.per_record_layout else out / f"run_{int(time.time())}.json", summary)
-    log(format_table(summary))
-    if summary.get("judge_warning"):
-        log(summary["judge_warning"])
-    return summary
+    from .judge import LocalJudge
+
+    hf, tok = load_language_model(device=spec.device)
+    return stack.enter_context(LocalJudge(hf, tok)).config()
+
+
+def _run_and_write(ev: str, spec: RunSpec, saes: list, work: Path, local, judge_cfg, model_info: dict,
+                   targets: dict, summary: dict, log) -> None:
+    """Run eval ``ev`` on every dictionary, write each result JSON and add its summary row.
+
+    Raises:
+        EvalFailed: the eval failed on a dictionary (naming both).
+    """
+    from tqdm.auto import tqdm
+
+    artifacts = work / "artifacts"  # shared by the dictionaries of one run: same model, same data
+    tname = None
+    if ev in ("core", "autointerp"):  # general text: named, else local or SAEBench's hub dataset
+        tname = spec.datasets[ev][0] if ev in spec.datasets else D.TEXT if spec.offline else D.HUB_DATASETS[ev]
+    for d, sae, cfg in tqdm(saes, desc=f"SAEBench {ev}", unit="dict", file=sys.stderr):
+        t = time.time()
+        try:
+            res, names = _run_one(ev, spec, sae, d.name, work / "scratch" / d.name, artifacts, tname, judge_cfg)
+        except EvalFailed:
+            raise
+        except Exception as e:
+            raise EvalFailed(f"{ev} failed on {d.path}: {type(e).__name__}: {e}") from e
+        res = _annotate(res, ev, spec, d, sae, cfg, names, local, judge_cfg, model_info, summary["versions"],
+                        round(time.time() - t, 1))
+        targets[(d.name, ev)].parent.mkdir(parents=True, exist_ok=True)
+        path = write_json(targets[(d.name, ev)], res)
+        row = {"dictionary": d.name, "record_id": d.record_id, "eval": ev, "file": str(path),
+               "seconds": res["harness"]["seconds"]}
+        row.update({label: _get(res, p) for label, p in HEADLINES[ev]})
+        summary["results"].append(row)
+        log(f"{ev} on {d.name}: " + ", ".join(f"{label} {_fmt(_get(res, p))}" for label, p in HEADLINES[ev])
+            + f" ({row['seconds']} s) -> {path}")
+
+
+def _annotate(res: dict, ev: str, spec: RunSpec, d, sae, cfg, names, local, judge_cfg, model_info: dict,
+              versions: dict, seconds: float) -> dict:
+    """SAEBench's result ``res`` made JSON-safe (non-finite fields listed) and extended with where it came from:
+    record id, dictionary, datasets used, model, judge (with autointerp's chance levels), harness settings."""
+    bad = []
+    res = _sanitize(res, bad=bad)
+    used = {n: (local.used.get(n) or local.used.get(D.SCR_SETS.get(n, {}).get("base"))
+                if n.startswith(D.PREFIX) else {"source": "Hugging Face hub"}) for n in names}
+    offline = any(n.startswith(D.PREFIX) for n in names)
+    res.update({
+        "record_id": d.record_id,
+        "dictionary": _describe_dict(d, sae, cfg),
+        "data": {"offline_substitutes": offline, "data_dir": str(local.data_dir) if offline else None,
+                 "datasets": used},
+        "model": model_info,
+        "judge": judge_cfg.describe() if ev == "autointerp" else None,
+        "harness": {"command": spec.command, "seconds": seconds, "budgets": vars(spec.budgets), "versions": versions},
+        "non_finite_fields": bad,
+    })
+    if ev == "autointerp":  # what answering "none" / guessing would have scored on these latents
+        try:
+            res["judge"]["chance_levels"] = autointerp_chance_levels(res)
+        except ValueError as e:  # SAEBench wrote something unexpected: say so, keep the result
+            res["judge"]["chance_levels"] = {"error": str(e)}
+    return res
 
 
 def _fmt(v) -> str:
