@@ -18,6 +18,7 @@ def demo_run(tmp_path_factory):
     return out, run_demo(DemoConfig(out=str(out), **TINY))
 
 
+@pytest.mark.slow
 def test_demo_outputs(demo_run):
     out, results = demo_run
     assert json.loads((out / "results.json").read_text())["steps_done"] == 6
@@ -38,6 +39,7 @@ def test_demo_outputs(demo_run):
     assert (alignment_scores(ae) - 1).abs().max() < 1e-5
 
 
+@pytest.mark.slow
 def test_demo_refuses_existing_output_and_bad_layer(demo_run, capsys):
     out, _ = demo_run
     before = (out / "results.json").read_bytes()
@@ -50,6 +52,7 @@ def test_demo_refuses_existing_output_and_bad_layer(demo_run, capsys):
     assert not (out.parent / (out.name + "_other")).exists()
 
 
+@pytest.mark.slow
 def test_demo_arch_and_seeds(tmp_path):
     cfg = DemoConfig(out=str(tmp_path / "o"), arch="panneal", seeds=2, **{**TINY, "tokens": 1024})
     results = run_demo(cfg)

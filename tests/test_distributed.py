@@ -72,6 +72,7 @@ def assert_same(run_a, run_b, atol):
                     assert ea[key] == pytest.approx(eb[key], abs=atol * 100, rel=1e-4), (i, ea["step"], key)
 
 
+@pytest.mark.slow
 def test_two_process_ddp_and_spread_match_one_process(cache_and_config):
     tmp, cache, cfg = cache_and_config
     args = ["--cache", str(cache), "--config", str(cfg), *COMMON]
@@ -138,6 +139,7 @@ def test_bad_distributed_inputs(cache_and_config, tmp_path, capsys):
     assert "unknown arch" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_builds_a_missing_cache_from_the_default_model(tmp_path):
     """No cache at --cache: rank 0 harvests SmolLM2 layer 12 (bundled corpus) into it first, then trains."""
     cache = tmp_path / "acts"

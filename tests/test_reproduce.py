@@ -39,6 +39,7 @@ def test_trainer_configs_differ_only_by_alignment():
     assert ali.pop("alignment") == "project" and std == ali and std["k"] == 64
 
 
+@pytest.mark.slow
 def test_tiny_grid_end_to_end_and_skip(tmp_path, monkeypatch):
     tiny = Experiment("tiny", figures=(), archs=("topk",), sparsity={"topk": (8,)}, seeds=2,
                       tokens={"smoke": 2048, "small": 2048, "paper": 2048})
@@ -61,6 +62,7 @@ def test_tiny_grid_end_to_end_and_skip(tmp_path, monkeypatch):
     assert main(["tiny", "--scale", "smoke", "--results", str(tmp_path), "--archs", "relu"]) == 2  # not in grid
 
 
+@pytest.mark.slow
 def test_cached_activations_are_harvested_once(tmp_path, monkeypatch):
     tiny = Experiment("tinyc", figures=(), archs=("topk",), sparsity={"topk": (8,)}, seeds=1,
                       dict_sizes=(128, 256), tokens={"smoke": 1024, "small": 1024, "paper": 1024})
@@ -79,6 +81,7 @@ def test_cached_activations_are_harvested_once(tmp_path, monkeypatch):
     assert {r["dict_size"] for r in recs} == {128, 256} and all(r["train_tokens"] == 1024 for r in recs)
 
 
+@pytest.mark.slow
 def test_longer_run_over_epochs_of_a_cache_and_seed_subset(tmp_path, monkeypatch):
     tiny = Experiment("tinye", figures=(), archs=("topk",), sparsity={"topk": (8, 32)}, seeds=2,
                       tokens={"smoke": 512, "small": 512, "paper": 512})

@@ -95,6 +95,7 @@ def test_saebench_dictionary_learning_runner_loads_local_checkpoints(tmp_path):
         runner.load_dictionary_learning_sae(str(tmp_path), "trainer_2", SMOL, "cpu", torch.float32)
 
 
+@pytest.mark.slow
 def test_bridge_matches_hf_logits_and_serves_model(smollm2_model, smollm2_hooked):
     from transformer_lens import HookedTransformer
 
@@ -153,6 +154,7 @@ SMALL = ["--context", "64", "--llm-batch-size", "8", "--core-batches", "2", "--c
          "--sparse-probing-datasets", "dla-local/ag_news"]
 
 
+@pytest.mark.slow
 def test_all_evals_on_a_tiny_dictionary_write_saebench_json_for_the_figures(tmp_path, smollm2_hooked, monkeypatch,
                                                                           capsys):
     """core, scr, tpp, sparse_probing and autointerp (local 135M judge) on a 128-feature aligned TopK dictionary over
@@ -202,6 +204,7 @@ def test_all_evals_on_a_tiny_dictionary_write_saebench_json_for_the_figures(tmp_
         cli.main(["--results-store", str(store), "--evals", "core", *SMALL])
 
 
+@pytest.mark.slow
 def test_failures_raise_with_their_cause(tmp_path, smollm2_hooked, monkeypatch):
     import sae_bench.sae_bench_utils.general_utils as gu
 
