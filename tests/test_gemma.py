@@ -257,6 +257,7 @@ def gemma3_270m():
 
 
 @pytest.mark.real_model
+@pytest.mark.slow
 def test_real_gemma3_buffer_ce_loss_and_bridge(gemma3_270m):
     from nnsight import LanguageModel
 
@@ -290,6 +291,7 @@ def test_real_gemma3_buffer_ce_loss_and_bridge(gemma3_270m):
 
 
 @pytest.mark.real_model
+@pytest.mark.slow
 def test_real_gemma3_tl_config_matches_transformer_lens_own(gemma3_270m):
     """Our Gemma-3 config, read from the Hugging Face config, agrees with the one TransformerLens hard-codes for
     google/gemma-3-270m (where both set a field)."""
