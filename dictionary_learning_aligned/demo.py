@@ -82,6 +82,9 @@ class DemoConfig:
     """continue the run in --out from its latest checkpoint (same settings), instead of starting a new one"""
     log_steps: int = 50
     """log losses and alignment summary every this many steps"""
+    verbose: bool = False
+    """print the training log of every logged step and third-party messages (default: one line per phase and
+    one progress bar per long phase)"""
 
 
 #: allowed values of the enum-like flags
@@ -208,6 +211,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     from .training import trainSAE
 
     validate_config(cfg)
+    if cfg.verbose:
+        console.configure(verbose=True)
     steps = cfg.tokens // cfg.batch_size
     if steps < 2:
         raise ValueError(f"tokens={cfg.tokens} gives {steps} steps of batch_size={cfg.batch_size}; need at least 2")
@@ -316,7 +321,7 @@ def _say(message: str) -> None:
 FINGERPRINT_FILE = "run_fingerprint.json"
 #: settings that may differ on --resume (where outputs go, logging, checkpoint cadence, evaluation size)
 RESUME_MAY_DIFFER = ("out", "overwrite", "resume", "device", "log_steps", "save_every", "eval_batches", "ce_batches",
-                     "ce_batch_size")
+                     "ce_batch_size", "verbose")
 FINGERPRINT_DOCS = 64
 
 
