@@ -35,7 +35,8 @@ def _claims_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m figures claims",
                                 description="Check the paper's claims against the records of a results store.")
     p.add_argument("--results", required=True, help="results store folder (holding records/)")
-    p.add_argument("--format", choices=("markdown", "text"), default="markdown")
+    p.add_argument("--format", choices=("markdown", "text"), default="markdown",
+                   help="markdown table or aligned plain text (default markdown)")
     p.add_argument("--aligned", default="project", help="alignment mode compared with standard (default project)")
     return p
 
@@ -47,7 +48,8 @@ def _table_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default=None, help="only this experiment (default: all)")
     p.add_argument("--saebench", action="store_true", help="the SAEBench metrics (core, SCR, TPP, sparse probing, "
                    "autointerp) of the records with results under DIR/saebench/")
-    p.add_argument("--format", choices=("markdown", "text"), default="markdown")
+    p.add_argument("--format", choices=("markdown", "text"), default="markdown",
+                   help="markdown table or aligned plain text (default markdown)")
     return p
 
 
