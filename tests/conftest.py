@@ -117,8 +117,13 @@ SAEBENCH_TEST_FILES = ("test_saebench.py",)
 
 def pytest_collection_modifyitems(config, items):
     """Without the optional SAEBench install, mark the SAEBench harness' test files as skipped (with the
-    install command as the reason)."""
+    install command as the reason). Tests marked ``real_model`` (minutes each) are also ``slow``, so
+    ``pytest -m "not slow"`` leaves them out."""
     import importlib.util
+
+    for item in items:
+        if item.get_closest_marker("real_model"):
+            item.add_marker(pytest.mark.slow)
 
     if importlib.util.find_spec("sae_bench") is not None:
         return

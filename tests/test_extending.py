@@ -48,6 +48,7 @@ def test_bad_config_name_is_refused_before_any_harvest(example, capsys):
     assert not cache.exists() and not (example / "out").exists()
 
 
+@pytest.mark.slow  # about 3 min on 2 shared CPU cores (SAEBench core on SmolLM2)
 def test_plugin_trainer_trains_runs_saebench_and_is_tabulated(example, smollm2_hooked, monkeypatch, capsys):
     from benchmarks.saebench import cli, runner
     from figures.__main__ import main as figures_main
