@@ -28,7 +28,7 @@ class DemoConfig:
     """decoder block whose residual-stream output is read (0-based)"""
     corpus: Optional[str] = None
     """text: a local txt/jsonl(.gz) file or folder, or a Hugging Face dataset name; omit for the bundled corpus"""
-    tokens: int = 200_000
+    tokens: int = 150_000
     """training tokens (steps = tokens // batch_size); the default keeps the demo under 10 minutes on 2 CPU
     cores, enough to see the two SAEs differ, not to train them well (use 10M+ on a GPU)"""
     dict_size: int = 4096
