@@ -245,15 +245,15 @@ def run_demo(cfg: DemoConfig) -> dict:
                                 verbose=split == "train" and console.is_verbose(), seed=cfg.seed)
 
     train_buffer = make_buffer("train", cfg.buffer_ctxs)
-    if not cfg.resume:  # the first fill is the long wait before training starts: one bar for it, then the training bar
-        train_buffer.verbose = True
-        train_buffer.refresh()  # what the first batch would do; the batches are the same
-        train_buffer.verbose = console.is_verbose()
     runs = trainer_configs(cfg, hf.config.hidden_size, steps)
     names = [g if cfg.seeds == 1 else f"{g} seed {c['seed']}" for g, c in runs]
     _say(f"[2/3] harvesting activations of layer {cfg.layer} and training {len(runs)} SAEs for {steps} steps "
          f"of {cfg.batch_size} tokens" + ("" if console.is_verbose() else " (--verbose prints the training log)"))
     t0 = time.time()
+    if not cfg.resume:  # the first fill is the long wait before training starts: one bar for it, then the training bar
+        train_buffer.verbose = True
+        train_buffer.refresh()  # what the first batch would do; the batches are the same
+        train_buffer.verbose = console.is_verbose()
     trainers = trainSAE(train_buffer, [c for _, c in runs], steps,
                         save_dir=out / "dictionaries", log_steps=cfg.log_steps, normalize_activations=True,
                         device=cfg.device, autocast_dtype=as_dtype(cfg.autocast, "autocast"),
