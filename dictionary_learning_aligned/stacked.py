@@ -94,6 +94,22 @@ class StackRule:
         """Write the architecture-specific state back into the trainers after ``steps_done`` steps."""
 
 
+def _adam_update(p, m, v, g, ok, step_size, bc2_sqrt, beta1: float, beta2: float, eps: float) -> None:
+    """One Adam update of a stacked parameter ``p [n, ...]`` with moments ``m``, ``v`` and gradient ``g``, in place,
+    in the order of operations of ``torch.optim.Adam`` (single-tensor path): ``step_size [n]`` is each
+    dictionary's ``lr / (1 - beta1^t)``, ``bc2_sqrt`` (0-dim) ``sqrt(1 - beta2^t)``; rows with ``ok [n]`` False are
+    left unchanged."""
+    shape = (-1, *[1] * (p.ndim - 1))
+    keep = ok.view(shape)
+    m_new = m.lerp(g, 1 - beta1)
+    v_new = v.mul(beta2).addcmul_(g, g, value=1 - beta2)
+    denom = (v_new.sqrt() / bc2_sqrt).add_(eps)
+    p_new = p - (m_new * step_size.view(shape)) / denom
+    m.copy_(torch.where(keep, m_new, m))
+    v.copy_(torch.where(keep, v_new, v))
+    p.copy_(torch.where(keep, p_new, p))
+
+
 def stack_rule_for(trainer) -> Optional[type]:
     """The :class:`StackRule` of ``trainer``'s registered architecture, when ``type(trainer)`` is exactly that
     architecture's standard or aligned trainer (a subclass may change the loss, so it trains alone) and the
@@ -153,13 +169,17 @@ class StackedTrainer:
             state are read (so a trainer restored from a checkpoint continues exactly).
         indices: the trainers' positions in the caller's list, used in error messages (default 0..n-1).
         nan_check_every: read the non-finite flags every this many steps (one host synchronisation).
+        compile: ``torch.compile`` the loss (forward and backward) and the optimizer update (fewer kernels; same
+            math up to float rounding). Host decisions (schedules, whether any feature may be dead) stay outside the
+            compiled code.
 
     Raises:
         ValueError: no trainers, or trainers that cannot share a stack (different architecture, shape, device,
             dtype or settings: the message names the first mismatch).
     """
 
-    def __init__(self, trainers: list, indices: Optional[list[int]] = None, nan_check_every: int = 100):
+    def __init__(self, trainers: list, indices: Optional[list[int]] = None, nan_check_every: int = 100,
+                 compile: bool = False):
         self._check_compatible(trainers)
         self.trainers = list(trainers)
         self.indices = list(indices) if indices is not None else list(range(len(trainers)))
@@ -176,6 +196,9 @@ class StackedTrainer:
         self._tables, self._host, self._table_start, self.step = {}, {}, None, None
         self.rule = stack_rule_for(first)(self)
         self.rule.load_state()
+        self.compiled = bool(compile)
+        self._losses = torch.compile(self.losses, dynamic=False) if compile else self.losses
+        self._adam_update = torch.compile(_adam_update, dynamic=False) if compile else _adam_update
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -324,7 +347,7 @@ class StackedTrainer:
         self.rule.before_step(step, x)
         for p in self.params:
             p.grad = None
-        loss, _, f, aux = self.losses(x, tab)
+        loss, _, f, aux = self._losses(x, tab)
         torch.autograd.backward(loss.sum())
         ok = self._finite(loss)
         self._project_decoder_grad()
@@ -377,19 +400,10 @@ class StackedTrainer:
         ``lr [n]``; dictionaries with ``ok`` False keep their parameters and moments."""
         self.adam_step += 1
         bc1 = 1 - self.beta1 ** self.adam_step
-        bc2_sqrt = (1 - self.beta2 ** self.adam_step) ** 0.5
+        bc2_sqrt = torch.tensor((1 - self.beta2 ** self.adam_step) ** 0.5, device=self.device)
         step_size = (lr / bc1).to(torch.float32)
         for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
-            shape = (-1, *[1] * (p.ndim - 1))
-            keep = ok.view(shape)
-            g = p.grad
-            m_new = m.lerp(g, 1 - self.beta1)
-            v_new = v.mul(self.beta2).addcmul_(g, g, value=1 - self.beta2)
-            denom = (v_new.sqrt() / bc2_sqrt).add_(self.eps)
-            p_new = p - (m_new * step_size.view(shape)) / denom
-            m.copy_(torch.where(keep, m_new, m))
-            v.copy_(torch.where(keep, v_new, v))
-            p.copy_(torch.where(keep, p_new, p))
+            self._adam_update(p, m, v, p.grad, ok, step_size, bc2_sqrt, self.beta1, self.beta2, self.eps)
 
     @torch.no_grad()
     def _after_optimizer_step(self, ok: torch.Tensor) -> None:

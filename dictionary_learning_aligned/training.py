@@ -46,32 +46,15 @@ def _build_trainer(cfg: dict, device) -> SAETrainer:
     if "trainer" not in cfg:
         raise ValueError(f"trainer config needs a 'trainer' key (the trainer class); got keys {sorted(cfg)}")
     cls = cfg.pop("trainer")
-    if isinstance(cls, str):
-        from .trainers import TRAINER_CLASSES
+    if isinstance(cls, str):  # a registered trainer's class name, or "package.module:Class"
+        from .registry import resolve_trainer
 
-        if cls not in TRAINER_CLASSES:
-            raise ValueError(f"unknown trainer {cls!r}; known: {sorted(TRAINER_CLASSES)}")
-        cls = TRAINER_CLASSES[cls]
+        cls = resolve_trainer(cls)
     cfg.setdefault("device", device)
     try:
         return cls(**cfg)
     except TypeError as e:  # unexpected or missing keyword arguments
         raise ValueError(f"bad arguments for {getattr(cls, '__name__', cls)}: {e}") from None
-
-
-def _check_steps_within_schedules(steps: int, trainer_configs) -> None:
-    """Refuse ``steps`` beyond a trainer's own ``steps``: its lr schedule decays to 0 at its ``steps`` and would
-    turn negative after it (the loss then climbs, silently).
-
-    Raises:
-        ValueError: naming the trainer and both step counts.
-    """
-    for i, cfg in enumerate(trainer_configs):
-        own = cfg.get("steps") if isinstance(cfg, dict) else None
-        if isinstance(own, numbers.Integral) and not isinstance(own, bool) and steps > own:
-            raise ValueError(f"steps={steps} is more than trainer {i}'s own steps={own}: its learning-rate schedule "
-                             f"ends at step {own} (it would turn negative after it); pass steps <= {own} or give "
-                             f"the trainer steps={steps}")
 
 
 def _json_safe(cfg: dict) -> dict:
@@ -98,6 +81,8 @@ def trainSAE(
     resume: bool = False,
     skip_nonfinite_batches: bool = False,
     data_parallel: bool = False,
+    stack: bool = True,
+    nan_check_every: int = 100,
 ) -> list[SAETrainer]:
     """Train one or more dictionaries on the same activation batches (dictionary_learning's ``trainSAE``).
 
@@ -130,6 +115,14 @@ def trainSAE(
             read again and skipped. Without any checkpoint, training starts from step 0 in the same folder.
         skip_nonfinite_batches: skip activation batches holding NaN/inf (counted in ``trainer.skipped_batches``
             and in the logs) instead of stopping with an error.
+        stack: train trainers of the same architecture and shape as one batched model (:mod:`.stacked`; the
+            default). Each dictionary still gets the initialisation of its own trainer and seed and is saved to its
+            own folder; results equal one-by-one training up to float rounding. ``False`` trains each trainer on its
+            own (for debugging); trainers that cannot be stacked (custom subclasses, resampling, data-parallel)
+            always train on their own.
+        nan_check_every: with ``stack``, read the stacks' non-finite flags every this many steps (one host
+            synchronisation; also checked at every log, checkpoint and at the end). A dictionary whose loss or
+            gradient became non-finite is frozen at that step and named in the error.
         data_parallel: train every trainer data-parallel over the initialised ``torch.distributed`` process group
             (see :mod:`.distributed`; run under ``torchrun``). Every rank must pass the same ``data`` (the same
             global batches, whose size must be a multiple of the world size) and configs; each rank trains on its
@@ -146,11 +139,40 @@ def trainSAE(
         ValueError: ``steps < 1``, no trainer configs, a bad trainer config, empty or non-finite activations, a
             ``save_dir`` that ``overwrite`` may not replace, or ``resume`` with a missing run or different
             trainer configs.
-        NonFiniteError (a FloatingPointError): a non-finite loss or gradient, naming the trainer and step; the
-            weights and the checkpoints on disk are the last good ones.
+        NonFiniteError (a FloatingPointError): a non-finite loss or gradient, naming the trainer and step; that
+            trainer's weights and the checkpoints on disk are the last good ones (stacked: raised at the next check,
+            the other dictionaries of the stack having trained on).
         FloatingPointError: a trainer's weights became non-finite (checked before every save; nothing is saved).
         FileExistsError: ``save_dir`` exists and is not empty, without ``overwrite`` or ``resume``.
     """
+    _check_arguments(steps, trainer_configs, log_steps, resume, save_dir, data_parallel)
+    steps, save_steps = int(steps), sorted(set(save_steps or []))
+    writer = _dist.rank() == 0 if data_parallel else True
+    if save_dir is not None and not resume:
+        check_output_dir(save_dir, overwrite)  # fail fast, before any work; nothing is changed yet
+    if not writer:  # data-parallel ranks other than 0 train only (they checked save_dir above, so all fail alike)
+        save_dir, save_steps, log_steps, use_wandb, verbose = None, [], None, False, False
+    trainers = _prepare_trainers(trainer_configs, device, data_parallel)
+    data, start, norm_factor, prefetched = _start_data(data, trainers, save_dir, resume, normalize_activations,
+                                                       norm_factor_batches, skip_nonfinite_batches)
+    out, dirs = _open_output(trainers, save_dir, resume, overwrite, start, norm_factor, run_cfg)
+    wandb_run = _start_wandb(trainers, wandb_entity, wandb_project) if use_wandb else None
+    stepper = _Stepper(trainers, stack and not data_parallel, nan_check_every, dirs)
+    loop = _Loop(trainers, stepper, steps, save_steps, log_steps, normalize_activations, norm_factor, device,
+                 autocast_dtype, skip_nonfinite_batches, data_parallel, verbose, wandb_run, out, dirs, run_cfg)
+    step = loop.run(itertools.chain(prefetched, data), start)
+    for tr in trainers:
+        tr.steps_done = step
+    if out is not None:
+        for tr, d in zip(trainers, dirs):
+            _save(tr, d, norm_factor, run_cfg, step)
+    if wandb_run is not None:
+        wandb_run.finish()
+    return trainers
+
+
+def _check_arguments(steps, trainer_configs, log_steps, resume, save_dir, data_parallel) -> None:
+    """The checks of :func:`trainSAE`'s arguments that need no data (raises ValueError)."""
     if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if not trainer_configs:
@@ -160,20 +182,32 @@ def trainSAE(
     _check_steps_within_schedules(steps, trainer_configs)
     if resume and save_dir is None:
         raise ValueError("resume=True needs the save_dir of the run to continue")
-    writer = True
     if data_parallel:
         if not _dist.is_initialized():
             raise ValueError("data_parallel=True needs an initialised torch.distributed process group (run the "
                              "training under torchrun, e.g. python -m dictionary_learning_aligned.train)")
         if resume:
             raise ValueError("resume is not supported with data_parallel=True")
-        writer = _dist.rank() == 0
-    steps = int(steps)
-    save_steps = sorted(set(save_steps or []))
-    if save_dir is not None and not resume:
-        check_output_dir(save_dir, overwrite)  # fail fast, before any work; nothing is changed yet
-    if not writer:  # data-parallel ranks other than 0 train only (they checked save_dir above, so all fail alike)
-        save_dir, save_steps, log_steps, use_wandb, verbose = None, [], None, False, False
+
+
+def _check_steps_within_schedules(steps: int, trainer_configs) -> None:
+    """Refuse ``steps`` beyond a trainer's own ``steps``: its lr schedule decays to 0 at its ``steps`` and would
+    turn negative after it (the loss then climbs, silently).
+
+    Raises:
+        ValueError: naming the trainer and both step counts.
+    """
+    for i, cfg in enumerate(trainer_configs):
+        own = cfg.get("steps") if isinstance(cfg, dict) else None
+        if isinstance(own, numbers.Integral) and not isinstance(own, bool) and steps > own:
+            raise ValueError(f"steps={steps} is more than trainer {i}'s own steps={own}: its learning-rate schedule "
+                             f"ends at step {own} (it would turn negative after it); pass steps <= {own} or give "
+                             f"the trainer steps={steps}")
+
+
+def _prepare_trainers(trainer_configs, device, data_parallel) -> list:
+    """Build the trainers (and switch on data parallelism); each gets empty ``log``, ``skipped_batches`` and
+    ``tokens_seen``."""
     trainers = [_build_trainer(c, device) for c in trainer_configs]
     if data_parallel:
         for tr in trainers:
@@ -182,12 +216,16 @@ def trainSAE(
             tr.enable_data_parallel()  # a collective: every rank builds the same trainers in the same order
     for tr in trainers:
         tr.log, tr.skipped_batches, tr.tokens_seen = [], 0, 0
+    return trainers
 
+
+def _start_data(data, trainers, save_dir, resume, normalize_activations, norm_factor_batches, skip_nonfinite):
+    """``(data iterator, first step, norm factor, prefetched batches)``: restores a resumed run's state and skips
+    the batches it used, or reads the batches the norm factor is estimated from (checked before any output)."""
     data = iter(data)
     start, norm_factor, prefetched = 0, 1.0, []
     if resume:
-        out = Path(save_dir)
-        start, norm_factor, consumed = _resume(trainers, out, normalize_activations)
+        start, norm_factor, consumed = _resume(trainers, Path(save_dir), normalize_activations)
         for skipped in range(consumed):  # read again the batches already used (trained on or skipped)
             if next(data, None) is None:
                 raise ValueError(f"resume: the data ran out after {skipped} batches; the run had used {consumed}")
@@ -200,77 +238,136 @@ def trainSAE(
         prefetched = [b for b in [next(data, None)] if b is not None]
     dims = {tr.ae.activation_dim for tr in trainers if hasattr(tr, "ae")}
     for b in prefetched:  # bad data fails here, before an earlier run is replaced
-        _check_batch(b, dims, skip_nonfinite_batches)
+        _check_batch(b, dims, skip_nonfinite)
     for tr in trainers:
         tr.norm_factor = norm_factor
+    return data, start, norm_factor, prefetched
 
-    out = None if save_dir is None else (Path(save_dir) if resume else prepare_output_dir(save_dir, overwrite))
-    dirs = [] if out is None else [out / f"trainer_{i}" for i in range(len(trainers))]
+
+def _open_output(trainers, save_dir, resume, overwrite, start, norm_factor, run_cfg):
+    """``(output folder or None, trainer folders)``; a fresh run writes each trainer's ``config.json``."""
+    if save_dir is None:
+        return None, []
+    out = Path(save_dir) if resume else prepare_output_dir(save_dir, overwrite)
+    dirs = [out / f"trainer_{i}" for i in range(len(trainers))]
     for tr, d in zip(trainers, dirs):
         d.mkdir(exist_ok=True)
         if start == 0:
             write_json(d / "config.json", _run_config(tr, norm_factor, run_cfg, steps_done=0))
+    return out, dirs
 
-    wandb_run = None
-    if use_wandb:
-        import wandb
 
-        wandb_run = wandb.init(entity=wandb_entity or None, project=wandb_project or None,
-                               config={f"trainer_{i}": _json_safe(t.config) for i, t in enumerate(trainers)})
+def _start_wandb(trainers, entity, project):
+    import wandb
 
-    dev_type = torch.device(device).type
-    amp = (torch.autocast(device_type=dev_type, dtype=autocast_dtype)
-           if autocast_dtype not in (None, torch.float32) else contextlib.nullcontext())
-    step = start
-    t0 = time.time()
-    bar = tqdm(total=steps, initial=start, desc="training", unit="step", disable=not verbose and steps < 2)
-    for act in itertools.chain(prefetched, data):
-        if step >= steps:
-            break
-        act = act.to(device)
+    return wandb.init(entity=entity or None, project=project or None,
+                      config={f"trainer_{i}": _json_safe(t.config) for i, t in enumerate(trainers)})
+
+
+class _Stepper:
+    """Takes the steps of a sweep: stacks of same-shape trainers through :class:`~.stacked.StackedTrainer`, the
+    others one at a time; :meth:`sync` makes every trainer object current (before logs, checkpoints, the end)."""
+
+    def __init__(self, trainers, stack: bool, nan_check_every: int, dirs):
+        from .stacked import StackedTrainer, plan_stacks
+
+        self.trainers, self.dirs = trainers, dirs
+        groups, self.alone = plan_stacks(trainers) if stack else ([], list(range(len(trainers))))
+        self.stacks = [StackedTrainer([trainers[i] for i in g], indices=g, nan_check_every=nan_check_every)
+                       for g in groups]
+
+    def update(self, step: int, x: torch.Tensor) -> None:
+        for st in self.stacks:
+            try:
+                st.update(step, x)
+            except NonFiniteError as e:
+                self._stopped(st, e)
+        for i in self.alone:
+            tr = self.trainers[i]
+            try:
+                tr.update(step, x)
+            except NonFiniteError as e:
+                raise NonFiniteError(f"trainer {i} ({type(tr).__name__}, alignment={tr.config.get('alignment')}) "
+                                     f"stopped: {e}. The weights are those before this step" + self._intact(i)) from None
+
+    def sync(self, steps_done: int) -> None:
+        for st in self.stacks:
+            try:
+                st.check_finite()
+            except NonFiniteError as e:
+                self._stopped(st, e)
+            st.sync_to_trainers(steps_done)
+
+    def _stopped(self, st, e) -> None:
+        st.sync_to_trainers(st.adam_step)
+        raise NonFiniteError(f"{e}" + self._intact(None)) from None
+
+    def _intact(self, i) -> str:
+        if not self.dirs:
+            return ""
+        where = self.dirs[i] / "checkpoints" if i is not None else "each trainer's checkpoints/ folder"
+        return f"; the last checkpoint in {where} is intact"
+
+
+class _Loop:
+    """The step loop of :func:`trainSAE` (one object so that its settings are named once)."""
+
+    def __init__(self, trainers, stepper, steps, save_steps, log_steps, normalize, norm_factor, device, amp_dtype,
+                 skip_nonfinite, data_parallel, verbose, wandb_run, out, dirs, run_cfg):
+        self.trainers, self.stepper, self.steps, self.save_steps, self.log_steps = (trainers, stepper, steps,
+                                                                                    save_steps, log_steps)
+        self.normalize, self.norm_factor, self.device = normalize, norm_factor, device
+        self.amp = (torch.autocast(device_type=torch.device(device).type, dtype=amp_dtype)
+                    if amp_dtype not in (None, torch.float32) else contextlib.nullcontext())
+        self.skip_nonfinite, self.data_parallel, self.verbose, self.wandb_run = (skip_nonfinite, data_parallel,
+                                                                                verbose, wandb_run)
+        self.out, self.dirs, self.run_cfg = out, dirs, run_cfg
+
+    def run(self, batches, start: int) -> int:
+        """Train from step ``start`` until ``steps`` or the data runs out; returns the number of steps done."""
+        step, t0 = start, time.time()
+        bar = tqdm(total=self.steps, initial=start, desc="training", unit="step",
+                   disable=not self.verbose and self.steps < 2)
+        for act in batches:
+            if step >= self.steps:
+                break
+            act = self._prepare(act, step)
+            if act is None:
+                continue
+            if self.log_steps is not None and step % self.log_steps == 0:
+                self.stepper.sync(step)
+                _log(self.trainers, act, step, self.amp, self.verbose, self.wandb_run, time.time() - t0)
+            with self.amp:
+                self.stepper.update(step, _dist.shard(act) if self.data_parallel else act)
+            for tr in self.trainers:
+                tr.tokens_seen += act.shape[0]
+            if step in self.save_steps and self.out is not None:
+                self.stepper.sync(step + 1)
+                for tr, d in zip(self.trainers, self.dirs):
+                    _save_checkpoint(tr, d, step, self.norm_factor, self.run_cfg)
+            step += 1
+            bar.update(1)
+        bar.close()
+        self.stepper.sync(step)
+        if step < self.steps:
+            print(f"warning: activation data ran out after {step} of {self.steps} steps")
+        return step
+
+    def _prepare(self, act, step):
+        """The batch on the device and normalized, or None for a skipped non-finite batch."""
+        act = act.to(self.device)
         if act.ndim == 2 and act.shape[0] == 0:
             raise ValueError(f"activation batch at step {step} is empty (shape {tuple(act.shape)}); nothing was "
                              f"trained on it and every trainer is unchanged")
         if not torch.isfinite(act).all():
-            if not skip_nonfinite_batches:
+            if not self.skip_nonfinite:
                 raise ValueError(f"activation batch at step {step} contains NaN or infinite values (pass "
                                  f"skip_nonfinite_batches=True to skip such batches)")
-            for tr in trainers:
+            for tr in self.trainers:
                 tr.skipped_batches += 1
             print(f"warning: skipped a non-finite activation batch at step {step}")
-            continue
-        if normalize_activations:
-            act = act / norm_factor
-        if log_steps is not None and step % log_steps == 0:
-            _log(trainers, act, step, amp, verbose, wandb_run, time.time() - t0)
-        x = _dist.shard(act) if data_parallel else act
-        for i, tr in enumerate(trainers):
-            try:
-                with amp:
-                    tr.update(step, x)
-            except NonFiniteError as e:
-                raise NonFiniteError(f"trainer {i} ({type(tr).__name__}, alignment={tr.config.get('alignment')}) "
-                                     f"stopped: {e}. The weights are those before this step"
-                                     + (f"; the last checkpoint in {dirs[i] / 'checkpoints'} is intact" if dirs
-                                        else "")) from None
-        for tr in trainers:
-            tr.tokens_seen += act.shape[0]
-        if step in save_steps and out is not None:
-            for tr, d in zip(trainers, dirs):
-                _save_checkpoint(tr, d, step, norm_factor, run_cfg)
-        step += 1
-        bar.update(1)
-    bar.close()
-    if step < steps:
-        print(f"warning: activation data ran out after {step} of {steps} steps")
-    for tr in trainers:
-        tr.steps_done = step
-    if out is not None:
-        for tr, d in zip(trainers, dirs):
-            _save(tr, d, norm_factor, run_cfg, step)
-    if wandb_run is not None:
-        wandb_run.finish()
-    return trainers
+            return None
+        return act / self.norm_factor if self.normalize else act
 
 
 def _check_batch(b, dims: set, allow_nonfinite: bool) -> None:

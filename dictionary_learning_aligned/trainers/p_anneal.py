@@ -150,6 +150,7 @@ class PAnnealStackRule(StackRule):
                 self.queue[j, i] = q.to(e.device, torch.float32)
             self.q_count[j] = len(kept)
         self.p_power_sum = trs[0].sparsity_function == "Lp^p"
+        self.scalar_p = {}
 
     @staticmethod
     def advance(t, state: list, step: int) -> tuple:
@@ -177,10 +178,18 @@ class PAnnealStackRule(StackRule):
     def lp_norm(self, f: torch.Tensor, name: str, tab: dict) -> torch.Tensor:
         """``[n]``: ``mean_batch ||f||_p`` (``"Lp"``) or ``mean_batch sum_i f_i^p`` (``"Lp^p"``), with each
         dictionary's p from table ``name`` (one scalar exponent when all are equal, as a lone trainer computes)."""
-        host = self.engine.host_row(name, self.engine.step)
-        p = float(host[0]) if bool((host == host[0]).all()) else tab[name][:, None, None].float()
+        p = self.scalar_p[name] if self.scalar_p.get(name) is not None else tab[name][:, None, None].float()
         s = f.clamp_min(0).pow(p).sum(-1)
         return (s if self.p_power_sum else s.pow(1 / p if isinstance(p, float) else 1 / p[..., 0])).mean(-1)
+
+    def before_step(self, step, x):
+        # one scalar exponent when the whole stack shares p (not under torch.compile: a changing Python float
+        # would recompile the loss at every change of p)
+        self.scalar_p = {}
+        if not self.engine.compiled:
+            for name in ("p", "p_next"):
+                host = self.engine.host_row(name, step)
+                self.scalar_p[name] = float(host[0]) if bool((host == host[0]).all()) else None
 
     def sparsity(self, x, x_hat, f, aux, tab):
         lp = self.lp_norm(f, "p", tab)

@@ -285,7 +285,7 @@ class TopKStackRule(StackRule):
         self.beta = torch.tensor([t.threshold_beta for t in trs], device=dev)
         self.one_minus_beta = torch.tensor([1 - t.threshold_beta for t in trs], device=dev)
         self._tokens_bound = float(e.tokens_since_fired.max()) if e.tokens_since_fired.numel() else 0.0
-        self._resync_at = -1
+        self._resync_at, self.aux_on = -1, False
 
     @staticmethod
     def k_at(t, step: int) -> int:
@@ -325,7 +325,7 @@ class TopKStackRule(StackRule):
 
     def sparsity(self, x, x_hat, f, aux, tab):
         e = self.engine
-        if not self._aux_needed():
+        if not self.aux_on:
             return x_hat.new_zeros(e.n, dtype=torch.float32), {}
         residual, post = (x - x_hat).detach(), aux["post_relu"]
         dead = e.tokens_since_fired >= self.dead_threshold[:, None]
@@ -341,6 +341,7 @@ class TopKStackRule(StackRule):
 
     @torch.no_grad()
     def before_step(self, step, x):
+        self.aux_on = self._aux_needed()
         if step == 0:
             self.engine.b_dec.copy_(geometric_median(x).to(self.engine.b_dec.dtype).expand_as(self.engine.b_dec))
 

@@ -1,0 +1,220 @@
+"""Sweep throughput: ``python -m benchmarks.sweep [--device cuda] [--grids main,wide] [--batches 2048,8192]
+[--out FILE]`` (also ``python -m benchmarks.speed --sweep``).
+
+Times whole sweeps of same-shape dictionaries on random activations (width 576 = SmolLM2-135M's d_model, bf16
+autocast on a GPU), as dictionary-tokens/s (dictionaries x batch x steps / seconds) and as a fraction of the
+measured bf16 matmul peak, counting ``12 * activation_dim * dict_size`` FLOPs per dictionary-token (dense forward and
+backward of encoder and decoder):
+
+* ``main``: the reproduction's ``main`` grid, 72 x 4096 (ReLU, TopK, BatchTopK, p-anneal x 3 sparsities x
+  standard/aligned x 3 seeds);
+* ``wide``: 24 x 16384 (ReLU and TopK x 3 sparsities x standard/aligned x 2 seeds);
+* ``one``: a single TopK k 64 dictionary of 4096 (aligned), the single-trainer case.
+
+Each grid is timed by ``--modes``: ``stacked`` (:mod:`dictionary_learning_aligned.stacked`, what ``trainSAE`` runs),
+``stacked-compiled`` (the same with ``torch.compile``), ``loop`` (each trainer's own ``update``, one after the other:
+``trainSAE(stack=False)``), and ``dictionary_learning`` (PyPI dictionary-learning 0.1.0's trainers in its
+``trainSAE`` loop on the same batches, when installed). Also the peak GPU memory of each, optimizer state included.
+Speed targets live here, not in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import sys
+import time
+
+import torch
+
+from dictionary_learning_aligned.io import atomic_path
+
+ACTIVATION_DIM = 576
+MODES = ("stacked", "stacked-compiled", "loop", "dictionary_learning")
+
+
+def grid(name: str, steps: int) -> list[dict]:
+    """Trainer configs of a benchmark grid (see the module docstring), schedules from the registry."""
+    from dictionary_learning_aligned import registry
+
+    spec = {"main": (("relu", "topk", "batchtopk", "panneal"), 4096, 3),
+            "wide": (("relu", "topk"), 16384, 2), "one": (("topk",), 4096, 1)}[name]
+    archs, size, seeds = spec
+    out = []
+    for arch_name in archs:
+        arch = registry.get(arch_name)
+        values = (64,) if name == "one" else arch.sparsity_values
+        modes = ("project",) if name == "one" else (None, "project")
+        for value in values:
+            for mode in modes:
+                for seed in range(seeds):
+                    cfg = dict(trainer=arch.trainer_for(mode), steps=steps, activation_dim=ACTIVATION_DIM,
+                               dict_size=size, layer=12, lm_name="benchmark", seed=seed, **arch.schedule(steps))
+                    cfg[arch.sparsity_param] = value
+                    if mode:
+                        cfg["alignment"] = mode
+                    out.append(cfg)
+    return out
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _build(cfgs, device):
+    trainers = []
+    for c in cfgs:
+        c = dict(c)
+        trainers.append(c.pop("trainer")(device=device, **c))
+    return trainers
+
+
+def _steppers(mode: str, cfgs: list, device: str):
+    """A callable ``step(i, x)`` that advances every dictionary of the grid by one step, for one mode."""
+    if mode == "dictionary_learning":
+        return _dictionary_learning_stepper(cfgs, device)
+    trainers = _build(cfgs, device)
+    if mode == "loop":
+        def step(i, x):
+            for tr in trainers:
+                tr.update(i, x)
+        return step
+    from dictionary_learning_aligned.stacked import StackedTrainer, plan_stacks
+
+    groups, alone = plan_stacks(trainers)
+    if alone:
+        raise ValueError(f"trainers {alone} of the grid cannot be stacked")
+    stacks = [StackedTrainer([trainers[i] for i in g], indices=g, nan_check_every=1000,
+                             compile=mode == "stacked-compiled") for g in groups]
+
+    def step(i, x):
+        for st in stacks:
+            st.update(i, x)
+    return step
+
+
+def _dictionary_learning_stepper(cfgs: list, device: str):
+    """dictionary_learning 0.1.0's trainers for the same grid (aligned configs are skipped: it has none; the
+    standard ones are timed twice so that the dictionary count matches)."""
+    from benchmarks.speed import DL_ARCHS, dictionary_learning_trainers
+
+    lib, _ = dictionary_learning_trainers()
+    if lib is None:
+        raise RuntimeError("dictionary-learning 0.1.0 is not installed")
+    from dictionary_learning_aligned import registry
+
+    trainers = []
+    for c in cfgs:
+        arch = registry.for_trainer(c["trainer"])
+        name, extra = DL_ARCHS[arch.name]
+        kw = {k: v for k, v in c.items() if k in ("steps", "activation_dim", "dict_size", "layer", "lm_name", "seed",
+                                                   "warmup_steps", "k", "l1_penalty")}
+        trainers.append(getattr(lib, name)(device=device, **{**extra, **kw}))
+
+    def step(i, x):
+        for tr in trainers:
+            tr.update(i, x)
+    return step
+
+
+def time_grid(name: str, mode: str, batch: int, device: str, steps: int, warmup: int) -> dict:
+    """Dictionary-tokens/s, TFLOP/s and peak memory of one grid in one mode (random activations, seed 0)."""
+    cfgs = grid(name, steps=10_000)
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    step = _steppers(mode, cfgs, device)
+    gen = torch.Generator(device).manual_seed(0)
+    xs = [torch.randn(batch, ACTIVATION_DIM, device=device, generator=gen) for _ in range(4)]
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+    with amp:
+        for i in range(warmup):
+            step(i, xs[i % 4])
+        _sync(device)
+        t = time.perf_counter()
+        for i in range(warmup, warmup + steps):
+            step(i, xs[i % 4])
+        _sync(device)
+    dt = time.perf_counter() - t
+    size = cfgs[0]["dict_size"]
+    dict_tok_s = len(cfgs) * batch * steps / dt
+    return {"grid": name, "mode": mode, "batch": batch, "dictionaries": len(cfgs), "dict_size": size,
+            "step_ms": 1000 * dt / steps, "dict_tokens_per_s": dict_tok_s,
+            "tflops": 12 * ACTIVATION_DIM * size * dict_tok_s / 1e12,
+            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+
+
+def run(grids, modes, batches, device, steps, warmup, out=None, command="") -> dict:
+    """Time every (grid, batch, mode); a failing point is recorded with its error and the rest still runs. With
+    ``out`` the JSON is rewritten after every row."""
+    from benchmarks.speed import matmul_peak
+
+    res = {"command": command, "device": torch.cuda.get_device_name() if torch.device(device).type == "cuda"
+           else platform.processor() or "cpu", "torch": torch.__version__, "activation_dim": ACTIVATION_DIM,
+           "matmul_peak_tflops": matmul_peak(device), "rows": [], "complete": False}
+    for name in grids:
+        for batch in batches:
+            for mode in modes:
+                try:
+                    row = time_grid(name, mode, batch, device, steps, warmup)
+                    row["frac_of_peak"] = row["tflops"] / res["matmul_peak_tflops"]
+                except Exception as e:  # a failing point is recorded, the rest still runs
+                    row = {"grid": name, "mode": mode, "batch": batch, "error": f"{type(e).__name__}: {e}"}
+                res["rows"].append(row)
+                print(format_row(row), flush=True)
+                gc.collect()
+                if torch.device(device).type == "cuda":
+                    torch.cuda.empty_cache()
+                _write(res, out)
+    res["complete"] = True
+    _write(res, out)
+    return res
+
+
+def _write(res, out):
+    if out:
+        with atomic_path(out) as tmp:
+            tmp.write_text(json.dumps(res, indent=1))
+
+
+def format_row(r: dict) -> str:
+    """One line of the printed table."""
+    head = f"{r['grid']:>5} batch {r['batch']:>5} {r['mode']:>20}"
+    if "error" in r:
+        return f"{head}  failed: {r['error'][:200]}"
+    mem = "" if r["peak_mem_gib"] is None else f" {r['peak_mem_gib']:6.1f} GiB"
+    return (f"{head} {r['dictionaries']:>3} x {r['dict_size']:<6} {r['step_ms']:8.2f} ms/step "
+            f"{r['dict_tokens_per_s'] / 1e6:9.2f}M dict-tok/s {r['tflops']:7.1f} TFLOP/s "
+            f"{100 * r.get('frac_of_peak', 0):5.1f}% peak{mem}")
+
+
+def main(argv=None) -> int:
+    """Command line (see the module docstring); returns 0, or 1 when every point failed."""
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    ap.add_argument("--grids", default="main,wide,one", help="comma-separated: main, wide, one")
+    ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated of {MODES}")
+    ap.add_argument("--batches", default="2048,8192", help="comma-separated batch sizes (activations per step)")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per point")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
+    ap.add_argument("--out", help="write the results as JSON to this file")
+    args = ap.parse_args(argv)
+    grids, modes = args.grids.split(","), args.modes.split(",")
+    bad = [g for g in grids if g not in ("main", "wide", "one")] + [m for m in modes if m not in MODES]
+    if bad or args.steps < 1 or args.warmup < 0:
+        ap.error(f"unknown grid/mode {bad}" if bad else "--steps must be >= 1 and --warmup >= 0")
+    try:
+        batches = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        ap.error(f"--batches must be comma-separated integers, got {args.batches!r}")
+    res = run(grids, modes, batches, args.device, args.steps, args.warmup, args.out,
+              command="python -m benchmarks.sweep " + " ".join(argv if argv is not None else sys.argv[1:]))
+    return 0 if any("error" not in r for r in res["rows"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
