@@ -9,7 +9,8 @@ backward of encoder and decoder):
 * ``main``: the reproduction's ``main`` grid, 72 x 4096 (ReLU, TopK, BatchTopK, p-anneal x 3 sparsities x
   standard/aligned x 3 seeds);
 * ``wide``: 24 x 16384 (ReLU and TopK x 3 sparsities x standard/aligned x 2 seeds);
-* ``one``: a single TopK k 64 dictionary of 4096 (aligned), the single-trainer case.
+* ``one``: a single TopK k 64 dictionary of 4096 (aligned), the single-trainer case;
+* ``GRID:ARCH`` (e.g. ``main:topk``): one architecture's part of a grid.
 
 Each grid is timed by ``--modes``: ``stacked`` (:mod:`dictionary_learning_aligned.stacked`, what ``trainSAE`` runs),
 ``stacked-compiled`` (the same with ``torch.compile``), ``loop`` (each trainer's own ``update``, one after the other:
@@ -39,14 +40,15 @@ def grid(name: str, steps: int) -> list[dict]:
     """Trainer configs of a benchmark grid (see the module docstring), schedules from the registry."""
     from dictionary_learning_aligned import registry
 
-    spec = {"main": (("relu", "topk", "batchtopk", "panneal"), 4096, 3),
-            "wide": (("relu", "topk"), 16384, 2), "one": (("topk",), 4096, 1)}[name]
-    archs, size, seeds = spec
+    base, _, only = name.partition(":")
+    archs, size, seeds = {"main": (("relu", "topk", "batchtopk", "panneal"), 4096, 3),
+                          "wide": (("relu", "topk"), 16384, 2), "one": (("topk",), 4096, 1)}[base]
+    archs = (only,) if only else archs
     out = []
     for arch_name in archs:
         arch = registry.get(arch_name)
-        values = (64,) if name == "one" else arch.sparsity_values
-        modes = ("project",) if name == "one" else (None, "project")
+        values = (64,) if base == "one" else arch.sparsity_values
+        modes = ("project",) if base == "one" else (None, "project")
         for value in values:
             for mode in modes:
                 for seed in range(seeds):
@@ -204,7 +206,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="write the results as JSON to this file")
     args = ap.parse_args(argv)
     grids, modes = args.grids.split(","), args.modes.split(",")
-    bad = [g for g in grids if g not in ("main", "wide", "one")] + [m for m in modes if m not in MODES]
+    bad = [g for g in grids if g.partition(":")[0] not in ("main", "wide", "one")] + [m for m in modes if m not in MODES]
     if bad or args.steps < 1 or args.warmup < 0:
         ap.error(f"unknown grid/mode {bad}" if bad else "--steps must be >= 1 and --warmup >= 0")
     try:
