@@ -173,8 +173,8 @@ def _as_tokens(x: torch.Tensor, activation_dim: int) -> torch.Tensor:
         ValueError: a last dimension other than ``activation_dim``, or fewer than 2 dimensions.
     """
     if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[-1] != activation_dim:
-        raise ValueError(f"evaluate expects activations [tokens, {activation_dim}] or [batch, seq, {activation_dim}], "
-                         f"got shape {tuple(getattr(x, 'shape', ()))}")
+        raise ValueError(f"evaluate expects activations [tokens, {activation_dim}] or [batch, seq, {activation_dim}] "
+                         f"(the dictionary's activation_dim), got shape {tuple(getattr(x, 'shape', ()))}")
     return x.reshape(-1, activation_dim)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 import torch
-from tqdm.auto import tqdm
+from .console import progress
 
 from . import distributed as _dist
 from .alignment import alignment_scores, summarize_scores
@@ -83,6 +83,7 @@ def trainSAE(
     data_parallel: bool = False,
     stack: bool = True,
     nan_check_every: int = 100,
+    compile_stacks: bool = False,
 ) -> list[SAETrainer]:
     """Train one or more dictionaries on the same activation batches (dictionary_learning's ``trainSAE``).
 
@@ -123,6 +124,8 @@ def trainSAE(
         nan_check_every: with ``stack``, read the stacks' non-finite flags every this many steps (one host
             synchronisation; also checked at every log, checkpoint and at the end). A dictionary whose loss or
             gradient became non-finite is frozen at that step and named in the error.
+        compile_stacks: ``torch.compile`` each stack's loss and optimizer update (on an H200 the 72-dictionary
+            ``main`` grid's step went from 62 to 35.5 ms; compilation takes a minute per stack first).
         data_parallel: train every trainer data-parallel over the initialised ``torch.distributed`` process group
             (see :mod:`.distributed`; run under ``torchrun``). Every rank must pass the same ``data`` (the same
             global batches, whose size must be a multiple of the world size) and configs; each rank trains on its
@@ -157,7 +160,7 @@ def trainSAE(
                                                        norm_factor_batches, skip_nonfinite_batches)
     out, dirs = _open_output(trainers, save_dir, resume, overwrite, start, norm_factor, run_cfg)
     wandb_run = _start_wandb(trainers, wandb_entity, wandb_project) if use_wandb else None
-    stepper = _Stepper(trainers, stack and not data_parallel, nan_check_every, dirs)
+    stepper = _Stepper(trainers, stack and not data_parallel, nan_check_every, dirs, compile_stacks)
     loop = _Loop(trainers, stepper, steps, save_steps, log_steps, normalize_activations, norm_factor, device,
                  autocast_dtype, skip_nonfinite_batches, data_parallel, verbose, wandb_run, out, dirs, run_cfg)
     step = loop.run(itertools.chain(prefetched, data), start)
@@ -268,13 +271,13 @@ class _Stepper:
     """Takes the steps of a sweep: stacks of same-shape trainers through :class:`~.stacked.StackedTrainer`, the
     others one at a time; :meth:`sync` makes every trainer object current (before logs, checkpoints, the end)."""
 
-    def __init__(self, trainers, stack: bool, nan_check_every: int, dirs):
+    def __init__(self, trainers, stack: bool, nan_check_every: int, dirs, compile_stacks: bool = False):
         from .stacked import StackedTrainer, plan_stacks
 
         self.trainers, self.dirs = trainers, dirs
         groups, self.alone = plan_stacks(trainers) if stack else ([], list(range(len(trainers))))
-        self.stacks = [StackedTrainer([trainers[i] for i in g], indices=g, nan_check_every=nan_check_every)
-                       for g in groups]
+        self.stacks = [StackedTrainer([trainers[i] for i in g], indices=g, nan_check_every=nan_check_every,
+                                      compile=compile_stacks) for g in groups]
 
     def update(self, step: int, x: torch.Tensor) -> None:
         for st in self.stacks:
@@ -326,8 +329,8 @@ class _Loop:
     def run(self, batches, start: int) -> int:
         """Train from step ``start`` until ``steps`` or the data runs out; returns the number of steps done."""
         step, t0 = start, time.time()
-        bar = tqdm(total=self.steps, initial=start, desc="training", unit="step",
-                   disable=not self.verbose and self.steps < 2)
+        bar = progress(total=self.steps, initial=start, desc="training", unit="step",
+                       disable=not self.verbose and self.steps < 2)
         for act in batches:
             if step >= self.steps:
                 break

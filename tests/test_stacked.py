@@ -234,3 +234,18 @@ def test_resume_is_bit_identical_on_cpu(tmp_path):
     for a, b in zip(full, resumed):
         for (name, pa), pb in zip(a.ae.state_dict().items(), b.ae.state_dict().values()):
             assert torch.equal(pa, pb), name
+
+
+@pytest.mark.slow
+def test_compiled_stack_matches_eager():
+    cfgs = [_cfg("topk", None, 0), _cfg("topk", "project", 1, k=4)]
+    batches = _batches(8)
+    eager = _train_stacked(cfgs, batches)
+    trs = _build(cfgs)
+    eng = StackedTrainer(trs, compile=True)
+    for step, x in enumerate(batches):
+        eng.update(step, x)
+    eng.sync_to_trainers(len(batches))
+    for a, b in zip(eager, trs):
+        for (name, pa), pb in zip(a.ae.state_dict().items(), b.ae.state_dict().values()):
+            _close(pb, pa, name)
