@@ -10,7 +10,8 @@ backward of encoder and decoder):
   standard/aligned x 3 seeds);
 * ``wide``: 24 x 16384 (ReLU and TopK x 3 sparsities x standard/aligned x 2 seeds);
 * ``one``: a single TopK k 64 dictionary of 4096 (aligned), the single-trainer case;
-* ``GRID:ARCH`` (e.g. ``main:topk``): one architecture's part of a grid.
+* ``GRID:ARCH`` (e.g. ``main:topk``): one architecture's part of a grid; ``GRID:ARCH:MODE`` (e.g.
+  ``main:topk:standard``, ``main:topk:project``): only its standard or aligned dictionaries.
 
 Each grid is timed by ``--modes``: ``stacked`` (:mod:`dictionary_learning_aligned.stacked`, what ``trainSAE`` runs),
 ``stacked-compiled`` (the same with ``torch.compile``), ``loop`` (each trainer's own ``update``, one after the other:
@@ -40,7 +41,8 @@ def grid(name: str, steps: int) -> list[dict]:
     """Trainer configs of a benchmark grid (see the module docstring), schedules from the registry."""
     from dictionary_learning_aligned import registry
 
-    base, _, only = name.partition(":")
+    base, _, rest = name.partition(":")
+    only, _, mode_only = rest.partition(":")
     archs, size, seeds = {"main": (("relu", "topk", "batchtopk", "panneal"), 4096, 3),
                           "wide": (("relu", "topk"), 16384, 2), "one": (("topk",), 4096, 1)}[base]
     archs = (only,) if only else archs
@@ -49,6 +51,8 @@ def grid(name: str, steps: int) -> list[dict]:
         arch = registry.get(arch_name)
         values = (64,) if base == "one" else arch.sparsity_values
         modes = ("project",) if base == "one" else (None, "project")
+        if mode_only:
+            modes = (None if mode_only == "standard" else mode_only,)
         for value in values:
             for mode in modes:
                 for seed in range(seeds):
