@@ -388,14 +388,18 @@ def format_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _sweep(args: list) -> int:
+    """``--sweep``: :mod:`benchmarks.sweep` with the other arguments."""
+    from benchmarks import sweep
+
+    args.remove("--sweep")
+    return sweep.main(args)
+
+
 def main(argv=None) -> int:
     """Command line (see the module docstring); ``--sweep ...`` runs :mod:`benchmarks.sweep` with the rest."""
-    args_in = list(sys.argv[1:] if argv is None else argv)
-    if "--sweep" in args_in:
-        from benchmarks import sweep
-
-        args_in.remove("--sweep")
-        return sweep.main(args_in)
+    if "--sweep" in (sys.argv[1:] if argv is None else argv):
+        return _sweep(list(sys.argv[1:] if argv is None else argv))
     ap = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
