@@ -203,12 +203,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     from . import console
     from .buffer import ActivationBuffer
     from .data import iter_texts
-    from .dictionary import Dictionary
-    from .evaluation import ce_losses, collect_eval_data, evaluate
     from .io import check_output_dir, prepare_output_dir, write_json
     from .models import get_layer, load_language_model
-    from .stability import stability
-    from .training import trainSAE
 
     validate_config(cfg)
     if cfg.verbose:
@@ -250,42 +246,14 @@ def run_demo(cfg: DemoConfig) -> dict:
     _say(f"[2/3] harvesting activations of layer {cfg.layer} and training {len(runs)} SAEs for {steps} steps "
          f"of {cfg.batch_size} tokens" + ("" if console.is_verbose() else " (--verbose prints the training log)"))
     t0 = time.time()
-    if not cfg.resume:  # the first fill is the long wait before training starts: one bar for it, then the training bar
-        train_buffer.verbose = True
-        train_buffer.refresh()  # what the first batch would do; the batches are the same
-        train_buffer.verbose = console.is_verbose()
-    trainers = trainSAE(train_buffer, [c for _, c in runs], steps,
-                        save_dir=out / "dictionaries", log_steps=cfg.log_steps, normalize_activations=True,
-                        device=cfg.device, autocast_dtype=as_dtype(cfg.autocast, "autocast"),
-                        verbose=console.is_verbose(),
-                        resume=cfg.resume,
-                        save_steps=list(range(cfg.save_every - 1, steps, cfg.save_every)) if cfg.save_every > 0 else None,
-                        run_cfg={"buffer": train_buffer.config, "model": cfg.model, "corpus": cfg.corpus or "bundled"})
+    trainers = _train(cfg, out, runs, steps, train_buffer)
     timings["harvest_and_train_s"] = time.time() - t0
     steps_done = trainers[0].steps_done
 
     _say(f"[3/3] evaluating on held-out text ({cfg.eval_batches * cfg.batch_size} tokens, CE loss on "
          f"{cfg.ce_batches * cfg.ce_batch_size} contexts)")
     t0 = time.time()
-    eval_rows = max(1, (cfg.eval_batches * cfg.batch_size) // cfg.ctx_len + 1)
-    eval_buffer = make_buffer("test", eval_rows)
-    acts, ce_tokens = collect_eval_data(eval_buffer, cfg.eval_batches, cfg.ce_batches, cfg.ce_batch_size)
-    metrics, dictionaries = {}, {}
-    ce_reference = [ce_losses(lm, submodule, None, t, skip_first=True) for t in ce_tokens]
-    for i, name in enumerate(names):
-        ae = Dictionary.from_pretrained(out / "dictionaries" / f"trainer_{i}", device=cfg.device)
-        metrics[name] = evaluate(ae, acts, n_batches=len(acts), model=lm, submodule=submodule, ce_tokens=ce_tokens,
-                                 skip_first=True, ce_reference=ce_reference)
-        dictionaries[name] = ae if cfg.seeds > 1 else None
-    groups = {}
-    for (g, _), name in zip(runs, names):
-        groups.setdefault(g, []).append(name)
-    stab = {}
-    if cfg.seeds > 1:
-        for g, members in groups.items():
-            st = stability([dictionaries[m] for m in members])
-            st["per_feature_max_cos"] = [[round(v, 4) for v in p] for p in st["per_feature_max_cos"]]
-            stab[g] = st
+    metrics, groups, stab = _evaluate_dictionaries(cfg, out, runs, names, lm, submodule, make_buffer)
     timings["evaluate_s"] = time.time() - t0
 
     results = {
@@ -304,13 +272,69 @@ def run_demo(cfg: DemoConfig) -> dict:
         "versions": _versions(),
         "note": _model_note(cfg.model),
     }
+    _write_outputs(out, results, metrics, groups)
+    return results
+
+
+def _train(cfg, out: Path, runs: list, steps: int, train_buffer) -> list:
+    """Fill the training buffer (one progress bar for the first fill) and train every SAE of ``runs`` with
+    ``trainSAE`` into ``out/dictionaries``; returns the trainers."""
+    from . import console
+    from .training import trainSAE
+
+    if not cfg.resume:  # the first fill is the long wait before training starts: one bar for it, then the training bar
+        train_buffer.verbose = True
+        train_buffer.refresh()  # what the first batch would do; the batches are the same
+        train_buffer.verbose = console.is_verbose()
+    trainers = trainSAE(train_buffer, [c for _, c in runs], steps,
+                        save_dir=out / "dictionaries", log_steps=cfg.log_steps, normalize_activations=True,
+                        device=cfg.device, autocast_dtype=as_dtype(cfg.autocast, "autocast"),
+                        verbose=console.is_verbose(),
+                        resume=cfg.resume,
+                        save_steps=list(range(cfg.save_every - 1, steps, cfg.save_every)) if cfg.save_every > 0 else None,
+                        run_cfg={"buffer": train_buffer.config, "model": cfg.model, "corpus": cfg.corpus or "bundled"})
+    return trainers
+
+
+def _evaluate_dictionaries(cfg, out, runs, names, lm, submodule, make_buffer):
+    """Evaluate every trained dictionary of the demo on held-out text: ``(metrics {name: evaluate() dict},
+    groups {group: [names]}, stability {group: stability() dict}, empty with one seed)``."""
+    from .dictionary import Dictionary
+    from .evaluation import ce_losses, collect_eval_data, evaluate
+    from .stability import stability
+
+    eval_rows = max(1, (cfg.eval_batches * cfg.batch_size) // cfg.ctx_len + 1)
+    acts, ce_tokens = collect_eval_data(make_buffer("test", eval_rows), cfg.eval_batches, cfg.ce_batches,
+                                        cfg.ce_batch_size)
+    metrics, dictionaries = {}, {}
+    ce_reference = [ce_losses(lm, submodule, None, t, skip_first=True) for t in ce_tokens]
+    for i, name in enumerate(names):
+        ae = Dictionary.from_pretrained(out / "dictionaries" / f"trainer_{i}", device=cfg.device)
+        metrics[name] = evaluate(ae, acts, n_batches=len(acts), model=lm, submodule=submodule, ce_tokens=ce_tokens,
+                                 skip_first=True, ce_reference=ce_reference)
+        dictionaries[name] = ae if cfg.seeds > 1 else None
+    groups = {}
+    for (g, _), name in zip(runs, names):
+        groups.setdefault(g, []).append(name)
+    stab = {}
+    if cfg.seeds > 1:
+        for g, members in groups.items():
+            st = stability([dictionaries[m] for m in members])
+            st["per_feature_max_cos"] = [[round(v, 4) for v in p] for p in st["per_feature_max_cos"]]
+            stab[g] = st
+    return metrics, groups, stab
+
+
+def _write_outputs(out: Path, results: dict, metrics: dict, groups: dict) -> None:
+    """Write ``results.json``, ``results.md`` and the alignment-score histograms, and print the table."""
+    from .io import write_json
+
     write_json(out / "results.json", results)
     (out / "results.md").write_text(format_markdown(results))
     plot_alignment_histograms({g: metrics[m[0]] for g, m in groups.items()}, out / "alignment_hist.pdf")
     print(format_table(results))
     print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}, {out / 'alignment_hist.pdf'} (and .png) and "
           f"dictionaries in {out / 'dictionaries'}")
-    return results
 
 
 def _say(message: str) -> None:
