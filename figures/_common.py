@@ -23,7 +23,25 @@ from dictionary_learning_aligned.records import iter_records
 #: registered architectures in registration order: the paper's four first, then the extensions
 ARCH_ORDER = tuple(registry.names())
 #: label per architecture; architectures that arXiv 2605.18629 does not evaluate say so
-ARCH_LABEL = {a.name: a.label if a.in_paper else f"{a.label} (not in paper)" for a in registry.architectures()}
+class _ArchLabels(dict):
+    """Figure and table labels of the registered architectures, read from the registry at each lookup, so that an
+    architecture registered after this module was imported (a user's plug-in) is labelled too; extensions that
+    arXiv 2605.18629 does not evaluate are marked "(not in paper)". Unknown names raise KeyError."""
+
+    def __missing__(self, name):
+        arch = next((a for a in registry.architectures() if a.name == name), None)
+        if arch is None:
+            raise KeyError(name)
+        return arch.label if arch.in_paper else f"{arch.label} (not in paper)"
+
+    def get(self, name, default=None):
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+
+ARCH_LABEL = _ArchLabels()
 SPARSITY_LABEL = {"l1_penalty": "L1 penalty", "k": "k", "initial_sparsity_penalty": "initial penalty",
                   "target_l0": "target L0"}
 #: the paper's main dictionary width; other widths have their own figures (15-18)
