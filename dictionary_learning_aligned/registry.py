@@ -24,6 +24,12 @@ def _no_schedule(steps: int) -> dict:
     return {}
 
 
+def scaled_lr_schedule(steps: int) -> dict:
+    """The learning-rate schedule every built-in architecture scales to a run of ``steps`` steps: warmup over the
+    first 5%, linear decay from 80% (no decay for runs of 10 steps or fewer)."""
+    return {"warmup_steps": max(1, steps // 20), "decay_start": max(2, int(0.8 * steps)) if steps > 10 else None}
+
+
 @dataclass(frozen=True)
 class Architecture:
     """What the library needs to know about one architecture.

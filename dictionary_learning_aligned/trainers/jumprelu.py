@@ -13,6 +13,7 @@ import torch.nn as nn
 from ..dictionary import Dictionary, register_dictionary
 from ..registry import Architecture, register
 from .base import DictionaryTrainer, make_aligned
+from .standard import relu_schedule
 
 
 def rectangle(z: torch.Tensor) -> torch.Tensor:
@@ -211,13 +212,7 @@ class JumpReluTrainer(DictionaryTrainer):
 AlignedJumpReluTrainer = make_aligned(JumpReluTrainer)
 
 
-def jumprelu_schedule(steps: int) -> dict:
-    """Schedule settings of a JumpReLU run of ``steps`` steps: lr warmup 5%, L0-penalty warmup 10%, decay from 80%."""
-    return {"warmup_steps": max(1, steps // 20), "decay_start": max(2, int(0.8 * steps)) if steps > 10 else None,
-            "sparsity_warmup_steps": max(1, steps // 10)}
-
-
 JUMPRELU = register(Architecture(
     name="jumprelu", label="JumpReLU", trainer=JumpReluTrainer, aligned_trainer=AlignedJumpReluTrainer,
-    sparsity_param="target_l0", sparsity_values=(32, 64, 128), default_sparsity=64, schedule=jumprelu_schedule,
+    sparsity_param="target_l0", sparsity_values=(32, 64, 128), default_sparsity=64, schedule=relu_schedule,
     saebench_kind="jumprelu", in_paper=False))

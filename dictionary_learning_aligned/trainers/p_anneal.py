@@ -7,7 +7,7 @@ from typing import Optional, Union
 import torch
 
 from ..dictionary import AutoEncoder
-from ..registry import Architecture, register
+from ..registry import Architecture, register, scaled_lr_schedule
 from ..stacked import StackRule
 from .base import DictionaryTrainer, make_aligned
 
@@ -231,9 +231,8 @@ AlignedPAnnealTrainer = make_aligned(PAnnealTrainer)
 def panneal_schedule(steps: int) -> dict:
     """Schedule settings of a p-anneal run of ``steps`` steps: as ReLU's (lr warmup 5%, sparsity warmup 10%,
     decay from 80%), with p annealed from 25% of the run to its end."""
-    return {"warmup_steps": max(1, steps // 20), "decay_start": max(2, int(0.8 * steps)) if steps > 10 else None,
-            "sparsity_warmup_steps": max(1, steps // 10), "anneal_start": max(1, steps // 4),
-            "anneal_end": max(2, steps - 2) if steps > 3 else None}
+    return {**scaled_lr_schedule(steps), "sparsity_warmup_steps": max(1, steps // 10),
+            "anneal_start": max(1, steps // 4), "anneal_end": max(2, steps - 2) if steps > 3 else None}
 
 
 PANNEAL = register(Architecture(

@@ -7,7 +7,7 @@ from typing import Optional, Union
 import torch
 
 from ..dictionary import AutoEncoder
-from ..registry import Architecture, register
+from ..registry import Architecture, register, scaled_lr_schedule
 from ..stacked import StackRule
 from .base import DictionaryTrainer, make_aligned
 
@@ -140,8 +140,7 @@ AlignedStandardTrainer = make_aligned(StandardTrainer)
 
 def relu_schedule(steps: int) -> dict:
     """Schedule settings of a ReLU run of ``steps`` steps: lr warmup 5%, sparsity warmup 10%, decay from 80%."""
-    return {"warmup_steps": max(1, steps // 20), "decay_start": max(2, int(0.8 * steps)) if steps > 10 else None,
-            "sparsity_warmup_steps": max(1, steps // 10)}
+    return {**scaled_lr_schedule(steps), "sparsity_warmup_steps": max(1, steps // 10)}
 
 
 RELU = register(Architecture(

@@ -7,7 +7,7 @@ from typing import Optional, Union
 import torch
 
 from ..dictionary import AutoEncoderTopK, BatchTopKSAE
-from ..registry import Architecture, register
+from ..registry import Architecture, register, scaled_lr_schedule
 from ..stacked import TABLE_CHUNK, StackRule
 from .base import DictionaryTrainer, make_aligned
 
@@ -398,8 +398,7 @@ AlignedBatchTopKTrainer = make_aligned(BatchTopKTrainer)
 def topk_schedule(steps: int) -> dict:
     """Schedule settings of a TopK/BatchTopK run of ``steps`` steps: lr warmup 5%, decay from 80%, inference
     threshold learned from 10% of the run."""
-    return {"warmup_steps": max(1, steps // 20), "decay_start": max(2, int(0.8 * steps)) if steps > 10 else None,
-            "threshold_start_step": max(1, steps // 10)}
+    return {**scaled_lr_schedule(steps), "threshold_start_step": max(1, steps // 10)}
 
 
 TOPK = register(Architecture(
