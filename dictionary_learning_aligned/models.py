@@ -261,6 +261,18 @@ def _load_gguf(path: Path, dtype: torch.dtype):
     return model, tok
 
 
+
+def _tokenizer_cache_is_current(folder: Path, source: dict) -> bool:
+    """Whether ``folder`` holds a saved tokenizer made from the GGUF described by ``source`` (missing, unreadable or
+    stale: False, and the tokenizer is rebuilt)."""
+    import json
+
+    try:
+        return json.loads((folder / "source.json").read_text()) == source
+    except (OSError, ValueError):
+        return False
+
+
 def _cached_tokenizer(path: Path):
     """The tokenizer of a GGUF file, saved once as a Hugging Face tokenizer folder in :func:`gemma3_cache_dir`
     (reading Gemma-3's 262k-token vocabulary from the GGUF file takes about 4 times longer than from the saved
@@ -275,11 +287,8 @@ def _cached_tokenizer(path: Path):
     stat = path.stat()
     source = {"gguf": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     folder = gemma3_cache_dir() / f"{path.stem}.tokenizer"
-    try:
-        if json.loads((folder / "source.json").read_text()) == source:
-            return AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError):
-        pass  # missing, unreadable or stale: rebuilt below
+    if _tokenizer_cache_is_current(folder, source):
+        return AutoTokenizer.from_pretrained(folder)
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     if folder.exists() and not (folder / "source.json").is_file():
         return tok  # not a folder this function wrote: left alone
@@ -295,7 +304,7 @@ def _cached_tokenizer(path: Path):
             shutil.rmtree(folder)
         os.replace(tmp, folder)
     except OSError:  # a read-only cache folder only costs the faster load next time
-        pass
+        return tok
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return tok
