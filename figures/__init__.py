@@ -5,6 +5,7 @@ Command line::
 
     python -m figures --results DIR --out DIR [--only fig2,fig10]   # one PDF + PNG per figure
     python -m figures claims --results DIR [--format markdown|text]  # the claims table
+    python -m figures claims --results DIR --compare DIR_B           # two claims tables side by side
 
 Python::
 
@@ -14,8 +15,9 @@ Python::
 """
 
 from ._common import load_records, load_saebench
-from .claims import claims_table, format_claims
+from .claims import claims_report, claims_table, format_claims
+from .compare import compare_claims
 from .paper import FIGURES, FigureResult, FigureSpec, render_all
 
-__all__ = ["FIGURES", "FigureResult", "FigureSpec", "render_all", "claims_table", "format_claims", "load_records",
-           "load_saebench"]
+__all__ = ["FIGURES", "FigureResult", "FigureSpec", "render_all", "claims_table", "claims_report", "compare_claims",
+           "format_claims", "load_records", "load_saebench"]

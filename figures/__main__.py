@@ -1,5 +1,5 @@
 """``python -m figures --results DIR --out DIR [--only fig2,fig10]`` and
-``python -m figures claims --results DIR [--format markdown|text]`` and
+``python -m figures claims --results DIR [--compare DIR_B] [--format markdown|text]`` and
 ``python -m figures table --results DIR [--experiment NAME] [--saebench] [--format markdown|text]``.
 
 Exit codes: 0 when at least one figure was written (claims: the table was printed), 1 when none was, 2 when
@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Optional
 
 from ._common import load_records
-from .claims import claims_table, format_claims, summary_counts
+from .claims import claims_report
+from .compare import compare_claims
 from .paper import FIGURES, render_all
 from .tables import results_table, saebench_table
 
@@ -38,6 +40,9 @@ def _claims_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("markdown", "text"), default="markdown",
                    help="markdown table or aligned plain text (default markdown)")
     p.add_argument("--aligned", default="project", help="alignment mode compared with standard (default project)")
+    p.add_argument("--compare", metavar="DIR_B", help="a second results store: print both claims tables side by "
+                   "side (per claim and setting: each store's verdict, steps and key numbers, and each store's "
+                   "budget line)")
     return p
 
 
@@ -53,6 +58,31 @@ def _table_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _store_labels(a: str, b: str) -> tuple[str, str]:
+    """Names of two stores in a comparison: their folder names, else the paths as given, else ``A: path`` and
+    ``B: path`` (one store compared with itself)."""
+    na, nb = Path(a).resolve().name, Path(b).resolve().name
+    if na != nb:
+        return na, nb
+    return (a, b) if a != b else (f"A: {a}", f"B: {b}")
+
+
+def _claims(args) -> int:
+    """``claims``: print the claims report of one store, or (``--compare``) two stores side by side."""
+    try:
+        records = load_records(args.results)
+        other = load_records(args.compare) if args.compare else None
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if other is None:
+        print(claims_report(records, aligned=args.aligned, fmt=args.format))
+    else:
+        print(compare_claims(records, other, _store_labels(args.results, args.compare), aligned=args.aligned,
+                             fmt=args.format))
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -66,16 +96,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 2
         return 0
     if argv[:1] == ["claims"]:
-        args = _claims_parser().parse_args(argv[1:])
-        try:
-            records = load_records(args.results)
-        except (FileNotFoundError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        rows = claims_table(records, aligned=args.aligned)
-        print(format_claims(rows, args.format))
-        print("\n" + ", ".join(f"{n} {v}" for v, n in summary_counts(rows).items()) + f" ({len(records)} records)")
-        return 0
+        return _claims(_claims_parser().parse_args(argv[1:]))
     parser = _figures_parser()
     args = parser.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None

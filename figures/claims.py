@@ -26,7 +26,8 @@ import numpy as np
 
 from dictionary_learning_aligned import registry
 
-from ._common import ARCH_LABEL, ARCH_ORDER, L0, SPARSITY_LABEL, aggregate, field_getter, finite, fmt_ms, mean_std
+from ._common import (ARCH_LABEL, ARCH_ORDER, L0, SPARSITY_LABEL, aggregate, budget_line, budget_summary,
+                      field_getter, finite, fmt_ms, mean_std)
 
 SUPPORTED, NOT_SUPPORTED, INSUFFICIENT = "supported", "not supported", "insufficient data"
 #: Sarle's coefficient of a uniform distribution; larger values suggest bimodality
@@ -59,8 +60,11 @@ def claims_table(records: list[dict], *, aligned: str = "project", dead_tol: flo
     Returns:
         rows ordered by claim, then setting, each a dict with ``claim`` (letter), ``statement``, ``setting``,
         ``arch``, ``dict_size``, ``experiment``, ``model``, ``measured`` (text with mean ± std over seeds),
-        ``values`` (the numbers) and ``verdict`` (``"supported"``, ``"not supported"`` or
-        ``"insufficient data"``).
+        ``values`` (the numbers), ``verdict`` (``"supported"``, ``"not supported"`` or
+        ``"insufficient data"``: what the numbers read, also for smoke records), ``budget``
+        (:func:`~figures._common.budget_summary` of the setting's records: steps, batch size, recipe, tokens)
+        and ``smoke`` (whether a record of the setting is of scale smoke: :func:`format_claims` then prints the
+        verdict as no verdict).
     """
     settings = defaultdict(list)
     for r in records:
@@ -77,7 +81,7 @@ def claims_table(records: list[dict], *, aligned: str = "project", dead_tol: flo
         ali = [r for r in recs if r["alignment"] == aligned]
         base = dict(setting=f"{exp} · {ARCH_LABEL.get(arch, arch)} · d={size}"
                     + (f" · {model}" if several_models else ""), arch=arch, dict_size=size, experiment=exp,
-                    model=model)
+                    model=model, budget=budget_summary(recs), smoke=any(r.get("scale") == "smoke" for r in recs))
         found = {"a": _claim_a(std), "b": _claim_b(std, ali, dead_tol), "c": _claim_c(std, ali, arch),
                  "d": _claim_d(std, ali)}
         if arch in ("topk", "batchtopk", "panneal"):
@@ -198,16 +202,44 @@ def _claim_e(found: dict):
     return verdict, "; ".join(f"({c}) {v}" for c, v in verdicts.items()), verdicts
 
 
+#: the first line of the claims output when records of scale smoke are among those checked
+SMOKE_LINE = ("scale smoke: these dictionaries test the pipeline, not the paper; the rows below give no verdicts "
+              "(train with --scale small or paper for evidence about the method)")
+
+
+def shown_verdict(row: dict, bold: bool = False) -> str:
+    """The verdict cell of a claims row: the verdict (in ``**bold**`` with ``bold``), or for a smoke row
+    ``smoke: no verdict (reads <verdict>)``, never bold."""
+    if row.get("smoke"):
+        return f"smoke: no verdict (reads {row['verdict']})"
+    return f"**{row['verdict']}**" if bold else row["verdict"]
+
+
+def _setting(row: dict, with_steps: bool) -> str:
+    """The setting label, with the setting's steps when ``with_steps`` (rows of different budgets)."""
+    steps = (row.get("budget") or {}).get("steps")
+    return row["setting"] + (f" · {steps} steps" if with_steps and steps else "")
+
+
+def _mixed_steps(rows: list[dict]) -> bool:
+    """Whether the rows' records were trained for different numbers of steps."""
+    return len({(r.get("budget") or {}).get("steps") for r in rows}) > 1
+
+
 def format_claims(rows: list[dict], fmt: str = "markdown") -> str:
     """The claims table as a markdown table (``fmt="markdown"``) or plain text lines (``fmt="text"``).
+
+    Verdicts of smoke rows (``row["smoke"]``) are printed as no verdict and never in bold (:func:`shown_verdict`);
+    when the rows' records differ in steps (``row["budget"]["steps"]``), each setting names its steps.
 
     Raises:
         ValueError: unknown ``fmt``.
     """
+    steps = _mixed_steps(rows)
     if fmt == "markdown":
         lines = ["| claim | setting | measured | verdict |", "|---|---|---|---|"]
-        lines += [f"| ({r['claim']}) {r['statement']} | {r['setting']} | {r['measured'].replace('|', '/')} | "
-                  f"**{r['verdict']}** |" for r in rows]
+        lines += [f"| ({r['claim']}) {r['statement']} | {_setting(r, steps)} | {r['measured'].replace('|', '/')} | "
+                  f"{shown_verdict(r, bold=True)} |" for r in rows]
         return "\n".join(lines)
     if fmt == "text":
         out, last = [], None
@@ -215,18 +247,54 @@ def format_claims(rows: list[dict], fmt: str = "markdown") -> str:
             if r["claim"] != last:
                 out.append(f"({r['claim']}) {r['statement']}")
                 last = r["claim"]
-            out.append(f"  [{r['verdict']}] {r['setting']}: {r['measured']}")
+            out.append(f"  [{shown_verdict(r)}] {_setting(r, steps)}: {r['measured']}")
         return "\n".join(out)
     raise ValueError(f"unknown format {fmt!r}; choose 'markdown' or 'text'")
 
 
+def claims_header(records: list[dict]) -> list[str]:
+    """The lines printed above the claims table: :data:`SMOKE_LINE` first when some record is of scale smoke (with
+    how many when not all are), then the caption ``records: N · <budget line>`` (scale, model, recipe, steps, batch
+    size, training tokens with unique tokens and epochs; ranges when budgets are mixed:
+    :func:`~figures._common.budget_line`)."""
+    lines = []
+    smoke = sum(r.get("scale") == "smoke" for r in records)
+    if smoke:
+        lines.append(SMOKE_LINE + ("" if smoke == len(records) else f" ({smoke} of {len(records)} records are smoke)"))
+    lines.append(f"records: {len(records)} · {budget_line(records)}")
+    return lines
+
+
 def summary_counts(rows: list[dict]) -> dict[str, int]:
-    """How many rows have each verdict."""
+    """How many rows have each verdict (smoke rows included: they have a verdict, only not a shown one)."""
     out = {SUPPORTED: 0, NOT_SUPPORTED: 0, INSUFFICIENT: 0}
     for r in rows:
         out[r["verdict"]] += 1
     return out
 
 
-__all__ = ["claims_table", "format_claims", "summary_counts", "CLAIMS", "BC_THRESHOLD", "SUPPORTED",
-           "NOT_SUPPORTED", "INSUFFICIENT"]
+def summary_line(rows: list[dict], n_records: int) -> str:
+    """The last line of the claims output: how many rows have each verdict and how many records were read; smoke
+    rows are counted apart as no verdicts."""
+    real = [r for r in rows if not r.get("smoke")]
+    smoke = [r for r in rows if r.get("smoke")]
+    parts = [", ".join(f"{n} {v}" for v, n in summary_counts(real).items())] if real else []
+    if smoke:
+        parts.append(f"{len(smoke)} smoke rows without verdicts (they read "
+                     + ", ".join(f"{n} {v}" for v, n in summary_counts(smoke).items()) + ")")
+    return "; ".join(parts) + f" ({n_records} records)"
+
+
+def claims_report(records: list[dict], *, aligned: str = "project", fmt: str = "markdown") -> str:
+    """What ``python -m figures claims`` prints: :func:`claims_header`, a blank line, the table
+    (:func:`format_claims`), a blank line and :func:`summary_line`.
+
+    Raises:
+        ValueError: unknown ``fmt``.
+    """
+    rows = claims_table(records, aligned=aligned)
+    return "\n".join([*claims_header(records), "", format_claims(rows, fmt), "", summary_line(rows, len(records))])
+
+
+__all__ = ["claims_table", "format_claims", "claims_header", "claims_report", "summary_line", "summary_counts",
+           "shown_verdict", "SMOKE_LINE", "CLAIMS", "BC_THRESHOLD", "SUPPORTED", "NOT_SUPPORTED", "INSUFFICIENT"]

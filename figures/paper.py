@@ -28,8 +28,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ._common import (ARCH_LABEL, ARCH_ORDER, L0, SAEBENCH_DIR, SPARSITY_LABEL, aggregate, alignments_in, archs_in,
-                      field_getter, finite, load_records, load_saebench, mean_std, pick_dict_size, primary_model,
-                      select)
+                      budget_line, field_getter, finite, load_records, load_saebench, mean_std, pick_dict_size,
+                      primary_model, select)
 
 PNG_DPI = 110
 REPRODUCE = "python -m dictionary_learning_aligned.reproduce"
@@ -52,6 +52,10 @@ def DEAD(r):
     """Dead fraction ``1 - metrics.frac_alive`` (None when missing)."""
     a = ALIVE(r)
     return None if a is None else 1.0 - a
+
+
+#: metrics that are fractions of the features; their axes span at least :data:`FRACTION_SPAN`
+FRACTIONS = (ALIVE, DEAD)
 
 
 def mode_style(alignment: Optional[str]) -> tuple[str, str, str]:
@@ -131,7 +135,10 @@ def _register(name: str, title: str, needs: str):
 
 
 def _annotate(d: Drawn, name: str, title: str) -> None:
-    """Suptitle (figure number, title, model) and caption (scale, tokens, offline note, figure note)."""
+    """Suptitle (figure number, title, model) and caption: the training budget of the records drawn
+    (:func:`~figures._common.budget_line`: scale, recipe, steps, batch size, tokens with unique tokens and epochs;
+    ranges when budgets are mixed), the figure's note and the offline note. Adds one legend for the whole figure in
+    its first panel with labelled artists, unless the drawing placed its own legends."""
     width = d.fig.get_figwidth()
     models, notes, parts = {}, [], []
     for r in d.records:
@@ -141,12 +148,8 @@ def _annotate(d: Drawn, name: str, title: str) -> None:
         models.setdefault(m, None)
         if r.get("offline_note") and r["offline_note"] not in notes:
             notes.append(r["offline_note"])
-    scales = sorted({str(r.get("scale")) for r in d.records})
-    tokens = sorted({r.get("train_tokens") for r in d.records if finite(r.get("train_tokens"))})
     if d.records:
-        parts.append(f"scale: {', '.join(scales)}")
-    if tokens:
-        parts.append("training tokens: " + ", ".join(_tokens(t) for t in tokens))
+        parts.append(budget_line(d.records, model=False))
     if d.note:
         parts.append(d.note)
     head = f"Fig. {name[3:]}: {title}"
@@ -158,19 +161,31 @@ def _annotate(d: Drawn, name: str, title: str) -> None:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
             first = first or ax
-    if handles:
+    if handles and not any(ax.get_legend() for ax in d.fig.axes):
         first.legend(list(handles.values()), list(handles), loc="best")
     caption = "\n".join(textwrap.fill(t, int(width * 17)) for t in [" · ".join(parts), *notes] if t)
     if caption:
         d.fig.supxlabel(caption, fontsize=6.5, color="#444444")
 
 
-def _tokens(n: float) -> str:
-    """``24.6k``, ``20M``, ``2B``."""
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if n >= div:
-            return f"{n / div:.3g}{unit}"
-    return f"{n:g}"
+#: the smallest range a fraction axis (alive or dead fraction) spans, so that a 0.1% difference is not drawn as a
+#: cliff
+FRACTION_SPAN = 0.05
+
+
+def _fraction_axis(ax, span: float = FRACTION_SPAN) -> None:
+    """Widen the y range of a panel of fractions (values in [0, 1]) to at least ``span`` (0 < span <= 1) around its
+    data, kept inside [0, 1] plus a margin of 2% of ``span``, so that small differences look small; a panel whose
+    data already spans ``span`` or more is left as it is."""
+    lo, hi = ax.dataLim.intervaly if ax.has_data() else (np.nan, np.nan)
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi - lo >= span:
+        return
+    lo2, hi2 = (lo + hi - span) / 2, (lo + hi + span) / 2
+    if hi2 > 1.0:
+        lo2, hi2 = lo2 - (hi2 - 1.0), 1.0
+    if lo2 < 0.0:
+        lo2, hi2 = 0.0, hi2 - lo2
+    ax.set_ylim(lo2 - 0.02 * span, hi2 + 0.02 * span)
 
 
 def _panels(ncols: int, nrows: int = 1, w: float = 3.0, h: float = 2.5, extra_h: float = 0.9):
@@ -250,9 +265,12 @@ def _vs_l0(records, archs, rows, *, experiments=("main",), dict_size="main") -> 
         for j, arch in enumerate(present):
             rs = select(recs, archs=[arch])
             n += _xy(axes[i, j], rs, y, label, f"{ARCH_LABEL[arch]}, dict_size {rs[0]['dict_size']}")
+            if y in FRACTIONS:
+                _fraction_axis(axes[i, j])
     if n == 0:
         raise Missing(f"the selected records have no {' / '.join(l for _, l in rows)} values")
-    return Drawn(fig, recs, _seed_note(recs))
+    spans = any(y in FRACTIONS for y, _ in rows)
+    return Drawn(fig, recs, _seed_note(recs) + (f"; fraction axes span at least {FRACTION_SPAN:.0%}" if spans else ""))
 
 
 def _bars(ax, records, value, ylabel, title) -> int:
@@ -516,6 +534,8 @@ def fig12(records, results):
     axes[0, 0].set_xticks(range(len(cats)), [f"{ARCH_LABEL.get(a, a)}\n{d}" for a, d in cats])
     axes[0, 0].set(ylabel="autointerp score", title="per architecture and dict_size\n(mean ± std over SAEs)")
     axes[0, 1].set(xlabel="mean alignment score of the SAE", ylabel="autointerp score", title="per SAE")
+    for ax in axes[0]:  # each panel its own legend: bars on the left, markers and floor(s) on the right
+        ax.legend(loc="best")
     return Drawn(fig, recs, "SAEBench eval_result_metrics.autointerp.autointerp_score; dashed: the score of "
                  "answering 'none' to every example")
 
@@ -619,6 +639,8 @@ def _long(records, rows, curve) -> Drawn:
     for ax, (y, label) in zip(axes[0], rows):
         n += _xy(ax, long + ref, y, label, label, x=TOKENS, xlabel="training tokens")
         ax.set_xscale("log")
+        if y in FRACTIONS:
+            _fraction_axis(ax)
     if logged:
         ax, (key, label) = axes[0, -1], curve
         for r in logged:
@@ -628,6 +650,8 @@ def _long(records, rows, curve) -> Drawn:
             ax.plot(*zip(*pts), color=color, label=f"{lab} s{r['seed']}") if pts else None
         x_is_tokens = any("tokens" in e for r in logged for e in r["training_log"])
         ax.set(title="training curve", xlabel="training tokens" if x_is_tokens else "step", ylabel=label)
+        if key.startswith("dead_fraction"):
+            _fraction_axis(ax)
     if n == 0 and not logged:
         raise Missing(f"the 'long' records have no {' / '.join(l for _, l in rows)} values and no training_log")
     cfg = ", ".join(f"{ARCH_LABEL[a]} d={d} {v:g}" for a, d, v in sorted(configs))

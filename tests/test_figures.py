@@ -101,7 +101,7 @@ def test_model_and_offline_note_are_stated(store):
     assert title.startswith("Fig. 2: ReLU")
     assert "smollm2-135m-instruct (offline substitute for EleutherAI/pythia-160m-deduped)" in " ".join(title.split())
     assert max(len(line) for line in title.split("\n")) <= int(d.fig.get_figwidth() * 12.5)  # wrapped to fit
-    assert "offline substitute: SmolLM2-135M-Instruct" in caption and "scale: smoke" in caption
+    assert "offline substitute: SmolLM2-135M-Instruct" in caption and "scale smoke" in caption
     assert "error bars: std over seeds" in " ".join(caption.split())
 
 
@@ -155,7 +155,7 @@ def test_cli(store, tmp_path, capsys):
     capsys.readouterr()
     assert main(["claims", "--results", str(store), "--format", "text"]) == 0
     text = capsys.readouterr().out
-    assert "(a) standard SAEs have bimodal" in text and "[supported]" in text
+    assert "(a) standard SAEs have bimodal" in text and "[smoke: no verdict (reads supported)]" in text
     assert main(["claims", "--results", str(tmp_path / "nowhere")]) == 2
 
 

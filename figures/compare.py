@@ -1,0 +1,119 @@
+"""Two claims tables side by side: the verdict, key numbers and training budget of each claim and setting in two
+results stores (e.g. the faithful-budget store next to the 2,442-step one), for a note that says what changed.
+
+``python -m figures claims --results STORE_A --compare STORE_B`` prints :func:`compare_claims`.
+"""
+
+from __future__ import annotations
+
+from ._common import budget_line
+from .claims import CLAIMS, INSUFFICIENT, NOT_SUPPORTED, SUPPORTED, SMOKE_LINE, claims_table, shown_verdict
+
+_SHORT = {SUPPORTED: "yes", NOT_SUPPORTED: "no", INSUFFICIENT: "n/a"}
+
+
+def _pct(x) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def key_numbers(row: dict) -> str:
+    """The few numbers a claims row's verdict rests on, from its ``values`` (see :func:`figures.claims_table`):
+
+    * (a) mean Sarle's coefficient of the standard records and how many are above 5/9;
+    * (b) the largest aligned dead fraction over the sparsity settings (percent), and the standard one;
+    * (c) the range of aligned minus standard CE loss recovered and at how many points aligned is lower beyond the
+      seed spread;
+    * (d) mean MCS aligned vs standard over the sparsity settings and at how many aligned is higher;
+    * (e) the verdicts of (b), (c), (d) as yes / no / n/a.
+
+    Returns ``"—"`` when the row has no numbers (insufficient data)."""
+    v, c = row.get("values") or {}, row["claim"]
+    if c == "a" and v:
+        return f"BC {v['mean']:.2f}, {v['above']}/{v['n']} > 5/9"
+    if c == "b" and v.get("points"):
+        ali = max(p["aligned"] for p in v["points"])
+        std = [p["standard"] for p in v["points"] if p.get("standard") is not None]
+        return f"aligned dead ≤ {_pct(ali)}" + (f" (standard ≤ {_pct(max(std))})" if std else "")
+    if c == "c" and v.get("points"):
+        d = [p["diff"] for p in v["points"]]
+        span = f"{min(d):+.3f}" if len(d) == 1 else f"{min(d):+.3f} to {max(d):+.3f}"
+        return f"Δ CE {span}, lower at {v['lower']}/{len(d)}"
+    if c == "d" and v.get("points"):
+        n = len(v["points"])
+        a, s = (sum(p[k] for p in v["points"]) / n for k in ("aligned", "standard"))
+        return f"MCS {a:.3f} vs {s:.3f}, higher at {v['higher']}/{n}"
+    if c == "e" and v:
+        return ", ".join(f"{k} {_SHORT.get(x, x)}" for k, x in v.items())
+    return "—"
+
+
+def _keyed(rows: list[dict]) -> dict:
+    """Rows by (claim, experiment, arch, dict_size), with the model added where a store has several models for
+    one such key."""
+    count: dict = {}
+    for r in rows:
+        k = (r["claim"], r["experiment"], r["arch"], r["dict_size"])
+        count[k] = count.get(k, 0) + 1
+    return {(r["claim"], r["experiment"], r["arch"], r["dict_size"])
+            + ((r["model"],) if count[(r["claim"], r["experiment"], r["arch"], r["dict_size"])] > 1 else ()): r
+            for r in rows}
+
+
+def _cell(row, bold: bool) -> tuple[str, str]:
+    """(verdict, ``[steps] key numbers``) of one store's row, or dashes when the store lacks the setting."""
+    if row is None:
+        return "—", "not in this store"
+    steps = (row.get("budget") or {}).get("steps")
+    return shown_verdict(row, bold=bold), (f"[{steps} steps] " if steps else "") + key_numbers(row)
+
+
+def compare_claims(records_a: list[dict], records_b: list[dict], labels: tuple[str, str] = ("A", "B"), *,
+                   aligned: str = "project", fmt: str = "markdown") -> str:
+    """The claims tables of two stores side by side.
+
+    Args:
+        records_a, records_b: the records of the two stores.
+        labels: their names in the output (e.g. the store folders).
+        aligned: the alignment mode compared with standard in both.
+        fmt: ``"markdown"`` (one table: claim, setting, then verdict and ``[steps] key numbers`` per store) or
+            ``"text"`` (one line per claim and setting).
+
+    Returns:
+        the text: :data:`~figures.claims.SMOKE_LINE` first when either store holds smoke records, one budget line
+        per store (:func:`~figures._common.budget_line`), the table (settings of either store; a setting missing
+        from one reads "—"), the claims' statements, and a last line counting the settings present in both whose
+        verdict changed.
+
+    Raises:
+        ValueError: unknown ``fmt``.
+    """
+    if fmt not in ("markdown", "text"):
+        raise ValueError(f"unknown format {fmt!r}; choose 'markdown' or 'text'")
+    a, b = _keyed(claims_table(records_a, aligned=aligned)), _keyed(claims_table(records_b, aligned=aligned))
+    order = list(a) + [k for k in b if k not in a]
+    order.sort(key=lambda k: list(CLAIMS).index(k[0]))  # stable: each store's setting order within a claim
+    lines = [SMOKE_LINE] if any(r.get("scale") == "smoke" for r in records_a + records_b) else []
+    lines += [f"{lab}: {len(recs)} records · {budget_line(recs)}"
+              for lab, recs in zip(labels, (records_a, records_b))]
+    lines.append("")
+    if fmt == "markdown":
+        lines += [f"| claim | setting | {labels[0]} | {labels[0]}: [steps] key numbers | {labels[1]} | "
+                  f"{labels[1]}: [steps] key numbers |", "|---|---|---|---|---|---|"]
+    for k in order:
+        ra, rb = a.get(k), b.get(k)
+        setting = (ra or rb)["setting"]
+        (va, na), (vb, nb) = _cell(ra, fmt == "markdown"), _cell(rb, fmt == "markdown")
+        if fmt == "markdown":
+            lines.append(f"| ({k[0]}) | {setting} | {va} | {na} | {vb} | {nb} |")
+        else:
+            lines.append(f"({k[0]}) {setting}: {labels[0]} [{va}] {na} | {labels[1]} [{vb}] {nb}")
+    both = [k for k in order if k in a and k in b]
+    changed = [k for k in both if a[k]["verdict"] != b[k]["verdict"]]
+    lines += ["", *(f"({c}) {s}" for c, s in CLAIMS.items()), "",
+              f"verdict changed in {len(changed)} of {len(both)} settings present in both stores"
+              + (f"; {len(a) - len(both)} only in {labels[0]}, {len(b) - len(both)} only in {labels[1]}"
+                 if len(both) < len(order) else "")]
+    return "\n".join(lines)
+
+
+__all__ = ["compare_claims", "key_numbers"]
