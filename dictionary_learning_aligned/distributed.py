@@ -15,6 +15,7 @@ weights on every rank.
 
 from __future__ import annotations
 
+import datetime
 import os
 from typing import Optional
 
@@ -37,12 +38,14 @@ def world_size() -> int:
     return dist.get_world_size() if is_initialized() else 1
 
 
-def init_from_env(backend: Optional[str] = None) -> tuple[int, int, int]:
+def init_from_env(backend: Optional[str] = None, timeout: Optional[datetime.timedelta] = None
+                  ) -> tuple[int, int, int]:
     """Initialise the default process group from torchrun's environment (``RANK``, ``WORLD_SIZE``,
     ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``); without those variables nothing is initialised.
 
     Args:
         backend: ``"nccl"`` or ``"gloo"`` (default: nccl when CUDA is available, else gloo).
+        timeout: how long a collective (e.g. a barrier while process 0 harvests) may wait (default: torch's).
 
     Returns:
         ``(rank, world_size, local_rank)``; ``(0, 1, 0)`` for a plain single process.
@@ -53,7 +56,7 @@ def init_from_env(backend: Optional[str] = None) -> tuple[int, int, int]:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend=backend, **({"timeout": timeout} if timeout is not None else {}))
     return dist.get_rank(), dist.get_world_size(), local_rank
 
 

@@ -2,10 +2,14 @@
 a concrete grid at a scale:
 
 * ``smoke``: CPU in minutes, offline model, tiny dictionaries (checks the pipeline, not the science);
-* ``small``: one GPU, the offline default SmolLM2-135M-Instruct (layer 12) on local text, 20M tokens; the
-  ``gemma`` experiment uses the offline Gemma-3-270M (layer 8) instead, a second model family (smoke too);
+* ``small``: one GPU, the offline default SmolLM2-135M-Instruct (layer 12) on local text, 100M tokens per
+  dictionary at batch 2048 (48,829 steps) under the SAEBench baseline recipe (:data:`RECIPES` ``"saebench"``);
+  the ``gemma`` experiment uses the offline Gemma-3-270M (layer 8) instead, a second model family (smoke too);
 * ``paper``: the paper's models (Pythia-160M layer 8, Gemma-2-2B layer 12) on the Pile, 500M tokens (needs the
-  hub); token budget and widths as the SAEBench baseline suite (dictionary_learning_demo).
+  hub); token budget, recipe and widths as the SAEBench baseline suite (dictionary_learning_demo).
+
+Each scale trains under a :class:`Recipe` (:data:`SCALE_RECIPE`): batch size, learning rate and the schedule's
+warmups, named in every record.
 
 The paper's text gives neither its sparsity grid nor its token budget; the values here cover its range of L0
 (about 10 to 200) and are our choice. Architectures, their sparsity parameter and default sweep values come from
@@ -23,6 +27,68 @@ from . import registry
 OFFLINE_MODEL = "smollm2-135m-instruct"
 OFFLINE_LAYER = 12
 SCALES = ("smoke", "small", "paper")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a dictionary is trained, apart from its architecture and sparsity: batch size, learning rate and the
+    schedule's fixed step counts.
+
+    A field left None keeps the architecture's own setting: its default learning rate, or its schedule scaled to
+    the run (``Architecture.schedule``: e.g. lr warmup 5% of the steps). Fixed step counts are capped at a quarter
+    of the run, so a short run (``--tokens``) keeps a valid schedule; the settings used are in each trainer's
+    ``config.json`` and record.
+
+    Attributes:
+        name: the recipe's name in records (``"saebench"``, ``"scaled"``).
+        batch_size: activations per step.
+        lr: Adam learning rate for every architecture (None: each trainer's default).
+        steps_fixed: schedule settings in steps, by trainer argument (``warmup_steps``, ``sparsity_warmup_steps``,
+            ``threshold_start_step``, ``anneal_start``), applied where the architecture's schedule has them.
+        decay_start_fraction: the lr decay starts at this fraction of the run (None: the architecture's).
+        source: where the recipe comes from.
+    """
+
+    name: str
+    batch_size: int
+    lr: Optional[float] = None
+    steps_fixed: tuple = ()
+    decay_start_fraction: Optional[float] = None
+    source: str = ""
+
+    def schedule(self, arch: "registry.Architecture", steps: int) -> dict:
+        """The trainer arguments of ``arch`` that this recipe sets for a run of ``steps`` steps: the
+        architecture's scaled schedule with the recipe's fixed step counts, decay start and learning rate.
+
+        Raises:
+            ValueError: ``steps < 1``.
+        """
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        cfg = dict(arch.schedule(steps))
+        for key, value in self.steps_fixed:
+            if key in cfg:
+                cfg[key] = max(1, min(value, steps // 4))
+        if self.decay_start_fraction is not None and cfg.get("decay_start") is not None:
+            cfg["decay_start"] = max(2, int(self.decay_start_fraction * steps))
+        if self.lr is not None:
+            cfg["lr"] = self.lr
+        return cfg
+
+
+#: ``scaled``: every schedule setting a fraction of the run (the architecture's own schedule and learning rate);
+#: ``saebench``: the SAEBench baseline suite's recipe as dictionary_learning_demo (demo_config.py) applies it to
+#: every architecture: batch 2048, lr 3e-4, lr warmup 1000 steps, sparsity warmup 5000 steps, decay from 80% of
+#: the run; TopK-family thresholds tracked from step 1000 (the trainers' default) and p annealed from step 10000.
+RECIPES = {r.name: r for r in [
+    Recipe("scaled", batch_size=1024, source="this library: every schedule setting a fraction of the run"),
+    Recipe("saebench", batch_size=2048, lr=3e-4,
+           steps_fixed=(("warmup_steps", 1000), ("sparsity_warmup_steps", 5000), ("threshold_start_step", 1000),
+                        ("anneal_start", 10_000)),
+           decay_start_fraction=0.8, source="SAEBench baselines (dictionary_learning_demo demo_config.py)"),
+]}
+#: the recipe each scale trains under
+SCALE_RECIPE = {"smoke": "scaled", "small": "saebench", "paper": "saebench"}
 #: Gemma-3-270M's layer at the paper's relative depth for Gemma-2-2B: layer 12 of 26 blocks is at 12/26 = 0.46
 #: of the depth; 0.46 * 18 blocks = 8.3, so layer 8 (8/18 = 0.44; layer 9 would be 0.50)
 GEMMA3_LAYER = 8
@@ -58,7 +124,7 @@ class Experiment:
     dict_sizes: tuple = (4096,)
     sparsity: dict = field(default_factory=lambda: {a.name: a.sparsity_values for a in registry.architectures()})
     seeds: int = 3
-    tokens: dict = field(default_factory=lambda: {"smoke": 24_576, "small": 20_000_000, "paper": 500_000_000})
+    tokens: dict = field(default_factory=lambda: {"smoke": 24_576, "small": 100_000_000, "paper": 500_000_000})
     offline_model: str = OFFLINE_MODEL
     offline_layer: int = OFFLINE_LAYER
     layer_note: str = ""
@@ -106,6 +172,7 @@ class Plan:
     tokens: int
     offline_note: str
     runs: tuple
+    recipe: Recipe = RECIPES["scaled"]
 
 
 def resolve(name: str, scale: str, corpus: Optional[str] = None) -> Plan:
@@ -137,7 +204,7 @@ def resolve(name: str, scale: str, corpus: Optional[str] = None) -> Plan:
     runs = tuple(Run(exp.name, arch, al, d, registry.get(arch).sparsity_param, v, seed)
                  for d in exp.dict_sizes for arch in exp.archs for v in exp.sparsity[arch]
                  for al in exp.alignments for seed in range(exp.seeds))
-    return Plan(exp, scale, model, layer, corpus_used, exp.tokens[scale], note, runs)
+    return Plan(exp, scale, model, layer, corpus_used, exp.tokens[scale], note, runs, RECIPES[SCALE_RECIPE[scale]])
 
 
 _OFFLINE_TITLES = {OFFLINE_MODEL: "SmolLM2-135M-Instruct", "gemma-3-270m": "Gemma-3-270M"}

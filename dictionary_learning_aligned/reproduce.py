@@ -11,6 +11,7 @@ finished entries.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import math
 import sys
@@ -24,17 +25,18 @@ from typing import Optional
 import torch
 from simple_parsing.helpers import choice, field
 
+from . import distributed as _dist
 from . import registry
 from .cli import default_device
 from .dtypes import AUTOCAST_CHOICES, autocast_dtype, check_device, comma_list
-from .experiments import EXPERIMENTS, SCALES, Plan, Run, resolve
+from .experiments import EXPERIMENTS, RECIPES, SCALES, Plan, Run, resolve
 from .records import SCHEMA_VERSION, group_id, has_record, record_id, write_record
 
 
 def trainer_config(run: Run, activation_dim: int, steps: int, plan: Plan) -> dict:
     """The ``trainSAE`` config of one run: the architecture's trainer from the registry (its aligned version when
-    ``alignment`` is set), the run's sparsity value, and the architecture's schedule scaled to ``steps``
-    (``Architecture.schedule``: e.g. lr warmup 5%, sparsity warmup 10%, decay from 80%).
+    ``alignment`` is set), the run's sparsity value, and the plan's recipe for ``steps`` steps
+    (:meth:`.experiments.Recipe.schedule`: learning rate, warmups, decay start).
 
     Raises:
         ValueError: an architecture that is not registered.
@@ -42,7 +44,7 @@ def trainer_config(run: Run, activation_dim: int, steps: int, plan: Plan) -> dic
     arch = registry.get(run.arch)
     cfg = dict(trainer=arch.trainer_for(run.alignment).__name__, steps=steps, activation_dim=activation_dim,
                dict_size=run.dict_size, layer=plan.layer, lm_name=plan.model, seed=run.seed,
-               submodule_name=f"layers.{plan.layer}", **arch.schedule(steps))
+               submodule_name=f"layers.{plan.layer}", **plan.recipe.schedule(arch, steps))
     if run.alignment:
         cfg["alignment"] = run.alignment
     value = run.sparsity_value
@@ -68,6 +70,8 @@ class _Part:
     cache: Optional[str]
     preload: bool
     compile_stacks: bool = False
+    rank: int = 0
+    world_size: int = 1
     lm: object = None
     submodule: object = None
     d_model: int = 0
@@ -87,18 +91,26 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
                    epochs: int = 1, seeds: Optional[int] = None, preload: Optional[bool] = None,
                    sparsity: Optional[list] = None, chunk: Optional[int] = None, verbose: bool = True,
                    use_wandb: bool = False, wandb_project: str = "", command: Optional[str] = None,
-                   compile_stacks: bool = False) -> list[str]:
-    """Train, evaluate and record every missing dictionary of an experiment; returns the ids written.
+                   compile_stacks: bool = False, recipe: Optional[str] = None) -> list[str]:
+    """Train, evaluate and record every missing dictionary of an experiment; returns the ids written (by this
+    process).
 
-    The steps: :func:`select_runs` (the grid points still missing from the store), then per part of one
-    dictionary size (:func:`_chunks`) :func:`train_part`, :func:`evaluate_part` and :func:`record_part`.
+    The steps: :func:`select_runs` (the grid points still missing from the store), this process' share of them
+    (:func:`spread_runs`), then per part of one dictionary size (:func:`_chunks`) :func:`train_part`,
+    :func:`evaluate_part` and :func:`record_part`.
+
+    Several GPUs: run under ``torchrun --nproc_per_node N`` (one process per GPU). The grid is spread over the
+    processes in whole stacks (:func:`spread_runs`); process ``r`` uses ``cuda:r`` (its ``LOCAL_RANK``) when
+    ``device`` is ``cuda``; with ``cache``, process 0 harvests the cache once while the others wait, and each
+    process then reads (or preloads onto its GPU) the same cache. Processes do not communicate while training,
+    so each writes its own records as its parts finish.
 
     Args:
         name, scale: see :func:`.experiments.resolve`.
         results: the results store folder (created if missing; existing records are kept and skipped).
         device: default ``cuda`` when available, else ``cpu``.
         corpus: training text for smoke/small (default: bundled corpus).
-        batch_size: activations per step (default 1024 for smoke, 8192 otherwise).
+        batch_size: activations per step (default: the recipe's, 2048 at small and paper scale, 1024 at smoke).
         autocast: ``"auto"`` (bfloat16 on GPU, none on CPU), ``"bfloat16"`` or ``"float32"``.
         eval_batches, ce_batches, ce_batch_size: held-out evaluation size.
         archs, dict_sizes: train only this part of the grid now (the rest is left for later invocations, e.g.
@@ -120,40 +132,109 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
         command: the command line recorded in each record (default: the module alias and ``sys.argv``).
         compile_stacks: ``torch.compile`` each stack of same-shape dictionaries (``trainSAE(compile_stacks=True)``;
             the dictionaries are trained as stacks either way, see :mod:`.stacked`).
+        recipe: a key of :data:`.experiments.RECIPES` instead of the scale's recipe (batch size, learning rate,
+            warmups; recorded as ``recipe``).
 
     Raises:
-        ValueError: unknown experiment/scale, a bad device, bad tokens/epochs/seeds/batch and evaluation sizes, or
-            ``epochs > 1`` without ``cache`` (all checked before the model is loaded).
+        ValueError: unknown experiment/scale/recipe, a bad device, bad tokens/epochs/seeds/batch and evaluation
+            sizes, or ``epochs > 1`` without ``cache`` (all checked before the model is loaded).
     """
     plan = resolve(name, scale, corpus)
+    if recipe is not None:
+        if recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
+        plan = dataclasses.replace(plan, recipe=RECIPES[recipe])
     _check_sizes(plan, tokens, epochs, cache, seeds, chunk, batch_size, eval_batches, ce_batches, ce_batch_size)
     device = device or default_device()
     check_device(device, "--device")
-    batch_size = batch_size or (1024 if scale == "smoke" else 8192)
+    batch_size = batch_size or plan.recipe.batch_size
     total_tokens = tokens or plan.tokens
     store = Path(results)
     store.mkdir(parents=True, exist_ok=True)
     todo = select_runs(plan, store, archs, dict_sizes, seeds, sparsity)
-    print(f"{name} @ {scale}: {len(plan.runs)} dictionaries in the grid, {len(todo)} to train"
-          + (f" ({plan.offline_note})" if plan.offline_note else ""))
+    started_group = not _dist.is_initialized()
+    rank, world, local_rank = _dist.init_from_env("gloo", timeout=datetime.timedelta(hours=24))
+    try:
+        return _run_share(plan, store, todo, rank, world, _process_device(device, local_rank, world), dict(
+            name=name, scale=scale, batch_size=batch_size, total_tokens=total_tokens, epochs=epochs, cache=cache,
+            preload=preload, verbose=verbose, use_wandb=use_wandb, wandb_project=wandb_project,
+            compile_stacks=compile_stacks, command=command, autocast=autocast), chunk,
+            (eval_batches, ce_batches, ce_batch_size))
+    finally:
+        if started_group and _dist.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _run_share(plan: Plan, store: Path, todo: list[Run], rank: int, world: int, device: str, settings: dict,
+               chunk: Optional[int], eval_sizes: tuple) -> list[str]:
+    """:func:`run_experiment` after its checks, in process ``rank`` of ``world`` on ``device``: its share of
+    ``todo`` (:func:`spread_runs`), the cache harvested once, then train, evaluate and record part by part."""
+    name, scale, batch_size = settings["name"], settings["scale"], settings["batch_size"]
+    mine = spread_runs(todo, rank, world)
+    print(f"{_who(rank, world)}{name} @ {scale}: {len(plan.runs)} dictionaries in the grid, {len(todo)} to train"
+          + (f", {len(mine)} of them here on {device}" if world > 1 else "")
+          + f"; recipe {plan.recipe.name}, batch {batch_size}" + (f" ({plan.offline_note})" if plan.offline_note else ""))
     if not todo:
         return []
-    ctx = _Part(name=name, scale=scale, plan=plan, store=store, device=device, batch_size=batch_size,
-                amp=autocast_dtype(autocast, device), steps=-(-total_tokens // batch_size),  # whole batches
-                total_tokens=total_tokens, unique_tokens=-(-total_tokens // epochs), epochs=epochs, cache=cache,
-                preload=torch.device(device).type == "cuda" if preload is None else preload, verbose=verbose,
-                use_wandb=use_wandb, wandb_project=wandb_project, compile_stacks=compile_stacks,
-                command=command or " ".join([Path(sys.executable).name, "-m", "dictionary_learning_aligned.reproduce"]
-                                            + sys.argv[1:]))
-    _load_model_and_eval_data(ctx, eval_batches, ce_batches, ce_batch_size)
+    settings = dict(settings)
+    amp = autocast_dtype(settings.pop("autocast"), device)
+    if settings["preload"] is None:
+        settings["preload"] = torch.device(device).type == "cuda"
+    settings["command"] = settings["command"] or " ".join(
+        [Path(sys.executable).name, "-m", "dictionary_learning_aligned.reproduce"] + sys.argv[1:])
+    ctx = _Part(plan=plan, store=store, device=device, amp=amp, rank=rank, world_size=world,
+                steps=-(-settings["total_tokens"] // batch_size),  # whole batches
+                unique_tokens=-(-settings["total_tokens"] // settings["epochs"]), **settings)
+    if mine or (rank == 0 and ctx.cache is not None):
+        _load_model_and_eval_data(ctx, *eval_sizes)
+    _harvest_once(ctx)
     written = []
-    parts = [part for d in sorted({r.dict_size for r in todo})
-             for part in _chunks([r for r in todo if r.dict_size == d], chunk)]
+    parts = [part for d in sorted({r.dict_size for r in mine})
+             for part in _chunks([r for r in mine if r.dict_size == d], chunk)]
     for j, runs in enumerate(parts):
         run_dir, trainers, train_s = train_part(ctx, runs, j)
         dictionaries, metrics = evaluate_part(ctx, runs, run_dir)
         written += record_part(ctx, runs, run_dir, trainers, train_s, dictionaries, metrics)
     return written
+
+
+def spread_runs(runs: list[Run], rank: int, world: int) -> list[Run]:
+    """The share of ``runs`` that process ``rank`` of ``world`` trains: whole stacks (the runs of one dictionary
+    size and architecture, trained as one batched model) go to one process, the largest first onto the least
+    loaded process (load: dictionaries x dict_size); with fewer stacks than processes, whole seed groups instead.
+    Every process computes the same assignment from the same ``runs``.
+
+    Raises:
+        ValueError: ``world < 1`` or ``rank`` outside ``0..world-1``.
+    """
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"rank must be in 0..world-1 and world >= 1, got rank {rank}, world {world}")
+    if world == 1:
+        return list(runs)
+    key = (lambda r: (r.dict_size, r.arch)) if len({(r.dict_size, r.arch) for r in runs}) >= world else _gid
+    units: dict = {}
+    for r in runs:
+        units.setdefault(key(r), []).append(r)
+    loads, owner = [0] * world, {}
+    for k in sorted(units, key=lambda k: (-len(units[k]) * units[k][0].dict_size, str(k))):
+        owner[k] = loads.index(min(loads))
+        loads[owner[k]] += len(units[k]) * units[k][0].dict_size
+    return [r for r in runs if owner[key(r)] == rank]
+
+
+def _process_device(device: str, local_rank: int, world: int) -> str:
+    """This process' device: ``cuda`` becomes ``cuda:LOCAL_RANK`` (and is made current) when several processes
+    share the grid; any other device is used as given."""
+    if world > 1 and device == "cuda":
+        device = f"cuda:{local_rank}"
+    if torch.device(device).type == "cuda" and torch.device(device).index is not None:
+        torch.cuda.set_device(torch.device(device))
+    return device
+
+
+def _who(rank: int, world: int) -> str:
+    """A ``[process r/N] `` prefix for messages when several processes share the grid, else nothing."""
+    return f"[process {rank}/{world}] " if world > 1 else ""
 
 
 def _check_sizes(plan: Plan, tokens, epochs, cache, seeds, chunk, batch_size, eval_batches, ce_batches,
@@ -228,22 +309,40 @@ def _load_model_and_eval_data(ctx: _Part, eval_batches: int, ce_batches: int, ce
     ctx.ce_reference = [ce_losses(ctx.lm, ctx.submodule, None, t) for t in ctx.ce_tokens]
 
 
-def _train_data(ctx: _Part):
-    """The training activations: a fresh buffer, or (with a cache folder) the cached harvest of the plan's
-    model, layer, corpus and token count, built first when missing."""
-    if ctx.cache is None:
-        return _buffer(ctx, "train", min(8000, max(64, ctx.total_tokens // 128 // 4)))
-    from .cache import ActivationCache, build_cache, clear_unfinished
-
+def _cache_meta(ctx: _Part) -> tuple[Path, dict]:
+    """Where the plan's activation cache lives under ``ctx.cache`` and the metadata it must carry (model,
+    layer, corpus, context length...)."""
     plan = ctx.plan
     meta = {"model": plan.model, "layer": plan.layer, "io": "out", "corpus": plan.corpus or "bundled",
             "split": "train", "ctx_len": 128, "remove_bos": True, "max_norm_multiple": 10.0}
     tag = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{plan.model}_L{plan.layer}_"
                   f"{Path(str(plan.corpus)).name if plan.corpus else 'bundled'}_{ctx.unique_tokens}")
-    path = Path(ctx.cache) / tag
-    if not clear_unfinished(path):  # an interrupted build of ours is started again; nothing else is deleted
+    return Path(ctx.cache) / tag, meta
+
+
+def _harvest_once(ctx: _Part) -> None:
+    """With a cache folder: process 0 harvests the plan's cache when it is missing (an interrupted build of ours
+    is started again; nothing else is deleted) while every other process waits for it."""
+    if ctx.cache is None:
+        return
+    from .cache import build_cache, clear_unfinished
+
+    path, meta = _cache_meta(ctx)
+    if ctx.rank == 0 and not clear_unfinished(path):
         build_cache(_buffer(ctx, "train", min(8000, max(64, ctx.unique_tokens // 128 // 4))), path,
                     ctx.unique_tokens, meta)
+    if ctx.world_size > 1:
+        torch.distributed.barrier()
+
+
+def _train_data(ctx: _Part):
+    """The training activations: a fresh buffer, or (with a cache folder) the cached harvest of the plan's
+    model, layer, corpus and token count (built by :func:`_harvest_once`)."""
+    if ctx.cache is None:
+        return _buffer(ctx, "train", min(8000, max(64, ctx.total_tokens // 128 // 4)))
+    from .cache import ActivationCache
+
+    path, meta = _cache_meta(ctx)
     return ActivationCache(path, batch_size=ctx.batch_size, seed=0, device=ctx.device, expect=meta,
                            epochs=ctx.epochs, preload=ctx.preload)
 
@@ -254,7 +353,8 @@ def train_part(ctx: _Part, runs: list[Run], j: int) -> tuple[Path, list, float]:
     from .training import trainSAE
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = ctx.store / "dictionaries" / f"{ctx.name}__{ctx.scale}__d{runs[0].dict_size}__{stamp}__{j}"
+    part = f"{j}" if ctx.world_size == 1 else f"p{ctx.rank}-{j}"  # processes may start a part in the same second
+    run_dir = ctx.store / "dictionaries" / f"{ctx.name}__{ctx.scale}__d{runs[0].dict_size}__{stamp}__{part}"
     t0 = time.time()
     trainers = trainSAE(_train_data(ctx), [trainer_config(r, ctx.d_model, ctx.steps, ctx.plan) for r in runs],
                         ctx.steps, save_dir=run_dir, normalize_activations=True, device=ctx.device,
@@ -317,7 +417,8 @@ def _record(ctx: _Part, r: Run, gid: str, trainer, ae, m: dict, stab: Optional[d
         "model": plan.model, "paper_model": plan.experiment.paper_model, "offline_note": plan.offline_note,
         "layer": plan.layer, "corpus": plan.corpus or "bundled", "train_tokens": trainer.tokens_seen,
         "plan_tokens": plan.tokens, "unique_tokens": min(ctx.unique_tokens, trainer.tokens_seen),
-        "epochs": ctx.epochs, "arch": r.arch, "alignment": r.alignment, "dict_size": r.dict_size,
+        "epochs": ctx.epochs, "recipe": plan.recipe.name, "steps": ctx.steps, "batch_size": ctx.batch_size,
+        "trained_on": {"device": ctx.device, "process": ctx.rank, "processes": ctx.world_size}, "arch": r.arch, "alignment": r.alignment, "dict_size": r.dict_size,
         "sparsity": {"name": r.sparsity_name, "value": r.sparsity_value}, "seed": r.seed,
         "group": gid, "trainer": trainer.config, "metrics": m, "alignment_scores": summary,
         "per_feature": {
@@ -396,7 +497,10 @@ class ReproduceConfig:
     """training text for smoke/small: a txt/jsonl(.gz) file or folder, or a Hugging Face dataset (default: the
     bundled corpus)"""
     batch_size: Optional[int] = None
-    """activations per training step (default: 1024 at smoke scale, 8192 otherwise)"""
+    """activations per training step (default: the recipe's: 2048 at small and paper scale, 1024 at smoke)"""
+    recipe: Optional[str] = choice(*RECIPES, default=None)
+    """training recipe instead of the scale's (saebench at small and paper scale: batch 2048, lr 3e-4, warmups
+    1000/5000 steps, lr decay over the last fifth; scaled at smoke: every schedule setting a fraction of the run)"""
     autocast: str = choice(*AUTOCAST_CHOICES, default="auto")
     """autocast dtype of SAE training (auto: bfloat16 on CUDA, float32 on CPU)"""
     archs: Optional[str] = None
@@ -457,7 +561,7 @@ def run_config(cfg: ReproduceConfig, command: Optional[str] = None) -> list[str]
         cache=cfg.cache, tokens=cfg.tokens, epochs=cfg.epochs, seeds=cfg.seeds,
         preload=False if cfg.no_preload else None, eval_batches=cfg.eval_batches, ce_batches=cfg.ce_batches,
         ce_batch_size=cfg.ce_batch_size, chunk=cfg.chunk, verbose=cfg.verbose, use_wandb=cfg.wandb,
-        wandb_project=cfg.wandb_project, command=command, compile_stacks=cfg.compile,
+        wandb_project=cfg.wandb_project, command=command, compile_stacks=cfg.compile, recipe=cfg.recipe,
         sparsity=comma_list(cfg.sparsity, float, "--sparsity", allow_empty=False)
         if cfg.sparsity is not None else None)
 

@@ -6,7 +6,7 @@ import pytest
 from dictionary_learning_aligned import experiments
 from dictionary_learning_aligned.experiments import EXPERIMENTS, Experiment, resolve
 from dictionary_learning_aligned.records import iter_records
-from dictionary_learning_aligned.reproduce import main, run_experiment, trainer_config
+from dictionary_learning_aligned.reproduce import main, run_experiment, spread_runs, trainer_config
 
 
 def test_every_paper_experiment_resolves_at_every_scale():
@@ -23,7 +23,9 @@ def test_every_paper_experiment_resolves_at_every_scale():
                 assert plan.model == exp.offline_model and "offline substitute" in plan.offline_note
     assert figs >= {2, 3, 4, 5, 6, 7, 8, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20}
     main_small = resolve("main", "small")
-    assert main_small.tokens >= 20_000_000 and {r.seed for r in main_small.runs} == {0, 1, 2}
+    assert main_small.tokens == 100_000_000 and {r.seed for r in main_small.runs} == {0, 1, 2}
+    assert main_small.recipe.name == "saebench" and main_small.recipe.batch_size == 2048
+    assert resolve("main", "smoke").recipe.name == "scaled"
     assert {r.arch for r in main_small.runs} == {"relu", "topk", "batchtopk", "panneal"}
     with pytest.raises(ValueError, match="unknown experiment"):
         resolve("nope", "small")
@@ -37,6 +39,70 @@ def test_trainer_configs_differ_only_by_alignment():
     std, ali = (trainer_config(r, 576, 2441, plan) for r in sorted(runs, key=lambda r: r.alignment or ""))
     assert std.pop("trainer") == "TopKTrainer" and ali.pop("trainer") == "AlignedTopKTrainer"
     assert ali.pop("alignment") == "project" and std == ali and std["k"] == 64
+
+
+def test_saebench_recipe_sets_lr_and_fixed_warmups_capped_for_short_runs():
+    plan = resolve("main", "small")
+    steps = -(-plan.tokens // plan.recipe.batch_size)
+    assert steps == 48_829
+    by_arch = {r.arch: trainer_config(r, 576, steps, plan) for r in plan.runs}
+    for cfg in by_arch.values():
+        assert cfg["lr"] == 3e-4 and cfg["warmup_steps"] == 1000 and cfg["decay_start"] == int(0.8 * steps)
+    assert by_arch["relu"]["sparsity_warmup_steps"] == 5000 == by_arch["panneal"]["sparsity_warmup_steps"]
+    assert by_arch["topk"]["threshold_start_step"] == 1000 and by_arch["panneal"]["anneal_start"] == 10_000
+    short = trainer_config(plan.runs[0], 576, 400, plan)  # a short run keeps a valid schedule
+    assert short["warmup_steps"] == 100 and short["sparsity_warmup_steps"] == 100 and short["decay_start"] == 320
+    smoke = resolve("main", "smoke")
+    assert "lr" not in trainer_config(smoke.runs[0], 64, 24, smoke)  # the scaled recipe keeps trainer defaults
+    with pytest.raises(ValueError, match="unknown recipe"):
+        run_experiment("main", "smoke", "/nonexistent-store", device="cpu", recipe="fast")
+
+
+def test_spread_runs_gives_each_process_whole_stacks():
+    runs = list(resolve("main", "small").runs)
+    shares = [spread_runs(runs, r, 2) for r in range(2)]
+    assert sorted(map(id, shares[0] + shares[1])) == sorted(map(id, runs))  # disjoint and complete
+    assert [len(s) for s in shares] == [36, 36]
+    archs = [{r.arch for r in s} for s in shares]
+    assert not archs[0] & archs[1] and all(len(a) == 2 for a in archs)  # two whole stacks each
+    assert {"topk", "batchtopk"} - archs[0] and {"topk", "batchtopk"} - archs[1]  # TopK-family on both
+    assert spread_runs(runs, 0, 1) == runs
+    eight = [spread_runs(runs, r, 8) for r in range(8)]  # fewer stacks than processes: whole seed groups
+    assert sum(map(len, eight)) == 72 and all(len(s) == 9 for s in eight)
+    assert all(len({(r.arch, r.alignment, r.sparsity_value) for r in s}) * 3 == len(s) for s in eight)
+    for bad in ((2, 2), (-1, 2), (0, 0)):
+        with pytest.raises(ValueError, match="rank must be"):
+            spread_runs(runs, *bad)
+
+
+@pytest.mark.slow
+def test_grid_spread_over_two_processes_matches_one_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}
+    job = str(root / "tests" / "spread_job.py")
+    for cmd in ([sys.executable, job, str(tmp_path / "one"), str(tmp_path / "cache_one")],
+                [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", job,
+                 str(tmp_path / "two"), str(tmp_path / "cache_two")]):
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    one = {r["id"]: r for r in iter_records(tmp_path / "one")}
+    two = {r["id"]: r for r in iter_records(tmp_path / "two")}
+    assert len(one) == 8 and set(one) == set(two)
+    assert {(r["trained_on"]["process"], r["arch"]) for r in two.values()} == {(0, "relu"), (1, "topk")}
+    assert len(list((tmp_path / "cache_two").glob("*/meta.json"))) == 1  # harvested once, by process 0
+    for rid, a in one.items():
+        b = two[rid]
+        assert b["trained_on"]["processes"] == 2 and a["trained_on"]["processes"] == 1
+        for key in ("frac_variance_explained", "l0", "mse"):
+            if key in a["metrics"]:
+                assert b["metrics"][key] == pytest.approx(a["metrics"][key], rel=1e-5, abs=1e-7), (rid, key)
+        assert b["stability"]["mcs"] == pytest.approx(a["stability"]["mcs"], abs=1e-6)
 
 
 @pytest.mark.slow

