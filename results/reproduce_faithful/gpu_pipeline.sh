@@ -61,7 +61,9 @@ run() {
 case "$cmd" in
   start)
     rm -rf $R $SRC; mkdir -p $R/logs $SRC; date +%s > $R/t0
-    cp -r . $SRC/ && rm -rf $SRC/.gpu $SRC/.git
+    # the code at the launching commit (`git archive HEAD dictionary_learning_aligned benchmarks > .gpu/p5/src.tar`
+    # here, staged with the last part), so others' uncommitted edits in the checkout do not travel into the run
+    if [ -f .gpu/p5/src.tar ]; then tar -xf .gpu/p5/src.tar -C $SRC; else cp -r . $SRC/ && rm -rf $SRC/.gpu $SRC/.git; fi
     setsid nohup bash "$0" run > $R/logs/pipeline.txt 2>&1 < /dev/null &
     sleep 5; cmd=wait ;&
   wait)
