@@ -47,6 +47,10 @@ class StackRule:
 
     #: tables kept in float64 on the device (others are cast to float32)
     float64_tables: tuple = ()
+    #: names of the dictionary's own parameters beyond ``W_dec``, the encoder, ``b_enc`` and ``b_dec`` (e.g.
+    #: JumpReLU's ``threshold [dict_size]``): stacked as ``engine.extra[name] [n, ...]`` and trained, clipped,
+    #: checked and written back like the others
+    extra_params: tuple = ()
 
     def __init__(self, engine: "StackedTrainer"):
         self.engine = engine
@@ -69,9 +73,20 @@ class StackRule:
         cast to float32 on the device, others keep their dtype). Called with consecutive ranges."""
         return {}
 
+    def pre_activations(self, x: torch.Tensor, tab: dict) -> torch.Tensor:
+        """``[n, batch, dict_size]`` pre-activations of ``x [batch, activation_dim]`` (default: the engine's
+        ``W_enc (x - b_dec) + b_enc``)."""
+        return self.engine.pre_activations(x)
+
     def select(self, pre: torch.Tensor, tab: dict):
         """``(f [n, batch, dict_size], aux)`` from pre-activations ``pre [n, batch, dict_size]``."""
         return torch.relu(pre), {}
+
+    def reconstruct(self, x: torch.Tensor, f: torch.Tensor, tab: dict):
+        """``(x_hat [n, batch, activation_dim], reconstruction term [n])`` of ``x [batch, activation_dim]`` from
+        the codes ``f [n, batch, dict_size]`` (default: ``W_dec f + b_dec`` and ``mean_batch ||x - x_hat||^2``)."""
+        x_hat = self.engine.decode(f)
+        return x_hat, (x - x_hat).pow(2).sum(-1).mean(-1)
 
     def sparsity(self, x, x_hat, f, aux, tab: dict):
         """``(term [n] added to each dictionary's loss, {name: [n] unscaled values})``."""
@@ -188,13 +203,15 @@ class StackedTrainer:
         first = trainers[0]
         self.device = first.ae.W_dec.device
         self.activation_dim, self.dict_size = first.ae.activation_dim, first.ae.dict_size
+        rule_cls = stack_rule_for(first)
+        self.extra_names = tuple(rule_cls.extra_params)
         self._gather_parameters()
         self._gather_modes()
         self._gather_optimizer()
         self.tokens_since_fired = torch.stack([t.tokens_since_fired for t in trainers]).clone()
         self.bad_step = torch.full((self.n,), -1, dtype=torch.long, device=self.device)
         self._tables, self._host, self._table_start, self.step = {}, {}, None, None
-        self.rule = stack_rule_for(first)(self)
+        self.rule = rule_cls(self)
         self.rule.load_state()
         self.compiled = bool(compile)
         self._losses = torch.compile(self.losses, dynamic=False) if compile else self.losses
@@ -230,13 +247,17 @@ class StackedTrainer:
                       if enc else None)
             self.b_enc = torch.stack([a.b_enc for a in aes]).clone().requires_grad_(True)
             self.b_dec = torch.stack([a.b_dec for a in aes]).clone().requires_grad_(True)
+            self.extra = {nm: torch.stack([a._parameters[nm] for a in aes]).clone().requires_grad_(True)
+                          for nm in self.extra_names}
+        self.names += list(self.extra_names)
         self.params = [p for p in (self.W_dec, self.E, self.b_enc, self.b_dec) if p is not None]
+        self.params += list(self.extra.values())
 
     def _trainer_params(self, t) -> list:
         """The trainer's parameters in the order of :attr:`params`."""
         ae = t.ae
         enc = [] if self.tied else [ae._parameters["V" if "V" in ae._parameters else "W_enc"]]
-        return [ae.W_dec, *enc, ae.b_enc, ae.b_dec]
+        return [ae.W_dec, *enc, ae.b_enc, ae.b_dec, *[ae._parameters[nm] for nm in self.extra_names]]
 
     def _gather_modes(self) -> None:
         modes = [t.alignment for t in self.trainers]
@@ -323,9 +344,8 @@ class StackedTrainer:
     def losses(self, x: torch.Tensor, tab: dict):
         """Per-dictionary training losses ``[n]`` (reconstruction + sparsity [+ alignment penalty]), as each
         trainer's ``loss``; returns ``(loss [n], terms, f, aux)``."""
-        f, aux = self.rule.select(self.pre_activations(x), tab)
-        x_hat = self.decode(f)
-        recon = (x - x_hat).pow(2).sum(-1).mean(-1)
+        f, aux = self.rule.select(self.rule.pre_activations(x, tab), tab)
+        x_hat, recon = self.rule.reconstruct(x, f, tab)
         sparse, terms = self.rule.sparsity(x, x_hat, f, aux, tab)
         loss = recon + sparse
         if self.any["penalty"]:

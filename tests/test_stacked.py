@@ -2,8 +2,8 @@
 
 N dictionaries trained as one stack and the same N trained one at a time by their own trainers, with the same seeds
 on the same batches (CPU, float32), must agree in weights, optimizer state, trainer state and logged losses within
-1e-4 relative, for every architecture and alignment mode, with per-dictionary k / L1 values in one stack, and across
-a resume from a mid-run checkpoint.
+1e-4 relative, for every architecture and alignment mode (the extensions JumpReLU and Matryoshka BatchTopK included),
+with per-dictionary k / L1 / target_l0 values in one stack, and across a resume from a mid-run checkpoint.
 """
 
 import copy
@@ -37,7 +37,9 @@ def _common(steps=STEPS):
 def _cfg(arch, mode, seed, **kw):
     std, aligned = {"relu": (T.StandardTrainer, T.AlignedStandardTrainer), "topk": (T.TopKTrainer, T.AlignedTopKTrainer),
                     "batchtopk": (T.BatchTopKTrainer, T.AlignedBatchTopKTrainer),
-                    "panneal": (T.PAnnealTrainer, T.AlignedPAnnealTrainer)}[arch]
+                    "panneal": (T.PAnnealTrainer, T.AlignedPAnnealTrainer),
+                    "jumprelu": (T.JumpReluTrainer, T.AlignedJumpReluTrainer),
+                    "matryoshka": (T.MatryoshkaBatchTopKTrainer, T.AlignedMatryoshkaBatchTopKTrainer)}[arch]
     cfg = dict(trainer=aligned if mode else std, seed=seed, **_common(), **kw)
     if mode:
         cfg["alignment"] = mode
@@ -46,6 +48,11 @@ def _cfg(arch, mode, seed, **kw):
     if arch == "relu":
         cfg.setdefault("l1_penalty", 0.05)
         cfg.update(warmup_steps=3, sparsity_warmup_steps=5, decay_start=20)
+    elif arch == "jumprelu":
+        # a wide kernel and a large lr, so that the thresholds (trained only through the kernel) move in 30 steps
+        cfg.setdefault("target_l0", 8.0)
+        cfg.setdefault("bandwidth", 0.2)
+        cfg.update(warmup_steps=3, sparsity_warmup_steps=5, decay_start=20, lr=3e-3)
     elif arch == "panneal":
         cfg.update(warmup_steps=3, sparsity_warmup_steps=5, anneal_start=4, anneal_end=25, n_sparsity_updates=4,
                    sparsity_queue_length=3, initial_sparsity_penalty=cfg.pop("l1", 0.05))
@@ -104,10 +111,11 @@ def _compare(alone, stacked, batch):
             assert ls[k] == pytest.approx(la[k], rel=1e-4, abs=1e-6), f"trainer {i} logged {k}"
 
 
-@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "panneal"])
+@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "panneal", "jumprelu", "matryoshka"])
 def test_stacked_equals_one_by_one_every_mode(arch):
     sparsity = {"relu": ("l1_penalty", [0.02, 0.08]), "panneal": ("l1", [0.02, 0.08]),
-                "topk": ("k", [4, 9]), "batchtopk": ("k", [4, 9])}[arch]
+                "topk": ("k", [4, 9]), "batchtopk": ("k", [4, 9]), "matryoshka": ("k", [4, 9]),
+                "jumprelu": ("target_l0", [4.0, 12.0])}[arch]
     cfgs = [_cfg(arch, mode, seed=i, **{sparsity[0]: sparsity[1][i % 2]}) for i, mode in enumerate(MODES)]
     stacks, alone = plan_stacks(_build(cfgs))
     assert stacks == [list(range(len(MODES)))] and alone == []
@@ -136,6 +144,50 @@ def test_topk_dead_features_and_k_annealing_match():
         assert any(bool((t.tokens_since_fired >= B).any()) for t in alone), "no dead feature: aux loss untested"
         _compare(alone, stacked, batches[-1])
     assert stacked[0].current_k == alone[0].current_k
+
+
+def test_jumprelu_per_dictionary_settings_and_thresholds_match():
+    # target_l0, sparsity_penalty, bandwidth and apply_b_dec_to_input differ within one stack; the thresholds (a
+    # parameter of JumpReLU's own, stacked by the rule) must move and match; tied dictionaries form their own stack
+    cfgs = [_cfg("jumprelu", None, 0, target_l0=3.0, sparsity_penalty=2.0),
+            _cfg("jumprelu", "project", 1, target_l0=10.0, bandwidth=0.5),
+            _cfg("jumprelu", None, 2, sparsity_penalty=0.5, bandwidth=0.1),
+            _cfg("jumprelu", "tied", 3), _cfg("jumprelu", "tied", 4, target_l0=5.0)]
+    batches = _batches()
+
+    def build(group):
+        trs = _build(group)
+        trs[-1].ae.apply_b_dec_to_input = True  # not a trainer argument (dictionary_learning has none)
+        return trs
+
+    assert sorted(map(sorted, plan_stacks(build(cfgs))[0])) == [[0, 1, 2], [3, 4]]
+    for group in (cfgs[:3], cfgs[3:]):
+        alone, stacked = build(group), build(group)
+        for step, x in enumerate(batches):
+            for tr in alone:
+                tr.update(step, x)
+        eng = StackedTrainer(stacked)
+        for step, x in enumerate(batches):
+            eng.update(step, x)
+        eng.sync_to_trainers(len(batches))
+        for tr in alone:
+            assert (tr.ae.threshold - 0.001).abs().max() > 1e-4, "thresholds did not move: their training is untested"
+        _compare(alone, stacked, batches[-1])
+
+
+def test_matryoshka_mixed_groups_and_dead_features_match():
+    # different k, group fractions (different group ends) and group weights in one stack; a tiny dead threshold
+    # turns the auxiliary-k loss on
+    cfgs = [_cfg("matryoshka", None, 0),
+            _cfg("matryoshka", "project", 1, k=3, group_fractions=(0.25, 0.75), group_weights=(0.7, 0.3)),
+            _cfg("matryoshka", "rescale", 2, k=8, group_fractions=(1 / 6, 1 / 3, 1 / 2), k_anneal_steps=12)]
+    cfgs[0]["dead_feature_threshold"] = B
+    batches = _batches(scale=0.5)
+    assert plan_stacks(_build(cfgs)) == ([[0, 1, 2]], [])
+    alone, stacked = _train_alone(cfgs, batches), _train_stacked(cfgs, batches)
+    assert any(bool((t.tokens_since_fired >= B).any()) for t in alone), "no dead feature: aux loss untested"
+    _compare(alone, stacked, batches[-1])
+    assert [t.current_k for t in stacked] == [t.current_k for t in alone]
 
 
 def test_mismatched_trainers_are_refused_or_split():
@@ -194,7 +246,7 @@ def test_empty_and_wrong_batches_change_nothing():
     assert all(torch.equal(a, b) for a, b in zip(state, eng.params))
 
 
-@pytest.mark.parametrize("arch", ["relu", "topk", "panneal"])
+@pytest.mark.parametrize("arch", ["relu", "topk", "panneal", "jumprelu", "matryoshka"])
 def test_trainSAE_stacked_equals_unstacked_with_resume(tmp_path, arch):
     cfgs = [_cfg(arch, None, 0), _cfg(arch, "project", 1)]
     batches = _batches()

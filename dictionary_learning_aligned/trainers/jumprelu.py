@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from ..dictionary import Dictionary, register_dictionary
 from ..registry import Architecture, register
+from ..stacked import StackRule
 from .base import DictionaryTrainer, make_aligned
 from .standard import relu_schedule
 
@@ -22,8 +23,11 @@ def rectangle(z: torch.Tensor) -> torch.Tensor:
 
 
 def _sum_to(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``grad [..., dict_size]`` summed over its leading dimensions to the shape of ``like [dict_size]``."""
-    return grad.reshape(-1, grad.shape[-1]).sum(0).reshape(like.shape)
+    """``grad [..., dict_size]`` summed to the shape of ``like``: over all leading dimensions for one dictionary's
+    ``like [dict_size]``, over the broadcast ones for a stack's ``like [n, 1, dict_size]``."""
+    if like.dim() == 1:
+        return grad.reshape(-1, grad.shape[-1]).sum(0).reshape(like.shape)
+    return grad.sum_to_size(like.shape)
 
 
 class JumpReLUFunction(torch.autograd.Function):
@@ -31,7 +35,9 @@ class JumpReLUFunction(torch.autograd.Function):
     gradient in ``z`` is ``1[z > t]``, the pseudo-gradient in the threshold ``t`` is ``-(t / bandwidth) *
     rectangle((z - t) / bandwidth)``.
 
-    ``apply(z [..., dict_size], threshold [dict_size], bandwidth: float) -> [..., dict_size]``."""
+    ``apply(z [..., dict_size], threshold [dict_size], bandwidth: float) -> [..., dict_size]``; stacked (see
+    :class:`JumpReluStackRule`): ``z [n, batch, dict_size]``, ``threshold [n, 1, dict_size]``, ``bandwidth`` a float
+    or ``[n, 1, 1]``."""
 
     @staticmethod
     def forward(ctx, z, threshold, bandwidth):
@@ -51,7 +57,8 @@ class StepFunction(torch.autograd.Function):
     """Heaviside step ``1[z > t]`` with the pseudo-gradient ``-(1 / bandwidth) * rectangle((z - t) / bandwidth)``
     in the threshold and none in ``z`` (arXiv 2407.14435, eq. 12); the L0 penalty is built from it.
 
-    ``apply(z [..., dict_size], threshold [dict_size], bandwidth: float) -> [..., dict_size]``."""
+    ``apply(z [..., dict_size], threshold [dict_size], bandwidth: float) -> [..., dict_size]`` (stacked shapes as
+    :class:`JumpReLUFunction`)."""
 
     @staticmethod
     def forward(ctx, z, threshold, bandwidth):
@@ -209,10 +216,58 @@ class JumpReluTrainer(DictionaryTrainer):
         return term, {"sparsity_loss": l0}
 
 
+class JumpReluStackRule(StackRule):
+    """Stacked JumpReLU (see :mod:`..stacked`), as :class:`JumpReluTrainer`: each dictionary's learned
+    ``threshold`` is a stacked parameter (``engine.extra["threshold"] [n, dict_size]``, Adam and gradient clipping
+    with the others), ``f = JumpReLU_threshold(pre)`` with the straight-through estimators, and the sparsity term
+    ``sparsity_penalty * s(t) * (L0 / target_l0 - 1)^2`` with each dictionary's ``sparsity_penalty``,
+    ``target_l0``, ``bandwidth``, sparsity warmup and ``apply_b_dec_to_input``."""
+
+    extra_params = ("threshold",)
+
+    def load_state(self):
+        e, trs = self.engine, self.engine.trainers
+        dtype = e.W_dec.dtype
+        widths = [t.bandwidth for t in trs]
+        # one Python float when the stack shares it (the lone trainer's arithmetic), else [n, 1, 1]
+        self.bandwidth = (widths[0] if len(set(widths)) == 1
+                          else torch.tensor(widths, device=e.device, dtype=dtype)[:, None, None])
+        self.target_l0 = torch.tensor([t.target_l0 for t in trs], device=e.device, dtype=torch.float32)
+        sub = [bool(t.ae.apply_b_dec_to_input) for t in trs]
+        self.all_sub, self.any_sub = all(sub), any(sub)
+        self.sub_b_dec = torch.tensor(sub, device=e.device, dtype=dtype)[:, None, None]
+
+    def host_tables(self, steps):
+        trs = self.engine.trainers
+        return {"l0_coef": torch.tensor([[t.sparsity_penalty * t.sparsity_warmup_fn(s) for t in trs] for s in steps],
+                                        dtype=torch.float64)}
+
+    def pre_activations(self, x, tab):
+        """``W_enc x + b_enc`` (``W_enc (x - b_dec) + b_enc`` for dictionaries with ``apply_b_dec_to_input``):
+        ``x [batch, activation_dim] -> [n, batch, dict_size]``."""
+        e = self.engine
+        if self.all_sub:
+            return e.pre_activations(x)
+        xs = x.unsqueeze(0).expand(e.n, -1, -1)
+        if self.any_sub:
+            xs = xs - e.b_dec.unsqueeze(1) * self.sub_b_dec
+        return torch.baddbmm(e.b_enc.unsqueeze(1), xs, e.encoder().mT)
+
+    def _threshold(self) -> torch.Tensor:
+        return self.engine.extra["threshold"].unsqueeze(1)
+
+    def select(self, pre, tab):
+        return JumpReLUFunction.apply(pre, self._threshold(), self.bandwidth), {}
+
+    def sparsity(self, x, x_hat, f, aux, tab):
+        l0 = StepFunction.apply(f, self._threshold(), self.bandwidth).sum(-1).mean(-1)
+        return tab["l0_coef"] * (l0 / self.target_l0 - 1).pow(2), {"sparsity_loss": l0}
+
+
 AlignedJumpReluTrainer = make_aligned(JumpReluTrainer)
 
 
 JUMPRELU = register(Architecture(
     name="jumprelu", label="JumpReLU", trainer=JumpReluTrainer, aligned_trainer=AlignedJumpReluTrainer,
     sparsity_param="target_l0", sparsity_values=(32, 64, 128), default_sparsity=64, schedule=relu_schedule,
-    saebench_kind="jumprelu", in_paper=False))
+    saebench_kind="jumprelu", stack_rule=JumpReluStackRule, in_paper=False))

@@ -14,7 +14,7 @@ import torch
 from ..dictionary import BatchTopKSAE, register_dictionary
 from ..registry import Architecture, register
 from .base import make_aligned
-from .top_k import BatchTopKTrainer, topk_schedule
+from .top_k import BatchTopKStackRule, BatchTopKTrainer, topk_schedule
 
 #: default nested group fractions (dictionary_learning has no default): groups doubling in size, 1/32 ... 17/32
 DEFAULT_GROUP_FRACTIONS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 17 / 32)
@@ -159,10 +159,45 @@ class MatryoshkaBatchTopKTrainer(BatchTopKTrainer):
         return nested, x_hat, f, {"post_relu": pre, "kept": kept}
 
 
+class MatryoshkaStackRule(BatchTopKStackRule):
+    """Stacked Matryoshka BatchTopK (see :mod:`..stacked`), as :class:`MatryoshkaBatchTopKTrainer`: BatchTopK's
+    selection, auxiliary-k loss, ``b_dec`` start and threshold EMA (:class:`~.top_k.BatchTopKStackRule`), with the
+    nested reconstruction term ``mean_g w_g * mean_batch ||x - x_hat_g||^2`` of each dictionary's own groups.
+
+    Dictionaries with different ``group_fractions`` or ``group_weights`` share a stack: the prefix reconstructions
+    are computed once at every group end of any dictionary of the stack (``ends``), and each dictionary's term
+    weighs those at its own ends (``group_w [n, len(ends)]``: ``w_g`` at its ends, 0 elsewhere) and divides by its
+    number of groups."""
+
+    def load_state(self):
+        super().load_state()
+        e, trs = self.engine, self.engine.trainers
+        own = [list(itertools.accumulate(t.group_sizes)) for t in trs]
+        self.ends = sorted({end for ends in own for end in ends})
+        weights = torch.zeros(e.n, len(self.ends))
+        for j, (t, ends) in enumerate(zip(trs, own)):
+            for w, end in zip(t.group_weights, ends):
+                weights[j, self.ends.index(end)] = w
+        self.group_w = weights.to(e.device)
+        self.n_groups = torch.tensor([float(len(t.group_sizes)) for t in trs], device=e.device)
+
+    def reconstruct(self, x, f, tab):
+        """``(x_hat [n, batch, activation_dim] from all groups, nested term [n])``: prefix decodings accumulated
+        over the segments between consecutive ``ends``, as :meth:`MatryoshkaBatchTopKTrainer.nested_reconstruction`."""
+        e = self.engine
+        x_hat = e.b_dec.unsqueeze(1).expand(-1, x.shape[0], -1).to(f.dtype)
+        losses, lo = [], 0
+        for hi in self.ends:
+            x_hat = torch.baddbmm(x_hat, f[..., lo:hi], e.W_dec[..., lo:hi].mT)
+            losses.append((x - x_hat).pow(2).sum(-1).mean(-1))
+            lo = hi
+        return x_hat, (self.group_w * torch.stack(losses, -1)).sum(-1) / self.n_groups
+
+
 AlignedMatryoshkaBatchTopKTrainer = make_aligned(MatryoshkaBatchTopKTrainer)
 
 MATRYOSHKA = register(Architecture(
     name="matryoshka", label="Matryoshka BatchTopK", trainer=MatryoshkaBatchTopKTrainer,
     aligned_trainer=AlignedMatryoshkaBatchTopKTrainer, sparsity_param="k", sparsity_values=(32, 64, 128),
-    default_sparsity=64, schedule=topk_schedule, saebench_kind="matryoshka_batch_topk", fixed_l0=True,
-    in_paper=False))
+    default_sparsity=64, schedule=topk_schedule, saebench_kind="matryoshka_batch_topk",
+    stack_rule=MatryoshkaStackRule, fixed_l0=True, in_paper=False))
