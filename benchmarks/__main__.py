@@ -10,8 +10,10 @@ import argparse
 import sys
 from typing import Optional
 
+from dictionary_learning_aligned.cli import SETTING_ERRORS, run_reporting_errors
+
 #: errors that are the user's (found before any eval runs; a failing eval raises EvalFailed, with its traceback)
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
+USER_ERRORS = SETTING_ERRORS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,11 +41,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     from benchmarks.saebench.cli import main as run_main
 
-    try:
-        return run_main(argv[1:])
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_reporting_errors(run_main, argv[1:], USER_ERRORS)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ T = TypeVar("T")
 #: errors that mean "the input was wrong" (printed as one ``error: ...`` line, exit status 2); anything else is a
 #: bug or a crash and keeps its traceback
 USER_ERRORS = (ValueError, TypeError, OSError, FloatingPointError)
+#: the narrower set of ``train`` and ``benchmarks run``: a bad setting or a missing, existing or unreadable path (a
+#: TypeError or another OSError there keeps its traceback)
+SETTING_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
 
 
 def default_device(local_rank: Optional[int] = None) -> str:
@@ -91,11 +94,22 @@ def set_verbosity(verbose: bool) -> None:
 
 
 def run_reporting_errors(fn: Callable[[T], object], config: T, errors: tuple = USER_ERRORS) -> int:
-    """Call ``fn(config)``; returns 0, or 2 after printing ``error: <message>`` to stderr when it raises one of
-    ``errors`` (a bad setting, a missing file, a refused overwrite: nothing was written in those cases)."""
+    """The error handling of every command's ``main``: call ``fn(config)`` and turn a user's error into one line.
+
+    Args:
+        fn: the command's work, called as ``fn(config)``.
+        config: its argument (a parsed configuration dataclass, an argparse namespace, an argv list).
+        errors: the exception classes that mean "the input was wrong" (default :data:`USER_ERRORS`); any other
+            exception propagates with its traceback (a bug or a crash).
+
+    Returns:
+        the exit status: ``fn``'s own when it returns an int (not a bool), else 0; 2 after printing ``error:
+        <message>`` to stderr when ``fn`` raised one of ``errors`` (a bad setting, a missing file, a refused
+        overwrite: the commands check these before writing anything).
+    """
     try:
-        fn(config)
+        status = fn(config)
     except errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return status if type(status) is int else 0

@@ -240,14 +240,19 @@ def build_parser(prog: str = "python -m dictionary_learning_aligned") -> argpars
 def main(argv=None) -> int:
     """``export --format dictionary_learning|saelens SRC DST [--overwrite]``; returns the exit status (2 and one
     ``error: ...`` line for a user mistake)."""
-    args = build_parser().parse_args(argv)
-    try:
-        out = export(args.src, args.dst, args.format, overwrite=args.overwrite)
-    except (ValueError, TypeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from .cli import run_reporting_errors
+
+    return run_reporting_errors(_export_command, build_parser().parse_args(argv))
+
+
+def _export_command(args) -> None:
+    """The work of :func:`main`: export and say where it went.
+
+    Raises:
+        ValueError, TypeError, OSError: see :func:`export`.
+    """
+    out = export(args.src, args.dst, args.format, overwrite=args.overwrite)
     print(f"wrote {args.format} export of {args.src} to {out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -448,20 +448,17 @@ def main(argv: Optional[list[str]] = None, prog: str = "python -m dictionary_lea
     status (2 with a one-line error for bad input)."""
     import shlex
 
-    from .cli import parse_config, set_verbosity
+    from .cli import SETTING_ERRORS, parse_config, run_reporting_errors, set_verbosity
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_config(build_parser(prog), argv)
     set_verbosity(args.verbose)
+    command = " ".join([prog, *map(shlex.quote, argv)])
     try:
-        run(args, command=" ".join([prog, *map(shlex.quote, argv)]))
-    except (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return run_reporting_errors(lambda cfg: run(cfg, command=command), args, SETTING_ERRORS)
     finally:
         if dd.is_initialized():
             torch.distributed.destroy_process_group()
-    return 0
 
 
 if __name__ == "__main__":
