@@ -23,7 +23,13 @@ def _help(capsys, fn, argv) -> str:
     return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("cls", [DemoConfig, train.TrainConfig, reproduce.ReproduceConfig])
+def _run_config():
+    from benchmarks.saebench.cli import RunConfig
+
+    return RunConfig
+
+
+@pytest.mark.parametrize("cls", [DemoConfig, train.TrainConfig, reproduce.ReproduceConfig, _run_config()])
 def test_every_config_field_has_a_docstring_shown_as_help(cls, capsys):
     from simple_parsing.docstring import get_attribute_docstring
 
@@ -107,9 +113,76 @@ def test_device_default_is_cuda_when_available(monkeypatch):
     assert cli.default_device() == "cuda" and cli.default_device(local_rank=1) == "cuda:1"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert cli.default_device() == "cpu" and cli.default_device(local_rank=1) == "cpu"
-    from benchmarks.saebench.cli import build_parser
+    from benchmarks.saebench.cli import parse_run_config
 
-    assert build_parser().get_default("device") is None  # resolved by cli.default_device at run time
+    # benchmarks run: resolved by cli.default_device at run time
+    assert parse_run_config(["--dictionaries", "d", "--out", "o"]).device is None
+
+
+# every flag of `benchmarks run` before it became a dataclass, with a value (None: a switch)
+RUN_FLAGS = {"--records": "x*", "--evals": "core,scr", "--out": "o", "--overwrite": None, "--model": "m",
+             "--device": "cpu", "--dtype": "bfloat16", "--online": None, "--data-dir": "d", "--text-source": "t",
+             "--sparse-probing-datasets": "a,b", "--scr-datasets": "a", "--tpp-datasets": "a", "--core-datasets": "a",
+             "--autointerp-datasets": "a", "--budget": "smoke", "--context": "7", "--llm-batch-size": "3",
+             "--core-batches": "1", "--core-sparsity-batches": "1", "--core-batch-prompts": "2", "--scr-train": "9",
+             "--scr-test": "8", "--scr-epochs": "1", "--scr-n-values": "2,5", "--probe-train": "6", "--probe-test": "5",
+             "--probe-k-values": "1,2", "--autointerp-tokens": "100", "--autointerp-latents": "2",
+             "--judge-url": "http://u", "--judge-model": "j", "--judge-key-env": "K", "--seed": "3", "--verbose": None}
+
+
+def test_benchmarks_run_keeps_every_flag_and_budget_precedence(monkeypatch):
+    from benchmarks.saebench import cli as run_cli
+    from benchmarks.saebench.runner import Budgets
+
+    monkeypatch.setattr(run_cli, "find_dictionaries", lambda paths: list(paths))
+    argv = ["--dictionaries", "d1", "d2"] + [a for k, v in RUN_FLAGS.items() for a in ([k] if v is None else [k, v])]
+    cfg = run_cli.parse_run_config(argv)
+    spec = run_cli.run_spec(cfg)
+    assert spec.dictionaries == ["d1", "d2"] and spec.evals == ["core", "scr"] and spec.overwrite
+    assert spec.budgets == Budgets(7, 3, 1, 1, 2, 9, 8, 1, (2, 5), 6, 5, (1, 2), 100, 2)
+    assert spec.datasets["sparse_probing"] == ["a", "b"] and not spec.offline and spec.judge.model == "j"
+    assert (spec.device, spec.dtype, spec.seed, spec.model_name) == ("cpu", "bfloat16", 3, "m")
+    # no flag: offline probe sizes, else Budgets'; --budget smoke: the smoke table; a given flag wins over both
+    plain = run_cli.run_spec(run_cli.parse_run_config(["--dictionaries", "d", "--out", "o"]))
+    assert plain.budgets.probe_train == run_cli.OFFLINE_SIZES["probe_train"]
+    assert plain.budgets.core_batches == Budgets().core_batches
+    smoke = run_cli.run_spec(run_cli.parse_run_config(["--dictionaries", "d", "--out", "o", "--budget", "smoke",
+                                                       "--context", "99", "--online"]))
+    assert smoke.budgets.context == 99 and smoke.budgets.probe_train == run_cli.SMOKE_BUDGETS["probe_train"]
+    online = run_cli.run_spec(run_cli.parse_run_config(["--dictionaries", "d", "--out", "o", "--online"]))
+    assert online.budgets == Budgets()
+
+
+def test_benchmarks_run_flags_help_and_bad_input(capsys):
+    from benchmarks.saebench import cli as run_cli
+
+    text = " ".join(_help(capsys, run_cli.parse_run_config, ["--help"]).split())
+    for name, words in run_cli.BUDGET_FLAGS.items():  # the budget flags come from the table
+        assert f"--{name.replace('_', '-')}" in text and words in text
+    for argv, msg in ((["--out", "o"], "one of the arguments --dictionaries --results-store is required"),
+                      (["--dictionaries", "d", "--results-store", "s"], "not allowed with")):
+        with pytest.raises(SystemExit) as e:
+            run_cli.parse_run_config(argv)
+        assert e.value.code == 2 and msg in capsys.readouterr().err
+    from benchmarks.__main__ import main as bench_main
+
+    assert bench_main(["run", "--dictionaries", "d"]) == 2  # --out missing: one line, no traceback
+    assert capsys.readouterr().err.strip() == "error: --out is required with --dictionaries"
+    assert bench_main(["run", "--dictionaries", "d", "--out", "o", "--probe-k-values", "1,x"]) == 2
+    assert "--probe-k-values must be a comma list of integers" in capsys.readouterr().err
+
+
+def test_run_reporting_errors_is_the_one_error_handler(capsys):
+    def fail(cfg):
+        raise FileNotFoundError(f"no {cfg}")
+
+    assert cli.run_reporting_errors(fail, "thing") == 2
+    assert capsys.readouterr().err == "error: no thing\n"
+    assert cli.run_reporting_errors(lambda cfg: 3, None) == 3 and cli.run_reporting_errors(lambda cfg: True, 0) == 0
+    with pytest.raises(KeyError):  # not a user's error: the traceback stays
+        cli.run_reporting_errors(lambda cfg: {}[cfg], "k")
+    with pytest.raises(TypeError):  # outside the narrower set of train and benchmarks run
+        cli.run_reporting_errors(lambda cfg: len(cfg), 1, cli.SETTING_ERRORS)
 
 
 @pytest.mark.parametrize("argv", [["-m", "benchmarks", "--help"], ["-m", "dictionary_learning_aligned.train", "-h"],

@@ -289,8 +289,9 @@ def test_resume_is_bit_identical_on_cpu(tmp_path):
 
 
 @pytest.mark.slow
-def test_compiled_stack_matches_eager():
-    cfgs = [_cfg("topk", None, 0), _cfg("topk", "project", 1, k=4)]
+@pytest.mark.parametrize("arch,sparsity", [("topk", "k"), ("jumprelu", "target_l0"), ("matryoshka", "k")])
+def test_compiled_stack_matches_eager(arch, sparsity):
+    cfgs = [_cfg(arch, None, 0), _cfg(arch, "project", 1, **{sparsity: 4})]
     batches = _batches(8)
     eager = _train_stacked(cfgs, batches)
     trs = _build(cfgs)

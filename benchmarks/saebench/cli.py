@@ -1,14 +1,22 @@
-"""Command line of the SAEBench harness: ``python -m benchmarks run ...`` (see ``-h``)."""
+"""Command line of the SAEBench harness: ``python -m benchmarks run ...`` (see ``-h``).
+
+Its flags are the fields of :class:`RunConfig`, a dataclass with a docstring per field, parsed by simple-parsing
+as the library's own commands are (:func:`dictionary_learning_aligned.cli.config_parser`); the budget flags are
+generated from the table :data:`BUDGET_FLAGS` over :class:`~.runner.Budgets`."""
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import shlex
 import sys
+from dataclasses import dataclass, make_dataclass
 from pathlib import Path
+from typing import Optional
 
-from dictionary_learning_aligned.cli import default_device, set_verbosity
+from simple_parsing.helpers import choice
+from simple_parsing.helpers import field as sp_field
+
+from dictionary_learning_aligned.cli import config_parser, default_device, parse_config, set_verbosity
 from dictionary_learning_aligned.dtypes import comma_list
 
 from .runner import EVALS, Budgets, DictionaryEntry, RunSpec
@@ -75,125 +83,210 @@ SMOKE_BUDGETS = {"context": 64, "core_batches": 2, "core_sparsity_batches": 2, "
                  "autointerp_tokens": 6000}
 
 
-def _csv(s: str) -> list[str]:
-    return comma_list(s)
+#: the budget flags (``--context`` ...): field of :class:`~.runner.Budgets` -> help; the type and default come from
+#: ``Budgets`` (tuples are comma lists of integers), the ``--budget smoke`` value from :data:`SMOKE_BUDGETS` and the
+#: offline default from :data:`OFFLINE_SIZES`
+BUDGET_FLAGS = {
+    "context": "tokens per prompt in every eval",
+    "llm_batch_size": "prompts per language-model forward pass",
+    "core_batches": "core: reconstruction batches",
+    "core_sparsity_batches": "core: batches for the feature-density statistics",
+    "core_batch_prompts": "core: prompts per batch",
+    "scr_train": "SCR/TPP probe train set size",
+    "scr_test": "SCR/TPP probe test set size",
+    "scr_epochs": "SCR/TPP probe training epochs",
+    "scr_n_values": "SCR/TPP: numbers of latents ablated, a comma list",
+    "probe_train": "sparse-probing train set size",
+    "probe_test": "sparse-probing test set size",
+    "probe_k_values": "sparse probing: numbers of latents per probe, a comma list",
+    "autointerp_tokens": "autointerp: tokens scanned for activating examples",
+    "autointerp_latents": "autointerp: latents explained and judged",
+}
 
 
-def _ints(s: str) -> tuple:
-    return tuple(comma_list(s, int))
+def _show(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _budget_help(name: str, default) -> str:
+    """A budget flag's help: its description, its default (online and offline where they differ) and its smoke
+    value."""
+    if name in OFFLINE_SIZES:
+        where = f"default {_show(default)} with --online, {OFFLINE_SIZES[name]} offline"
+    else:
+        where = f"default {_show(default)}"
+    return f"{BUDGET_FLAGS[name]} ({where}; --budget smoke: {_show(SMOKE_BUDGETS.get(name, default))})"
+
+
+def _budget_flags_class() -> type:
+    """The dataclass of the budget flags, one field per :data:`BUDGET_FLAGS` entry (None: not given, then
+    :func:`resolve_budgets` picks the smoke, offline or ``Budgets`` default)."""
     b = Budgets()
-    p = argparse.ArgumentParser(prog="python -m benchmarks run", description=(
-        "Run SAEBench evals (core, scr, tpp, sparse_probing, autointerp) on dictionaries of this library and "
-        "write SAEBench-schema JSON per dictionary and eval plus a summary table. Offline by default: SmolLM2 from "
-        "its GGUF file, local datasets (--data-dir), a local 135M judge for autointerp (far weaker than the "
-        "paper's gpt-4o-mini)."))
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--dictionaries", nargs="+", metavar="DIR", help="dictionary folders or folders holding them")
-    src.add_argument("--results-store", metavar="DIR", help="evaluate every record's dictionary of this results "
-                     "store; output goes to DIR/saebench/<record id>/<eval>.json with record_id (figures 9, 12)")
-    p.add_argument("--records", default="*", help="glob on record ids with --results-store (default all)")
-    p.add_argument("--evals", default="core,scr,tpp,sparse_probing,autointerp", type=_csv,
-                   help=f"comma-separated subset of {','.join(EVALS)}")
-    p.add_argument("--out", help="output folder (required with --dictionaries; default STORE/saebench)")
-    p.add_argument("--overwrite", action="store_true", help="replace earlier outputs")
-    p.add_argument("--model", help="model name (default: each dictionary's trainer.lm_name); TransformerLens names "
-                   "load as SAEBench loads them, others (e.g. smollm2-135m-instruct) are converted")
-    p.add_argument("--device", default=None, help="device for the model and the dictionaries (default: cuda when "
-                   "available, else cpu)")
-    p.add_argument("--dtype", default="float32", help="LLM and SAE dtype (float32, bfloat16; default float32)")
-    p.add_argument("--online", action="store_true", help="use SAEBench's hub datasets instead of local substitutes")
-    p.add_argument("--data-dir", help="folder of local labelled datasets, one subfolder per dataset laid out as "
-                   "benchmarks/saebench/sample_data (see its README; default: those tiny bundled samples)")
-    p.add_argument("--text-source", help="general text for core/autointerp offline (file/folder/HF name; default "
-                   "the bundled corpus's held-out split, ~80k tokens)")
-    for ev in ("sparse_probing", "scr", "tpp", "core", "autointerp"):
-        p.add_argument(f"--{ev.replace('_', '-')}-datasets", type=_csv, help=f"dataset names for {ev} "
-                       "(hub names or dla-local/...; default per --online)")
-    p.add_argument("--budget", choices=("default", "smoke"), default="default", help="smoke: tiny budgets for a "
-                   "quick CPU check of the pipeline (" + ", ".join(f"{k}={v}" for k, v in SMOKE_BUDGETS.items())
-                   + "); explicit flags override them")
-    p.add_argument("--context", type=int, default=b.context, help=f"tokens per prompt in every eval (default "
-                   f"{b.context})")
-    p.add_argument("--llm-batch-size", type=int, default=b.llm_batch_size, help="prompts per language-model forward "
-                   f"pass (default {b.llm_batch_size})")
-    p.add_argument("--core-batches", type=int, default=b.core_batches, help="core: reconstruction batches (default "
-                   f"{b.core_batches})")
-    p.add_argument("--core-sparsity-batches", type=int, default=b.core_sparsity_batches, help="core: batches for "
-                   f"the feature-density statistics (default {b.core_sparsity_batches})")
-    p.add_argument("--core-batch-prompts", type=int, default=b.core_batch_prompts, help="core: prompts per batch "
-                   f"(default {b.core_batch_prompts})")
-    p.add_argument("--scr-train", type=int, help=f"SCR/TPP probe train set size (default {b.scr_train} with "
-                   f"--online, {OFFLINE_SIZES['scr_train']} offline: the local bias-in-bios sample is small)")
-    p.add_argument("--scr-test", type=int, help=f"SCR/TPP probe test set size (default {b.scr_test} online, "
-                   f"{OFFLINE_SIZES['scr_test']} offline)")
-    p.add_argument("--scr-epochs", type=int, default=b.scr_epochs, help="SCR/TPP probe training epochs (default "
-                   f"{b.scr_epochs})")
-    p.add_argument("--scr-n-values", type=_ints, default=b.scr_n_values, help="SCR/TPP: numbers of latents ablated "
-                   f"(comma list; default {','.join(map(str, b.scr_n_values))})")
-    p.add_argument("--probe-train", type=int, help=f"sparse-probing train set size (default {b.probe_train} "
-                   f"online, {OFFLINE_SIZES['probe_train']} offline)")
-    p.add_argument("--probe-test", type=int, help=f"sparse-probing test set size (default {b.probe_test} online, "
-                   f"{OFFLINE_SIZES['probe_test']} offline)")
-    p.add_argument("--probe-k-values", type=_ints, default=b.probe_k_values, help="sparse probing: numbers of "
-                   f"latents per probe (comma list; default {','.join(map(str, b.probe_k_values))})")
-    p.add_argument("--autointerp-tokens", type=int, default=b.autointerp_tokens, help="autointerp: tokens scanned "
-                   f"for activating examples (default {b.autointerp_tokens})")
-    p.add_argument("--autointerp-latents", type=int, default=b.autointerp_latents, help="autointerp: latents "
-                   f"explained and judged (default {b.autointerp_latents})")
-    p.add_argument("--judge-url", help="OpenAI-compatible base URL (e.g. https://api.openai.com/v1); default: start "
-                   "the local SmolLM2-135M judge")
-    p.add_argument("--judge-model", default="gpt-4o-mini", help="judge model name at --judge-url (default "
-                   "gpt-4o-mini, the paper's)")
-    p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
-    p.add_argument("--seed", type=int, default=42, help="random seed of every eval (default 42)")
-    p.add_argument("--verbose", action="store_true", help="show the evals' own output (probe accuracies, "
-                   "third-party warnings); default: a progress line per eval and the summary")
-    return p
+    fields = [(name, Optional[str] if isinstance(getattr(b, name), tuple) else Optional[int],
+               sp_field(None, help=_budget_help(name, getattr(b, name)))) for name in BUDGET_FLAGS]
+    cls = make_dataclass("BudgetFlags", fields)
+    cls.__doc__ = ("Budgets of the evals (SAEBench's defaults are much larger). Given flags win over --budget "
+                   "smoke, which wins over the defaults.")
+    cls.__module__ = __name__
+    return cls
 
 
-def main(argv=None) -> int:
-    """Entry point of ``python -m benchmarks run``; returns 0 on success (errors propagate with their cause)."""
+BudgetFlags = _budget_flags_class()
+
+
+def resolve_budgets(flags, smoke: bool, online: bool) -> Budgets:
+    """The :class:`~.runner.Budgets` of a run: each flag given wins, then the ``--budget smoke`` preset
+    (:data:`SMOKE_BUDGETS`), then the offline probe sizes (:data:`OFFLINE_SIZES`, unless ``online``), then
+    ``Budgets``' defaults.
+
+    Raises:
+        ValueError: a comma list (``--scr-n-values``, ``--probe-k-values``) that is not integers.
+    """
+    b, values = Budgets(), {}
+    for name in BUDGET_FLAGS:
+        v = getattr(flags, name)
+        if v is None:
+            v = SMOKE_BUDGETS.get(name) if smoke else None
+        if v is None:
+            v = OFFLINE_SIZES[name] if name in OFFLINE_SIZES and not online else getattr(b, name)
+        if isinstance(getattr(b, name), tuple) and isinstance(v, str):
+            v = tuple(comma_list(v, int, "--" + name.replace("_", "-")))
+        values[name] = v
+    return Budgets(**values)
+
+
+@dataclass
+class RunConfig:
+    """Settings of ``python -m benchmarks run`` (one flag per field, ``--results-store`` for ``results_store``);
+    exactly one of ``dictionaries`` and ``results_store`` is given."""
+
+    dictionaries: Optional[list] = sp_field(None, nargs="+", metavar="DIR", type=str)
+    """dictionary folders or folders holding them (this or --results-store)"""
+    results_store: Optional[str] = sp_field(None, metavar="DIR")
+    """evaluate every record's dictionary of this results store; output goes to DIR/saebench/<record id>/<eval>.json
+    with record_id (figures 9, 12)"""
+    records: str = "*"
+    """glob on record ids with --results-store (default all)"""
+    evals: str = ",".join(EVALS)
+    """comma-separated subset of core,scr,tpp,sparse_probing,autointerp (default: all five)"""
+    out: Optional[str] = None
+    """output folder (required with --dictionaries; default STORE/saebench)"""
+    overwrite: bool = sp_field(False, action="store_true")
+    """replace earlier outputs"""
+    model: Optional[str] = None
+    """model name (default: each dictionary's trainer.lm_name); TransformerLens names load as SAEBench loads them,
+    others (e.g. smollm2-135m-instruct) are converted"""
+    device: Optional[str] = None
+    """device for the model and the dictionaries (default: cuda when available, else cpu)"""
+    dtype: str = "float32"
+    """LLM and SAE dtype (float32, bfloat16; default float32)"""
+    online: bool = sp_field(False, action="store_true")
+    """use SAEBench's hub datasets instead of local substitutes"""
+    data_dir: Optional[str] = None
+    """folder of local labelled datasets, one subfolder per dataset laid out as benchmarks/saebench/sample_data (see
+    its README; default: those tiny bundled samples)"""
+    text_source: Optional[str] = None
+    """general text for core/autointerp offline (file/folder/HF name; default the bundled corpus's held-out split,
+    ~80k tokens)"""
+    sparse_probing_datasets: Optional[str] = None
+    """dataset names for sparse_probing, comma list (hub names or dla-local/...; default per --online)"""
+    scr_datasets: Optional[str] = None
+    """dataset names for scr, comma list (hub names or dla-local/...; default per --online)"""
+    tpp_datasets: Optional[str] = None
+    """dataset names for tpp, comma list (hub names or dla-local/...; default per --online)"""
+    core_datasets: Optional[str] = None
+    """dataset names for core, comma list (hub names or dla-local/...; default per --online)"""
+    autointerp_datasets: Optional[str] = None
+    """dataset names for autointerp, comma list (hub names or dla-local/...; default per --online)"""
+    budget: str = choice("default", "smoke", default="default")
+    """smoke: tiny budgets for a quick CPU check of the pipeline (see each budget flag); given flags override them"""
+    budgets: BudgetFlags = sp_field(default_factory=BudgetFlags)
+    """the budget flags (--context ... --autointerp-latents)"""
+    judge_url: Optional[str] = None
+    """OpenAI-compatible base URL (e.g. https://api.openai.com/v1); default: start the local SmolLM2-135M judge"""
+    judge_model: str = "gpt-4o-mini"
+    """judge model name at --judge-url (default gpt-4o-mini, the paper's)"""
+    judge_key_env: str = "OPENAI_API_KEY"
+    """environment variable holding the API key"""
+    seed: int = 42
+    """random seed of every eval (default 42)"""
+    verbose: bool = sp_field(False, action="store_true")
+    """show the evals' own output (probe accuracies, third-party warnings); default: a progress line per eval and
+    the summary"""
+
+
+DESCRIPTION = ("Run SAEBench evals (core, scr, tpp, sparse_probing, autointerp) on dictionaries of this library "
+               "and write SAEBench-schema JSON per dictionary and eval plus a summary table. Offline by default: "
+               "SmolLM2 from its GGUF file, local datasets (--data-dir), a local 135M judge for autointerp (far "
+               "weaker than the paper's gpt-4o-mini).")
+
+
+def build_parser(prog: str = "python -m benchmarks run"):
+    """The command line of ``benchmarks run``: a :func:`dictionary_learning_aligned.cli.config_parser` over
+    :class:`RunConfig` (the budget flags from :data:`BUDGET_FLAGS`)."""
+    return config_parser(prog, RunConfig, DESCRIPTION)
+
+
+def parse_run_config(argv=None, prog: str = "python -m benchmarks run") -> RunConfig:
+    """:class:`RunConfig` from ``argv``; exits with status 2 and a usage message for a bad flag, or when not exactly
+    one of ``--dictionaries`` and ``--results-store`` is given (as argparse's mutually exclusive group did)."""
+    parser = build_parser(prog)
+    cfg = parse_config(parser, argv)
+    if cfg.dictionaries is None and cfg.results_store is None:
+        parser.error("one of the arguments --dictionaries --results-store is required")
+    if cfg.dictionaries is not None and cfg.results_store is not None:
+        parser.error("argument --results-store: not allowed with argument --dictionaries")
+    return cfg
+
+
+def _sources(cfg: RunConfig) -> tuple:
+    """``(dictionaries, output folder, per-record layout)`` of a run.
+
+    Raises:
+        ValueError: ``--dictionaries`` without ``--out``. FileNotFoundError: no dictionary found.
+    """
+    if cfg.results_store:
+        dicts = store_dictionaries(cfg.results_store, cfg.records)
+        return dicts, Path(cfg.out or Path(cfg.results_store) / "saebench"), True
+    if not cfg.out:
+        raise ValueError("--out is required with --dictionaries")
+    return find_dictionaries(cfg.dictionaries), Path(cfg.out), False
+
+
+def run_spec(cfg: RunConfig, command: str = "") -> RunSpec:
+    """The :class:`~.runner.RunSpec` of a parsed :class:`RunConfig` (finds the dictionaries, resolves the device,
+    budgets, datasets and judge).
+
+    Raises:
+        ValueError, FileNotFoundError: see :func:`_sources`, :func:`find_dictionaries`, :func:`store_dictionaries`
+            and :func:`resolve_budgets`.
+    """
     import os
 
     from .judge import JudgeConfig
+
+    budgets = resolve_budgets(cfg.budgets, cfg.budget == "smoke", cfg.online)  # bad flags before any file is read
+    dicts, out, per_record = _sources(cfg)
+    datasets = {ev: comma_list(getattr(cfg, f"{ev}_datasets")) for ev in EVALS if getattr(cfg, f"{ev}_datasets")}
+    judge = None
+    if cfg.judge_url:
+        judge = JudgeConfig(base_url=cfg.judge_url, model=cfg.judge_model,
+                            api_key=os.environ.get(cfg.judge_key_env, "none"))
+    return RunSpec(dictionaries=dicts, evals=comma_list(cfg.evals), out=out, model_name=cfg.model,
+                   device=cfg.device or default_device(), dtype=cfg.dtype, offline=not cfg.online,
+                   data_dir=cfg.data_dir, text_source=cfg.text_source, datasets=datasets,
+                   budgets=budgets, judge=judge,
+                   seed=cfg.seed, overwrite=cfg.overwrite, per_record_layout=per_record, command=command)
+
+
+def main(argv=None) -> int:
+    """Entry point of ``python -m benchmarks run``; returns 0 on success (errors propagate with their cause: the
+    caller, ``python -m benchmarks``, reports a user's error as one line, see
+    :func:`dictionary_learning_aligned.cli.run_reporting_errors`)."""
     from .runner import run
 
-    parser = build_parser()
-    if "smoke" in (parser.parse_known_args(argv)[0].budget,):
-        parser.set_defaults(**SMOKE_BUDGETS)
-    args = parser.parse_args(argv)
-    set_verbosity(args.verbose)
-    if args.device is None:
-        args.device = default_device()
-    if args.results_store:
-        dicts = store_dictionaries(args.results_store, args.records)
-        out, per_record = Path(args.out or Path(args.results_store) / "saebench"), True
-    else:
-        if not args.out:
-            raise ValueError("--out is required with --dictionaries")
-        dicts, out, per_record = find_dictionaries(args.dictionaries), Path(args.out), False
-    b = Budgets()
-    for k in OFFLINE_SIZES:
-        if getattr(args, k) is None:
-            setattr(args, k, getattr(b, k) if args.online else OFFLINE_SIZES[k])
-    budgets = Budgets(context=args.context, llm_batch_size=args.llm_batch_size, core_batches=args.core_batches,
-                      core_sparsity_batches=args.core_sparsity_batches, core_batch_prompts=args.core_batch_prompts,
-                      scr_train=args.scr_train, scr_test=args.scr_test, scr_epochs=args.scr_epochs,
-                      scr_n_values=args.scr_n_values, probe_train=args.probe_train, probe_test=args.probe_test,
-                      probe_k_values=args.probe_k_values, autointerp_tokens=args.autointerp_tokens,
-                      autointerp_latents=args.autointerp_latents)
-    datasets = {ev: getattr(args, f"{ev}_datasets") for ev in EVALS if getattr(args, f"{ev}_datasets")}
-    judge = None
-    if args.judge_url:
-        judge = JudgeConfig(base_url=args.judge_url, model=args.judge_model,
-                            api_key=os.environ.get(args.judge_key_env, "none"))
-    spec = RunSpec(dictionaries=dicts, evals=args.evals, out=out, model_name=args.model, device=args.device,
-                   dtype=args.dtype, offline=not args.online, data_dir=args.data_dir, text_source=args.text_source,
-                   datasets=datasets, budgets=budgets, judge=judge, seed=args.seed, overwrite=args.overwrite,
-                   per_record_layout=per_record,
-                   command=" ".join(shlex.quote(a) for a in ["python", "-m", "benchmarks", "run", *(argv or sys.argv[2:])]))
-    run(spec)
+    cfg = parse_run_config(argv)
+    set_verbosity(cfg.verbose)
+    command = " ".join(shlex.quote(a) for a in ["python", "-m", "benchmarks", "run", *(argv or sys.argv[2:])])
+    run(run_spec(cfg, command))
     return 0
