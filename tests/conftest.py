@@ -52,6 +52,41 @@ TEXTS = [
 ]
 
 
+def perfect_dictionary(d: int):
+    """x = ReLU(x) - ReLU(-x): an exact dictionary (an ``AutoEncoder``) with 2d unit-norm features."""
+    from dictionary_learning_aligned import AutoEncoder
+
+    ae = AutoEncoder(d, 2 * d)
+    eye = torch.eye(d)
+    with torch.no_grad():
+        ae.W_enc.copy_(torch.cat([eye, -eye]))
+        ae.W_dec.copy_(torch.cat([eye, -eye], dim=1))
+    return ae
+
+
+def evaluate_perfect_dictionary(lm, n_batches: int, d: int = 64):
+    """Harvest ``lm``'s layer 1 over ``TEXTS * 2`` (8 contexts of 16 tokens, BOS removed, batches of 32 tokens),
+    evaluate :func:`perfect_dictionary` on ``n_batches`` batches with the CE loss of one batch of 2 contexts, and
+    check the splice: the CE loss with the dictionary spliced in equals the original, zero ablation differs, the
+    recovered fraction is 1.
+
+    Returns:
+        ``(metrics of evaluate, activation batches, CE token batches)`` for further checks.
+    """
+    from dictionary_learning_aligned.buffer import ActivationBuffer
+    from dictionary_learning_aligned.evaluation import collect_eval_data, evaluate
+
+    buf = ActivationBuffer(iter(TEXTS * 2), lm, lm.model.layers[1], n_ctxs=8, ctx_len=16, refresh_batch_size=4,
+                           out_batch_size=32, remove_bos=True)
+    acts, tokens = collect_eval_data(buf, n_batches=n_batches, ce_batches=1, ce_batch_size=2)
+    out = evaluate(perfect_dictionary(d), acts, n_batches=n_batches, model=lm, submodule=lm.model.layers[1],
+                   ce_tokens=tokens)
+    assert out["loss_reconstructed"] == pytest.approx(out["loss_original"], abs=1e-4)
+    assert out["loss_zero"] != pytest.approx(out["loss_original"], abs=1e-3)
+    assert out["frac_recovered"] == pytest.approx(1.0, abs=1e-3)
+    return out, acts, tokens
+
+
 @pytest.fixture(scope="session")
 def smollm2_activations():
     """About 2,000 real activations of SmolLM2-135M-Instruct layer 12 (BOS removed) on the bundled corpus, as

