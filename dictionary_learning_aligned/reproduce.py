@@ -211,15 +211,12 @@ def spread_runs(runs: list[Run], rank: int, world: int) -> list[Run]:
         raise ValueError(f"rank must be in 0..world-1 and world >= 1, got rank {rank}, world {world}")
     if world == 1:
         return list(runs)
-    key = (lambda r: (r.dict_size, r.arch)) if len({(r.dict_size, r.arch) for r in runs}) >= world else _gid
-    units: dict = {}
-    for r in runs:
-        units.setdefault(key(r), []).append(r)
-    loads, owner = [0] * world, {}
-    for k in sorted(units, key=lambda k: (-len(units[k]) * units[k][0].dict_size, str(k))):
-        owner[k] = loads.index(min(loads))
-        loads[owner[k]] += len(units[k]) * units[k][0].dict_size
-    return [r for r in runs if owner[key(r)] == rank]
+    from .stacked import spread_over_processes
+
+    stacks = [(r.dict_size, r.arch) for r in runs]
+    keys = stacks if len(set(stacks)) >= world else [_gid(r) for r in runs]
+    owners = spread_over_processes(keys, [r.dict_size for r in runs], world)
+    return [r for r, o in zip(runs, owners) if o == rank]
 
 
 def _process_device(device: str, local_rank: int, world: int) -> str:

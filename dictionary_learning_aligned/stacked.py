@@ -176,6 +176,33 @@ def plan_stacks(trainers: list) -> tuple[list[list[int]], list[int]]:
     return list(groups.values()), alone
 
 
+def spread_over_processes(keys: list, sizes: list, world: int) -> list[int]:
+    """The process (``0..world-1``) of each item of a sweep that ``world`` processes share without
+    communicating: items with equal keys (one stack: e.g. same architecture and dict_size) go to one process,
+    stacks largest first (by the sum of their ``sizes``) onto the least loaded process, ties by key order. Every
+    process computes the same assignment from the same lists.
+
+    Args:
+        keys: one hashable key per item (the caller decides what must stay together).
+        sizes: one load per item (e.g. dict_size).
+        world: number of processes.
+
+    Raises:
+        ValueError: ``world < 1`` or ``keys`` and ``sizes`` of different lengths.
+    """
+    if world < 1 or len(keys) != len(sizes):
+        raise ValueError(f"need world >= 1 and one size per key, got world {world}, {len(keys)} keys, "
+                         f"{len(sizes)} sizes")
+    load_of: dict = {}
+    for k, n in zip(keys, sizes):
+        load_of[k] = load_of.get(k, 0) + n
+    loads, owner = [0] * world, {}
+    for k in sorted(load_of, key=lambda k: (-load_of[k], str(k))):
+        owner[k] = loads.index(min(loads))
+        loads[owner[k]] += load_of[k]
+    return [owner[k] for k in keys]
+
+
 class StackedTrainer:
     """N dictionaries of one architecture and shape, trained as one batched model.
 

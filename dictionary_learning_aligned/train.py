@@ -11,7 +11,8 @@ Several GPUs (one process per GPU, launched by torchrun)::
 ``--placement ddp`` (default): every trainer is trained data-parallel over all processes with
 DistributedDataParallel; each process reads the same global batches from the cache and trains on its
 ``batch_size / world_size`` slice (see :mod:`.distributed`); the result equals a one-process run up to float
-rounding. ``--placement spread``: trainer ``i`` of the sweep runs on process (GPU) ``i % world_size``; every
+rounding. ``--placement spread``: whole stacks of the sweep (same architecture and dict_size) run on one process (GPU) each,
+balanced by size (trainer by trainer when there are fewer stacks than processes); every
 process reads the whole data stream and trains its own trainers on it (no communication during training), which
 gives the same dictionaries as training them all in one process. Only rank 0 writes run-level files; in spread
 mode each process writes its own trainers' folders.
@@ -147,7 +148,8 @@ class TrainConfig:
     overwrite: bool = field(False, action="store_true")
     """replace an earlier run in --out"""
     placement: str = choice(*PLACEMENTS, default="ddp")
-    """ddp: every trainer data-parallel over all processes; spread: trainer i on process i %% world_size"""
+    """ddp: every trainer data-parallel over all processes; spread: whole stacks (architecture x dict_size) per
+    process"""
     arch: str = "relu"
     """comma list of architectures (relu, topk, batchtopk, panneal; the extensions jumprelu, matryoshka; or any
     registered one)"""
@@ -346,11 +348,27 @@ def _train_placed(args: TrainConfig, cache, configs: list[dict], common: dict, r
         prepare_output_dir(args.out, args.overwrite)
 
     _rank0_first(check_then_prepare)
-    mine = [i for i in range(len(configs)) if i % world == rank]
+    mine = [i for i, o in enumerate(_stack_owners(configs, world)) if o == rank]
     trainers = trainSAE(cache, [configs[i] for i in mine], **common) if mine else []
     for i, tr in zip(mine, trainers):
         _save(tr, Path(args.out) / f"trainer_{i}", tr.norm_factor, common["run_cfg"], tr.steps_done)
     return mine, trainers, True
+
+
+def _stack_owners(configs: list[dict], world: int) -> list[int]:
+    """The process of each trainer under ``--placement spread``: whole stacks (same architecture and dict_size)
+    per process, balanced by size (:func:`.stacked.spread_over_processes`); with fewer stacks than processes,
+    trainer by trainer."""
+    from .registry import for_trainer
+    from .stacked import spread_over_processes
+
+    def arch(c):
+        spec = for_trainer(c["trainer"])
+        return spec.name if spec is not None else str(c["trainer"])
+
+    stacks = [(c["dict_size"], arch(c)) for c in configs]
+    keys = stacks if len(set(stacks)) >= world else list(range(len(configs)))
+    return spread_over_processes(keys, [c["dict_size"] for c in configs], world)
 
 
 def _report(out: Path, mine: list[int], trainers: list) -> None:
