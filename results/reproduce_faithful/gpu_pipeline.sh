@@ -67,6 +67,8 @@ case "$cmd" in
     setsid nohup bash "$0" run > $R/logs/pipeline.txt 2>&1 < /dev/null &
     sleep 5; cmd=wait ;&
   wait)
+    # a fresh machine (the one that ran the pipeline was given back) has no pipeline log: say so at once
+    [ -f $R/logs/pipeline.txt ] || { echo "no pipeline on this machine (it was given back): start again" >&2; exit 4; }
     end=$(( $(date +%s) + ${2:-500} ))
     while [ "$(date +%s)" -lt "$end" ] && ! grep -q "\] done" $R/logs/pipeline.txt 2>/dev/null; do sleep 10; done
     cat $R/logs/pipeline.txt; tail -5 $R/logs/reproduce_main.txt 2>/dev/null; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
