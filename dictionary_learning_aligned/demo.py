@@ -3,7 +3,6 @@ held-out text, and report the difference (table, ``results.json``, alignment-sco
 
 from __future__ import annotations
 
-import copy
 import json
 import platform
 import sys
@@ -198,13 +197,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         FileExistsError: ``cfg.out`` exists and is not empty (without ``overwrite``).
         FileNotFoundError: the offline model file is missing (the message says how to install it).
     """
-    from nnsight.modeling.transformers import TransformersModel
-
-    from . import console
-    from .buffer import ActivationBuffer
-    from .data import iter_texts
+    from . import console, pipeline
     from .io import check_output_dir, prepare_output_dir, write_json
-    from .models import get_layer, load_language_model
 
     validate_config(cfg)
     if cfg.verbose:
@@ -216,32 +210,21 @@ def run_demo(cfg: DemoConfig) -> dict:
         check_resume(cfg)  # same settings and text as the run recorded, and not finished; nothing is changed
     else:
         check_output_dir(cfg.out, cfg.overwrite)  # fail before the slow steps; nothing is changed yet
-    for split in ("train", "test"):  # an unreadable corpus or an empty split fails here, not after training
-        next(iter_texts(cfg.corpus, split=split, seed=cfg.seed))
+    pipeline.check_corpus(cfg.corpus, seed=cfg.seed)  # an unreadable corpus or an empty split fails here
     timings = {}
     t0 = time.time()
     _say(f"[1/3] loading {cfg.model} on {cfg.device}" + (" (4-bit Q4_1 GGUF, de-quantised to float32)"
          if cfg.model.lower() == "smollm2-135m-instruct" else ""))
-    with console.captured_output(None, stderr=True):  # transformers' loading bars; errors still raise
-        hf, tok = load_language_model(cfg.model, device=cfg.device, dtype=as_dtype(cfg.model_dtype, "model_dtype"))
-    # nnsight's TransformersModel: LanguageModel is its deprecated alias (same class but for a warning)
-    lm = TransformersModel(hf, tokenizer=copy.deepcopy(tok), task="text-generation")
-    submodule = get_layer(lm, cfg.layer)  # the layer's envoy; raises on a layer out of range
+    model = pipeline.load_model(cfg.model, cfg.layer, cfg.device, as_dtype(cfg.model_dtype, "model_dtype"))
     timings["load_model_s"] = time.time() - t0
     out = Path(cfg.out) if cfg.resume else prepare_output_dir(cfg.out, cfg.overwrite)
     if not cfg.resume:
         write_json(out / FINGERPRINT_FILE, run_fingerprint(cfg))
-
-    def make_buffer(split, n_ctxs):
-        return ActivationBuffer(iter_texts(cfg.corpus, split=split, seed=cfg.seed), lm, submodule,
-                                d_submodule=hf.config.hidden_size, n_ctxs=n_ctxs, ctx_len=cfg.ctx_len,
-                                refresh_batch_size=cfg.refresh_batch_size, out_batch_size=cfg.batch_size,
-                                device=cfg.device, remove_bos=True,
-                                max_norm_multiple=cfg.max_norm_multiple if (cfg.max_norm_multiple or 0) > 0 else None,
-                                verbose=split == "train" and console.is_verbose(), seed=cfg.seed)
-
-    train_buffer = make_buffer("train", cfg.buffer_ctxs)
-    runs = trainer_configs(cfg, hf.config.hidden_size, steps)
+    harvest = pipeline.Harvest(model, corpus=cfg.corpus, batch_size=cfg.batch_size, ctx_len=cfg.ctx_len,
+                               refresh_batch_size=cfg.refresh_batch_size, device=cfg.device,
+                               max_norm_multiple=cfg.max_norm_multiple, seed=cfg.seed)
+    train_buffer = pipeline.activation_buffer(harvest, "train", cfg.buffer_ctxs, verbose=console.is_verbose())
+    runs = trainer_configs(cfg, model.d_model, steps)
     names = [g if cfg.seeds == 1 else f"{g} seed {c['seed']}" for g, c in runs]
     _say(f"[2/3] harvesting activations of layer {cfg.layer} and training {len(runs)} SAEs for {steps} steps "
          f"of {cfg.batch_size} tokens" + ("" if console.is_verbose() else " (--verbose prints the training log)"))
@@ -253,7 +236,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     _say(f"[3/3] evaluating on held-out text ({cfg.eval_batches * cfg.batch_size} tokens, CE loss on "
          f"{cfg.ce_batches * cfg.ce_batch_size} contexts)")
     t0 = time.time()
-    metrics, groups, stab = _evaluate_dictionaries(cfg, out, runs, names, lm, submodule, make_buffer)
+    metrics, groups, stab = _evaluate_dictionaries(cfg, out, runs, names, harvest)
     timings["evaluate_s"] = time.time() - t0
 
     results = {
@@ -296,23 +279,17 @@ def _train(cfg, out: Path, runs: list, steps: int, train_buffer) -> list:
     return trainers
 
 
-def _evaluate_dictionaries(cfg, out, runs, names, lm, submodule, make_buffer):
-    """Evaluate every trained dictionary of the demo on held-out text: ``(metrics {name: evaluate() dict},
-    groups {group: [names]}, stability {group: stability() dict}, empty with one seed)``."""
-    from .dictionary import Dictionary
-    from .evaluation import ce_losses, collect_eval_data, evaluate
+def _evaluate_dictionaries(cfg, out: Path, runs: list, names: list, harvest) -> tuple[dict, dict, dict]:
+    """Evaluate every trained dictionary of the demo on held-out text (:func:`.pipeline.heldout_data`,
+    :func:`.pipeline.evaluate_dictionaries`): ``(metrics {name: evaluate() dict}, groups {group: [names]},
+    stability {group: stability() dict}, empty with one seed)``."""
+    from .pipeline import evaluate_dictionaries, heldout_data
     from .stability import stability
 
-    eval_rows = max(1, (cfg.eval_batches * cfg.batch_size) // cfg.ctx_len + 1)
-    acts, ce_tokens = collect_eval_data(make_buffer("test", eval_rows), cfg.eval_batches, cfg.ce_batches,
-                                        cfg.ce_batch_size)
-    metrics, dictionaries = {}, {}
-    ce_reference = [ce_losses(lm, submodule, None, t, skip_first=True) for t in ce_tokens]
-    for i, name in enumerate(names):
-        ae = Dictionary.from_pretrained(out / "dictionaries" / f"trainer_{i}", device=cfg.device)
-        metrics[name] = evaluate(ae, acts, n_batches=len(acts), model=lm, submodule=submodule, ce_tokens=ce_tokens,
-                                 skip_first=True, ce_reference=ce_reference)
-        dictionaries[name] = ae if cfg.seeds > 1 else None
+    heldout = heldout_data(harvest, cfg.eval_batches, cfg.ce_batches, cfg.ce_batch_size)
+    folders = [out / "dictionaries" / f"trainer_{i}" for i in range(len(names))]
+    loaded, evaluated = evaluate_dictionaries(folders, heldout, harvest.model, cfg.device, keep=cfg.seeds > 1)
+    metrics, dictionaries = dict(zip(names, evaluated)), dict(zip(names, loaded))
     groups = {}
     for (g, _), name in zip(runs, names):
         groups.setdefault(g, []).append(name)
