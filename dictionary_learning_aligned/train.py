@@ -34,7 +34,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from simple_parsing.helpers import choice, field, flag
@@ -83,28 +83,11 @@ def grid_configs(archs: list[str], alignments: list[Optional[str]], dict_sizes: 
     return out
 
 
-def _rank0_first(fn: Callable[[], object]):
-    """Run ``fn`` on rank 0 only, then let every rank continue; an exception on rank 0 is raised on every rank
-    (as a RuntimeError naming it on the others), so no rank waits forever."""
-    err = None
-    if dd.rank() == 0:
-        try:
-            fn()
-        except Exception as e:  # re-raised below, on every rank
-            err = e
-    if dd.world_size() > 1:
-        msg = [None if err is None else f"{type(err).__name__}: {err}"]
-        torch.distributed.broadcast_object_list(msg, src=0)
-        if msg[0] is not None and err is None:
-            raise RuntimeError(f"rank 0 failed: {msg[0]}")
-    if err is not None:
-        raise err
-
-
 def harvest_cache(path, tokens: int, model: Optional[str] = None, layer: int = 12, corpus: Optional[str] = None,
                   ctx_len: int = 128, device: str = "cpu", refresh_batch_size: int = 64) -> Path:
     """Build an activation cache at ``path`` from ``tokens`` activations of ``model``'s layer ``layer`` (output,
-    BOS removed, tokens above 10x the median norm dropped) over ``corpus``'s train split.
+    BOS removed, tokens above 10x the median norm dropped) over ``corpus``'s train split: the model loaded by
+    :func:`.pipeline.load_model` (bfloat16 on CUDA, else float32) and harvested by :func:`.pipeline.harvest_into`.
 
     Args:
         path: new cache folder. tokens: activations to store. model: Hugging Face name (default SmolLM2-135M-
@@ -113,27 +96,19 @@ def harvest_cache(path, tokens: int, model: Optional[str] = None, layer: int = 1
 
     Returns:
         the cache folder.
+
+    Raises:
+        FileExistsError: ``path`` exists. FileNotFoundError / ValueError: the model cannot be loaded, the layer
+            is out of range, or the corpus yields no activations.
     """
-    import copy
-
-    from nnsight import LanguageModel
-
-    from .buffer import ActivationBuffer
-    from .cache import build_cache
-    from .data import iter_texts
-    from .models import SMOLLM2_NAME, get_layer, load_language_model
+    from .models import SMOLLM2_NAME
+    from .pipeline import Harvest, harvest_into, load_model
 
     model = model or SMOLLM2_NAME
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    hf, tok = load_language_model(model, device=device, dtype=dtype)
-    lm = LanguageModel(hf, tokenizer=copy.deepcopy(tok))
-    buf = ActivationBuffer(iter_texts(corpus, split="train", seed=0), lm, get_layer(lm, layer),
-                           d_submodule=hf.config.hidden_size, n_ctxs=max(64, min(8000, tokens // ctx_len // 4)),
-                           ctx_len=ctx_len, refresh_batch_size=refresh_batch_size, out_batch_size=8192, device=device,
-                           remove_bos=True, max_norm_multiple=10.0, seed=0)
-    meta = {"model": model, "layer": layer, "io": "out", "corpus": corpus or "bundled", "split": "train",
-            "ctx_len": ctx_len, "remove_bos": True, "max_norm_multiple": 10.0}
-    return build_cache(buf, path, tokens, meta)
+    harvest = Harvest(load_model(model, layer, device, dtype), corpus=corpus, batch_size=8192, ctx_len=ctx_len,
+                      refresh_batch_size=refresh_batch_size, device=device)
+    return harvest_into(path, harvest, tokens)
 
 
 @dataclass
@@ -246,21 +221,21 @@ def _check_args(args: TrainConfig, world: int) -> None:
 def _open_cache(args: TrainConfig, device: str):
     """The activation cache of ``args.cache`` (harvested first, by rank 0, when missing) and whether it is
     preloaded on ``device``."""
-    from .cache import ActivationCache, clear_unfinished
+    from .pipeline import harvest_once, open_cache
 
     cache_path = Path(args.cache)
     if not (cache_path / "meta.json").is_file():
         # an interrupted build of ours is started again; a file or someone else's folder is refused before the
         # model is loaded
-        _rank0_first(lambda: clear_unfinished(cache_path) or harvest_cache(
-            cache_path, args.tokens, args.model, 12 if args.layer is None else args.layer, args.corpus,
-            args.ctx_len, device))
+        harvest_once(cache_path, lambda path: harvest_cache(
+            path, args.tokens, args.model, 12 if args.layer is None else args.layer, args.corpus, args.ctx_len,
+            device))
     # the options that describe the cache, when given, must match an existing one
     expect = {k: v for k, v in (("model", args.model), ("layer", args.layer), ("corpus", args.corpus))
               if v is not None}
     preload = _want_preload(args.preload, cache_path, device)
-    cache = ActivationCache(cache_path, batch_size=args.batch_size, epochs=args.epochs, seed=0,
-                            device=device if preload else "cpu", drop_last=True, expect=expect, preload=preload)
+    cache = open_cache(cache_path, args.batch_size, device if preload else "cpu", expect=expect, epochs=args.epochs,
+                       preload=preload, drop_last=True)
     return cache, preload
 
 
@@ -332,6 +307,7 @@ def _train_placed(args: TrainConfig, cache, configs: list[dict], common: dict, r
     """Train ``configs`` as ``--placement`` says; returns (indices this process trained, its trainers, whether
     this process writes their folders)."""
     from .io import prepare_output_dir
+    from .pipeline import rank0_first
     from .training import _build_trainer, _save, trainSAE
 
     if args.placement == "ddp":
@@ -347,7 +323,7 @@ def _train_placed(args: TrainConfig, cache, configs: list[dict], common: dict, r
             _build_trainer({**c, "device": "meta"}, "meta")
         prepare_output_dir(args.out, args.overwrite)
 
-    _rank0_first(check_then_prepare)
+    rank0_first(check_then_prepare)
     mine = [i for i, o in enumerate(_stack_owners(configs, world)) if o == rank]
     trainers = trainSAE(cache, [configs[i] for i in mine], **common) if mine else []
     for i, tr in zip(mine, trainers):
