@@ -28,6 +28,8 @@ import json
 import platform
 import sys
 import time
+from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -126,8 +128,11 @@ def _dictionary_learning_stepper(cfgs: list, device: str):
     return step
 
 
-def time_grid(name: str, mode: str, batch: int, device: str, steps: int, warmup: int) -> dict:
-    """Dictionary-tokens/s, TFLOP/s and peak memory of one grid in one mode (random activations, seed 0)."""
+def time_grid(name: str, mode: str, batch: int, device: str, steps: int, warmup: int,
+              profile: Optional[str] = None) -> dict:
+    """Dictionary-tokens/s, TFLOP/s and peak memory of one grid in one mode (random activations, seed 0). With
+    ``profile`` (a file path), the timed steps run again under ``torch.profiler`` and the operators' table (sorted
+    by device time, 40 rows) is written there; the timing comes from the unprofiled steps."""
     cfgs = grid(name, steps=10_000)
     cuda = torch.device(device).type == "cuda"
     if cuda:
@@ -144,7 +149,9 @@ def time_grid(name: str, mode: str, batch: int, device: str, steps: int, warmup:
         for i in range(warmup, warmup + steps):
             step(i, xs[i % 4])
         _sync(device)
-    dt = time.perf_counter() - t
+        dt = time.perf_counter() - t
+        if profile:
+            _profile(step, xs, warmup + steps, steps, device, profile)
     size = cfgs[0]["dict_size"]
     dict_tok_s = len(cfgs) * batch * steps / dt
     return {"grid": name, "mode": mode, "batch": batch, "dictionaries": len(cfgs), "dict_size": size,
@@ -153,9 +160,24 @@ def time_grid(name: str, mode: str, batch: int, device: str, steps: int, warmup:
             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
 
 
-def run(grids, modes, batches, device, steps, warmup, out=None, command="") -> dict:
+def _profile(step, xs, first: int, steps: int, device: str, path: str) -> None:
+    """Run ``steps`` more steps under ``torch.profiler`` and write its operator table (by device time) to
+    ``path``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for i in range(first, first + steps):
+            step(i, xs[i % 4])
+        _sync(device)
+    key = "self_cuda_time_total" if torch.device(device).type == "cuda" else "self_cpu_time_total"
+    Path(path).write_text(prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=70))
+
+
+def run(grids, modes, batches, device, steps, warmup, out=None, command="", profile_dir=None) -> dict:
     """Time every (grid, batch, mode); a failing point is recorded with its error and the rest still runs. With
-    ``out`` the JSON is rewritten after every row."""
+    ``out`` the JSON is rewritten after every row; with ``profile_dir`` each point's profiler table is written
+    there as ``GRID_MODE_BATCH.txt``."""
     from benchmarks.speed import matmul_peak
 
     res = {"command": command, "device": torch.cuda.get_device_name() if torch.device(device).type == "cuda"
@@ -165,7 +187,9 @@ def run(grids, modes, batches, device, steps, warmup, out=None, command="") -> d
         for batch in batches:
             for mode in modes:
                 try:
-                    row = time_grid(name, mode, batch, device, steps, warmup)
+                    prof = (str(Path(profile_dir) / f"{name.replace(':', '-')}_{mode}_{batch}.txt")
+                            if profile_dir else None)
+                    row = time_grid(name, mode, batch, device, steps, warmup, prof)
                     row["frac_of_peak"] = row["tflops"] / res["matmul_peak_tflops"]
                 except Exception as e:  # a failing point is recorded, the rest still runs
                     row = {"grid": name, "mode": mode, "batch": batch, "error": f"{type(e).__name__}: {e}"}
@@ -208,6 +232,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=20, help="timed steps per point")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
     ap.add_argument("--out", help="write the results as JSON to this file")
+    ap.add_argument("--profile", metavar="DIR", help="also profile each point's timed steps (torch.profiler) and write "
+                    "its operator table, by device time, to DIR/GRID_MODE_BATCH.txt")
     args = ap.parse_args(argv)
     grids, modes = args.grids.split(","), args.modes.split(",")
     bad = [g for g in grids if g.partition(":")[0] not in ("main", "wide", "one")] + [m for m in modes if m not in MODES]
@@ -217,8 +243,11 @@ def main(argv=None) -> int:
         batches = [int(b) for b in args.batches.split(",")]
     except ValueError:
         ap.error(f"--batches must be comma-separated integers, got {args.batches!r}")
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
     res = run(grids, modes, batches, args.device, args.steps, args.warmup, args.out,
-              command="python -m benchmarks.sweep " + " ".join(argv if argv is not None else sys.argv[1:]))
+              command="python -m benchmarks.sweep " + " ".join(argv if argv is not None else sys.argv[1:]),
+              profile_dir=args.profile)
     return 0 if any("error" not in r for r in res["rows"]) else 1
 
 

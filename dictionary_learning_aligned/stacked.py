@@ -211,9 +211,10 @@ class StackedTrainer:
             state are read (so a trainer restored from a checkpoint continues exactly).
         indices: the trainers' positions in the caller's list, used in error messages (default 0..n-1).
         nan_check_every: read the non-finite flags every this many steps (one host synchronisation).
-        compile: ``torch.compile`` the loss (forward and backward) and the optimizer update (fewer kernels; same
-            math up to float rounding). Host decisions (schedules, whether any feature may be dead) stay outside the
-            compiled code.
+        compile: ``torch.compile`` the loss (forward and backward) and everything between the backward pass and
+            the next step (finiteness check, decoder-gradient projection, clipping, Adam, decoder renormalisation:
+            fewer kernels; same math up to float rounding). Host decisions (schedules, whether any feature may be
+            dead) stay outside the compiled code.
 
     Raises:
         ValueError: no trainers, or trainers that cannot share a stack (different architecture, shape, device,
@@ -242,7 +243,8 @@ class StackedTrainer:
         self.rule.load_state()
         self.compiled = bool(compile)
         self._losses = torch.compile(self.losses, dynamic=False) if compile else self.losses
-        self._adam_update = torch.compile(_adam_update, dynamic=False) if compile else _adam_update
+        self._optimizer_step = (torch.compile(self.optimizer_step, dynamic=False) if compile
+                                else self.optimizer_step)
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -396,12 +398,10 @@ class StackedTrainer:
             p.grad = None
         loss, _, f, aux = self._losses(x, tab)
         torch.autograd.backward(loss.sum())
-        ok = self._finite(loss)
-        self._project_decoder_grad()
-        if self.rule.grad_clip_norm is not None:
-            self._clip_grad(self.rule.grad_clip_norm)
-        self._adam(tab["lr"], ok)
-        self._after_optimizer_step(ok)
+        self.adam_step += 1
+        bias = torch.tensor([1 - self.beta1 ** self.adam_step, (1 - self.beta2 ** self.adam_step) ** 0.5],
+                            dtype=torch.float64, device=self.device)
+        ok = self._optimizer_step(loss.detach(), tab["lr"], bias)
         f = f.detach()
         with torch.no_grad():
             self.tokens_since_fired.add_(x.shape[0]).masked_fill_(self.rule.fired(f, aux), 0)
@@ -417,6 +417,20 @@ class StackedTrainer:
             raise ValueError(f"stacked update expects a non-empty batch [batch, {self.activation_dim}], got shape "
                              f"{tuple(x.shape)}")
         return x.to(self.device, self.W_dec.dtype)
+
+    @torch.no_grad()
+    def optimizer_step(self, loss: torch.Tensor, lr: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Everything after the backward pass, as each trainer does it: which dictionaries are finite, decoder
+        gradient projection, clipping, Adam with learning rates ``lr [n]`` and bias corrections ``bias`` (float64
+        ``[1 - beta1^t, sqrt(1 - beta2^t)]``), decoder renormalisation. Returns ``ok [n]`` (False: that dictionary
+        had a non-finite loss or gradient and kept its parameters and moments)."""
+        ok = self._finite(loss)
+        self._project_decoder_grad()
+        if self.rule.grad_clip_norm is not None:
+            self._clip_grad(self.rule.grad_clip_norm)
+        self._adam(lr, ok, bias)
+        self._after_optimizer_step(ok)
+        return ok
 
     @torch.no_grad()
     def _finite(self, loss: torch.Tensor) -> torch.Tensor:
@@ -442,15 +456,14 @@ class StackedTrainer:
             p.grad.mul_(coef.view(-1, *[1] * (p.ndim - 1)))
 
     @torch.no_grad()
-    def _adam(self, lr: torch.Tensor, ok: torch.Tensor) -> None:
+    def _adam(self, lr: torch.Tensor, ok: torch.Tensor, bias: torch.Tensor) -> None:
         """Adam (Kingma & Ba 2015, as ``torch.optim.Adam`` computes it) with a learning rate per dictionary
-        ``lr [n]``; dictionaries with ``ok`` False keep their parameters and moments."""
-        self.adam_step += 1
-        bc1 = 1 - self.beta1 ** self.adam_step
-        bc2_sqrt = torch.tensor((1 - self.beta2 ** self.adam_step) ** 0.5, device=self.device)
-        step_size = (lr / bc1).to(torch.float32)
+        ``lr [n]`` and the bias corrections ``bias`` (see :meth:`optimizer_step`); dictionaries with ``ok`` False
+        keep their parameters and moments."""
+        step_size = (lr / bias[0]).to(torch.float32)
+        bc2_sqrt = bias[1].to(torch.float32)
         for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
-            self._adam_update(p, m, v, p.grad, ok, step_size, bc2_sqrt, self.beta1, self.beta2, self.eps)
+            _adam_update(p, m, v, p.grad, ok, step_size, bc2_sqrt, self.beta1, self.beta2, self.eps)
 
     @torch.no_grad()
     def _after_optimizer_step(self, ok: torch.Tensor) -> None:
