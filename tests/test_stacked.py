@@ -302,3 +302,25 @@ def test_compiled_stack_matches_eager(arch, sparsity):
     for a, b in zip(eager, trs):
         for (name, pa), pb in zip(a.ae.state_dict().items(), b.ae.state_dict().values()):
             _close(pb, pa, name)
+
+
+def test_spread_over_processes_keeps_stacks_whole_and_balances():
+    from dictionary_learning_aligned.stacked import spread_over_processes
+    from dictionary_learning_aligned.train import _stack_owners
+
+    keys = ["relu"] * 6 + ["topk"] * 6 + ["batchtopk"] * 6 + ["panneal"] * 6
+    owners = spread_over_processes(keys, [4096] * 24, 2)
+    for k in set(keys):  # one process per stack
+        assert len({o for o, kk in zip(owners, keys) if kk == k}) == 1
+    assert owners.count(0) == owners.count(1) == 12
+    big = spread_over_processes(["a", "b", "c"], [65536, 4096, 4096], 2)  # the largest alone, the others together
+    assert big[0] != big[1] == big[2]
+    assert spread_over_processes(["a", "b"], [1, 1], 1) == [0, 0]
+    with pytest.raises(ValueError, match="world >= 1"):
+        spread_over_processes(["a"], [1, 2], 2)
+    # train --placement spread: stacks are architecture x dict_size; aligned and standard TopK share one
+    cfgs = [{"trainer": "AlignedTopKTrainer", "dict_size": 64}, {"trainer": "TopKTrainer", "dict_size": 64},
+            {"trainer": "StandardTrainer", "dict_size": 64}, {"trainer": "AlignedStandardTrainer", "dict_size": 64}]
+    owners = _stack_owners(cfgs, 2)
+    assert owners[0] == owners[1] != owners[2] == owners[3]
+    assert sorted(_stack_owners(cfgs[:1] + cfgs[2:3], 4)) == [0, 1]  # fewer stacks than processes: one by one
