@@ -15,14 +15,25 @@ The paper's text gives neither its sparsity grid nor its token budget; the value
 (about 10 to 200) and are our choice. Architectures, their sparsity parameter and default sweep values come from
 the registry (:mod:`.registry`). The ``extensions`` experiment trains the registered architectures that the paper
 does not evaluate (JumpReLU, Matryoshka BatchTopK); it is not in the paper and feeds none of its figures.
+
+Two more experiments go beyond the paper's figures (issue 16): ``ablations``, the referee's question "is it the
+constraint or the parameterization?" (standard, ``project``, ``rescale``, ``projection``, ``penalty`` at three
+coefficients and ``tied``, one sparsity per architecture), and ``budget``, standard and aligned pairs trained once
+for the full budget and evaluated from checkpoints of that run at several step counts (:attr:`Experiment.eval_steps`).
+
+An entry of :attr:`Experiment.alignments` is a mode of :data:`~.alignment.ALIGNMENT_MODES` (None: standard) or,
+for the soft constraint, ``"penalty:<lambda>"``, the mode with its coefficient (the trainers'
+``alignment_penalty``); :func:`parse_alignment` reads both and refuses anything else.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from . import registry
+from .alignment import check_mode
 
 OFFLINE_MODEL = "smollm2-135m-instruct"
 OFFLINE_LAYER = 12
@@ -96,6 +107,45 @@ GEMMA3_LAYER_NOTE = ("layer 8 of Gemma-3-270M's 18 blocks: the paper's relative 
                      "0.46 of the depth; 0.46 x 18 = 8.3, rounded to 8)")
 
 
+def parse_alignment(entry) -> tuple[Optional[str], Optional[float]]:
+    """Read one entry of an experiment's ``alignments`` as ``(mode, alignment_penalty)``.
+
+    Args:
+        entry: None or ``"standard"`` (a standard SAE), a mode name of :data:`~.alignment.ALIGNMENT_MODES`
+            (``"project"``, ``"rescale"``, ``"projection"``, ``"tied"``), or ``"penalty:<lambda>"``: the soft
+            constraint ``lambda * sum_i (a_i - 1)^2`` with its coefficient (a finite number > 0, e.g.
+            ``"penalty:0.1"``).
+
+    Returns:
+        ``(None, None)`` for standard, ``(mode, None)`` for a mode without coefficient, ``("penalty", lambda)``.
+
+    Raises:
+        ValueError: not a string or None, an unknown mode, ``"penalty"`` without its coefficient, a coefficient on
+            another mode, or a coefficient that is not a finite number > 0 (the message names the entry).
+    """
+    if entry is not None and not isinstance(entry, str):
+        raise ValueError(f"alignment entry {entry!r} must be None or a string such as 'project' or 'penalty:0.1'")
+    mode_txt, sep, coef_txt = (entry or "").partition(":")
+    try:
+        mode = check_mode(mode_txt.strip() or None)
+    except ValueError as e:
+        raise ValueError(f"alignment entry {entry!r}: {e}") from None
+    if mode != "penalty":
+        if sep:
+            raise ValueError(f"alignment entry {entry!r}: only 'penalty' takes a coefficient ('penalty:<lambda>')")
+        return mode, None
+    if not sep:
+        raise ValueError(f"alignment entry {entry!r}: the penalty needs its coefficient, e.g. 'penalty:0.1'")
+    try:
+        coef = float(coef_txt)
+    except ValueError:
+        coef = math.nan
+    if not (math.isfinite(coef) and coef > 0):
+        raise ValueError(f"alignment entry {entry!r}: the penalty coefficient must be a finite number > 0, "
+                         f"got {coef_txt.strip()!r}")
+    return mode, coef
+
+
 @dataclass(frozen=True)
 class Experiment:
     """One experiment of the paper.
@@ -112,6 +162,13 @@ class Experiment:
         seeds: seeds per configuration.
         tokens: training tokens per scale.
         in_paper: False for an experiment that arXiv 2605.18629 does not run (an extension).
+        note: what an experiment that feeds no paper figure is for (shown by ``reproduce -h``).
+        eval_steps: per scale, the step counts at which checkpoints of each run are evaluated and recorded besides
+            its end (empty: only the trained dictionary); every dictionary is trained once for the full budget.
+
+    Raises:
+        ValueError: an entry of ``alignments`` that :func:`parse_alignment` refuses, two entries that are the same
+            mode and coefficient, or an ``eval_steps`` value that is not an int >= 1.
     """
 
     name: str
@@ -130,7 +187,28 @@ class Experiment:
     layer_note: str = ""
     """why ``offline_layer`` was chosen, when it is not the default"""
     in_paper: bool = True
+    note: str = ""
+    eval_steps: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        parsed = [parse_alignment(a) for a in self.alignments]
+        if len(set(parsed)) < len(parsed):
+            raise ValueError(f"experiment {self.name!r}: an alignment entry is repeated in {self.alignments}")
+        for scale, steps in self.eval_steps.items():
+            if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in steps):
+                raise ValueError(f"experiment {self.name!r}: eval_steps[{scale!r}] must be ints >= 1, got {steps}")
+
+    def alignment_modes(self) -> list[tuple[Optional[str], Optional[float]]]:
+        """The ``(mode, alignment_penalty)`` of every entry of ``alignments`` (:func:`parse_alignment`)."""
+        return [parse_alignment(a) for a in self.alignments]
+
+
+#: the referee's ablations (issue 16 item 2): the constraint (project, rescale, projection step, soft penalty at
+#: three coefficients) against the parameterization (tied), for ReLU and TopK at one sparsity each
+ABLATION_ALIGNMENTS = (None, "project", "rescale", "projection", "penalty:0.1", "penalty:1", "penalty:10", "tied")
+#: the checkpoints of the ``budget`` experiment, per scale (each run's last step is recorded too)
+BUDGET_EVAL_STEPS = {"smoke": (4, 12), "small": (2_500, 10_000, 25_000),
+                     "paper": (2_500, 10_000, 25_000, 50_000, 100_000)}
 
 EXPERIMENTS = {e.name: e for e in [
     Experiment("main", figures=(2, 3, 4, 5, 6, 7, 8, 10, 11, 13)),
@@ -144,6 +222,17 @@ EXPERIMENTS = {e.name: e for e in [
     # not in the paper: the registered extensions, on the main experiment's setting
     Experiment("extensions", figures=(), archs=tuple(n for n in registry.names() if n not in registry.names(in_paper_only=True)),
                in_paper=False),
+    # not in the paper: the referee's ablations and the verdicts against the training budget (issue 16)
+    Experiment("ablations", figures=(), archs=("relu", "topk"), alignments=ABLATION_ALIGNMENTS,
+               dict_sizes=(16384,), sparsity={"relu": (0.04,), "topk": (64,)}, in_paper=False,
+               note="the referee's ablations: is it the constraint or the parameterization? (python -m figures "
+                    "ablations)"),
+    Experiment("budget", figures=(), archs=("relu", "topk"), sparsity={"relu": (0.04,), "topk": (64,)},
+               in_paper=False, eval_steps=BUDGET_EVAL_STEPS,
+               note="verdicts against training length: each run trained once for the full budget and evaluated "
+                    "from its checkpoints at " + "; ".join(f"{k} " + ", ".join(f"{s:,}" for s in BUDGET_EVAL_STEPS[k])
+                                                           for k in SCALES)
+                    + " steps and at its end (python -m figures budget)"),
 ]}
 
 
@@ -158,6 +247,8 @@ class Run:
     sparsity_name: str
     sparsity_value: float
     seed: int
+    alignment_penalty: Optional[float] = None
+    """the ``"penalty"`` mode's coefficient (None for every other mode)"""
 
 
 @dataclass(frozen=True)
@@ -173,6 +264,13 @@ class Plan:
     offline_note: str
     runs: tuple
     recipe: Recipe = RECIPES["scaled"]
+    eval_steps: tuple = ()
+    """step counts at which every run's checkpoints are evaluated besides its end (:attr:`Experiment.eval_steps`)"""
+
+    def eval_points(self, steps: int) -> tuple:
+        """The step counts recorded for runs of ``steps`` steps: the plan's ``eval_steps`` below ``steps``, then
+        ``steps`` itself (one point, the end of the run, for an experiment without ``eval_steps``)."""
+        return tuple(sorted({s for s in self.eval_steps if s < steps} | {steps}))
 
 
 def resolve(name: str, scale: str, corpus: Optional[str] = None) -> Plan:
@@ -201,10 +299,11 @@ def resolve(name: str, scale: str, corpus: Optional[str] = None) -> Plan:
         note = (f"offline substitute: {_OFFLINE_TITLES.get(model, model)} layer {layer} on "
                 f"{corpus or 'the bundled Wikipedia + Gutenberg corpus'} instead of {exp.paper_model} layer "
                 f"{exp.paper_layer} on {exp.paper_corpus}" + (f"; {exp.layer_note}" if exp.layer_note else ""))
-    runs = tuple(Run(exp.name, arch, al, d, registry.get(arch).sparsity_param, v, seed)
+    runs = tuple(Run(exp.name, arch, mode, d, registry.get(arch).sparsity_param, v, seed, coef)
                  for d in exp.dict_sizes for arch in exp.archs for v in exp.sparsity[arch]
-                 for al in exp.alignments for seed in range(exp.seeds))
-    return Plan(exp, scale, model, layer, corpus_used, exp.tokens[scale], note, runs, RECIPES[SCALE_RECIPE[scale]])
+                 for mode, coef in exp.alignment_modes() for seed in range(exp.seeds))
+    return Plan(exp, scale, model, layer, corpus_used, exp.tokens[scale], note, runs, RECIPES[SCALE_RECIPE[scale]],
+                tuple(exp.eval_steps.get(scale, ())))
 
 
 _OFFLINE_TITLES = {OFFLINE_MODEL: "SmolLM2-135M-Instruct", "gemma-3-270m": "Gemma-3-270M"}

@@ -8,12 +8,14 @@ keep the repository small; both are read). Each record (schema version 1) holds:
 key                    meaning
 =====================  ============================================================================================
 ``schema``             1
-``id``                 unique name: ``{experiment}__{arch}__{alignment or standard}__d{dict_size}__{sparsity}__s{seed}``
+``id``                 unique name: ``{experiment}__{arch}__{tag}__d{dict_size}__{sparsity}[__step{steps}]__s{seed}``
+                       (:func:`group_id`; the alignment tag is the mode, ``standard`` or ``penalty{lambda}``)
 ``experiment``         experiment name (e.g. ``"main"``); ``scale``: ``"smoke" | "small" | "paper"``
 ``model``              language model actually used; ``paper_model``: the paper's model it substitutes (or None)
 ``offline_note``       a sentence when an offline substitute (model or text) was used, else ""
 ``layer``              layer read; ``corpus``: text source; ``train_tokens``: tokens trained on
 ``arch``               ``"relu" | "topk" | "batchtopk" | "panneal"``; ``alignment``: None or a mode name
+``alignment_penalty``  the ``"penalty"`` mode's coefficient lambda (None or absent for every other mode)
 ``dict_size``          features; ``sparsity``: ``{"name": "l1_penalty" | "k" | "initial_sparsity_penalty", "value": x}``
 ``seed``               seed; ``group``: id without the seed (records of one group differ only by seed)
 ``trainer``            the trainer's ``config`` dict
@@ -25,6 +27,10 @@ key                    meaning
                        group (same for every seed of the group), or None with a single seed
 ``training_log``       the trainer's log entries (step, losses, L0, FVE, dead fraction, alignment summary)
 ``paths``              ``{"dictionary": folder of ae.safetensors, relative to DIR}``
+``steps``              steps trained (for a checkpoint record: up to that checkpoint); ``recipe``, ``batch_size``
+``checkpoint_of``      only in records evaluated at step points of one run (experiment ``budget``): the run's final
+                       dictionary folder, relative to DIR, the same for every step point of that run (whose
+                       ``paths.dictionary`` is the checkpoint's folder, ``.../checkpoints/step_{steps - 1}``)
 ``command``, ``versions``, ``created``  provenance
 =====================  ============================================================================================
 
@@ -47,15 +53,35 @@ REQUIRED = ("schema", "id", "experiment", "scale", "model", "arch", "alignment",
             "group", "metrics", "alignment_scores", "per_feature", "stability")
 
 
-def record_id(experiment: str, arch: str, alignment: Optional[str], dict_size: int, sparsity: dict,
-              seed: int) -> str:
-    """The record id ``{experiment}__{arch}__{alignment}__d{dict_size}__{name}{value}__s{seed}``."""
-    return f"{group_id(experiment, arch, alignment, dict_size, sparsity)}__s{seed}"
+def record_id(experiment: str, arch: str, alignment: Optional[str], dict_size: int, sparsity: dict, seed: int, *,
+              alignment_penalty: Optional[float] = None, steps: Optional[int] = None) -> str:
+    """The record id ``{group id}__s{seed}`` (:func:`group_id`), e.g. ``main__topk__project__d4096__k64__s0``."""
+    gid = group_id(experiment, arch, alignment, dict_size, sparsity, alignment_penalty=alignment_penalty, steps=steps)
+    return f"{gid}__s{seed}"
 
 
-def group_id(experiment: str, arch: str, alignment: Optional[str], dict_size: int, sparsity: dict) -> str:
-    """The id shared by the seeds of one configuration."""
-    return f"{experiment}__{arch}__{alignment or 'standard'}__d{dict_size}__{sparsity['name']}{sparsity['value']:g}"
+def group_id(experiment: str, arch: str, alignment: Optional[str], dict_size: int, sparsity: dict, *,
+             alignment_penalty: Optional[float] = None, steps: Optional[int] = None) -> str:
+    """The id shared by the seeds of one configuration:
+    ``{experiment}__{arch}__{alignment tag}__d{dict_size}__{sparsity name}{value}[__step{steps}]``.
+
+    Args:
+        alignment: the mode (None: standard); with ``alignment_penalty`` (the ``"penalty"`` mode's coefficient)
+            its tag carries the coefficient (:func:`alignment_tag`, ``penalty0.1``).
+        sparsity: ``{"name": ..., "value": ...}``.
+        steps: for a record evaluated at a checkpoint (``checkpoint_of`` set), the steps trained so far
+            (``__step2500``); None for a record of a trained dictionary without step points.
+    """
+    return (f"{experiment}__{arch}__{alignment_tag(alignment, alignment_penalty)}__d{dict_size}__"
+            f"{sparsity['name']}{sparsity['value']:g}" + (f"__step{steps}" if steps is not None else ""))
+
+
+def alignment_tag(mode: Optional[str], penalty: Optional[float] = None) -> str:
+    """The alignment part of record and group ids (and a short label in tables): ``"standard"``, the mode, or
+    ``"penalty<lambda>"`` (e.g. ``"penalty0.1"``) for the soft constraint with its coefficient."""
+    if mode == "penalty" and penalty is not None:
+        return f"penalty{penalty:g}"
+    return mode or "standard"
 
 
 #: record fields that may name files of the machine that wrote them (made neutral by :func:`neutral_paths`)

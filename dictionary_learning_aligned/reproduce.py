@@ -36,7 +36,8 @@ from .records import SCHEMA_VERSION, group_id, has_record, record_id, write_reco
 def trainer_config(run: Run, activation_dim: int, steps: int, plan: Plan) -> dict:
     """The ``trainSAE`` config of one run: the architecture's trainer from the registry (its aligned version when
     ``alignment`` is set), the run's sparsity value, and the plan's recipe for ``steps`` steps
-    (:meth:`.experiments.Recipe.schedule`: learning rate, warmups, decay start).
+    (:meth:`.experiments.Recipe.schedule`: learning rate, warmups, decay start); the ``"penalty"`` mode's
+    coefficient as ``alignment_penalty``.
 
     Raises:
         ValueError: an architecture that is not registered.
@@ -47,6 +48,8 @@ def trainer_config(run: Run, activation_dim: int, steps: int, plan: Plan) -> dic
                submodule_name=f"layers.{plan.layer}", **plan.recipe.schedule(arch, steps))
     if run.alignment:
         cfg["alignment"] = run.alignment
+    if run.alignment_penalty is not None:
+        cfg["alignment_penalty"] = run.alignment_penalty
     value = run.sparsity_value
     cfg[run.sparsity_name] = int(value) if arch.fixed_l0 else value
     return cfg
@@ -70,6 +73,9 @@ class _Part:
     cache: Optional[str]
     preload: bool
     compile_stacks: bool = False
+    points: tuple = ()
+    """step counts recorded from checkpoints and the end of each run (:meth:`.experiments.Plan.eval_points`);
+    empty for an experiment without ``eval_steps`` (one record per run, ids without a step)"""
     rank: int = 0
     world_size: int = 1
     lm: object = None
@@ -97,7 +103,10 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
 
     The steps: :func:`select_runs` (the grid points still missing from the store), this process' share of them
     (:func:`spread_runs`), then per part of one dictionary size (:func:`_chunks`) :func:`train_part`,
-    :func:`evaluate_part` and :func:`record_part`.
+    :func:`evaluate_part` and :func:`record_part`. An experiment with ``eval_steps`` (``budget``) trains each run
+    once for the full budget, saving checkpoints at those steps, and evaluates and records every step point
+    (:meth:`.experiments.Plan.eval_points`) from them: one record per run and step point, with ``steps`` and
+    ``checkpoint_of``, and its group's cross-seed stability at that step.
 
     Several GPUs: run under ``torchrun --nproc_per_node N`` (one process per GPU). The grid is spread over the
     processes in whole stacks (:func:`spread_runs`); process ``r`` uses ``cuda:r`` (its ``LOCAL_RANK``) when
@@ -151,7 +160,7 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     total_tokens = tokens or plan.tokens
     store = Path(results)
     store.mkdir(parents=True, exist_ok=True)
-    todo = select_runs(plan, store, archs, dict_sizes, seeds, sparsity)
+    todo = select_runs(plan, store, archs, dict_sizes, seeds, sparsity, steps=-(-total_tokens // batch_size))
     started_group = not _dist.is_initialized()
     rank, world, local_rank = _dist.init_from_env("gloo", timeout=datetime.timedelta(hours=24))
     try:
@@ -182,8 +191,9 @@ def _run_share(plan: Plan, store: Path, todo: list[Run], rank: int, world: int, 
         settings["preload"] = torch.device(device).type == "cuda"
     settings["command"] = settings["command"] or " ".join(
         [Path(sys.executable).name, "-m", "dictionary_learning_aligned.reproduce"] + sys.argv[1:])
-    ctx = _Part(plan=plan, store=store, device=device, amp=amp, rank=rank, world_size=world,
-                steps=-(-settings["total_tokens"] // batch_size),  # whole batches
+    steps = -(-settings["total_tokens"] // batch_size)  # whole batches
+    ctx = _Part(plan=plan, store=store, device=device, amp=amp, rank=rank, world_size=world, steps=steps,
+                points=plan.eval_points(steps) if plan.eval_steps else (),
                 unique_tokens=-(-settings["total_tokens"] // settings["epochs"]), **settings)
     if mine or (rank == 0 and ctx.cache is not None):
         _load_model_and_eval_data(ctx, *eval_sizes)
@@ -193,8 +203,9 @@ def _run_share(plan: Plan, store: Path, todo: list[Run], rank: int, world: int, 
              for part in _chunks([r for r in mine if r.dict_size == d], chunk)]
     for j, runs in enumerate(parts):
         run_dir, trainers, train_s = train_part(ctx, runs, j)
-        dictionaries, metrics = evaluate_part(ctx, runs, run_dir)
-        written += record_part(ctx, runs, run_dir, trainers, train_s, dictionaries, metrics)
+        for point in ctx.points or (None,):
+            dictionaries, metrics = evaluate_part(ctx, runs, run_dir, point)
+            written += record_part(ctx, runs, run_dir, trainers, train_s, dictionaries, metrics, point)
     return written
 
 
@@ -257,9 +268,12 @@ def _check_sizes(plan: Plan, tokens, epochs, cache, seeds, chunk, batch_size, ev
 
 
 def select_runs(plan: Plan, store: Path, archs: Optional[list] = None, dict_sizes: Optional[list] = None,
-                seeds: Optional[int] = None, sparsity: Optional[list] = None) -> list[Run]:
+                seeds: Optional[int] = None, sparsity: Optional[list] = None,
+                steps: Optional[int] = None) -> list[Run]:
     """The runs of ``plan`` still to train: not yet recorded in ``store`` and inside the requested part of the
-    grid (``archs``, ``dict_sizes``, the first ``seeds`` seeds, ``sparsity`` values; None: all).
+    grid (``archs``, ``dict_sizes``, the first ``seeds`` seeds, ``sparsity`` values; None: all). For a plan with
+    ``eval_steps``, a run is recorded when every step point of a run of ``steps`` steps is (default: the plan's
+    token budget at the recipe's batch size).
 
     Raises:
         ValueError: a requested architecture, size or sparsity value that is not in the experiment's grid.
@@ -273,7 +287,10 @@ def select_runs(plan: Plan, store: Path, archs: Optional[list] = None, dict_size
     if sparsity and not all(_among(v, values) for v in sparsity):
         raise ValueError(f"sparsity {sorted(sparsity)} not all in the {name} grid's values {values} "
                          f"(of the chosen architectures)")
-    return [r for r in plan.runs if not has_record(store, _rid(r)) and (not archs or r.arch in archs)
+    steps = steps or -(-plan.tokens // plan.recipe.batch_size)
+    points = plan.eval_points(steps) if plan.eval_steps else (None,)
+    return [r for r in plan.runs if not all(has_record(store, _rid(r, p)) for p in points)
+            and (not archs or r.arch in archs)
             and (not dict_sizes or r.dict_size in dict_sizes) and (seeds is None or r.seed < seeds)
             and (not sparsity or _among(r.sparsity_value, sparsity))]
 
@@ -345,8 +362,9 @@ def _train_data(ctx: _Part):
 
 
 def train_part(ctx: _Part, runs: list[Run], j: int) -> tuple[Path, list, float]:
-    """Train the dictionaries of ``runs`` (one size) together on the same batches into a new folder of the store;
-    returns (that folder, the trainers, the training seconds)."""
+    """Train the dictionaries of ``runs`` (one size) together on the same batches into a new folder of the store,
+    with a checkpoint after each step point of ``ctx.points`` before the end (``trainer_i/checkpoints/step_{p -
+    1}``: the dictionary after ``p`` steps); returns (that folder, the trainers, the training seconds)."""
     from .training import trainSAE
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -354,7 +372,8 @@ def train_part(ctx: _Part, runs: list[Run], j: int) -> tuple[Path, list, float]:
     run_dir = ctx.store / "dictionaries" / f"{ctx.name}__{ctx.scale}__d{runs[0].dict_size}__{stamp}__{part}"
     t0 = time.time()
     trainers = trainSAE(_train_data(ctx), [trainer_config(r, ctx.d_model, ctx.steps, ctx.plan) for r in runs],
-                        ctx.steps, save_dir=run_dir, normalize_activations=True, device=ctx.device,
+                        ctx.steps, save_dir=run_dir, save_steps=[p - 1 for p in ctx.points if p < ctx.steps],
+                        normalize_activations=True, device=ctx.device,
                         autocast_dtype=ctx.amp, verbose=ctx.verbose, log_steps=max(1, ctx.steps // 10),
                         use_wandb=ctx.use_wandb, wandb_project=ctx.wandb_project, compile_stacks=ctx.compile_stacks,
                         run_cfg={"experiment": ctx.name, "scale": ctx.scale, "model": ctx.plan.model,
@@ -362,15 +381,20 @@ def train_part(ctx: _Part, runs: list[Run], j: int) -> tuple[Path, list, float]:
     return run_dir, trainers, time.time() - t0
 
 
-def evaluate_part(ctx: _Part, runs: list[Run], run_dir: Path) -> tuple[dict, dict]:
-    """Load each trained dictionary of ``runs`` from ``run_dir`` and evaluate it on the held-out data; returns
-    (dictionaries, metrics), both keyed by run."""
+def evaluate_part(ctx: _Part, runs: list[Run], run_dir: Path, point: Optional[int] = None) -> tuple[dict, dict]:
+    """Load each trained dictionary of ``runs`` from ``run_dir`` (at step point ``point``: its checkpoint after
+    that many steps, :func:`dictionary_dir`) and evaluate it on the held-out data; returns (dictionaries, metrics),
+    both keyed by run.
+
+    Raises:
+        CheckpointError: a dictionary or checkpoint folder that cannot be read (e.g. training stopped early).
+    """
     from .dictionary import Dictionary
     from .evaluation import evaluate
 
     dictionaries, metrics = {}, {}
     for i, r in enumerate(runs):
-        ae = Dictionary.from_pretrained(run_dir / f"trainer_{i}", device=ctx.device)
+        ae = Dictionary.from_pretrained(dictionary_dir(run_dir / f"trainer_{i}", point, ctx.steps), device=ctx.device)
         dictionaries[r] = ae
         metrics[r] = evaluate(ae, ctx.eval_acts, n_batches=len(ctx.eval_acts), model=ctx.lm,
                               submodule=ctx.submodule, ce_tokens=ctx.ce_tokens, ce_reference=ctx.ce_reference,
@@ -378,22 +402,40 @@ def evaluate_part(ctx: _Part, runs: list[Run], run_dir: Path) -> tuple[dict, dic
     return dictionaries, metrics
 
 
+def dictionary_dir(trainer_dir: Path, point: Optional[int], steps: int) -> Path:
+    """The folder of a run's dictionary after ``point`` steps: ``trainer_dir`` itself for the end of the run
+    (``point`` None or ``steps``), else its checkpoint ``trainer_dir/checkpoints/step_{point - 1}`` (trainSAE names
+    a checkpoint by the index of the last step it holds).
+
+    Raises:
+        ValueError: ``point`` outside ``1..steps``.
+    """
+    from .training import CHECKPOINT_PREFIX
+
+    if point is None or point == steps:
+        return Path(trainer_dir)
+    if not 1 <= point < steps:
+        raise ValueError(f"step point {point} is outside the run's 1..{steps} steps")
+    return Path(trainer_dir) / "checkpoints" / f"{CHECKPOINT_PREFIX}{point - 1}"
+
+
 def record_part(ctx: _Part, runs: list[Run], run_dir: Path, trainers: list, train_s: float, dictionaries: dict,
-                metrics: dict) -> list[str]:
+                metrics: dict, point: Optional[int] = None) -> list[str]:
     """Write one record per run of a trained and evaluated part, with its group's cross-seed stability; returns
-    the record ids."""
+    the record ids. With ``point`` (a step point of ``ctx.points``) the records are those of the dictionaries
+    after ``point`` steps (ids with ``__step{point}``, ``steps``, ``checkpoint_of``: :func:`_record`)."""
     from .stability import stability
 
     groups: dict[str, list[Run]] = {}
     for r in runs:
-        groups.setdefault(_gid(r), []).append(r)
+        groups.setdefault(_gid(r, point), []).append(r)
     written = []
     for gid, members in groups.items():
         stab = stability([dictionaries[r] for r in members]) if len(members) > 1 else None
         for j, r in enumerate(members):
             i = runs.index(r)
             rec = _record(ctx, r, gid, trainers[i], dictionaries[r], dict(metrics[r]), stab, j,
-                          run_dir / f"trainer_{i}")
+                          run_dir / f"trainer_{i}", point)
             rec.update(train_seconds_all_dictionaries_of_this_size=round(train_s, 1),  # of its part with --chunk
                        trained_together=len(runs))
             write_record(ctx.store, rec)
@@ -402,33 +444,41 @@ def record_part(ctx: _Part, runs: list[Run], run_dir: Path, trainers: list, trai
 
 
 def _record(ctx: _Part, r: Run, gid: str, trainer, ae, m: dict, stab: Optional[dict], j: int,
-            trainer_dir: Path) -> dict:
+            trainer_dir: Path, point: Optional[int] = None) -> dict:
     """The record of one run (:mod:`.records`): settings, metrics, alignment scores, per-feature data, the
-    stability of its group (``stab``, it being member ``j``), training log and the dictionary's path."""
+    stability of its group (``stab``, it being member ``j``), training log and the dictionary's path. At a step
+    point ``point`` (:func:`record_part`): the dictionary after ``point`` steps, its tokens, the log up to it and
+    ``checkpoint_of`` (the run's final dictionary folder)."""
     from .alignment import alignment_scores
 
     summary, fired = m.pop("alignment"), m.pop("fired")
     plan = ctx.plan
-    return {
-        "schema": SCHEMA_VERSION, "id": _rid(r), "experiment": ctx.name, "scale": ctx.scale,
+    steps = point or ctx.steps
+    tokens = trainer.tokens_seen if steps == ctx.steps else min(trainer.tokens_seen, steps * ctx.batch_size)
+    rec = {
+        "schema": SCHEMA_VERSION, "id": _rid(r, point), "experiment": ctx.name, "scale": ctx.scale,
         "model": plan.model, "paper_model": plan.experiment.paper_model, "offline_note": plan.offline_note,
-        "layer": plan.layer, "corpus": plan.corpus or "bundled", "train_tokens": trainer.tokens_seen,
-        "plan_tokens": plan.tokens, "unique_tokens": min(ctx.unique_tokens, trainer.tokens_seen),
-        "epochs": ctx.epochs, "recipe": plan.recipe.name, "steps": ctx.steps, "batch_size": ctx.batch_size,
-        "trained_on": {"device": ctx.device, "process": ctx.rank, "processes": ctx.world_size}, "arch": r.arch, "alignment": r.alignment, "dict_size": r.dict_size,
-        "sparsity": {"name": r.sparsity_name, "value": r.sparsity_value}, "seed": r.seed,
-        "group": gid, "trainer": trainer.config, "metrics": m, "alignment_scores": summary,
+        "layer": plan.layer, "corpus": plan.corpus or "bundled", "train_tokens": tokens,
+        "plan_tokens": plan.tokens, "unique_tokens": min(ctx.unique_tokens, tokens),
+        "epochs": min(ctx.epochs, -(-tokens // ctx.unique_tokens)), "recipe": plan.recipe.name, "steps": steps,
+        "batch_size": ctx.batch_size,
+        "trained_on": {"device": ctx.device, "process": ctx.rank, "processes": ctx.world_size}, "arch": r.arch,
+        "alignment": r.alignment, "alignment_penalty": r.alignment_penalty, "dict_size": r.dict_size,
+        "sparsity": _sparsity(r), "seed": r.seed, "group": gid, "trainer": trainer.config, "metrics": m, "alignment_scores": summary,
         "per_feature": {
             "alignment_score": [round(v, 5) for v in alignment_scores(ae).cpu().tolist()],
             "max_cos_other_seeds": [round(v, 4) for v in stab["per_feature_max_cos"][j]] if stab else None,
             "fired": fired},
         "stability": None if stab is None else {k: stab[k] for k in (
             "n_runs", "mcs", "frac_above_0.7", "frac_above_0.9", "hungarian_mean_cos")},
-        "training_log": trainer.log,
-        "paths": {"dictionary": str(trainer_dir.relative_to(ctx.store))},
+        "training_log": [e for e in trainer.log if e.get("step", 0) <= steps],
+        "paths": {"dictionary": str(dictionary_dir(trainer_dir, point, ctx.steps).relative_to(ctx.store))},
         "command": ctx.command,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    if point is not None:
+        rec["checkpoint_of"] = str(trainer_dir.relative_to(ctx.store))
+    return rec
 
 
 def _among(value: float, values) -> bool:
@@ -451,22 +501,31 @@ def _chunks(runs: list, n: Optional[int]) -> list[list]:
     return parts
 
 
-def _rid(r: Run) -> str:
-    return record_id(r.experiment, r.arch, r.alignment, r.dict_size, {"name": r.sparsity_name, "value": r.sparsity_value},
-                     r.seed)
+def _rid(r: Run, steps: Optional[int] = None) -> str:
+    """The record id of run ``r`` (at step point ``steps``, for an experiment with ``eval_steps``)."""
+    return record_id(r.experiment, r.arch, r.alignment, r.dict_size, _sparsity(r), r.seed,
+                     alignment_penalty=r.alignment_penalty, steps=steps)
 
 
-def _gid(r: Run) -> str:
-    return group_id(r.experiment, r.arch, r.alignment, r.dict_size, {"name": r.sparsity_name, "value": r.sparsity_value})
+def _gid(r: Run, steps: Optional[int] = None) -> str:
+    """The group id of run ``r`` (at step point ``steps``, for an experiment with ``eval_steps``)."""
+    return group_id(r.experiment, r.arch, r.alignment, r.dict_size, _sparsity(r),
+                    alignment_penalty=r.alignment_penalty, steps=steps)
+
+
+def _sparsity(r: Run) -> dict:
+    """The ``{"name", "value"}`` sparsity of run ``r``, as records hold it."""
+    return {"name": r.sparsity_name, "value": r.sparsity_value}
 
 
 def experiments_help() -> str:
-    """The experiments and scales, for ``reproduce -h``: per experiment its grid and the paper figures it feeds
-    (read from :data:`.experiments.EXPERIMENTS`, so the help cannot drift from the grids)."""
+    """The experiments and scales, for ``reproduce -h``: per experiment its grid (alignment entries as written,
+    e.g. ``penalty:0.1``), its step points when it records checkpoints, and the paper figures it feeds or what it
+    is for (read from :data:`.experiments.EXPERIMENTS`, so the help cannot drift from the grids)."""
     lines = ["experiments (grids in dictionary_learning_aligned/experiments.py):"]
     for e in EXPERIMENTS.values():
         figs = ("feeds Figs. " + ", ".join(map(str, e.figures)) if e.figures
-                else "not in the paper (an extension): feeds none of its figures")
+                else "not in the paper" + (f": {e.note}" if e.note else " (an extension): feeds none of its figures"))
         modes = ", ".join("standard" if a is None else a for a in e.alignments)
         line = (f"{e.name:10s} {', '.join(e.archs)} x ({modes}); dict_size {', '.join(map(str, e.dict_sizes))}; "
                 f"{e.seeds} seed(s); tokens smoke/small/paper {e.tokens['smoke']:,}/{e.tokens['small']:,}/"

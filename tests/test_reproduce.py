@@ -15,8 +15,8 @@ def test_every_paper_experiment_resolves_at_every_scale():
         figs |= set(exp.figures)
         for scale in experiments.SCALES:
             plan = resolve(name, scale)
-            assert plan.runs and len({(r.arch, r.alignment, r.dict_size, r.sparsity_value, r.seed)
-                                      for r in plan.runs}) == len(plan.runs)
+            assert plan.runs and len({(r.arch, r.alignment, r.alignment_penalty, r.dict_size, r.sparsity_value,
+                                       r.seed) for r in plan.runs}) == len(plan.runs)
             if scale == "paper":
                 assert plan.model == exp.paper_model and plan.offline_note == ""
             else:
