@@ -1,6 +1,9 @@
 """``python -m figures --results DIR --out DIR [--only fig2,fig10]`` and
 ``python -m figures claims --results DIR [--compare DIR_B] [--format markdown|text]`` and
-``python -m figures table --results DIR [--experiment NAME] [--saebench] [--format markdown|text]``.
+``python -m figures table --results DIR [--experiment NAME] [--saebench] [--format markdown|text]`` and, for the
+experiments beyond the paper's figures, ``python -m figures ablations --results DIR [--out DIR]`` (the referee's
+ablations: table and figure) and ``python -m figures budget --results DIR [--out DIR] [--reference STORE]``
+(claims against steps: table and figure).
 
 Exit codes: 0 when at least one figure was written (claims: the table was printed), 1 when none was, 2 when
 the results store is missing or an argument is wrong."""
@@ -23,7 +26,8 @@ def _figures_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m figures", description="Draw the paper's figures from a results store (one PDF + PNG "
         "preview each). Subcommands: `python -m figures claims --results DIR` prints the claims table, "
-        "`python -m figures table --results DIR` the metrics per group.",
+        "`python -m figures table --results DIR` the metrics per group, `python -m figures ablations|budget --results "
+        "DIR [--out DIR]` the tables and figures of the experiments beyond the paper.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="figures (and the records each needs):\n" + "\n".join(
             f"  {n:6s} {s.title}\n         needs {s.needs}" for n, s in FIGURES.items()))
@@ -56,6 +60,54 @@ def _table_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("markdown", "text"), default="markdown",
                    help="markdown table or aligned plain text (default markdown)")
     return p
+
+
+def _extra_parser(name: str) -> argparse.ArgumentParser:
+    """The command line of ``ablations`` and ``budget``: a table printed, a figure written with ``--out``."""
+    what = {"ablations": "the referee's ablations (experiment 'ablations'): FVE, L0, CE loss recovered, dead "
+                         "fraction, MCS and mean alignment score per alignment mode and architecture",
+            "budget": "the claims against the training budget (experiment 'budget'): one column per step point, "
+                      "and a figure of FVE, CE loss recovered, dead fraction and MCS against steps"}[name]
+    p = argparse.ArgumentParser(prog=f"python -m figures {name}", description=f"Print {what}; with --out also "
+                                f"draw {name}.pdf / {name}.png.")
+    p.add_argument("--results", required=True, help="results store folder (holding records/)")
+    p.add_argument("--out", help="output folder for the figure (default: print the table only)")
+    p.add_argument("--experiment", default=name, help=f"the experiment's name in the records (default {name})")
+    p.add_argument("--format", choices=("markdown", "text"), default="markdown",
+                   help="markdown table or plain text (default markdown)")
+    if name == "budget":
+        p.add_argument("--aligned", default="project", help="alignment mode compared with standard (default "
+                       "project)")
+        p.add_argument("--reference", metavar="STORE", help="another results store whose records of the same "
+                       "model, architecture, dict_size and sparsity are drawn and tabulated as one more point, "
+                       "labelled with their own budget (e.g. results/reproduce_small: 2,442 steps at batch 8192)")
+    return p
+
+
+def _extra(name: str, argv: list[str]) -> int:
+    """``ablations`` / ``budget``: print the table, draw the figure into ``--out``; 2 when the store is missing or
+    holds no records of the experiment, 1 when the figure could not be drawn."""
+    from .ablations import ablation_figure, ablation_report
+    from .budget import budget_figure, budget_report
+
+    args = _extra_parser(name).parse_args(argv)
+    try:
+        records = load_records(args.results)
+        if name == "ablations":
+            print(ablation_report(records, args.experiment, args.format))
+            draw = lambda out: ablation_figure(records, out, args.experiment)  # noqa: E731
+        else:
+            reference = load_records(args.reference) if args.reference else None
+            print(budget_report(records, reference, args.aligned, args.experiment, args.format))
+            draw = lambda out: budget_figure(records, out, reference, args.aligned, args.experiment)  # noqa: E731
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.out:
+        result = draw(args.out)
+        print(result.report())
+        return 0 if result.written else 1
+    return 0
 
 
 def _store_labels(a: str, b: str) -> tuple[str, str]:
@@ -97,6 +149,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     if argv[:1] == ["claims"]:
         return _claims(_claims_parser().parse_args(argv[1:]))
+    if argv[:1] in (["ablations"], ["budget"]):
+        return _extra(argv[0], argv[1:])
     parser = _figures_parser()
     args = parser.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None

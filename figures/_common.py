@@ -18,7 +18,7 @@ import numpy as np
 
 from dictionary_learning_aligned import registry
 from dictionary_learning_aligned.io import read_json
-from dictionary_learning_aligned.records import iter_records
+from dictionary_learning_aligned.records import alignment_tag, iter_records
 
 #: registered architectures in registration order: the paper's four first, then the extensions
 ARCH_ORDER = tuple(registry.names())
@@ -93,6 +93,19 @@ def finite(x) -> bool:
 def mode_name(alignment: Optional[str]) -> str:
     """``"standard"`` for None, else the alignment mode."""
     return alignment or "standard"
+
+
+def alignment_key(record: dict) -> str:
+    """The alignment of a record as its ids name it: ``"standard"``, the mode, or ``"penalty<lambda>"`` for the
+    soft constraint with its coefficient (``alignment_penalty``; records of the ``ablations`` experiment)."""
+    return alignment_tag(record.get("alignment"), record.get("alignment_penalty"))
+
+
+def point_steps(record: dict) -> Optional[int]:
+    """The steps of a record evaluated at a step point of a longer run (one with ``checkpoint_of``: the ``budget``
+    experiment), else None (a record of a trained dictionary: records of different step points must not be averaged
+    together, records of ordinary runs keep their groups)."""
+    return record.get("steps") if record.get("checkpoint_of") else None
 
 
 def archs_in(records: Iterable[dict], among: Iterable[str] = ARCH_ORDER) -> list[str]:

@@ -27,7 +27,7 @@ import numpy as np
 from dictionary_learning_aligned import registry
 
 from ._common import (ARCH_LABEL, ARCH_ORDER, L0, SPARSITY_LABEL, aggregate, budget_line, budget_summary,
-                      field_getter, finite, fmt_ms, mean_std)
+                      field_getter, finite, fmt_ms, mean_std, point_steps)
 
 SUPPORTED, NOT_SUPPORTED, INSUFFICIENT = "supported", "not supported", "insufficient data"
 #: Sarle's coefficient of a uniform distribution; larger values suggest bimodality
@@ -50,7 +50,8 @@ def _dead(r):
 
 
 def claims_table(records: list[dict], *, aligned: str = "project", dead_tol: float = 0.01) -> list[dict]:
-    """Check claims (a)-(e) per setting (experiment, model, arch, dict_size).
+    """Check claims (a)-(e) per setting (experiment, model, arch, dict_size, and for records evaluated at step
+    points of a longer run, ``checkpoint_of``, their steps: records of different step points are never pooled).
 
     Args:
         records: results-store records.
@@ -63,25 +64,26 @@ def claims_table(records: list[dict], *, aligned: str = "project", dead_tol: flo
         ``values`` (the numbers), ``verdict`` (``"supported"``, ``"not supported"`` or
         ``"insufficient data"``: what the numbers read, also for smoke records), ``budget``
         (:func:`~figures._common.budget_summary` of the setting's records: steps, batch size, recipe, tokens)
-        and ``smoke`` (whether a record of the setting is of scale smoke: :func:`format_claims` then prints the
-        verdict as no verdict).
+        ``smoke`` (whether a record of the setting is of scale smoke: :func:`format_claims` then prints the
+        verdict as no verdict) and ``point`` (the steps of a step-point setting, else None).
     """
     settings = defaultdict(list)
     for r in records:
         if r["alignment"] in (None, aligned):
-            settings[(r.get("experiment"), r.get("model"), r["arch"], r["dict_size"])].append(r)
+            settings[(r.get("experiment"), r.get("model"), r["arch"], r["dict_size"], point_steps(r) or 0)].append(r)
     several_models = len({k[1] for k in settings}) > 1
     order = sorted(settings, key=lambda k: (str(k[0]), str(k[1]), ARCH_ORDER.index(k[2])
-                                            if k[2] in ARCH_ORDER else 99, k[3]))
+                                            if k[2] in ARCH_ORDER else 99, k[3], k[4]))
     rows = defaultdict(list)
     for key in order:
-        exp, model, arch, size = key
+        exp, model, arch, size, point = key
         recs = settings[key]
         std = [r for r in recs if r["alignment"] is None]
         ali = [r for r in recs if r["alignment"] == aligned]
         base = dict(setting=f"{exp} · {ARCH_LABEL.get(arch, arch)} · d={size}"
                     + (f" · {model}" if several_models else ""), arch=arch, dict_size=size, experiment=exp,
-                    model=model, budget=budget_summary(recs), smoke=any(r.get("scale") == "smoke" for r in recs))
+                    model=model, budget=budget_summary(recs), smoke=any(r.get("scale") == "smoke" for r in recs),
+                    point=point or None)
         found = {"a": _claim_a(std), "b": _claim_b(std, ali, dead_tol), "c": _claim_c(std, ali, arch),
                  "d": _claim_d(std, ali)}
         if arch in ("topk", "batchtopk", "panneal"):

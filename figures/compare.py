@@ -48,15 +48,13 @@ def key_numbers(row: dict) -> str:
 
 
 def _keyed(rows: list[dict]) -> dict:
-    """Rows by (claim, experiment, arch, dict_size), with the model added where a store has several models for
-    one such key."""
+    """Rows by (claim, experiment, arch, dict_size, step point), with the model added where a store has several
+    models for one such key."""
     count: dict = {}
+    key = lambda r: (r["claim"], r["experiment"], r["arch"], r["dict_size"], r.get("point"))  # noqa: E731
     for r in rows:
-        k = (r["claim"], r["experiment"], r["arch"], r["dict_size"])
-        count[k] = count.get(k, 0) + 1
-    return {(r["claim"], r["experiment"], r["arch"], r["dict_size"])
-            + ((r["model"],) if count[(r["claim"], r["experiment"], r["arch"], r["dict_size"])] > 1 else ()): r
-            for r in rows}
+        count[key(r)] = count.get(key(r), 0) + 1
+    return {key(r) + ((r["model"],) if count[key(r)] > 1 else ()): r for r in rows}
 
 
 def _cell(row, bold: bool) -> tuple[str, str]:

@@ -116,22 +116,29 @@ def _register(name: str, title: str, needs: str):
     def deco(draw):
         @functools.wraps(draw)
         def fig_fn(records: list[dict], out, results=None) -> FigureResult:
-            out = Path(out)
-            with matplotlib.rc_context(STYLE_RC):
-                try:
-                    d = draw(records, results)
-                except Missing as e:
-                    return FigureResult(name, title, missing=str(e))
-                _annotate(d, name, title)
-                out.mkdir(parents=True, exist_ok=True)
-                paths = [out / f"{name}.pdf", out / f"{name}.png"]
-                d.fig.savefig(paths[0])
-                d.fig.savefig(paths[1], dpi=PNG_DPI)
-            return FigureResult(name, title, paths)
+            return save_drawn(lambda: draw(records, results), name, title, out)
         fig_fn.__doc__ = f"Figure {name[3:]}: {title}. Needs {needs}. Returns a :class:`FigureResult`."
         FIGURES[name] = FigureSpec(name, title, needs, fig_fn, draw)
         return fig_fn
     return deco
+
+
+def save_drawn(draw: Callable[[], Drawn], name: str, title: str, out) -> FigureResult:
+    """Build a figure with ``draw()`` under the figures' style, annotate it (:func:`_annotate`: title, model,
+    budget line, notes) and write ``out/<name>.pdf`` and ``out/<name>.png``; a :class:`Missing` raised by ``draw``
+    gives a :class:`FigureResult` with the reason and no paths (nothing written)."""
+    out = Path(out)
+    with matplotlib.rc_context(STYLE_RC):
+        try:
+            d = draw()
+        except Missing as e:
+            return FigureResult(name, title, missing=str(e))
+        _annotate(d, name, title)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = [out / f"{name}.pdf", out / f"{name}.png"]
+        d.fig.savefig(paths[0])
+        d.fig.savefig(paths[1], dpi=PNG_DPI)
+    return FigureResult(name, title, paths)
 
 
 def _annotate(d: Drawn, name: str, title: str) -> None:
@@ -152,7 +159,7 @@ def _annotate(d: Drawn, name: str, title: str) -> None:
         parts.append(budget_line(d.records, model=False))
     if d.note:
         parts.append(d.note)
-    head = f"Fig. {name[3:]}: {title}"
+    head = f"Fig. {name[3:]}: {title}" if name[3:].isdigit() else title  # the paper's figures are numbered
     if models:
         head += "\n" + "; ".join(str(m) for m in models)
     d.fig.suptitle("\n".join(textwrap.fill(t, int(width * 12.5)) for t in head.split("\n")), fontsize=9)

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from ._common import (ARCH_LABEL, ARCH_ORDER, SPARSITY_LABEL, field_getter, load_records, load_saebench,
-                      load_saebench_dictionaries, mean_std, mode_name)
+from ._common import (ARCH_LABEL, ARCH_ORDER, SPARSITY_LABEL, alignment_key, field_getter, load_records,
+                      load_saebench, load_saebench_dictionaries, mean_std, mode_name, point_steps)
 
 #: (column title, getter, digits) of the table
 COLUMNS = (
@@ -44,8 +44,10 @@ def results_table(records: Iterable[dict], experiment: Optional[str] = None, fmt
                   columns: Optional[Iterable[tuple[str, Callable[[dict], Optional[float]], int]]] = None) -> str:
     """Mean (± population std over seeds, omitted when it rounds to 0) of L0, FVE, CE loss recovered, alive
     fraction, alignment-score mean and fraction below 0.5, and the group's MCS / fraction of features with max
-    cosine > 0.7 to the other seeds, per group (experiment, architecture, alignment, dict_size, sparsity). A cell
-    whose value some of the group's records lack says over how many it was taken, ``(n=2)``.
+    cosine > 0.7 to the other seeds, per group (experiment, architecture, alignment with the penalty's
+    coefficient, dict_size, sparsity, and the step point of records evaluated from checkpoints of a longer run:
+    ``ReLU project @ step 2,500``). A cell whose value some of the group's records lack says over how many it was
+    taken, ``(n=2)``.
 
     Args:
         records: results-store records (:mod:`dictionary_learning_aligned.records`).
@@ -63,16 +65,18 @@ def results_table(records: Iterable[dict], experiment: Optional[str] = None, fmt
     for r in records:
         if experiment is None or r["experiment"] == experiment:
             key = (r["experiment"], ARCH_ORDER.index(r["arch"]) if r["arch"] in ARCH_ORDER else 99, r["arch"],
-                   r["dict_size"], r["sparsity"]["name"], r["sparsity"]["value"], mode_name(r["alignment"]))
+                   r["dict_size"], r["sparsity"]["name"], r["sparsity"]["value"], point_steps(r) or 0,
+                   alignment_key(r))
             groups.setdefault(key, []).append(r)
     if not groups:
         raise ValueError(f"no records{f' of experiment {experiment!r}' if experiment else ''} to tabulate")
     head = ["experiment", "SAE", "dict_size", "sparsity", "seeds", "train tokens"] + [c[0] for c in columns]
     rows = []
-    for (exp, _, arch, d, sname, sval, mode), recs in sorted(groups.items(), key=lambda kv: kv[0][:6] + (
-            kv[0][6] != "standard", kv[0][6])):
+    for (exp, _, arch, d, sname, sval, step, mode), recs in sorted(groups.items(), key=lambda kv: kv[0][:7] + (
+            kv[0][7] != "standard", kv[0][7])):
         toks = sorted({r.get("train_tokens") for r in recs})
-        rows.append([exp, f"{ARCH_LABEL.get(arch, arch)} {mode}", str(d), f"{SPARSITY_LABEL.get(sname, sname)} {sval:g}",
+        rows.append([exp, f"{ARCH_LABEL.get(arch, arch)} {mode}" + (f" @ step {step:,}" if step else ""), str(d),
+                     f"{SPARSITY_LABEL.get(sname, sname)} {sval:g}",
                      str(len(recs)), "/".join(f"{t / 1e6:g}M" for t in toks if t)]
                     + [_cell([get(r) for r in recs], digits) for _, get, digits in columns])
     if fmt == "text":
