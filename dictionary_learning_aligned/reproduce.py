@@ -627,18 +627,17 @@ def main(argv: Optional[list[str]] = None, prog: str = "python -m dictionary_lea
     ``python -m dictionary_learning_aligned.reproduce``. Returns the exit status (2 for bad input)."""
     import shlex
 
-    from .cli import parse_config, set_verbosity
+    from .cli import parse_config, run_reporting_errors, set_verbosity
 
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = parse_config(build_parser(prog), argv)
     set_verbosity(cfg.verbose)
-    try:
+
+    def work(cfg: ReproduceConfig) -> None:
         ids = run_config(cfg, command=" ".join([prog, *map(shlex.quote, argv)]))
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(ids)} record(s) to {Path(cfg.results) / 'records'}")
-    return 0
+        print(f"wrote {len(ids)} record(s) to {Path(cfg.results) / 'records'}")
+
+    return run_reporting_errors(work, cfg, (ValueError, OSError))
 
 
 if __name__ == "__main__":
