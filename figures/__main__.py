@@ -78,8 +78,8 @@ def _extra_parser(name: str) -> argparse.ArgumentParser:
     if name == "budget":
         p.add_argument("--aligned", default="project", help="alignment mode compared with standard (default "
                        "project)")
-        p.add_argument("--reference", metavar="STORE", help="another results store whose records of the same "
-                       "model, architecture, dict_size and sparsity are drawn and tabulated as one more point, "
+        p.add_argument("--reference", metavar="STORE", help="another results store whose 'main' records of the "
+                       "same model, architecture, dict_size and sparsity are drawn and tabulated as one more point, "
                        "labelled with their own budget (e.g. results/reproduce_small: 2,442 steps at batch 8192)")
     return p
 

@@ -7,8 +7,8 @@ at that step). A point is the run's dictionary after that many steps, under the 
 ``python -m figures budget --results DIR [--out DIR] [--reference STORE]`` prints :func:`budget_report` (the claims
 that :mod:`figures.claims` checks, one column per step point) and draws :func:`budget_figure` (``budget.pdf`` /
 ``.png``: FVE, CE loss recovered, dead fraction and MCS against steps, one line per method and architecture).
-``--reference`` adds the matching records of another store (e.g. the 2,442-step ``results/reproduce_small``,
-batch 8192) as one more point, labelled as another recipe.
+``--reference`` adds the matching records of the ``main`` experiment of another store (e.g. the 2,442-step
+``results/reproduce_small``, batch 8192) as one more point, labelled as another recipe.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ EXPERIMENT = "budget"
 PANELS = (("FVE", FVE), ("CE loss recovered", CE), ("dead fraction", DEAD), ("MCS (cross-seed)", field_getter(
     "stability", "mcs")))
 ARCH_LINE = {"relu": ("-", "o"), "topk": ("--", "s")}
+#: the experiment of a reference store whose records give the other recipe's point
+REFERENCE_EXPERIMENT = "main"
 NOTE = ("step points are checkpoints of one run per dictionary, under the full run's learning-rate schedule, not "
         "separate shorter runs")
 
@@ -55,12 +57,15 @@ def budget_records(records: list[dict], aligned: str = "project", experiment: st
     return [r for r in recs if r.get("model") == model]
 
 
-def matching_reference(reference: list[dict], recs: list[dict], aligned: str = "project") -> list[dict]:
-    """The records of another store (``reference``) with the model, architecture, dict_size, sparsity and
-    alignment (standard or ``aligned``) of some budget record of ``recs``: the other recipe's point of each line."""
+def matching_reference(reference: list[dict], recs: list[dict], aligned: str = "project",
+                       experiment: str = REFERENCE_EXPERIMENT) -> list[dict]:
+    """The records of ``experiment`` in another store (``reference``; default ``main``: one experiment, so that
+    the reference is one budget, not e.g. ``main`` mixed with ``long``) with the model, architecture, dict_size,
+    sparsity and alignment (standard or ``aligned``) of some budget record of ``recs``: the other recipe's point
+    of each line."""
     want = {(r.get("model"), r["arch"], r["dict_size"], r["sparsity"]["name"], float(r["sparsity"]["value"]))
             for r in recs}
-    return [r for r in reference if r["alignment"] in (None, aligned) and (
+    return [r for r in reference if r.get("experiment") == experiment and r["alignment"] in (None, aligned) and (
         r.get("model"), r["arch"], r["dict_size"], r["sparsity"]["name"], float(r["sparsity"]["value"])) in want]
 
 

@@ -266,6 +266,8 @@ def test_budget_reference_from_another_recipe():
     old = [make_record(a, al, v, s, experiment="main", dict_size=4096, scale="small", trainer={"steps": 2442},
                        train_tokens=20_000_000) for a, v in (("relu", 0.02), ("topk", 8), ("topk", 32))
            for al in (None, "project", "tied") for s in (0, 1)]
+    old += [make_record("topk", al, 8, 0, experiment="long", dict_size=4096, scale="small", trainer={"steps": 7324},
+                        train_tokens=60_000_000, mcs=0.9) for al in (None, "project")]  # not the reference's budget
     cols, cells = claims_by_budget(recs, reference=old)
     assert cols[-1] == "2,442 steps, batch 8,192 (recipe unrecorded)"
     assert cells["d", "topk", 4096][cols[-1]]["values"]["points"] == [
