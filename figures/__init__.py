@@ -6,6 +6,8 @@ Command line::
     python -m figures --results DIR --out DIR [--only fig2,fig10]   # one PDF + PNG per figure
     python -m figures claims --results DIR [--format markdown|text]  # the claims table
     python -m figures claims --results DIR --compare DIR_B           # two claims tables side by side
+    python -m figures ablations --results DIR [--out DIR]            # the referee's ablations (not in the paper)
+    python -m figures budget --results DIR [--out DIR] [--reference STORE]  # claims against steps (not in the paper)
 
 Python::
 
