@@ -10,7 +10,6 @@ finished entries.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import datetime
 import math
@@ -18,7 +17,6 @@ import sys
 import textwrap
 import time
 from dataclasses import dataclass
-from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Optional
 
@@ -78,12 +76,12 @@ class _Part:
     empty for an experiment without ``eval_steps`` (one record per run, ids without a step)"""
     rank: int = 0
     world_size: int = 1
-    lm: object = None
-    submodule: object = None
-    d_model: int = 0
-    eval_acts: list = dataclass_field(default_factory=list)
-    ce_tokens: list = dataclass_field(default_factory=list)
-    ce_reference: list = dataclass_field(default_factory=list)
+    model: object = None
+    """the :class:`.pipeline.LoadedModel` (None in a process with nothing to train or harvest)"""
+    harvest: object = None
+    """the :class:`.pipeline.Harvest` settings every buffer of the run shares"""
+    heldout: object = None
+    """the :class:`.pipeline.HeldOut` evaluation data, drawn once"""
     verbose: bool = True
     use_wandb: bool = False
     wandb_project: str = ""
@@ -295,70 +293,44 @@ def select_runs(plan: Plan, store: Path, archs: Optional[list] = None, dict_size
             and (not sparsity or _among(r.sparsity_value, sparsity))]
 
 
-def _buffer(ctx: _Part, split: str, n_ctxs: int):
-    """An activation buffer over ``split`` of the plan's corpus, as every part of the reproduction reads it."""
-    from .buffer import ActivationBuffer
-    from .data import iter_texts
-
-    return ActivationBuffer(iter_texts(ctx.plan.corpus, split=split, seed=0), ctx.lm, ctx.submodule,
-                            d_submodule=ctx.d_model, n_ctxs=n_ctxs, ctx_len=128,
-                            refresh_batch_size=32 if ctx.scale == "smoke" else 256, out_batch_size=ctx.batch_size,
-                            device=ctx.device, remove_bos=True, max_norm_multiple=10.0, seed=0)
-
-
 def _load_model_and_eval_data(ctx: _Part, eval_batches: int, ce_batches: int, ce_batch_size: int) -> None:
-    """Load the plan's language model into ``ctx`` and collect the held-out evaluation data once (activations,
-    CE-loss token batches and the model's clean CE losses on them)."""
-    from nnsight import LanguageModel
+    """Load the plan's language model into ``ctx`` and draw the held-out evaluation data once
+    (:func:`.pipeline.load_model`, :func:`.pipeline.heldout_data`)."""
+    from . import pipeline
 
-    from .evaluation import ce_losses, collect_eval_data
-    from .models import get_layer, load_language_model
-
-    hf, tok = load_language_model(ctx.plan.model, device=ctx.device)
-    ctx.lm = LanguageModel(hf, tokenizer=copy.deepcopy(tok))
-    ctx.submodule = get_layer(ctx.lm, ctx.plan.layer)  # the layer's envoy
-    ctx.d_model = hf.config.hidden_size
-    eval_buf = _buffer(ctx, "test", (eval_batches * ctx.batch_size) // 128 + 1)
-    ctx.eval_acts, ctx.ce_tokens = collect_eval_data(eval_buf, eval_batches, ce_batches, ce_batch_size)
-    ctx.ce_reference = [ce_losses(ctx.lm, ctx.submodule, None, t) for t in ctx.ce_tokens]
+    ctx.model = pipeline.load_model(ctx.plan.model, ctx.plan.layer, ctx.device)
+    ctx.harvest = pipeline.Harvest(ctx.model, corpus=ctx.plan.corpus, batch_size=ctx.batch_size,
+                                   refresh_batch_size=32 if ctx.scale == "smoke" else 256, device=ctx.device)
+    ctx.heldout = pipeline.heldout_data(ctx.harvest, eval_batches, ce_batches, ce_batch_size)
 
 
-def _cache_meta(ctx: _Part) -> tuple[Path, dict]:
-    """Where the plan's activation cache lives under ``ctx.cache`` and the metadata it must carry (model,
-    layer, corpus, context length...)."""
-    plan = ctx.plan
-    meta = {"model": plan.model, "layer": plan.layer, "io": "out", "corpus": plan.corpus or "bundled",
-            "split": "train", "ctx_len": 128, "remove_bos": True, "max_norm_multiple": 10.0}
-    tag = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{plan.model}_L{plan.layer}_"
-                  f"{Path(str(plan.corpus)).name if plan.corpus else 'bundled'}_{ctx.unique_tokens}")
-    return Path(ctx.cache) / tag, meta
+def _cache_location(ctx: _Part) -> tuple[Path, dict]:
+    """Where the plan's activation cache lives under ``ctx.cache`` and the metadata it must carry."""
+    from .pipeline import cache_location
+
+    return cache_location(ctx.cache, ctx.plan.model, ctx.plan.layer, ctx.plan.corpus, ctx.unique_tokens)
 
 
 def _harvest_once(ctx: _Part) -> None:
-    """With a cache folder: process 0 harvests the plan's cache when it is missing (an interrupted build of ours
-    is started again; nothing else is deleted) while every other process waits for it."""
+    """With a cache folder: process 0 harvests the plan's cache when it is missing while every other process
+    waits for it (:func:`.pipeline.harvest_once`)."""
     if ctx.cache is None:
         return
-    from .cache import build_cache, clear_unfinished
+    from .pipeline import harvest_into, harvest_once
 
-    path, meta = _cache_meta(ctx)
-    if ctx.rank == 0 and not clear_unfinished(path):
-        build_cache(_buffer(ctx, "train", min(8000, max(64, ctx.unique_tokens // 128 // 4))), path,
-                    ctx.unique_tokens, meta)
-    if ctx.world_size > 1:
-        torch.distributed.barrier()
+    harvest_once(_cache_location(ctx)[0], lambda path: harvest_into(path, ctx.harvest, ctx.unique_tokens))
 
 
 def _train_data(ctx: _Part):
     """The training activations: a fresh buffer, or (with a cache folder) the cached harvest of the plan's
     model, layer, corpus and token count (built by :func:`_harvest_once`)."""
-    if ctx.cache is None:
-        return _buffer(ctx, "train", min(8000, max(64, ctx.total_tokens // 128 // 4)))
-    from .cache import ActivationCache
+    from . import pipeline
 
-    path, meta = _cache_meta(ctx)
-    return ActivationCache(path, batch_size=ctx.batch_size, seed=0, device=ctx.device, expect=meta,
-                           epochs=ctx.epochs, preload=ctx.preload)
+    if ctx.cache is None:
+        return pipeline.activation_buffer(ctx.harvest, "train", pipeline.buffer_ctxs(ctx.total_tokens))
+    path, meta = _cache_location(ctx)
+    return pipeline.open_cache(path, ctx.batch_size, ctx.device, expect=meta, epochs=ctx.epochs,
+                               preload=ctx.preload)
 
 
 def train_part(ctx: _Part, runs: list[Run], j: int) -> tuple[Path, list, float]:
@@ -371,7 +343,7 @@ def train_part(ctx: _Part, runs: list[Run], j: int) -> tuple[Path, list, float]:
     part = f"{j}" if ctx.world_size == 1 else f"p{ctx.rank}-{j}"  # processes may start a part in the same second
     run_dir = ctx.store / "dictionaries" / f"{ctx.name}__{ctx.scale}__d{runs[0].dict_size}__{stamp}__{part}"
     t0 = time.time()
-    trainers = trainSAE(_train_data(ctx), [trainer_config(r, ctx.d_model, ctx.steps, ctx.plan) for r in runs],
+    trainers = trainSAE(_train_data(ctx), [trainer_config(r, ctx.model.d_model, ctx.steps, ctx.plan) for r in runs],
                         ctx.steps, save_dir=run_dir, save_steps=[p - 1 for p in ctx.points if p < ctx.steps],
                         normalize_activations=True, device=ctx.device,
                         autocast_dtype=ctx.amp, verbose=ctx.verbose, log_steps=max(1, ctx.steps // 10),
@@ -389,17 +361,11 @@ def evaluate_part(ctx: _Part, runs: list[Run], run_dir: Path, point: Optional[in
     Raises:
         CheckpointError: a dictionary or checkpoint folder that cannot be read (e.g. training stopped early).
     """
-    from .dictionary import Dictionary
-    from .evaluation import evaluate
+    from .pipeline import evaluate_dictionaries
 
-    dictionaries, metrics = {}, {}
-    for i, r in enumerate(runs):
-        ae = Dictionary.from_pretrained(dictionary_dir(run_dir / f"trainer_{i}", point, ctx.steps), device=ctx.device)
-        dictionaries[r] = ae
-        metrics[r] = evaluate(ae, ctx.eval_acts, n_batches=len(ctx.eval_acts), model=ctx.lm,
-                              submodule=ctx.submodule, ce_tokens=ctx.ce_tokens, ce_reference=ctx.ce_reference,
-                              skip_first=True, per_feature=True)
-    return dictionaries, metrics
+    folders = [dictionary_dir(run_dir / f"trainer_{i}", point, ctx.steps) for i in range(len(runs))]
+    aes, metrics = evaluate_dictionaries(folders, ctx.heldout, ctx.model, ctx.device, per_feature=True)
+    return dict(zip(runs, aes)), dict(zip(runs, metrics))
 
 
 def dictionary_dir(trainer_dir: Path, point: Optional[int], steps: int) -> Path:
