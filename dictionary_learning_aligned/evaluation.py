@@ -101,6 +101,30 @@ def evaluate(dictionary, activations: Iterable[torch.Tensor], n_batches: int = 1
         activations = [activations]
     device = device or dictionary.W_dec.device
     dictionary = dictionary.to(device)
+    out = _reconstruction_metrics(dictionary, activations, n_batches, device, per_feature)
+    if ce_tokens is None and ce_batches and hasattr(activations, "token_batch"):
+        if activations.io != "out":
+            raise ValueError("CE-loss metrics splice into a layer's output; evaluate with an io='out' buffer")
+        ce_tokens = [t for t in (activations.token_batch(ce_batch_size) for _ in range(ce_batches)) if t is not None]
+    if hasattr(activations, "submodule"):
+        model = model or activations.model
+        submodule = submodule or activations.submodule
+        skip_first = activations.remove_bos if skip_first is None else skip_first
+    if ce_tokens:
+        if model is None or submodule is None:
+            raise ValueError("CE-loss metrics need model and submodule (or an ActivationBuffer)")
+        out.update(_ce_metrics(model, submodule, dictionary, ce_tokens, ce_reference,
+                               True if skip_first is None else skip_first))
+    return out
+
+
+def _reconstruction_metrics(dictionary, activations, n_batches: int, device, per_feature: bool) -> dict:
+    """:func:`evaluate`'s token-averaged reconstruction metrics over at most ``n_batches`` batches of
+    ``activations``, the alive fraction and alignment-score summary (and ``fired`` with ``per_feature``).
+
+    Raises:
+        ValueError: no activations, non-finite activations or activations of another width.
+    """
     n = 0
     sums = dict(sq_err=0.0, l0=0.0, l1=0.0, cos=0.0, ratio=0.0, l2=0.0)
     sum_x = None
@@ -140,28 +164,23 @@ def evaluate(dictionary, activations: Iterable[torch.Tensor], n_batches: int = 1
     }
     if per_feature:
         out["fired"] = fired.cpu().tolist()
-    if ce_tokens is None and ce_batches and hasattr(activations, "token_batch"):
-        if activations.io != "out":
-            raise ValueError("CE-loss metrics splice into a layer's output; evaluate with an io='out' buffer")
-        ce_tokens = [t for t in (activations.token_batch(ce_batch_size) for _ in range(ce_batches)) if t is not None]
-    if hasattr(activations, "submodule"):
-        model = model or activations.model
-        submodule = submodule or activations.submodule
-        skip_first = activations.remove_bos if skip_first is None else skip_first
-    if ce_tokens:
-        if model is None or submodule is None:
-            raise ValueError("CE-loss metrics need model and submodule (or an ActivationBuffer)")
-        refs = ce_reference or [None] * len(ce_tokens)
-        losses = [(t.numel() - t.shape[0], ce_losses(model, submodule, dictionary, t,
-                                                     skip_first=True if skip_first is None else skip_first,
-                                                     reference=r))
-                  for t, r in zip(ce_tokens, refs)]
-        total = sum(w for w, _ in losses)
-        for key in ("loss_original", "loss_reconstructed", "loss_zero"):
-            out[key] = sum(w * l[key] for w, l in losses) / total
-        out["ce_n_tokens"] = total
-        denom = out["loss_zero"] - out["loss_original"]
-        out["frac_recovered"] = (out["loss_zero"] - out["loss_reconstructed"]) / denom if denom else None
+    return out
+
+
+def _ce_metrics(model, submodule, dictionary, ce_tokens: list, ce_reference: Optional[list],
+                skip_first: bool) -> dict:
+    """:func:`evaluate`'s CE-loss metrics: clean, spliced and zero-ablated losses (nats per predicted token,
+    weighted by each batch's predicted tokens), their token count and the fraction of CE loss recovered."""
+    refs = ce_reference or [None] * len(ce_tokens)
+    losses = [(t.numel() - t.shape[0], ce_losses(model, submodule, dictionary, t, skip_first=skip_first,
+                                                 reference=r))
+              for t, r in zip(ce_tokens, refs)]
+    total = sum(w for w, _ in losses)
+    out = {key: sum(w * l[key] for w, l in losses) / total
+           for key in ("loss_original", "loss_reconstructed", "loss_zero")}
+    out["ce_n_tokens"] = total
+    denom = out["loss_zero"] - out["loss_original"]
+    out["frac_recovered"] = (out["loss_zero"] - out["loss_reconstructed"]) / denom if denom else None
     return out
 
 

@@ -6,6 +6,12 @@ For each dictionary size of the experiment's grid (:mod:`.experiments`), activat
 dictionary still missing from the results store is trained on the same batches; each is then evaluated on
 held-out text and written as one record (:mod:`.records`), with its group's cross-seed stability. Re-running skips
 finished entries.
+
+Several GPUs: run under ``torchrun --nproc_per_node N`` (one process per GPU). The grid is spread over the
+processes in whole stacks (:func:`spread_runs`); process ``r`` uses ``cuda:r`` (its ``LOCAL_RANK``) when
+``--device`` is ``cuda``; with ``--cache``, process 0 harvests the cache once while the others wait, and each
+process then reads (or preloads onto its GPU) the same cache. Processes do not communicate while training, so
+each writes its own records as its parts finish.
 """
 
 from __future__ import annotations
@@ -105,12 +111,7 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     once for the full budget, saving checkpoints at those steps, and evaluates and records every step point
     (:meth:`.experiments.Plan.eval_points`) from them: one record per run and step point, with ``steps`` and
     ``checkpoint_of``, and its group's cross-seed stability at that step.
-
-    Several GPUs: run under ``torchrun --nproc_per_node N`` (one process per GPU). The grid is spread over the
-    processes in whole stacks (:func:`spread_runs`); process ``r`` uses ``cuda:r`` (its ``LOCAL_RANK``) when
-    ``device`` is ``cuda``; with ``cache``, process 0 harvests the cache once while the others wait, and each
-    process then reads (or preloads onto its GPU) the same cache. Processes do not communicate while training,
-    so each writes its own records as its parts finish.
+    Several GPUs (``torchrun``): see the module docstring.
 
     Args:
         name, scale: see :func:`.experiments.resolve`.
