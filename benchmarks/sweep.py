@@ -244,7 +244,12 @@ def main(argv=None) -> int:
     except ValueError:
         ap.error(f"--batches must be comma-separated integers, got {args.batches!r}")
     if args.profile:
-        Path(args.profile).mkdir(parents=True, exist_ok=True)
+        if Path(args.profile).exists() and not Path(args.profile).is_dir():
+            ap.error(f"--profile must be a folder; {args.profile} is a file")
+        try:
+            Path(args.profile).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            ap.error(f"--profile {args.profile}: cannot create the folder ({e})")
     res = run(grids, modes, batches, args.device, args.steps, args.warmup, args.out,
               command="python -m benchmarks.sweep " + " ".join(argv if argv is not None else sys.argv[1:]),
               profile_dir=args.profile)

@@ -186,7 +186,9 @@ class ActivationCache:
             if not isinstance(info, dict) or not all(k in info for k in ("activation_dim", "tokens", "shards")):
                 raise ValueError("activation_dim, tokens or shards missing")
         except (ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"{meta_path} is damaged ({e}); delete the cache folder and build it again") from None
+            raise ValueError(f"{meta_path} is damaged or not written by this library ({e}); if the folder is a cache "
+                             f"built here, delete it and build it again, else move it away or choose another "
+                             f"cache folder") from None
         if info.get("format") != CACHE_FORMAT:
             raise ValueError(f"{self.path}: unknown cache format {info.get('format')!r}")
         for k, v in (expect or {}).items():

@@ -3,6 +3,7 @@ held-out text, and report the difference (table, ``results.json``, alignment-sco
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import sys
@@ -23,8 +24,9 @@ class DemoConfig:
 
     model: str = "smollm2-135m-instruct"
     """language model: the offline alias, a Hugging Face name, or a local folder"""
-    layer: int = 12
-    """decoder block whose residual-stream output is read (0-based)"""
+    layer: Optional[int] = None
+    """decoder block whose residual-stream output is read (0-based; default: 8 for gemma-3-270m, the gemma
+    experiment's layer at the paper's relative depth, else 12)"""
     corpus: Optional[str] = None
     """text: a local txt/jsonl(.gz) file or folder, or a Hugging Face dataset name; omit for the bundled corpus"""
     tokens: int = 150_000
@@ -180,6 +182,14 @@ def validate_config(cfg: DemoConfig) -> None:
     check_device(cfg.device, "device")
 
 
+def default_layer(model: str) -> int:
+    """The demo's layer for ``model`` when ``--layer`` is not given: the ``gemma`` experiment's layer for
+    Gemma-3-270M (:data:`.experiments.GEMMA3_LAYER`), else the offline default's 12."""
+    from .experiments import GEMMA3_LAYER, OFFLINE_LAYER
+
+    return GEMMA3_LAYER if model.lower() == "gemma-3-270m" else OFFLINE_LAYER
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the demo end to end and write its outputs into ``cfg.out``.
 
@@ -200,6 +210,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     from . import console, pipeline
     from .io import check_output_dir, prepare_output_dir, write_json
 
+    if cfg.layer is None:
+        cfg = dataclasses.replace(cfg, layer=default_layer(cfg.model))
     validate_config(cfg)
     if cfg.verbose:
         console.configure(verbose=True)
@@ -343,6 +355,8 @@ def run_fingerprint(cfg: DemoConfig) -> dict:
         h.update(text.encode("utf-8") + b"\0")
         n += 1
     settings = {k: v for k, v in asdict(cfg).items() if k not in RESUME_MAY_DIFFER}
+    if settings.get("layer") is None:  # the layer a run without --layer reads
+        settings["layer"] = default_layer(cfg.model)
     return {"settings": settings, "corpus_sha256": h.hexdigest(), "corpus_docs_hashed": n}
 
 

@@ -196,8 +196,9 @@ def harvest_into(path, harvest: Harvest, tokens: int) -> Path:
 
 def rank0_first(fn: Callable[[], object]) -> None:
     """Run ``fn`` on process 0 only, then let every process continue (a barrier under ``torch.distributed``); an
-    exception on process 0 is raised on every process (as a RuntimeError naming it on the others), so none waits
-    forever. Without a process group, just ``fn()``."""
+    exception on process 0 is raised on every process, so none waits forever: on the others as the same built-in
+    class when it is a ValueError or OSError (a user error, reported as such by the commands), else as a
+    RuntimeError, its message naming process 0. Without a process group, just ``fn()``."""
     from . import distributed as dd
 
     err = None
@@ -207,12 +208,23 @@ def rank0_first(fn: Callable[[], object]) -> None:
         except Exception as e:  # re-raised below, on every rank
             err = e
     if dd.world_size() > 1:
-        msg = [None if err is None else f"{type(err).__name__}: {err}"]
+        msg = [None if err is None else (type(err).__name__, str(err))]
         torch.distributed.broadcast_object_list(msg, src=0)
         if msg[0] is not None and err is None:
-            raise RuntimeError(f"rank 0 failed: {msg[0]}")
+            raise _same_kind(*msg[0])
     if err is not None:
         raise err
+
+
+def _same_kind(name: str, message: str) -> Exception:
+    """Process 0's error, re-created on another process: the built-in ValueError/OSError subclass of that name
+    (so the commands report it as a user error), else a RuntimeError naming it."""
+    import builtins
+
+    cls = getattr(builtins, name, None)
+    if isinstance(cls, type) and issubclass(cls, (ValueError, OSError)):
+        return cls(f"(on process 0) {message}")
+    return RuntimeError(f"rank 0 failed: {name}: {message}")
 
 
 def harvest_once(path, build: Callable[[Path], object]) -> Path:

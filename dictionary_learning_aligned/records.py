@@ -42,6 +42,7 @@ absolute path is stored (and, for stores written before this rule, read) machine
 from __future__ import annotations
 
 import json
+import zlib
 import re
 from pathlib import Path
 from typing import Iterator, Optional
@@ -134,9 +135,42 @@ def write_record(store, record: dict) -> Path:
 
 
 def has_record(store, rid: str) -> bool:
-    """Whether a record with this id exists (the reproduction skips finished entries)."""
+    """Whether a complete record with this id exists (the reproduction skips finished entries).
+
+    Raises:
+        ValueError: a record file with this id that is damaged (not valid JSON, not a record, another schema, or
+            missing required keys), naming the file: it is neither counted as finished nor overwritten, so the
+            user decides (move it away to train that dictionary again).
+    """
     folder = Path(store) / "records"
-    return (folder / f"{rid}.json").is_file() or (folder / f"{rid}.json.gz").is_file()
+    for p in (folder / f"{rid}.json", folder / f"{rid}.json.gz"):
+        if p.is_file():
+            try:
+                _read_checked(p)
+            except ValueError as e:
+                raise ValueError(f"{e}; move it away to train this dictionary again") from None
+            return True
+    return False
+
+
+def _read_checked(p: Path) -> dict:
+    """The record in file ``p``, checked (valid JSON object, this schema version, every required key).
+
+    Raises:
+        ValueError: naming the file and what is wrong with it.
+    """
+    try:
+        rec = read_json(p)
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError, EOFError, zlib.error) as e:
+        raise ValueError(f"{p} is not valid JSON ({e})") from None
+    if not isinstance(rec, dict):
+        raise ValueError(f"{p} is not a record (a JSON object), it holds a JSON {type(rec).__name__}")
+    if rec.get("schema") != SCHEMA_VERSION:
+        raise ValueError(f"{p} has schema {rec.get('schema')!r}, expected {SCHEMA_VERSION}")
+    missing = [k for k in REQUIRED if k not in rec]
+    if missing:
+        raise ValueError(f"{p} is not a complete record: it lacks {missing}")
+    return rec
 
 
 def iter_records(store, **where) -> Iterator[dict]:
@@ -157,17 +191,6 @@ def iter_records(store, **where) -> Iterator[dict]:
             raise ValueError(f"{p} and {files[p.name[:-3]]} hold the same record; delete one of them")
         files[p.name[:-3]] = p
     for _, p in sorted(files.items()):
-        try:
-            rec = read_json(p)
-        except (json.JSONDecodeError, OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"{p} is not valid JSON ({e})") from None
-        if not isinstance(rec, dict):
-            raise ValueError(f"{p} is not a record (a JSON object), it holds a JSON {type(rec).__name__}")
-        if rec.get("schema") != SCHEMA_VERSION:
-            raise ValueError(f"{p} has schema {rec.get('schema')!r}, expected {SCHEMA_VERSION}")
-        missing = [k for k in REQUIRED if k not in rec]
-        if missing:
-            raise ValueError(f"{p} is not a complete record: it lacks {missing}")
-        rec = _neutral_record(store, rec)
+        rec = _neutral_record(store, _read_checked(p))
         if all(rec.get(k) == v for k, v in where.items()):
             yield rec

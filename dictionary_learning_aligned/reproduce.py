@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
+import os
 import sys
 import textwrap
 import time
@@ -158,8 +159,12 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     batch_size = batch_size or plan.recipe.batch_size
     total_tokens = tokens or plan.tokens
     store = Path(results)
-    store.mkdir(parents=True, exist_ok=True)
+    if store.exists() and not store.is_dir():
+        raise ValueError(f"--results {store} is a file, not a results store folder")
     todo = select_runs(plan, store, archs, dict_sizes, seeds, sparsity, steps=-(-total_tokens // batch_size))
+    if cache is not None and todo:
+        _check_cache_folder(plan, cache, -(-total_tokens // epochs))
+    store.mkdir(parents=True, exist_ok=True)  # after every check: a refused command creates nothing
     started_group = not _dist.is_initialized()
     rank, world, local_rank = _dist.init_from_env("gloo", timeout=datetime.timedelta(hours=24))
     try:
@@ -200,12 +205,23 @@ def _run_share(plan: Plan, store: Path, todo: list[Run], rank: int, world: int, 
     written = []
     parts = [part for d in sorted({r.dict_size for r in mine})
              for part in _chunks([r for r in mine if r.dict_size == d], chunk)]
+    _say_capped_schedule(ctx)
     for j, runs in enumerate(parts):
         run_dir, trainers, train_s = train_part(ctx, runs, j)
+        print(f"{_who(rank, world)}evaluating {len(runs)} dictionaries on held-out text", flush=True)
         for point in ctx.points or (None,):
             dictionaries, metrics = evaluate_part(ctx, runs, run_dir, point)
             written += record_part(ctx, runs, run_dir, trainers, train_s, dictionaries, metrics, point)
     return written
+
+
+def _say_capped_schedule(ctx: _Part) -> None:
+    """Print which of the recipe's fixed schedule settings were capped at a quarter of this (short) run."""
+    capped = [f"{k} {v} -> {max(1, ctx.steps // 4)}" for k, v in ctx.plan.recipe.steps_fixed if v > ctx.steps // 4]
+    if capped:
+        print(f"{_who(ctx.rank, ctx.world_size)}note: this run has {ctx.steps} steps, so the {ctx.plan.recipe.name} "
+              f"recipe's fixed settings are capped at a quarter of it ({', '.join(capped)}, where the architecture "
+              f"has them); each trainer's config.json and record hold the values used", flush=True)
 
 
 def spread_runs(runs: list[Run], rank: int, world: int) -> list[Run]:
@@ -252,18 +268,18 @@ def _check_sizes(plan: Plan, tokens, epochs, cache, seeds, chunk, batch_size, ev
         ValueError: naming the setting and its allowed range.
     """
     if tokens is not None and tokens < 1:
-        raise ValueError(f"tokens must be >= 1, got {tokens}")
+        raise ValueError(f"--tokens must be >= 1, got {tokens}")
     if epochs < 1 or (epochs > 1 and cache is None):
-        raise ValueError(f"epochs must be >= 1 and epochs > 1 needs a cache folder (got epochs={epochs}, "
+        raise ValueError(f"--epochs must be >= 1 and --epochs > 1 needs --cache (got epochs={epochs}, "
                          f"cache={cache!r})")
     if seeds is not None and not 1 <= seeds <= plan.experiment.seeds:
         raise ValueError(f"seeds must be in 1..{plan.experiment.seeds} for {plan.experiment.name}, got {seeds}")
     if chunk is not None and chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
+        raise ValueError(f"--chunk must be >= 1, got {chunk}")
     for flag_, v, low in (("batch_size", batch_size, 1), ("eval_batches", eval_batches, 1),
                           ("ce_batches", ce_batches, 0), ("ce_batch_size", ce_batch_size, 1)):
         if v is not None and v < low:
-            raise ValueError(f"{flag_} must be >= {low}, got {v}")
+            raise ValueError(f"--{flag_.replace('_', '-')} must be >= {low}, got {v}")
 
 
 def select_runs(plan: Plan, store: Path, archs: Optional[list] = None, dict_sizes: Optional[list] = None,
@@ -310,6 +326,27 @@ def _cache_location(ctx: _Part) -> tuple[Path, dict]:
     from .pipeline import cache_location
 
     return cache_location(ctx.cache, ctx.plan.model, ctx.plan.layer, ctx.plan.corpus, ctx.unique_tokens)
+
+
+def _check_cache_folder(plan: Plan, cache: str, unique_tokens: int) -> None:
+    """Refuse, before any model is loaded, a cache location that holds something other than a cache or an
+    interrupted build of ours (nothing is deleted), or a complete cache of other settings.
+
+    Raises:
+        FileExistsError: a foreign file or folder where the cache goes. ValueError: a cache whose metadata differs
+            (the message names the field).
+    """
+    from .cache import is_unfinished_cache
+    from .pipeline import cache_location, open_cache
+
+    if Path(cache).exists() and not Path(cache).is_dir():
+        raise FileExistsError(f"--cache {cache} is a file, not a folder of activation caches")
+    path, meta = cache_location(cache, plan.model, plan.layer, plan.corpus, unique_tokens)
+    if (path / "meta.json").is_file():
+        open_cache(path, 1, expect=meta)  # reads the metadata and shard list; the shards stay on disk
+    elif (path.exists() or path.is_symlink()) and not is_unfinished_cache(path):
+        raise FileExistsError(f"{path} exists but is not an activation cache (no meta.json) nor an interrupted "
+                              f"build of one; move it away or choose another cache folder")
 
 
 def _harvest_once(ctx: _Part) -> None:
@@ -523,7 +560,8 @@ class ReproduceConfig:
     """activations per training step (default: the recipe's: 2048 at small and paper scale, 1024 at smoke)"""
     recipe: Optional[str] = choice(*RECIPES, default=None)
     """training recipe instead of the scale's (saebench at small and paper scale: batch 2048, lr 3e-4, warmups
-    1000/5000 steps, lr decay over the last fifth; scaled at smoke: every schedule setting a fraction of the run)"""
+    1000/5000 steps, capped at a quarter of a shorter run, lr decay over the last fifth; scaled at smoke: every
+    schedule setting a fraction of the run)"""
     autocast: str = choice(*AUTOCAST_CHOICES, default="auto")
     """autocast dtype of SAE training (auto: bfloat16 on CUDA, float32 on CPU)"""
     archs: Optional[str] = None
@@ -602,7 +640,8 @@ def main(argv: Optional[list[str]] = None, prog: str = "python -m dictionary_lea
 
     def work(cfg: ReproduceConfig) -> None:
         ids = run_config(cfg, command=" ".join([prog, *map(shlex.quote, argv)]))
-        print(f"wrote {len(ids)} record(s) to {Path(cfg.results) / 'records'}")
+        who = f"[process {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
+        print(f"{who}wrote {len(ids)} record(s) to {Path(cfg.results) / 'records'}")
 
     return run_reporting_errors(work, cfg, (ValueError, OSError))
 

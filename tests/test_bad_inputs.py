@@ -413,14 +413,14 @@ def test_benchmarks_cli_user_mistakes_exit_2_with_one_line(tmp_path, capsys, mon
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["--batch-size", "0"], "batch_size must be >= 1"),
-    (["--eval-batches", "0"], "eval_batches must be >= 1"),
-    (["--ce-batches", "-1"], "ce_batches must be >= 0"),
-    (["--ce-batch-size", "0"], "ce_batch_size must be >= 1"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--eval-batches", "0"], "--eval-batches must be >= 1"),
+    (["--ce-batches", "-1"], "--ce-batches must be >= 0"),
+    (["--ce-batch-size", "0"], "--ce-batch-size must be >= 1"),
     (["--device", "bogus"], "invalid device 'bogus'"),
     (["--dict-sizes", "abc"], "--dict-sizes must be a comma list of integers"),
     (["--tokens", "0"], "tokens must be >= 1"),
-    (["--epochs", "2"], "needs a cache"),
+    (["--epochs", "2"], "needs --cache"),
 ])
 def test_reproduce_cli_bad_settings_fail_before_loading_the_model(tmp_path, capsys, monkeypatch, args, msg):
     from dictionary_learning_aligned import models, reproduce

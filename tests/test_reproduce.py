@@ -157,7 +157,7 @@ def test_longer_run_over_epochs_of_a_cache_and_seed_subset(tmp_path, monkeypatch
     assert main(["tinye", "--results", str(tmp_path), "--sparsity", "8,x"]) == 2
     for empty in (",", ""):  # not "no filter" (the whole grid)
         assert main(["tinye", "--results", str(tmp_path), "--sparsity", empty]) == 2
-    with pytest.raises(ValueError, match="needs a cache"):
+    with pytest.raises(ValueError, match="needs --cache"):
         run_experiment("tinye", "smoke", str(tmp_path), device="cpu", epochs=2)
     with pytest.raises(ValueError, match="seeds must be"):
         run_experiment("tinye", "smoke", str(tmp_path), device="cpu", seeds=3)
@@ -206,3 +206,49 @@ def test_chunks_keep_seed_groups_together():
                 assert sum(_gid(q) == _gid(r) for q in p) == 3
     with pytest.raises(ValueError, match="chunk must be >= 1"):
         run_experiment("main", "smoke", "/nonexistent-store", device="cpu", chunk=0)
+
+
+def test_refused_inputs_are_named_before_the_model_loads_and_create_nothing(tmp_path, monkeypatch):
+    from dictionary_learning_aligned import models
+    from dictionary_learning_aligned.reproduce import _rid
+
+    monkeypatch.setattr(models, "load_language_model", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(ValueError, match="arch"):  # a refused grid filter leaves no store behind
+        run_experiment("main", "smoke", str(tmp_path / "new"), device="cpu", archs=["nope"])
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(ValueError, match="is a file, not a results store folder"):
+        run_experiment("main", "smoke", str(tmp_path / "afile"), device="cpu")
+    with pytest.raises(FileExistsError, match="is a file, not a folder of activation caches"):
+        run_experiment("main", "smoke", str(tmp_path / "s1"), device="cpu", cache=str(tmp_path / "afile"))
+    plan = resolve("main", "smoke")
+    foreign = tmp_path / "cache" / f"{plan.model}_L{plan.layer}_bundled_{plan.tokens}"
+    foreign.mkdir(parents=True)
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="is not an activation cache"):
+        run_experiment("main", "smoke", str(tmp_path / "s2"), device="cpu", cache=str(tmp_path / "cache"))
+    assert (foreign / "notes.txt").read_text() == "mine" and (tmp_path / "afile").read_text() == "mine"
+    assert not (tmp_path / "s1").exists() and not (tmp_path / "s2").exists()
+    store = tmp_path / "s3"
+    (store / "records").mkdir(parents=True)
+    damaged = store / "records" / f"{_rid(plan.runs[0])}.json"
+    damaged.write_text('{"schema": 1, "id": "tru')  # a truncated record is not counted as finished
+    with pytest.raises(ValueError, match=f"{damaged.name} is not valid JSON.*move it away"):
+        run_experiment("main", "smoke", str(store), device="cpu")
+    assert damaged.read_text() == '{"schema": 1, "id": "tru'
+
+
+def test_a_user_error_on_process_0_is_the_same_kind_on_the_others():
+    from dictionary_learning_aligned.pipeline import _same_kind
+
+    e = _same_kind("FileExistsError", "x exists")
+    assert type(e) is FileExistsError and "x exists" in str(e) and "process 0" in str(e)
+    assert type(_same_kind("ValueError", "bad")) is ValueError
+    assert type(_same_kind("KeyError", "k")) is RuntimeError and type(_same_kind("Nope", "?")) is RuntimeError
+
+
+def test_demo_reads_gemma_at_the_gemma_experiments_layer():
+    from dictionary_learning_aligned.demo import default_layer
+    from dictionary_learning_aligned.experiments import GEMMA3_LAYER
+
+    assert default_layer("gemma-3-270m") == GEMMA3_LAYER == 8 and default_layer("smollm2-135m-instruct") == 12

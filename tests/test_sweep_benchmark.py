@@ -23,3 +23,11 @@ def test_bad_flags_are_refused(argv, capsys):
     with pytest.raises(SystemExit) as e:
         sweep.main(["--device", "cpu", *argv])
     assert e.value.code == 2 and "error" in capsys.readouterr().err
+
+
+def test_profile_path_that_is_a_file_is_refused(tmp_path, capsys):
+    f = tmp_path / "prof"
+    f.write_text("mine")
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["--device", "cpu", "--grids", "one", "--profile", str(f)])
+    assert e.value.code == 2 and "is a file" in capsys.readouterr().err and f.read_text() == "mine"
