@@ -42,24 +42,25 @@ RESCALE_EPS = 1e-6
 
 
 def check_mode(alignment: Optional[str]) -> Optional[str]:
-    """Validate an ``alignment`` mode name.
+    """Validate an ``alignment`` mode name (any letter case: ``"PROJECT"`` is ``"project"``).
 
     Args:
-        alignment: one of :data:`ALIGNMENT_MODES` (``None`` or ``"none"`` for a standard SAE).
+        alignment: one of :data:`ALIGNMENT_MODES` (``None``, ``"none"`` or ``"standard"`` for a standard SAE).
 
     Returns:
-        The canonical mode (``None`` for a standard SAE).
+        The canonical mode, lower case (``None`` for a standard SAE).
 
     Raises:
         ValueError: if the name is not a known mode.
     """
-    if alignment is None or (isinstance(alignment, str) and alignment.lower() in ("none", "standard", "")):
+    name = alignment.lower() if isinstance(alignment, str) else alignment
+    if name is None or name in ("none", "standard", ""):
         return None
-    if alignment not in ALIGNMENT_MODES:
+    if name not in ALIGNMENT_MODES:
         raise ValueError(
             f"unknown alignment mode {alignment!r}; choose one of {[m for m in ALIGNMENT_MODES if m]} or None"
         )
-    return alignment
+    return name
 
 
 def project_encoder(V: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:

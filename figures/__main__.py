@@ -124,6 +124,9 @@ def _claims(args) -> int:
     try:
         records = load_records(args.results)
         other = load_records(args.compare) if args.compare else None
+        for store, recs in ((args.results, records), (args.compare, other)):
+            if recs is not None and not recs:
+                raise ValueError(f"{store} holds no records (its records/ folder is empty): nothing to check")
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -50,3 +50,13 @@ def test_in_place_decoder_edit_before_backward_is_caught():
         W.div_(W.norm(dim=0, keepdim=True))
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         E.sum().backward()
+
+
+def test_mode_names_are_read_in_any_letter_case():
+    from dictionary_learning_aligned.alignment import check_mode
+    from dictionary_learning_aligned.experiments import parse_alignment
+
+    assert check_mode("PROJECT") == "project" and check_mode("Standard") is None
+    assert parse_alignment("PENALTY:1") == ("penalty", 1.0) and parse_alignment(" Tied ") == ("tied", None)
+    with pytest.raises(ValueError, match="unknown alignment mode 'PROJECTED'"):
+        check_mode("PROJECTED")

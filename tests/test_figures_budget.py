@@ -209,3 +209,11 @@ def test_fig14_alive_axis_does_not_magnify_a_tenth_of_a_percent(tmp_path):
         lo, hi = ax.get_ylim()
         assert hi - lo >= 0.05 and lo >= -0.01 and hi <= 1.01, (lo, hi)
     assert "fraction axes span at least 5%" in caption
+
+
+def test_claims_on_a_store_without_records_is_an_error(tmp_path, capsys):
+    from figures.__main__ import main
+
+    (tmp_path / "empty" / "records").mkdir(parents=True)
+    assert main(["claims", "--results", str(tmp_path / "empty")]) == 2
+    assert "holds no records" in capsys.readouterr().err
