@@ -638,9 +638,14 @@ def main(argv: Optional[list[str]] = None, prog: str = "python -m dictionary_lea
     cfg = parse_config(build_parser(prog), argv)
     set_verbosity(cfg.verbose)
 
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    launcher = f"torchrun --nproc_per_node {os.environ.get('LOCAL_WORLD_SIZE', world)} -m " if world > 1 else ""
+
     def work(cfg: ReproduceConfig) -> None:
-        ids = run_config(cfg, command=" ".join([prog, *map(shlex.quote, argv)]))
-        who = f"[process {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
+        command = launcher + " ".join([prog.removeprefix("python -m ") if launcher else prog,
+                                       *map(shlex.quote, argv)])
+        ids = run_config(cfg, command=command)
+        who = f"[process {os.environ['RANK']}] " if world > 1 else ""
         print(f"{who}wrote {len(ids)} record(s) to {Path(cfg.results) / 'records'}")
 
     return run_reporting_errors(work, cfg, (ValueError, OSError))

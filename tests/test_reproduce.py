@@ -252,3 +252,16 @@ def test_demo_reads_gemma_at_the_gemma_experiments_layer():
     from dictionary_learning_aligned.experiments import GEMMA3_LAYER
 
     assert default_layer("gemma-3-270m") == GEMMA3_LAYER == 8 and default_layer("smollm2-135m-instruct") == 12
+
+
+def test_the_recorded_command_names_the_torchrun_launcher(monkeypatch, tmp_path):
+    from dictionary_learning_aligned import reproduce
+
+    seen = []
+    monkeypatch.setattr(reproduce, "run_config", lambda cfg, command: seen.append(command) or [])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert reproduce.main(["main", "--scale", "small", "--results", str(tmp_path)]) == 0
+    assert seen == [f"torchrun --nproc_per_node 2 -m dictionary_learning_aligned reproduce main --scale small "
+                    f"--results {tmp_path}"]
