@@ -15,7 +15,9 @@
 #      100M tokens per dictionary = 48,829 steps, 4 epochs over a 25M-token cache of SmolLM2-135M-Instruct layer
 #      12 on the all-English corpus; torchrun --nproc_per_node 2: process 0 harvests, then each GPU trains whole
 #      stacks (--chunk 18: one architecture's 18 dictionaries per part, recorded as each part ends), compiled.
-#   2. issue 20, if DEADLINE_S allows: the main grid's 24-dictionary sweep (4 architectures x standard/aligned x 3
+#      GPUS (default 2) sets the processes; ARCHS (e.g. relu,topk) trains a part of the grid, for one GPU.
+#   2. `budget` (issue 16 item 3) on the same cache, if BUDGET=1 and DEADLINE_S allows.
+#   3. issue 20, if GPUS >= 2 and DEADLINE_S allows: the main grid's 24-dictionary sweep (4 architectures x standard/aligned x 3
 #      seeds, 4096) for 600 steps through `train --placement spread` on one GPU and on two; data-parallel aligned
 #      TopK 65536 for 600 steps on one GPU and two, both with --preload auto; then benchmarks.multigpu's report.
 set -uo pipefail
@@ -34,10 +36,20 @@ run() {
   cd $SRC && export PYTHONPATH=/tmp/site:$SRC
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > $R/logs/gpu.txt
   t "reproduce main (both GPUs)"
-  timeout "$(left)" python3 -m torch.distributed.run --standalone --nproc_per_node 2 -m dictionary_learning_aligned \
-    reproduce main --scale small --device cuda --results $STORE --cache $CACHE --corpus "$C" --epochs 4 \
-    --chunk 18 --compile --eval-batches 80 --ce-batches 20 --ce-batch-size 32 > $R/logs/reproduce_main.txt 2>&1
+  timeout "$(left)" python3 -m torch.distributed.run --standalone --nproc_per_node "${GPUS:-2}" \
+    -m dictionary_learning_aligned reproduce main --scale small --device cuda --results $STORE --cache $CACHE \
+    --corpus "$C" --epochs 4 --chunk 18 --compile --eval-batches 80 --ce-batches 20 --ce-batch-size 32 \
+    ${ARCHS:+--archs $ARCHS} > $R/logs/reproduce_main.txt 2>&1
   t "reproduce main ended (rc $?, $(ls $STORE/records 2>/dev/null | wc -l) records)"
+  if [ "${BUDGET:-0}" = 1 ] && [ "$(left)" -gt 600 ]; then
+    t "reproduce budget"
+    timeout "$(left)" python3 -m torch.distributed.run --standalone --nproc_per_node "${GPUS:-2}" \
+      -m dictionary_learning_aligned reproduce budget --scale small --device cuda --results $R/budget_store \
+      --cache $CACHE --corpus "$C" --epochs 4 --chunk 6 --compile --eval-batches 80 --ce-batches 20 \
+      --ce-batch-size 32 > $R/logs/reproduce_budget.txt 2>&1
+    t "reproduce budget ended (rc $?)"
+  fi
+  [ "${GPUS:-2}" -ge 2 ] || { t "done"; return; }
   local cache_dir; cache_dir=$(dirname "$(ls $CACHE/*/meta.json | head -1)")
   local S="--cache $cache_dir --arch relu,topk,batchtopk,panneal --alignment none,project --dict-size 4096"
   S="$S --seeds 0,1,2 --steps 600 --batch-size 2048 --overwrite --placement spread --preload auto"
