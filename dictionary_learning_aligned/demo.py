@@ -138,8 +138,9 @@ def _arch_settings(cfg: DemoConfig, arch: str, activation_dim: int, steps: int) 
     schedule scaled to ``steps`` (``Architecture.schedule``), the sparsity value (``--k`` or ``--l1-penalty``,
     :func:`_counts_features`) and ``--lr`` if given."""
     spec = registry.get(arch)
-    common = dict(steps=steps, activation_dim=activation_dim, dict_size=cfg.dict_size, layer=cfg.layer,
-                  lm_name=cfg.model, submodule_name=f"layers.{cfg.layer}", **spec.schedule(steps))
+    layer = cfg.layer if cfg.layer is not None else default_layer(cfg.model)
+    common = dict(steps=steps, activation_dim=activation_dim, dict_size=cfg.dict_size, layer=layer,
+                  lm_name=cfg.model, submodule_name=f"layers.{layer}", **spec.schedule(steps))
     if cfg.lr is not None:
         common["lr"] = cfg.lr
     common[spec.sparsity_param] = cfg.k if _counts_features(arch) else cfg.l1_penalty
