@@ -124,8 +124,8 @@ def trainSAE(
         nan_check_every: with ``stack``, read the stacks' non-finite flags every this many steps (one host
             synchronisation; also checked at every log, checkpoint and at the end). A dictionary whose loss or
             gradient became non-finite is frozen at that step and named in the error.
-        compile_stacks: ``torch.compile`` each stack's loss and optimizer update (on an H200 the 72-dictionary
-            ``main`` grid's step went from 62 to 35.5 ms; compilation takes a minute per stack first).
+        compile_stacks: ``torch.compile`` each stack's loss and its whole optimizer step (on an H200 the
+            72-dictionary ``main`` grid's step went from 62 to 30.4 ms; compilation takes a minute per stack first).
         data_parallel: train every trainer data-parallel over the initialised ``torch.distributed`` process group
             (see :mod:`.distributed`; run under ``torchrun``). Every rank must pass the same ``data`` (the same
             global batches, whose size must be a multiple of the world size) and configs; each rank trains on its
