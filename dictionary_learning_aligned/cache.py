@@ -53,12 +53,25 @@ def clear_unfinished(path) -> bool:
     path = Path(path)
     if (path / "meta.json").is_file():
         return True
+    refuse_foreign(path)
     if is_unfinished_cache(path):
         shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
+    return False
+
+
+def refuse_foreign(path) -> None:
+    """Refuse a ``path`` that exists but is neither a complete cache (``meta.json``) nor an interrupted build of
+    one: something this library did not make there and never deletes. Nothing is read beyond the folder listing.
+
+    Raises:
+        FileExistsError: naming ``path``.
+    """
+    path = Path(path)
+    if (path / "meta.json").is_file() or is_unfinished_cache(path):
+        return
+    if path.exists() or path.is_symlink():
         raise FileExistsError(f"{path} exists but is not an activation cache (no meta.json) nor an interrupted "
                               f"build of one; move it away or choose another cache folder")
-    return False
 
 
 _DTYPES = {"float32": (np.float32, torch.float32), "float16": (np.float16, torch.float16)}

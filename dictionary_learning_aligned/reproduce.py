@@ -161,15 +161,17 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     store = Path(results)
     if store.exists() and not store.is_dir():
         raise ValueError(f"--results {store} is a file, not a results store folder")
-    todo = select_runs(plan, store, archs, dict_sizes, seeds, sparsity, steps=-(-total_tokens // batch_size))
+    steps, unique_tokens = -(-total_tokens // batch_size), -(-total_tokens // epochs)  # whole batches
+    todo = select_runs(plan, store, archs, dict_sizes, seeds, sparsity, steps=steps)
     if cache is not None and todo:
-        _check_cache_folder(plan, cache, -(-total_tokens // epochs))
+        _check_cache_folder(plan, cache, unique_tokens)
     store.mkdir(parents=True, exist_ok=True)  # after every check: a refused command creates nothing
     started_group = not _dist.is_initialized()
     rank, world, local_rank = _dist.init_from_env("gloo", timeout=datetime.timedelta(hours=24))
     try:
         return _run_share(plan, store, todo, rank, world, _process_device(device, local_rank, world), dict(
-            name=name, scale=scale, batch_size=batch_size, total_tokens=total_tokens, epochs=epochs, cache=cache,
+            name=name, scale=scale, batch_size=batch_size, total_tokens=total_tokens, steps=steps,
+            unique_tokens=unique_tokens, epochs=epochs, cache=cache,
             preload=preload, verbose=verbose, use_wandb=use_wandb, wandb_project=wandb_project,
             compile_stacks=compile_stacks, command=command, autocast=autocast), chunk,
             (eval_batches, ce_batches, ce_batch_size))
@@ -186,7 +188,8 @@ def _run_share(plan: Plan, store: Path, todo: list[Run], rank: int, world: int, 
     mine = spread_runs(todo, rank, world)
     print(f"{_who(rank, world)}{name} @ {scale}: {len(plan.runs)} dictionaries in the grid, {len(todo)} to train"
           + (f", {len(mine)} of them here on {device}" if world > 1 else "")
-          + f"; recipe {plan.recipe.name}, batch {batch_size}" + (f" ({plan.offline_note})" if plan.offline_note else ""))
+          + f"; recipe {plan.recipe.name}, batch {batch_size}"
+          + (f" ({plan.offline_note})" if plan.offline_note else ""))
     if not todo:
         return []
     settings = dict(settings)
@@ -195,10 +198,8 @@ def _run_share(plan: Plan, store: Path, todo: list[Run], rank: int, world: int, 
         settings["preload"] = torch.device(device).type == "cuda"
     settings["command"] = settings["command"] or " ".join(
         [Path(sys.executable).name, "-m", "dictionary_learning_aligned.reproduce"] + sys.argv[1:])
-    steps = -(-settings["total_tokens"] // batch_size)  # whole batches
-    ctx = _Part(plan=plan, store=store, device=device, amp=amp, rank=rank, world_size=world, steps=steps,
-                points=plan.eval_points(steps) if plan.eval_steps else (),
-                unique_tokens=-(-settings["total_tokens"] // settings["epochs"]), **settings)
+    ctx = _Part(plan=plan, store=store, device=device, amp=amp, rank=rank, world_size=world,
+                points=plan.eval_points(settings["steps"]) if plan.eval_steps else (), **settings)
     if mine or (rank == 0 and ctx.cache is not None):
         _load_model_and_eval_data(ctx, *eval_sizes)
     _harvest_once(ctx)
@@ -336,17 +337,15 @@ def _check_cache_folder(plan: Plan, cache: str, unique_tokens: int) -> None:
         FileExistsError: a foreign file or folder where the cache goes. ValueError: a cache whose metadata differs
             (the message names the field).
     """
-    from .cache import is_unfinished_cache
+    from .cache import refuse_foreign
     from .pipeline import cache_location, open_cache
 
     if Path(cache).exists() and not Path(cache).is_dir():
         raise FileExistsError(f"--cache {cache} is a file, not a folder of activation caches")
     path, meta = cache_location(cache, plan.model, plan.layer, plan.corpus, unique_tokens)
+    refuse_foreign(path)
     if (path / "meta.json").is_file():
         open_cache(path, 1, expect=meta)  # reads the metadata and shard list; the shards stay on disk
-    elif (path.exists() or path.is_symlink()) and not is_unfinished_cache(path):
-        raise FileExistsError(f"{path} exists but is not an activation cache (no meta.json) nor an interrupted "
-                              f"build of one; move it away or choose another cache folder")
 
 
 def _harvest_once(ctx: _Part) -> None:
@@ -468,7 +467,8 @@ def _record(ctx: _Part, r: Run, gid: str, trainer, ae, m: dict, stab: Optional[d
         "batch_size": ctx.batch_size,
         "trained_on": {"device": ctx.device, "process": ctx.rank, "processes": ctx.world_size}, "arch": r.arch,
         "alignment": r.alignment, "alignment_penalty": r.alignment_penalty, "dict_size": r.dict_size,
-        "sparsity": _sparsity(r), "seed": r.seed, "group": gid, "trainer": trainer.config, "metrics": m, "alignment_scores": summary,
+        "sparsity": _sparsity(r), "seed": r.seed, "group": gid, "trainer": trainer.config, "metrics": m,
+        "alignment_scores": summary,
         "per_feature": {
             "alignment_score": [round(v, 5) for v in alignment_scores(ae).cpu().tolist()],
             "max_cos_other_seeds": [round(v, 4) for v in stab["per_feature_max_cos"][j]] if stab else None,

@@ -11,8 +11,8 @@ Several GPUs (one process per GPU, launched by torchrun)::
 ``--placement ddp`` (default): every trainer is trained data-parallel over all processes with
 DistributedDataParallel; each process reads the same global batches from the cache and trains on its
 ``batch_size / world_size`` slice (see :mod:`.distributed`); the result equals a one-process run up to float
-rounding. ``--placement spread``: whole stacks of the sweep (same architecture and dict_size) run on one process (GPU) each,
-balanced by size (trainer by trainer when there are fewer stacks than processes); every
+rounding. ``--placement spread``: whole stacks of the sweep (same architecture and dict_size) run on one process
+(GPU) each, balanced by size (trainer by trainer when there are fewer stacks than processes); every
 process reads the whole data stream and trains its own trainers on it (no communication during training), which
 gives the same dictionaries as training them all in one process. Only rank 0 writes run-level files; in spread
 mode each process writes its own trainers' folders.

@@ -154,6 +154,13 @@ def test_reproduce_help_lists_the_new_experiments():
 
 
 # ------------------------------------------------------------------------------- tables and figures (synthetic)
+def with_ids(rec, experiment, arch, mode, dict_size, sparsity, seed, **id_fields):
+    """``rec`` with the record and group ids that reproduce would give it."""
+    rec["id"] = record_id(experiment, arch, mode, dict_size, sparsity, seed, **id_fields)
+    rec["group"] = group_id(experiment, arch, mode, dict_size, sparsity, **id_fields)
+    return rec
+
+
 def ablation_records(scale="small"):
     recs = []
     for arch, sval in (("relu", 0.02), ("topk", 8)):
@@ -163,9 +170,7 @@ def ablation_records(scale="small"):
                 rec = make_record(arch, mode, sval, seed, experiment="ablations", dict_size=16384, scale=scale,
                                   recipe="saebench", steps=48_829, batch_size=2048, alignment_penalty=lam,
                                   mcs=0.5 + (lam or 0) / 100)
-                rec["id"] = record_id("ablations", arch, mode, 16384, sp, seed, alignment_penalty=lam)
-                rec["group"] = group_id("ablations", arch, mode, 16384, sp, alignment_penalty=lam)
-                recs.append(rec)
+                recs.append(with_ids(rec, "ablations", arch, mode, 16384, sp, seed, alignment_penalty=lam))
     return recs
 
 
@@ -230,9 +235,7 @@ def budget_records(points=(2500, 10000, 48829), scale="small", mcs_gain=0.1):
                     rec = make_record(arch, al, sval, seed, experiment="budget", dict_size=4096, scale=scale,
                                       recipe="saebench", steps=p, batch_size=2048, train_tokens=p * 2048,
                                       checkpoint_of=run, mcs=mcs, ce=0.7 + 0.05 * i)
-                    rec["id"] = record_id("budget", arch, al, 4096, sp, seed, steps=p)
-                    rec["group"] = group_id("budget", arch, al, 4096, sp, steps=p)
-                    recs.append(rec)
+                    recs.append(with_ids(rec, "budget", arch, al, 4096, sp, seed, steps=p))
     return recs
 
 
