@@ -102,7 +102,7 @@ run() {
 case "$cmd" in
   start)
     rm -rf $R $SRC; mkdir -p $R/logs $SRC; date +%s > $R/t0
-    # the code at the launching commit (`git archive HEAD dictionary_learning_aligned benchmarks > .gpu/pN/src.tar`
+    # the code at the launching commit (`git archive HEAD dictionary_learning_aligned benchmarks figures > .gpu/pN/src.tar`
     # here, N the last part, staged with it), so others' uncommitted edits in the checkout do not travel into the run
     src=$(ls .gpu/p*/src.tar 2>/dev/null | head -1)
     if [ -n "$src" ]; then tar -xf "$src" -C $SRC; else cp -r . $SRC/ && rm -rf $SRC/.gpu $SRC/.git; fi
@@ -116,4 +116,8 @@ case "$cmd" in
     cat $R/logs/pipeline.txt; tail -5 $R/logs/reproduce_main.txt 2>/dev/null; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
     pack ;;
   run) run ;;
+  saebench)  # SAEBench alone on the records of ARCHS (2026-12-01: the run's own SAEBench step failed, `figures` was
+    # missing from src.tar); the harness imports figures._common, so it is copied from the checkout
+    cp -r figures $SRC/ && cd $SRC && export PYTHONPATH=/tmp/site:$SRC
+    for arch in ${ARCHS//,/ }; do saebench_when_recorded "$arch" & done; wait; t "SAEBench ended" ;;
 esac
