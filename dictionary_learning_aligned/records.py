@@ -91,7 +91,7 @@ PATH_FIELDS = ("corpus", "offline_note", "command")
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/(?:[\w.+@=-]+/)+[\w.+@=-]*")
 
 
-def neutral_paths(text: str, store) -> str:
+def neutral_paths(text: str, store, *, machine_roots=()) -> str:
     """``text`` with every absolute path of two or more components made machine-neutral: a path inside
     ``store`` becomes ``<store folder name>/<path relative to the store>``, any other path its last component
     (``/tmp/gpu/files/corpus.jsonl.gz`` -> ``corpus.jsonl.gz``). Text without such paths is returned unchanged.
@@ -99,17 +99,46 @@ def neutral_paths(text: str, store) -> str:
     Args:
         text: a record field (a corpus name, a note, a command line).
         store: the results store folder (need not exist).
+        machine_roots: absolute folders where the store lay on the machine that wrote ``text`` (e.g.
+            ``/tmp/store``, taken as written, not resolved here); paths inside them are mapped like paths inside
+            ``store``, to ``<store folder name>/...``. The most specific root wins.
     """
     root = Path(store).resolve()
+    roots = sorted({root, Path(store).absolute(), *map(Path, machine_roots)}, key=lambda r: -len(r.parts))
 
     def neutral(match: re.Match) -> str:
         path = Path(match.group(0))
-        try:
-            return str(Path(root.name) / path.relative_to(root))
-        except ValueError:
-            return path.name or match.group(0)
+        for r in roots:
+            if path.is_relative_to(r):
+                return str(Path(root.name) / path.relative_to(r))
+        return path.name or match.group(0)
 
     return _ABSOLUTE_PATH.sub(neutral, text)
+
+
+def neutral_json(value, store, fields=None, *, machine_roots=()):
+    """A copy of the JSON value ``value`` whose strings (dict keys included, at any depth) went through
+    :func:`neutral_paths`; numbers, booleans and None are kept. ``value`` itself is not changed.
+
+    Args:
+        value: a parsed JSON value (dict, list, str, number, bool or None).
+        store: the folder that paths are made relative to (see :func:`neutral_paths`).
+        fields: with a dict ``value``, only its top-level keys in ``fields`` are made neutral (the others are
+            kept as they are, e.g. text quoted by an eval); None: the whole value.
+        machine_roots: see :func:`neutral_paths`.
+    """
+    def walk(v):
+        if isinstance(v, str):
+            return neutral_paths(v, store, machine_roots=machine_roots)
+        if isinstance(v, dict):
+            return {walk(k): walk(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        return v
+
+    if fields is not None and isinstance(value, dict):
+        return {k: walk(v) if k in fields else v for k, v in value.items()}
+    return walk(value)
 
 
 def _neutral_record(store, record: dict) -> dict:

@@ -276,7 +276,8 @@ def run_spec(cfg: RunConfig, command: str = "") -> RunSpec:
                    device=cfg.device or default_device(), dtype=cfg.dtype, offline=not cfg.online,
                    data_dir=cfg.data_dir, text_source=cfg.text_source, datasets=datasets,
                    budgets=budgets, judge=judge,
-                   seed=cfg.seed, overwrite=cfg.overwrite, per_record_layout=per_record, command=command)
+                   seed=cfg.seed, overwrite=cfg.overwrite, per_record_layout=per_record, command=command,
+                   results_store=Path(cfg.results_store) if cfg.results_store else None)
 
 
 def main(argv=None) -> int:

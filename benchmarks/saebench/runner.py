@@ -11,7 +11,10 @@ checks that a result exists and holds numbers, adds
   ``chance_levels``, what answering "none" or guessing would have scored on the same latents,
   :func:`figures._common.autointerp_chance_levels`), ``harness`` (command, versions),
 
-and writes ``OUT/<name>/<eval>.json`` atomically. Non-finite numbers (e.g. the standard deviation of a single
+and writes ``OUT/<name>/<eval>.json`` atomically. Paths in what the harness adds (and in its summary) are
+machine-neutral (:func:`dictionary_learning_aligned.records.neutral_json`): relative to the results store with
+``--results-store`` (``<store name>/dictionaries/...``), else to the output folder; any other path is its last
+component. SAEBench's own fields are kept as written. Non-finite numbers (e.g. the standard deviation of a single
 autointerp score) become ``null`` and are listed under ``non_finite_fields``. Any failure raises
 :class:`EvalFailed` naming the eval, the dictionary and the cause.
 """
@@ -33,6 +36,7 @@ import torch
 
 from dictionary_learning_aligned.dtypes import as_dtype, check_device
 from dictionary_learning_aligned.io import check_output_dir, prepare_output_dir, write_json
+from dictionary_learning_aligned.records import neutral_json
 from figures._common import autointerp_chance_levels
 
 from . import data as D
@@ -50,6 +54,11 @@ HEADLINES = {
     "autointerp": [("autointerp", ("eval_result_metrics", "autointerp", "autointerp_score")),
                    ("if 'none'", ("judge", "chance_levels", "all_inactive"))],  # the floor a judge must clear
 }
+#: fields the harness adds to a result JSON that may name files (made machine-neutral); not ``judge``, whose
+#: ``base_url`` is a URL, nor SAEBench's own fields (autointerp's logs quote text of the corpus)
+RESULT_PATH_FIELDS = ("dictionary", "data", "model", "harness")
+#: fields of the run summary (``results.json`` / ``run_<time>.json``) that may name files
+SUMMARY_PATH_FIELDS = ("command", "model", "results")
 
 
 class EvalFailed(RuntimeError):
@@ -112,6 +121,12 @@ class RunSpec:
     per_record_layout: bool = False
     command: str = ""
     model: Optional[tuple] = None  # (HookedTransformer, info) built beforehand (e.g. shared by tests)
+    results_store: Optional[Path] = None  # the store the dictionaries came from: paths are written relative to it
+
+
+def path_root(spec: RunSpec) -> Path:
+    """The folder that written paths are made relative to: the results store, else the output folder."""
+    return Path(spec.results_store if spec.results_store is not None else spec.out)
 
 
 def _get(d, path):
@@ -356,7 +371,8 @@ def run(spec: RunSpec, log=print) -> dict:
             _run_and_write(ev, spec, saes, work, local, judge_cfg, model_info, targets, summary, log)
     if judge_cfg is not None and getattr(judge_cfg, "local", False):
         summary["judge_warning"] = judge_cfg.describe()["warning"]
-    write_json(out / SUMMARY_FILE if not spec.per_record_layout else out / f"run_{int(time.time())}.json", summary)
+    write_json(out / SUMMARY_FILE if not spec.per_record_layout else out / f"run_{int(time.time())}.json",
+               neutral_json(summary, path_root(spec), SUMMARY_PATH_FIELDS))
     log(format_table(summary))
     if summary.get("judge_warning"):
         log(summary["judge_warning"])
@@ -485,7 +501,7 @@ def _run_and_write(ev: str, spec: RunSpec, saes: list, work: Path, local, judge_
         res = _annotate(res, ev, spec, d, sae, cfg, names, local, judge_cfg, model_info, summary["versions"],
                         round(time.time() - t, 1))
         targets[(d.name, ev)].parent.mkdir(parents=True, exist_ok=True)
-        path = write_json(targets[(d.name, ev)], res)
+        path = write_json(targets[(d.name, ev)], neutral_json(res, path_root(spec), RESULT_PATH_FIELDS))
         row = {"dictionary": d.name, "record_id": d.record_id, "eval": ev, "file": str(path),
                "seconds": res["harness"]["seconds"]}
         row.update({label: _get(res, p) for label, p in HEADLINES[ev]})

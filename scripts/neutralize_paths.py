@@ -1,0 +1,137 @@
+"""Rewrite the JSON files of a results store in place with machine-neutral paths.
+
+    python scripts/neutralize_paths.py STORE [--machine-root PATH ...] [--dry-run]
+
+Stores written before the harness and the records wrote neutral paths hold absolute paths of the machine that ran
+them (``"path": "/tmp/store/dictionaries/.../trainer_3"``, ``"data_dir": "/tmp/sbdata"``). This tool rewrites, with
+:func:`dictionary_learning_aligned.records.neutral_json`,
+
+* the records ``STORE/records/*.json[.gz]`` (their fields ``corpus``, ``offline_note``, ``command``),
+* the SAEBench results ``STORE/saebench/<record id>/<eval>.json[.gz]`` (the fields the harness adds:
+  ``dictionary``, ``data``, ``model``, ``harness``; SAEBench's own fields and the judge's URL are kept),
+* the harness's run summaries ``STORE/saebench/run_<time>.json`` / ``results.json``.
+
+A path inside the store, or inside one of the ``--machine-root`` folders (where the store lay on the machine that
+wrote the files, e.g. ``/tmp/store``), becomes ``<STORE's folder name>/<relative path>``; any other absolute path
+its last component. Gzipped files stay gzipped; files that would not change are not touched. It prints each
+changed file with the paths it rewrote, then a count.
+
+Exit status: 0 done (or nothing to do), 2 bad arguments (STORE is not a results store: no ``records/`` folder;
+a machine root that is not absolute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+from pathlib import Path
+
+from dictionary_learning_aligned.io import atomic_path, read_json
+from dictionary_learning_aligned.records import PATH_FIELDS, neutral_json
+
+
+def fields_of(path: Path, value) -> tuple | None:
+    """The top-level fields of the JSON ``value`` (read from ``path`` in a store) that may name files, or None for
+    a file this tool does not know (left alone)."""
+    from benchmarks.saebench.runner import RESULT_PATH_FIELDS, SUMMARY_PATH_FIELDS
+
+    if not isinstance(value, dict):
+        return None
+    if path.parent.name == "records":
+        return PATH_FIELDS
+    if "eval_type_id" in value:
+        return RESULT_PATH_FIELDS
+    if "results" in value and "evals" in value:
+        return SUMMARY_PATH_FIELDS
+    return None
+
+
+def store_files(store: Path) -> list[Path]:
+    """The JSON and JSON.gz files of ``store/records`` and (at any depth) of ``store/saebench``, sorted."""
+    out = [p for pat in ("*.json", "*.json.gz") for p in (store / "records").glob(pat)]
+    out += [p for pat in ("*.json", "*.json.gz") for p in (store / "saebench").rglob(pat)]
+    return sorted(p for p in out if p.is_file())
+
+
+def dump(path: Path, value) -> bytes:
+    """``value`` as the library writes JSON (indented, :func:`~dictionary_learning_aligned.io.write_json`), gzipped
+    (level 9, no name or time in the header) when ``path`` ends in ``.gz``."""
+    data = json.dumps(value, indent=2, allow_nan=False).encode()
+    return gzip.compress(data, compresslevel=9, mtime=0) if path.suffix == ".gz" else data
+
+
+def changed_paths(old, new) -> list[str]:
+    """``"old -> new"`` for each string of ``old`` that differs in ``new`` (same shape), in order, once each."""
+    seen: dict[str, None] = {}
+
+    def walk(a, b):
+        if isinstance(a, dict):
+            for (ka, va), (kb, vb) in zip(a.items(), b.items()):
+                walk(ka, kb)
+                walk(va, vb)
+        elif isinstance(a, list):
+            for x, y in zip(a, b):
+                walk(x, y)
+        elif isinstance(a, str) and a != b:
+            seen.setdefault(f"{a} -> {b}")
+
+    walk(old, new)
+    return list(seen)
+
+
+def neutralize(store: Path, machine_roots=(), dry_run: bool = False, log=print) -> tuple[int, int]:
+    """Rewrite every file of :func:`store_files` whose paths are not neutral; returns ``(changed, examined)``.
+
+    Raises:
+        NotADirectoryError: ``store`` has no ``records/`` folder (not a results store).
+        ValueError: a machine root that is not absolute, or a file that is not valid JSON (naming it).
+    """
+    if not (store / "records").is_dir():
+        raise NotADirectoryError(f"{store} is not a results store (it has no records/ folder)")
+    bad = [r for r in machine_roots if not Path(r).is_absolute()]
+    if bad:
+        raise ValueError(f"--machine-root must be an absolute path, got {bad[0]!r}")
+    changed, files = 0, store_files(store)
+    for path in files:
+        try:
+            old = read_json(path)
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"{path} is not valid JSON ({e})") from None
+        fields = fields_of(path, old)
+        if fields is None:
+            log(f"skipped {path.relative_to(store)}: not a record, a SAEBench result or a run summary")
+            continue
+        new = neutral_json(old, store, fields, machine_roots=machine_roots)
+        if new == old:
+            continue
+        changed += 1
+        log(f"{path.relative_to(store)}: " + "; ".join(changed_paths(old, new)))
+        if not dry_run:
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(dump(path, new))
+    return changed, len(files)
+
+
+def main(argv=None) -> int:
+    """Entry point; returns the exit status (0 done, 2 bad arguments)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("store", type=Path, help="the results store (a folder with records/)")
+    parser.add_argument("--machine-root", action="append", default=[], metavar="PATH",
+                        help="where the store lay on the machine that wrote its files (repeatable), e.g. /tmp/store")
+    parser.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
+    args = parser.parse_args(argv)
+    try:
+        changed, n = neutralize(args.store, args.machine_root, args.dry_run)
+    except (NotADirectoryError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{changed} of {n} files {'would change' if args.dry_run else 'changed'}"
+          f"{' (dry run: nothing written)' if args.dry_run else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
