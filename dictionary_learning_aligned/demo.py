@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from . import registry
+from . import pipeline, registry
 from .dtypes import as_dtype, check_device
 
 
@@ -138,7 +138,7 @@ def _arch_settings(cfg: DemoConfig, arch: str, activation_dim: int, steps: int) 
     schedule scaled to ``steps`` (``Architecture.schedule``), the sparsity value (``--k`` or ``--l1-penalty``,
     :func:`_counts_features`) and ``--lr`` if given."""
     spec = registry.get(arch)
-    layer = cfg.layer if cfg.layer is not None else default_layer(cfg.model)
+    layer = cfg.layer if cfg.layer is not None else pipeline.default_layer(cfg.model)
     common = dict(steps=steps, activation_dim=activation_dim, dict_size=cfg.dict_size, layer=layer,
                   lm_name=cfg.model, submodule_name=f"layers.{layer}", **spec.schedule(steps))
     if cfg.lr is not None:
@@ -183,14 +183,6 @@ def validate_config(cfg: DemoConfig) -> None:
     check_device(cfg.device, "device")
 
 
-def default_layer(model: str) -> int:
-    """The demo's layer for ``model`` when ``--layer`` is not given: the ``gemma`` experiment's layer for
-    Gemma-3-270M (:data:`.experiments.GEMMA3_LAYER`), else the offline default's 12."""
-    from .experiments import GEMMA3_LAYER, OFFLINE_LAYER
-
-    return GEMMA3_LAYER if model.lower() == "gemma-3-270m" else OFFLINE_LAYER
-
-
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the demo end to end and write its outputs into ``cfg.out``.
 
@@ -208,11 +200,11 @@ def run_demo(cfg: DemoConfig) -> dict:
         FileExistsError: ``cfg.out`` exists and is not empty (without ``overwrite``).
         FileNotFoundError: the offline model file is missing (the message says how to install it).
     """
-    from . import console, pipeline
+    from . import console
     from .io import check_output_dir, prepare_output_dir, write_json
 
     if cfg.layer is None:
-        cfg = dataclasses.replace(cfg, layer=default_layer(cfg.model))
+        cfg = dataclasses.replace(cfg, layer=pipeline.default_layer(cfg.model))
     validate_config(cfg)
     if cfg.verbose:
         console.configure(verbose=True)
@@ -357,7 +349,7 @@ def run_fingerprint(cfg: DemoConfig) -> dict:
         n += 1
     settings = {k: v for k, v in asdict(cfg).items() if k not in RESUME_MAY_DIFFER}
     if settings.get("layer") is None:  # the layer a run without --layer reads
-        settings["layer"] = default_layer(cfg.model)
+        settings["layer"] = pipeline.default_layer(cfg.model)
     return {"settings": settings, "corpus_sha256": h.hexdigest(), "corpus_docs_hashed": n}
 
 

@@ -8,6 +8,7 @@ these functions; the reproduction (:mod:`.reproduce`) maps onto them one to one:
 step                                            function
 ==============================================  ============================================================
 load the language model and its layer           :func:`load_model` -> :class:`LoadedModel`
+the layer read when none is given               :func:`default_layer`
 how activations are read (one run's settings)   :class:`Harvest`
 a buffer over a corpus split                    :func:`activation_buffer` (size: :func:`buffer_ctxs`)
 harvest once into a cache                       :func:`cache_meta`, :func:`cache_location`, :func:`harvest_into`,
@@ -51,6 +52,18 @@ class LoadedModel:
     lm: object = field(repr=False)
     submodule: object = field(repr=False)
     d_model: int
+
+
+def default_layer(model: Optional[str] = None) -> int:
+    """The decoder block read when no layer is given, the one default of every command (``demo``, ``train``):
+    8 for Gemma-3-270M (the offline alias or ``google/gemma-3-270m``; the paper's relative depth,
+    :data:`.experiments.GEMMA3_LAYER`), else 12 (:data:`.experiments.OFFLINE_LAYER`, the offline default
+    SmolLM2-135M-Instruct's; ``model=None`` means that default model). Names are compared case-insensitively."""
+    from .experiments import GEMMA3_LAYER, OFFLINE_LAYER
+    from .models import GEMMA3_HF_ID, GEMMA3_NAME
+
+    name = (model or "").strip().lower()
+    return GEMMA3_LAYER if name in (GEMMA3_NAME, GEMMA3_HF_ID) else OFFLINE_LAYER
 
 
 def load_model(name: str, layer: int, device: str = "cpu", dtype: torch.dtype | str = torch.float32) -> LoadedModel:

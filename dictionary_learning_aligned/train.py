@@ -18,7 +18,9 @@ gives the same dictionaries as training them all in one process. Only rank 0 wri
 mode each process writes its own trainers' folders.
 
 If ``--cache`` has no complete cache, it is built first (by rank 0) by harvesting ``--tokens`` activations of
-``--model`` layer ``--layer`` over ``--corpus`` (default: SmolLM2-135M-Instruct, layer 12, bundled corpus).
+``--model`` layer ``--layer`` over ``--corpus`` (default: SmolLM2-135M-Instruct, bundled corpus, and the model's
+default layer, :func:`.pipeline.default_layer`: 8 for gemma-3-270m, else 12). Rank 0 prints the settings first: the
+cache's model and layer, the trainers, steps, batch size and placement.
 
 Writes ``--out/trainer_{i}/`` (``ae.safetensors``, ``config.json``, ``log.json`` with the logged losses) and
 ``--out/run.json`` (command, placement, world size, cache, trainer configs, and the training wall time:
@@ -83,15 +85,17 @@ def grid_configs(archs: list[str], alignments: list[Optional[str]], dict_sizes: 
     return out
 
 
-def harvest_cache(path, tokens: int, model: Optional[str] = None, layer: int = 12, corpus: Optional[str] = None,
-                  ctx_len: int = 128, device: str = "cpu", refresh_batch_size: int = 64) -> Path:
+def harvest_cache(path, tokens: int, model: Optional[str] = None, layer: Optional[int] = None,
+                  corpus: Optional[str] = None, ctx_len: int = 128, device: str = "cpu",
+                  refresh_batch_size: int = 64) -> Path:
     """Build an activation cache at ``path`` from ``tokens`` activations of ``model``'s layer ``layer`` (output,
     BOS removed, tokens above 10x the median norm dropped) over ``corpus``'s train split: the model loaded by
     :func:`.pipeline.load_model` (bfloat16 on CUDA, else float32) and harvested by :func:`.pipeline.harvest_into`.
 
     Args:
         path: new cache folder. tokens: activations to store. model: Hugging Face name (default SmolLM2-135M-
-            Instruct, offline). layer: layer index. corpus: see :func:`.data.iter_texts` (default: bundled).
+            Instruct, offline). layer: layer index (default: :func:`.pipeline.default_layer` of ``model``: 8 for
+            gemma-3-270m, else 12). corpus: see :func:`.data.iter_texts` (default: bundled).
         ctx_len: tokens per context. device: where the model runs. refresh_batch_size: contexts per forward.
 
     Returns:
@@ -102,9 +106,10 @@ def harvest_cache(path, tokens: int, model: Optional[str] = None, layer: int = 1
             is out of range, or the corpus yields no activations.
     """
     from .models import SMOLLM2_NAME
-    from .pipeline import Harvest, harvest_into, load_model
+    from .pipeline import Harvest, default_layer, harvest_into, load_model
 
     model = model or SMOLLM2_NAME
+    layer = default_layer(model) if layer is None else layer
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     harvest = Harvest(load_model(model, layer, device, dtype), corpus=corpus, batch_size=8192, ctx_len=ctx_len,
                       refresh_batch_size=refresh_batch_size, device=device)
@@ -186,8 +191,8 @@ class TrainConfig:
     """building a missing cache: language model (default SmolLM2-135M-Instruct); checked against an existing
     cache when given"""
     layer: Optional[int] = None
-    """building a missing cache: decoder block whose output is read (default 12); checked against an existing
-    cache when given"""
+    """building a missing cache: decoder block whose output is read (default: 8 for gemma-3-270m, the paper's
+    relative depth, else 12); checked against an existing cache when given"""
     corpus: Optional[str] = None
     """building a missing cache: text source (default: the bundled corpus); checked against an existing cache
     when given"""
@@ -218,6 +223,25 @@ def _check_args(args: TrainConfig, world: int) -> None:
                          f"(data-parallel training gives each process batch_size / world_size activations)")
 
 
+def harvest_layer(args: TrainConfig) -> int:
+    """The decoder block a missing cache is harvested from: ``--layer`` when given, else the default of
+    ``--model`` (:func:`.pipeline.default_layer`: 8 for gemma-3-270m, else 12)."""
+    from .pipeline import default_layer
+
+    return default_layer(args.model) if args.layer is None else args.layer
+
+
+def _harvest_missing(args: TrainConfig, path: Path, device: str) -> Path:
+    """Build the missing cache at ``path`` (:func:`harvest_cache` with ``args``' model, :func:`harvest_layer`,
+    corpus, token count and context length), saying first what is harvested."""
+    from .models import SMOLLM2_NAME
+
+    layer = harvest_layer(args)
+    print(f"train: harvesting {args.tokens:,} activations of {args.model or SMOLLM2_NAME} layer {layer} over "
+          f"{args.corpus or 'the bundled corpus'} into {path}", flush=True)
+    return harvest_cache(path, args.tokens, args.model, layer, args.corpus, args.ctx_len, device)
+
+
 def _open_cache(args: TrainConfig, device: str):
     """The activation cache of ``args.cache`` (harvested first, by rank 0, when missing) and whether it is
     preloaded on ``device``."""
@@ -227,9 +251,7 @@ def _open_cache(args: TrainConfig, device: str):
     if not (cache_path / "meta.json").is_file():
         # an interrupted build of ours is started again; a file or someone else's folder is refused before the
         # model is loaded
-        harvest_once(cache_path, lambda path: harvest_cache(
-            path, args.tokens, args.model, 12 if args.layer is None else args.layer, args.corpus, args.ctx_len,
-            device))
+        harvest_once(cache_path, lambda path: _harvest_missing(args, path, device))
     # the options that describe the cache, when given, must match an existing one
     expect = {k: v for k, v in (("model", args.model), ("layer", args.layer), ("corpus", args.corpus))
               if v is not None}
@@ -347,6 +369,15 @@ def _stack_owners(configs: list[dict], world: int) -> list[int]:
     return spread_over_processes(keys, [c["dict_size"] for c in configs], world)
 
 
+def _print_settings(args: TrainConfig, cache, n_trainers: int, steps: int, world: int, device: str) -> None:
+    """One line before training: the cache's model, layer, corpus and size, then the trainers, steps, global batch
+    size and placement."""
+    meta = cache.meta
+    print(f"train: cache {args.cache} ({meta.get('model', 'unknown')} layer {meta.get('layer', '?')}, "
+          f"corpus {meta.get('corpus', '?')}, {cache.n_tokens:,} activations); {n_trainers} trainer(s) x {steps} "
+          f"steps, batch {args.batch_size}, {args.placement} over {world} process(es) on {device}", flush=True)
+
+
 def _report(out: Path, mine: list[int], trainers: list) -> None:
     """One line per trainer this process trained: class, alignment, size, steps, last logged losses, folder."""
     for i, tr in zip(mine, trainers):
@@ -384,6 +415,8 @@ def run(args: TrainConfig, command: Optional[str] = None) -> list[int]:
     cache, preload = _open_cache(args, device)
     steps = args.steps or len(cache)
     _fill_defaults(configs, args, cache, steps)
+    if rank == 0:
+        _print_settings(args, cache, len(configs), steps, world, device)
     run_cfg = {"cache": cache.config, "placement": args.placement, "world_size": world,
                "batch_size": args.batch_size}
     common = dict(steps=steps, log_steps=args.log_steps, normalize_activations=args.normalize, device=device,

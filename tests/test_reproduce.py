@@ -248,8 +248,8 @@ def test_a_user_error_on_process_0_is_the_same_kind_on_the_others():
 
 
 def test_demo_reads_gemma_at_the_gemma_experiments_layer():
-    from dictionary_learning_aligned.demo import default_layer
     from dictionary_learning_aligned.experiments import GEMMA3_LAYER
+    from dictionary_learning_aligned.pipeline import default_layer
 
     assert default_layer("gemma-3-270m") == GEMMA3_LAYER == 8 and default_layer("smollm2-135m-instruct") == 12
 
