@@ -62,7 +62,8 @@ def trainer_config(run: Run, activation_dim: int, steps: int, plan: Plan) -> dic
 
 @dataclass
 class _Part:
-    """What every part of one reproduction shares: the plan, the store, the loaded model and the held-out data."""
+    """What every part of one reproduction shares: the plan, the store, the loaded model and the held-out data
+    (built once, by :func:`run_experiment`, and handed to every step after it)."""
 
     name: str
     scale: str
@@ -169,37 +170,37 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     started_group = not _dist.is_initialized()
     rank, world, local_rank = _dist.init_from_env("gloo", timeout=datetime.timedelta(hours=24))
     try:
-        return _run_share(plan, store, todo, rank, world, _process_device(device, local_rank, world), dict(
-            name=name, scale=scale, batch_size=batch_size, total_tokens=total_tokens, steps=steps,
-            unique_tokens=unique_tokens, epochs=epochs, cache=cache,
-            preload=preload, verbose=verbose, use_wandb=use_wandb, wandb_project=wandb_project,
-            compile_stacks=compile_stacks, command=command, autocast=autocast), chunk,
-            (eval_batches, ce_batches, ce_batch_size))
+        device = _process_device(device, local_rank, world)
+        ctx = _Part(name=name, scale=scale, plan=plan, store=store, device=device, batch_size=batch_size,
+                    amp=autocast_dtype(autocast, device), steps=steps, total_tokens=total_tokens,
+                    unique_tokens=unique_tokens, epochs=epochs, cache=cache,
+                    preload=torch.device(device).type == "cuda" if preload is None else preload,
+                    compile_stacks=compile_stacks, points=plan.eval_points(steps) if plan.eval_steps else (),
+                    rank=rank, world_size=world, verbose=verbose, use_wandb=use_wandb, wandb_project=wandb_project,
+                    command=command or _default_command())
+        return _run_share(ctx, todo, chunk, (eval_batches, ce_batches, ce_batch_size))
     finally:
         if started_group and _dist.is_initialized():
             torch.distributed.destroy_process_group()
 
 
-def _run_share(plan: Plan, store: Path, todo: list[Run], rank: int, world: int, device: str, settings: dict,
-               chunk: Optional[int], eval_sizes: tuple) -> list[str]:
-    """:func:`run_experiment` after its checks, in process ``rank`` of ``world`` on ``device``: its share of
-    ``todo`` (:func:`spread_runs`), the cache harvested once, then train, evaluate and record part by part."""
-    name, scale, batch_size = settings["name"], settings["scale"], settings["batch_size"]
+def _default_command() -> str:
+    """The command line recorded when none is given: this module's alias and ``sys.argv``."""
+    return " ".join([Path(sys.executable).name, "-m", "dictionary_learning_aligned.reproduce"] + sys.argv[1:])
+
+
+def _run_share(ctx: _Part, todo: list[Run], chunk: Optional[int], eval_sizes: tuple) -> list[str]:
+    """:func:`run_experiment` after its checks, in process ``ctx.rank`` of ``ctx.world_size`` on ``ctx.device``:
+    its share of ``todo`` (:func:`spread_runs`), the cache harvested once, then train, evaluate and record part by
+    part. ``eval_sizes``: (eval_batches, ce_batches, ce_batch_size) of the held-out data."""
+    plan, rank, world = ctx.plan, ctx.rank, ctx.world_size
     mine = spread_runs(todo, rank, world)
-    print(f"{_who(rank, world)}{name} @ {scale}: {len(plan.runs)} dictionaries in the grid, {len(todo)} to train"
-          + (f", {len(mine)} of them here on {device}" if world > 1 else "")
-          + f"; recipe {plan.recipe.name}, batch {batch_size}"
+    print(f"{_who(rank, world)}{ctx.name} @ {ctx.scale}: {len(plan.runs)} dictionaries in the grid, {len(todo)} "
+          f"to train" + (f", {len(mine)} of them here on {ctx.device}" if world > 1 else "")
+          + f"; recipe {plan.recipe.name}, batch {ctx.batch_size}"
           + (f" ({plan.offline_note})" if plan.offline_note else ""))
     if not todo:
         return []
-    settings = dict(settings)
-    amp = autocast_dtype(settings.pop("autocast"), device)
-    if settings["preload"] is None:
-        settings["preload"] = torch.device(device).type == "cuda"
-    settings["command"] = settings["command"] or " ".join(
-        [Path(sys.executable).name, "-m", "dictionary_learning_aligned.reproduce"] + sys.argv[1:])
-    ctx = _Part(plan=plan, store=store, device=device, amp=amp, rank=rank, world_size=world,
-                points=plan.eval_points(settings["steps"]) if plan.eval_steps else (), **settings)
     if mine or (rank == 0 and ctx.cache is not None):
         _load_model_and_eval_data(ctx, *eval_sizes)
     _harvest_once(ctx)
