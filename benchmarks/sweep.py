@@ -13,6 +13,14 @@ backward of encoder and decoder):
 * ``GRID:ARCH`` (e.g. ``main:topk``): one architecture's part of a grid; ``GRID:ARCH:MODE`` (e.g.
   ``main:topk:standard``, ``main:topk:project``): only its standard or aligned dictionaries.
 
+Steady state (``--dead FRACTION``): the random activations of the first steps leave no feature dead, so the
+auxiliary-k loss of TopK/BatchTopK, which a real run computes once any feature may be dead (10M tokens), is not
+timed by default. With ``--dead FRACTION``, one dictionary in six (as 3 of 18 in the faithful TopK run) gets that
+fraction of its features dead before timing (counters at the dead threshold, encoder bias -100 so they stay dead),
+and the steps start past every ``threshold_start_step`` (the inference-threshold EMA runs too). A fraction up to
+``k_aux / dict_size`` (288 / 4096 = 0.07 at width 576) times the stacked engine's dead-set path, a larger one its
+top-k path; ``--dead 0`` only starts past the thresholds.
+
 Each grid is timed by ``--modes``: ``stacked`` (:mod:`dictionary_learning_aligned.stacked`, what ``trainSAE`` runs),
 ``stacked-compiled`` (the same with ``torch.compile``), ``loop`` (each trainer's own ``update``, one after the other:
 ``trainSAE(stack=False)``), and ``dictionary_learning`` (PyPI dictionary-learning 0.1.0's trainers in its
@@ -37,6 +45,9 @@ from dictionary_learning_aligned.io import atomic_path
 
 ACTIVATION_DIM = 576
 MODES = ("stacked", "stacked-compiled", "loop", "dictionary_learning")
+#: with ``--dead``: every this-many-th dictionary of a grid gets dead features
+DEAD_EVERY = 6
+DEAD_BIAS = -100.0
 
 
 def grid(name: str, steps: int) -> list[dict]:
@@ -80,11 +91,44 @@ def _build(cfgs, device):
     return trainers
 
 
-def _steppers(mode: str, cfgs: list, device: str):
-    """A callable ``step(i, x)`` that advances every dictionary of the grid by one step, for one mode."""
+@torch.no_grad()
+def mark_dead(trainers: list, fraction: float, every: int = DEAD_EVERY) -> int:
+    """Make ``round(fraction * dict_size)`` features (the first ones) of every ``every``-th trainer dead: their
+    dead-feature counters at the trainer's ``dead_feature_threshold`` (tokens) and their encoder bias at
+    ``DEAD_BIAS``, so that they stay dead. Works on this library's trainers and dictionary_learning's.
+
+    Returns:
+        the number of trainers changed.
+
+    Raises:
+        ValueError: a fraction outside [0, 1]; a trainer without dead-feature counters or encoder bias.
+    """
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"the dead fraction must be in [0, 1], got {fraction}")
+    changed = 0
+    for j, tr in enumerate(trainers):
+        m = round(fraction * tr.ae.dict_size)
+        if j % every or m == 0:
+            continue
+        counters = getattr(tr, "tokens_since_fired", getattr(tr, "num_tokens_since_fired", None))
+        bias = getattr(tr.ae, "b_enc", None)
+        bias = bias if bias is not None else getattr(getattr(tr.ae, "encoder", None), "bias", None)
+        if counters is None or bias is None:
+            raise ValueError(f"{type(tr).__name__}: no dead-feature counters or encoder bias to mark dead")
+        counters[:m] = getattr(tr, "dead_feature_threshold", 10_000_000)
+        bias[:m] = DEAD_BIAS
+        changed += 1
+    return changed
+
+
+def _steppers(mode: str, cfgs: list, device: str, dead: Optional[float] = None):
+    """A callable ``step(i, x)`` that advances every dictionary of the grid by one step, for one mode (with
+    ``dead``: :func:`mark_dead` first)."""
     if mode == "dictionary_learning":
-        return _dictionary_learning_stepper(cfgs, device)
+        return _dictionary_learning_stepper(cfgs, device, dead)
     trainers = _build(cfgs, device)
+    if dead is not None:
+        mark_dead(trainers, dead)
     if mode == "loop":
         def step(i, x):
             for tr in trainers:
@@ -104,7 +148,7 @@ def _steppers(mode: str, cfgs: list, device: str):
     return step
 
 
-def _dictionary_learning_stepper(cfgs: list, device: str):
+def _dictionary_learning_stepper(cfgs: list, device: str, dead: Optional[float] = None):
     """dictionary_learning 0.1.0's trainers for the same grid (aligned configs are skipped: it has none; the
     standard ones are timed twice so that the dictionary count matches)."""
     from benchmarks.speed import DL_ARCHS, dictionary_learning_trainers
@@ -121,6 +165,8 @@ def _dictionary_learning_stepper(cfgs: list, device: str):
         kw = {k: v for k, v in c.items() if k in ("steps", "activation_dim", "dict_size", "layer", "lm_name", "seed",
                                                    "warmup_steps", "k", "l1_penalty")}
         trainers.append(getattr(lib, name)(device=device, **{**extra, **kw}))
+    if dead is not None:
+        mark_dead(trainers, dead)
 
     def step(i, x):
         for tr in trainers:
@@ -129,32 +175,35 @@ def _dictionary_learning_stepper(cfgs: list, device: str):
 
 
 def time_grid(name: str, mode: str, batch: int, device: str, steps: int, warmup: int,
-              profile: Optional[str] = None) -> dict:
+              profile: Optional[str] = None, dead: Optional[float] = None) -> dict:
     """Dictionary-tokens/s, TFLOP/s and peak memory of one grid in one mode (random activations, seed 0). With
     ``profile`` (a file path), the timed steps run again under ``torch.profiler`` and the operators' table (sorted
-    by device time, 40 rows) is written there; the timing comes from the unprofiled steps."""
+    by device time, 40 rows) is written there; the timing comes from the unprofiled steps. With ``dead`` (a
+    fraction), the steady state of a real run: dead features (:func:`mark_dead`) and steps numbered from past
+    every ``threshold_start_step``."""
     cfgs = grid(name, steps=10_000)
     cuda = torch.device(device).type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    step = _steppers(mode, cfgs, device)
+    step = _steppers(mode, cfgs, device, dead)
+    first = 0 if dead is None else 1 + max(c.get("threshold_start_step", 0) for c in cfgs)
     gen = torch.Generator(device).manual_seed(0)
     xs = [torch.randn(batch, ACTIVATION_DIM, device=device, generator=gen) for _ in range(4)]
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
     with amp:
-        for i in range(warmup):
+        for i in range(first, first + warmup):
             step(i, xs[i % 4])
         _sync(device)
         t = time.perf_counter()
-        for i in range(warmup, warmup + steps):
+        for i in range(first + warmup, first + warmup + steps):
             step(i, xs[i % 4])
         _sync(device)
         dt = time.perf_counter() - t
         if profile:
-            _profile(step, xs, warmup + steps, steps, device, profile)
+            _profile(step, xs, first + warmup + steps, steps, device, profile)
     size = cfgs[0]["dict_size"]
     dict_tok_s = len(cfgs) * batch * steps / dt
-    return {"grid": name, "mode": mode, "batch": batch, "dictionaries": len(cfgs), "dict_size": size,
+    return {"grid": name, "mode": mode, "batch": batch, "dead": dead, "dictionaries": len(cfgs), "dict_size": size,
             "step_ms": 1000 * dt / steps, "dict_tokens_per_s": dict_tok_s,
             "tflops": 12 * ACTIVATION_DIM * size * dict_tok_s / 1e12,
             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
@@ -174,10 +223,10 @@ def _profile(step, xs, first: int, steps: int, device: str, path: str) -> None:
     Path(path).write_text(prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=70))
 
 
-def run(grids, modes, batches, device, steps, warmup, out=None, command="", profile_dir=None) -> dict:
+def run(grids, modes, batches, device, steps, warmup, out=None, command="", profile_dir=None, dead=None) -> dict:
     """Time every (grid, batch, mode); a failing point is recorded with its error and the rest still runs. With
     ``out`` the JSON is rewritten after every row; with ``profile_dir`` each point's profiler table is written
-    there as ``GRID_MODE_BATCH.txt``."""
+    there as ``GRID_MODE_BATCH.txt``; ``dead``: see :func:`time_grid`."""
     from benchmarks.speed import matmul_peak
 
     res = {"command": command, "device": torch.cuda.get_device_name() if torch.device(device).type == "cuda"
@@ -189,10 +238,11 @@ def run(grids, modes, batches, device, steps, warmup, out=None, command="", prof
                 try:
                     prof = (str(Path(profile_dir) / f"{name.replace(':', '-')}_{mode}_{batch}.txt")
                             if profile_dir else None)
-                    row = time_grid(name, mode, batch, device, steps, warmup, prof)
+                    row = time_grid(name, mode, batch, device, steps, warmup, prof, dead)
                     row["frac_of_peak"] = row["tflops"] / res["matmul_peak_tflops"]
                 except Exception as e:  # a failing point is recorded, the rest still runs
-                    row = {"grid": name, "mode": mode, "batch": batch, "error": f"{type(e).__name__}: {e}"}
+                    row = {"grid": name, "mode": mode, "batch": batch, "dead": dead,
+                           "error": f"{type(e).__name__}: {e}"}
                 res["rows"].append(row)
                 print(format_row(row), flush=True)
                 gc.collect()
@@ -213,6 +263,8 @@ def _write(res, out):
 def format_row(r: dict) -> str:
     """One line of the printed table."""
     head = f"{r['grid']:>5} batch {r['batch']:>5} {r['mode']:>20}"
+    if r.get("dead") is not None:
+        head += f" dead {r['dead']:g}"
     if "error" in r:
         return f"{head}  failed: {r['error'][:200]}"
     mem = "" if r["peak_mem_gib"] is None else f" {r['peak_mem_gib']:6.1f} GiB"
@@ -234,11 +286,18 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="write the results as JSON to this file")
     ap.add_argument("--profile", metavar="DIR", help="also profile each point's timed steps (torch.profiler) and write "
                     "its operator table, by device time, to DIR/GRID_MODE_BATCH.txt")
+    ap.add_argument("--dead", type=float, metavar="FRACTION",
+                    help="time the steady state of a real run: one dictionary in six gets this fraction of its "
+                    "features dead (TopK/BatchTopK then compute the auxiliary-k loss: up to k_aux/dict_size its "
+                    "dead-set path, above its top-k path) and steps start past the inference-threshold start; "
+                    "0: only the latter")
     args = ap.parse_args(argv)
     grids, modes = args.grids.split(","), args.modes.split(",")
     bad = [g for g in grids if g.partition(":")[0] not in ("main", "wide", "one")] + [m for m in modes if m not in MODES]
     if bad or args.steps < 1 or args.warmup < 0:
         ap.error(f"unknown grid/mode {bad}" if bad else "--steps must be >= 1 and --warmup >= 0")
+    if args.dead is not None and not 0 <= args.dead <= 1:
+        ap.error(f"--dead must be a fraction in [0, 1], got {args.dead}")
     try:
         batches = [int(b) for b in args.batches.split(",")]
     except ValueError:
@@ -252,7 +311,7 @@ def main(argv=None) -> int:
             ap.error(f"--profile {args.profile}: cannot create the folder ({e})")
     res = run(grids, modes, batches, args.device, args.steps, args.warmup, args.out,
               command="python -m benchmarks.sweep " + " ".join(argv if argv is not None else sys.argv[1:]),
-              profile_dir=args.profile)
+              profile_dir=args.profile, dead=args.dead)
     return 0 if any("error" not in r for r in res["rows"]) else 1
 
 

@@ -1,5 +1,7 @@
-"""The sweep benchmark (benchmarks/sweep.py) on the CPU: a point is timed and profiled; bad flags are refused."""
+"""The sweep benchmark (benchmarks/sweep.py) on the CPU: a point is timed and profiled; the steady state with dead
+features times the auxiliary-k loss; bad flags are refused."""
 import pytest
+import torch
 
 from benchmarks import sweep
 
@@ -10,6 +12,46 @@ def test_a_point_is_timed_and_its_profile_written(tmp_path):
     assert row["dictionaries"] == 1 and row["dict_size"] == 4096 and row["step_ms"] > 0
     table = prof.read_text()
     assert "Name" in table and "aten::" in table  # the operator table of the profiled steps
+
+
+@pytest.mark.parametrize("dead,fast", [(0.05, True), (0.2, False)])
+def test_dead_fraction_times_the_auxiliary_loss(dead, fast, monkeypatch):
+    # 0.05 * 4096 = 205 dead features <= k_aux = 288: the dead-set path; 0.2: the top-k path
+    from dictionary_learning_aligned.trainers.top_k import TopKStackRule
+
+    plans, plan = [], TopKStackRule._plan_aux
+
+    def spy(rule, batch):
+        plan(rule, batch)
+        plans.append((rule.engine.step, rule.aux_on, rule.aux_fast))
+    monkeypatch.setattr(TopKStackRule, "_plan_aux", spy)
+    row = sweep.time_grid("one", "stacked", 8, "cpu", steps=2, warmup=1, dead=dead)
+    assert row["dead"] == dead and "dead" in sweep.format_row(row)
+    assert plans == [(1001, True, fast), (1002, True, fast), (1003, True, fast)]  # past threshold_start_step 1000
+
+
+def test_mark_dead_marks_every_nth_dictionary_and_they_stay_dead():
+    from benchmarks.speed import dictionary_learning_trainers
+    from dictionary_learning_aligned.trainers import AlignedTopKTrainer, StandardTrainer
+
+    kw = dict(steps=10, activation_dim=16, dict_size=64, layer=0, lm_name="t", device="cpu", warmup_steps=2)
+    trs = [AlignedTopKTrainer(k=4, alignment="project", seed=j, **kw) for j in range(7)]
+    trs.append(StandardTrainer(seed=9, sparsity_warmup_steps=None, **kw))
+    lib, _ = dictionary_learning_trainers()
+    if lib is not None:  # dictionary_learning's trainers keep their counters and bias under other names
+        trs.append(lib.TopKTrainer(k=4, **kw))
+    assert sweep.mark_dead(trs, 0.1, every=3) == len(trs[::3])
+    for j, tr in enumerate(trs):
+        counters = getattr(tr, "tokens_since_fired", getattr(tr, "num_tokens_since_fired", None))
+        bias = tr.ae.b_enc if hasattr(tr.ae, "b_enc") else tr.ae.encoder.bias
+        assert int((counters >= 10_000_000).sum()) == (6 if j % 3 == 0 else 0)
+        assert int((bias == sweep.DEAD_BIAS).sum()) == (6 if j % 3 == 0 else 0)
+    x = torch.randn(32, 16)
+    for step in range(3):  # they stay dead
+        trs[0].update(step, x)
+    assert int((trs[0].tokens_since_fired >= 10_000_000).sum()) == 6
+    with pytest.raises(ValueError, match="fraction"):
+        sweep.mark_dead(trs, -0.1)
 
 
 def test_grids_name_their_dictionaries():
@@ -23,6 +65,12 @@ def test_bad_flags_are_refused(argv, capsys):
     with pytest.raises(SystemExit) as e:
         sweep.main(["--device", "cpu", *argv])
     assert e.value.code == 2 and "error" in capsys.readouterr().err
+
+
+def test_dead_fraction_out_of_range_is_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["--device", "cpu", "--grids", "one", "--dead", "1.5"])
+    assert e.value.code == 2 and "--dead must be a fraction in [0, 1]" in capsys.readouterr().err
 
 
 def test_profile_path_that_is_a_file_is_refused(tmp_path, capsys):

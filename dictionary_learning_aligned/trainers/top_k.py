@@ -268,7 +268,15 @@ class BatchTopKTrainer(TopKTrainer):
 class TopKStackRule(StackRule):
     """Stacked TopK (see :mod:`..stacked`): per-token top-k of ``ReLU(pre)`` with each dictionary's k (one
     selection of the largest k, masked per dictionary, when the k differ or anneal), the auxiliary-k loss of dead
-    features, the geometric-median ``b_dec`` start and the inference-threshold EMA, as :class:`TopKTrainer`."""
+    features, the geometric-median ``b_dec`` start and the inference-threshold EMA, as :class:`TopKTrainer`.
+
+    The auxiliary-k loss is planned on the host, without a per-step synchronisation (:meth:`_plan_aux`): it is
+    skipped while no feature can be dead; and while no dictionary can have more than ``k_aux`` dead features, the
+    top-``k_aux`` of the dead features is all of them, so the aux code is ``post_relu`` at the dead features, read
+    from a fixed-width ``[n, k_aux]`` set of candidate columns (:meth:`_aux_recon_dead`: no ``topk``, no scatter,
+    and a decoder product over ``k_aux`` columns instead of ``dict_size``); otherwise the general top-k path runs
+    (:meth:`_aux_recon_topk`). Both give the reference loss and gradients up to float rounding.
+    """
 
     def load_state(self):
         e, trs = self.engine, self.engine.trainers
@@ -285,7 +293,9 @@ class TopKStackRule(StackRule):
         self.beta = torch.tensor([t.threshold_beta for t in trs], device=dev)
         self.one_minus_beta = torch.tensor([1 - t.threshold_beta for t in trs], device=dev)
         self._tokens_bound = float(e.tokens_since_fired.max()) if e.tokens_since_fired.numel() else 0.0
-        self._resync_at, self.aux_on = -1, False
+        self._horizon, self._soon_max = -1.0, 0
+        self.aux_on = self.aux_fast = False
+        self.aux_idx = torch.zeros(e.n, self.k_aux, dtype=torch.long, device=dev)
 
     @staticmethod
     def k_at(t, step: int) -> int:
@@ -315,13 +325,57 @@ class TopKStackRule(StackRule):
         values, indices = self._top(post, tab["k"], self.k_max)
         return torch.zeros_like(post).scatter_(-1, indices, values), {"post_relu": post, "kept": values}
 
-    def _aux_needed(self) -> bool:
-        """Whether some dictionary may have a dead feature now: a host bound on the dead-feature counters (exact
-        refresh, one synchronisation, at most once per table chunk while the bound says maybe)."""
-        if self._tokens_bound >= self.min_dead_threshold and self.engine.step >= self._resync_at:
-            self._tokens_bound = float(self.engine.tokens_since_fired.max())
-            self._resync_at = self.engine.step + TABLE_CHUNK
-        return self._tokens_bound >= self.min_dead_threshold
+    @torch.no_grad()
+    def _refresh_dead_bound(self, batch: int) -> None:
+        """Read the dead-feature counters (one synchronisation): the exact largest counter, and per dictionary the
+        features that can be dead within the next ``TABLE_CHUNK`` steps of ``batch`` tokens (``counter +
+        TABLE_CHUNK * batch >= threshold``; a counter grows by at most the batch size per step). Sets the horizon
+        (a value of the host bound ``_tokens_bound``) up to which these sets hold, ``_soon_max`` (the largest set
+        size) and, when every set fits in ``k_aux``, ``aux_idx [n, k_aux]``: each dictionary's set, padded with
+        features that stay alive until the horizon."""
+        e = self.engine
+        reach = TABLE_CHUNK * batch
+        soon = e.tokens_since_fired + reach >= self.dead_threshold[:, None]  # [n, dict_size]
+        top, soon_max = torch.stack([e.tokens_since_fired.max(), soon.sum(-1).max()]).tolist()
+        self._tokens_bound, self._soon_max = float(top), int(soon_max)
+        self._horizon = self._tokens_bound + reach
+        if self._soon_max <= self.k_aux:
+            self.aux_idx.copy_(soon.float().topk(self.k_aux, dim=-1, sorted=False).indices)
+
+    def _plan_aux(self, batch: int) -> None:
+        """Set ``aux_on`` (some dictionary may have a dead feature) and ``aux_fast`` (no dictionary can have more
+        than ``k_aux``) for this step. The host bound ``_tokens_bound`` (>= every counter) decides alone while it
+        is below every dead threshold; past that, the sets of :meth:`_refresh_dead_bound` decide, refreshed once
+        the bound has passed their horizon (so at most once per ``TABLE_CHUNK`` steps). Three compiled variants
+        at most: off, dead-set path, top-k path."""
+        if self._tokens_bound < self.min_dead_threshold:
+            self.aux_on = False
+            return
+        if self._tokens_bound > self._horizon:
+            self._refresh_dead_bound(batch)
+        self.aux_on = self._tokens_bound >= self.min_dead_threshold and self._soon_max > 0
+        self.aux_fast = self._soon_max <= self.k_aux
+
+    def _aux_recon_topk(self, post: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+        """``[n, batch, activation_dim]``: the decoding (without ``b_dec``) of each token's ``k_aux`` largest
+        ``post [n, batch, dict_size]`` among the ``dead [n, dict_size]`` features (fewer when fewer are dead: the
+        non-dead ranks are -inf, clamped to 0)."""
+        acts = torch.where(dead[:, None, :], post, torch.full_like(post, -torch.inf))
+        top = acts.topk(self.k_aux, dim=-1, sorted=False)
+        aux_f = torch.zeros_like(post).scatter_(-1, top.indices, top.values.clamp_min(0))
+        return torch.bmm(aux_f, self.engine.W_dec.mT)
+
+    def _aux_recon_dead(self, post: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+        """As :meth:`_aux_recon_topk` when no dictionary has more than ``k_aux`` dead features (then the top
+        ``k_aux`` are all of them): ``post`` at the dead features, decoded, read only at the candidate columns
+        ``aux_idx [n, k_aux]`` (which hold every dead feature until the refresh horizon)."""
+        e = self.engine
+        n, batch, _ = post.shape
+        idx = self.aux_idx[:, None, :]
+        acts = post.gather(-1, idx.expand(n, batch, -1))  # [n, batch, k_aux]
+        acts = torch.where(dead.gather(-1, self.aux_idx)[:, None, :], acts, torch.zeros_like(acts))
+        W = e.W_dec.gather(-1, idx.expand(n, e.activation_dim, -1))  # [n, activation_dim, k_aux]
+        return torch.bmm(acts, W.mT)
 
     def sparsity(self, x, x_hat, f, aux, tab):
         e = self.engine
@@ -329,10 +383,7 @@ class TopKStackRule(StackRule):
             return x_hat.new_zeros(e.n, dtype=torch.float32), {}
         residual, post = (x - x_hat).detach(), aux["post_relu"]
         dead = e.tokens_since_fired >= self.dead_threshold[:, None]
-        acts = torch.where(dead[:, None, :], post, torch.full_like(post, -torch.inf))
-        top = acts.topk(self.k_aux, dim=-1, sorted=False)
-        aux_f = torch.zeros_like(post).scatter_(-1, top.indices, top.values.clamp_min(0))
-        recon = torch.bmm(aux_f, e.W_dec.mT)
+        recon = self._aux_recon_dead(post, dead) if self.aux_fast else self._aux_recon_topk(post, dead)
         r = residual.float()
         err = (r - recon.float()).pow(2).sum(-1).mean(-1)
         var = (r - r.sum(1, keepdim=True) / r.shape[1]).pow(2).sum((1, 2)) / r.shape[1]
@@ -341,7 +392,7 @@ class TopKStackRule(StackRule):
 
     @torch.no_grad()
     def before_step(self, step, x):
-        self.aux_on = self._aux_needed()
+        self._plan_aux(x.shape[0])
         if step == 0:
             self.engine.b_dec.copy_(geometric_median(x).to(self.engine.b_dec.dtype).expand_as(self.engine.b_dec))
 
