@@ -112,6 +112,8 @@ case "$cmd" in
     # here, N the last part, staged with it), so others' uncommitted edits in the checkout do not travel into the run
     src=$(ls .gpu/p*/src.tar 2>/dev/null | head -1)
     if [ -n "$src" ]; then tar -xf "$src" -C $SRC; else cp -r . $SRC/ && rm -rf $SRC/.gpu $SRC/.git; fi
+    for pkg in dictionary_learning_aligned benchmarks figures; do  # the harness imports all three
+      [ -d $SRC/$pkg ] || { echo "$pkg missing from $src: copied from the checkout" >&2; cp -r $pkg $SRC/; }; done
     setsid nohup bash "$0" run > $R/logs/pipeline.txt 2>&1 < /dev/null &
     sleep 5; cmd=wait ;&
   wait)
