@@ -13,8 +13,9 @@ Every SAEBench eval loads its model itself with ``HookedTransformer.from_pretrai
 * :func:`serve_model` is a context manager that makes both loaders return that model for its name and restores
   them on exit.
 
-TransformerLens gets its own copy of the tokenizer (``copy.deepcopy``), right-padded: nnsight switches the tokenizer
-it is given to left padding, and SAEBench pads to max length and runs TransformerLens without an attention mask.
+TransformerLens gets its own copy of the tokenizer (:func:`tokenizer_for_transformer_lens`), right-padded: nnsight
+switches the tokenizer it is given to left padding, and SAEBench pads to max length and runs TransformerLens without
+an attention mask. The copy prepends BOS, as TransformerLens's own loaders make it do; SAEBench masks that token.
 """
 
 from __future__ import annotations
@@ -164,6 +165,32 @@ def check_against_hf(tl_model, hf, tokenizer, text: str = CHECK_TEXT, atol: Opti
     return info
 
 
+def tokenizer_for_transformer_lens(tokenizer):
+    """TransformerLens's copy of ``tokenizer``: right-padded (pad token: EOS if it has none) and prepending BOS to
+    every text, as TransformerLens's own loaders make it (``get_tokenizer_with_bos``).
+
+    SAEBench's sparse probing, SCR and TPP call ``model.tokenizer(texts)`` directly and then zero the activations
+    of BOS, EOS and pad tokens before mean-pooling. SmolLM2's tokenizer adds no BOS, so without this the first
+    word of every text became the model's attention sink, a massive activation (norm 164x the median at layer 12)
+    that our dictionaries never saw in training (their contexts start with a BOS that is dropped) and that
+    SAEBench did not mask. A tokenizer that already prepends BOS (Gemma's) is only copied.
+
+    Raises:
+        ModelBridgeError: the tokenizer has a BOS token but cannot be made to prepend it.
+    """
+    tok = copy.deepcopy(tokenizer)
+    tok.padding_side = "right"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    bos = tok.bos_token_id
+    if bos is not None and tok("x")["input_ids"][:1] != [bos]:
+        tok.add_bos_token = True  # rebuilds the post-processor of a fast tokenizer
+        if tok("x")["input_ids"][:1] != [bos]:
+            raise ModelBridgeError(f"{type(tok).__name__} does not prepend its BOS token {tok.bos_token!r} even "
+                                   f"with add_bos_token=True; SAEBench would not mask the first token")
+    return tok
+
+
 def hooked_transformer_from_hf(hf, tokenizer, device="cpu", dtype: torch.dtype = torch.float32, n_ctx: int = 2048,
                                check: bool = True):
     """Build a HookedTransformer from an already loaded LLaMA or Gemma-3 Hugging Face model with
@@ -173,7 +200,7 @@ def hooked_transformer_from_hf(hf, tokenizer, device="cpu", dtype: torch.dtype =
     Args:
         hf: a ``LlamaForCausalLM`` or text-only ``Gemma3ForCausalLM`` (e.g. SmolLM2 or Gemma-3-270M loaded from
             GGUF; their weights are already de-quantized).
-        tokenizer: its tokenizer; a deep copy is given to TransformerLens, with right padding.
+        tokenizer: its tokenizer; TransformerLens gets the copy of :func:`tokenizer_for_transformer_lens`.
         device, dtype: where and in which dtype to build the model.
         n_ctx: context length of the attention masks (capped at the model's ``max_position_embeddings``).
         check: compare logits with ``hf`` (:func:`check_against_hf`).
@@ -187,10 +214,7 @@ def hooked_transformer_from_hf(hf, tokenizer, device="cpu", dtype: torch.dtype =
     from transformer_lens import HookedTransformer
 
     cfg, convert = _tl_config_and_converter(hf, device, dtype, n_ctx)
-    tok = copy.deepcopy(tokenizer)
-    tok.padding_side = "right"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    tok = tokenizer_for_transformer_lens(tokenizer)
     src = hf.to(dtype) if next(hf.parameters()).dtype != dtype else hf
     state = convert(src, cfg)
     model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)

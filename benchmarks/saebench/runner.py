@@ -9,7 +9,8 @@ checks that a result exists and holds numbers, adds
 * ``data`` (which datasets were used: hub names, or local files and the mapping),
 * ``model`` (how the model was obtained, the logit check), ``judge`` (autointerp: the endpoint, and
   ``chance_levels``, what answering "none" or guessing would have scored on the same latents,
-  :func:`figures._common.autointerp_chance_levels`), ``harness`` (command, versions),
+  :func:`figures._common.autointerp_chance_levels`), ``harness`` (command, versions), and for sparse probing
+  ``probe_check`` (:func:`probe_check`: full-SAE probes at exactly chance, scale of the pooled latents),
 
 and writes ``OUT/<name>/<eval>.json`` atomically. Paths in what the harness adds (and in its summary) are
 machine-neutral (:func:`dictionary_learning_aligned.records.neutral_json`): relative to the results store with
@@ -50,7 +51,9 @@ HEADLINES = {
              ("L0", ("eval_result_metrics", "sparsity", "l0"))],
     "scr": [("SCR@20", ("eval_result_metrics", "scr_metrics", "scr_metric_threshold_20"))],
     "tpp": [("TPP@20", ("eval_result_metrics", "tpp_metrics", "tpp_threshold_20_total_metric"))],
-    "sparse_probing": [("probe top-1", ("eval_result_metrics", "sae", "sae_top_1_test_accuracy"))],
+    "sparse_probing": [("probe top-1", ("eval_result_metrics", "sae", "sae_top_1_test_accuracy")),
+                       ("probe all", ("eval_result_metrics", "sae", "sae_test_accuracy")),
+                       ("at chance", ("probe_check", "sae_probe_at_chance_count"))],  # > 0: see probe_check
     "autointerp": [("autointerp", ("eval_result_metrics", "autointerp", "autointerp_score")),
                    ("if 'none'", ("judge", "chance_levels", "all_inactive"))],  # the floor a judge must clear
 }
@@ -232,6 +235,84 @@ def _datasets_for(spec: RunSpec, ev: str) -> list:
     return names
 
 
+def pooled_latent_stats(acts: dict) -> dict:
+    """Scale of the mean-pooled SAE latents SAEBench's sparse probes are trained on.
+
+    Args:
+        acts: ``{class: [n_texts, d_sae]}`` as returned by SAEBench's ``get_sae_meaned_activations``.
+
+    Returns:
+        ``{"texts", "max", "mean", "row_norm_median", "frac_nonzero", "frac_nonfinite"}`` over all classes (max,
+        mean and norm over the finite values; ``None`` when there are none).
+    """
+    a = torch.cat([v.detach().float().reshape(len(v), -1).cpu() for v in acts.values()])
+    fin = torch.isfinite(a)
+    finite = a[fin]
+    rows = torch.where(fin, a, torch.zeros_like(a)).norm(dim=1)
+    return {"texts": int(a.shape[0]), "max": float(finite.max()) if finite.numel() else None,
+            "mean": float(finite.mean()) if finite.numel() else None,
+            "row_norm_median": float(rows.median()) if len(rows) else None,
+            "frac_nonzero": float((a != 0).float().mean()) if a.numel() else None,
+            "frac_nonfinite": float((~fin).float().mean()) if a.numel() else None}
+
+
+@contextlib.contextmanager
+def _pooled_latent_stats():
+    """Within the block, every call of SAEBench's ``activation_collection.get_sae_meaned_activations`` (the pooled
+    latents of sparse probing, train and test split of each dataset, in that order) appends its
+    :func:`pooled_latent_stats` to the yielded list. The function is restored on exit."""
+    import sae_bench.sae_bench_utils.activation_collection as ac
+
+    stats, real = [], ac.get_sae_meaned_activations
+
+    def recording(*args, **kwargs):
+        acts = real(*args, **kwargs)
+        stats.append(pooled_latent_stats(acts))
+        return acts
+
+    ac.get_sae_meaned_activations = recording
+    try:
+        yield stats
+    finally:
+        ac.get_sae_meaned_activations = real
+
+
+#: accuracy of a probe that predicts one class on SAEBench's class-balanced test sets
+CHANCE = 0.5
+
+
+def probe_check(res: dict, pooled: list) -> dict:
+    """Which of SAEBench's full-SAE probes (``sae_test_accuracy``, a linear probe on all mean-pooled latents,
+    AdamW lr 1e-2 on unnormalized inputs) scored exactly chance, and the scale of the latents they saw.
+
+    A probe at exactly 0.5 predicts one class for every balanced test set: it learned nothing (it diverged or
+    never left its start), so its accuracy is not a measure of the dictionary. The check does not change
+    SAEBench's numbers; it flags them.
+
+    Args:
+        res: SAEBench's sparse-probing result (``eval_result_unstructured``: ``{"<dataset>_results":
+            {"sae_test_accuracy": {class: accuracy}}}``).
+        pooled: :func:`pooled_latent_stats` per call of ``get_sae_meaned_activations`` (train, test per dataset).
+
+    Returns:
+        ``{"sae_probe_at_chance": ["<dataset>/<class>", ...], "sae_probe_at_chance_count", "sae_probe_classes",
+        "pooled_latents": {"<dataset>": {"train": stats, "test": stats}}}``.
+    """
+    per = res.get("eval_result_unstructured") or {}
+    at_chance, n = [], 0
+    for key, vals in per.items():
+        for cls, acc in (vals.get("sae_test_accuracy") or {}).items():
+            n += 1
+            if acc == CHANCE:
+                at_chance.append(f"{key.removesuffix('_results')}/{cls}")
+    datasets = [k.removesuffix("_results") for k in per]
+    by_ds = {}
+    if len(pooled) == 2 * len(datasets):
+        by_ds = {d: {"train": pooled[2 * i], "test": pooled[2 * i + 1]} for i, d in enumerate(datasets)}
+    return {"sae_probe_at_chance": at_chance, "sae_probe_at_chance_count": len(at_chance),
+            "sae_probe_classes": n, "pooled_latents": by_ds}
+
+
 def _run_one(ev: str, spec: RunSpec, sae, name: str, scratch: Path, artifacts: Path, text_name: str,
              judge_cfg) -> tuple[dict, list]:
     """Run eval ``ev`` on one SAE; returns (SAEBench result dict, dataset names). Grad mode and RNG states are
@@ -281,17 +362,8 @@ def _run_one_inner(ev, spec, sae, name, scratch, artifacts, text_name, judge_cfg
                     save_activations=True, artifacts_path=str(artifacts))
         path = get_results_filepath(str(out / ev), name, "custom_sae")
     elif ev == "sparse_probing":
-        import sae_bench.evals.sparse_probing.main as sp
-
-        names = _datasets_for(spec, ev)
-        cfg = sp.SparseProbingEvalConfig(
-            model_name=model_name, random_seed=spec.seed, dataset_names=names, probe_train_set_size=b.probe_train,
-            probe_test_set_size=b.probe_test, context_length=b.context, llm_batch_size=b.llm_batch_size,
-            llm_dtype=spec.dtype, k_values=list(b.probe_k_values), sae_batch_size=min(125, b.llm_batch_size * 4))
-        with _jaxtyping_off():
-            sp.run_eval(cfg, [(name, sae)], spec.device, str(out), force_rerun=True, clean_up_activations=False,
-                        save_activations=True, artifacts_path=str(artifacts))
-        path = get_results_filepath(str(out), name, "custom_sae")
+        names, pooled = _datasets_for(spec, ev), []
+        path = _run_sparse_probing(spec, sae, name, names, out, artifacts, pooled)
     elif ev == "autointerp":
         import sae_bench.evals.autointerp.main as ai
 
@@ -319,7 +391,29 @@ def _run_one_inner(ev, spec, sae, name, scratch, artifacts, text_name, judge_cfg
                          f"raise --autointerp-tokens or use a stronger judge")
     if not res.get("eval_result_metrics"):
         raise EvalFailed(f"{ev} result for {name} has no eval_result_metrics ({path})")
+    if ev == "sparse_probing":
+        res["probe_check"] = probe_check(res, pooled)
     return res, names
+
+
+def _run_sparse_probing(spec: RunSpec, sae, name: str, names: list, out: Path, artifacts: Path,
+                        pooled: list) -> str:
+    """SAEBench's sparse probing of ``sae`` on datasets ``names``; appends the :func:`pooled_latent_stats` of each
+    pooling call to ``pooled`` and returns the path of SAEBench's result file."""
+    import sae_bench.evals.sparse_probing.main as sp
+    from sae_bench.sae_bench_utils.general_utils import get_results_filepath
+
+    b = spec.budgets
+    cfg = sp.SparseProbingEvalConfig(
+        model_name=sae.cfg.model_name, random_seed=spec.seed, dataset_names=names,
+        probe_train_set_size=b.probe_train, probe_test_set_size=b.probe_test, context_length=b.context,
+        llm_batch_size=b.llm_batch_size, llm_dtype=spec.dtype, k_values=list(b.probe_k_values),
+        sae_batch_size=min(125, b.llm_batch_size * 4))
+    with _jaxtyping_off(), _pooled_latent_stats() as stats:
+        sp.run_eval(cfg, [(name, sae)], spec.device, str(out), force_rerun=True, clean_up_activations=False,
+                    save_activations=True, artifacts_path=str(artifacts))
+    pooled.extend(stats)
+    return get_results_filepath(str(out), name, "custom_sae")
 
 
 def _describe_dict(d: DictionaryEntry, sae, cfg: dict) -> dict:
@@ -566,7 +660,8 @@ def check_text_tokens(local, tokenizer, needed: int) -> int:
 
 
 def format_table(summary: dict) -> str:
-    """A plain-text table: one row per dictionary, one column per headline metric."""
+    """A plain-text table: one row per dictionary, one column per headline metric, and a note naming how many
+    dictionaries had a full-SAE probe at exactly chance (column ``at chance``)."""
     cols, rows = [], {}
     for r in summary["results"]:
         for label, _ in HEADLINES[r["eval"]]:
@@ -577,6 +672,11 @@ def format_table(summary: dict) -> str:
     lines = ["  ".join(["dictionary".ljust(width)] + [c.rjust(11) for c in cols])]
     for k, vals in rows.items():
         lines.append("  ".join([k.ljust(width)] + [_fmt(vals.get(c)).rjust(11) for c in cols]))
+    flagged = [k for k, vals in rows.items() if (vals.get("at chance") or 0) > 0]
+    if flagged:
+        lines.append(f"note: 'at chance' counts classes whose full-SAE probe ('probe all') scored exactly "
+                     f"{CHANCE} (one class predicted for every text) in {len(flagged)} dictionaries; those probes "
+                     f"learned nothing; see probe_check in their sparse_probing.json")
     return "\n".join(lines)
 
 
