@@ -210,6 +210,10 @@ class RunConfig:
     """environment variable holding the API key"""
     seed: int = 42
     """random seed of every eval (default 42)"""
+    artifacts: Optional[str] = sp_field(None, metavar="DIR")
+    """keep SAEBench's artifacts (the LLM activations of the probing/SCR/TPP datasets, SCR/TPP's LLM probes,
+    autointerp's tokens) in DIR/<key>/ across runs and parallel processes, key a hash of everything they depend on
+    (written to DIR/<key>/key.json; see benchmarks/saebench/artifacts.py); default: a temporary folder per run"""
     verbose: bool = sp_field(False, action="store_true")
     """show the evals' own output (probe accuracies, third-party warnings); default: a progress line per eval and
     the summary"""
@@ -277,7 +281,8 @@ def run_spec(cfg: RunConfig, command: str = "") -> RunSpec:
                    data_dir=cfg.data_dir, text_source=cfg.text_source, datasets=datasets,
                    budgets=budgets, judge=judge,
                    seed=cfg.seed, overwrite=cfg.overwrite, per_record_layout=per_record, command=command,
-                   results_store=Path(cfg.results_store) if cfg.results_store else None)
+                   results_store=Path(cfg.results_store) if cfg.results_store else None,
+                   artifacts=Path(cfg.artifacts) if cfg.artifacts else None)
 
 
 def main(argv=None) -> int:

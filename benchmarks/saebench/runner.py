@@ -125,6 +125,7 @@ class RunSpec:
     command: str = ""
     model: Optional[tuple] = None  # (HookedTransformer, info) built beforehand (e.g. shared by tests)
     results_store: Optional[Path] = None  # the store the dictionaries came from: paths are written relative to it
+    artifacts: Optional[Path] = None  # SAEBench's artifacts kept here across runs (:mod:`.artifacts`); None: temporary
 
 
 def path_root(spec: RunSpec) -> Path:
@@ -580,20 +581,22 @@ def _run_and_write(ev: str, spec: RunSpec, saes: list, work: Path, local, judge_
     """
     from tqdm.auto import tqdm
 
-    artifacts = work / "artifacts"  # shared by the dictionaries of one run: same model, same data
     tname = None
     if ev in ("core", "autointerp"):  # general text: named, else local or SAEBench's hub dataset
         tname = spec.datasets[ev][0] if ev in spec.datasets else D.TEXT if spec.offline else D.HUB_DATASETS[ev]
     for d, sae, cfg in tqdm(saes, desc=f"SAEBench {ev}", unit="dict", file=sys.stderr):
         t = time.time()
         try:
-            res, names = _run_one(ev, spec, sae, d.name, work / "scratch" / d.name, artifacts, tname, judge_cfg)
+            with _artifacts(ev, spec, sae, work, local, tname, model_info, summary["versions"]) as (art, reused):
+                res, names = _run_one(ev, spec, sae, d.name, work / "scratch" / d.name, art, tname, judge_cfg)
         except EvalFailed:
             raise
         except Exception as e:
             raise EvalFailed(f"{ev} failed on {d.path}: {type(e).__name__}: {e}") from e
         res = _annotate(res, ev, spec, d, sae, cfg, names, local, judge_cfg, model_info, summary["versions"],
                         round(time.time() - t, 1))
+        if reused is not None:
+            res["harness"]["artifacts"] = {"key": art.parent.name, "reused": reused}
         targets[(d.name, ev)].parent.mkdir(parents=True, exist_ok=True)
         path = write_json(targets[(d.name, ev)], neutral_json(res, path_root(spec), RESULT_PATH_FIELDS))
         row = {"dictionary": d.name, "record_id": d.record_id, "eval": ev, "file": str(path),
@@ -602,6 +605,21 @@ def _run_and_write(ev: str, spec: RunSpec, saes: list, work: Path, local, judge_
         summary["results"].append(row)
         log(f"{ev} on {d.name}: " + ", ".join(f"{label} {_fmt(_get(res, p))}" for label, p in HEADLINES[ev])
             + f" ({row['seconds']} s) -> {path}")
+
+
+def _artifacts(ev: str, spec: RunSpec, sae, work: Path, local, text_name, model_info: dict, versions: dict):
+    """Where eval ``ev`` keeps SAEBench's artifacts on ``sae``: a context manager yielding ``(folder, reused)``.
+
+    Without ``spec.artifacts``, and for core (which stores none), the run's temporary ``work/artifacts``, shared by
+    its dictionaries (``reused`` None); else :func:`.artifacts.claim` of ``spec.artifacts`` with this eval's
+    :func:`.artifacts.key_inputs` (``reused``: whether complete artifacts were found)."""
+    from . import artifacts as A
+
+    if spec.artifacts is None or ev not in A.ARTIFACT_EVALS:
+        return contextlib.nullcontext((work / "artifacts", None))
+    names = [text_name] if ev == "autointerp" else _datasets_for(spec, ev)
+    text = local.text_folder() / "train.jsonl" if ev == "autointerp" and text_name == D.TEXT else None
+    return A.claim(spec.artifacts, ev, A.key_inputs(spec, ev, sae, names, model_info, versions, text))
 
 
 def _annotate(res: dict, ev: str, spec: RunSpec, d, sae, cfg, names, local, judge_cfg, model_info: dict,

@@ -46,7 +46,7 @@ pack() { tar -czf "$OUT/faithful.tar.gz" --exclude=dictionaries --exclude='*.saf
 saebench_group() {  # GLOB: one SAEBench process (core, sparse probing, SCR, TPP) for the records matching GLOB
   t "SAEBench on $1"
   OMP_NUM_THREADS=1 nice -n 5 timeout "$(left)" python3 -m benchmarks run --results-store $STORE --records "$1" \
-    --evals core,sparse_probing,scr,tpp --device cuda --data-dir /tmp/sbdata --text-source "$C"  \
+    --evals core,sparse_probing,scr,tpp --device cuda --data-dir /tmp/sbdata --text-source "$C" --artifacts /tmp/sb_artifacts \
     ${SB_FLAGS:---core-batches 50 --core-sparsity-batches 250 --llm-batch-size 64} > "$R/logs/saebench_${1//\*/x}.txt" 2>&1
   t "SAEBench on $1 ended (rc $?)"
 }
