@@ -3,6 +3,8 @@ dictionaries, online (hub model, hub datasets, an OpenAI-compatible judge) or of
 its GGUF file, local datasets, a local judge served on loopback).
 
 Modules:
+* :mod:`.artifacts` -- ``--artifacts DIR``: SAEBench's LLM activations and probes kept across runs and processes,
+  under a key of everything they depend on, computed once under a file lock;
 * :mod:`.adapter` -- a dictionary of ours as a ``sae_bench.custom_saes.base_sae.BaseSAE``, plus loaders for
   SAEBench's own dictionary_learning runner;
 * :mod:`.bridge` -- the ``HookedTransformer`` the evals use (hub name or built from a loaded Hugging Face model);
