@@ -305,6 +305,45 @@ def load_saebench(results) -> tuple[dict[str, dict[str, float]], int]:
     return _load_saebench_folder(Path(results) / SAEBENCH_DIR, _record_id_of)
 
 
+#: SAEBench evals whose inputs are texts tokenized by TransformerLens's copy of the tokenizer (core adds its own BOS)
+BOS_SENSITIVE_EVALS = ("sparse_probing", "scr", "tpp", "autointerp")
+
+
+def made_without_bos(d: dict) -> bool:
+    """Whether a SAEBench result ``d`` (as ``benchmarks run`` writes it) is a sparse-probing, SCR, TPP or autointerp
+    result on SmolLM2 made before the harness made TransformerLens's tokenizer prepend BOS (commit 5190b3e): its
+    ``model`` block lacks ``tokenizer_prepends_bos: true``. SAEBench then kept each text's first token, SmolLM2's
+    attention sink (about 164x the median norm), in its pooled features, so such numbers are not measurements of
+    the dictionaries (docs/saebench.md). Results on other models are never flagged (Gemma's tokenizer adds BOS)."""
+    model = d.get("model") if isinstance(d.get("model"), dict) else {}
+    name = str(model.get("model_name") or (d.get("eval_config") or {}).get("model_name") or "")
+    return (d.get("eval_type_id") in BOS_SENSITIVE_EVALS and "smollm2" in name.lower()
+            and model.get("tokenizer_prepends_bos") is not True)
+
+
+def saebench_bos_caveat(results, metrics: Optional[Iterable[str]] = None) -> Optional[str]:
+    """One sentence for a table or caption when SAEBench results under ``results/saebench/`` were made without BOS
+    (:func:`made_without_bos`); None when none were. ``metrics`` (e.g. ``["scr"]``) limits the check to the evals
+    that give them (``scr``, ``tpp``, ``autointerp``, or any ``probe_*`` for sparse probing)."""
+    wanted = None
+    if metrics is not None:
+        wanted = {"sparse_probing" if m.startswith("probe_") else m for m in metrics}
+    folder = Path(results) / SAEBENCH_DIR
+    n = 0
+    for p in sorted([*folder.rglob("*.json"), *folder.rglob("*.json.gz")]) if folder.is_dir() else []:
+        try:
+            d = read_json(p)
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            continue  # load_saebench names unreadable files
+        if isinstance(d, dict) and made_without_bos(d) and (wanted is None or d.get("eval_type_id") in wanted):
+            n += 1
+    if not n:
+        return None
+    return (f"{n} SAEBench sparse-probing/SCR/TPP/autointerp result(s) here were made before the harness prepended "
+            f"BOS for SmolLM2 (fixed in commit 5190b3e): their inputs kept the attention-sink first token, so they "
+            f"check the pipeline and do not measure the dictionaries (docs/saebench.md)")
+
+
 def _record_id_of(d: dict, path: Path) -> Optional[str]:
     """A result file's record id: its ``record_id``, else ``sae_name`` (None when neither is a string)."""
     rid = d.get("record_id") or d.get("sae_name")

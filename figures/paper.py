@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 
 from ._common import (ARCH_LABEL, ARCH_ORDER, L0, SAEBENCH_DIR, SPARSITY_LABEL, aggregate, alignments_in, archs_in,
                       budget_line, field_getter, finite, load_records, load_saebench, mean_std, pick_dict_size,
-                      primary_model, select)
+                      primary_model, saebench_bos_caveat, select)
 
 PNG_DPI = 110
 REPRODUCE = "python -m dictionary_learning_aligned.reproduce"
@@ -543,8 +543,9 @@ def fig12(records, results):
     axes[0, 1].set(xlabel="mean alignment score of the SAE", ylabel="autointerp score", title="per SAE")
     for ax in axes[0]:  # each panel its own legend: bars on the left, markers and floor(s) on the right
         ax.legend(loc="best")
+    caveat = saebench_bos_caveat(results, ["autointerp"])
     return Drawn(fig, recs, "SAEBench eval_result_metrics.autointerp.autointerp_score; dashed: the score of "
-                 "answering 'none' to every example")
+                 "answering 'none' to every example" + (f" · {caveat}" if caveat else ""))
 
 
 @_register("fig13", "alive features per architecture", "main records with metrics.frac_alive")
@@ -627,7 +628,8 @@ def _saebench_vs_l0(records, results, metric, label) -> Drawn:
     fig, axes = _panels(len(archs))
     for ax, arch in zip(axes[0], archs):
         _xy(ax, select(recs, archs=[arch]), lambda r: sb[r["id"]][metric], label, ARCH_LABEL[arch])
-    return Drawn(fig, recs, _seed_note(recs))
+    caveat = saebench_bos_caveat(results, [metric])
+    return Drawn(fig, recs, _seed_note(recs) + (f" · {caveat}" if caveat else ""))
 
 
 def _long(records, rows, curve) -> Drawn:

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from ._common import (ARCH_LABEL, ARCH_ORDER, SPARSITY_LABEL, alignment_key, field_getter, load_records,
-                      load_saebench, load_saebench_dictionaries, mean_std, mode_name, point_steps)
+                      load_saebench, load_saebench_dictionaries, mean_std, mode_name, point_steps,
+                      saebench_bos_caveat)
 
 #: (column title, getter, digits) of the table
 COLUMNS = (
@@ -112,7 +113,9 @@ def saebench_table(results, experiment: Optional[str] = None, fmt: str = "markdo
                          f"SAEBench results in {Path(results) / 'saebench'} ({n_files} JSON files there); run "
                          f"`python -m benchmarks run --results-store {results}`")
     cols = [(title, (lambda r, name=name: sb[r["id"]].get(name)), digits) for title, name, digits in SAEBENCH_COLUMNS]
-    return results_table(records, experiment, fmt, columns=cols)
+    table = results_table(records, experiment, fmt, columns=cols)
+    caveat = saebench_bos_caveat(results)
+    return table if caveat is None else table + ("\n\n" if fmt == "markdown" else "\n# ") + f"Caveat: {caveat}."
 
 
 def _sae_label(desc: dict) -> str:

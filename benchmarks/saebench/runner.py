@@ -556,6 +556,8 @@ def _load_model(spec: RunSpec, saes: list, model_name: str, dtype, log) -> tuple
             raise ValueError(f"{d.path}: dictionary reads {sae.cfg.hook_name} with activation_dim {sae.cfg.d_in}, but "
                              f"{model_name} has {tl_model.cfg.n_layers} layers (0..{tl_model.cfg.n_layers - 1}) "
                              f"of width {tl_model.cfg.d_model}")
+    # what figures/_common.saebench_bos_caveat reads: results made without it predate commit 5190b3e
+    model_info["tokenizer_prepends_bos"] = bool(getattr(tl_model.cfg, "tokenizer_prepends_bos", False))
     return tl_model, model_info
 
 
