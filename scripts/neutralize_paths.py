@@ -16,8 +16,13 @@ wrote the files, e.g. ``/tmp/store``), becomes ``<STORE's folder name>/<relative
 its last component. Gzipped files stay gzipped; files that would not change are not touched. It prints each
 changed file with the paths it rewrote, then a count.
 
-Exit status: 0 done (or nothing to do), 2 bad arguments (STORE is not a results store: no ``records/`` folder;
-a machine root that is not absolute).
+A file is rewritten only after every file was read and checked: a refusal changes nothing. Left alone (and named):
+JSON this tool does not know (a record needs ``schema`` and ``id``), symbolic links and files reached through a
+linked folder (their targets may belong to someone else). A rewritten file keeps its permissions.
+
+Exit status: 0 done (or nothing to do), 2 refused, nothing changed (STORE is not a results store: no ``records/``
+folder; a machine root that is not absolute or is ``/``; a file that is not JSON, or whose values cannot be written
+back as JSON, e.g. NaN; a file to rewrite that is read-only).
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
+import stat
 import sys
+import zlib
 from pathlib import Path
 
 from dictionary_learning_aligned.io import atomic_path, read_json
@@ -40,7 +48,7 @@ def fields_of(path: Path, value) -> tuple | None:
     if not isinstance(value, dict):
         return None
     if path.parent.name == "records":
-        return PATH_FIELDS
+        return PATH_FIELDS if "schema" in value and "id" in value else None
     if "eval_type_id" in value:
         return RESULT_PATH_FIELDS
     if "results" in value and "evals" in value:
@@ -81,24 +89,53 @@ def changed_paths(old, new) -> list[str]:
     return list(seen)
 
 
-def neutralize(store: Path, machine_roots=(), dry_run: bool = False, log=print) -> tuple[int, int]:
-    """Rewrite every file of :func:`store_files` whose paths are not neutral; returns ``(changed, examined)``.
+def check_roots(machine_roots) -> None:
+    """Refuse machine roots that are not absolute, or are ``/`` (every absolute path would count as in the store).
 
     Raises:
-        NotADirectoryError: ``store`` has no ``records/`` folder (not a results store).
-        ValueError: a machine root that is not absolute, or a file that is not valid JSON (naming it).
+        ValueError: naming the first bad root.
     """
-    if not (store / "records").is_dir():
-        raise NotADirectoryError(f"{store} is not a results store (it has no records/ folder)")
-    bad = [r for r in machine_roots if not Path(r).is_absolute()]
-    if bad:
-        raise ValueError(f"--machine-root must be an absolute path, got {bad[0]!r}")
-    changed, files = 0, store_files(store)
+    for r in machine_roots:
+        if not Path(r).is_absolute():
+            raise ValueError(f"--machine-root must be an absolute path, got {r!r}")
+        if len(Path(r).parts) < 2:
+            raise ValueError(f"--machine-root {r!r} is the file-system root: every absolute path would be taken "
+                             f"for a path inside the store; give the folder the store lay in, e.g. /tmp/store")
+
+
+def load(path: Path):
+    """The JSON value of ``path`` (:func:`~dictionary_learning_aligned.io.read_json`).
+
+    Raises:
+        ValueError: unreadable, not (gzipped) JSON, or corrupt gzip data (naming the file).
+    """
+    try:
+        return read_json(path)
+    except (ValueError, OSError, EOFError, zlib.error) as e:
+        raise ValueError(f"{path} cannot be read as JSON ({e}); nothing was changed") from None
+
+
+def linked(path: Path, store: Path) -> bool:
+    """Whether ``path`` is a symbolic link or lies, once links are followed, outside ``store``."""
+    return path.is_symlink() or not path.resolve().is_relative_to(store.resolve())
+
+
+def plan(store: Path, machine_roots=(), log=print) -> tuple[list, int]:
+    """Read every file of :func:`store_files` and work out its rewrite, writing nothing.
+
+    Returns:
+        ``([(path, changes, data), ...], examined)``: for each file that would change, the ``"old -> new"`` paths
+        (:func:`changed_paths`) and its new bytes (:func:`dump`); the number of files examined.
+
+    Raises:
+        ValueError: see :func:`load`; a value that cannot be written back as JSON (NaN, infinity).
+    """
+    out, files = [], store_files(store)
     for path in files:
-        try:
-            old = read_json(path)
-        except (ValueError, OSError, EOFError) as e:
-            raise ValueError(f"{path} is not valid JSON ({e})") from None
+        if linked(path, store):
+            log(f"skipped {path.relative_to(store)}: a symbolic link or inside a linked folder (left alone)")
+            continue
+        old = load(path)
         fields = fields_of(path, old)
         if fields is None:
             log(f"skipped {path.relative_to(store)}: not a record, a SAEBench result or a run summary")
@@ -106,12 +143,48 @@ def neutralize(store: Path, machine_roots=(), dry_run: bool = False, log=print) 
         new = neutral_json(old, store, fields, machine_roots=machine_roots)
         if new == old:
             continue
-        changed += 1
-        log(f"{path.relative_to(store)}: " + "; ".join(changed_paths(old, new)))
+        try:
+            data = dump(path, new)
+        except ValueError as e:
+            raise ValueError(f"{path} cannot be written back as JSON ({e}); nothing was changed") from None
+        out.append((path, changed_paths(old, new), data))
+    return out, len(files)
+
+
+def check_writable(paths) -> None:
+    """Refuse to replace files without their owner's write permission, or in a folder this process cannot write.
+
+    Raises:
+        ValueError: naming the files.
+    """
+    bad = [str(p) for p in paths if not p.stat().st_mode & stat.S_IWUSR or not os.access(p.parent, os.W_OK)]
+    if bad:
+        raise ValueError(f"read-only, not rewritten: {', '.join(bad)}; make them writable (chmod u+w) to rewrite "
+                         f"them; nothing was changed")
+
+
+def neutralize(store: Path, machine_roots=(), dry_run: bool = False, log=print) -> tuple[int, int]:
+    """Rewrite every file of :func:`store_files` whose paths are not neutral, keeping its permissions, once all
+    were read and checked (:func:`plan`, :func:`check_writable`); returns ``(changed, examined)``.
+
+    Raises:
+        NotADirectoryError: ``store`` has no ``records/`` folder (not a results store).
+        ValueError: see :func:`check_roots`, :func:`plan` and :func:`check_writable` (nothing is written).
+    """
+    if not (store / "records").is_dir():
+        raise NotADirectoryError(f"{store} is not a results store (it has no records/ folder)")
+    check_roots(machine_roots)
+    rewrites, examined = plan(store, machine_roots, log)
+    if not dry_run:
+        check_writable(p for p, _, _ in rewrites)
+    for path, changes, data in rewrites:
+        log(f"{path.relative_to(store)}: " + "; ".join(changes))
         if not dry_run:
+            mode = stat.S_IMODE(path.stat().st_mode)
             with atomic_path(path) as tmp:
-                tmp.write_bytes(dump(path, new))
-    return changed, len(files)
+                tmp.write_bytes(data)
+            os.chmod(path, mode)
+    return len(rewrites), examined
 
 
 def main(argv=None) -> int:

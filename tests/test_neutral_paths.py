@@ -171,3 +171,61 @@ def test_script_rejects_a_relative_machine_root(tmp_path):
     (tmp_path / "records").mkdir()
     proc = _script(tmp_path, "--machine-root", "tmp/store")
     assert proc.returncode == 2 and "absolute" in proc.stderr
+
+
+def _corrupt_gzip() -> bytes:
+    """Gzip data whose deflate stream is damaged (``zlib.error`` when read, not ``EOFError``)."""
+    data = bytearray(gzip.compress(bytes(range(256)).hex().encode() * 20))
+    data[30:60] = bytes(b ^ 0xFF for b in data[30:60])
+    return bytes(data)
+
+
+@pytest.mark.parametrize("name,content", [("z_bad.json", b'{"schema": 1, "id": "x"'),
+                                          ("z_bad.json.gz", _corrupt_gzip()),
+                                          ("z_nan.json", b'{"schema": 1, "id": "x", "corpus": "/tmp/res/store/a", '
+                                                         b'"loss": NaN}')])
+def test_script_refusing_one_file_changes_no_file(tmp_path, name, content):
+    store, _ = _written_elsewhere(tmp_path)
+    (store / "records" / name).write_bytes(content)  # sorted after the record that would be rewritten
+    before = _contents(store)
+    proc = _script(store, "--machine-root", "/tmp/res/store")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert name in proc.stderr and "nothing was changed" in proc.stderr
+    assert _contents(store) == before
+
+
+def test_script_refuses_the_root_as_machine_root(tmp_path):
+    store, _ = _written_elsewhere(tmp_path)
+    before = _contents(store)
+    proc = _script(store, "--machine-root", "/")
+    assert proc.returncode == 2 and "file-system root" in proc.stderr
+    assert _contents(store) == before
+
+
+def test_script_leaves_links_and_foreign_json_alone_and_keeps_permissions(tmp_path):
+    store, _ = _written_elsewhere(tmp_path)
+    outside = tmp_path / "elsewhere.json"
+    outside.write_text('{"schema": 1, "id": "y", "corpus": "/tmp/res/store/a/b"}')
+    (store / "records" / "linked.json").symlink_to(outside)
+    foreign = store / "records" / "other_tool.json"
+    foreign.write_text('{"command": "/usr/bin/tool --in /data/x"}')
+    rec = store / "records" / f"{RID}.json"
+    rec.chmod(0o640)
+    proc = _script(store, "--machine-root", "/tmp/res/store")
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped records/linked.json" in proc.stdout and "skipped records/other_tool.json" in proc.stdout
+    assert (store / "records" / "linked.json").is_symlink()
+    assert outside.read_text() == '{"schema": 1, "id": "y", "corpus": "/tmp/res/store/a/b"}'
+    assert foreign.read_text() == '{"command": "/usr/bin/tool --in /data/x"}'
+    assert json.loads(rec.read_text())["corpus"] == "mixed.jsonl.gz" and rec.stat().st_mode & 0o777 == 0o640
+
+
+def test_script_refuses_to_replace_a_read_only_file(tmp_path):
+    store, _ = _written_elsewhere(tmp_path)
+    rec = store / "records" / f"{RID}.json"
+    rec.chmod(0o444)
+    before = _contents(store)
+    proc = _script(store, "--machine-root", "/tmp/res/store")
+    assert proc.returncode == 2 and "read-only" in proc.stderr and rec.name in proc.stderr
+    assert _contents(store) == before and rec.stat().st_mode & 0o777 == 0o444
+    assert _script(store, "--machine-root", "/tmp/res/store", "--dry-run").returncode == 0  # a dry run may look
