@@ -181,3 +181,33 @@ def test_a_killed_process_leaves_a_lock_the_next_one_recovers(tmp_path):
     assert (folder / "scr.done").is_file()
     with A.claim(root, "scr", inputs) as (_, reused):
         assert reused
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_an_artifacts_path_that_is_a_file_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch, under):
+    """--artifacts naming a file (or a path under one) exits 2 with one line before anything runs; the file and the
+    output folder are left as they were."""
+    from benchmarks.__main__ import main
+    from benchmarks.saebench import bridge
+    from dictionary_learning_aligned.dictionary import AutoEncoder
+
+    monkeypatch.setattr(bridge, "load_hooked_transformer", lambda *a, **k: pytest.fail("model loaded"))
+    d = tmp_path / "dicts" / "trainer_0"
+    AutoEncoder(16, 32).save(d)
+    (d / "config.json").write_text(json.dumps({"trainer": {"lm_name": "m", "layer": 0}}))
+    user_file = tmp_path / "notes.txt"
+    user_file.write_text("mine")
+    art = user_file / "art" if under else user_file
+    assert main(["run", "--dictionaries", str(d), "--out", str(tmp_path / "out"), "--evals", "core,scr",
+                 "--artifacts", str(art)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --artifacts") and "not a folder" in err and "\n" not in err, err
+    assert user_file.read_text() == "mine" and not (tmp_path / "out").exists()
+
+
+def test_check_root_accepts_a_missing_folder_without_creating_it(tmp_path):
+    assert A.check_root(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="not a folder"):
+        A.check_root(tmp_path / "dangling")

@@ -125,6 +125,26 @@ def _check_key(folder: Path, inputs: dict, write: bool) -> None:
         write_json(path, inputs)
 
 
+def check_root(root) -> Path:
+    """Refuse an ``--artifacts`` folder that could not hold artifacts, before anything runs (else the first eval
+    that stores artifacts would fail after the model was loaded and earlier evals ran). Nothing is created.
+
+    Returns:
+        ``root`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: ``root`` is a file (or lies under one), or the folder that would hold it is not writable.
+    """
+    root = Path(root)
+    existing = next(p for p in (root, *root.absolute().parents) if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        what = "is" if existing == root else f"lies under {existing}, which is"
+        raise ValueError(f"--artifacts {root} {what} not a folder; give a folder (it is created if missing)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--artifacts {root}: {existing} is not writable")
+    return root
+
+
 @contextlib.contextmanager
 def _flock(path: Path):
     """Hold an exclusive ``fcntl.flock`` on ``path`` (created if absent) within the block; blocks until free."""
@@ -166,4 +186,4 @@ def claim(root, ev: str, inputs: dict):
     yield saebench, True
 
 
-__all__ = ["ARTIFACT_EVALS", "KEY_BUDGETS", "claim", "key_inputs", "key_of", "local_files", "harness_digest"]
+__all__ = ["ARTIFACT_EVALS", "KEY_BUDGETS", "check_root", "claim", "key_inputs", "key_of", "local_files", "harness_digest"]

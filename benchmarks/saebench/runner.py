@@ -475,7 +475,8 @@ def run(spec: RunSpec, log=print) -> dict:
 
 
 def _check_spec(spec: RunSpec) -> torch.dtype:
-    """Check evals, dictionaries, device, budgets, dtype and datasets of ``spec``; returns the dtype.
+    """Check evals, dictionaries, device, budgets, dtype, datasets and the artifacts folder of ``spec``; returns
+    the dtype.
 
     Raises:
         ValueError: the first bad setting, named as its command-line flag.
@@ -494,6 +495,10 @@ def _check_spec(spec: RunSpec) -> torch.dtype:
     for ev in spec.evals:
         if ev in D.LOCAL_DEFAULTS:
             _datasets_for(spec, ev)
+    if spec.artifacts is not None:
+        from .artifacts import check_root
+
+        check_root(spec.artifacts)
     return dtype
 
 
