@@ -21,8 +21,9 @@ JSON this tool does not know (a record needs ``schema`` and ``id``), symbolic li
 linked folder (their targets may belong to someone else). A rewritten file keeps its permissions.
 
 Exit status: 0 done (or nothing to do), 2 refused, nothing changed (STORE is not a results store: no ``records/``
-folder; a machine root that is not absolute or is ``/``; a file that is not JSON, or whose values cannot be written
-back as JSON, e.g. NaN; a file to rewrite that is read-only).
+folder; a machine root that is not absolute, is ``/`` or matches no path to rewrite (a warning with --dry-run); a
+file that is not JSON, or whose values cannot be written back as JSON, e.g. NaN; a file to rewrite that is
+read-only).
 """
 
 from __future__ import annotations
@@ -103,6 +104,21 @@ def check_roots(machine_roots) -> None:
                              f"for a path inside the store; give the folder the store lay in, e.g. /tmp/store")
 
 
+def check_roots_used(machine_roots, changes: list[str]) -> None:
+    """Refuse a machine root that none of the rewritten strings (``changes``: ``"old -> new"``) holds a path in:
+    likely mistyped, and the paths it should have kept inside the store would lose all but their last component.
+
+    Raises:
+        ValueError: naming the first unused root (only when something would be rewritten).
+    """
+    olds = [c.split(" -> ", 1)[0] for c in changes]
+    for r in machine_roots if olds else ():
+        root = str(Path(r))
+        if not any(f"{root}/" in o or o.endswith(root) for o in olds):
+            raise ValueError(f"--machine-root {r} matched no path to rewrite (mistyped?); fix or drop it "
+                             f"(--dry-run lists the rewrites); nothing was changed")
+
+
 def load(path: Path):
     """The JSON value of ``path`` (:func:`~dictionary_learning_aligned.io.read_json`).
 
@@ -175,6 +191,12 @@ def neutralize(store: Path, machine_roots=(), dry_run: bool = False, log=print) 
         raise NotADirectoryError(f"{store} is not a results store (it has no records/ folder)")
     check_roots(machine_roots)
     rewrites, examined = plan(store, machine_roots, log)
+    try:
+        check_roots_used(machine_roots, [c for _, changes, _ in rewrites for c in changes])
+    except ValueError as e:
+        if not dry_run:
+            raise
+        log(f"warning: {e}")
     if not dry_run:
         check_writable(p for p, _, _ in rewrites)
     for path, changes, data in rewrites:

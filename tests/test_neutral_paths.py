@@ -229,3 +229,13 @@ def test_script_refuses_to_replace_a_read_only_file(tmp_path):
     assert proc.returncode == 2 and "read-only" in proc.stderr and rec.name in proc.stderr
     assert _contents(store) == before and rec.stat().st_mode & 0o777 == 0o444
     assert _script(store, "--machine-root", "/tmp/res/store", "--dry-run").returncode == 0  # a dry run may look
+
+
+def test_script_refuses_a_machine_root_that_matches_no_path(tmp_path):
+    store, _ = _written_elsewhere(tmp_path)
+    before = _contents(store)
+    proc = _script(store, "--machine-root", "/tmp/res/stor")  # mistyped: the paths would lose their folders
+    assert proc.returncode == 2 and "/tmp/res/stor matched no path" in proc.stderr
+    assert _contents(store) == before
+    dry = _script(store, "--machine-root", "/tmp/res/stor", "--dry-run")
+    assert dry.returncode == 0 and "warning: --machine-root /tmp/res/stor matched no path" in dry.stdout

@@ -186,4 +186,5 @@ def claim(root, ev: str, inputs: dict):
     yield saebench, True
 
 
-__all__ = ["ARTIFACT_EVALS", "KEY_BUDGETS", "check_root", "claim", "key_inputs", "key_of", "local_files", "harness_digest"]
+__all__ = ["ARTIFACT_EVALS", "KEY_BUDGETS", "check_root", "claim", "key_inputs", "key_of", "local_files",
+           "harness_digest"]
