@@ -52,6 +52,9 @@ SAEBENCH_DIR = "saebench"
 #: and 12 use ``scr`` and ``autointerp``; ``python -m figures table --saebench`` shows them all.
 SAEBENCH_METRICS = {
     "core_fve": ("eval_result_metrics", "reconstruction_quality", "explained_variance"),
+    # per-token explained variance, averaged over tokens (SAEBench pools the squared errors of all tokens in
+    # explained_variance, which a few massive-activation tokens can dominate)
+    "core_fve_per_token": ("eval_result_metrics", "reconstruction_quality", "explained_variance_legacy"),
     "core_ce_score": ("eval_result_metrics", "model_performance_preservation", "ce_loss_score"),
     "scr": ("eval_result_metrics", "scr_metrics", "scr_metric_threshold_20"),
     "tpp": ("eval_result_metrics", "tpp_metrics", "tpp_threshold_20_total_metric"),

@@ -26,7 +26,7 @@ COLUMNS = (
 
 #: SAEBench columns of ``table --saebench``: (title, name in :data:`figures._common.SAEBENCH_METRICS`, digits)
 SAEBENCH_COLUMNS = (
-    ("core FVE", "core_fve", 3), ("core CE score", "core_ce_score", 3), ("SCR@20", "scr", 3), ("TPP@20", "tpp", 3),
+    ("core FVE", "core_fve", 3), ("core FVE per token", "core_fve_per_token", 3), ("core CE score", "core_ce_score", 3), ("SCR@20", "scr", 3), ("TPP@20", "tpp", 3),
     ("LLM probe", "probe_llm", 3), ("SAE probe", "probe_sae", 3), ("SAE top-1", "probe_top1", 3),
     ("SAE top-5", "probe_top5", 3), ("autointerp", "autointerp", 3),
     ("autointerp if 'none'", "autointerp_all_inactive", 3),  # the score of a judge that always answers "none"
@@ -87,9 +87,9 @@ def results_table(records: Iterable[dict], experiment: Optional[str] = None, fmt
 
 
 def saebench_table(results, experiment: Optional[str] = None, fmt: str = "markdown") -> str:
-    """:func:`results_table` of the SAEBench metrics (:data:`SAEBENCH_COLUMNS`: core FVE and CE score, SCR and TPP
-    at 20 latents, sparse-probing accuracy of the LLM probe, the SAE probe on all latents and on its top 1 / 5
-    latents, autointerp score and the score of answering "none" to every autointerp example,
+    """:func:`results_table` of the SAEBench metrics (:data:`SAEBENCH_COLUMNS`: core FVE, pooled and per token, and
+    CE score, SCR and TPP at 20 latents, sparse-probing accuracy of the LLM probe, the SAE probe on all latents and
+    on its top 1 / 5 latents, autointerp score and the score of answering "none" to every autointerp example,
     :func:`figures._common.autointerp_chance_levels`) for the records of the store ``results`` that have SAEBench results under
     ``results/saebench/`` (matched by record id, :func:`figures._common.load_saebench`).
 

@@ -49,3 +49,17 @@ def test_harness_records_that_bos_was_prepended():
     spec = RunSpec(dictionaries=[], evals=["scr"], out=None, model=(types.SimpleNamespace(cfg=cfg), dict(SM2)))
     _, info = _load_model(spec, [], "smollm2-135m-instruct", None, print)
     assert info["tokenizer_prepends_bos"] is True
+
+
+def test_table_shows_core_fve_per_token(tmp_path):
+    store = tmp_path / "store"
+    rec = make_record("relu", None, 0.02, 0)
+    write_record(store, rec)
+    folder = store / "saebench" / rec["id"]
+    folder.mkdir(parents=True)
+    core = {"record_id": rec["id"], "eval_type_id": "core", "model": SM2,
+            "eval_result_metrics": {"reconstruction_quality": {"explained_variance": -2.5,
+                                                               "explained_variance_legacy": 0.861}}}
+    (folder / "core.json").write_text(json.dumps(core))
+    table = saebench_table(store)
+    assert "core FVE per token" in table and "0.861" in table and "-2.500" in table
