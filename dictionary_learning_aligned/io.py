@@ -32,15 +32,27 @@ def atomic_path(path):
             tmp.unlink()
 
 
+def json_bytes(path, obj) -> bytes:
+    """``obj`` as this library writes JSON to ``path``: indented, gzipped (level 9, no name or time in the header)
+    when the name ends in ``.gz``, as :func:`read_json` reads it.
+
+    Raises:
+        ValueError: if ``obj`` holds NaN or infinity (invalid JSON).
+    """
+    data = json.dumps(obj, indent=2, allow_nan=False).encode()
+    return gzip.compress(data, compresslevel=9, mtime=0) if Path(path).suffix == ".gz" else data
+
+
 def write_json(path, obj) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically. NaN/inf are refused (invalid JSON).
+    """Write ``obj`` to ``path`` atomically, as :func:`json_bytes` gives it.
 
     Raises:
         ValueError: if ``obj`` holds NaN or infinity.
     """
     path = Path(path)
+    data = json_bytes(path, obj)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, allow_nan=False))
+        tmp.write_bytes(data)
     return path
 
 

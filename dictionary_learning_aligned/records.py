@@ -42,8 +42,8 @@ absolute path is stored (and, for stores written before this rule, read) machine
 from __future__ import annotations
 
 import json
-import zlib
 import re
+import zlib
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -142,8 +142,8 @@ def neutral_json(value, store, fields=None, *, machine_roots=()):
 
 
 def _neutral_record(store, record: dict) -> dict:
-    """A copy of ``record`` whose :data:`PATH_FIELDS` went through :func:`neutral_paths`."""
-    return {k: neutral_paths(v, store) if k in PATH_FIELDS and isinstance(v, str) else v for k, v in record.items()}
+    """A copy of ``record`` whose :data:`PATH_FIELDS` went through :func:`neutral_paths` (:func:`neutral_json`)."""
+    return neutral_json(record, store, PATH_FIELDS)
 
 
 def write_record(store, record: dict) -> Path:

@@ -29,15 +29,13 @@ read-only).
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import os
 import stat
 import sys
 import zlib
 from pathlib import Path
 
-from dictionary_learning_aligned.io import atomic_path, read_json
+from dictionary_learning_aligned.io import atomic_path, json_bytes, read_json
 from dictionary_learning_aligned.records import PATH_FIELDS, neutral_json
 
 
@@ -62,13 +60,6 @@ def store_files(store: Path) -> list[Path]:
     out = [p for pat in ("*.json", "*.json.gz") for p in (store / "records").glob(pat)]
     out += [p for pat in ("*.json", "*.json.gz") for p in (store / "saebench").rglob(pat)]
     return sorted(p for p in out if p.is_file())
-
-
-def dump(path: Path, value) -> bytes:
-    """``value`` as the library writes JSON (indented, :func:`~dictionary_learning_aligned.io.write_json`), gzipped
-    (level 9, no name or time in the header) when ``path`` ends in ``.gz``."""
-    data = json.dumps(value, indent=2, allow_nan=False).encode()
-    return gzip.compress(data, compresslevel=9, mtime=0) if path.suffix == ".gz" else data
 
 
 def changed_paths(old, new) -> list[str]:
@@ -141,7 +132,8 @@ def plan(store: Path, machine_roots=(), log=print) -> tuple[list, int]:
 
     Returns:
         ``([(path, changes, data), ...], examined)``: for each file that would change, the ``"old -> new"`` paths
-        (:func:`changed_paths`) and its new bytes (:func:`dump`); the number of files examined.
+        (:func:`changed_paths`) and its new bytes (:func:`~dictionary_learning_aligned.io.json_bytes`); the
+        number of files examined.
 
     Raises:
         ValueError: see :func:`load`; a value that cannot be written back as JSON (NaN, infinity).
@@ -160,7 +152,7 @@ def plan(store: Path, machine_roots=(), log=print) -> tuple[list, int]:
         if new == old:
             continue
         try:
-            data = dump(path, new)
+            data = json_bytes(path, new)
         except ValueError as e:
             raise ValueError(f"{path} cannot be written back as JSON ({e}); nothing was changed") from None
         out.append((path, changed_paths(old, new), data))
