@@ -12,7 +12,7 @@ import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -331,13 +331,9 @@ def saebench_bos_caveat(results, metrics: Optional[Iterable[str]] = None) -> Opt
     wanted = None
     if metrics is not None:
         wanted = {"sparse_probing" if m.startswith("probe_") else m for m in metrics}
-    folder = Path(results) / SAEBENCH_DIR
     n = 0
-    for p in sorted([*folder.rglob("*.json"), *folder.rglob("*.json.gz")]) if folder.is_dir() else []:
-        try:
-            d = read_json(p)
-        except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            continue  # load_saebench names unreadable files
+    for _, d, err in saebench_files(Path(results) / SAEBENCH_DIR):
+        # unreadable files (err) are named by load_saebench
         if isinstance(d, dict) and made_without_bos(d) and (wanted is None or d.get("eval_type_id") in wanted):
             n += 1
     if not n:
@@ -345,6 +341,18 @@ def saebench_bos_caveat(results, metrics: Optional[Iterable[str]] = None) -> Opt
     return (f"{n} SAEBench sparse-probing/SCR/TPP/autointerp result(s) here were made before the harness prepended "
             f"BOS for SmolLM2 (fixed in commit 5190b3e): their inputs kept the attention-sink first token, so they "
             f"check the pipeline and do not measure the dictionaries (docs/saebench.md)")
+
+
+def saebench_files(folder: Path) -> Iterator[tuple[Path, object, Optional[str]]]:
+    """Every ``*.json`` / ``*.json.gz`` file under ``folder`` (any depth, sorted), read: ``(path, value, None)``, or
+    ``(path, None, "<exception class>")`` for a file that cannot be read as JSON. Nothing when ``folder`` is
+    missing."""
+    files = sorted([*folder.rglob("*.json"), *folder.rglob("*.json.gz")]) if folder.is_dir() else []
+    for p in files:
+        try:
+            yield p, read_json(p), None
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            yield p, None, type(e).__name__
 
 
 def _record_id_of(d: dict, path: Path) -> Optional[str]:
@@ -395,12 +403,11 @@ def _load_saebench_folder(folder: Path, key_of: Callable[[dict, Path], Optional[
     out: dict[str, dict] = {}
     source: dict[tuple[str, str], Path] = {}
     skipped: list[str] = []
-    files = sorted([*folder.rglob("*.json"), *folder.rglob("*.json.gz")]) if folder.is_dir() else []
-    for p in files:
-        try:
-            d = read_json(p)
-        except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            skipped.append(f"{p}: unreadable ({type(e).__name__})")
+    n_files = 0
+    for p, d, err in saebench_files(folder):
+        n_files += 1
+        if err is not None:
+            skipped.append(f"{p}: unreadable ({err})")
             continue
         if isinstance(d, dict) and isinstance(d.get("results"), list) and "evals" in d:
             continue  # a summary of `python -m benchmarks run`
@@ -420,7 +427,7 @@ def _load_saebench_folder(folder: Path, key_of: Callable[[dict, Path], Optional[
         warnings.warn(f"{len(skipped)} SAEBench file(s) or value(s) under {folder} left out:\n  "
                       + "\n  ".join(skipped[:20]) + (f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""),
                       stacklevel=3)
-    return out, len(files)
+    return out, n_files
 
 
 def load_saebench_dictionaries(folder) -> tuple[dict[str, dict], int]:
