@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -46,7 +47,14 @@ _HARNESS_DIR = Path(__file__).resolve().parent
 
 
 def sha256_file(path) -> str:
-    """Hex SHA-256 of the bytes of ``path`` (read in 1 MiB blocks)."""
+    """Hex SHA-256 of the bytes of ``path`` (read in 1 MiB blocks). Remembered per file, size and modification
+    time: the key of every (dictionary, eval) of a run hashes the same dataset files."""
+    st = os.stat(path)
+    return _sha256_of(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -54,9 +62,11 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
 def harness_digest() -> str:
     """Hex SHA-256 over the harness's Python sources (``benchmarks/saebench/*.py``, by name): any change of how
-    the model, the data or the eval configs are built gives new keys."""
+    the model, the data or the eval configs are built gives new keys. Computed once per process (the sources a
+    process runs do not change under it)."""
     h = hashlib.sha256()
     for p in sorted(_HARNESS_DIR.glob("*.py")):
         h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
