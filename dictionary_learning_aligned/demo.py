@@ -87,6 +87,11 @@ class DemoConfig:
     """print the training log of every logged step and third-party messages (default: one line per phase and
     one progress bar per long phase)"""
 
+    @property
+    def layer_read(self) -> int:
+        """The decoder block the demo reads: ``layer``, else the model's default (:func:`.pipeline.default_layer`)."""
+        return self.layer if self.layer is not None else pipeline.default_layer(self.model)
+
 
 #: allowed values of the enum-like flags
 CHOICES = {"alignment": ["project", "rescale"], "model_dtype": ["float32", "bfloat16", "float16"],
@@ -138,7 +143,7 @@ def _arch_settings(cfg: DemoConfig, arch: str, activation_dim: int, steps: int) 
     schedule scaled to ``steps`` (``Architecture.schedule``), the sparsity value (``--k`` or ``--l1-penalty``,
     :func:`_counts_features`) and ``--lr`` if given."""
     spec = registry.get(arch)
-    layer = cfg.layer if cfg.layer is not None else pipeline.default_layer(cfg.model)
+    layer = cfg.layer_read
     common = dict(steps=steps, activation_dim=activation_dim, dict_size=cfg.dict_size, layer=layer,
                   lm_name=cfg.model, submodule_name=f"layers.{layer}", **spec.schedule(steps))
     if cfg.lr is not None:
@@ -204,7 +209,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from .io import check_output_dir, prepare_output_dir, write_json
 
     if cfg.layer is None:
-        cfg = dataclasses.replace(cfg, layer=pipeline.default_layer(cfg.model))
+        cfg = dataclasses.replace(cfg, layer=cfg.layer_read)
     validate_config(cfg)
     if cfg.verbose:
         console.configure(verbose=True)
@@ -348,8 +353,8 @@ def run_fingerprint(cfg: DemoConfig) -> dict:
         h.update(text.encode("utf-8") + b"\0")
         n += 1
     settings = {k: v for k, v in asdict(cfg).items() if k not in RESUME_MAY_DIFFER}
-    if settings.get("layer") is None:  # the layer a run without --layer reads
-        settings["layer"] = pipeline.default_layer(cfg.model)
+    if "layer" in settings:  # the layer read: --layer, else the model's default
+        settings["layer"] = cfg.layer_read
     return {"settings": settings, "corpus_sha256": h.hexdigest(), "corpus_docs_hashed": n}
 
 
