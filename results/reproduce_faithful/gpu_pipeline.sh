@@ -30,7 +30,8 @@
 #      (`--dead 0.1`), written to auxk_dead*.json.
 #      Ninth session (one H200): EXPERIMENT=gemma CHUNK=6 GPUS=1 AUXK=1, staging gemma-3-270m-q4_k_m.gguf with the
 #      corpus (`bash ../shared/tools/gpu_bundle.sh .gpu --part-mib 24 <the GGUF> gpu_corpus/all_english_mixed.jsonl.gz
-#      --wheels "simple-parsing==0.1.9 docstring-parser"`).
+#      --wheels "simple-parsing==0.1.9 docstring-parser"`). Its 18 records are not results: the GPU's transformers
+#      5.17 mis-tokenized the text (README, ninth session); from then on stage gpu_corpus/gemma3_tokenizer.tar too.
 #   2. `budget` (issue 16 item 3) on the same cache, if BUDGET=1 and DEADLINE_S allows.
 #   3. issue 20, if GPUS >= 2 and DEADLINE_S allows: the main grid's 24-dictionary sweep (4 architectures x standard/aligned x 3
 #      seeds, 4096) for 600 steps through `train --placement spread` on one GPU and on two; data-parallel aligned
@@ -41,6 +42,14 @@ R=/tmp/res; SRC=/tmp/dla_src; STORE=$R/store; CACHE=/tmp/dla_cache
 export GPU_FILES=/tmp/gpu/files PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
 export DLA_SMOLLM2_GGUF=$GPU_FILES/SmolLM2-135M-Instruct.Q4_1.gguf HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
 export DLA_GEMMA3_GGUF=$GPU_FILES/gemma-3-270m-q4_k_m.gguf DLA_GEMMA3_CACHE=/tmp/gemma_cache  # used by EXPERIMENT=gemma
+# Gemma-3's tokenizer as a folder saved here (transformers >= 5.18 converts the GGUF's tokenizer correctly; the GPU
+# image's 5.17 splits words into fragments: the ninth session's Gemma run trained on such text, see README):
+# `tar -cf gpu_corpus/gemma3_tokenizer.tar -C ~/.cache/dictionary_learning_aligned gemma-3-270m-q4_k_m.tokenizer`,
+# staged with the GGUF; load_language_model checks every offline tokenizer against a reference sentence
+if [ -f $GPU_FILES/gemma3_tokenizer.tar ]; then
+  mkdir -p /tmp/gemma_tok && tar -xf $GPU_FILES/gemma3_tokenizer.tar -C /tmp/gemma_tok
+  export DLA_GEMMA3_TOKENIZER=/tmp/gemma_tok/gemma-3-270m-q4_k_m.tokenizer
+fi
 C=$GPU_FILES/all_english_mixed.jsonl.gz
 X=${EXPERIMENT:-main}
 DEADLINE_S=${DEADLINE_S:-1500}  # the pipeline's own end, counted from `run`'s start
