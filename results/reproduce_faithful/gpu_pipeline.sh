@@ -39,7 +39,10 @@
 set -uo pipefail
 cmd=${1:?usage: gpu_pipeline.sh start SECONDS | wait SECONDS | run}
 R=/tmp/res; SRC=/tmp/dla_src; STORE=$R/store; CACHE=/tmp/dla_cache
-export GPU_FILES=/tmp/gpu/files PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
+export GPU_FILES=${GPU_FILES:-/tmp/gpu/files} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
+# a CPU rehearsal before a GPU session (same script, smoke scale): SCALE=smoke DEV=cpu COMPILE=0 PY=$PWD/.venv/bin/python
+# GPU_FILES=<folder of the files to stage> SRC_TAR=<git archive of HEAD> bash gpu_pipeline.sh start 900
+SCALE=${SCALE:-small} DEV=${DEV:-cuda} PY=${PY:-python3}; COMPILE_FLAG=$([ "${COMPILE:-1}" = 1 ] && echo --compile)
 export DLA_SMOLLM2_GGUF=$GPU_FILES/SmolLM2-135M-Instruct.Q4_1.gguf HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
 export DLA_GEMMA3_GGUF=$GPU_FILES/gemma-3-270m-q4_k_m.gguf DLA_GEMMA3_CACHE=/tmp/gemma_cache  # used by EXPERIMENT=gemma
 # Gemma-3's tokenizer as a folder saved here (transformers >= 5.18 converts the GGUF's tokenizer correctly; the GPU
@@ -56,12 +59,12 @@ DEADLINE_S=${DEADLINE_S:-1500}  # the pipeline's own end, counted from `run`'s s
 
 left() { local n=$(( DEADLINE_S - $(date +%s) + $(cat $R/t0) )); echo $(( n > 1 ? n : 1 )); }
 t() { echo "[$(( $(date +%s) - $(cat $R/t0) )) s] $*"; }
-pack() { tar -czf "$OUT/faithful.tar.gz" --exclude=dictionaries --exclude='*.safetensors' -C $R . 2>/dev/null; }
+pack() { mkdir -p "${OUT:=/tmp/res_out}"; tar -czf "$OUT/faithful.tar.gz" --exclude=dictionaries --exclude='*.safetensors' -C $R . 2>/dev/null; }
 
 saebench_group() {  # GLOB: one SAEBench process (core, sparse probing, SCR, TPP) for the records matching GLOB
   t "SAEBench on $1"
-  OMP_NUM_THREADS=1 nice -n 5 timeout "$(left)" python3 -m benchmarks run --results-store $STORE --records "$1" \
-    --evals core,sparse_probing,scr,tpp --device cuda --data-dir /tmp/sbdata --text-source "$C" --artifacts /tmp/sb_artifacts \
+  OMP_NUM_THREADS=1 nice -n 5 timeout "$(left)" $PY -m benchmarks run --results-store $STORE --records "$1" \
+    --evals core,sparse_probing,scr,tpp --device $DEV --data-dir /tmp/sbdata --text-source "$C" --artifacts /tmp/sb_artifacts \
     ${SB_FLAGS:---core-batches 50 --core-sparsity-batches 250 --llm-batch-size 64} > "$R/logs/saebench_${1//\*/x}.txt" 2>&1
   t "SAEBench on $1 ended (rc $?)"
 }
@@ -83,9 +86,9 @@ run() {
     for arch in ${ARCHS//,/ }; do saebench_when_recorded "$arch" & done
   fi
   t "reproduce $X (${GPUS:-2} GPUs${ARCHS:+, $ARCHS})"
-  timeout "$(left)" python3 -m torch.distributed.run --standalone --nproc_per_node "${GPUS:-2}" \
-    -m dictionary_learning_aligned reproduce "$X" --scale small --device cuda --results $STORE --cache $CACHE \
-    --corpus "$C" --epochs 4 --chunk "${CHUNK:-18}" --compile --eval-batches 80 --ce-batches 20 --ce-batch-size 32 \
+  timeout "$(left)" $PY -m torch.distributed.run --standalone --nproc_per_node "${GPUS:-2}" \
+    -m dictionary_learning_aligned reproduce "$X" --scale $SCALE --device $DEV --results $STORE --cache $CACHE \
+    --corpus "$C" --epochs 4 --chunk "${CHUNK:-18}" $COMPILE_FLAG --eval-batches 80 --ce-batches 20 --ce-batch-size 32 \
     ${ARCHS:+--archs $ARCHS} > $R/logs/reproduce_$X.txt 2>&1
   t "reproduce $X ended (rc $?, $(ls $STORE/records 2>/dev/null | wc -l) records)"
   touch $R/main_ended
@@ -93,9 +96,9 @@ run() {
   [ "${SAEBENCH:-0}" = 1 ] && t "SAEBench ended ($(ls $STORE/saebench/*/*.json* 2>/dev/null | wc -l) result files)"
   if [ "${BUDGET:-0}" = 1 ] && [ "$(left)" -gt 600 ]; then
     t "reproduce budget"
-    timeout "$(left)" python3 -m torch.distributed.run --standalone --nproc_per_node "${GPUS:-2}" \
-      -m dictionary_learning_aligned reproduce budget --scale small --device cuda --results $R/budget_store \
-      --cache $CACHE --corpus "$C" --epochs 4 --chunk 6 --compile --eval-batches 80 --ce-batches 20 \
+    timeout "$(left)" $PY -m torch.distributed.run --standalone --nproc_per_node "${GPUS:-2}" \
+      -m dictionary_learning_aligned reproduce budget --scale $SCALE --device $DEV --results $R/budget_store \
+      --cache $CACHE --corpus "$C" --epochs 4 --chunk 6 $COMPILE_FLAG --eval-batches 80 --ce-batches 20 \
       --ce-batch-size 32 > $R/logs/reproduce_budget.txt 2>&1
     t "reproduce budget ended (rc $?)"
   fi
@@ -103,7 +106,7 @@ run() {
     for dead in 0.003 0.1; do
       [ "$(left)" -gt 150 ] || { t "skipped aux-k timing at dead $dead: too little time left"; continue; }
       t "benchmarks.sweep --dead $dead"
-      timeout "$(left)" python3 -m benchmarks.sweep --device cuda --grids main:topk,main:batchtopk \
+      timeout "$(left)" $PY -m benchmarks.sweep --device $DEV --grids main:topk,main:batchtopk \
         --modes stacked-compiled --batches 2048 --dead $dead --out $R/auxk_dead$dead.json > $R/logs/auxk_dead$dead.txt 2>&1
       t "benchmarks.sweep --dead $dead ended (rc $?)"
     done
@@ -119,11 +122,11 @@ run() {
     IFS=: read -r name n args <<< "$job"
     [ "$(left)" -gt 120 ] || { t "skipped $name: too little time left"; continue; }
     t "train $name"
-    timeout "$(left)" python3 -m torch.distributed.run --standalone --nproc_per_node "$n" -m dictionary_learning_aligned \
+    timeout "$(left)" $PY -m torch.distributed.run --standalone --nproc_per_node "$n" -m dictionary_learning_aligned \
       train $args --out $M/$name > $R/logs/train_$name.txt 2>&1
     t "train $name ended (rc $?)"
   done
-  python3 -m benchmarks.multigpu --one $M/ddp_one --many $M/ddp_two --labels "bf16 autocast + preload" \
+  $PY -m benchmarks.multigpu --one $M/ddp_one --many $M/ddp_two --labels "bf16 autocast + preload" \
     --sweep-one $M/sweep_one --sweep-many $M/sweep_two --out $M/report > $R/logs/multigpu_report.txt 2>&1
   find $M -name "*.safetensors" -delete
   t "done"
@@ -134,7 +137,7 @@ case "$cmd" in
     rm -rf $R $SRC; mkdir -p $R/logs $SRC; date +%s > $R/t0
     # the code at the launching commit (`git archive HEAD dictionary_learning_aligned benchmarks figures > .gpu/pN/src.tar`
     # here, N the last part, staged with it), so others' uncommitted edits in the checkout do not travel into the run
-    src=$(ls .gpu/p*/src.tar 2>/dev/null | head -1)
+    src=${SRC_TAR:-$(ls .gpu/p*/src.tar 2>/dev/null | head -1)}
     if [ -n "$src" ]; then tar -xf "$src" -C $SRC; else cp -r . $SRC/ && rm -rf $SRC/.gpu $SRC/.git; fi
     for pkg in dictionary_learning_aligned benchmarks figures; do  # the harness imports all three
       [ -d $SRC/$pkg ] || { echo "$pkg missing from $src: copied from the checkout" >&2; cp -r $pkg $SRC/; }; done
