@@ -175,7 +175,8 @@ class ActivationCache:
             float16 activations of width 576) and index it there, instead of gathering each batch from the
             memory-mapped files on the CPU. Same batches, in the same order, as without it.
         drop_last: leave out the smaller last batch of each epoch (every batch then has ``batch_size`` rows, as
-            data-parallel training needs).
+            data-parallel training needs; ``train`` and ``reproduce`` always pass it). Each epoch leaves out other
+            tokens (its own shuffle); the stream is the same on every iteration, which resuming relies on.
 
     Iterating yields ``[batch_size, activation_dim]`` tensors (the last one of each epoch may be smaller unless
     ``drop_last``).
@@ -245,6 +246,8 @@ class ActivationCache:
                 "batch_size": self.batch_size, **{f"meta_{k}": v for k, v in self.meta.items()}}
 
     def __len__(self) -> int:
+        """Batches served: ``epochs * (n_tokens // batch_size)`` with ``drop_last``, else ``epochs *
+        ceil(n_tokens / batch_size)``."""
         per_epoch = self.n_tokens // self.batch_size if self.drop_last else -(-self.n_tokens // self.batch_size)
         return self.epochs * per_epoch
 

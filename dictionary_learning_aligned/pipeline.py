@@ -273,7 +273,8 @@ def open_cache(path, batch_size: int, device: str = "cpu", *, expect: Optional[d
 
     Args:
         batch_size: activations per batch; device: where batches go (and the cache, with ``preload``);
-        drop_last: leave out each epoch's smaller last batch (data-parallel training needs full batches).
+        drop_last: leave out each epoch's smaller last batch, so every batch is full (data-parallel training
+            needs it; ``train`` and ``reproduce`` train from a cache on full batches only).
 
     Returns:
         the cache; it yields ``[batch_size, activation_dim]`` float32 tensors.

@@ -94,6 +94,39 @@ class _Part:
     use_wandb: bool = False
     wandb_project: str = ""
     command: str = ""
+    t0: float = dataclasses.field(default_factory=time.monotonic)
+    """when the reproduction started (``time.monotonic``), for the elapsed seconds of its log (:func:`_say`)"""
+
+
+def train_steps(total_tokens: int, batch_size: int, epochs: int = 1, cached: bool = False) -> tuple[int, int]:
+    """The optimizer steps of a run of ``total_tokens`` training tokens at ``batch_size`` activations per step,
+    and the distinct tokens it harvests; every step trains on a full batch (as dictionary_learning's and SAEBench's
+    trainers do; a short batch would also be a new shape for ``torch.compile``).
+
+    Without a cache (one pass over a buffer that refills from the text): ``ceil(total_tokens / batch_size)``
+    steps over ``total_tokens`` distinct tokens; the buffer serves full batches, so the last step trains on up to
+    ``batch_size - 1`` tokens more than asked.
+
+    With a cache (``cached``): ``unique = ceil(total_tokens / epochs)`` tokens are harvested and each of the
+    ``epochs`` passes trains on the ``unique // batch_size`` full batches of a fresh shuffle, leaving out that
+    pass' other ``unique % batch_size`` tokens (``drop_last``: each pass is exactly one epoch, no batch mixes two
+    passes or holds a token twice, and a cache harvested before serves the same tokens):
+    ``epochs * (unique // batch_size)`` steps, up to ``epochs * (batch_size - 1)`` tokens fewer than asked.
+
+    Returns:
+        ``(steps, unique_tokens)``.
+
+    Raises:
+        ValueError: with a cache, fewer distinct tokens than one batch.
+    """
+    if not cached:
+        return -(-total_tokens // batch_size), total_tokens
+    unique = -(-total_tokens // epochs)
+    if unique < batch_size:
+        raise ValueError(f"--tokens {total_tokens} over --epochs {epochs} harvests {unique} distinct tokens, fewer "
+                         f"than one batch of {batch_size}; pass more --tokens, fewer --epochs or a smaller "
+                         f"--batch-size")
+    return epochs * (unique // batch_size), unique
 
 
 def run_experiment(name: str, scale: str, results: str, device: Optional[str] = None, corpus: Optional[str] = None,
@@ -131,7 +164,8 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
         tokens: training tokens per dictionary instead of the scale's budget (recorded as ``train_tokens``, with
             ``plan_tokens`` the scale's value), e.g. the longest run that fits a time limit.
         epochs: passes over the cached activations (needs ``cache``): ``ceil(tokens / epochs)`` distinct tokens
-            are harvested and each is seen ``epochs`` times (recorded as ``unique_tokens`` and ``epochs``).
+            are harvested and each pass trains on full batches of a fresh shuffle of them (:func:`train_steps`;
+            recorded as ``unique_tokens`` and ``epochs``).
         seeds: train only the first ``seeds`` seeds of the grid now.
         chunk: train at most this many dictionaries together (whole seed groups; default all of one size), and
             write their records before the next part starts: a run stopped by a time limit keeps what finished.
@@ -145,9 +179,16 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
         recipe: a key of :data:`.experiments.RECIPES` instead of the scale's recipe (batch size, learning rate,
             warmups; recorded as ``recipe``).
 
+    Every step trains on a full batch of ``batch_size`` activations (:func:`train_steps` gives the steps the data
+    serves; the learning-rate schedule, step points and records use them). The log says, with the seconds
+    elapsed since the start, when the model is loaded, the held-out data drawn, the cache harvested (tokens/s),
+    and when each part's training and evaluation end.
+
     Raises:
         ValueError: unknown experiment/scale/recipe, a bad device, bad tokens/epochs/seeds/batch and evaluation
-            sizes, or ``epochs > 1`` without ``cache`` (all checked before the model is loaded).
+            sizes, ``epochs > 1`` without ``cache``, or with ``cache`` fewer distinct tokens than one batch (all
+            checked before the model is loaded); a cache holding fewer activations than the run needs (the corpus
+            ran out while harvesting).
     """
     plan = resolve(name, scale, corpus)
     if recipe is not None:
@@ -162,7 +203,7 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     store = Path(results)
     if store.exists() and not store.is_dir():
         raise ValueError(f"--results {store} is a file, not a results store folder")
-    steps, unique_tokens = -(-total_tokens // batch_size), -(-total_tokens // epochs)  # whole batches
+    steps, unique_tokens = train_steps(total_tokens, batch_size, epochs, cached=cache is not None)
     todo = select_runs(plan, store, archs, dict_sizes, seeds, sparsity, steps=steps)
     if cache is not None and todo:
         _check_cache_folder(plan, cache, unique_tokens)
@@ -210,10 +251,12 @@ def _run_share(ctx: _Part, todo: list[Run], chunk: Optional[int], eval_sizes: tu
     _say_capped_schedule(ctx)
     for j, runs in enumerate(parts):
         run_dir, trainers, train_s = train_part(ctx, runs, j)
-        print(f"{_who(rank, world)}evaluating {len(runs)} dictionaries on held-out text", flush=True)
         for point in ctx.points or (None,):
+            t = time.monotonic()
             dictionaries, metrics = evaluate_part(ctx, runs, run_dir, point)
             written += record_part(ctx, runs, run_dir, trainers, train_s, dictionaries, metrics, point)
+            _say(ctx, f"part {j}: evaluated and recorded {len(runs)} dictionaries"
+                      + (f" after {point:,} steps" if point else "") + f" in {time.monotonic() - t:.1f} s")
     return written
 
 
@@ -290,7 +333,7 @@ def select_runs(plan: Plan, store: Path, archs: Optional[list] = None, dict_size
     """The runs of ``plan`` still to train: not yet recorded in ``store`` and inside the requested part of the
     grid (``archs``, ``dict_sizes``, the first ``seeds`` seeds, ``sparsity`` values; None: all). For a plan with
     ``eval_steps``, a run is recorded when every step point of a run of ``steps`` steps is (default: the plan's
-    token budget at the recipe's batch size).
+    token budget at the recipe's batch size without a cache, :func:`train_steps`).
 
     Raises:
         ValueError: a requested architecture, size or sparsity value that is not in the experiment's grid.
@@ -304,7 +347,7 @@ def select_runs(plan: Plan, store: Path, archs: Optional[list] = None, dict_size
     if sparsity and not all(_among(v, values) for v in sparsity):
         raise ValueError(f"sparsity {sorted(sparsity)} not all in the {name} grid's values {values} "
                          f"(of the chosen architectures)")
-    steps = steps or -(-plan.tokens // plan.recipe.batch_size)
+    steps = steps or train_steps(plan.tokens, plan.recipe.batch_size)[0]
     points = plan.eval_points(steps) if plan.eval_steps else (None,)
     return [r for r in plan.runs if not all(has_record(store, _rid(r, p)) for p in points)
             and (not archs or r.arch in archs)
@@ -317,10 +360,21 @@ def _load_model_and_eval_data(ctx: _Part, eval_batches: int, ce_batches: int, ce
     (:func:`.pipeline.load_model`, :func:`.pipeline.heldout_data`)."""
     from . import pipeline
 
+    t = time.monotonic()
     ctx.model = pipeline.load_model(ctx.plan.model, ctx.plan.layer, ctx.device)
+    _say(ctx, f"loaded {ctx.plan.model} (layer {ctx.plan.layer}) on {ctx.device} in {time.monotonic() - t:.1f} s")
     ctx.harvest = pipeline.Harvest(ctx.model, corpus=ctx.plan.corpus, batch_size=ctx.batch_size,
                                    refresh_batch_size=32 if ctx.scale == "smoke" else 256, device=ctx.device)
+    t = time.monotonic()
     ctx.heldout = pipeline.heldout_data(ctx.harvest, eval_batches, ce_batches, ce_batch_size)
+    _say(ctx, f"drew the held-out data (activation batches {len(ctx.heldout.acts)}, CE batches "
+              f"{len(ctx.heldout.ce_tokens)}) in {time.monotonic() - t:.1f} s")
+
+
+def _say(ctx: _Part, message: str) -> None:
+    """Print one line of the reproduction's log: the process (:func:`_who`), the seconds since it started
+    (``ctx.t0``) and ``message``."""
+    print(f"{_who(ctx.rank, ctx.world_size)}[{time.monotonic() - ctx.t0:7.1f} s] {message}", flush=True)
 
 
 def _cache_location(ctx: _Part) -> tuple[Path, dict]:
@@ -336,39 +390,76 @@ def _check_cache_folder(plan: Plan, cache: str, unique_tokens: int) -> None:
 
     Raises:
         FileExistsError: a foreign file or folder where the cache goes. ValueError: a cache whose metadata differs
-            (the message names the field).
+            (the message names the field), or one with fewer activations than ``unique_tokens``
+            (:func:`_cached_tokens`).
     """
     from .cache import refuse_foreign
-    from .pipeline import cache_location, open_cache
+    from .pipeline import cache_location
 
     if Path(cache).exists() and not Path(cache).is_dir():
         raise FileExistsError(f"--cache {cache} is a file, not a folder of activation caches")
     path, meta = cache_location(cache, plan.model, plan.layer, plan.corpus, unique_tokens)
     refuse_foreign(path)
     if (path / "meta.json").is_file():
-        open_cache(path, 1, expect=meta)  # reads the metadata and shard list; the shards stay on disk
+        _cached_tokens(path, meta, unique_tokens)
+
+
+def _cached_tokens(path: Path, meta: dict, unique_tokens: int) -> int:
+    """The activations the complete cache at ``path`` holds (its metadata and shard list are read; the shards
+    stay on disk), refused unless its metadata matches ``meta`` and it holds the ``unique_tokens`` the run's steps
+    were planned for (:func:`train_steps`), so that no run asks for more batches than the cache serves.
+
+    Raises:
+        ValueError: other metadata (the message names the field), or fewer activations (the corpus ran out while
+            harvesting).
+    """
+    from .pipeline import open_cache
+
+    n = open_cache(path, 1, expect=meta).n_tokens
+    if n < unique_tokens:
+        raise ValueError(f"the activation cache {path.name} holds {n:,} activations, fewer than the {unique_tokens:,} "
+                         f"distinct tokens this run needs (its corpus ran out while harvesting); pass a --tokens of "
+                         f"at most {n:,} x --epochs (a new cache is harvested for it) or a larger --corpus")
+    return n
 
 
 def _harvest_once(ctx: _Part) -> None:
     """With a cache folder: process 0 harvests the plan's cache when it is missing while every other process
-    waits for it (:func:`.pipeline.harvest_once`)."""
+    waits for it (:func:`.pipeline.harvest_once`); every process then checks that it holds the run's distinct
+    tokens (:func:`_cached_tokens`) and says how long the harvest took.
+
+    Raises:
+        ValueError: a cache with fewer activations than the run needs (the corpus ran out).
+    """
     if ctx.cache is None:
         return
     from .pipeline import harvest_into, harvest_once
 
-    harvest_once(_cache_location(ctx)[0], lambda path: harvest_into(path, ctx.harvest, ctx.unique_tokens))
+    path, meta = _cache_location(ctx)
+    built, t = not (path / "meta.json").is_file(), time.monotonic()
+    harvest_once(path, lambda p: harvest_into(p, ctx.harvest, ctx.unique_tokens))
+    seconds, n = time.monotonic() - t, _cached_tokens(path, meta, ctx.unique_tokens)
+    if not built:
+        _say(ctx, f"reusing the activation cache {path.name} ({n:,} activations)")
+    elif ctx.rank == 0:
+        _say(ctx, f"harvested {n:,} activations into {path.name} in {seconds:.1f} s "
+                  f"({n / max(seconds, 1e-9):,.0f} tokens/s)")
+    else:
+        _say(ctx, f"waited {seconds:.1f} s for process 0 to harvest the activation cache {path.name}")
 
 
 def _train_data(ctx: _Part):
     """The training activations: a fresh buffer, or (with a cache folder) the cached harvest of the plan's
-    model, layer, corpus and token count (built by :func:`_harvest_once`)."""
+    model, layer, corpus and token count (built by :func:`_harvest_once`), ``ctx.epochs`` seeded shuffles of it
+    served in full batches only (``drop_last``): ``ctx.steps`` batches (:func:`train_steps`), the same stream on
+    every call, so each part trains on the same batches."""
     from . import pipeline
 
     if ctx.cache is None:
         return pipeline.activation_buffer(ctx.harvest, "train", pipeline.buffer_ctxs(ctx.total_tokens))
     path, meta = _cache_location(ctx)
     return pipeline.open_cache(path, ctx.batch_size, ctx.device, expect=meta, epochs=ctx.epochs,
-                               preload=ctx.preload)
+                               preload=ctx.preload, drop_last=True)
 
 
 def train_part(ctx: _Part, runs: list[Run], j: int) -> tuple[Path, list, float]:
@@ -380,15 +471,34 @@ def train_part(ctx: _Part, runs: list[Run], j: int) -> tuple[Path, list, float]:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     part = f"{j}" if ctx.world_size == 1 else f"p{ctx.rank}-{j}"  # processes may start a part in the same second
     run_dir = ctx.store / "dictionaries" / f"{ctx.name}__{ctx.scale}__d{runs[0].dict_size}__{stamp}__{part}"
+    _say(ctx, f"part {j}: training {len(runs)} dictionaries of {runs[0].dict_size} features for {ctx.steps:,} steps")
     t0 = time.time()
-    trainers = trainSAE(_train_data(ctx), [trainer_config(r, ctx.model.d_model, ctx.steps, ctx.plan) for r in runs],
+    data = _train_data(ctx)
+    if ctx.cache is not None:
+        _say(ctx, f"part {j}: opened the cache{' onto ' + ctx.device if ctx.preload else ''} in "
+                  f"{time.time() - t0:.1f} s")
+    trainers = trainSAE(data, [trainer_config(r, ctx.model.d_model, ctx.steps, ctx.plan) for r in runs],
                         ctx.steps, save_dir=run_dir, save_steps=[p - 1 for p in ctx.points if p < ctx.steps],
                         normalize_activations=True, device=ctx.device,
                         autocast_dtype=ctx.amp, verbose=ctx.verbose, log_steps=max(1, ctx.steps // 10),
                         use_wandb=ctx.use_wandb, wandb_project=ctx.wandb_project, compile_stacks=ctx.compile_stacks,
                         run_cfg={"experiment": ctx.name, "scale": ctx.scale, "model": ctx.plan.model,
                                  "corpus": ctx.plan.corpus or "bundled"})
-    return run_dir, trainers, time.time() - t0
+    seconds = time.time() - t0
+    _say(ctx, f"part {j}: trained {trainers[0].steps_done:,} steps in {seconds:.1f} s{_pace(trainers[0].log)}")
+    return run_dir, trainers, seconds
+
+
+def _pace(log: list) -> str:
+    """Where a run's training time went, from its log entries' ``step`` and ``elapsed_s``: the seconds up to the
+    second logged step (the first steps, with any compilation) and the steps per second after it; empty with
+    fewer than three entries."""
+    if len(log) < 3:
+        return ""
+    first, last = log[1], log[-1]
+    rate = (last["step"] - first["step"]) / max(last["elapsed_s"] - first["elapsed_s"], 1e-9)
+    return (f" (steps 0-{first['step']:,} took {first['elapsed_s']:.1f} s, any compilation included, then "
+            f"{rate:,.1f} steps/s)")
 
 
 def evaluate_part(ctx: _Part, runs: list[Run], run_dir: Path, point: Optional[int] = None) -> tuple[dict, dict]:
@@ -457,14 +567,17 @@ def _record(ctx: _Part, r: Run, gid: str, trainer, ae, m: dict, stab: Optional[d
 
     summary, fired = m.pop("alignment"), m.pop("fired")
     plan = ctx.plan
-    steps = point or ctx.steps
-    tokens = trainer.tokens_seen if steps == ctx.steps else min(trainer.tokens_seen, steps * ctx.batch_size)
+    if point is None or point == ctx.steps:  # the end of the run: what it trained on
+        steps, tokens = trainer.steps_done, trainer.tokens_seen
+    else:  # a checkpoint: every batch before it was full (train_steps)
+        steps, tokens = point, min(trainer.tokens_seen, point * ctx.batch_size)
+    per_pass = max(1, ctx.steps // ctx.epochs)  # batches of one pass over the cache (train_steps)
     rec = {
         "schema": SCHEMA_VERSION, "id": _rid(r, point), "experiment": ctx.name, "scale": ctx.scale,
         "model": plan.model, "paper_model": plan.experiment.paper_model, "offline_note": plan.offline_note,
         "layer": plan.layer, "corpus": plan.corpus or "bundled", "train_tokens": tokens,
         "plan_tokens": plan.tokens, "unique_tokens": min(ctx.unique_tokens, tokens),
-        "epochs": min(ctx.epochs, -(-tokens // ctx.unique_tokens)), "recipe": plan.recipe.name, "steps": steps,
+        "epochs": min(ctx.epochs, -(-steps // per_pass)), "recipe": plan.recipe.name, "steps": steps,
         "batch_size": ctx.batch_size,
         "trained_on": {"device": ctx.device, "process": ctx.rank, "processes": ctx.world_size}, "arch": r.arch,
         "alignment": r.alignment, "alignment_penalty": r.alignment_penalty, "dict_size": r.dict_size,
