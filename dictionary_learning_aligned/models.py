@@ -50,6 +50,11 @@ TOKENIZER_PROBE_IDS = {
     SMOLLM2_NAME: (504, 3575, 282, 4649, 314, 7042, 28, 284, 260, 4626, 1268, 462, 8634, 738, 357, 30),
     GEMMA3_NAME: (818, 5279, 529, 7001, 563, 9079, 236764, 532, 506, 8858, 69598, 17752, 1343, 625, 236761),
 }
+#: the mean next-token cross-entropy (nats/token) of each offline model on BOS + :data:`TOKENIZER_PROBE`, float32
+#: on a CPU with transformers 5.24.0 (bfloat16: within 0.013), and how far a load may be from it
+#: (:func:`check_model_loss`)
+MODEL_PROBE_LOSS = {SMOLLM2_NAME: 3.4746, GEMMA3_NAME: 2.5839}
+MODEL_PROBE_TOLERANCE = 0.25
 #: the oldest transformers version measured to give those ids when converting each model's GGUF tokenizer
 #: (Gemma-3: 5.17.0 loses the merges and splits words into fragments; 5.18.0-5.22.0 give the right pieces but add
 #: no BOS by default, 5.23.0 and newer add it)
@@ -62,6 +67,11 @@ _CACHE: dict[tuple, tuple] = {}
 
 class LayerIndexError(IndexError, ValueError):
     """A layer index outside ``0 .. n_layers(model) - 1`` (an ``IndexError`` and a ``ValueError``)."""
+
+
+class ModelCheckError(ValueError):
+    """A loaded offline model whose loss on :data:`TOKENIZER_PROBE` is far from a correct load's
+    (:func:`check_model_loss`); a ``ValueError``."""
 
 
 class TokenizerCheckError(ValueError):
@@ -223,6 +233,8 @@ def load_language_model(name: str = SMOLLM2_NAME, device: str | torch.device = "
             names the file).
         TokenizerCheckError (a ValueError): the GGUF model's tokenizer splits text wrongly (a broken
             transformers version); the message names the fixes.
+        ModelCheckError (a ValueError): an offline model that predicts a reference sentence far worse or better
+            than a correct load (weights converted wrongly; :func:`check_model_loss`).
         FileNotFoundError / ValueError: ``$DLA_GEMMA3_TOKENIZER`` names a missing folder or one without a
             readable tokenizer.
         ValueError: a non-GGUF model that cannot be loaded (hub unreachable, unknown name, broken directory);
@@ -312,6 +324,44 @@ def check_tokenizer(tokenizer, model: str, source: str = "") -> None:
         f"text. Fix: {_tokenizer_fix(model)}")
 
 
+@torch.no_grad()
+def check_model_loss(model, tokenizer, name: str) -> float:
+    """Check that a loaded offline model predicts English as a correct load of it does: its mean next-token
+    cross-entropy on BOS + :data:`TOKENIZER_PROBE` (16-17 tokens, one forward pass where the model is) must be
+    within :data:`MODEL_PROBE_TOLERANCE` of :data:`MODEL_PROBE_LOSS`. It catches what the tokenizer check cannot:
+    weights that a transformers version converts or de-quantises wrongly. Run after :func:`check_tokenizer`.
+
+    Args:
+        model: the Hugging Face causal LM; tokenizer: its (checked) tokenizer; name: a key of
+            :data:`MODEL_PROBE_LOSS`.
+
+    Returns:
+        the loss in nats per predicted token.
+
+    Raises:
+        ModelCheckError: the loss is further than the tolerance; the message names the model, both losses, the
+            transformers and torch versions, and what to try.
+        KeyError: ``name`` has no reference loss.
+    """
+    import torch.nn.functional as F
+    import transformers
+
+    expected = MODEL_PROBE_LOSS[name]
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    ids = [bos] + list(tokenizer(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"])
+    device = next(model.parameters()).device
+    x = torch.tensor([ids], device=device)
+    loss = float(F.cross_entropy(model(x).logits[0, :-1].float(), x[0, 1:]))
+    if abs(loss - expected) <= MODEL_PROBE_TOLERANCE:
+        return loss
+    raise ModelCheckError(
+        f"the loaded {name} model scores {loss:.3f} nats/token on {TOKENIZER_PROBE!r}, where a correct load "
+        f"scores {expected:.3f} (tolerance {MODEL_PROBE_TOLERANCE}) in {next(model.parameters()).dtype}; "
+        f"transformers {transformers.__version__}, torch {torch.__version__}. Its weights were converted wrongly "
+        f"from the GGUF file, or its dtype overflows (Gemma's activations exceed float16's range): try float32, "
+        f"another transformers version (the reference was measured with 5.24.0) or a fresh copy of the file")
+
+
 def _pieces(tokenizer, ids) -> str:
     """``ids`` as the tokenizer's pieces, e.g. ``'▁c' 'ap' 'it'`` (the ids themselves if it cannot convert them)."""
     try:
@@ -360,6 +410,7 @@ def _load_gguf(path: Path, dtype: torch.dtype):
     Raises:
         ValueError: transformers cannot read the file (the message names it and how to get a good copy).
         TokenizerCheckError / FileNotFoundError: from :func:`_gguf_tokenizer`.
+        ModelCheckError: an offline model whose loss on a reference sentence is wrong (:func:`check_model_loss`).
     """
     from transformers import AutoModelForCausalLM
 
@@ -367,7 +418,11 @@ def _load_gguf(path: Path, dtype: torch.dtype):
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
     except Exception as e:  # transformers raises assorted types for truncated/corrupt files
         raise _gguf_error(path, e) from e
-    return model, _gguf_tokenizer(path, _reference_model(model))
+    reference = _reference_model(model)
+    tokenizer = _gguf_tokenizer(path, reference)
+    if reference is not None:
+        check_model_loss(model, tokenizer, reference)
+    return model, tokenizer
 
 
 def _gguf_error(path: Path, error: Exception) -> ValueError:
