@@ -41,8 +41,9 @@ cmd=${1:?usage: gpu_pipeline.sh start SECONDS | wait SECONDS | run}
 R=/tmp/res; SRC=/tmp/dla_src; STORE=$R/store; CACHE=/tmp/dla_cache
 export GPU_FILES=${GPU_FILES:-/tmp/gpu/files} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
 # a CPU rehearsal before a GPU session (same script, smoke scale): SCALE=smoke DEV=cpu COMPILE=0 PY=$PWD/.venv/bin/python
+# EVAL_FLAGS="--eval-batches 4 --ce-batches 1 --ce-batch-size 4" \
 # GPU_FILES=<folder of the files to stage> SRC_TAR=<git archive of HEAD> bash gpu_pipeline.sh start 900
-SCALE=${SCALE:-small} DEV=${DEV:-cuda} PY=${PY:-python3}; COMPILE_FLAG=$([ "${COMPILE:-1}" = 1 ] && echo --compile)
+SCALE=${SCALE:-small} DEV=${DEV:-cuda} PY=${PY:-python3} EVAL_FLAGS=${EVAL_FLAGS:---eval-batches 80 --ce-batches 20 --ce-batch-size 32}; COMPILE_FLAG=$([ "${COMPILE:-1}" = 1 ] && echo --compile)
 export DLA_SMOLLM2_GGUF=$GPU_FILES/SmolLM2-135M-Instruct.Q4_1.gguf HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
 export DLA_GEMMA3_GGUF=$GPU_FILES/gemma-3-270m-q4_k_m.gguf DLA_GEMMA3_CACHE=/tmp/gemma_cache  # used by EXPERIMENT=gemma
 # Gemma-3's tokenizer as a folder saved here (transformers >= 5.18 converts the GGUF's tokenizer correctly; the GPU
@@ -88,7 +89,7 @@ run() {
   t "reproduce $X (${GPUS:-2} GPUs${ARCHS:+, $ARCHS})"
   timeout "$(left)" $PY -m torch.distributed.run --standalone --nproc_per_node "${GPUS:-2}" \
     -m dictionary_learning_aligned reproduce "$X" --scale $SCALE --device $DEV --results $STORE --cache $CACHE \
-    --corpus "$C" --epochs 4 --chunk "${CHUNK:-18}" $COMPILE_FLAG --eval-batches 80 --ce-batches 20 --ce-batch-size 32 \
+    --corpus "$C" --epochs 4 --chunk "${CHUNK:-18}" $COMPILE_FLAG $EVAL_FLAGS \
     ${ARCHS:+--archs $ARCHS} > $R/logs/reproduce_$X.txt 2>&1
   t "reproduce $X ended (rc $?, $(ls $STORE/records 2>/dev/null | wc -l) records)"
   touch $R/main_ended
@@ -98,8 +99,7 @@ run() {
     t "reproduce budget"
     timeout "$(left)" $PY -m torch.distributed.run --standalone --nproc_per_node "${GPUS:-2}" \
       -m dictionary_learning_aligned reproduce budget --scale $SCALE --device $DEV --results $R/budget_store \
-      --cache $CACHE --corpus "$C" --epochs 4 --chunk 6 $COMPILE_FLAG --eval-batches 80 --ce-batches 20 \
-      --ce-batch-size 32 > $R/logs/reproduce_budget.txt 2>&1
+      --cache $CACHE --corpus "$C" --epochs 4 --chunk 6 $COMPILE_FLAG $EVAL_FLAGS > $R/logs/reproduce_budget.txt 2>&1
     t "reproduce budget ended (rc $?)"
   fi
   if [ "${AUXK:-0}" = 1 ]; then  # the exact fast auxiliary-k path (d00b570) against the top-k path, steady state
