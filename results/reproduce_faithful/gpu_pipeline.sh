@@ -32,6 +32,8 @@
 #      corpus (`bash ../shared/tools/gpu_bundle.sh .gpu --part-mib 24 <the GGUF> gpu_corpus/all_english_mixed.jsonl.gz
 #      --wheels "simple-parsing==0.1.9 docstring-parser"`). Its 18 records are not results: the GPU's transformers
 #      5.17 mis-tokenized the text (README, ninth session); from then on stage gpu_corpus/gemma3_tokenizer.tar too.
+#      GRAPHS=1 (after AUXK, if time allows): `benchmarks.sweep` of the stacked step compiled with and without CUDA
+#      graphs (mode stacked-graphs, added in the ninth session, untimed until then), with its parity check.
 #   2. `budget` (issue 16 item 3) on the same cache, if BUDGET=1 and DEADLINE_S allows.
 #   3. issue 20, if GPUS >= 2 and DEADLINE_S allows: the main grid's 24-dictionary sweep (4 architectures x standard/aligned x 3
 #      seeds, 4096) for 600 steps through `train --placement spread` on one GPU and on two; data-parallel aligned
@@ -110,6 +112,13 @@ run() {
         --modes stacked-compiled --batches 2048 --dead $dead --out $R/auxk_dead$dead.json > $R/logs/auxk_dead$dead.txt 2>&1
       t "benchmarks.sweep --dead $dead ended (rc $?)"
     done
+  fi
+  if [ "${GRAPHS:-0}" = 1 ] && [ "$(left)" -gt 150 ]; then  # CUDA graphs for the stacked step (ninth session)
+    t "benchmarks.sweep stacked-compiled vs stacked-graphs"
+    timeout "$(left)" $PY -m benchmarks.sweep --device $DEV --grids main:relu,main:topk,one \
+      --modes stacked-compiled,stacked-graphs --batches 2048 --steps 30 --warmup 6 --out $R/graphs.json \
+      > $R/logs/graphs.txt 2>&1
+    t "benchmarks.sweep graphs ended (rc $?)"
   fi
   [ "${GPUS:-2}" -ge 2 ] || { t "done"; return; }
   local cache_dir; cache_dir=$(dirname "$(ls $CACHE/*/meta.json | head -1)")
