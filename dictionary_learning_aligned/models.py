@@ -50,6 +50,9 @@ TOKENIZER_PROBE_IDS = {
     SMOLLM2_NAME: (504, 3575, 282, 4649, 314, 7042, 28, 284, 260, 4626, 1268, 462, 8634, 738, 357, 30),
     GEMMA3_NAME: (818, 5279, 529, 7001, 563, 9079, 236764, 532, 506, 8858, 69598, 17752, 1343, 625, 236761),
 }
+#: the vocabulary size (``len(tokenizer)``) of each offline model's tokenizer, to name another model's tokenizer
+#: given for one (:func:`check_tokenizer`)
+TOKENIZER_VOCAB_SIZE = {SMOLLM2_NAME: 49152, GEMMA3_NAME: 262144}
 #: the mean next-token cross-entropy (nats/token) of each offline model on BOS + :data:`TOKENIZER_PROBE`, float32
 #: on a CPU with transformers 5.24.0 (bfloat16: within 0.013), and how far a load may be from it
 #: (:func:`check_model_loss`)
@@ -305,7 +308,8 @@ def check_tokenizer(tokenizer, model: str, source: str = "") -> None:
     Raises:
         TokenizerCheckError: other ids; the message names the model, the installed transformers version, the
             source, the first differing pieces (as the tokenizer decodes them) and the fixes (a transformers
-            version measured to work; for Gemma-3 also :data:`GEMMA3_TOKENIZER_ENV_VAR`).
+            version measured to work; for Gemma-3 also :data:`GEMMA3_TOKENIZER_ENV_VAR`), or, for a tokenizer
+            with another offline model's vocabulary size (:data:`TOKENIZER_VOCAB_SIZE`), which model it is of.
         KeyError: ``model`` has no reference ids.
     """
     import transformers
@@ -316,6 +320,13 @@ def check_tokenizer(tokenizer, model: str, source: str = "") -> None:
         return
     first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
     where = f" ({source})" if source else ""
+    other = _other_model(tokenizer, model)
+    if other is not None:
+        raise TokenizerCheckError(
+            f"the {model} tokenizer{where} is {other}'s tokenizer: its vocabulary has "
+            f"{TOKENIZER_VOCAB_SIZE[other]:,} tokens where {model}'s has {TOKENIZER_VOCAB_SIZE[model]:,}. Fix: use "
+            f"{model}'s own tokenizer" + (f" (unset {GEMMA3_TOKENIZER_ENV_VAR}, or point it at a Gemma-3 tokenizer "
+                                          f"folder; see docs/gemma.md)" if model == GEMMA3_NAME else ""))
     raise TokenizerCheckError(
         f"the {model} tokenizer{where} is broken under transformers {transformers.__version__}: it splits "
         f"{TOKENIZER_PROBE!r} into {len(got)} tokens instead of {len(expected)}; from token {first} on it gives "
@@ -341,6 +352,7 @@ def check_model_loss(model, tokenizer, name: str) -> float:
     Raises:
         ModelCheckError: the loss is further than the tolerance; the message names the model, both losses, the
             transformers and torch versions, and what to try.
+        ValueError: the tokenizer has neither a BOS nor an EOS token to start the sentence with.
         KeyError: ``name`` has no reference loss.
     """
     import torch.nn.functional as F
@@ -348,6 +360,10 @@ def check_model_loss(model, tokenizer, name: str) -> float:
 
     expected = MODEL_PROBE_LOSS[name]
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if bos is None:
+        raise ValueError(f"the {name} tokenizer has neither a BOS nor an EOS token, so neither this check nor "
+                         f"harvesting (each context starts with BOS) can run: use a tokenizer saved with its special "
+                         f"tokens (tokenizer_config.json, special_tokens_map.json)")
     ids = [bos] + list(tokenizer(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"])
     device = next(model.parameters()).device
     x = torch.tensor([ids], device=device)
@@ -360,6 +376,16 @@ def check_model_loss(model, tokenizer, name: str) -> float:
         f"transformers {transformers.__version__}, torch {torch.__version__}. Its weights were converted wrongly "
         f"from the GGUF file, or its dtype overflows (Gemma's activations exceed float16's range): try float32, "
         f"another transformers version (the reference was measured with 5.24.0) or a fresh copy of the file")
+
+
+def _other_model(tokenizer, model: str) -> str | None:
+    """The other offline model whose vocabulary size ``tokenizer`` has (:data:`TOKENIZER_VOCAB_SIZE`), or None
+    (also for a tokenizer without ``len``)."""
+    try:
+        size = len(tokenizer)
+    except TypeError:
+        return None
+    return next((m for m, n in TOKENIZER_VOCAB_SIZE.items() if m != model and n == size), None)
 
 
 def _pieces(tokenizer, ids) -> str:
@@ -507,7 +533,8 @@ def _cached_tokenizer(path: Path, reference: str | None = None):
     """The tokenizer of a GGUF file, saved once as a Hugging Face tokenizer folder in :func:`gemma3_cache_dir`
     (reading Gemma-3's 262k-token vocabulary from the GGUF file takes about 4 times longer than from the saved
     folder). The folder is tied to the file by its resolved path, size and mtime, recorded in ``source.json``,
-    and rebuilt when they change; it is written under a temporary name and renamed.
+    and rebuilt when they change or it cannot be read; it is written under a temporary name and renamed, and
+    when the cache folder cannot be written (read-only, a file) the converted tokenizer is used unsaved.
 
     With ``reference`` (an offline alias) every tokenizer is checked with :func:`check_tokenizer`: a saved folder
     that fails (written by a broken transformers version) is rebuilt from the GGUF file, and a conversion that
@@ -516,9 +543,7 @@ def _cached_tokenizer(path: Path, reference: str | None = None):
     Raises:
         TokenizerCheckError: the tokenizer converted from the GGUF file fails the check.
     """
-    import json
     import shutil
-    import tempfile
 
     from transformers import AutoTokenizer
 
@@ -527,8 +552,11 @@ def _cached_tokenizer(path: Path, reference: str | None = None):
     folder = gemma3_cache_dir() / f"{path.stem}.tokenizer"
     ours = (folder / "source.json").is_file()
     if _tokenizer_cache_is_current(folder, source):
-        tok = AutoTokenizer.from_pretrained(folder)
-        if _passes_check(tok, reference):
+        try:
+            tok = AutoTokenizer.from_pretrained(folder)
+        except Exception:  # a damaged saved folder (OSError, ValueError, JSONDecodeError...): rebuilt below
+            tok = None
+        if tok is not None and _passes_check(tok, reference):
             return tok
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     try:
@@ -540,22 +568,37 @@ def _cached_tokenizer(path: Path, reference: str | None = None):
         raise
     if folder.exists() and not ours:
         return tok  # not a folder this function wrote: left alone
+    try:
+        _save_tokenizer(tok, folder, source)
+    except OSError:  # a read-only cache folder, or a file in its place, only costs the faster load next time
+        pass
+    return tok
+
+
+def _save_tokenizer(tok, folder: Path, source: dict) -> None:
+    """Save ``tok`` and ``source.json`` (``source``) as ``folder``, written under a temporary name beside it and
+    renamed over any folder of that name.
+
+    Raises:
+        OSError: the parent folder cannot be made or written.
+    """
+    import json
+    import shutil
+    import tempfile
+
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; give the folder the usual permissions
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; give the folder the usual permissions
         tok.save_pretrained(tmp)
         (tmp / "source.json").write_text(json.dumps(source))
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
-    except OSError:  # a read-only cache folder only costs the faster load next time
-        return tok
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return tok
 
 
 def _load_pretrained(name: str, dtype: torch.dtype, local_files_only: bool = False):

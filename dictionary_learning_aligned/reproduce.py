@@ -129,6 +129,18 @@ def train_steps(total_tokens: int, batch_size: int, epochs: int = 1, cached: boo
     return epochs * (unique // batch_size), unique
 
 
+def _check_steps(steps: int, total_tokens: int, batch_size: int) -> None:
+    """Refuse a run of one step (:func:`train_steps`): no architecture's learning-rate warmup fits in it.
+
+    Raises:
+        ValueError: ``steps < 2``; the message names the smallest ``--tokens`` that gives 2 steps.
+    """
+    if steps < 2:
+        raise ValueError(f"--tokens {total_tokens} gives 1 training step at batch size {batch_size}; a run needs at "
+                         f"least 2 (its learning-rate warmup takes a step): pass --tokens of at least "
+                         f"{2 * batch_size:,} or a smaller --batch-size")
+
+
 def run_experiment(name: str, scale: str, results: str, device: Optional[str] = None, corpus: Optional[str] = None,
                    batch_size: Optional[int] = None, autocast: str = "auto", eval_batches: int = 10,
                    ce_batches: int = 4, ce_batch_size: int = 8, archs: Optional[list] = None,
@@ -186,9 +198,9 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
 
     Raises:
         ValueError: unknown experiment/scale/recipe, a bad device, bad tokens/epochs/seeds/batch and evaluation
-            sizes, ``epochs > 1`` without ``cache``, or with ``cache`` fewer distinct tokens than one batch (all
-            checked before the model is loaded); a cache holding fewer activations than the run needs (the corpus
-            ran out while harvesting).
+            sizes, ``epochs > 1`` without ``cache``, with ``cache`` fewer distinct tokens than one batch, or a
+            run of one step (all checked before the model is loaded); a cache holding fewer activations than the
+            run needs (the corpus ran out while harvesting).
     """
     plan = resolve(name, scale, corpus)
     if recipe is not None:
@@ -205,6 +217,8 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
         raise ValueError(f"--results {store} is a file, not a results store folder")
     steps, unique_tokens = train_steps(total_tokens, batch_size, epochs, cached=cache is not None)
     todo = select_runs(plan, store, archs, dict_sizes, seeds, sparsity, steps=steps)
+    if todo:
+        _check_steps(steps, total_tokens, batch_size)
     if cache is not None and todo:
         _check_cache_folder(plan, cache, unique_tokens)
     store.mkdir(parents=True, exist_ok=True)  # after every check: a refused command creates nothing
