@@ -21,12 +21,15 @@ No host synchronisation happens inside a step: schedules are tables computed on 
 and the non-finite guard records, per dictionary, the first step whose loss or gradient was not finite, freezes
 that dictionary (its weights stay those before that step) and is read every ``nan_check_every`` steps, when
 :meth:`StackedTrainer.check_finite` names the dictionary and the step.
+
+``StackedTrainer(compile=True)`` compiles the loss and the optimizer step with ``torch.compile``;
+``compile="reduce-overhead"`` also replays them as CUDA graphs on a CUDA device (for small, launch-bound stacks).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -34,6 +37,10 @@ from . import alignment as al
 
 #: schedule rows computed on the host per table refresh
 TABLE_CHUNK = 1024
+#: ``torch.compile`` modes that :class:`StackedTrainer` accepts as ``compile``
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: the modes among them in which Inductor replays CUDA graphs (cudagraph trees; CUDA devices only)
+GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 class StackRule:
@@ -203,6 +210,22 @@ def spread_over_processes(keys: list, sizes: list, world: int) -> list[int]:
     return [owner[k] for k in keys]
 
 
+def compile_mode(compile) -> Optional[str]:
+    """The ``torch.compile`` mode of :class:`StackedTrainer`'s ``compile`` argument: None (eager) for False/None,
+    ``"default"`` for True, else the mode string itself.
+
+    Raises:
+        ValueError: anything else (the message names the accepted values).
+    """
+    if isinstance(compile, str):
+        if compile in COMPILE_MODES:
+            return compile
+    elif compile in (False, None, True):
+        return "default" if compile else None
+    raise ValueError(f"compile must be False, True or a torch.compile mode, one of {', '.join(COMPILE_MODES)}; "
+                     f"got {compile!r}")
+
+
 class StackedTrainer:
     """N dictionaries of one architecture and shape, trained as one batched model.
 
@@ -214,15 +237,18 @@ class StackedTrainer:
         compile: ``torch.compile`` the loss (forward and backward) and everything between the backward pass and
             the next step (finiteness check, decoder-gradient projection, clipping, Adam, decoder renormalisation:
             fewer kernels; same math up to float rounding). Host decisions (schedules, whether any feature may be
-            dead) stay outside the compiled code.
+            dead) stay outside the compiled code. False (eager), True (Inductor's default mode) or a mode of
+            :data:`COMPILE_MODES`; ``"reduce-overhead"`` (and ``"max-autotune"``) also replay the compiled code as
+            CUDA graphs on a CUDA device (see :meth:`_prepare_graphs`; elsewhere they compile without graphs).
 
     Raises:
-        ValueError: no trainers, or trainers that cannot share a stack (different architecture, shape, device,
-            dtype or settings: the message names the first mismatch).
+        ValueError: no trainers, trainers that cannot share a stack (different architecture, shape, device, dtype
+            or settings: the message names the first mismatch), or a ``compile`` that is not one of the above.
     """
 
     def __init__(self, trainers: list, indices: Optional[list[int]] = None, nan_check_every: int = 100,
-                 compile: bool = False):
+                 compile: Union[bool, str] = False):
+        mode = compile_mode(compile)
         self._check_compatible(trainers)
         self.trainers = list(trainers)
         self.indices = list(indices) if indices is not None else list(range(len(trainers)))
@@ -241,12 +267,44 @@ class StackedTrainer:
         self._tables, self._host, self._table_start, self.step = {}, {}, None, None
         self.rule = rule_cls(self)
         self.rule.load_state()
-        self.compiled = bool(compile)
-        self._losses = torch.compile(self.losses, dynamic=False) if compile else self.losses
-        self._optimizer_step = (torch.compile(self.optimizer_step, dynamic=False) if compile
-                                else self.optimizer_step)
+        self.compiled = mode is not None
+        #: CUDA graphs requested (a mode of :data:`GRAPH_MODES`): each update starts a cudagraph-tree step
+        self.graphs = mode in GRAPH_MODES
+        if self.graphs:
+            self._prepare_graphs()
+        self._losses, self._optimizer_step = self._compile(self.losses, mode), self._compile(self.optimizer_step, mode)
 
     # ------------------------------------------------------------------ construction
+    @staticmethod
+    def _compile(fn, mode: Optional[str]):
+        """``fn`` itself (mode None: eager), or ``torch.compile(fn)`` in ``mode`` (``"default"``, i.e.
+        ``compile=True``: no mode argument, as before modes were accepted)."""
+        if mode is None:
+            return fn
+        if mode == "default":
+            return torch.compile(fn, dynamic=False)
+        return torch.compile(fn, dynamic=False, mode=mode)
+
+    def _prepare_graphs(self) -> None:
+        """Mark the tensors that live across steps at a fixed address as static inputs of the compiled code
+        (``torch._dynamo.mark_static_address``): the stacked parameters, their gradients and the Adam moments,
+        which :meth:`optimizer_step` changes in place (Inductor replays a graph that mutates an input only when
+        that input is static or itself an output of an earlier graph of the step), and the per-dictionary mode
+        tensors and dead-feature counters read by the loss (a non-static input is copied into the graph's own
+        buffer at every replay).
+
+        The gradients are allocated here, zero, and stay: the backward pass adds into them and
+        :meth:`optimizer_step` zeroes them at its end. (Set to None before each backward pass, as in the other
+        modes, the decoder's and encoder's gradients would be fresh copies at each step: the compiled backward
+        returns them transposed, and autograd copies such a gradient into the parameter's layout.) Nothing of a
+        step's graph outputs (loss, codes, ``ok``) is read after that step: the next replay overwrites them."""
+        for p in self.params:
+            p.grad = torch.zeros_like(p)
+        mark = torch._dynamo.mark_static_address
+        for t in (*self.params, *[p.grad for p in self.params], *self.exp_avg, *self.exp_avg_sq,
+                  self.tokens_since_fired, self.m_project, self.m_rescale, self.m_projection, self.penalty):
+            mark(t)
+
     @staticmethod
     def _check_compatible(trainers) -> None:
         if not trainers:
@@ -391,11 +449,14 @@ class StackedTrainer:
                 gradient (see :meth:`check_finite`).
         """
         x = self._check_batch(x)
+        if self.graphs:  # the graphs' outputs of the previous step may now be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         self.step = step
         tab = self._row(step)
         self.rule.before_step(step, x)
-        for p in self.params:
-            p.grad = None
+        if not self.graphs:  # in graph mode the gradients stay, zeroed by the optimizer step
+            for p in self.params:
+                p.grad = None
         loss, _, f, aux = self._losses(x, tab)
         torch.autograd.backward(loss.sum())
         self.adam_step += 1
@@ -423,13 +484,17 @@ class StackedTrainer:
         """Everything after the backward pass, as each trainer does it: which dictionaries are finite, decoder
         gradient projection, clipping, Adam with learning rates ``lr [n]`` and bias corrections ``bias`` (float64
         ``[1 - beta1^t, sqrt(1 - beta2^t)]``), decoder renormalisation. Returns ``ok [n]`` (False: that dictionary
-        had a non-finite loss or gradient and kept its parameters and moments)."""
+        had a non-finite loss or gradient and kept its parameters and moments). In graph mode it also zeroes the
+        gradients for the next backward pass (see :meth:`_prepare_graphs`)."""
         ok = self._finite(loss)
         self._project_decoder_grad()
         if self.rule.grad_clip_norm is not None:
             self._clip_grad(self.rule.grad_clip_norm)
         self._adam(lr, ok, bias)
         self._after_optimizer_step(ok)
+        if self.graphs:
+            for p in self.params:
+                p.grad.zero_()
         return ok
 
     @torch.no_grad()
