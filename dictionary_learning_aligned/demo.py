@@ -31,7 +31,8 @@ class DemoConfig:
     """text: a local txt/jsonl(.gz) file or folder, or a Hugging Face dataset name; omit for the bundled corpus"""
     tokens: int = 150_000
     """training tokens (steps = tokens // batch_size); the default keeps the demo under 10 minutes on 2 CPU
-    cores, enough to see the two SAEs differ, not to train them well (use 10M+ on a GPU)"""
+    cores with SmolLM2 (about 18 with --model gemma-3-270m), enough to see the two SAEs differ, not to train
+    them well (use 10M+ on a GPU)"""
     dict_size: int = 4096
     """features per dictionary"""
     arch: str = "relu"
