@@ -78,7 +78,7 @@ class _Part:
     epochs: int
     cache: Optional[str]
     preload: bool
-    compile_stacks: bool = False
+    compile_stacks: bool | str = False
     points: tuple = ()
     """step counts recorded from checkpoints and the end of each run (:meth:`.experiments.Plan.eval_points`);
     empty for an experiment without ``eval_steps`` (one record per run, ids without a step)"""
@@ -148,7 +148,7 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
                    epochs: int = 1, seeds: Optional[int] = None, preload: Optional[bool] = None,
                    sparsity: Optional[list] = None, chunk: Optional[int] = None, verbose: bool = True,
                    use_wandb: bool = False, wandb_project: str = "", command: Optional[str] = None,
-                   compile_stacks: bool = False, recipe: Optional[str] = None) -> list[str]:
+                   compile_stacks: bool | str = False, recipe: Optional[str] = None) -> list[str]:
     """Train, evaluate and record every missing dictionary of an experiment; returns the ids written (by this
     process).
 
@@ -187,7 +187,8 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
         verbose: print every logged training step; use_wandb, wandb_project: log training to Weights & Biases.
         command: the command line recorded in each record (default: the module alias and ``sys.argv``).
         compile_stacks: ``torch.compile`` each stack of same-shape dictionaries (``trainSAE(compile_stacks=True)``;
-            the dictionaries are trained as stacks either way, see :mod:`.stacked`).
+            the dictionaries are trained as stacks either way, see :mod:`.stacked`); a mode string of
+            :data:`.stacked.COMPILE_MODES` picks the ``torch.compile`` mode (``"reduce-overhead"``: CUDA graphs).
         recipe: a key of :data:`.experiments.RECIPES` instead of the scale's recipe (batch size, learning rate,
             warmups; recorded as ``recipe``).
 
@@ -208,6 +209,8 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
             raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
         plan = dataclasses.replace(plan, recipe=RECIPES[recipe])
     _check_sizes(plan, tokens, epochs, cache, seeds, chunk, batch_size, eval_batches, ce_batches, ce_batch_size)
+    if not isinstance(compile_stacks, bool):
+        compile_setting(True, compile_stacks)  # a mode string: refused before the model loads unless known
     device = device or default_device()
     check_device(device, "--device")
     batch_size = batch_size or plan.recipe.batch_size
@@ -724,6 +727,9 @@ class ReproduceConfig:
     compile: bool = field(False, action="store_true")
     """torch.compile each stack of same-shape dictionaries (about 2x faster steps on an H200 after a minute of
     compilation per stack; see docs/stacked.md)"""
+    compile_mode: Optional[str] = None
+    """with --compile: the torch.compile mode, one of default, reduce-overhead (CUDA graphs too; for small
+    launch-bound stacks), max-autotune, max-autotune-no-cudagraphs"""
     wandb: bool = field(False, action="store_true")
     """log training losses to Weights & Biases (pip install .[wandb]; project from --wandb-project)"""
     wandb_project: str = ""
@@ -750,9 +756,27 @@ def run_config(cfg: ReproduceConfig, command: Optional[str] = None) -> list[str]
         cache=cfg.cache, tokens=cfg.tokens, epochs=cfg.epochs, seeds=cfg.seeds,
         preload=False if cfg.no_preload else None, eval_batches=cfg.eval_batches, ce_batches=cfg.ce_batches,
         ce_batch_size=cfg.ce_batch_size, chunk=cfg.chunk, verbose=cfg.verbose, use_wandb=cfg.wandb,
-        wandb_project=cfg.wandb_project, command=command, compile_stacks=cfg.compile, recipe=cfg.recipe,
+        wandb_project=cfg.wandb_project, command=command, compile_stacks=compile_setting(cfg.compile, cfg.compile_mode),
+        recipe=cfg.recipe,
         sparsity=comma_list(cfg.sparsity, float, "--sparsity", allow_empty=False)
         if cfg.sparsity is not None else None)
+
+
+def compile_setting(compile: bool, mode: Optional[str]) -> bool | str:
+    """``compile_stacks`` from the ``--compile`` flag and ``--compile-mode``: False, True, or the mode string.
+
+    Raises:
+        ValueError: a mode without ``--compile``, or a mode not in :data:`.stacked.COMPILE_MODES` (named).
+    """
+    from .stacked import COMPILE_MODES
+
+    if mode is None:
+        return bool(compile)
+    if not compile:
+        raise ValueError(f"--compile-mode {mode} needs --compile")
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"--compile-mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    return mode
 
 
 def main(argv: Optional[list[str]] = None, prog: str = "python -m dictionary_learning_aligned reproduce") -> int:

@@ -83,7 +83,7 @@ def trainSAE(
     data_parallel: bool = False,
     stack: bool = True,
     nan_check_every: int = 100,
-    compile_stacks: bool = False,
+    compile_stacks: bool | str = False,
 ) -> list[SAETrainer]:
     """Train one or more dictionaries on the same activation batches (dictionary_learning's ``trainSAE``).
 
@@ -125,7 +125,9 @@ def trainSAE(
             synchronisation; also checked at every log, checkpoint and at the end). A dictionary whose loss or
             gradient became non-finite is frozen at that step and named in the error.
         compile_stacks: ``torch.compile`` each stack's loss and its whole optimizer step (on an H200 the
-            72-dictionary ``main`` grid's step went from 62 to 30.4 ms; compilation takes a minute per stack first).
+            72-dictionary ``main`` grid's step went from 62 to 30.4 ms; compilation takes a minute per stack first);
+            a mode string of :data:`.stacked.COMPILE_MODES` (e.g. ``"reduce-overhead"``: CUDA graphs too) instead
+            of ``True`` picks the ``torch.compile`` mode (:class:`.stacked.StackedTrainer`).
         data_parallel: train every trainer data-parallel over the initialised ``torch.distributed`` process group
             (see :mod:`.distributed`; run under ``torchrun``). Every rank must pass the same ``data`` (the same
             global batches, whose size must be a multiple of the world size) and configs; each rank trains on its
@@ -271,7 +273,7 @@ class _Stepper:
     """Takes the steps of a sweep: stacks of same-shape trainers through :class:`~.stacked.StackedTrainer`, the
     others one at a time; :meth:`sync` makes every trainer object current (before logs, checkpoints, the end)."""
 
-    def __init__(self, trainers, stack: bool, nan_check_every: int, dirs, compile_stacks: bool = False):
+    def __init__(self, trainers, stack: bool, nan_check_every: int, dirs, compile_stacks: bool | str = False):
         from .stacked import StackedTrainer, plan_stacks
 
         self.trainers, self.dirs = trainers, dirs

@@ -160,3 +160,23 @@ def test_no_parity_flag_and_the_gemma_grid(tiny_grid, tmp_path, monkeypatch):
     cfgs = sweep.grid("gemma", 100)  # the reproduction's gemma experiment: four stacks of 6 at width 640
     assert len(cfgs) == 24 and {c["activation_dim"] for c in cfgs} == {640}
     assert len(sweep.grid("gemma:topk", 100)) == 6 and {c["k"] for c in sweep.grid("gemma:topk", 100)} == {64}
+
+
+def test_reproduce_compile_mode_is_checked_before_anything_loads(tmp_path):
+    """``reproduce --compile-mode`` reaches the stacks as the mode string; a mode without --compile or an unknown
+    mode is refused by name before the model loads (nothing is written)."""
+    from dictionary_learning_aligned import reproduce
+
+    assert reproduce.compile_setting(True, "reduce-overhead") == "reduce-overhead"
+    assert reproduce.compile_setting(True, None) is True and reproduce.compile_setting(False, None) is False
+    with pytest.raises(ValueError, match="needs --compile"):
+        reproduce.compile_setting(False, "reduce-overhead")
+    with pytest.raises(ValueError, match="one of default, reduce-overhead"):
+        reproduce.compile_setting(True, "fast")
+    store = tmp_path / "store"
+    with pytest.raises(ValueError, match="one of default"):
+        reproduce.run_experiment("main", "smoke", str(store), device="cpu", compile_stacks="fast")
+    assert not store.exists()
+    assert reproduce.main(["main", "--scale", "smoke", "--results", str(store), "--compile-mode",
+                           "reduce-overhead"]) == 2
+    assert not store.exists()

@@ -33,7 +33,9 @@
 #      --wheels "simple-parsing==0.1.9 docstring-parser"`). Its 18 records are not results: the GPU's transformers
 #      5.17 mis-tokenized the text (README, ninth session); from then on stage gpu_corpus/gemma3_tokenizer.tar too.
 #      GRAPHS=1 (after AUXK, if time allows): `benchmarks.sweep` of the stacked step compiled with and without CUDA
-#      graphs (mode stacked-graphs, added in the ninth session, untimed until then), with its parity check.
+#      graphs (mode stacked-graphs, added in the ninth session, untimed until then), with its parity check; if it
+#      passes (no cudagraph skips, parity as stacked-compiled, >= 1.5x on the gemma stacks), later sessions train
+#      with `reproduce --compile --compile-mode reduce-overhead` (COMPILE_MODE=reduce-overhead here).
 #   2. `budget` (issue 16 item 3) on the same cache, if BUDGET=1 and DEADLINE_S allows.
 #   3. issue 20, if GPUS >= 2 and DEADLINE_S allows: the main grid's 24-dictionary sweep (4 architectures x standard/aligned x 3
 #      seeds, 4096) for 600 steps through `train --placement spread` on one GPU and on two; data-parallel aligned
@@ -45,7 +47,7 @@ export GPU_FILES=${GPU_FILES:-/tmp/gpu/files} PYTHONUNBUFFERED=1 TOKENIZERS_PARA
 # a CPU rehearsal before a GPU session (same script, smoke scale): SCALE=smoke DEV=cpu COMPILE=0 PY=$PWD/.venv/bin/python
 # EVAL_FLAGS="--eval-batches 4 --ce-batches 1 --ce-batch-size 4" \
 # GPU_FILES=<folder of the files to stage> SRC_TAR=<git archive of HEAD> bash gpu_pipeline.sh start 900
-SCALE=${SCALE:-small} DEV=${DEV:-cuda} PY=${PY:-python3} EVAL_FLAGS=${EVAL_FLAGS:---eval-batches 80 --ce-batches 20 --ce-batch-size 32}; COMPILE_FLAG=$([ "${COMPILE:-1}" = 1 ] && echo --compile)
+SCALE=${SCALE:-small} DEV=${DEV:-cuda} PY=${PY:-python3} EVAL_FLAGS=${EVAL_FLAGS:---eval-batches 80 --ce-batches 20 --ce-batch-size 32}; COMPILE_FLAG=$([ "${COMPILE:-1}" = 1 ] && echo --compile ${COMPILE_MODE:+--compile-mode $COMPILE_MODE})
 export DLA_SMOLLM2_GGUF=$GPU_FILES/SmolLM2-135M-Instruct.Q4_1.gguf HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
 export DLA_GEMMA3_GGUF=$GPU_FILES/gemma-3-270m-q4_k_m.gguf DLA_GEMMA3_CACHE=/tmp/gemma_cache  # used by EXPERIMENT=gemma
 # Gemma-3's tokenizer as a folder saved here (transformers >= 5.18 converts the GGUF's tokenizer correctly; the GPU
@@ -115,7 +117,7 @@ run() {
   fi
   if [ "${GRAPHS:-0}" = 1 ] && [ "$(left)" -gt 150 ]; then  # CUDA graphs for the stacked step (ninth session)
     t "benchmarks.sweep stacked-compiled vs stacked-graphs"
-    timeout "$(left)" $PY -m benchmarks.sweep --device $DEV --grids main:relu,main:topk,one \
+    timeout "$(left)" $PY -m benchmarks.sweep --device $DEV --grids gemma:relu,gemma:topk,main:relu,main:topk,one \
       --modes stacked-compiled,stacked-graphs --batches 2048 --steps 30 --warmup 6 --out $R/graphs.json \
       > $R/logs/graphs.txt 2>&1
     t "benchmarks.sweep graphs ended (rc $?)"
