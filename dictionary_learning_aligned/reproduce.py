@@ -123,7 +123,8 @@ def train_steps(total_tokens: int, batch_size: int, epochs: int = 1, cached: boo
         return -(-total_tokens // batch_size), total_tokens
     unique = -(-total_tokens // epochs)
     if unique < batch_size:
-        raise ValueError(f"--tokens {total_tokens} over --epochs {epochs} harvests {unique} distinct tokens, fewer "
+        raise ValueError(f"{total_tokens:,} training tokens (--tokens, or the scale's budget) over --epochs {epochs} "
+                         f"harvest {unique:,} distinct tokens, fewer "
                          f"than one batch of {batch_size}; pass more --tokens, fewer --epochs or a smaller "
                          f"--batch-size")
     return epochs * (unique // batch_size), unique
@@ -136,7 +137,8 @@ def _check_steps(steps: int, total_tokens: int, batch_size: int) -> None:
         ValueError: ``steps < 2``; the message names the smallest ``--tokens`` that gives 2 steps.
     """
     if steps < 2:
-        raise ValueError(f"--tokens {total_tokens} gives 1 training step at batch size {batch_size}; a run needs at "
+        raise ValueError(f"{total_tokens:,} training tokens (--tokens, or the scale's budget) give 1 training step "
+                         f"at batch size {batch_size}; a run needs at "
                          f"least 2 (its learning-rate warmup takes a step): pass --tokens of at least "
                          f"{2 * batch_size:,} or a smaller --batch-size")
 

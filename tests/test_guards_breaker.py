@@ -110,9 +110,9 @@ def test_a_one_step_run_is_refused_before_loading(tmp_path, monkeypatch, tokens,
     monkeypatch.setitem(EXPERIMENTS, "tinyone", Experiment("tinyone", figures=(), archs=("topk",),
                                                            sparsity={"topk": (8,)}, seeds=1))
     assert train_steps(tokens, 256, 1, cached)[0] == 1
-    with pytest.raises(ValueError, match="gives 1 training step at batch size 256; a run needs at least 2") as e:
+    with pytest.raises(ValueError, match="give 1 training step at batch size 256; a run needs at least 2") as e:
         run_experiment("tinyone", "smoke", str(tmp_path / "store"), device="cpu", batch_size=256, tokens=tokens,
                        cache=str(tmp_path / "cache") if cached else None)
     assert not (tmp_path / "store").exists() and not (tmp_path / "cache").exists()
-    assert "--tokens of at least 512" in str(e.value)
+    assert "--tokens of at least 512" in str(e.value) and "(--tokens, or the scale's budget)" in str(e.value)
     assert train_steps(512, 256, 1, cached)[0] == 2

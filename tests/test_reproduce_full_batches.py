@@ -46,7 +46,7 @@ def test_steps_are_the_full_batches_the_data_serves():
     assert train_steps(100_000_000, 2048, 4, cached=True) == (48_828, 25_000_000)
     assert train_steps(TOKENS, BATCH, EPOCHS, cached=True) == (6, 600)
     assert train_steps(1024, 256, 1, cached=True) == (4, 1024)
-    with pytest.raises(ValueError, match="harvests 100 distinct tokens, fewer than one batch of 256"):
+    with pytest.raises(ValueError, match="harvest 100 distinct tokens, fewer than one batch of 256"):
         train_steps(300, 256, 3, cached=True)
     with pytest.raises(ValueError, match="fewer than one batch"):
         run_experiment("main", "smoke", "/nonexistent-store", device="cpu", cache="/nonexistent-cache", tokens=300,
