@@ -15,6 +15,8 @@ tokenizer folder saved by a good version, used for Gemma-3 instead of the conver
 """
 from __future__ import annotations
 
+import contextlib
+
 import importlib.util
 import operator
 import os
@@ -365,14 +367,14 @@ def check_model_loss(model, tokenizer, name: str) -> float:
                          f"harvesting (each context starts with BOS) can run: use a tokenizer saved with its special "
                          f"tokens (tokenizer_config.json, special_tokens_map.json)")
     ids = [bos] + list(tokenizer(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"])
-    device = next(model.parameters()).device
-    x = torch.tensor([ids], device=device)
+    weight = next(model.parameters())
+    x = torch.tensor([ids], device=weight.device)
     loss = float(F.cross_entropy(model(x).logits[0, :-1].float(), x[0, 1:]))
     if abs(loss - expected) <= MODEL_PROBE_TOLERANCE:
         return loss
     raise ModelCheckError(
         f"the loaded {name} model scores {loss:.3f} nats/token on {TOKENIZER_PROBE!r}, where a correct load "
-        f"scores {expected:.3f} (tolerance {MODEL_PROBE_TOLERANCE}) in {next(model.parameters()).dtype}; "
+        f"scores {expected:.3f} (tolerance {MODEL_PROBE_TOLERANCE}) in {weight.dtype}; "
         f"transformers {transformers.__version__}, torch {torch.__version__}. Its weights were converted wrongly "
         f"from the GGUF file, or its dtype overflows (Gemma's activations exceed float16's range): try float32, "
         f"another transformers version (the reference was measured with 5.24.0) or a fresh copy of the file")
@@ -424,7 +426,7 @@ def _reference_model(model) -> str | None:
     model_type = getattr(config, "model_type", "")
     if model_type in ("gemma3_text", "gemma3"):
         return GEMMA3_NAME
-    if model_type == "llama" and getattr(config, "vocab_size", None) == 49152:
+    if model_type == "llama" and getattr(config, "vocab_size", None) == TOKENIZER_VOCAB_SIZE[SMOLLM2_NAME]:
         return SMOLLM2_NAME
     return None
 
@@ -568,10 +570,8 @@ def _cached_tokenizer(path: Path, reference: str | None = None):
         raise
     if folder.exists() and not ours:
         return tok  # not a folder this function wrote: left alone
-    try:
+    with contextlib.suppress(OSError):  # a read-only cache folder, or a file in its place: only a slower next load
         _save_tokenizer(tok, folder, source)
-    except OSError:  # a read-only cache folder, or a file in its place, only costs the faster load next time
-        pass
     return tok
 
 

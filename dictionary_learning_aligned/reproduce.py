@@ -36,6 +36,7 @@ from .cli import default_device
 from .dtypes import AUTOCAST_CHOICES, autocast_dtype, check_device, comma_list
 from .experiments import EXPERIMENTS, RECIPES, SCALES, Plan, Run, resolve
 from .records import SCHEMA_VERSION, group_id, has_record, record_id, write_record
+from .stacked import compile_mode
 
 
 def trainer_config(run: Run, activation_dim: int, steps: int, plan: Plan) -> dict:
@@ -211,8 +212,7 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
             raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
         plan = dataclasses.replace(plan, recipe=RECIPES[recipe])
     _check_sizes(plan, tokens, epochs, cache, seeds, chunk, batch_size, eval_batches, ce_batches, ce_batch_size)
-    if not isinstance(compile_stacks, bool):
-        compile_setting(True, compile_stacks)  # a mode string: refused before the model loads unless known
+    compile_mode(compile_stacks)  # an unknown mode is refused here, before the model loads
     device = device or default_device()
     check_device(device, "--device")
     batch_size = batch_size or plan.recipe.batch_size
@@ -768,16 +768,14 @@ def compile_setting(compile: bool, mode: Optional[str]) -> bool | str:
     """``compile_stacks`` from the ``--compile`` flag and ``--compile-mode``: False, True, or the mode string.
 
     Raises:
-        ValueError: a mode without ``--compile``, or a mode not in :data:`.stacked.COMPILE_MODES` (named).
+        ValueError: a mode without ``--compile``, or a mode not in :data:`.stacked.COMPILE_MODES`
+            (:func:`.stacked.compile_mode`; the message names them).
     """
-    from .stacked import COMPILE_MODES
-
     if mode is None:
         return bool(compile)
     if not compile:
         raise ValueError(f"--compile-mode {mode} needs --compile")
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"--compile-mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    compile_mode(mode)  # refuses a mode not in COMPILE_MODES, naming them
     return mode
 
 
