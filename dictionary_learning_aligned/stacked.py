@@ -17,10 +17,12 @@ stacked, the dictionaries agree up to float rounding (the tests compare them for
 What an architecture contributes is a :class:`StackRule` (its activation/selection, sparsity term, per-step
 schedule tables and state), named by its registry entry (:class:`~.registry.Architecture` ``stack_rule``).
 
-No host synchronisation happens inside a step: schedules are tables computed on the host a chunk of steps ahead,
-and the non-finite guard records, per dictionary, the first step whose loss or gradient was not finite, freezes
-that dictionary (its weights stay those before that step) and is read every ``nan_check_every`` steps, when
-:meth:`StackedTrainer.check_finite` names the dictionary and the step.
+No host synchronisation happens inside a step: schedules and Adam's bias corrections are tables computed on the
+host a chunk of steps ahead (copied to the device once per ``TABLE_CHUNK`` steps), and the non-finite guard
+records, per dictionary, the first step whose loss or gradient was not finite, freezes that dictionary (its weights
+stay those before that step) and is read every ``nan_check_every`` steps, when :meth:`StackedTrainer.check_finite`
+names the dictionary and the step. ``python -m benchmarks.syncs`` counts the synchronising calls of training steps
+on a GPU.
 
 ``StackedTrainer(compile=True)`` compiles the loss and the optimizer step with ``torch.compile``;
 ``compile="reduce-overhead"`` also replays them as CUDA graphs on a CUDA device (for small, launch-bound stacks).
@@ -265,6 +267,7 @@ class StackedTrainer:
         self.tokens_since_fired = torch.stack([t.tokens_since_fired for t in trainers]).clone()
         self.bad_step = torch.full((self.n,), -1, dtype=torch.long, device=self.device)
         self._tables, self._host, self._table_start, self.step = {}, {}, None, None
+        self._bias_table, self._bias_start = None, None
         self.rule = rule_cls(self)
         self.rule.load_state()
         self.compiled = mode is not None
@@ -400,6 +403,18 @@ class StackedTrainer:
         self._tables = {k: (v.to(self.device, torch.float32) if k not in keep64 and v.dtype == torch.float64
                             else v.to(self.device)) for k, v in host.items()}
 
+    def _bias_row(self, t: int) -> torch.Tensor:
+        """Adam's bias corrections at optimizer step ``t``, float64 ``[1 - beta1^t, sqrt(1 - beta2^t)]`` on the
+        device: a row of a table of ``TABLE_CHUNK`` steps computed on the host and copied once per chunk (a tensor
+        built from host values at every step would be a synchronising copy on a GPU). The values are the Python
+        floats ``1 - beta1 ** t`` and ``(1 - beta2 ** t) ** 0.5``, as a trainer's Adam computes them."""
+        start = self._bias_start
+        if start is None or not start <= t < start + TABLE_CHUNK:
+            rows = [[1 - self.beta1 ** s, (1 - self.beta2 ** s) ** 0.5] for s in range(t, t + TABLE_CHUNK)]
+            self._bias_table = torch.tensor(rows, dtype=torch.float64).to(self.device)
+            self._bias_start = start = t
+        return self._bias_table[t - start]
+
     def host_row(self, name: str, step: int) -> torch.Tensor:
         """The host copy of table ``name`` at ``step`` (``[n]``; the step must lie in the current chunk)."""
         return self._host[name][step - self._table_start]
@@ -460,9 +475,7 @@ class StackedTrainer:
         loss, _, f, aux = self._losses(x, tab)
         torch.autograd.backward(loss.sum())
         self.adam_step += 1
-        bias = torch.tensor([1 - self.beta1 ** self.adam_step, (1 - self.beta2 ** self.adam_step) ** 0.5],
-                            dtype=torch.float64, device=self.device)
-        ok = self._optimizer_step(loss.detach(), tab["lr"], bias)
+        ok = self._optimizer_step(loss.detach(), tab["lr"], self._bias_row(self.adam_step))
         f = f.detach()
         with torch.no_grad():
             self.tokens_since_fired.add_(x.shape[0]).masked_fill_(self.rule.fired(f, aux), 0)
