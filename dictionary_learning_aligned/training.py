@@ -88,7 +88,12 @@ def trainSAE(
     """Train one or more dictionaries on the same activation batches (dictionary_learning's ``trainSAE``).
 
     Args:
-        data: iterator of ``[batch, activation_dim]`` activation tensors (e.g. an ``ActivationBuffer``).
+        data: iterable of ``[batch, activation_dim]`` activation tensors (e.g. an ``ActivationBuffer``). Each batch
+            is checked for NaN/inf before it is trained on (one host synchronisation per step on a GPU), unless
+            ``data`` has an attribute ``finite_checked`` that is true: a source that sets it promises that every
+            batch it yields is finite (e.g. a preloaded ``ActivationCache`` whose activations were checked when
+            it was loaded), and its batches are then not checked again (the first batches, read before any
+            output is written, still are).
         trainer_configs: one dict per trainer: ``{"trainer": TrainerClass or its name, **constructor args}``.
         steps: number of steps (one batch each); training stops early, with a warning, if ``data`` runs out.
         save_dir: output folder; each trainer gets ``save_dir/trainer_{i}/`` with ``config.json`` and
@@ -158,13 +163,15 @@ def trainSAE(
     if not writer:  # data-parallel ranks other than 0 train only (they checked save_dir above, so all fail alike)
         save_dir, save_steps, log_steps, use_wandb, verbose = None, [], None, False, False
     trainers = _prepare_trainers(trainer_configs, device, data_parallel)
+    finite_checked = bool(getattr(data, "finite_checked", False))  # read before data becomes an iterator
     data, start, norm_factor, prefetched = _start_data(data, trainers, save_dir, resume, normalize_activations,
                                                        norm_factor_batches, skip_nonfinite_batches)
     out, dirs = _open_output(trainers, save_dir, resume, overwrite, start, norm_factor, run_cfg)
     wandb_run = _start_wandb(trainers, wandb_entity, wandb_project) if use_wandb else None
     stepper = _Stepper(trainers, stack and not data_parallel, nan_check_every, dirs, compile_stacks)
     loop = _Loop(trainers, stepper, steps, save_steps, log_steps, normalize_activations, norm_factor, device,
-                 autocast_dtype, skip_nonfinite_batches, data_parallel, verbose, wandb_run, out, dirs, run_cfg)
+                 autocast_dtype, skip_nonfinite_batches, data_parallel, verbose, wandb_run, out, dirs, run_cfg,
+                 check_finite=not finite_checked)
     step = loop.run(itertools.chain(prefetched, data), start)
     for tr in trainers:
         tr.steps_done = step
@@ -318,7 +325,7 @@ class _Loop:
     """The step loop of :func:`trainSAE` (one object so that its settings are named once)."""
 
     def __init__(self, trainers, stepper, steps, save_steps, log_steps, normalize, norm_factor, device, amp_dtype,
-                 skip_nonfinite, data_parallel, verbose, wandb_run, out, dirs, run_cfg):
+                 skip_nonfinite, data_parallel, verbose, wandb_run, out, dirs, run_cfg, check_finite=True):
         self.trainers, self.stepper, self.steps, self.save_steps, self.log_steps = (trainers, stepper, steps,
                                                                                     save_steps, log_steps)
         self.normalize, self.norm_factor, self.device = normalize, norm_factor, device
@@ -327,6 +334,8 @@ class _Loop:
         self.skip_nonfinite, self.data_parallel, self.verbose, self.wandb_run = (skip_nonfinite, data_parallel,
                                                                                 verbose, wandb_run)
         self.out, self.dirs, self.run_cfg = out, dirs, run_cfg
+        #: check each batch for NaN/inf (one host synchronisation per step); False for a ``finite_checked`` source
+        self.check_finite = check_finite
 
     def run(self, batches, start: int) -> int:
         """Train from step ``start`` until ``steps`` or the data runs out; returns the number of steps done."""
@@ -359,12 +368,13 @@ class _Loop:
         return step
 
     def _prepare(self, act, step):
-        """The batch on the device and normalized, or None for a skipped non-finite batch."""
+        """The batch on the device and normalized, or None for a skipped non-finite batch. Without
+        ``check_finite`` nothing here reads the device (no host synchronisation)."""
         act = act.to(self.device)
         if act.ndim == 2 and act.shape[0] == 0:
             raise ValueError(f"activation batch at step {step} is empty (shape {tuple(act.shape)}); nothing was "
                              f"trained on it and every trainer is unchanged")
-        if not torch.isfinite(act).all():
+        if self.check_finite and not torch.isfinite(act).all():
             if not self.skip_nonfinite:
                 raise ValueError(f"activation batch at step {step} contains NaN or infinite values (pass "
                                  f"skip_nonfinite_batches=True to skip such batches)")
