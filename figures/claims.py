@@ -4,7 +4,11 @@
 :func:`format_claims` prints it. Verdicts are computed only from the records:
 
 * (a) standard SAEs have bimodal alignment scores: mean over standard records of Sarle's coefficient
-  (``alignment_scores.bimodality_coefficient``) above 5/9 (the uniform distribution's value).
+  (``alignment_scores.bimodality_coefficient``) above 5/9 (the uniform distribution's value), and, where the
+  records hold per-feature scores and firing (``per_feature.alignment_score`` and ``per_feature.fired``), also
+  over the features that fired on the held-out tokens. A feature that never fires gets no gradient and keeps
+  its initial alignment score (0.1 for ReLU's ``0.1 * W_dec.T`` encoder), so many dead features alone can make a
+  second mode; a row whose coefficient is not above 5/9 without them is "not supported" and says so.
 * (b) aligned training leaves near-zero dead features: the aligned dead fraction ``1 - metrics.frac_alive``
   (mean over seeds) is at most ``dead_tol`` (default 1%) at every sparsity setting; the standard value is shown
   for contrast.
@@ -23,8 +27,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 import numpy as np
+import torch
 
 from dictionary_learning_aligned import registry
+from dictionary_learning_aligned.alignment import bimodality_coefficient
 
 from ._common import (ARCH_LABEL, ARCH_ORDER, L0, SPARSITY_LABEL, aggregate, budget_line, budget_summary,
                       field_getter, finite, fmt_ms, mean_std, point_steps)
@@ -41,6 +47,17 @@ CLAIMS = {
 }
 CE = field_getter("metrics", "frac_recovered")
 BC = field_getter("alignment_scores", "bimodality_coefficient")
+
+
+def _alive_bc(r):
+    """Sarle's coefficient of the alignment scores of the features of record ``r`` that fired on its held-out
+    tokens (``per_feature``); None without per-feature data, or with fewer than 4 such features."""
+    pf = r.get("per_feature") or {}
+    scores, fired = pf.get("alignment_score"), pf.get("fired")
+    if not isinstance(scores, list) or not isinstance(fired, list) or len(scores) != len(fired):
+        return None
+    alive = [float(a) for a, f in zip(scores, fired) if f and finite(a)]
+    return bimodality_coefficient(torch.tensor(alive, dtype=torch.float64)) if len(alive) >= 4 else None
 MCS = field_getter("stability", "mcs")
 
 
@@ -100,8 +117,18 @@ def _claim_a(std):
     if n == 0:
         return INSUFFICIENT, "no standard records with a bimodality coefficient", {}
     above = sum(v > BC_THRESHOLD for v in vals)
-    return (SUPPORTED if m > BC_THRESHOLD else NOT_SUPPORTED,
-            f"standard BC {fmt_ms(m, s, n)}; {above}/{n} records > 5/9", dict(mean=m, std=s, n=n, above=above))
+    values = dict(mean=m, std=s, n=n, above=above)
+    measured = f"standard BC {fmt_ms(m, s, n)}; {above}/{n} records > 5/9"
+    verdict = SUPPORTED if m > BC_THRESHOLD else NOT_SUPPORTED
+    alive = [v for v in (_alive_bc(r) for r in std) if finite(v)]
+    if alive:
+        am, as_, an = mean_std(alive)
+        values.update(alive_mean=am, alive_std=as_, alive_n=an)
+        measured += f"; over features that fired: BC {fmt_ms(am, as_, an)}"
+        if verdict == SUPPORTED and am <= BC_THRESHOLD:
+            verdict = NOT_SUPPORTED
+            measured += " (not above 5/9 without the features that never fired)"
+    return verdict, measured, values
 
 
 def _pairs(std, ali, value, x=lambda r: 0.0):

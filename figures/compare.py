@@ -19,7 +19,8 @@ def _pct(x) -> str:
 def key_numbers(row: dict) -> str:
     """The few numbers a claims row's verdict rests on, from its ``values`` (see :func:`figures.claims_table`):
 
-    * (a) mean Sarle's coefficient of the standard records and how many are above 5/9;
+    * (a) mean Sarle's coefficient of the standard records and how many are above 5/9 (and the mean over the
+      features that fired, where the records hold it);
     * (b) the largest aligned dead fraction over the sparsity settings (percent), and the standard one;
     * (c) the range of aligned minus standard CE loss recovered and at how many points aligned is lower beyond the
       seed spread;
@@ -29,7 +30,8 @@ def key_numbers(row: dict) -> str:
     Returns ``"—"`` when the row has no numbers (insufficient data)."""
     v, c = row.get("values") or {}, row["claim"]
     if c == "a" and v:
-        return f"BC {v['mean']:.2f}, {v['above']}/{v['n']} > 5/9"
+        fired = f"; fired only {v['alive_mean']:.2f}" if v.get("alive_n") else ""
+        return f"BC {v['mean']:.2f}, {v['above']}/{v['n']} > 5/9{fired}"
     if c == "b" and v.get("points"):
         ali = max(p["aligned"] for p in v["points"])
         std = [p["standard"] for p in v["points"] if p.get("standard") is not None]

@@ -457,9 +457,29 @@ def fig10(records, results):
                 ax.stairs(np.where(counts > 0, counts / total, floor), edges, baseline=floor, color=color,
                           label=label, lw=1.2)
                 floors.append(floor)
+                dead = _never_fired_scores(rs) if a is None else None
+                if dead is not None and len(dead):  # where the standard histogram's features never fired
+                    d = np.histogram(dead, bins=edges)[0] / total
+                    ax.stairs(np.where(d > 0, d, floor), edges, baseline=floor, color="gray", ls=":", lw=1.2,
+                              label=f"{label}, never fired")
             ax.set(xlim=(edges[0], edges[-1]), ylim=(min(floors), 1.5))
     return Drawn(fig, used, "histograms pooled over seeds and sparsity settings; scores outside [-0.525, 1.525] "
-                 "are not drawn")
+                 "are not drawn; dotted gray: the standard features that never fired on the held-out tokens "
+                 "(one dead from the start keeps its initial score: 0.1 for ReLU, 1 for the TopK family)")
+
+
+def _never_fired_scores(records) -> "np.ndarray | None":
+    """The alignment scores of the features of ``records`` that never fired on their held-out tokens
+    (``per_feature.alignment_score`` where ``per_feature.fired`` is false), pooled; None when a record lacks
+    those arrays."""
+    out = []
+    for r in records:
+        pf = r.get("per_feature") or {}
+        scores, fired = pf.get("alignment_score"), pf.get("fired")
+        if not isinstance(scores, list) or not isinstance(fired, list) or len(scores) != len(fired):
+            return None
+        out += [a for a, f in zip(scores, fired) if not f and finite(a)]
+    return np.array(out, float)
 
 
 @_register("fig11", "per-feature stability vs alignment score (standard SAEs)",

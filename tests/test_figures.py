@@ -181,6 +181,35 @@ def test_claim_bimodality_and_dead_verdicts():
         "relu": "insufficient data", "topk": "insufficient data"}
 
 
+def _dead_at_init(r, frac_dead=0.5):
+    """``r`` with a unimodal score distribution among fired features (about 0.9) and ``frac_dead`` of its
+    features never fired, at ReLU's initial score 0.1: bimodal over all features only because of the dead."""
+    if r["alignment"] is not None:
+        return r
+    n_dead = int(F * frac_dead)
+    rng = np.random.default_rng(r["seed"])
+    scores = np.concatenate([np.full(n_dead, 0.1) + rng.normal(0, 0.002, n_dead),
+                             rng.normal(0.9, 0.05, F - n_dead)])
+    fired = [False] * n_dead + [True] * (F - n_dead)
+    return dict(r, alignment_scores=summarize_scores(torch.tensor(scores, dtype=torch.float32)),
+                per_feature=dict(r["per_feature"], alignment_score=scores.tolist(), fired=fired))
+
+
+def test_claim_bimodality_not_from_dead_features_alone():
+    records = [_dead_at_init(r) for r in grid()]
+    rows = [r for r in claims_table(records) if r["claim"] == "a"]
+    assert all(r["values"]["mean"] > 5 / 9 for r in rows)  # bimodal over every feature ...
+    assert all(r["values"]["alive_mean"] <= 5 / 9 for r in rows)  # ... but not over those that fired
+    assert {r["arch"]: r["verdict"] for r in rows} == {"relu": "not supported", "topk": "not supported"}
+    assert all("without the features that never fired" in r["measured"] for r in rows)
+    # bimodal among fired features as well: still supported, and the fired-only value is shown
+    rows = [r for r in claims_table(grid()) if r["claim"] == "a"]
+    assert {r["verdict"] for r in rows} == {"supported"} and all("fired" in r["measured"] for r in rows)
+    # records without per-feature data: the verdict rests on the recorded coefficient alone
+    bare = [dict(_dead_at_init(r), per_feature=None) for r in grid()]
+    assert _verdicts(bare, "a") == {"relu": "supported", "topk": "supported"}
+
+
 def test_claim_ce_at_matched_l0():
     # default grid: aligned CE is 0.01 below the standard curve at the same L0 -> not supported
     assert _verdicts(grid(), "c") == {"relu": "not supported", "topk": "not supported"}
@@ -329,3 +358,19 @@ def test_saebench_results_may_be_gzipped(tmp_path):
     (d / "corrupt.json.gz").write_bytes(bytes(z))
     values, n_files = load_saebench(tmp_path)
     assert values == {"r1": {"scr": 0.25}} and n_files == 3
+
+
+def _fig10_labels(records):
+    drawn = FIGURES["fig10"].draw(records, None)
+    try:
+        return {a.get_label() for ax in drawn.fig.axes for a in ax.patches}
+    finally:
+        import matplotlib.pyplot as plt
+        plt.close(drawn.fig)
+
+
+def test_fig10_marks_features_that_never_fired():
+    """Fig. 10 draws, beside each standard histogram, where its never-fired features lie (at their initial score),
+    so that a second mode made of dead features is visible as such; none when every feature fired."""
+    assert "standard, never fired" in _fig10_labels([_dead_at_init(r) for r in grid()])
+    assert not any("never fired" in lbl for lbl in _fig10_labels(grid()))
