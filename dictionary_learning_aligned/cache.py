@@ -12,10 +12,14 @@ Layout of a cache folder::
 
 from __future__ import annotations
 
+import collections
 import json
 import numbers
+import os
 import re
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
@@ -81,22 +85,32 @@ def build_cache(batches: Iterable[torch.Tensor], path, n_tokens: int, meta: dict
                 dtype: str = "float16", overwrite: bool = False) -> Path:
     """Write ``n_tokens`` activations from ``batches`` into a cache folder.
 
+    Each batch is converted to ``dtype`` and checked on its own device (a GPU harvest copies half the bytes to the
+    host with float16), then written to the shard files by one background thread while the next batch is
+    harvested; the shard files are fsynced before ``meta.json`` is written (a folder with ``meta.json`` holds a
+    complete cache on disk). ``meta.json`` also records, outside ``meta``, ``build_seconds``:
+    ``{"waiting_for_batches": s, "writing": s, "fsync": s}`` (see :func:`build_seconds`).
+
     Args:
-        batches: iterator of ``[batch, activation_dim]`` tensors (e.g. an ``ActivationBuffer``).
+        batches: iterator of ``[batch, activation_dim]`` tensors (e.g. an ``ActivationBuffer``), on any device;
+            no batch is drawn once ``n_tokens`` are stored.
         path: the cache folder (must not exist, or be an earlier cache with ``overwrite``).
         n_tokens: activations to store (fewer if the batches run out; the count is recorded).
         meta: what the activations are, checked on reuse (e.g. ``{"model": ..., "layer": 12, "io": "out",
             "corpus": ..., "ctx_len": 128, "remove_bos": True}``); must be JSON-ready.
         shard_tokens: activations per shard file.
-        dtype: ``"float16"`` (half the disk) or ``"float32"``.
+        dtype: ``"float16"`` (half the disk; values of magnitude above 65504 are refused) or ``"float32"``.
         overwrite: replace an existing complete cache.
 
     Returns:
         the folder.
 
     Raises:
-        ValueError: bad sizes/dtype, inconsistent batch widths, non-finite activations, no activations.
+        ValueError: bad sizes/dtype, inconsistent batch widths, non-finite activations, activations beyond
+            ``dtype``'s range (they would be stored as inf: use ``dtype="float32"``), no activations.
         FileExistsError: the folder exists (and is not a cache to overwrite).
+        OSError: a shard could not be written (raised from the writer thread).
+        On any error the folder is removed.
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
@@ -123,41 +137,179 @@ def build_cache(batches: Iterable[torch.Tensor], path, n_tokens: int, meta: dict
     return path
 
 
+def build_seconds(path) -> Optional[dict]:
+    """Where the build of the cache at ``path`` spent its time, from its ``meta.json``: ``{"waiting_for_batches":
+    s, "writing": s, "fsync": s}`` in seconds (the harvest and the copy of each batch to the host; the writer
+    thread's busy time, which overlaps the harvest; the final flush of the shards to disk), or None for a cache
+    built before these were recorded, or an unreadable ``meta.json``."""
+    try:
+        seconds = json.loads((Path(path) / "meta.json").read_text()).get("build_seconds")
+    except (OSError, ValueError, AttributeError):
+        return None
+    keys = ("waiting_for_batches", "writing", "fsync")
+    if not isinstance(seconds, dict) or not all(isinstance(seconds.get(k), (int, float)) for k in keys):
+        return None
+    return {k: float(seconds[k]) for k in keys}
+
+
 def _fill(batches, path: Path, n_tokens: int, meta: dict, shard_tokens: int, dtype: str) -> None:
-    np_dtype = _DTYPES[dtype][0]
-    shards, written, dim = [], 0, None
-    shard, filled = None, 0
-    for b in batches:
-        if written >= n_tokens:
-            break
-        b = b.detach().float()
-        if dim is None:
-            dim = b.shape[-1]
-        if b.ndim != 2 or b.shape[1] != dim:
-            raise ValueError(f"activation batches must all be [batch, {dim}], got {tuple(b.shape)}")
-        if not torch.isfinite(b).all():
-            raise ValueError("activations contain NaN or infinite values")
-        rows = b[: n_tokens - written].cpu().numpy().astype(np_dtype)
-        while len(rows):
-            if shard is None:
-                name = f"shard_{len(shards):05d}.npy"
-                size = min(shard_tokens, n_tokens - written)
-                shard = np.lib.format.open_memmap(path / name, mode="w+", dtype=np_dtype, shape=(size, dim))
-                shards.append({"file": name, "tokens": size})
-                filled = 0
-            take = min(len(rows), len(shard) - filled)
-            shard[filled:filled + take] = rows[:take]
-            filled, written, rows = filled + take, written + take, rows[take:]
-            if filled == len(shard):
-                shard.flush()
-                shard = None
-    if written == 0:
-        raise ValueError("no activations to cache")
-    if shard is not None:  # the batches ran out inside a shard: record the filled part only
-        shard.flush()
-        shards[-1]["tokens"] = filled
+    """Write the shards and then ``meta.json`` (see :func:`build_cache`): each batch is converted to the storage
+    dtype and checked on its own device (:func:`_stored_rows`), then written by one background thread
+    (:class:`_ShardWriter`) while the next batch is harvested; every shard file is fsynced before ``meta.json``
+    is written. ``meta.json`` records ``build_seconds``: ``waiting_for_batches`` (this thread: the harvest, the
+    conversion and the copy to the host), ``writing`` (the writer thread's busy time, overlapping the harvest) and
+    ``fsync`` (the final flush to disk), in seconds."""
+    np_dtype, torch_dtype = _DTYPES[dtype]
+    shards, written, dim, room, waiting = [], 0, None, 0, 0.0  # room: rows the open shard still takes
+    batches = iter(batches)
+    with _ShardWriter(np_dtype) as writer:
+        while written < n_tokens:  # no batch is drawn once the cache is full
+            t = time.perf_counter()
+            b = next(batches, None)
+            if b is None:
+                break
+            rows = _stored_rows(b, n_tokens - written, dim, torch_dtype, dtype)
+            dim = rows.shape[1]
+            waiting += time.perf_counter() - t
+            while len(rows):
+                if room == 0:
+                    name = f"shard_{len(shards):05d}.npy"
+                    room = min(shard_tokens, n_tokens - written)
+                    writer.open(path / name, room, dim)
+                    shards.append({"file": name, "tokens": room})
+                take = min(len(rows), room)
+                writer.write(rows[:take])
+                written, room, rows = written + take, room - take, rows[take:]
+        if written == 0:
+            raise ValueError("no activations to cache")
+        shards[-1]["tokens"] -= room  # the batches ran out inside a shard: record the filled part only
+        fsync_s = writer.finish()
     write_json(path / "meta.json", {"format": CACHE_FORMAT, "dtype": dtype, "activation_dim": dim,
-                                    "tokens": written, "shards": shards, "meta": meta})
+                                    "tokens": written, "shards": shards, "meta": meta,
+                                    "build_seconds": {"waiting_for_batches": round(waiting, 3),
+                                                      "writing": round(writer.writing_s, 3),
+                                                      "fsync": round(fsync_s, 3)}})
+
+
+def _stored_rows(b: torch.Tensor, limit: int, dim: Optional[int], torch_dtype: torch.dtype,
+                 dtype: str) -> np.ndarray:
+    """The first ``limit`` rows of the batch ``b`` (``[batch, dim]``, any float dtype, any device) as the cache
+    stores them: converted on ``b``'s device (to float32, then to the storage dtype: the rounding of numpy's
+    ``astype``), checked finite there, then copied to the host. Returns a ``[rows, dim]`` numpy array of the
+    storage dtype that shares no memory with ``b`` (it is written later, on another thread).
+
+    Raises:
+        ValueError: ``b`` is not ``[batch, dim]`` (``dim`` None: any width); ``b`` holds NaN or inf; a finite
+            value beyond the storage dtype's range (float16: magnitude above 65504) that would be stored as inf.
+    """
+    dim = b.shape[-1] if dim is None else dim
+    if b.ndim != 2 or b.shape[1] != dim:
+        raise ValueError(f"activation batches must all be [batch, {dim}], got {tuple(b.shape)}")
+    src = b.detach()[:limit]
+    stored = src.float().to(torch_dtype)
+    finite = torch.isfinite(stored).all()  # on the batch's device; read after the copy below (one wait)
+    host = stored.cpu()
+    if not bool(finite):
+        if not bool(torch.isfinite(src).all()):
+            raise ValueError("activations contain NaN or infinite values")
+        advice = "; build the cache with dtype='float32'" if dtype != "float32" else ""
+        raise ValueError(f"activations of magnitude up to {float(src.abs().max()):.6g} exceed {dtype}'s range "
+                         f"(largest {torch.finfo(torch_dtype).max:.6g}) and would be stored as inf{advice}")
+    if host.data_ptr() == src.data_ptr():  # no conversion nor copy happened: do not keep the caller's memory
+        host = host.clone()
+    return host.numpy()
+
+
+class _ShardWriter:
+    """Writes ``.npy`` shard files on one background thread, so that the harvest overlaps the disk.
+
+    One caller thread calls :meth:`open` (a new shard of ``[rows, dim]``) and :meth:`write` (its next rows, in
+    order); at most ``max_pending`` calls wait for the writer (the caller blocks beyond that, so host memory stays
+    bounded). An error of the writer is raised in the caller, at its next call or at :meth:`finish`. Leaving the
+    ``with`` block stops the thread (dropping queued writes after an error) and closes the open file, so the
+    caller may then remove the folder.
+
+    Attributes:
+        writing_s: seconds the writer thread spent opening and writing files (overlapping the harvest).
+    """
+
+    def __init__(self, np_dtype, max_pending: int = 4):
+        self.dtype, self.max_pending = np.dtype(np_dtype), max_pending
+        self.files: list[Path] = []
+        self.writing_s = 0.0
+        self._file, self._end = None, 0
+        self._pending: collections.deque = collections.deque()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-writer")
+
+    def __enter__(self) -> "_ShardWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._close()
+
+    def open(self, file: Path, rows: int, dim: int) -> None:
+        """Start the shard ``file`` of ``[rows, dim]`` (the previous one is complete)."""
+        self._submit(self._open, Path(file), rows, dim)
+
+    def write(self, rows: np.ndarray) -> None:
+        """Append ``rows`` (``[n, dim]``, the storage dtype; not modified afterwards) to the open shard."""
+        self._submit(self._write, rows)
+
+    def finish(self) -> float:
+        """Wait for every write, close the last shard (a shard the batches did not fill is padded with zeros to
+        its header's size, as the reader expects), and fsync every shard file and the folder; returns the fsync
+        seconds.
+
+        Raises:
+            OSError (or whatever a write raised): from the writer thread.
+        """
+        self._submit(self._close)
+        while self._pending:
+            self._pending.popleft().result()
+        t = time.perf_counter()
+        for f in self.files:
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+        if self.files and hasattr(os, "O_DIRECTORY"):  # the shards' folder entries too (POSIX)
+            fd = os.open(self.files[0].parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return time.perf_counter() - t
+
+    def _submit(self, fn, *args) -> None:
+        while len(self._pending) >= self.max_pending:
+            self._pending.popleft().result()  # raises the writer's error here
+        self._pending.append(self._pool.submit(self._timed, fn, *args))
+
+    def _timed(self, fn, *args) -> None:  # on the writer thread
+        t = time.perf_counter()
+        try:
+            fn(*args)
+        finally:
+            self.writing_s += time.perf_counter() - t
+
+    def _open(self, file: Path, rows: int, dim: int) -> None:
+        self._close()
+        header = np.lib.format.header_data_from_array_1_0(np.empty((0, dim), self.dtype))
+        self._file = open(file, "wb")
+        self.files.append(file)
+        np.lib.format.write_array_header_1_0(self._file, {**header, "shape": (rows, dim)})
+        self._end = self._file.tell() + rows * dim * self.dtype.itemsize
+
+    def _write(self, rows: np.ndarray) -> None:
+        self._file.write(np.ascontiguousarray(rows, dtype=self.dtype).data)
+
+    def _close(self) -> None:
+        if self._file is not None:
+            f, self._file = self._file, None
+            try:
+                if f.tell() < self._end:
+                    f.truncate(self._end)  # zeros after the rows written
+            finally:
+                f.close()
 
 
 class ActivationCache:

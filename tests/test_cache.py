@@ -1,4 +1,7 @@
 import json
+import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -135,3 +138,121 @@ def test_damaged_cache_is_named(tmp_path):
     (path / "meta.json").write_text("{not json")
     with pytest.raises(ValueError, match="meta.json is damaged"):
         ActivationCache(path)
+
+
+# --- the build: converted and checked on the batch's device, written in the background ------------------------
+
+
+def test_float16_conversion_rounds_as_numpy_does():
+    """The build converts on the batch's device with torch; earlier builds used numpy's astype. Round to nearest
+    even, subnormals, values rounding up to the largest half (65504) and past it (inf), ties."""
+    g = np.random.default_rng(0)
+    x = np.concatenate([
+        g.standard_normal(100_000).astype(np.float32) * 10.0 ** g.integers(-9, 5, 100_000),
+        (np.arange(-2000, 2000) * 2.0 ** -25).astype(np.float32),  # subnormal halves, with ties between them
+        np.float32(2.0 ** -24) * np.array([0.5, 0.49, 0.51, 1.5, 2.5], np.float32),  # ties at the smallest
+        np.array([1 + 2 ** -11, 1 + 3 * 2 ** -11, 2048 + 1, 2048 + 3], np.float32),  # ties to even in normals
+        np.array([65503, 65504, 65519.99, 65520, 70000, 3e38, -65520], np.float32),
+        np.array([0.0, -0.0], np.float32)]).astype(np.float32)
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16)
+    got = torch.from_numpy(x).to(torch.float16).numpy()
+    assert np.array_equal(got.view(np.uint16), want.view(np.uint16))
+
+
+def test_values_beyond_float16_are_refused_not_stored_as_inf(tmp_path):
+    big = torch.randn(50, 8)
+    big[7, 2] = 70_000.0  # finite in float32, inf in float16
+    with pytest.raises(ValueError, match=r"70000 exceed float16's range.*dtype='float32'"):
+        build_cache([torch.randn(50, 8), big], tmp_path / "h", n_tokens=100, meta=META)
+    assert not (tmp_path / "h").exists()
+    path = build_cache([torch.randn(50, 8), big], tmp_path / "f", n_tokens=100, meta=META, dtype="float32")
+    assert float(next(iter(ActivationCache(path, 100, shuffle=False))).max()) == 70_000.0
+
+
+def test_a_write_error_reaches_the_caller_and_leaves_no_folder(tmp_path, monkeypatch):
+    from dictionary_learning_aligned import cache as cache_mod
+
+    threads = []
+
+    def disk_full(self, rows):
+        threads.append(threading.current_thread())
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache_mod._ShardWriter, "_write", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        build_cache(batches(), tmp_path / "c", n_tokens=1000, meta=META, shard_tokens=300)
+    assert not (tmp_path / "c").exists()
+    assert threads and threads[0] is not threading.main_thread()  # written in the background
+
+
+def test_the_writer_overlaps_the_harvest_with_few_writes_queued(tmp_path, monkeypatch):
+    from dictionary_learning_aligned import cache as cache_mod
+
+    done, real_write = [], cache_mod._ShardWriter._write
+
+    def slow_write(self, rows):
+        time.sleep(0.02)
+        real_write(self, rows)
+        done.append(len(rows))
+
+    def harvest():
+        for i, b in enumerate(batches(n=20, size=50)):
+            assert i - len(done) <= 5  # at most 4 calls queued, one in the writer
+            yield b
+
+    monkeypatch.setattr(cache_mod._ShardWriter, "_write", slow_write)
+    path = build_cache(harvest(), tmp_path / "c", n_tokens=1000, meta=META, shard_tokens=1000)
+    assert sum(done) == 1000
+    assert torch.equal(torch.cat(list(ActivationCache(path, 1000, shuffle=False, dtype=torch.float16))),
+                       torch.cat(batches(n=20, size=50)).half())
+
+
+def test_a_reused_input_tensor_is_copied_before_the_writer_reads_it(tmp_path, monkeypatch):
+    """A harvest that refills one tensor in place (float32 on the CPU: no conversion copies it) must not see its
+    later values written in place of the earlier ones."""
+    from dictionary_learning_aligned import cache as cache_mod
+
+    real_write = cache_mod._ShardWriter._write
+    monkeypatch.setattr(cache_mod._ShardWriter, "_write", lambda self, rows: time.sleep(0.02) or real_write(self, rows))
+    src = batches(n=6, size=50)
+
+    def refilled():
+        buf = torch.empty(50, 8)
+        for b in src:
+            buf.copy_(b)
+            yield buf
+
+    path = build_cache(refilled(), tmp_path / "c", n_tokens=300, meta=META, dtype="float32")
+    assert torch.equal(next(iter(ActivationCache(path, 300, shuffle=False))), torch.cat(src))
+
+
+def test_no_batch_is_drawn_once_the_cache_is_full(tmp_path):
+    def harvest():
+        yield from batches(n=3)
+        pytest.fail("a batch was drawn after the cache was full")
+
+    path = build_cache(harvest(), tmp_path / "c", n_tokens=300, meta=META)
+    assert ActivationCache(path).n_tokens == 300
+
+
+def test_meta_records_the_build_seconds_and_shards_are_on_disk_before_meta(tmp_path, monkeypatch):
+    from dictionary_learning_aligned import cache as cache_mod
+    from dictionary_learning_aligned.cache import build_seconds
+
+    synced, real_fsync = [], os.fsync
+
+    def fsync(fd):
+        synced.append(not (tmp_path / "c" / "meta.json").exists())
+        real_fsync(fd)
+
+    monkeypatch.setattr(cache_mod.os, "fsync", fsync)
+    path = build_cache(batches(), tmp_path / "c", n_tokens=950, meta=META, shard_tokens=300)
+    assert synced == [True] * 5  # four shards and their folder, before meta.json
+    info = json.loads((path / "meta.json").read_text())
+    assert set(info["build_seconds"]) == {"waiting_for_batches", "writing", "fsync"}
+    assert all(isinstance(v, float) and v >= 0 for v in info["build_seconds"].values())
+    assert build_seconds(path) == info["build_seconds"] and info["meta"] == META
+    del info["build_seconds"]  # a cache built before the timings were recorded
+    (path / "meta.json").write_text(json.dumps(info))
+    assert build_seconds(path) is None and ActivationCache(path).n_tokens == 950
