@@ -13,6 +13,7 @@ Layout of a cache folder::
 from __future__ import annotations
 
 import collections
+import copy
 import json
 import numbers
 import os
@@ -323,21 +324,36 @@ class ActivationCache:
         seed: shuffle seed (the same seed gives the same batches, which resuming relies on).
         device: where batches go; dtype: their dtype (default float32).
         expect: fields that ``meta`` must match (e.g. ``{"model": ..., "layer": 12}``); a mismatch is an error.
-        preload: read every shard into one tensor on ``device`` at the start (cache dtype; e.g. 23 GB for 20M
-            float16 activations of width 576) and index it there, instead of gathering each batch from the
-            memory-mapped files on the CPU. Same batches, in the same order, as without it.
+        preload: read every shard into one ``[n_tokens, activation_dim]`` tensor on ``device`` at the start (cache
+            dtype, allocated once and filled shard by shard in chunks of about 64 MB: e.g. 32 GB for 25M float16
+            activations of width 640), check once there that it is finite, and gather each batch there, instead
+            of from the memory-mapped files on the CPU. Same batches, in the same order, as without it; the row
+            order of each epoch goes to the device once per epoch, so serving a batch waits for nothing on the
+            host. :meth:`with_order` reuses the loaded tensor for another order.
         drop_last: leave out the smaller last batch of each epoch (every batch then has ``batch_size`` rows, as
             data-parallel training needs; ``train`` and ``reproduce`` always pass it). Each epoch leaves out other
             tokens (its own shuffle); the stream is the same on every iteration, which resuming relies on.
 
     Iterating yields ``[batch_size, activation_dim]`` tensors (the last one of each epoch may be smaller unless
-    ``drop_last``).
+    ``drop_last``). The order: per epoch, a permutation of all rows (``numpy.random.default_rng(seed)``, one
+    generator for all epochs; cache order without ``shuffle``) cut into consecutive batches; each batch's rows
+    are read in ascending order and then put in the order of a further permutation of the batch drawn from the
+    same generator (with ``shuffle`` only).
+
+    Attributes:
+        n_tokens: activations in the cache; activation_dim: their width; meta: what they are (``meta.json``).
+        finite_checked: True when every batch this iterable yields is known to be finite (preloaded: the whole
+            cache was checked once on the device, and ``dtype`` holds every value of the cache's dtype), so a
+            consumer may skip its own per-batch check; False otherwise.
 
     Raises:
         FileNotFoundError: no cache at ``path``, or an unfinished one (no ``meta.json``), or a missing shard.
         ValueError: ``expect`` does not match, an unknown format, bad sizes, or a damaged ``meta.json`` or shard
-            (truncated, garbage, or of another width).
+            (truncated, garbage, or of another width); with ``preload``, a cache holding NaN or inf.
     """
+
+    #: bytes of one chunk copied from the shards to the preloaded tensor
+    PRELOAD_CHUNK_BYTES = 64 << 20
 
     def __init__(self, path, batch_size: int = 8192, epochs: int = 1, shuffle: bool = True, seed: int = 0,
                  device: str = "cpu", dtype: torch.dtype = torch.float32, expect: Optional[dict] = None,
@@ -361,35 +377,85 @@ class ActivationCache:
             if info["meta"].get(k) != v:
                 raise ValueError(f"{self.path} holds activations with {k}={info['meta'].get(k)!r}, not {v!r}; "
                                  f"rebuild the cache or point to the right one")
-        if batch_size < 1 or epochs < 1:
-            raise ValueError(f"batch_size and epochs must be >= 1, got {batch_size}, {epochs}")
         self.info, self.meta = info, info["meta"]
         self.batch_size, self.epochs, self.shuffle, self.seed = batch_size, epochs, shuffle, seed
         self.device, self.dtype, self.drop_last = device, dtype, drop_last
-        if drop_last and batch_size > int(info["tokens"]):
-            raise ValueError(f"{self.path} holds {info['tokens']} activations, fewer than one batch of {batch_size} "
-                             f"(drop_last=True would yield nothing)")
-        self.arrays = []
-        for s in info["shards"]:
-            f = self.path / s["file"]
-            if not f.is_file():
-                raise FileNotFoundError(f"{self.path}: shard {s['file']} is missing")
-            try:
-                arr = np.load(f, mmap_mode="r")
-            except (ValueError, OSError, EOFError) as e:
-                raise ValueError(f"{f} is damaged ({e}); delete the cache folder and build it again") from None
-            if arr.ndim != 2 or arr.shape[1] != info["activation_dim"] or len(arr) < s["tokens"]:
-                raise ValueError(f"{f} holds an array of shape {tuple(arr.shape)}, not [{s['tokens']}, "
-                                 f"{info['activation_dim']}] as meta.json says; delete the cache folder and build "
-                                 f"it again")
-            self.arrays.append(arr[: s["tokens"]])
+        self._check_order()
+        self.arrays = [self._open_shard(s) for s in info["shards"]]
         self.offsets = np.cumsum([0] + [len(a) for a in self.arrays])
         self.n_tokens = int(self.offsets[-1])
         self.activation_dim = info["activation_dim"]
         self.preload = preload
-        self._data = None
-        if preload:
-            self._data = torch.cat([torch.from_numpy(np.array(a)).to(device) for a in self.arrays])  # copies
+        self._data = self._load(torch.device(device)) if preload else None
+        self.finite_checked = preload and torch.finfo(dtype).max >= torch.finfo(self._data.dtype).max
+
+    def _check_order(self) -> None:
+        """Refuse bad ``batch_size``/``epochs``, or ``drop_last`` with fewer activations than one batch."""
+        if self.batch_size < 1 or self.epochs < 1:
+            raise ValueError(f"batch_size and epochs must be >= 1, got {self.batch_size}, {self.epochs}")
+        if self.drop_last and self.batch_size > int(self.info["tokens"]):
+            raise ValueError(f"{self.path} holds {self.info['tokens']} activations, fewer than one batch of "
+                             f"{self.batch_size} (drop_last=True would yield nothing)")
+
+    def _open_shard(self, s: dict) -> np.ndarray:
+        """The shard ``s`` (an entry of ``meta.json``'s list), memory-mapped: ``[s["tokens"], activation_dim]``."""
+        f = self.path / s["file"]
+        if not f.is_file():
+            raise FileNotFoundError(f"{self.path}: shard {s['file']} is missing")
+        try:
+            arr = np.load(f, mmap_mode="r")
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"{f} is damaged ({e}); delete the cache folder and build it again") from None
+        if arr.ndim != 2 or arr.shape[1] != self.info["activation_dim"] or len(arr) < s["tokens"]:
+            raise ValueError(f"{f} holds an array of shape {tuple(arr.shape)}, not [{s['tokens']}, "
+                             f"{self.info['activation_dim']}] as meta.json says; delete the cache folder and build "
+                             f"it again")
+        return arr[: s["tokens"]]
+
+    def _load(self, device: torch.device) -> torch.Tensor:
+        """Every shard in one ``[n_tokens, activation_dim]`` tensor on ``device`` (the cache's dtype), allocated
+        once and filled through one host staging buffer of :attr:`PRELOAD_CHUNK_BYTES` (pinned for a GPU), then
+        checked finite on the device (one wait, at the end).
+
+        Raises:
+            ValueError: the cache holds NaN or inf (naming the folder).
+        """
+        np_dtype = self.arrays[0].dtype
+        chunk = max(1, self.PRELOAD_CHUNK_BYTES // (self.activation_dim * np_dtype.itemsize))
+        stage = torch.empty((min(chunk, self.n_tokens), self.activation_dim),
+                            dtype=torch.from_numpy(np.empty(0, np_dtype)).dtype, pin_memory=device.type == "cuda")
+        data = torch.empty((self.n_tokens, self.activation_dim), dtype=stage.dtype, device=device)
+        finite = torch.ones((), dtype=torch.bool, device=device)
+        for arr, offset in zip(self.arrays, self.offsets):
+            for r in range(0, len(arr), chunk):
+                rows = arr[r:r + chunk]
+                np.copyto(stage.numpy()[:len(rows)], rows)
+                part = data[offset + r: offset + r + len(rows)]
+                part.copy_(stage[:len(rows)])  # blocking: the staging buffer is free again afterwards
+                finite &= torch.isfinite(part).all()
+        if not bool(finite):
+            raise ValueError(f"{self.path} holds NaN or infinite activations (a damaged cache); delete the folder "
+                             f"and build it again")
+        return data
+
+    def with_order(self, *, batch_size: Optional[int] = None, epochs: Optional[int] = None,
+                   seed: Optional[int] = None, shuffle: Optional[bool] = None,
+                   drop_last: Optional[bool] = None) -> "ActivationCache":
+        """The same cache served in another order, without reading it again: a new ActivationCache that shares
+        this one's memory-mapped shards and, preloaded, its device tensor (same device, dtype and checks); the
+        settings not given are kept. It yields the batches a fresh ``ActivationCache(path, ...)`` with these
+        settings would.
+
+        Raises:
+            ValueError: bad ``batch_size``/``epochs``, or ``drop_last`` with fewer activations than one batch.
+        """
+        other = copy.copy(self)
+        for name, value in (("batch_size", batch_size), ("epochs", epochs), ("seed", seed), ("shuffle", shuffle),
+                            ("drop_last", drop_last)):
+            if value is not None:
+                setattr(other, name, value)
+        other._check_order()
+        return other
 
     @property
     def config(self) -> dict:
@@ -406,18 +472,35 @@ class ActivationCache:
     def __iter__(self) -> Iterator[torch.Tensor]:
         g = np.random.default_rng(self.seed)
         for _ in range(self.epochs):
-            order = g.permutation(self.n_tokens) if self.shuffle else np.arange(self.n_tokens)
-            for s in range(0, self.n_tokens, self.batch_size):
-                if self.drop_last and s + self.batch_size > self.n_tokens:
-                    break
-                idx = np.sort(order[s:s + self.batch_size])  # sorted: sequential reads within each shard
-                if self._data is not None:
-                    batch = self._data[torch.from_numpy(idx).to(self._data.device)].to(self.dtype)
-                else:
-                    shard = np.searchsorted(self.offsets, idx, side="right") - 1
-                    rows = np.concatenate([self.arrays[k][idx[shard == k] - self.offsets[k]]
-                                           for k in np.unique(shard)])
-                    batch = torch.from_numpy(np.ascontiguousarray(rows)).to(self.device, self.dtype)
-                if self.shuffle:  # undo the sort so the batch order is random too
-                    batch = batch[torch.from_numpy(g.permutation(len(batch))).to(self.device)]
-                yield batch
+            if self._data is not None:  # the epoch's rows, in batch order, go to the device once
+                index = torch.from_numpy(self._epoch_index(g)).to(self._data.device)
+                for s in range(0, len(index), self.batch_size):
+                    yield self._data.index_select(0, index[s:s + self.batch_size]).to(self.dtype)
+                continue
+            for rows, unsort in self._epoch_batches(g):
+                batch = self._gather(rows)
+                if unsort is not None:
+                    batch = batch[unsort]
+                yield torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, self.dtype)
+
+    def _epoch_batches(self, g: np.random.Generator) -> Iterator[tuple[np.ndarray, Optional[np.ndarray]]]:
+        """One epoch's batches as ``(rows, unsort)``: the batch's row indices in ascending order (``[batch]``
+        int64, sequential reads within each shard) and, with ``shuffle``, the permutation that puts the rows read
+        in the batch's random order (``batch = cache[rows][unsort]``), else None. Draws from ``g``: the epoch's
+        permutation, then one permutation per batch served."""
+        order = g.permutation(self.n_tokens) if self.shuffle else np.arange(self.n_tokens)
+        for s in range(0, self.n_tokens, self.batch_size):
+            if self.drop_last and s + self.batch_size > self.n_tokens:
+                break
+            rows = np.sort(order[s:s + self.batch_size])
+            yield rows, (g.permutation(len(rows)) if self.shuffle else None)
+
+    def _epoch_index(self, g: np.random.Generator) -> np.ndarray:
+        """One epoch's rows in the order they are served (``[batches served * batch_size]`` int64, the last batch
+        possibly shorter): ``rows[unsort]`` of each batch of :meth:`_epoch_batches`, concatenated."""
+        return np.concatenate([rows if unsort is None else rows[unsort] for rows, unsort in self._epoch_batches(g)])
+
+    def _gather(self, rows: np.ndarray) -> np.ndarray:
+        """``[len(rows), activation_dim]`` rows of the memory-mapped shards, for ascending indices ``rows``."""
+        shard = np.searchsorted(self.offsets, rows, side="right") - 1
+        return np.concatenate([self.arrays[k][rows[shard == k] - self.offsets[k]] for k in np.unique(shard)])

@@ -140,7 +140,97 @@ def test_damaged_cache_is_named(tmp_path):
         ActivationCache(path)
 
 
-# --- the build: converted and checked on the batch's device, written in the background ------------------------
+# --- the GPU data path: same batches without host waits, one preload, a background writer ---------------------
+
+
+def documented_order(path, batch_size, epochs=1, shuffle=True, seed=0, drop_last=False):
+    """The batches of the cache at ``path`` as ActivationCache's docstring describes them, computed directly from
+    the shard files (the algorithm every earlier version served): per epoch a permutation of all rows, cut into
+    batches; each batch's rows read in ascending order, then put in the order of a further permutation of the
+    batch (with ``shuffle``), all drawn from one ``default_rng(seed)``."""
+    info = json.loads((path / "meta.json").read_text())
+    data = np.concatenate([np.load(path / s["file"])[: s["tokens"]] for s in info["shards"]])
+    n, g, out = len(data), np.random.default_rng(seed), []
+    for _ in range(epochs):
+        order = g.permutation(n) if shuffle else np.arange(n)
+        for s in range(0, n, batch_size):
+            if drop_last and s + batch_size > n:
+                break
+            batch = torch.from_numpy(data[np.sort(order[s:s + batch_size])]).float()
+            if shuffle:
+                batch = batch[torch.from_numpy(g.permutation(len(batch)))]
+            out.append(batch)
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_batches_are_bit_identical_to_the_documented_order(tmp_path, dtype, monkeypatch):
+    path = build_cache(batches(n=10, size=97), tmp_path / "c", n_tokens=950, meta=META, shard_tokens=300,
+                       dtype=dtype)
+    monkeypatch.setattr(ActivationCache, "PRELOAD_CHUNK_BYTES", 7 * 8 * 4, raising=False)  # chunks cross shards
+    for preload in (False, True):
+        for shuffle in (True, False):
+            for drop_last in (False, True):
+                for bs in (128, 950, 1):
+                    if bs == 1 and (preload or not shuffle):
+                        continue  # one-row batches: checked once, they are slow
+                    want = documented_order(path, bs, 3, shuffle, 5, drop_last)
+                    got = list(ActivationCache(path, bs, epochs=3, shuffle=shuffle, seed=5, preload=preload,
+                                               drop_last=drop_last))
+                    assert len(got) == len(want), (preload, shuffle, drop_last, bs)
+                    assert all(torch.equal(a, b) for a, b in zip(got, want)), (preload, shuffle, drop_last, bs)
+
+
+def test_a_preloaded_cache_sends_each_epochs_order_to_the_device_once(tmp_path, monkeypatch):
+    """Before, every batch copied two index arrays from the host (each such copy from pageable memory makes a GPU
+    wait for the step before it); now one array per epoch."""
+    path = build_cache(batches(), tmp_path / "c", n_tokens=1000, meta=META, shard_tokens=300)
+    cache = ActivationCache(path, batch_size=100, epochs=3, preload=True)
+    real, copies = torch.from_numpy, []
+    monkeypatch.setattr(torch, "from_numpy", lambda a: copies.append(a.shape) or real(a))
+    assert len(list(cache)) == 30
+    assert copies == [(1000,)] * 3
+
+
+def test_preload_checks_finiteness_once_and_says_so(tmp_path):
+    path = build_cache(batches(), tmp_path / "c", n_tokens=1000, meta=META, shard_tokens=300, dtype="float32")
+    assert ActivationCache(path, preload=True).finite_checked
+    assert not ActivationCache(path).finite_checked  # read from disk batch by batch: not checked
+    # float32 cache served as float16: a finite value may overflow, so nothing is promised
+    assert not ActivationCache(path, preload=True, dtype=torch.float16).finite_checked
+    shard = np.load(path / "shard_00002.npy", mmap_mode="r+")
+    shard[17, 3] = np.inf  # damaged after the build
+    shard.flush()
+    del shard
+    with pytest.raises(ValueError, match=r"c holds NaN or infinite activations \(a damaged cache\)"):
+        ActivationCache(path, preload=True)
+    ActivationCache(path)  # opening without preload reads no rows
+
+
+def test_preload_allocates_the_tensor_once(tmp_path, monkeypatch):
+    """The cache's rows go straight into one [n_tokens, dim] tensor: no per-shard copies joined by torch.cat
+    (which held the cache twice on the device)."""
+    path = build_cache(batches(), tmp_path / "c", n_tokens=1000, meta=META, shard_tokens=300)
+    monkeypatch.setattr(torch, "cat", lambda *a, **k: pytest.fail("torch.cat while preloading"))
+    cache = ActivationCache(path, preload=True)
+    assert cache._data.shape == (1000, 8) and cache._data.dtype == torch.float16
+
+
+def test_with_order_reuses_the_preloaded_tensor_and_serves_a_fresh_opens_batches(tmp_path):
+    path = build_cache(batches(), tmp_path / "c", n_tokens=1000, meta=META, shard_tokens=300)
+    first = ActivationCache(path, batch_size=64, epochs=1, seed=0, preload=True, drop_last=True)
+    list(first)  # iterated before: reuse starts from the beginning
+    again = first.with_order(batch_size=128, epochs=2, seed=3, drop_last=False)
+    assert again._data is first._data and again.finite_checked and first.batch_size == 64
+    fresh = ActivationCache(path, batch_size=128, epochs=2, seed=3, preload=True, drop_last=False)
+    assert len(again) == len(fresh) == 16
+    assert all(torch.equal(a, b) for a, b in zip(again, fresh, strict=True))
+    same = first.with_order()  # nothing changed: the first cache's batches
+    assert all(torch.equal(a, b) for a, b in zip(same, first, strict=True))
+    with pytest.raises(ValueError, match="batch_size and epochs must be >= 1"):
+        first.with_order(epochs=0)
+    with pytest.raises(ValueError, match="fewer than one batch of 2000"):
+        first.with_order(batch_size=2000)
 
 
 def test_float16_conversion_rounds_as_numpy_does():
