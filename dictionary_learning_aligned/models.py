@@ -263,16 +263,6 @@ def clear_model_cache() -> None:
     _CACHE.clear()
 
 
-def _passes_check(tokenizer, model: str | None) -> bool:
-    """Whether :func:`check_tokenizer` accepts ``tokenizer`` (always, for ``model=None``)."""
-    try:
-        if model is not None:
-            check_tokenizer(tokenizer, model)
-        return True
-    except TokenizerCheckError:
-        return False
-
-
 def _load_gguf(path: Path, dtype: torch.dtype):
     """The model of the GGUF file ``path`` (de-quantised to ``dtype``) and its tokenizer (:func:`_gguf_tokenizer`,
     checked for the offline models).
@@ -310,24 +300,35 @@ def _gguf_tokenizer(path: Path, reference: str | None):
     offline alias; ``None``: not checked).
 
     For Gemma-3 it is the folder named by ``$DLA_GEMMA3_TOKENIZER`` when that is set (the GGUF's tokenizer is
-    then not read), else, for ``gemma-3-270m-q4_k_m.gguf``, the folder :func:`_cached_tokenizer` saves beside the
-    file; otherwise transformers converts the GGUF file's tokenizer.
+    then not read, :func:`_env_tokenizer`), else, for ``gemma-3-270m-q4_k_m.gguf``, the folder
+    :func:`_cached_tokenizer` saves beside the file; otherwise the GGUF file's tokenizer converted by transformers
+    (:func:`_converted_tokenizer`).
 
     Raises:
         TokenizerCheckError: the tokenizer fails the check (a saved folder that fails it was rebuilt first).
         FileNotFoundError / ValueError: ``$DLA_GEMMA3_TOKENIZER`` names a missing or unreadable folder.
         ValueError: transformers cannot read the GGUF file's tokenizer.
     """
-    from transformers import AutoTokenizer
-
     if reference == GEMMA3_NAME and os.environ.get(GEMMA3_TOKENIZER_ENV_VAR):
         return _env_tokenizer()
+    if path.name == GEMMA3_FILE:
+        return _cached_tokenizer(path, reference)
+    return _converted_tokenizer(path, reference)
+
+
+def _converted_tokenizer(path: Path, reference: str | None):
+    """The tokenizer of the GGUF file ``path`` as transformers converts it, checked with :func:`check_tokenizer`
+    against ``reference`` (an offline alias; ``None``: not checked) as ``"converted from <file name>"``.
+
+    Raises:
+        ValueError: transformers cannot read the file's tokenizer (the message names the file and how to get a
+            good copy).
+        TokenizerCheckError: the converted tokenizer fails the check.
+    """
+    from transformers import AutoTokenizer
+
     try:
-        if path.name == GEMMA3_FILE:
-            return _cached_tokenizer(path, reference)
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    except TokenizerCheckError:
-        raise
     except Exception as e:  # as for the model
         raise _gguf_error(path, e) from e
     if reference is not None:
@@ -362,50 +363,33 @@ def _env_tokenizer():
     return tok
 
 
-def _tokenizer_cache_is_current(folder: Path, source: dict) -> bool:
-    """Whether ``folder`` holds a saved tokenizer made from the GGUF described by ``source`` (missing, unreadable or
-    stale: False, and the tokenizer is rebuilt)."""
-    import json
-
-    try:
-        return json.loads((folder / "source.json").read_text()) == source
-    except (OSError, ValueError):
-        return False
-
-
 def _cached_tokenizer(path: Path, reference: str | None = None):
     """The tokenizer of a GGUF file, saved once as a Hugging Face tokenizer folder in :func:`gemma3_cache_dir`
     (reading Gemma-3's 262k-token vocabulary from the GGUF file takes about 4 times longer than from the saved
     folder). The folder is tied to the file by its resolved path, size and mtime, recorded in ``source.json``,
-    and rebuilt when they change or it cannot be read; it is written under a temporary name and renamed, and
-    when the cache folder cannot be written (read-only, a file) the converted tokenizer is used unsaved.
+    and rebuilt (:func:`_converted_tokenizer`) when they change, it cannot be read, or its tokenizer fails the
+    check; it is written under a temporary name and renamed, and when the cache folder cannot be written
+    (read-only, a file) the converted tokenizer is used unsaved. A folder without ``source.json`` in its place is
+    not this function's: it is neither read, rewritten nor removed.
 
-    With ``reference`` (an offline alias) every tokenizer is checked with :func:`check_tokenizer`: a saved folder
-    that fails (written by a broken transformers version) is rebuilt from the GGUF file, and a conversion that
-    fails is never saved, and removes a failing saved folder.
+    With ``reference`` (an offline alias) every tokenizer is checked with :func:`check_tokenizer`: a conversion
+    that fails is never saved, and removes this function's saved folder.
 
     Raises:
         TokenizerCheckError: the tokenizer converted from the GGUF file fails the check.
+        ValueError: transformers cannot read the GGUF file's tokenizer.
     """
     import shutil
-
-    from transformers import AutoTokenizer
 
     stat = path.stat()
     source = {"gguf": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     folder = gemma3_cache_dir() / f"{path.stem}.tokenizer"
     ours = (folder / "source.json").is_file()
-    if _tokenizer_cache_is_current(folder, source):
-        try:
-            tok = AutoTokenizer.from_pretrained(folder)
-        except Exception:  # a damaged saved folder (OSError, ValueError, JSONDecodeError...): rebuilt below
-            tok = None
-        if tok is not None and _passes_check(tok, reference):
-            return tok
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    tok = _saved_tokenizer(folder, source, reference) if ours else None
+    if tok is not None:
+        return tok
     try:
-        if reference is not None:
-            check_tokenizer(tok, reference, f"converted from {path.name}")
+        tok = _converted_tokenizer(path, reference)
     except TokenizerCheckError:
         if ours:
             shutil.rmtree(folder, ignore_errors=True)  # none of our saved folders outlives a failed rebuild
@@ -414,6 +398,28 @@ def _cached_tokenizer(path: Path, reference: str | None = None):
         return tok  # not a folder this function wrote: left alone
     with contextlib.suppress(OSError):  # a read-only cache folder, or a file in its place: only a slower next load
         _save_tokenizer(tok, folder, source)
+    return tok
+
+
+def _saved_tokenizer(folder: Path, source: dict, reference: str | None):
+    """The tokenizer saved in ``folder`` if its ``source.json`` equals ``source`` (:func:`_cached_tokenizer`), it
+    loads, and it passes :func:`check_tokenizer` against ``reference`` (``None``: not checked); else ``None``
+    (missing, stale, damaged or broken: the caller rebuilds it)."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    try:
+        if json.loads((folder / "source.json").read_text()) != source:
+            return None
+        tok = AutoTokenizer.from_pretrained(folder)
+    except Exception:  # unreadable source.json, a damaged folder (OSError, ValueError, JSONDecodeError...)
+        return None
+    try:
+        if reference is not None:
+            check_tokenizer(tok, reference)
+    except TokenizerCheckError:
+        return None
     return tok
 
 

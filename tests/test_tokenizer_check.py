@@ -233,3 +233,15 @@ def test_failing_rebuild_raises_and_keeps_no_saved_folder(gemma_env, gguf_conver
     with pytest.raises(models.TokenizerCheckError):
         models._cached_tokenizer(gguf, models.GEMMA3_NAME)
     assert not folder.exists() and gguf_conversions["calls"] == 2  # the broken saved folder is removed too
+
+
+@pytest.mark.parametrize("name", [models.GEMMA3_FILE, "g.gguf"])
+def test_unreadable_gguf_tokenizer_is_reported_as_a_gguf_error(gemma_env, gguf_conversions, tmp_path, name):
+    """Both the saved-folder path (the Gemma-3 file) and the plain conversion name the GGUF file and its fix when
+    transformers cannot read its tokenizer; a saved folder of this package is left for the next load to rebuild."""
+    gguf = fake_gguf(tmp_path, name)
+    folder = save(tiny_tokenizer(shift=1), gemma_env / f"{gguf.stem}.tokenizer", source_of(gguf))
+    gguf_conversions["tokenizer"] = OSError("unexpected end of file")
+    with pytest.raises(ValueError, match=rf"failed to load GGUF file .*{name}: OSError: unexpected end of file"):
+        models._gguf_tokenizer(gguf, models.GEMMA3_NAME)
+    assert gguf_conversions["calls"] == 1 and (folder / "source.json").is_file()
