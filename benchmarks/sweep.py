@@ -236,9 +236,14 @@ def time_grid(name: str, mode: str, batch: int, device: str, steps: int, warmup:
     ``dictionary_learning``, or with ``check_parity`` False). With ``profile`` (a file path), the timed steps run
     again under ``torch.profiler`` and the operators' table (sorted by device time, 40 rows) is written there; the
     timing and the parity come from the unprofiled steps. With ``dead`` (a fraction), the steady state of a real
-    run: dead features (:func:`mark_dead`) and steps numbered from past every ``threshold_start_step``."""
+    run: dead features (:func:`mark_dead`) and steps numbered from past every ``threshold_start_step``.
+
+    Each point compiles afresh: ``torch._dynamo.reset()`` first drops what earlier points compiled (their compiled
+    functions share code objects with this point's, and Dynamo allows ``recompile_limit`` (8) versions of a code
+    object per process; past it the point ran eagerly, e.g. ``one`` after ``main:topk``)."""
     from torch._dynamo.utils import counters
 
+    torch._dynamo.reset()
     cfgs = grid(name, steps=10_000)
     width, size = cfgs[0]["activation_dim"], cfgs[0]["dict_size"]
     cuda = torch.device(device).type == "cuda"
