@@ -1,7 +1,8 @@
 """``python -m benchmarks run ...``: the SAEBench harness (see ``benchmarks/saebench`` and ``run -h``).
 
 The other benchmarks are modules of their own: ``python -m benchmarks.speed`` (training throughput),
-``python -m benchmarks.multigpu`` (one GPU against several) and ``python -m benchmarks.massive_tokens`` (a
+``python -m benchmarks.multigpu`` (one GPU against several), ``python -m benchmarks.syncs`` (host
+synchronisations of training steps) and ``python -m benchmarks.massive_tokens`` (a
 dictionary's error on the language model's massive-activation tokens)."""
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                "other benchmarks (modules of their own, each with -h):\n"
                "  python -m benchmarks.speed           training throughput, standard vs aligned\n"
                "  python -m benchmarks.multigpu        data-parallel training against one GPU\n"
+               "  python -m benchmarks.syncs           host synchronisations per training step (GPU)\n"
                "  python -m benchmarks.massive_tokens  error share of massive-activation tokens")
     p.add_argument("command", choices=("run",), metavar="COMMAND", help="run (the SAEBench harness)")
     return p

@@ -25,7 +25,8 @@ def _cfgs(arch):
     common = dict(steps=STEPS, activation_dim=D, dict_size=F, layer=0, lm_name="test", device="cpu", warmup_steps=2,
                   decay_start=8)
     if arch == "relu":
-        std, aligned, extra = T.StandardTrainer, T.AlignedStandardTrainer, dict(l1_penalty=0.05, sparsity_warmup_steps=3)
+        std, aligned = T.StandardTrainer, T.AlignedStandardTrainer
+        extra = dict(l1_penalty=0.05, sparsity_warmup_steps=3)
     elif arch == "panneal":
         std, aligned = T.PAnnealTrainer, T.AlignedPAnnealTrainer
         extra = dict(sparsity_warmup_steps=3, anneal_start=3, anneal_end=10, n_sparsity_updates=3,
@@ -120,7 +121,7 @@ def test_a_finite_checked_source_is_not_checked_at_every_step(monkeypatch):
         calls.append(tuple(x.shape))
         return isfinite(x)
     monkeypatch.setattr(torch, "isfinite", spy)
-    cfgs = [c for c in _cfgs("relu")]
+    cfgs = _cfgs("relu")
     trainSAE(_Cache(_batches(), finite_checked=True), cfgs, STEPS, device="cpu", nan_check_every=0)
     assert (B, D) not in calls  # no batch was checked (the stack's own loss/gradient guard stays on the device)
     calls.clear()
