@@ -197,7 +197,8 @@ def harvest_into(path, harvest: Harvest, tokens: int) -> Path:
         the cache folder.
 
     Raises:
-        FileExistsError: ``path`` exists. ValueError: no activations, non-finite activations, bad sizes.
+        FileExistsError: ``path`` exists. ValueError: no activations, non-finite activations (also any beyond
+        float16's range, 65504), bad sizes. OSError: a shard could not be written. The folder is removed on error.
     """
     from .cache import build_cache
 
@@ -277,7 +278,8 @@ def open_cache(path, batch_size: int, device: str = "cpu", *, expect: Optional[d
             needs it; ``train`` and ``reproduce`` train from a cache on full batches only).
 
     Returns:
-        the cache; it yields ``[batch_size, activation_dim]`` float32 tensors.
+        the cache; it yields ``[batch_size, activation_dim]`` float32 tensors (``finite_checked`` says whether
+        they are known finite; ``with_order`` serves it again in another order without reading it again).
 
     Raises:
         FileNotFoundError: no complete cache at ``path``. ValueError: metadata other than ``expect`` (the message

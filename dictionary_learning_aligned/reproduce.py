@@ -91,6 +91,9 @@ class _Part:
     """the :class:`.pipeline.Harvest` settings every buffer of the run shares"""
     heldout: object = None
     """the :class:`.pipeline.HeldOut` evaluation data, drawn once"""
+    opened_cache: object = None
+    """the :class:`.cache.ActivationCache` the first part opened (preloaded onto ``device`` with ``preload``),
+    served again in a fresh order to every later part (:func:`_train_data`); None before it, or without a cache"""
     verbose: bool = True
     use_wandb: bool = False
     wandb_project: str = ""
@@ -186,7 +189,8 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
             write their records before the next part starts: a run stopped by a time limit keeps what finished.
         sparsity: train only the grid points with these sparsity values now (L1 penalties, k values or p-anneal
             coefficients, as listed in :mod:`.experiments`).
-        preload: hold the whole cache on ``device`` (default: on a GPU) instead of reading batches from disk.
+        preload: hold the whole cache on ``device`` (default: on a GPU) instead of reading batches from disk; it is
+            loaded once per process, by the first part, and kept for the later parts.
         verbose: print every logged training step; use_wandb, wandb_project: log training to Weights & Biases.
         command: the command line recorded in each record (default: the module alias and ``sys.argv``).
         compile_stacks: ``torch.compile`` each stack of same-shape dictionaries (``trainSAE(compile_stacks=True)``;
@@ -197,8 +201,9 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
 
     Every step trains on a full batch of ``batch_size`` activations (:func:`train_steps` gives the steps the data
     serves; the learning-rate schedule, step points and records use them). The log says, with the seconds
-    elapsed since the start, when the model is loaded, the held-out data drawn, the cache harvested (tokens/s),
-    and when each part's training and evaluation end.
+    elapsed since the start, when the model is loaded, the held-out data drawn, the cache harvested (tokens/s,
+    and the build's seconds waiting for batches, writing and fsyncing: :func:`.cache.build_seconds`), and when
+    each part's training and evaluation end.
 
     Raises:
         ValueError: unknown experiment/scale/recipe, a bad device, bad tokens/epochs/seeds/batch and evaluation
@@ -452,6 +457,7 @@ def _harvest_once(ctx: _Part) -> None:
     """
     if ctx.cache is None:
         return
+    from .cache import build_seconds
     from .pipeline import harvest_into, harvest_once
 
     path, meta = _cache_location(ctx)
@@ -461,8 +467,11 @@ def _harvest_once(ctx: _Part) -> None:
     if not built:
         _say(ctx, f"reusing the activation cache {path.name} ({n:,} activations)")
     elif ctx.rank == 0:
+        split = build_seconds(path)
         _say(ctx, f"harvested {n:,} activations into {path.name} in {seconds:.1f} s "
-                  f"({n / max(seconds, 1e-9):,.0f} tokens/s)")
+                  f"({n / max(seconds, 1e-9):,.0f} tokens/s)"
+             + (f"; waiting for batches {split['waiting_for_batches']:.1f} s, writing {split['writing']:.1f} s "
+                f"(in the background), fsync {split['fsync']:.1f} s" if split else ""))
     else:
         _say(ctx, f"waited {seconds:.1f} s for process 0 to harvest the activation cache {path.name}")
 
@@ -471,14 +480,19 @@ def _train_data(ctx: _Part):
     """The training activations: a fresh buffer, or (with a cache folder) the cached harvest of the plan's
     model, layer, corpus and token count (built by :func:`_harvest_once`), ``ctx.epochs`` seeded shuffles of it
     served in full batches only (``drop_last``): ``ctx.steps`` batches (:func:`train_steps`), the same stream on
-    every call, so each part trains on the same batches."""
+    every call, so each part trains on the same batches. The cache is opened (and preloaded) by the first call
+    only and kept in ``ctx.opened_cache``; later calls serve it again from the start
+    (:meth:`.cache.ActivationCache.with_order`: the batches of a fresh open)."""
     from . import pipeline
 
     if ctx.cache is None:
         return pipeline.activation_buffer(ctx.harvest, "train", pipeline.buffer_ctxs(ctx.total_tokens))
     path, meta = _cache_location(ctx)
-    return pipeline.open_cache(path, ctx.batch_size, ctx.device, expect=meta, epochs=ctx.epochs,
-                               preload=ctx.preload, drop_last=True)
+    if ctx.opened_cache is None or ctx.opened_cache.path != path:
+        ctx.opened_cache = pipeline.open_cache(path, ctx.batch_size, ctx.device, expect=meta, epochs=ctx.epochs,
+                                               preload=ctx.preload, drop_last=True)
+        return ctx.opened_cache
+    return ctx.opened_cache.with_order(batch_size=ctx.batch_size, epochs=ctx.epochs, seed=0, drop_last=True)
 
 
 def train_part(ctx: _Part, runs: list[Run], j: int) -> tuple[Path, list, float]:
@@ -491,11 +505,11 @@ def train_part(ctx: _Part, runs: list[Run], j: int) -> tuple[Path, list, float]:
     part = f"{j}" if ctx.world_size == 1 else f"p{ctx.rank}-{j}"  # processes may start a part in the same second
     run_dir = ctx.store / "dictionaries" / f"{ctx.name}__{ctx.scale}__d{runs[0].dict_size}__{stamp}__{part}"
     _say(ctx, f"part {j}: training {len(runs)} dictionaries of {runs[0].dict_size} features for {ctx.steps:,} steps")
-    t0 = time.time()
+    t0, reused = time.time(), ctx.opened_cache is not None
     data = _train_data(ctx)
     if ctx.cache is not None:
         _say(ctx, f"part {j}: opened the cache{' onto ' + ctx.device if ctx.preload else ''} in "
-                  f"{time.time() - t0:.1f} s")
+                  f"{time.time() - t0:.1f} s" + (" (reused: opened by an earlier part)" if reused else ""))
     trainers = trainSAE(data, [trainer_config(r, ctx.model.d_model, ctx.steps, ctx.plan) for r in runs],
                         ctx.steps, save_dir=run_dir, save_steps=[p - 1 for p in ctx.points if p < ctx.steps],
                         normalize_activations=True, device=ctx.device,

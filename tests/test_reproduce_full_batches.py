@@ -81,3 +81,40 @@ def test_a_cache_with_fewer_tokens_than_planned_is_refused_before_loading(tmp_pa
         run_experiment("tinyfull", "smoke", str(tmp_path / "store"), device="cpu", batch_size=BATCH,
                        cache=str(tmp_path / "cache"), epochs=EPOCHS)
     assert served == [] and not (tmp_path / "store").exists()
+
+
+def test_later_parts_reuse_the_preloaded_cache_and_train_on_the_same_batches(tmp_path, monkeypatch, tiny_lm,
+                                                                              capsys):
+    """One preload per process: the cache opened (and preloaded) by part 0 serves part 1 again from the start,
+    the batches a fresh open would give; the log says it was reused."""
+    from dictionary_learning_aligned.cache import ActivationCache
+
+    _, lm = tiny_lm
+    monkeypatch.setattr(pipeline, "load_model", lambda name, layer, device="cpu", dtype=None: pipeline.LoadedModel(
+        name=name, layer=layer, lm=lm, submodule=lm.model.layers[1], d_model=64))
+    monkeypatch.setitem(EXPERIMENTS, "tinyparts", Experiment(
+        "tinyparts", figures=(), archs=("topk",), sparsity={"topk": (8,)}, seeds=1,
+        tokens={"smoke": TOKENS, "small": TOKENS, "paper": TOKENS}))
+    preloads, served, real_init, real_data = [], [], ActivationCache.__init__, reproduce._train_data
+
+    def init(self, *a, **k):
+        preloads.append(k.get("preload"))
+        real_init(self, *a, **k)
+
+    def spy(ctx):
+        data = real_data(ctx)
+        served.append([b.clone() for b in data])
+        return data
+
+    monkeypatch.setattr(ActivationCache, "__init__", init)
+    monkeypatch.setattr(reproduce, "_train_data", spy)
+    ids = run_experiment("tinyparts", "smoke", str(tmp_path / "store"), device="cpu", batch_size=BATCH,
+                         eval_batches=1, ce_batches=1, ce_batch_size=2, cache=str(tmp_path / "cache"),
+                         epochs=EPOCHS, chunk=1, preload=True)
+    assert len(ids) == 2 and len(served) == 2  # standard and aligned, one part each
+    assert preloads.count(True) == 1  # (the other opens only count the cache's tokens)
+    assert len(served[1]) == 6 and all(torch.equal(a, b) for a, b in zip(served[0], served[1], strict=True))
+    out = capsys.readouterr().out
+    assert "part 0: opened the cache onto cpu in" in out and "(reused" not in out.split("part 1:")[0]
+    assert "part 1: opened the cache onto cpu in 0.0 s (reused: opened by an earlier part)" in out
+    assert "waiting for batches" in out and "fsync" in out  # the harvest line's split
