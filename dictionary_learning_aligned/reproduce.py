@@ -506,6 +506,7 @@ def train_part(ctx: _Part, runs: list[Run], j: int) -> tuple[Path, list, float]:
     run_dir = ctx.store / "dictionaries" / f"{ctx.name}__{ctx.scale}__d{runs[0].dict_size}__{stamp}__{part}"
     _say(ctx, f"part {j}: training {len(runs)} dictionaries of {runs[0].dict_size} features for {ctx.steps:,} steps")
     t0, reused = time.time(), ctx.opened_cache is not None
+    _forget_compiled_stacks(ctx)
     data = _train_data(ctx)
     if ctx.cache is not None:
         _say(ctx, f"part {j}: opened the cache{' onto ' + ctx.device if ctx.preload else ''} in "
@@ -520,6 +521,15 @@ def train_part(ctx: _Part, runs: list[Run], j: int) -> tuple[Path, list, float]:
     seconds = time.time() - t0
     _say(ctx, f"part {j}: trained {trainers[0].steps_done:,} steps in {seconds:.1f} s{_pace(trainers[0].log)}")
     return run_dir, trainers, seconds
+
+
+def _forget_compiled_stacks(ctx: _Part) -> None:
+    """With compiled stacks, drop the compiled code of earlier parts (``torch._dynamo.reset``) before a part
+    trains: every stack shares the loss's code object, Dynamo keeps at most 8 compiled versions of it
+    (``recompile_limit``), and a part past that limit would train eagerly, several times slower, with only a log
+    warning (the ninth session's fourth `gemma` part hit it). Each part compiles its own stack anyway."""
+    if ctx.compile_stacks:
+        torch._dynamo.reset()
 
 
 def _pace(log: list) -> str:

@@ -1,6 +1,7 @@
 """``reproduce`` over several epochs of a cache whose token count is not a multiple of the batch size: every batch
 it trains on is full, the steps it plans are the batches served, its records say what it trained on, and its log
 times each phase. The language model is the random 3-layer LLaMA of ``tiny_lm`` (fast on a CPU)."""
+import dataclasses
 import json
 
 import pytest
@@ -118,3 +119,20 @@ def test_later_parts_reuse_the_preloaded_cache_and_train_on_the_same_batches(tmp
     assert "part 0: opened the cache onto cpu in" in out and "(reused" not in out.split("part 1:")[0]
     assert "part 1: opened the cache onto cpu in 0.0 s (reused: opened by an earlier part)" in out
     assert "waiting for batches" in out and "fsync" in out  # the harvest line's split
+
+
+def test_each_compiled_part_starts_from_fresh_compiled_code(monkeypatch):
+    """With compiled stacks, every part drops the compiled code of the parts before it: they share the loss's code
+    object and Dynamo keeps at most 8 versions, past which a part would silently train eagerly."""
+    import torch
+    from dictionary_learning_aligned import reproduce
+
+    resets = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
+    ctx = reproduce._Part(name="main", scale="smoke", plan=None, store=None, device="cpu", batch_size=8, amp=None,
+                          steps=2, total_tokens=16, unique_tokens=16, epochs=1, cache=None, preload=False)
+    reproduce._forget_compiled_stacks(ctx)
+    assert resets == []  # eager stacks: nothing compiled, nothing to drop
+    for mode in (True, "reduce-overhead"):
+        reproduce._forget_compiled_stacks(dataclasses.replace(ctx, compile_stacks=mode))
+    assert len(resets) == 2
