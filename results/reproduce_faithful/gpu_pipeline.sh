@@ -36,6 +36,13 @@
 #      graphs (mode stacked-graphs, added in the ninth session, untimed until then), with its parity check; if it
 #      passes (no cudagraph skips, parity as stacked-compiled, >= 1.5x on the gemma stacks), later sessions train
 #      with `reproduce --compile --compile-mode reduce-overhead` (COMPILE_MODE=reduce-overhead here).
+#      Tenth session (one H200): EXPERIMENT=gemma CHUNK=6 GPUS=1 ARCHS=relu,topk,batchtopk AUXK=1 GRAPHS=1 (18 records).
+#      RUNS (tenth session, for the eleventh): several reproductions in a row, each EXPERIMENT:ARCHS:CHUNK:NEED_S,
+#      e.g. RUNS="gemma:panneal:6:0 main:batchtopk:18:780" (a run is skipped when fewer than NEED_S seconds are
+#      left; the cache of the run before is deleted first: the 64 GB disk holds one); its log is
+#      logs/reproduce_EXPERIMENT.txt. Stage both GGUFs (the bundle in .gpu2: SmolLM2, Gemma-3, the corpus and
+#      gemma3_tokenizer.tar, 19 parts of 23 MiB). SYNCS=1: then `benchmarks.syncs` (host synchronizations per
+#      training step, written to syncs.json), if 2 minutes are left.
 #   2. `budget` (issue 16 item 3) on the same cache, if BUDGET=1 and DEADLINE_S allows.
 #   3. issue 20, if GPUS >= 2 and DEADLINE_S allows: the main grid's 24-dictionary sweep (4 architectures x standard/aligned x 3
 #      seeds, 4096) for 600 steps through `train --placement spread` on one GPU and on two; data-parallel aligned
@@ -83,6 +90,14 @@ saebench_when_recorded() {  # ARCH: once its CHUNK records of $X exist, one SAEB
   wait
 }
 
+reproduce_one() {  # EXPERIMENT ARCHS CHUNK: one `reproduce` into the store, its log in logs/reproduce_EXPERIMENT.txt
+  t "reproduce $1 (${GPUS:-2} GPUs${2:+, $2})"
+  timeout "$(left)" $PY -m torch.distributed.run --standalone --nproc_per_node "${GPUS:-2}" \
+    -m dictionary_learning_aligned reproduce "$1" --scale $SCALE --device $DEV --results $STORE --cache $CACHE \
+    --corpus "$C" --epochs 4 --chunk "$3" $COMPILE_FLAG $EVAL_FLAGS ${2:+--archs $2} >> $R/logs/reproduce_$1.txt 2>&1
+  t "reproduce $1 ended (rc $?, $(ls $STORE/records 2>/dev/null | wc -l) records)"
+}
+
 run() {
   cd $SRC && export PYTHONPATH=/tmp/site:$SRC
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > $R/logs/gpu.txt
@@ -90,12 +105,14 @@ run() {
     mkdir -p /tmp/sbdata && tar -xf "$GPU_FILES/saebench_data.tar" -C /tmp/sbdata
     for arch in ${ARCHS//,/ }; do saebench_when_recorded "$arch" & done
   fi
-  t "reproduce $X (${GPUS:-2} GPUs${ARCHS:+, $ARCHS})"
-  timeout "$(left)" $PY -m torch.distributed.run --standalone --nproc_per_node "${GPUS:-2}" \
-    -m dictionary_learning_aligned reproduce "$X" --scale $SCALE --device $DEV --results $STORE --cache $CACHE \
-    --corpus "$C" --epochs 4 --chunk "${CHUNK:-18}" $COMPILE_FLAG $EVAL_FLAGS \
-    ${ARCHS:+--archs $ARCHS} > $R/logs/reproduce_$X.txt 2>&1
-  t "reproduce $X ended (rc $?, $(ls $STORE/records 2>/dev/null | wc -l) records)"
+  # RUNS: several reproductions one after another, each EXPERIMENT:ARCHS:CHUNK:NEED_S (NEED_S: the seconds it needs;
+  # it is skipped when fewer are left); default: the one run of EXPERIMENT, ARCHS and CHUNK
+  for job in ${RUNS:-$X:${ARCHS:-}:${CHUNK:-18}:0}; do
+    IFS=: read -r exp archs chunk need <<< "$job"
+    [ "$(left)" -gt "${need:-0}" ] || { t "skipped reproduce $exp ($archs): ${need}s needed, $(left)s left"; continue; }
+    [ -z "${ran:-}" ] || rm -rf $CACHE/*/  # the disk (64 GB) holds one 25M-token cache (about 30 GB) at a time
+    ran=1; reproduce_one "$exp" "$archs" "$chunk"
+  done
   touch $R/main_ended
   wait  # the SAEBench processes
   [ "${SAEBENCH:-0}" = 1 ] && t "SAEBench ended ($(ls $STORE/saebench/*/*.json* 2>/dev/null | wc -l) result files)"
@@ -121,6 +138,11 @@ run() {
       --modes stacked-compiled,stacked-graphs --batches 2048 --steps 30 --warmup 6 --out $R/graphs.json \
       > $R/logs/graphs.txt 2>&1
     t "benchmarks.sweep graphs ended (rc $?)"
+  fi
+  if [ "${SYNCS:-0}" = 1 ] && [ "$(left)" -gt 120 ]; then  # host synchronizations per training step (tenth session)
+    t "benchmarks.syncs"
+    timeout "$(left)" $PY -m benchmarks.syncs --device $DEV --out $R/syncs.json > $R/logs/syncs.txt 2>&1
+    t "benchmarks.syncs ended (rc $?)"
   fi
   [ "${GPUS:-2}" -ge 2 ] || { t "done"; return; }
   local cache_dir; cache_dir=$(dirname "$(ls $CACHE/*/meta.json | head -1)")
@@ -159,7 +181,7 @@ case "$cmd" in
     [ -f $R/logs/pipeline.txt ] || { echo "no pipeline on this machine (it was given back): start again" >&2; exit 4; }
     end=$(( $(date +%s) + ${2:-500} ))
     while [ "$(date +%s)" -lt "$end" ] && ! grep -q "\] done" $R/logs/pipeline.txt 2>/dev/null; do sleep 10; done
-    cat $R/logs/pipeline.txt; tail -5 $R/logs/reproduce_$X.txt 2>/dev/null; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+    cat $R/logs/pipeline.txt; tail -qn 3 $R/logs/reproduce_*.txt 2>/dev/null | tr '\r' '\n' | tail -5; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
     pack ;;
   run) run ;;
   saebench)  # SAEBench alone on the records of ARCHS (2026-12-01: the run's own SAEBench step failed, `figures` was
