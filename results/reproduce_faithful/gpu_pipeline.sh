@@ -42,7 +42,10 @@
 #      left; the cache of the run before is deleted first: the 64 GB disk holds one); its log is
 #      logs/reproduce_EXPERIMENT.txt. Stage both GGUFs (the bundle in .gpu2: SmolLM2, Gemma-3, the corpus and
 #      gemma3_tokenizer.tar, 19 parts of 23 MiB). SYNCS=1: then `benchmarks.syncs` (host synchronizations per
-#      training step, written to syncs.json), if 2 minutes are left.
+#      training step, written to syncs.json), if 2 minutes are left. PREFLIGHT (default 1): first, in about a
+#      minute, the new GPU data path (a cache built from device batches, preloaded, reordered with with_order, the
+#      same batches as read from disk) and 8 training steps of ReLU (compiled) and TopK stacks from it; the
+#      pipeline stops there if it fails (logs/preflight.txt), before any model is loaded.
 #   2. `budget` (issue 16 item 3) on the same cache, if BUDGET=1 and DEADLINE_S allows.
 #   3. issue 20, if GPUS >= 2 and DEADLINE_S allows: the main grid's 24-dictionary sweep (4 architectures x standard/aligned x 3
 #      seeds, 4096) for 600 steps through `train --placement spread` on one GPU and on two; data-parallel aligned
@@ -98,9 +101,37 @@ reproduce_one() {  # EXPERIMENT ARCHS CHUNK: one `reproduce` into the store, its
   t "reproduce $1 ended (rc $?, $(ls $STORE/records 2>/dev/null | wc -l) records)"
 }
 
+preflight() {  # about 30 s: the tenth session's new GPU data path (cache built from device batches, preloaded,
+  # served per epoch from the device, reused by with_order) against the same cache read from disk, then a few
+  # training steps from it; a failure here costs seconds, where in `reproduce` it would cost the model load and harvest
+  t "preflight"
+  timeout 300 $PY - "$DEV" > $R/logs/preflight.txt 2>&1 <<'PY'
+import sys, tempfile, torch
+from dictionary_learning_aligned.cache import ActivationCache, build_cache
+from dictionary_learning_aligned.training import trainSAE
+dev = sys.argv[1]
+g = torch.Generator(device=dev).manual_seed(0)
+with tempfile.TemporaryDirectory() as d:
+    path = build_cache((torch.randn(2048, 640, device=dev, generator=g) for _ in range(9)), d + "/c", 16384, {"m": 1})
+    disk = ActivationCache(path, batch_size=2048, epochs=2, seed=3, drop_last=True)
+    gpu = ActivationCache(path, batch_size=2048, epochs=1, seed=0, device=dev, preload=True, drop_last=True)
+    again = gpu.with_order(epochs=2, seed=3)
+    same = all(torch.equal(a.to(dev), b) for a, b in zip(disk, again))
+    print("cache: preloaded", gpu.finite_checked, "same batches as from disk:", same, len(again))
+    assert same and gpu.finite_checked
+    from benchmarks.syncs import configs
+    for arch in ("relu", "topk"):
+        trainers = trainSAE(again.with_order(epochs=1), configs(arch, 3, 4096, 640, 8), 8, device=dev,
+                            normalize_activations=True, compile_stacks=dev == "cuda" and arch == "relu")
+        print(arch, "trained", [t.steps_done for t in trainers])
+PY
+  local rc=$?; t "preflight ended (rc $rc)"; return $rc
+}
+
 run() {
   cd $SRC && export PYTHONPATH=/tmp/site:$SRC
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > $R/logs/gpu.txt
+  if [ "${PREFLIGHT:-1}" = 1 ] && ! preflight; then t "done (the preflight failed: logs/preflight.txt)"; return; fi
   if [ "${SAEBENCH:-0}" = 1 ]; then
     mkdir -p /tmp/sbdata && tar -xf "$GPU_FILES/saebench_data.tar" -C /tmp/sbdata
     for arch in ${ARCHS//,/ }; do saebench_when_recorded "$arch" & done
