@@ -33,16 +33,39 @@ CACHE_FORMAT = 1
 #: file that marks a folder as a cache that :func:`build_cache` is writing (or was, when it was killed)
 BUILDING_MARKER = ".building"
 _SHARD = re.compile(r"shard_\d{5}\.npy")
+#: the temporary name meta.json is written under before it is renamed (:func:`.io.atomic_path`)
+_META_TMP = re.compile(r"\.meta\.json\.[^/]+\.tmp")
+
+
+def _is_cache_file(p: Path) -> bool:
+    """Whether ``p`` is a plain file of a name :func:`build_cache` writes into its folder: ``meta.json`` (or its
+    temporary name), :data:`BUILDING_MARKER`, a shard."""
+    named = p.name in ("meta.json", BUILDING_MARKER) or _SHARD.fullmatch(p.name) or _META_TMP.fullmatch(p.name)
+    return bool(named) and p.is_file() and not p.is_symlink()
 
 
 def is_unfinished_cache(path) -> bool:
     """Whether ``path`` is an interrupted :func:`build_cache` folder, safe to delete: no ``meta.json``, the
-    :data:`BUILDING_MARKER` file, and nothing else than shard files."""
+    :data:`BUILDING_MARKER` file, and nothing else than shard files (and ``meta.json``'s temporary name, left by a
+    build killed while writing it)."""
     path = Path(path)
     if path.is_symlink() or not path.is_dir() or not (path / BUILDING_MARKER).is_file():
         return False
-    return all(p.name == BUILDING_MARKER or (_SHARD.fullmatch(p.name) and p.is_file() and not p.is_symlink())
-               for p in path.iterdir())
+    return all(p.name != "meta.json" and _is_cache_file(p) for p in path.iterdir())
+
+
+def _is_complete_cache(path: Path) -> bool:
+    """Whether ``path`` is a folder (not a link) holding a complete cache of this library and nothing else: a
+    ``meta.json`` of its format and only the files :func:`build_cache` writes (the only folder that
+    ``build_cache(overwrite=True)`` deletes)."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        info = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(info, dict) and info.get("format") == CACHE_FORMAT and "shards" in info
+            and all(_is_cache_file(p) for p in path.iterdir()))
 
 
 def clear_unfinished(path) -> bool:
@@ -95,13 +118,15 @@ def build_cache(batches: Iterable[torch.Tensor], path, n_tokens: int, meta: dict
     Args:
         batches: iterator of ``[batch, activation_dim]`` tensors (e.g. an ``ActivationBuffer``), on any device;
             no batch is drawn once ``n_tokens`` are stored.
-        path: the cache folder (must not exist, or be an earlier cache with ``overwrite``).
+        path: the cache folder (must not exist, or be an earlier cache with ``overwrite``: a folder holding a
+            complete cache and no other file).
         n_tokens: activations to store (fewer if the batches run out; the count is recorded).
         meta: what the activations are, checked on reuse (e.g. ``{"model": ..., "layer": 12, "io": "out",
-            "corpus": ..., "ctx_len": 128, "remove_bos": True}``); must be JSON-ready.
+            "corpus": ..., "ctx_len": 128, "remove_bos": True}``); a JSON-ready dict.
         shard_tokens: activations per shard file.
         dtype: ``"float16"`` (half the disk; values of magnitude above 65504 are refused) or ``"float32"``.
-        overwrite: replace an existing complete cache.
+        overwrite: replace an existing complete cache (never a folder holding anything else: a user's folder that
+            has a file named meta.json, or a cache folder where a file was added, is refused).
 
     Returns:
         the folder.
@@ -109,7 +134,8 @@ def build_cache(batches: Iterable[torch.Tensor], path, n_tokens: int, meta: dict
     Raises:
         ValueError: bad sizes/dtype, inconsistent batch widths, non-finite activations, activations beyond
             ``dtype``'s range (they would be stored as inf: use ``dtype="float32"``), no activations.
-        FileExistsError: the folder exists (and is not a cache to overwrite).
+        FileExistsError: the folder exists (and is not a cache to overwrite: without ``overwrite``, or holding
+            anything else than a complete cache).
         OSError: a shard could not be written (raised from the writer thread).
         On any error the folder is removed.
     """
@@ -119,13 +145,19 @@ def build_cache(batches: Iterable[torch.Tensor], path, n_tokens: int, meta: dict
                for n in (n_tokens, shard_tokens)):
         raise ValueError(f"n_tokens and shard_tokens must be integers >= 1, got {n_tokens!r}, {shard_tokens!r}")
     try:  # checked before the (long) harvest, not when meta.json is written at its end
+        if not isinstance(meta, dict):
+            raise TypeError(f"a dict of fields is expected, got {type(meta).__name__}")
         json.dumps(meta, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise ValueError(f"cache meta must be JSON-ready: {e}") from None
     path = Path(path)
     if path.exists() or path.is_symlink():
-        if not (overwrite and (path / "meta.json").is_file()):
+        if not overwrite:
             raise FileExistsError(f"{path} exists; choose a new folder (overwrite=True replaces an earlier cache)")
+        if not _is_complete_cache(path):
+            raise FileExistsError(f"{path} exists but is not an activation cache holding nothing else (a meta.json "
+                                  f"of this library, shard files), so overwrite=True does not delete it; move it "
+                                  f"away or choose another cache folder")
         shutil.rmtree(path)
     path.mkdir(parents=True)
     (path / BUILDING_MARKER).write_text("build_cache is writing this folder; without meta.json it is unfinished\n")
@@ -200,12 +232,14 @@ def _stored_rows(b: torch.Tensor, limit: int, dim: Optional[int], torch_dtype: t
     storage dtype that shares no memory with ``b`` (it is written later, on another thread).
 
     Raises:
-        ValueError: ``b`` is not ``[batch, dim]`` (``dim`` None: any width); ``b`` holds NaN or inf; a finite
+        ValueError: ``b`` is not ``[batch, dim]`` (``dim`` None: any width >= 1); ``b`` holds NaN or inf; a finite
             value beyond the storage dtype's range (float16: magnitude above 65504) that would be stored as inf.
     """
-    dim = b.shape[-1] if dim is None else dim
+    dim = (b.shape[-1] if b.ndim else None) if dim is None else dim
     if b.ndim != 2 or b.shape[1] != dim:
         raise ValueError(f"activation batches must all be [batch, {dim}], got {tuple(b.shape)}")
+    if dim == 0:
+        raise ValueError("activation batches must have at least one column, got [batch, 0]")
     src = b.detach()[:limit]
     stored = src.float().to(torch_dtype)
     finite = torch.isfinite(stored).all()  # on the batch's device; read after the copy below (one wait)
@@ -313,6 +347,22 @@ class _ShardWriter:
                 f.close()
 
 
+def _check_info(info) -> None:
+    """Refuse a parsed ``meta.json`` without the fields :class:`ActivationCache` reads: ``activation_dim``,
+    ``tokens``, ``meta`` (a dict) and a non-empty ``shards`` list of ``{"file": str, "tokens": int}``.
+
+    Raises:
+        ValueError: naming what is missing (the caller says which file).
+    """
+    if not isinstance(info, dict) or not all(k in info for k in ("activation_dim", "tokens", "shards", "meta")):
+        raise ValueError("activation_dim, tokens, shards or meta missing")
+    shards = info["shards"]
+    if not isinstance(info["meta"], dict) or not isinstance(shards, list) or not shards or not all(
+            isinstance(s, dict) and isinstance(s.get("file"), str) and isinstance(s.get("tokens"), int)
+            for s in shards):
+        raise ValueError("meta is not a dict, or shards is not a non-empty list of {file, tokens}")
+
+
 class ActivationCache:
     """Shuffled batches from a cache folder written by :func:`build_cache`.
 
@@ -365,8 +415,7 @@ class ActivationCache:
                                     f"was never built or its build was interrupted)")
         try:
             info = json.loads(meta_path.read_text())
-            if not isinstance(info, dict) or not all(k in info for k in ("activation_dim", "tokens", "shards")):
-                raise ValueError("activation_dim, tokens or shards missing")
+            _check_info(info)
         except (ValueError, UnicodeDecodeError) as e:
             raise ValueError(f"{meta_path} is damaged or not written by this library ({e}); if the folder is a cache "
                              f"built here, delete it and build it again, else move it away or choose another "
@@ -391,8 +440,10 @@ class ActivationCache:
 
     def _check_order(self) -> None:
         """Refuse bad ``batch_size``/``epochs``, or ``drop_last`` with fewer activations than one batch."""
-        if self.batch_size < 1 or self.epochs < 1:
-            raise ValueError(f"batch_size and epochs must be >= 1, got {self.batch_size}, {self.epochs}")
+        if not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1
+                   for n in (self.batch_size, self.epochs)):
+            raise ValueError(f"batch_size and epochs must be >= 1 (integers), got {self.batch_size!r}, "
+                             f"{self.epochs!r}")
         if self.drop_last and self.batch_size > int(self.info["tokens"]):
             raise ValueError(f"{self.path} holds {self.info['tokens']} activations, fewer than one batch of "
                              f"{self.batch_size} (drop_last=True would yield nothing)")

@@ -118,6 +118,8 @@ def test_build_cache_checks_its_arguments_before_harvesting(tmp_path):
 
     with pytest.raises(ValueError, match="JSON-ready"):
         build_cache(never(), tmp_path / "m", n_tokens=10, meta={"x": object()})
+    with pytest.raises(ValueError, match="JSON-ready: a dict"):  # the reader needs a dict (expect, config)
+        build_cache(never(), tmp_path / "m", n_tokens=10, meta=["model", "layer"])
     with pytest.raises(ValueError, match="integers >= 1"):
         build_cache(never(), tmp_path / "f", n_tokens=5.5, meta=META)
     assert not (tmp_path / "m").exists() and not (tmp_path / "f").exists()
@@ -346,3 +348,73 @@ def test_meta_records_the_build_seconds_and_shards_are_on_disk_before_meta(tmp_p
     del info["build_seconds"]  # a cache built before the timings were recorded
     (path / "meta.json").write_text(json.dumps(info))
     assert build_seconds(path) is None and ActivationCache(path).n_tokens == 950
+
+
+def test_overwrite_replaces_only_a_folder_holding_a_cache_and_nothing_else(tmp_path):
+    """overwrite=True deletes a folder only when it holds a cache of this library and nothing else: a user's folder
+    that merely has a file named meta.json, or a cache folder where the user put a file, is refused, untouched."""
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "meta.json").write_text('{"author": "me"}')
+    (user / "thesis.tex").write_text("precious")
+    only_meta = tmp_path / "only_meta"
+    only_meta.mkdir()
+    (only_meta / "meta.json").write_text('{"author": "me"}')
+    cache = build_cache(batches(n=2), tmp_path / "c", n_tokens=200, meta=META)
+    (cache / "notes.txt").write_text("mine")
+    for folder in (user, only_meta, cache):
+        before = {p.name: p.read_bytes() for p in folder.iterdir()}
+        with pytest.raises(FileExistsError, match="not an activation cache"):
+            build_cache(batches(n=2), folder, n_tokens=200, meta=META, overwrite=True)
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    (cache / "notes.txt").unlink()
+    build_cache(batches(n=3), cache, n_tokens=300, meta=META, overwrite=True)
+    assert ActivationCache(cache).n_tokens == 300
+
+
+def test_batches_without_columns_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="at least one column"):
+        build_cache([torch.randn(10, 0)], tmp_path / "c", n_tokens=10, meta=META)
+    assert not (tmp_path / "c").exists()
+
+
+def test_order_settings_must_be_integers(tmp_path):
+    """A float or bool batch size or epoch count is refused when the cache is opened or re-ordered, not at the
+    first batch (after a preload)."""
+    path = build_cache(batches(n=2), tmp_path / "c", n_tokens=200, meta=META)
+    for bad in ({"batch_size": 2.5}, {"batch_size": True}, {"epochs": "2"}, {"epochs": 1.0}):
+        with pytest.raises(ValueError, match=r"must be >= 1 \(integers\)"):
+            ActivationCache(path, **bad)
+        with pytest.raises(ValueError, match=r"must be >= 1 \(integers\)"):
+            ActivationCache(path, batch_size=16).with_order(**bad)
+    assert len(ActivationCache(path, batch_size=np.int64(50), epochs=np.int32(2))) == 8
+
+
+@pytest.mark.parametrize("damage", ["no meta", "no shard tokens", "no shards", "shards not a list"])
+def test_a_meta_json_with_missing_fields_is_named_damaged(tmp_path, damage):
+    path = build_cache(batches(n=2), tmp_path / "c", n_tokens=200, meta=META, shard_tokens=100)
+    info = json.loads((path / "meta.json").read_text())
+    if damage == "no meta":
+        del info["meta"]
+    elif damage == "no shard tokens":
+        del info["shards"][1]["tokens"]
+    elif damage == "no shards":
+        info["shards"], info["tokens"] = [], 0
+    else:
+        info["shards"] = {"file": "shard_00000.npy", "tokens": 100}
+    (path / "meta.json").write_text(json.dumps(info))
+    for preload in (False, True):
+        with pytest.raises(ValueError, match="meta.json is damaged"):
+            ActivationCache(path, expect={"layer": 3}, preload=preload)
+
+
+def test_a_build_killed_while_writing_meta_json_is_still_an_unfinished_cache(tmp_path):
+    """meta.json is written under a temporary name and renamed (io.write_json): a build killed in between leaves
+    that temporary file, and the folder is still recognised as an interrupted build, cleared and rebuilt."""
+    from dictionary_learning_aligned.cache import BUILDING_MARKER, clear_unfinished, is_unfinished_cache
+
+    half = tmp_path / "half"
+    half.mkdir()
+    for name in (BUILDING_MARKER, "shard_00000.npy", ".meta.json.k2x9_q1.tmp"):
+        (half / name).write_bytes(b"x")
+    assert is_unfinished_cache(half) and clear_unfinished(half) is False and not half.exists()
