@@ -93,6 +93,23 @@ def finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def fired_scores(record: dict) -> Optional[tuple[list, list]]:
+    """The per-feature alignment scores of ``record`` and whether each feature fired on its held-out tokens:
+    ``(per_feature.alignment_score, [bool per feature])`` from ``per_feature.fired`` (booleans, or numbers such as
+    0/1 or counts: nonzero is fired). None when the record lacks them or they are unusable: ``per_feature`` not a
+    dict, either array not a list, lists of other lengths, or a ``fired`` entry neither a bool nor a finite number
+    (a string such as ``"false"`` would read as fired)."""
+    pf = record.get("per_feature")
+    if not isinstance(pf, dict):
+        return None
+    scores, fired = pf.get("alignment_score"), pf.get("fired")
+    if not isinstance(scores, list) or not isinstance(fired, list) or len(scores) != len(fired):
+        return None
+    if not all(isinstance(f, bool) or finite(f) for f in fired):
+        return None
+    return scores, [bool(f) for f in fired]
+
+
 def mode_name(alignment: Optional[str]) -> str:
     """``"standard"`` for None, else the alignment mode."""
     return alignment or "standard"

@@ -8,7 +8,8 @@
   records hold per-feature scores and firing (``per_feature.alignment_score`` and ``per_feature.fired``), also
   over the features that fired on the held-out tokens. A feature that never fires gets no gradient and keeps
   its initial alignment score (0.1 for ReLU's ``0.1 * W_dec.T`` encoder), so many dead features alone can make a
-  second mode; a row whose coefficient is not above 5/9 without them is "not supported" and says so.
+  second mode; a row whose coefficient is not above 5/9 without them is "not supported" and says so, and a row
+  whose records say which features fired but where fewer than 4 fired in each is "insufficient data".
 * (b) aligned training leaves near-zero dead features: the aligned dead fraction ``1 - metrics.frac_alive``
   (mean over seeds) is at most ``dead_tol`` (default 1%) at every sparsity setting; the standard value is shown
   for contrast.
@@ -33,7 +34,7 @@ from dictionary_learning_aligned import registry
 from dictionary_learning_aligned.alignment import bimodality_coefficient
 
 from ._common import (ARCH_LABEL, ARCH_ORDER, L0, SPARSITY_LABEL, aggregate, budget_line, budget_summary,
-                      field_getter, finite, fmt_ms, mean_std, point_steps)
+                      field_getter, finite, fired_scores, fmt_ms, mean_std, point_steps)
 
 SUPPORTED, NOT_SUPPORTED, INSUFFICIENT = "supported", "not supported", "insufficient data"
 #: Sarle's coefficient of a uniform distribution; larger values suggest bimodality
@@ -51,12 +52,12 @@ BC = field_getter("alignment_scores", "bimodality_coefficient")
 
 def _alive_bc(r):
     """Sarle's coefficient of the alignment scores of the features of record ``r`` that fired on its held-out
-    tokens (``per_feature``); None without per-feature data, or with fewer than 4 such features."""
-    pf = r.get("per_feature") or {}
-    scores, fired = pf.get("alignment_score"), pf.get("fired")
-    if not isinstance(scores, list) or not isinstance(fired, list) or len(scores) != len(fired):
+    tokens (:func:`fired_scores`); None without usable per-feature data, or when it is undefined (fewer than 4
+    such features, or all of one score)."""
+    found = fired_scores(r)
+    if found is None:
         return None
-    alive = [float(a) for a, f in zip(scores, fired) if f and finite(a)]
+    alive = [float(a) for a, f in zip(*found) if f and finite(a)]
     return bimodality_coefficient(torch.tensor(alive, dtype=torch.float64)) if len(alive) >= 4 else None
 MCS = field_getter("stability", "mcs")
 
@@ -120,7 +121,8 @@ def _claim_a(std):
     values = dict(mean=m, std=s, n=n, above=above)
     measured = f"standard BC {fmt_ms(m, s, n)}; {above}/{n} records > 5/9"
     verdict = SUPPORTED if m > BC_THRESHOLD else NOT_SUPPORTED
-    alive = [v for v in (_alive_bc(r) for r in std) if finite(v)]
+    checked = [r for r in std if fired_scores(r) is not None]
+    alive = [v for v in (_alive_bc(r) for r in checked) if finite(v)]
     if alive:
         am, as_, an = mean_std(alive)
         values.update(alive_mean=am, alive_std=as_, alive_n=an)
@@ -128,6 +130,10 @@ def _claim_a(std):
         if verdict == SUPPORTED and am <= BC_THRESHOLD:
             verdict = NOT_SUPPORTED
             measured += " (not above 5/9 without the features that never fired)"
+    elif checked and verdict == SUPPORTED:  # the coefficient rests on features that never fired
+        verdict = INSUFFICIENT
+        measured += (f"; over features that fired: undefined in all {len(checked)} records that say which fired "
+                     f"(fewer than 4 features fired, or all of one score)")
     return verdict, measured, values
 
 

@@ -28,8 +28,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ._common import (ARCH_LABEL, ARCH_ORDER, L0, SAEBENCH_DIR, SPARSITY_LABEL, aggregate, alignments_in, archs_in,
-                      budget_line, field_getter, finite, load_records, load_saebench, mean_std, pick_dict_size,
-                      primary_model, saebench_bos_caveat, select)
+                      budget_line, field_getter, finite, fired_scores, load_records, load_saebench, mean_std,
+                      pick_dict_size, primary_model, saebench_bos_caveat, select)
 
 PNG_DPI = 110
 REPRODUCE = "python -m dictionary_learning_aligned.reproduce"
@@ -474,11 +474,10 @@ def _never_fired_scores(records) -> "np.ndarray | None":
     those arrays."""
     out = []
     for r in records:
-        pf = r.get("per_feature") or {}
-        scores, fired = pf.get("alignment_score"), pf.get("fired")
-        if not isinstance(scores, list) or not isinstance(fired, list) or len(scores) != len(fired):
+        found = fired_scores(r)
+        if found is None:
             return None
-        out += [a for a, f in zip(scores, fired) if not f and finite(a)]
+        out += [a for a, f in zip(*found) if not f and finite(a)]
     return np.array(out, float)
 
 

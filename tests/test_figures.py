@@ -374,3 +374,50 @@ def test_fig10_marks_features_that_never_fired():
     so that a second mode made of dead features is visible as such; none when every feature fired."""
     assert "standard, never fired" in _fig10_labels([_dead_at_init(r) for r in grid()])
     assert not any("never fired" in lbl for lbl in _fig10_labels(grid()))
+
+
+def _standard_per_feature(records, **changes):
+    """``records`` with each standard record's ``per_feature`` changed (a value, or a function of the old one)."""
+    out = []
+    for r in records:
+        if r["alignment"] is None:
+            pf = dict(r["per_feature"])
+            for k, v in changes.items():
+                pf[k] = v(pf[k]) if callable(v) else v
+            r = dict(r, per_feature=pf)
+        out.append(r)
+    return out
+
+
+@pytest.mark.parametrize("alive", [0, 1, 3])
+def test_claim_bimodality_is_not_supported_by_records_whose_features_almost_all_never_fired(alive):
+    """Records that say which features fired, where fewer than 4 did: the coefficient over every feature (bimodal
+    here) is made by features that never fired, so it cannot support claim (a) (it was "supported", from those
+    scores alone)."""
+    records = _standard_per_feature([_dead_at_init(r) for r in grid()],
+                                    fired=lambda f: [False] * (len(f) - alive) + [True] * alive)
+    rows = [r for r in claims_table(records) if r["claim"] == "a"]
+    assert {r["verdict"] for r in rows} == {"insufficient data"}
+    assert all("fewer than 4 features fired" in r["measured"] for r in rows)
+
+
+@pytest.mark.parametrize("per_feature", [[0.1, 0.2], "scores", 3])
+def test_claims_and_fig10_read_records_whose_per_feature_is_not_a_dict(per_feature):
+    records = [dict(r, per_feature=per_feature) if r["alignment"] is None else r
+               for r in (_dead_at_init(r) for r in grid())]
+    assert _verdicts(records, "a") == {"relu": "supported", "topk": "supported"}  # the coefficient alone
+    assert not any("never fired" in lbl for lbl in _fig10_labels(records))
+
+
+def test_fired_flags_that_are_not_booleans_or_numbers_are_not_read():
+    """``fired`` as 0/1 or counts is read as booleans; strings ("false" is truthy) or NaN make the array unusable,
+    as if the record had no per-feature data (they were read as fired)."""
+    dead = [_dead_at_init(r) for r in grid()]
+    for fired in (lambda f: [int(x) for x in f], lambda f: [7 * int(x) for x in f]):
+        assert _verdicts(_standard_per_feature(dead, fired=fired), "a") == {"relu": "not supported",
+                                                                          "topk": "not supported"}
+    for fired in (lambda f: ["true" if x else "false" for x in f], lambda f: [1.0 if x else float("nan") for x in f]):
+        records = _standard_per_feature(dead, fired=fired)
+        assert _verdicts(records, "a") == {"relu": "supported", "topk": "supported"}
+        assert not any("fired" in r["measured"] for r in claims_table(records) if r["claim"] == "a")
+        assert not any("never fired" in lbl for lbl in _fig10_labels(records))
