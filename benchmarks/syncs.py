@@ -320,7 +320,10 @@ def main(argv=None) -> int:
                     help="whether the data source says its batches are finite (cache: as the ActivationCache says)")
     ap.add_argument("--out", help="write the results as JSON to this file")
     args = ap.parse_args(argv)
-    kind = torch.device(args.device).type
+    try:
+        kind = torch.device(args.device).type
+    except RuntimeError:
+        kind = None
     if kind not in DEFAULTS:
         ap.error(f"--device must be cuda or cpu, got {args.device!r}")
     if kind == "cuda" and not torch.cuda.is_available():
@@ -335,12 +338,27 @@ def main(argv=None) -> int:
         ap.error(f"unknown architecture or mode: {', '.join(bad)}")
     if min(d["dictionaries"], d["dict_size"], d["width"], d["batch"], d["steps"]) < 1 or d["warmup"] < 1:
         ap.error("sizes, --steps and --warmup must be >= 1")
+    if args.nan_check_every < 0:
+        ap.error(f"--nan-check-every must be >= 0 (0: no periodic check), got {args.nan_check_every}")
+    if args.out:
+        _check_out(ap, Path(args.out))
     if kind == "cpu":
         print("cpu: a dry run of the audit's plumbing; the synchronisations are emulated (see --help)")
     run(archs, modes, args.device, d["dictionaries"], d["dict_size"], d["width"], d["batch"], d["warmup"],
         d["steps"], args.nan_check_every, {"cache": None, "yes": True, "no": False}[args.finite_checked], args.out,
         command="python -m benchmarks.syncs " + " ".join(argv if argv is not None else sys.argv[1:]))
     return 0
+
+
+def _check_out(ap: argparse.ArgumentParser, out: Path) -> None:
+    """Make ``--out``'s folder before the audit (as ``benchmarks.speed`` does), refusing an ``out`` that is a folder
+    or cannot get one (exit 2). An existing file is replaced, as by ``benchmarks.sweep`` and ``benchmarks.speed``."""
+    if out.is_dir():
+        ap.error(f"--out {out} is a folder; name a file")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        ap.error(f"--out {out}: cannot make its folder ({e})")
 
 
 if __name__ == "__main__":

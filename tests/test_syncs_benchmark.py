@@ -88,3 +88,26 @@ def test_bad_flags_are_refused(argv, capsys):
     with pytest.raises(SystemExit) as e:
         syncs.main(["--device", "cpu", *argv])
     assert e.value.code == 2 and "error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--device", "tpu"], ["--nan-check-every", "-1"], ["--out", "{tmp}"],
+                                  ["--out", "{tmp}/file.json/x.json"]])
+def test_bad_device_period_or_out_is_refused_before_the_audit(argv, tmp_path, monkeypatch, capsys):
+    """An unknown device type (a traceback), a negative check period (taken as its absolute value), an --out
+    that is a folder or lies under a file (the error came after the first run's work) exit 2 with one line."""
+    (tmp_path / "file.json").write_text("{}")
+    monkeypatch.setattr(syncs, "run", lambda *a, **k: pytest.fail("the audit ran"))
+    with pytest.raises(SystemExit) as e:
+        syncs.main(["--device", "cpu", *[a.format(tmp=tmp_path) for a in argv]])
+    assert e.value.code == 2 and "error" in capsys.readouterr().err
+    assert (tmp_path / "file.json").read_text() == "{}"
+
+
+def test_out_into_a_missing_folder_is_written(tmp_path):
+    """--out's folder is made first, as benchmarks.speed does (the run failed after its work: no such folder); an
+    existing file is replaced, as by benchmarks.sweep and benchmarks.speed."""
+    out = tmp_path / "new" / "deeper" / "syncs.json"
+    argv = ["--device", "cpu", "--archs", "relu", "--dictionaries", "1", "--dict-size", "16", "--width", "8",
+            "--batch", "8", "--warmup", "1", "--steps", "1", "--out", str(out)]
+    assert syncs.main(argv) == 0
+    assert len(json.loads(out.read_text())["runs"]) == 1
