@@ -55,6 +55,8 @@ import torch
 
 from dictionary_learning_aligned.io import atomic_path
 
+from . import prepare_out
+
 ACTIVATION_DIM = 576
 MODES = ("stacked", "stacked-compiled", "stacked-graphs", "loop", "dictionary_learning")
 #: ``StackedTrainer(compile=...)`` of each stacked mode
@@ -380,6 +382,8 @@ def main(argv=None) -> int:
         batches = [int(b) for b in args.batches.split(",")]
     except ValueError:
         ap.error(f"--batches must be comma-separated integers, got {args.batches!r}")
+    if args.out:
+        prepare_out(ap, args.out)
     if args.profile:
         if Path(args.profile).exists() and not Path(args.profile).is_dir():
             ap.error(f"--profile must be a folder; {args.profile} is a file")

@@ -41,6 +41,8 @@ import torch
 
 from dictionary_learning_aligned.io import atomic_path
 
+from . import prepare_out
+
 REPO = Path(__file__).resolve().parent.parent
 THIS = Path(__file__).resolve()
 #: the warning ``torch.cuda.set_sync_debug_mode("warn")`` raises at each synchronising call
@@ -341,24 +343,13 @@ def main(argv=None) -> int:
     if args.nan_check_every < 0:
         ap.error(f"--nan-check-every must be >= 0 (0: no periodic check), got {args.nan_check_every}")
     if args.out:
-        _check_out(ap, Path(args.out))
+        prepare_out(ap, args.out)
     if kind == "cpu":
         print("cpu: a dry run of the audit's plumbing; the synchronisations are emulated (see --help)")
     run(archs, modes, args.device, d["dictionaries"], d["dict_size"], d["width"], d["batch"], d["warmup"],
         d["steps"], args.nan_check_every, {"cache": None, "yes": True, "no": False}[args.finite_checked], args.out,
         command="python -m benchmarks.syncs " + " ".join(argv if argv is not None else sys.argv[1:]))
     return 0
-
-
-def _check_out(ap: argparse.ArgumentParser, out: Path) -> None:
-    """Make ``--out``'s folder before the audit (as ``benchmarks.speed`` does), refusing an ``out`` that is a folder
-    or cannot get one (exit 2). An existing file is replaced, as by ``benchmarks.sweep`` and ``benchmarks.speed``."""
-    if out.is_dir():
-        ap.error(f"--out {out} is a folder; name a file")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        ap.error(f"--out {out}: cannot make its folder ({e})")
 
 
 if __name__ == "__main__":

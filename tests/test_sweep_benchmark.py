@@ -100,3 +100,19 @@ def test_grids_of_different_stack_sizes_compile_afresh_in_one_process(monkeypatc
     assert [r.get("dictionaries") for r in res["rows"]] == [4, 2], res["rows"]
     assert not [r["error"] for r in res["rows"] if "error" in r]
     assert "recompile_limit" not in caplog.text
+
+
+@pytest.mark.parametrize("out", ["{tmp}", "{tmp}/file.json/x.json"])
+def test_out_that_is_a_folder_or_under_a_file_is_refused_before_timing(out, tmp_path, monkeypatch, capsys):
+    """As benchmarks.syncs and benchmarks.speed: refused at once (it failed after the first point's work)."""
+    (tmp_path / "file.json").write_text("{}")
+    monkeypatch.setattr(sweep, "run", lambda *a, **k: pytest.fail("the sweep ran"))
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["--device", "cpu", "--out", out.format(tmp=tmp_path)])
+    assert e.value.code == 2 and "--out" in capsys.readouterr().err
+
+
+def test_out_folder_is_made_before_timing(tmp_path, monkeypatch):
+    out = tmp_path / "new" / "sweep.json"
+    monkeypatch.setattr(sweep, "run", lambda *a, **k: {"rows": [{}]})
+    assert sweep.main(["--device", "cpu", "--out", str(out)]) == 0 and out.parent.is_dir()
