@@ -134,6 +134,7 @@ def build_cache(batches: Iterable[torch.Tensor], path, n_tokens: int, meta: dict
     Raises:
         ValueError: bad sizes/dtype, inconsistent batch widths, non-finite activations, activations beyond
             ``dtype``'s range (they would be stored as inf: use ``dtype="float32"``), no activations.
+        TypeError: a batch that is not a floating-point tensor (token ids, masks, numpy arrays).
         FileExistsError: the folder exists (and is not a cache to overwrite: without ``overwrite``, or holding
             anything else than a complete cache).
         OSError: a shard could not be written (raised from the writer thread).
@@ -226,15 +227,19 @@ def _fill(batches, path: Path, n_tokens: int, meta: dict, shard_tokens: int, dty
 
 def _stored_rows(b: torch.Tensor, limit: int, dim: Optional[int], torch_dtype: torch.dtype,
                  dtype: str) -> np.ndarray:
-    """The first ``limit`` rows of the batch ``b`` (``[batch, dim]``, any float dtype, any device) as the cache
+    """The first ``limit`` rows of the batch ``b`` (``[batch, dim]``, any floating dtype, any device) as the cache
     stores them: converted on ``b``'s device (to float32, then to the storage dtype: the rounding of numpy's
     ``astype``), checked finite there, then copied to the host. Returns a ``[rows, dim]`` numpy array of the
     storage dtype that shares no memory with ``b`` (it is written later, on another thread).
 
     Raises:
+        TypeError: ``b`` is not a floating-point tensor (as ``trainSAE`` refuses it).
         ValueError: ``b`` is not ``[batch, dim]`` (``dim`` None: any width >= 1); ``b`` holds NaN or inf; a finite
             value beyond the storage dtype's range (float16: magnitude above 65504) that would be stored as inf.
     """
+    if not isinstance(b, torch.Tensor) or not b.is_floating_point():
+        raise TypeError(f"activation batches must be floating-point tensors, got "
+                        f"{getattr(b, 'dtype', type(b).__name__)} (token ids or masks instead of activations?)")
     dim = (b.shape[-1] if b.ndim else None) if dim is None else dim
     if b.ndim != 2 or b.shape[1] != dim:
         raise ValueError(f"activation batches must all be [batch, {dim}], got {tuple(b.shape)}")

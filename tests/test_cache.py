@@ -418,3 +418,14 @@ def test_a_build_killed_while_writing_meta_json_is_still_an_unfinished_cache(tmp
     for name in (BUILDING_MARKER, "shard_00000.npy", ".meta.json.k2x9_q1.tmp"):
         (half / name).write_bytes(b"x")
     assert is_unfinished_cache(half) and clear_unfinished(half) is False and not half.exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64])
+def test_batches_that_are_not_floating_point_are_refused(tmp_path, dtype):
+    """Token ids or masks given instead of activations are refused (they were cached as floats, as trainSAE
+    refuses integer batches); complex batches lost their imaginary part."""
+    with pytest.raises(TypeError, match="floating-point"):
+        build_cache([torch.ones(10, 8, dtype=dtype)], tmp_path / "c", n_tokens=10, meta=META)
+    assert not (tmp_path / "c").exists()
+    for ok in (torch.float64, torch.bfloat16):
+        build_cache([torch.ones(10, 8, dtype=ok)], tmp_path / str(ok), n_tokens=10, meta=META)
