@@ -38,7 +38,7 @@
 #      with `reproduce --compile --compile-mode reduce-overhead` (COMPILE_MODE=reduce-overhead here).
 #      Tenth session (one H200): EXPERIMENT=gemma CHUNK=6 GPUS=1 ARCHS=relu,topk,batchtopk AUXK=1 GRAPHS=1 (18 records).
 #      RUNS (tenth session, for the eleventh): several reproductions in a row, each EXPERIMENT:ARCHS:CHUNK:NEED_S,
-#      e.g. RUNS="gemma:panneal:6:0 main:batchtopk:18:780" (a run is skipped when fewer than NEED_S seconds are
+#      e.g. RUNS="gemma:panneal:6:0 main:batchtopk:18:840" (a run is skipped when fewer than NEED_S seconds are
 #      left; the cache of the run before is deleted first: the 64 GB disk holds one); its log is
 #      logs/reproduce_EXPERIMENT.txt. Stage both GGUFs (the bundle in .gpu2: SmolLM2, Gemma-3, the corpus and
 #      gemma3_tokenizer.tar, 19 parts of 23 MiB). SYNCS=1: then `benchmarks.syncs` (host synchronizations per
