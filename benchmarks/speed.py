@@ -45,6 +45,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import DL_ARCHS, dictionary_learning_trainers, matmul_peak, synchronize  # noqa: F401
 from dictionary_learning_aligned.io import atomic_path
 
 #: architectures timed unless ``--archs`` says otherwise (any registered name may be given)
@@ -85,42 +86,6 @@ PATHS = {"plain": {"fused_optimizer": False},
          "sparse": {"sparse_decode": True},
          "compile": {"compile": True},
          "fast": {"sparse_decode": True, "compile": True}}
-#: dictionary_learning 0.1.0 trainer class per architecture, and its settings matching ours
-DL_ARCHS = {"relu": ("StandardTrainer", {"l1_penalty": 0.04, "sparsity_warmup_steps": 1}),
-            "topk": ("TopKTrainer", {"k": 64}),
-            "batchtopk": ("BatchTopKTrainer", {"k": 64})}
-
-
-def dictionary_learning_trainers():
-    """``(module, version)`` of the installed PyPI ``dictionary-learning`` trainers, or ``(None, reason)``."""
-    try:
-        import dictionary_learning
-        from dictionary_learning import trainers
-    except Exception as e:  # absent, or its imports fail
-        return None, f"dictionary-learning not importable ({type(e).__name__}: {e}); install it for the benchmark " \
-                     f"only with: pip install --no-deps dictionary-learning==0.1.0"
-    return trainers, getattr(dictionary_learning, "__version__", "?")
-
-
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def matmul_peak(device: str, n: int = 8192, reps: int = 10) -> float:
-    """Measured bf16 (CPU: float32) matmul throughput in TFLOP/s on ``n x n x n`` products."""
-    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    _sync(device)
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    _sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
-
-
 def step_throughput(trainer_name: str, extra: dict, dict_size: int, activation_dim: int, batch: int, device: str,
                     steps: int, warmup: int, library=None) -> dict:
     """Tokens/s and peak memory of ``trainer.update`` on random activations (seed 0, so every implementation
@@ -146,12 +111,12 @@ def step_throughput(trainer_name: str, extra: dict, dict_size: int, activation_d
     for s in range(warmup):
         with amp:
             tr.update(s, x)
-    _sync(device)
+    synchronize(device)
     t = time.perf_counter()
     for s in range(warmup, warmup + steps):
         with amp:
             tr.update(s, x)
-    _sync(device)
+    synchronize(device)
     dt = time.perf_counter() - t
     tok_s = batch * steps / dt
     return {"tokens_per_s": tok_s, "tflops": 12 * activation_dim * dict_size * tok_s / 1e12,
@@ -200,10 +165,10 @@ def harvest_throughput(device: str, ctx_len: int, tokens: int, batch_tokens: int
     buf = ActivationBuffer(iter_texts(corpus, split="all"), lm, lm.model.layers[12], n_ctxs=max(1, tokens // ctx_len),
                            ctx_len=ctx_len, refresh_batch_size=refresh, out_batch_size=8192, device=device, seed=0)
     buf.harvest(buf.token_batch())  # warm-up forward
-    _sync(device)
+    synchronize(device)
     t = time.perf_counter()
     buf.refresh()
-    _sync(device)
+    synchronize(device)
     return {"tokens_per_s": buf.tokens_harvested / (time.perf_counter() - t), "tokens": buf.tokens_harvested,
             "refresh_batch_size": refresh}
 
@@ -245,10 +210,10 @@ def end_to_end_throughput(device: str, tokens: int, dict_size: int, archs: tuple
                             "warmup_steps": 1, "seed": 0, **extra, **(paths_opts or {})})
             if not _takes_sparse_decode(arch):
                 configs[-1].pop("sparse_decode", None)
-    _sync(device)
+    synchronize(device)
     t = time.perf_counter()
     trainSAE(buf, configs, steps, device=device, autocast_dtype=torch.bfloat16 if cuda else torch.float32)
-    _sync(device)
+    synchronize(device)
     dt = time.perf_counter() - t
     return {"tokens": steps * batch, "dictionaries": len(configs), "dict_size": dict_size, "seconds": dt,
             "tokens_per_s": steps * batch / dt, "load_s": load_s}

@@ -177,7 +177,7 @@ def _steppers(mode: str, cfgs: list, device: str, dead: Optional[float] = None):
 def _dictionary_learning_stepper(cfgs: list, device: str, dead: Optional[float] = None):
     """dictionary_learning 0.1.0's trainers for the same grid (aligned configs are skipped: it has none; the
     standard ones are timed twice so that the dictionary count matches)."""
-    from benchmarks.speed import DL_ARCHS, dictionary_learning_trainers
+    from benchmarks.common import DL_ARCHS, dictionary_learning_trainers
 
     lib, _ = dictionary_learning_trainers()
     if lib is None:
@@ -301,7 +301,7 @@ def run(grids, modes, batches, device, steps, warmup, out=None, command="", prof
     """Time every (grid, batch, mode); a failing point is recorded with its error and the rest still runs. With
     ``out`` the JSON is rewritten after every row; with ``profile_dir`` each point's profiler table is written
     there as ``GRID_MODE_BATCH.txt``; ``dead``, ``check_parity``: see :func:`time_grid`."""
-    from benchmarks.speed import matmul_peak
+    from benchmarks.common import matmul_peak
 
     res = {"command": command, "device": torch.cuda.get_device_name() if torch.device(device).type == "cuda"
            else platform.processor() or "cpu", "torch": torch.__version__, "activation_dim": ACTIVATION_DIM,
