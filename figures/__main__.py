@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ._common import load_records
+from ._common import budget_line, load_records
 from .claims import claims_report
 from .compare import compare_claims
 from .paper import FIGURES, render_all
@@ -138,18 +138,34 @@ def _claims(args) -> int:
     return 0
 
 
+#: the first line of a table of records of which some are of scale smoke
+TABLE_SMOKE_LINE = "scale smoke: these dictionaries test the pipeline, not the paper"
+
+
+def _table(args) -> int:
+    """``table``: the metrics (or ``--saebench`` metrics) per group, after a line saying what the records were
+    trained on (:func:`._common.budget_line`) and, for smoke records, that they test the pipeline; 2 when the store
+    is missing or holds nothing to tabulate."""
+    try:
+        records = load_records(args.results)
+        body = (saebench_table(args.results, args.experiment, args.format) if args.saebench
+                else results_table(records, args.experiment, args.format))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    shown = [r for r in records if not args.experiment or r.get("experiment") == args.experiment]
+    if any(r.get("scale") == "smoke" for r in shown):
+        print(TABLE_SMOKE_LINE)
+    print(f"records: {len(shown)} · {budget_line(shown)}\n")
+    print(body)
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["table"]:
-        args = _table_parser().parse_args(argv[1:])
-        try:
-            print(saebench_table(args.results, args.experiment, args.format) if args.saebench
-                  else results_table(load_records(args.results), args.experiment, args.format))
-        except (FileNotFoundError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        return 0
+        return _table(_table_parser().parse_args(argv[1:]))
     if argv[:1] == ["claims"]:
         return _claims(_claims_parser().parse_args(argv[1:]))
     if argv[:1] in (["ablations"], ["budget"]):

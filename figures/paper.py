@@ -631,7 +631,8 @@ def _saebench(results, metric: str) -> dict:
     if not any(metric in v for v in sb.values()):
         hint = (f"{n_files} JSON files there, none with {metric} and a record_id/sae_name field" if n_files
                 else f"run `python -m benchmarks run --results-store {results} --evals {metric}` (it writes "
-                     "SAEBench JSON with a record_id field there)")
+                     "SAEBench JSON with a record_id field there; SAEBench installs with `bash scripts/install.sh "
+                     "--saebench`)")
         raise Missing(f"no SAEBench {metric.upper() if metric == 'scr' else metric} results in {where} — {hint}")
     return sb
 

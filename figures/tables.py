@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from ._common import (ARCH_LABEL, ARCH_ORDER, SPARSITY_LABEL, alignment_key, field_getter, load_records,
-                      load_saebench, load_saebench_dictionaries, mean_std, mode_name, point_steps,
+from ._common import (ARCH_LABEL, ARCH_ORDER, SPARSITY_LABEL, alignment_key, field_getter, fmt_tokens,
+                      load_records, load_saebench, load_saebench_dictionaries, mean_std, mode_name, point_steps,
                       saebench_bos_caveat)
 
 #: (column title, getter, digits) of the table
@@ -78,7 +78,7 @@ def results_table(records: Iterable[dict], experiment: Optional[str] = None, fmt
         toks = sorted({r.get("train_tokens") for r in recs})
         rows.append([exp, f"{ARCH_LABEL.get(arch, arch)} {mode}" + (f" @ step {step:,}" if step else ""), str(d),
                      f"{SPARSITY_LABEL.get(sname, sname)} {sval:g}",
-                     str(len(recs)), "/".join(f"{t / 1e6:g}M" for t in toks if t)]
+                     str(len(recs)), "/".join(fmt_tokens(t) for t in toks if t)]
                     + [_cell([get(r) for r in recs], digits) for _, get, digits in columns])
     if fmt == "text":
         return "\n".join("\t".join(r) for r in [head] + rows)
@@ -111,7 +111,8 @@ def saebench_table(results, experiment: Optional[str] = None, fmt: str = "markdo
     if not records:
         raise ValueError(f"no record{f' of experiment {experiment!r}' if experiment else ''} of {results} has "
                          f"SAEBench results in {Path(results) / 'saebench'} ({n_files} JSON files there); run "
-                         f"`python -m benchmarks run --results-store {results}`")
+                         f"`python -m benchmarks run --results-store {results}` (after `bash scripts/install.sh "
+                         f"--saebench`)")
     cols = [(title, (lambda r, name=name: sb[r["id"]].get(name)), digits) for title, name, digits in SAEBENCH_COLUMNS]
     table = results_table(records, experiment, fmt, columns=cols)
     caveat = saebench_bos_caveat(results)

@@ -262,7 +262,14 @@ def test_table_cli_groups_seeds(store, tmp_path, capsys):
     with pytest.raises(ValueError, match="fmt must be"):
         results_table(records, fmt="html")
     assert main(["table", "--results", str(store), "--format", "text"]) == 0
-    assert "experiment\tSAE" in capsys.readouterr().out
+    out = capsys.readouterr().out.splitlines()
+    # what the records were trained on comes first, with the smoke warning for smoke records (these are)
+    assert out[0] == "scale smoke: these dictionaries test the pipeline, not the paper"
+    assert out[1].startswith(f"records: {len(records)} · scale smoke") and "1M training tokens" in out[1]
+    assert out[3].startswith("experiment\tSAE")
+    # token counts in short form: a smoke run's 24,576 tokens read 24.6k, not 0.024576M
+    short = results_table([dict(r, train_tokens=24_576) for r in records], fmt="text").splitlines()[1]
+    assert "\t24.6k\t" in short and "0.024576M" not in short
     assert main(["table", "--results", str(tmp_path / "nowhere")]) == 2
 
 
@@ -291,7 +298,7 @@ def test_saebench_table_means_each_group_over_its_seeds_and_counts_missing_value
         assert row["seeds"] == str(len(grp)) and row["autointerp"].startswith(f"{np.mean(ai):.3f} ± {np.std(ai):.3f}")
         assert row["SCR@20"] == f"0.200 (n={len(grp) - 1})" and row["core FVE"] == row["autointerp if 'none'"] == "n/a"
     assert main(["table", "--saebench", "--results", str(store)]) == 0
-    assert capsys.readouterr().out.strip() == text
+    assert capsys.readouterr().out.strip().endswith(text)
 
 
 def test_autointerp_chance_levels_are_the_scores_of_answering_none_and_of_guessing(tmp_path):
