@@ -13,8 +13,9 @@ from typing import Optional
 
 from dictionary_learning_aligned.cli import SETTING_ERRORS, run_reporting_errors
 
-#: errors that are the user's (found before any eval runs; a failing eval raises EvalFailed, with its traceback)
-USER_ERRORS = SETTING_ERRORS
+#: errors that are the user's (found before any eval runs; a failing eval raises EvalFailed, with its traceback);
+#: a missing SAEBench is one (its message names the install step: :func:`benchmarks.saebench.import_saebench`)
+USER_ERRORS = SETTING_ERRORS + (ModuleNotFoundError,)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,14 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Dispatch ``run`` to :func:`benchmarks.saebench.cli.main`; returns the exit status (2 with a one-line error
-    for a bad argument, a missing folder or a refused overwrite)."""
+    for a bad argument, a missing folder, a refused overwrite or SAEBench not installed)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] != ["run"]:
         build_parser().parse_args(argv[:1])  # -h prints the help, anything else a usage error; both exit
         return 2
+    return run_reporting_errors(_run, argv[1:], USER_ERRORS)
+
+
+def _run(argv: list[str]) -> int:
+    """:func:`benchmarks.saebench.cli.main`, imported here so that a missing SAEBench is reported as a user's
+    error (:data:`USER_ERRORS`), not a traceback."""
     from benchmarks.saebench.cli import main as run_main
 
-    return run_reporting_errors(run_main, argv[1:], USER_ERRORS)
+    return run_main(argv)
 
 
 if __name__ == "__main__":

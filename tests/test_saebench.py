@@ -311,3 +311,21 @@ def test_autointerp_text_budget_is_checked_before_any_eval(tmp_path, smollm2_tok
     with pytest.raises(ValueError, match=r"autointerp needs --autointerp-tokens 10,000,000 tokens of general text .*"
                                          r"held-out split.*--text-source"):
         check_text_tokens(local, smollm2_tokenizer, 10_000_000)
+
+
+def test_missing_saebench_names_its_install_step(monkeypatch, capsys, tmp_path):
+    """Without SAEBench, the harness says how to install it (it crashed with a bare ModuleNotFoundError), and the
+    command line reports that in one line with exit status 2."""
+    import sys
+
+    from benchmarks import saebench
+    from benchmarks.__main__ import main as benchmarks_main
+
+    for name in saebench.SAEBENCH_MODULES:  # None in sys.modules: importing it raises ModuleNotFoundError
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ModuleNotFoundError, match=r"bash scripts/install\.sh --saebench"):
+        saebench.import_saebench()
+    store, _ = _store(tmp_path, _perturbed(AutoEncoderTopK, "project", k=16))
+    assert benchmarks_main(["run", "--results-store", str(store), "--evals", "scr", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "SAEBench is not installed" in err and "Traceback" not in err

@@ -33,7 +33,8 @@ def import_saebench() -> None:
     the mount is removed while SAEBench is imported and put back afterwards (nnsight's own ``unmount``/``mount``).
 
     Raises:
-        ImportError: sae-bench is not installed (``pip install -r requirements.txt``).
+        ModuleNotFoundError: sae-bench is not installed; the message names the install step
+            (``bash scripts/install.sh --saebench``, which installs ``requirements-saebench.txt``).
     """
     import importlib
 
@@ -46,6 +47,11 @@ def import_saebench() -> None:
     try:
         for name in SAEBENCH_MODULES:
             importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] == "sae_bench":
+            raise ModuleNotFoundError(f"SAEBench is not installed (no module {e.name!r}); install it with: bash "
+                                      f"scripts/install.sh --saebench (requirements-saebench.txt)", name=e.name) from e
+        raise
     finally:
         if mounted:
             mount(nnsight.save, "save")
