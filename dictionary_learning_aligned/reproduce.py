@@ -692,8 +692,10 @@ def experiments_help() -> str:
                 f"{e.seeds} seed(s); tokens smoke/small/paper {e.tokens['smoke']:,}/{e.tokens['small']:,}/"
                 f"{e.tokens['paper']:,}; {figs}")
         lines += textwrap.wrap(line, 110, initial_indent="  ", subsequent_indent=" " * 13)
-    lines.append("scales: smoke (minutes on a CPU, checks the pipeline, the numbers mean nothing), small (one GPU, "
-                 "offline models, local text), paper (the paper's models on the Pile; needs the hub)")
+    lines += textwrap.wrap("scales: smoke (minutes on a CPU, checks the pipeline, the numbers mean nothing; the "
+                           "grids above shrink to one dict_size of 256, at most 2 seeds and the two extreme sparsity "
+                           "values), small (one GPU, offline models, local text), paper (the paper's models on the "
+                           "Pile; needs the hub)", 110, subsequent_indent="  ")
     return "\n".join(lines)
 
 

@@ -265,3 +265,18 @@ def test_the_recorded_command_names_the_torchrun_launcher(monkeypatch, tmp_path)
     assert reproduce.main(["main", "--scale", "small", "--results", str(tmp_path)]) == 0
     assert seen == [f"torchrun --nproc_per_node 2 -m dictionary_learning_aligned reproduce main --scale small "
                     f"--results {tmp_path}"]
+
+
+def test_help_says_how_smoke_shrinks_the_grids():
+    """``reproduce -h`` lists the small/paper grids; it also says what smoke trains instead, and that matches the
+    smoke plans (a newcomer read "dict_size 4096; 3 seed(s)" and expected that on a CPU)."""
+    from dictionary_learning_aligned.experiments import EXPERIMENTS, resolve
+    from dictionary_learning_aligned.reproduce import experiments_help
+
+    text = " ".join(experiments_help().split())
+    assert "shrink to one dict_size of 256, at most 2 seeds and the two extreme sparsity values" in text
+    for name in EXPERIMENTS:
+        plan = resolve(name, "smoke")
+        assert {r.dict_size for r in plan.runs} == {256} and max(r.seed for r in plan.runs) <= 1
+        for arch in {r.arch for r in plan.runs}:
+            assert len({r.sparsity_value for r in plan.runs if r.arch == arch}) <= 2
