@@ -144,19 +144,22 @@ TABLE_SMOKE_LINE = "scale smoke: these dictionaries test the pipeline, not the p
 
 def _table(args) -> int:
     """``table``: the metrics (or ``--saebench`` metrics) per group, after a line saying what the records were
-    trained on (:func:`._common.budget_line`) and, for smoke records, that they test the pipeline; 2 when the store
-    is missing or holds nothing to tabulate."""
+    trained on (:func:`._common.budget_line`; none for a SAEBench folder without records) and, for smoke records,
+    that they test the pipeline; 2 when the store is missing or holds nothing to tabulate."""
     try:
-        records = load_records(args.results)
         body = (saebench_table(args.results, args.experiment, args.format) if args.saebench
-                else results_table(records, args.experiment, args.format))
+                else results_table(load_records(args.results), args.experiment, args.format))
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    shown = [r for r in records if not args.experiment or r.get("experiment") == args.experiment]
+    try:  # a SAEBench output folder of dictionaries evaluated without a results store has no records
+        shown = [r for r in load_records(args.results) if args.experiment in (None, r.get("experiment"))]
+    except (FileNotFoundError, ValueError):
+        shown = []
     if any(r.get("scale") == "smoke" for r in shown):
         print(TABLE_SMOKE_LINE)
-    print(f"records: {len(shown)} · {budget_line(shown)}\n")
+    if shown:
+        print(f"records: {len(shown)} · {budget_line(shown)}\n")
     print(body)
     return 0
 
