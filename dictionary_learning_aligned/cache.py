@@ -27,6 +27,7 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 import torch
 
+from .dtypes import require_float_batch
 from .io import write_json
 
 CACHE_FORMAT = 1
@@ -237,9 +238,7 @@ def _stored_rows(b: torch.Tensor, limit: int, dim: Optional[int], torch_dtype: t
         ValueError: ``b`` is not ``[batch, dim]`` (``dim`` None: any width >= 1); ``b`` holds NaN or inf; a finite
             value beyond the storage dtype's range (float16: magnitude above 65504) that would be stored as inf.
     """
-    if not isinstance(b, torch.Tensor) or not b.is_floating_point():
-        raise TypeError(f"activation batches must be floating-point tensors, got "
-                        f"{getattr(b, 'dtype', type(b).__name__)} (token ids or masks instead of activations?)")
+    require_float_batch(b, " (token ids or masks instead of activations?)")
     dim = (b.shape[-1] if b.ndim else None) if dim is None else dim
     if b.ndim != 2 or b.shape[1] != dim:
         raise ValueError(f"activation batches must all be [batch, {dim}], got {tuple(b.shape)}")

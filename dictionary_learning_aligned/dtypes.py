@@ -1,10 +1,26 @@
 """One parser for dtype arguments given as ``torch.dtype`` objects or names (``"bfloat16"``, ``"torch.float16"``),
-the autocast choice of the training commands, one check for device arguments and one parser for comma-list
-arguments, shared by the library, the demo and every command line."""
+the autocast choice of the training commands, one check for device arguments, one parser for comma-list
+arguments and one check that an activation batch is a floating-point tensor, shared by the library, the demo and
+every command line."""
 
 from __future__ import annotations
 
 import torch
+
+
+def require_float_batch(b, hint: str = "") -> None:
+    """Refuse an activation batch that is not a floating-point ``torch.Tensor`` (``trainSAE``, ``build_cache``).
+
+    Args:
+        b: the batch.
+        hint: appended to the message (e.g. a guess at what was passed instead).
+
+    Raises:
+        TypeError: naming the batch's dtype or type.
+    """
+    if not isinstance(b, torch.Tensor) or not b.is_floating_point():
+        raise TypeError(f"activation batches must be floating-point tensors, got "
+                        f"{getattr(b, 'dtype', type(b).__name__)}{hint}")
 
 
 def as_dtype(dtype, what: str = "dtype") -> torch.dtype:

@@ -18,6 +18,7 @@ from .console import progress
 
 from . import distributed as _dist
 from .alignment import alignment_scores, summarize_scores
+from .dtypes import require_float_batch
 from .io import atomic_path, check_output_dir, prepare_output_dir, write_json
 from .trainers.base import NonFiniteError, SAETrainer
 
@@ -386,9 +387,7 @@ class _Loop:
 
 
 def _check_batch(b, dims: set, allow_nonfinite: bool) -> None:
-    if not isinstance(b, torch.Tensor) or not b.is_floating_point():
-        raise TypeError(f"activation batches must be floating-point tensors, got "
-                        f"{getattr(b, 'dtype', type(b).__name__)}")
+    require_float_batch(b)
     if b.ndim != 2 or (dims and b.shape[1] not in dims):
         raise ValueError(f"trainers expect activations [batch, {'/'.join(map(str, sorted(dims)))}], got a batch of "
                          f"shape {tuple(b.shape)}")
