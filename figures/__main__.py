@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ._common import budget_line, load_records
+from ._common import SMOKE_NOTE, budget_line, load_records
 from .claims import claims_report
 from .compare import compare_claims
 from .paper import FIGURES, render_all
@@ -138,26 +138,25 @@ def _claims(args) -> int:
     return 0
 
 
-#: the first line of a table of records of which some are of scale smoke
-TABLE_SMOKE_LINE = "scale smoke: these dictionaries test the pipeline, not the paper"
-
-
 def _table(args) -> int:
     """``table``: the metrics (or ``--saebench`` metrics) per group, after a line saying what the records were
     trained on (:func:`._common.budget_line`; none for a SAEBench folder without records) and, for smoke records,
     that they test the pipeline; 2 when the store is missing or holds nothing to tabulate."""
     try:
+        try:
+            records = load_records(args.results)
+        except (FileNotFoundError, ValueError):
+            if not args.saebench:
+                raise
+            records = []  # a SAEBench output folder of dictionaries evaluated without a results store
         body = (saebench_table(args.results, args.experiment, args.format) if args.saebench
-                else results_table(load_records(args.results), args.experiment, args.format))
+                else results_table(records, args.experiment, args.format))
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    try:  # a SAEBench output folder of dictionaries evaluated without a results store has no records
-        shown = [r for r in load_records(args.results) if args.experiment in (None, r.get("experiment"))]
-    except (FileNotFoundError, ValueError):
-        shown = []
+    shown = [r for r in records if args.experiment in (None, r.get("experiment"))]
     if any(r.get("scale") == "smoke" for r in shown):
-        print(TABLE_SMOKE_LINE)
+        print(SMOKE_NOTE)
     if shown:
         print(f"records: {len(shown)} · {budget_line(shown)}\n")
     print(body)

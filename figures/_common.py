@@ -93,6 +93,10 @@ def finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+#: what a table or claims output of records of scale smoke says first
+SMOKE_NOTE = "scale smoke: these dictionaries test the pipeline, not the paper"
+
+
 def fired_scores(record: dict) -> Optional[tuple[list, list]]:
     """The per-feature alignment scores of ``record`` and whether each feature fired on its held-out tokens:
     ``(per_feature.alignment_score, [bool per feature])`` from ``per_feature.fired`` (booleans, or numbers such as

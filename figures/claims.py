@@ -33,8 +33,8 @@ import torch
 from dictionary_learning_aligned import registry
 from dictionary_learning_aligned.alignment import bimodality_coefficient
 
-from ._common import (ARCH_LABEL, ARCH_ORDER, L0, SPARSITY_LABEL, aggregate, budget_line, budget_summary,
-                      field_getter, finite, fired_scores, fmt_ms, mean_std, point_steps)
+from ._common import (ARCH_LABEL, ARCH_ORDER, L0, SMOKE_NOTE, SPARSITY_LABEL, aggregate, budget_line,
+                      budget_summary, field_getter, finite, fired_scores, fmt_ms, mean_std, point_steps)
 
 SUPPORTED, NOT_SUPPORTED, INSUFFICIENT = "supported", "not supported", "insufficient data"
 #: Sarle's coefficient of a uniform distribution; larger values suggest bimodality
@@ -48,6 +48,7 @@ CLAIMS = {
 }
 CE = field_getter("metrics", "frac_recovered")
 BC = field_getter("alignment_scores", "bimodality_coefficient")
+MCS = field_getter("stability", "mcs")
 
 
 def _alive_bc(r):
@@ -59,7 +60,6 @@ def _alive_bc(r):
         return None
     alive = [float(a) for a, f in zip(*found) if f and finite(a)]
     return bimodality_coefficient(torch.tensor(alive, dtype=torch.float64)) if len(alive) >= 4 else None
-MCS = field_getter("stability", "mcs")
 
 
 def _dead(r):
@@ -238,8 +238,8 @@ def _claim_e(found: dict):
 
 
 #: the first line of the claims output when records of scale smoke are among those checked
-SMOKE_LINE = ("scale smoke: these dictionaries test the pipeline, not the paper; the rows below give no verdicts "
-              "(train with --scale small or paper for evidence about the method)")
+SMOKE_LINE = (f"{SMOKE_NOTE}; the rows below give no verdicts (train with --scale small or paper for evidence "
+              f"about the method)")
 
 
 def shown_verdict(row: dict, bold: bool = False) -> str:
