@@ -18,6 +18,7 @@ finite (a checkpoint holding NaN/inf is refused with the tensor named). The writ
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from pathlib import Path
@@ -35,6 +36,8 @@ WEIGHTS_FILE = "ae.safetensors"
 LEGACY_WEIGHTS_FILE = "ae.pt"
 SAELENS_WEIGHTS_FILE = "sae_weights.safetensors"
 SAELENS_CONFIG_FILE = "cfg.json"
+#: the weights file of EleutherAI's sparsify, whose folders (beside a ``cfg.json``) are named, not read
+SPARSIFY_WEIGHTS_FILE = "sae.safetensors"
 #: key under which exports keep this library's provenance (config.json's ``trainer``, SAELens ``metadata``)
 PROVENANCE_KEY = "dictionary_learning_aligned"
 
@@ -122,6 +125,10 @@ def read_checkpoint(path) -> tuple[str, dict, dict, Path]:
     """
     p = Path(path)
     if p.is_dir() and (p / SAELENS_CONFIG_FILE).is_file() and not (p / WEIGHTS_FILE).is_file():
+        if (p / SPARSIFY_WEIGHTS_FILE).is_file() and not (p / SAELENS_WEIGHTS_FILE).is_file():
+            raise CheckpointError(f"{p} is a sparsify (EleutherAI) folder ({SAELENS_CONFIG_FILE} + "
+                                  f"{SPARSIFY_WEIGHTS_FILE}); this library does not read that format (it reads its "
+                                  f"own, dictionary_learning's and SAELens' folders)")
         return (*_read_saelens(p), p / SAELENS_WEIGHTS_FILE)
     weights = _resolve_weights_path(p)
     if weights.suffix == ".pt":
@@ -147,7 +154,7 @@ def build_dictionary(cls, name: str, kwargs: dict, state: dict, source):
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{source}: invalid dictionary configuration {kwargs}: {e}") from e
     _check_state(ae, state, name, kwargs, source)
-    ae.load_state_dict(state, assign=True)
+    ae.load_state_dict(_one_float_dtype(state, source), assign=True)
     return ae
 
 
@@ -161,10 +168,26 @@ def _check_state(ae, state: dict, name: str, kwargs: dict, source) -> None:
             raise CheckpointError(
                 f"{source}: tensor {k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)} "
                 f"for activation_dim={ae.activation_dim}, dict_size={ae.dict_size}")
+        if v.is_floating_point() != expected[k].is_floating_point():
+            kind = "floating-point" if expected[k].is_floating_point() else "integer"
+            raise CheckpointError(f"{source}: tensor {k} has dtype {v.dtype}, expected a {kind} tensor ({name})")
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{source}: tensor(s) {bad} hold NaN or infinite values; refusing to load a "
                               f"dictionary whose outputs would be silently wrong")
+
+
+def _one_float_dtype(state: dict, source) -> dict:
+    """``state`` with every floating-point tensor in one dtype: a checkpoint whose tensors were stored in different
+    float dtypes (e.g. float16 biases beside float32 weights) is promoted, losslessly, to the smallest dtype that
+    holds them all (:func:`torch.promote_types`), with a warning; otherwise the loaded dictionary's products would
+    fail on the first input."""
+    dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
+    if len(dtypes) < 2:
+        return state
+    common = functools.reduce(torch.promote_types, sorted(dtypes, key=str))
+    warnings.warn(f"{source}: tensors stored in several float dtypes {sorted(map(str, dtypes))}; loaded as {common}")
+    return {k: v.to(common) if v.is_floating_point() else v for k, v in state.items()}
 
 
 def _resolve_weights_path(p: Path) -> Path:
@@ -174,6 +197,8 @@ def _resolve_weights_path(p: Path) -> Path:
                 return p / name
         raise CheckpointError(f"{p} holds no {WEIGHTS_FILE} (or {LEGACY_WEIGHTS_FILE} with config.json, or a "
                               f"SAELens {SAELENS_CONFIG_FILE} with {SAELENS_WEIGHTS_FILE})")
+    if p.is_symlink() and not p.exists():
+        raise CheckpointError(f"no checkpoint at {p}: a symbolic link to nothing (broken, or a loop of links)")
     if not p.is_file():
         raise CheckpointError(f"no checkpoint at {p}: the file does not exist")
     return p
@@ -282,6 +307,9 @@ def _from_dl_own_layout(name: str, state: dict, tcfg: dict, kwargs: dict, source
 
 
 def _config_k(tcfg: dict, state: dict, source) -> int:
+    if state["k"].numel() != 1 or state["k"].is_floating_point():
+        raise CheckpointError(f"{source}: tensor k must hold one integer, got {state['k'].dtype} of shape "
+                              f"{tuple(state['k'].shape)}")
     k = int(state["k"])
     if "k" in tcfg and tcfg["k"] is not None and int(tcfg["k"]) != k:
         warnings.warn(f"{source}: config.json says k={tcfg['k']} but the weights hold k={k} (the value at the "
@@ -293,7 +321,10 @@ def _as_aligned_state(state: dict, alignment: str, source) -> dict:
     """An exported (materialised) encoder ``W_enc`` back into the stored parameter of ``alignment``: ``V =
     W_enc`` for the reparameterized modes (an aligned encoder is a fixed point of its map, up to float
     rounding), nothing for ``"tied"`` (the encoder must equal ``W_dec.T``), ``W_enc`` itself otherwise."""
-    al.check_mode(alignment)
+    try:
+        al.check_mode(alignment)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: {e}") from None
     state = dict(state)
     if alignment in al.REPARAMETERIZED:
         state["V"] = state.pop("W_enc")
@@ -322,7 +353,8 @@ def _read_saelens(folder: Path):
         raise CheckpointError(f"{folder}: SAELens {arch} weights {sorted(raw)}, expected {sorted(expected)}")
     state = {"W_enc": raw["W_enc"].T.contiguous(), "W_dec": raw["W_dec"].T.contiguous(), "b_dec": raw["b_dec"],
              "b_enc": raw["b_enc"]}
-    ours = (cfg.get("metadata") or {}).get(PROVENANCE_KEY) or {}
+    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    ours = meta.get(PROVENANCE_KEY) if isinstance(meta.get(PROVENANCE_KEY), dict) else {}
     kwargs = {"activation_dim": d_in, "dict_size": d_sae}
     name = _saelens_class(arch, cfg, ours, raw, state, kwargs, folder)
     if not cfg.get("apply_b_dec_to_input", True) and name != "JumpReluAutoEncoder":
@@ -354,12 +386,12 @@ def _saelens_class(arch, cfg, ours, raw, state, kwargs, folder) -> str:
         if cfg.get("rescale_acts_by_decoder_norm") and not _unit_rows(raw["W_dec"]):
             raise CheckpointError(f"{folder}: topk with rescale_acts_by_decoder_norm and decoder rows that are "
                                   f"not unit norm cannot be represented (our TopK selects on raw activations)")
-        kwargs["k"] = int(cfg["k"])
+        kwargs["k"] = _int_field(cfg, "k", folder / SAELENS_CONFIG_FILE)
         state.update(k=torch.tensor(kwargs["k"], dtype=torch.int), threshold=torch.tensor(-1.0))
         return "AutoEncoderTopK"
     thr = raw["threshold"]
     if ours.get("dict_class") in ("BatchTopKSAE", "MatryoshkaBatchTopKSAE") and bool((thr == thr[0]).all()):
-        kwargs["k"] = int(ours["k"])
+        kwargs["k"] = _int_field(ours, "k", f"{folder / SAELENS_CONFIG_FILE}: metadata.{PROVENANCE_KEY}")
         state.update(k=torch.tensor(kwargs["k"], dtype=torch.int), threshold=thr[0].clone().float())
         if "group_sizes" in ours:
             kwargs["group_sizes"] = [int(g) for g in ours["group_sizes"]]
@@ -372,6 +404,14 @@ def _saelens_class(arch, cfg, ours, raw, state, kwargs, folder) -> str:
     kwargs["apply_b_dec_to_input"] = bool(cfg.get("apply_b_dec_to_input", True))
     state["threshold"] = thr
     return "JumpReluAutoEncoder"
+
+
+def _int_field(cfg: dict, key: str, where) -> int:
+    """``cfg[key]`` as an int; CheckpointError naming ``where`` when it is missing or not a whole number."""
+    v = cfg.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v):
+        raise CheckpointError(f"{where}: {key} must be an integer, got {v!r}")
+    return int(v)
 
 
 def _unit_rows(W: torch.Tensor) -> bool:
