@@ -2,7 +2,8 @@
 
 The other benchmarks are modules of their own: ``python -m benchmarks.speed`` (training throughput),
 ``python -m benchmarks.multigpu`` (one GPU against several), ``python -m benchmarks.syncs`` (host
-synchronisations of training steps) and ``python -m benchmarks.massive_tokens`` (a
+synchronisations of training steps), ``python -m benchmarks.harvest`` (the activation harvest's speed and error in
+float32, TF32 and bfloat16) and ``python -m benchmarks.massive_tokens`` (a
 dictionary's error on the language model's massive-activation tokens)."""
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m benchmarks.speed           training throughput, standard vs aligned\n"
                "  python -m benchmarks.multigpu        data-parallel training against one GPU\n"
                "  python -m benchmarks.syncs           host synchronisations per training step (GPU)\n"
+               "  python -m benchmarks.harvest         harvest speed and error: float32, TF32, bfloat16\n"
                "  python -m benchmarks.massive_tokens  error share of massive-activation tokens")
     p.add_argument("command", choices=("run",), metavar="COMMAND", help="run (the SAEBench harness)")
     return p

@@ -146,6 +146,14 @@ def _prefetched(items: Iterable, ahead: int, chunk: int) -> Iterator:
         stop.set()  # the thread removes itself from _PRODUCERS when it ends (it may still be inside ``items``)
 
 
+def norm_keep_mask(acts: torch.Tensor, max_norm_multiple: float) -> torch.Tensor:
+    """Which tokens the norm filter keeps: ``acts [tokens, d]`` (one forward pass's activations, any float dtype)
+    -> bool ``[tokens]``, True where the token's L2 norm (in float32) is at most ``max_norm_multiple`` times the
+    median norm of ``acts`` (the massive-activation tokens, such as attention sinks, are the False ones)."""
+    norms = acts.float().norm(dim=-1)
+    return norms <= max_norm_multiple * norms.median()
+
+
 class ActivationBuffer:
     """Shuffled batches of one layer's activations, harvested with nnsight.
 
@@ -267,6 +275,21 @@ class ActivationBuffer:
         h = h[0] if isinstance(h, tuple) else h
         return h
 
+    def rows(self, h: torch.Tensor) -> torch.Tensor:
+        """The rows one forward pass adds to the buffer: ``h [batch, ctx_len, d_submodule]`` (from :meth:`harvest`)
+        with the BOS position removed (``remove_bos``), flattened to ``[tokens, d_submodule]``, moved to ``device``
+        as ``dtype``, and the massive-norm tokens dropped (:func:`norm_keep_mask`, with ``max_norm_multiple``).
+        Counts ``tokens_harvested`` (before the drop) and ``tokens_dropped``."""
+        if self.remove_bos:
+            h = h[:, 1:]
+        h = h.reshape(-1, self.d_submodule).to(self.device, self.dtype)
+        self.tokens_harvested += h.shape[0]
+        if self.max_norm_multiple is not None:
+            ok = norm_keep_mask(h, self.max_norm_multiple)
+            self.tokens_dropped += int((~ok).sum())
+            h = h[ok]
+        return h
+
     def refresh(self) -> None:
         """Drop read activations and fill the buffer with new ones."""
         from .console import progress
@@ -280,16 +303,7 @@ class ActivationBuffer:
             tokens = self.token_batch(min(self.refresh_batch_size, max(1, (target - n) // self.ctx_len + 1)))
             if tokens is None:
                 break
-            h = self.harvest(tokens)
-            if self.remove_bos:
-                h = h[:, 1:]
-            h = h.reshape(-1, self.d_submodule).to(self.device, self.dtype)
-            self.tokens_harvested += h.shape[0]
-            if self.max_norm_multiple is not None:
-                norms = h.float().norm(dim=-1)
-                ok = norms <= self.max_norm_multiple * norms.median()
-                self.tokens_dropped += int((~ok).sum())
-                h = h[ok]
+            h = self.rows(self.harvest(tokens))
             chunks.append(h)
             n += h.shape[0]
             bar.update(h.shape[0])

@@ -8,6 +8,7 @@ these functions; the reproduction (:mod:`.reproduce`) maps onto them one to one:
 step                                            function
 ==============================================  ============================================================
 load the language model and its layer           :func:`load_model` -> :class:`LoadedModel`
+wrap a model already loaded                     :func:`wrap_model`
 the layer read when none is given               :func:`default_layer`
 how activations are read (one run's settings)   :class:`Harvest`
 a buffer over a corpus split                    :func:`activation_buffer` (size: :func:`buffer_ctxs`)
@@ -79,17 +80,29 @@ def load_model(name: str, layer: int, device: str = "cpu", dtype: torch.dtype | 
             offline model).
         LayerIndexError (a ValueError): ``layer`` outside ``0..n_layers-1``; TypeError: ``layer`` not an int.
     """
+    from . import console
+    from .models import load_language_model
+
+    with console.captured_output(None, stderr=True):  # transformers' loading bars; errors still raise
+        hf, tok = load_language_model(name, device=device, dtype=dtype)
+    return wrap_model(name, layer, hf, tok)
+
+
+def wrap_model(name: str, layer: int, hf, tokenizer) -> LoadedModel:
+    """The :class:`LoadedModel` of an already loaded Hugging Face causal LM ``hf`` (used as is: its device and
+    dtype) and its ``tokenizer`` (copied), named ``name``, reading block ``layer``.
+
+    Raises:
+        LayerIndexError (a ValueError): ``layer`` outside ``0..n_layers-1``; TypeError: ``layer`` not an int.
+    """
     import copy
 
     from nnsight.modeling.transformers import TransformersModel
 
-    from . import console
-    from .models import get_layer, load_language_model
+    from .models import get_layer
 
-    with console.captured_output(None, stderr=True):  # transformers' loading bars; errors still raise
-        hf, tok = load_language_model(name, device=device, dtype=dtype)
     # TransformersModel with task="text-generation" is what nnsight's deprecated LanguageModel alias builds
-    lm = TransformersModel(hf, tokenizer=copy.deepcopy(tok), task="text-generation")
+    lm = TransformersModel(hf, tokenizer=copy.deepcopy(tokenizer), task="text-generation")
     return LoadedModel(name=name, layer=layer, lm=lm, submodule=get_layer(lm, layer),
                        d_model=hf.config.hidden_size)
 
