@@ -186,7 +186,8 @@ def _read_checked(p: Path) -> dict:
     """The record in file ``p``, checked (valid JSON object, this schema version, every required key).
 
     Raises:
-        ValueError: naming the file and what is wrong with it.
+        ValueError: naming the file and what is wrong with it (also an ``id`` that is not a plain name: a path
+            such as ``../x`` would put files named after it outside the store).
     """
     try:
         rec = read_json(p)
@@ -199,6 +200,10 @@ def _read_checked(p: Path) -> dict:
     missing = [k for k in REQUIRED if k not in rec]
     if missing:
         raise ValueError(f"{p} is not a complete record: it lacks {missing}")
+    rid = rec["id"]
+    if not isinstance(rid, str) or not rid or rid in (".", "..") or "/" in rid or "\\" in rid:
+        raise ValueError(f"{p}: record id {rid!r} is not a plain name (ids name files and folders, e.g. the "
+                         f"SAEBench results' DIR/saebench/<id>/)")
     return rec
 
 

@@ -383,9 +383,27 @@ def _record_id_of(d: dict, path: Path) -> Optional[str]:
 
 
 def _dictionary_name_of(d: dict, path: Path) -> Optional[str]:
-    """A ``benchmarks run --dictionaries`` result file's dictionary name: ``dictionary.name``, else its folder."""
+    """A result file's dictionary name: ``dictionary.name`` (``benchmarks run --dictionaries``), else SAEBench's own
+    ``{sae_lens_release_id}_{sae_lens_id}`` (the stem of the ``..._eval_results.json`` files SAEBench writes, one
+    folder per eval: their folder names the eval, not the SAE), else the file's folder."""
     name = (d.get("dictionary") or {}).get("name") if isinstance(d.get("dictionary"), dict) else None
-    return name if isinstance(name, str) else path.parent.name
+    if isinstance(name, str):
+        return name
+    release, sae_id = d.get("sae_lens_release_id"), d.get("sae_lens_id")
+    if isinstance(release, str) and isinstance(sae_id, str):
+        return f"{release}_{sae_id}"
+    return path.parent.name
+
+
+def _saebench_description(d: dict) -> Optional[dict]:
+    """The ``dictionary`` description of a result (written by ``benchmarks run``), else the little SAEBench's own
+    ``sae_cfg_dict`` says (``dict_class``: its architecture, ``d_sae``); None when neither is there."""
+    if isinstance(d.get("dictionary"), dict):
+        return d["dictionary"]
+    cfg = d.get("sae_cfg_dict")
+    if isinstance(cfg, dict):
+        return {"dict_class": cfg.get("architecture"), "d_sae": cfg.get("d_sae")}
+    return None
 
 
 def _metrics_of(d: dict, p: Path, skipped: list) -> dict:
@@ -442,8 +460,8 @@ def _load_saebench_folder(folder: Path, key_of: Callable[[dict, Path], Optional[
                                  f"remove the stale one")
             source[rid, name] = p
             out.setdefault(rid, {})[name] = v
-        if describe and rid in out and isinstance(d.get("dictionary"), dict):
-            out[rid].setdefault("dictionary", d["dictionary"])
+        if describe and rid in out and _saebench_description(d) is not None:
+            out[rid].setdefault("dictionary", _saebench_description(d))
     if skipped:
         warnings.warn(f"{len(skipped)} SAEBench file(s) or value(s) under {folder} left out:\n  "
                       + "\n  ".join(skipped[:20]) + (f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""),

@@ -159,15 +159,19 @@ def read_run_config(folder) -> dict:
     """``config.json`` beside a dictionary (``{}`` when absent).
 
     Raises:
-        CheckpointError: the file exists but is not valid JSON.
+        CheckpointError: the file exists but is not valid JSON, or is not an object whose ``trainer`` (when
+            present) is an object.
     """
     p = Path(folder) / "config.json"
     if not p.is_file():
         return {}
     try:
-        return json.loads(p.read_text())
+        cfg = json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{p} is not valid JSON: {e}") from e
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("trainer", {}), dict):
+        raise CheckpointError(f"{p} is not a run config (a JSON object with a 'trainer' object)")
+    return cfg
 
 
 def load_saebench_sae(path, model_name: Optional[str] = None, hook_layer: Optional[int] = None,
@@ -185,8 +189,8 @@ def load_saebench_sae(path, model_name: Optional[str] = None, hook_layer: Option
         ``(sae, config)``: the ``DictionarySAE`` and the run config dict.
 
     Raises:
-        CheckpointError: unreadable checkpoint. ValueError: no layer or model name given and none recorded in
-        ``config.json``.
+        CheckpointError: unreadable checkpoint or ``config.json``. ValueError: no layer or model name given and
+        none recorded in ``config.json``, or a layer that is not an integer >= 0.
     """
     path = Path(path)
     folder = path if path.is_dir() else path.parent
@@ -196,6 +200,8 @@ def load_saebench_sae(path, model_name: Optional[str] = None, hook_layer: Option
     name = model_name or tcfg.get("lm_name")
     if layer is None:
         raise ValueError(f"{folder}: config.json records no trainer.layer; pass hook_layer")
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+        raise ValueError(f"{folder}: the layer must be a block index (an integer >= 0), got {layer!r}")
     if not name:
         raise ValueError(f"{folder}: config.json records no trainer.lm_name; pass model_name")
     ae = Dictionary.from_pretrained(path, device="cpu")
