@@ -49,7 +49,18 @@ class CheckpointError(ValueError):
 
 
 def register_dictionary(cls):
-    """Class decorator: make a dictionary class loadable by name in :func:`load_dictionary`."""
+    """Class decorator: make a dictionary class loadable by name in :func:`load_dictionary`.
+
+    Raises:
+        ValueError: another class (of another module or qualified name) is registered under the same name: it
+            would replace it, and every checkpoint of that name would load as the new class. Registering the same
+            class again (a module imported or reloaded twice) replaces it.
+    """
+    old = _DICT_CLASSES.get(cls.__name__)
+    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"a dictionary class named {cls.__name__!r} is already registered ({old.__module__}."
+                         f"{old.__qualname__}); checkpoints name their class, so give {cls.__module__}."
+                         f"{cls.__qualname__} another name")
     _DICT_CLASSES[cls.__name__] = cls
     return cls
 

@@ -87,10 +87,23 @@ def register(arch: Architecture) -> Architecture:
     """Add ``arch`` to the registry (returns it, so a module can keep a name for it).
 
     Raises:
-        ValueError: another architecture already has this name (with different trainers).
+        ValueError: another architecture already has this name (with different trainers); a name that is empty
+            or holds a comma or whitespace (the command lines' comma lists could not name it).
+        TypeError: not an Architecture; a trainer (or aligned trainer) that is not a subclass of
+            :class:`~.trainers.base.SAETrainer`; a ``schedule`` that is not callable.
     """
+    from .trainers.base import SAETrainer
+
     if not isinstance(arch, Architecture):
         raise TypeError(f"register() takes an Architecture, got {type(arch).__name__}")
+    if not isinstance(arch.name, str) or not arch.name or any(c == "," or c.isspace() for c in arch.name):
+        raise ValueError(f"architecture name must be a non-empty string without commas or spaces, got {arch.name!r}")
+    for what, cls in (("trainer", arch.trainer), ("aligned_trainer", arch.aligned_trainer)):
+        optional = cls is None and what == "aligned_trainer"
+        if not optional and not (isinstance(cls, type) and issubclass(cls, SAETrainer)):
+            raise TypeError(f"architecture {arch.name!r}: {what} must be a subclass of SAETrainer, got {cls!r}")
+    if not callable(arch.schedule):
+        raise TypeError(f"architecture {arch.name!r}: schedule must be a function of steps, got {arch.schedule!r}")
     old = _REGISTRY.get(arch.name)
     if old is not None and (old.trainer, old.aligned_trainer) != (arch.trainer, arch.aligned_trainer):
         raise ValueError(f"architecture {arch.name!r} is already registered with trainer {old.trainer.__name__}")

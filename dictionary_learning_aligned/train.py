@@ -172,7 +172,8 @@ class TrainConfig:
     log_steps: Optional[int] = None
     """log losses every this many steps (default: no intermediate logs)"""
     save_steps: str = ""
-    """comma list of steps to checkpoint (ddp placement)"""
+    """comma list of step indices (0 .. steps-1) after which to checkpoint, trainer_i/checkpoints/step_{s}
+    (ddp placement)"""
     device: Optional[str] = None
     """training device (default: cuda:LOCAL_RANK when CUDA is available, else cpu)"""
     autocast: str = choice(*AUTOCAST_CHOICES, default="auto")
@@ -211,13 +212,20 @@ def _check_args(args: TrainConfig, world: int) -> None:
     """Refuse bad sizes before anything is loaded or written.
 
     Raises:
-        ValueError: a batch size, epoch count or token count below 1, or a batch size not divisible by the
-            world size under ddp placement.
+        ValueError: a batch size, epoch count, step count or token count below 1, a context length below 2,
+            ``--save-steps`` with spread placement (which writes no checkpoints), or a batch size not divisible by
+            the world size under ddp placement.
     """
     if args.batch_size < 1 or args.epochs < 1:
         raise ValueError(f"--batch-size and --epochs must be >= 1, got {args.batch_size}, {args.epochs}")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be >= 1 (leave it out to train on every full batch), got {args.steps}")
     if args.tokens < 1:
         raise ValueError(f"--tokens must be >= 1, got {args.tokens}")
+    if args.ctx_len < 2:
+        raise ValueError(f"--ctx-len must be >= 2 (BOS and one token), got {args.ctx_len}")
+    if args.save_steps.strip() and args.placement == "spread":
+        raise ValueError("--save-steps works with --placement ddp only (spread placement writes no checkpoints)")
     if args.placement == "ddp" and args.batch_size % world:
         raise ValueError(f"--batch-size {args.batch_size} is not divisible by the world size {world} "
                          f"(data-parallel training gives each process batch_size / world_size activations)")
@@ -413,7 +421,7 @@ def run(args: TrainConfig, command: Optional[str] = None) -> list[int]:
     check_output_dir(args.out, args.overwrite)  # every rank: all fail alike, before any work
     configs = _read_configs(args)  # checked (trainer names resolved) before the cache is opened or harvested
     cache, preload = _open_cache(args, device)
-    steps = args.steps or len(cache)
+    steps = args.steps if args.steps is not None else len(cache)
     _fill_defaults(configs, args, cache, steps)
     if rank == 0:
         _print_settings(args, cache, len(configs), steps, world, device)

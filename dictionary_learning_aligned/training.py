@@ -99,7 +99,8 @@ def trainSAE(
         steps: number of steps (one batch each); training stops early, with a warning, if ``data`` runs out.
         save_dir: output folder; each trainer gets ``save_dir/trainer_{i}/`` with ``config.json`` and
             ``ae.safetensors`` (weights that read raw activations). None: nothing is written.
-        save_steps: steps after which to write a checkpoint ``trainer_{i}/checkpoints/step_{step}/`` holding a
+        save_steps: step indices (``0 .. steps - 1``; ValueError otherwise) after which to write a checkpoint
+            ``trainer_{i}/checkpoints/step_{step}/`` (the dictionary after ``step + 1`` steps) holding a
             usable dictionary (``ae.safetensors``, raw-activation weights) and the full training state
             (``trainer_state.pt``: weights, optimizer, scheduler, counters, p-anneal state, RNG states), each
             checkpoint written to a temporary folder and renamed when complete.
@@ -156,7 +157,7 @@ def trainSAE(
         FloatingPointError: a trainer's weights became non-finite (checked before every save; nothing is saved).
         FileExistsError: ``save_dir`` exists and is not empty, without ``overwrite`` or ``resume``.
     """
-    _check_arguments(steps, trainer_configs, log_steps, resume, save_dir, data_parallel)
+    _check_arguments(steps, trainer_configs, log_steps, resume, save_dir, data_parallel, save_steps)
     steps, save_steps = int(steps), sorted(set(save_steps or []))
     writer = _dist.rank() == 0 if data_parallel else True
     if save_dir is not None and not resume:
@@ -184,10 +185,16 @@ def trainSAE(
     return trainers
 
 
-def _check_arguments(steps, trainer_configs, log_steps, resume, save_dir, data_parallel) -> None:
-    """The checks of :func:`trainSAE`'s arguments that need no data (raises ValueError)."""
+def _check_arguments(steps, trainer_configs, log_steps, resume, save_dir, data_parallel, save_steps=None) -> None:
+    """The checks of :func:`trainSAE`'s arguments that need no data (raises ValueError; a save step outside
+    ``0 .. steps - 1`` would never be reached, so the checkpoint asked for would silently not be written)."""
     if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    bad = [s for s in save_steps or []
+           if not isinstance(s, numbers.Integral) or isinstance(s, bool) or not 0 <= s < steps]
+    if bad:
+        raise ValueError(f"save_steps must be step indices in 0..{steps - 1} (the checkpoint after step s + 1), "
+                         f"got {bad}")
     if not trainer_configs:
         raise ValueError("trainer_configs is empty: nothing to train")
     if log_steps is not None and log_steps < 1:

@@ -295,6 +295,7 @@ class DictionaryTrainer(SAETrainer):
             recon, x_hat, f, aux = self._forward_compiled(x)
         else:
             recon, x_hat, f, aux = self._forward(x)
+        self._check_shapes(x, x_hat, f)
         sparse, terms = self.sparsity_term(x, x_hat, f, aux, step)
         loss = recon + sparse
         terms = {"mse_loss": recon, **terms}
@@ -303,6 +304,22 @@ class DictionaryTrainer(SAETrainer):
             loss = loss + self.alignment_penalty * pen
             terms["alignment_penalty"] = pen
         return loss, terms, x_hat, f, aux
+
+    def _check_shapes(self, x: torch.Tensor, x_hat: torch.Tensor, f: Optional[torch.Tensor]) -> None:
+        """Refuse a dictionary whose reconstruction is not ``[batch, activation_dim]`` or whose code is not
+        ``[batch, dict_size]``: broadcasting would otherwise give a loss, and train, silently (a plug-in's
+        ``encode`` returning ``[1, dict_size]``, or a ``decode`` returning ``[batch, 1]``). Shapes only: no host
+        synchronisation.
+
+        Raises:
+            ValueError: naming the dictionary class and both shapes.
+        """
+        want_f = (x.shape[0], self.ae.dict_size)
+        if x_hat.shape != x.shape or (f is not None and tuple(f.shape) != want_f):
+            got_f = "sparse" if f is None else tuple(f.shape)
+            raise ValueError(f"{type(self.ae).__name__} gave codes of shape {got_f} (expected {want_f}) and a "
+                             f"reconstruction of shape {tuple(x_hat.shape)} (expected {tuple(x.shape)}) for a batch "
+                             f"of shape {tuple(x.shape)}; its encode/decode must keep the batch dimension")
 
     def loss(self, x: torch.Tensor, step: int, logging: bool = False):
         """Training loss: ``mean_batch sum_d (x - x_hat)^2`` + the trainer's sparsity term [+ the
