@@ -7,6 +7,7 @@ generated from the table :data:`BUDGET_FLAGS` over :class:`~.runner.Budgets`."""
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import shlex
 import sys
 from dataclasses import dataclass, make_dataclass
@@ -214,6 +215,10 @@ class RunConfig:
     """keep SAEBench's artifacts (the LLM activations of the probing/SCR/TPP datasets, SCR/TPP's LLM probes,
     autointerp's tokens) in DIR/<key>/ across runs and parallel processes, key a hash of everything they depend on
     (written to DIR/<key>/key.json; see benchmarks/saebench/artifacts.py); default: a temporary folder per run"""
+    plugins: Optional[str] = sp_field(None, metavar="MODULES")
+    """comma list of Python modules to import first (from the current folder or PYTHONPATH), such as the file of
+    your own architecture (docs/extending.md): a dictionary class of its own loads only once its module has
+    registered it"""
     verbose: bool = sp_field(False, action="store_true")
     """show the evals' own output (probe accuracies, third-party warnings); default: a progress line per eval and
     the summary"""
@@ -285,6 +290,17 @@ def run_spec(cfg: RunConfig, command: str = "") -> RunSpec:
                    artifacts=Path(cfg.artifacts) if cfg.artifacts else None)
 
 
+def import_plugins(modules: Optional[str]) -> list:
+    """Import every module of the comma list ``modules`` (``--plugins``), so that the dictionary classes
+    (``@register_dictionary``) and architectures (``register(...)``) they define are known before any checkpoint is
+    loaded. Returns the imported modules (none for None).
+
+    Raises:
+        ModuleNotFoundError: a module is not importable from the current folder or ``PYTHONPATH``.
+    """
+    return [importlib.import_module(name) for name in comma_list(modules or "", flag="--plugins")]
+
+
 def main(argv=None) -> int:
     """Entry point of ``python -m benchmarks run``; returns 0 on success (errors propagate with their cause: the
     caller, ``python -m benchmarks``, reports a user's error as one line, see
@@ -293,6 +309,7 @@ def main(argv=None) -> int:
 
     cfg = parse_run_config(argv)
     set_verbosity(cfg.verbose)
+    import_plugins(cfg.plugins)
     command = " ".join(shlex.quote(a) for a in ["python", "-m", "benchmarks", "run", *(argv or sys.argv[2:])])
     run(run_spec(cfg, command))
     return 0
