@@ -31,6 +31,8 @@ key                    meaning
 ``checkpoint_of``      only in records evaluated at step points of one run (experiment ``budget``): the run's final
                        dictionary folder, relative to DIR, the same for every step point of that run (whose
                        ``paths.dictionary`` is the checkpoint's folder, ``.../checkpoints/step_{steps - 1}``)
+``trained_for``        only when one training served several experiments (``reproduce --also``): their names, in
+                       order (the same dictionary is then recorded under each one's id)
 ``command``, ``versions``, ``created``  provenance
 =====================  ============================================================================================
 

@@ -25,7 +25,7 @@ import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from simple_parsing.helpers import choice, field
@@ -154,9 +154,10 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
                    epochs: int = 1, seeds: Optional[int] = None, preload: Optional[bool] = None,
                    sparsity: Optional[list] = None, chunk: Optional[int] = None, verbose: bool = True,
                    use_wandb: bool = False, wandb_project: str = "", command: Optional[str] = None,
-                   compile_stacks: bool | str = False, recipe: Optional[str] = None) -> list[str]:
-    """Train, evaluate and record every missing dictionary of an experiment; returns the ids written (by this
-    process).
+                   compile_stacks: bool | str = False, recipe: Optional[str] = None,
+                   also: Sequence[str] = ()) -> list[str]:
+    """Train, evaluate and record every missing dictionary of an experiment (and of the experiments ``also``);
+    returns the ids written (by this process).
 
     The steps: :func:`select_runs` (the grid points still missing from the store), this process' share of them
     (:func:`spread_runs`), then per part of one dictionary size (:func:`_chunks`) :func:`train_part`,
@@ -165,6 +166,12 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     (:meth:`.experiments.Plan.eval_points`) from them: one record per run and step point, with ``steps`` and
     ``checkpoint_of``, and its group's cross-seed stability at that step.
     Several GPUs (``torchrun``): see the module docstring.
+
+    Several experiments at once (``also``): their grids are trained together on one harvest, and a dictionary
+    that two of them ask for (the same trainer config, :func:`training_key`; e.g. every ``budget`` run is a
+    ``main`` run, two thirds of ``tying`` are) is trained once and recorded for each, under each experiment's id
+    and at each one's step points (``trained_for`` in the records names them all). The experiments must read the
+    same data: the same model, layer, corpus, token budget and recipe (:func:`shared_plans`).
 
     Args:
         name, scale: see :func:`.experiments.resolve`.
@@ -198,6 +205,8 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
             :data:`.stacked.COMPILE_MODES` picks the ``torch.compile`` mode (``"reduce-overhead"``: CUDA graphs).
         recipe: a key of :data:`.experiments.RECIPES` instead of the scale's recipe (batch size, learning rate,
             warmups; recorded as ``recipe``).
+        also: names of further experiments trained in the same invocation (see above); ``archs``, ``dict_sizes``
+            and ``sparsity`` then pick from the union of the grids (a value needs to be in one of them).
 
     Every step trains on a full batch of ``batch_size`` activations (:func:`train_steps` gives the steps the data
     serves; the learning-rate schedule, step points and records use them). The log says, with the seconds
@@ -208,14 +217,12 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     Raises:
         ValueError: unknown experiment/scale/recipe, a bad device, bad tokens/epochs/seeds/batch and evaluation
             sizes, ``epochs > 1`` without ``cache``, with ``cache`` fewer distinct tokens than one batch, or a
-            run of one step (all checked before the model is loaded); a cache holding fewer activations than the
-            run needs (the corpus ran out while harvesting).
+            run of one step, an experiment of ``also`` that is unknown, repeated or reads other data (all checked
+            before the model is loaded); a cache holding fewer activations than the run needs (the corpus ran out
+            while harvesting).
     """
-    plan = resolve(name, scale, corpus)
-    if recipe is not None:
-        if recipe not in RECIPES:
-            raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
-        plan = dataclasses.replace(plan, recipe=RECIPES[recipe])
+    plans = shared_plans([name, *also], scale, corpus, recipe)
+    plan = plans[0]
     _check_sizes(plan, tokens, epochs, cache, seeds, chunk, batch_size, eval_batches, ce_batches, ce_batch_size)
     compile_mode(compile_stacks)  # an unknown mode is refused here, before the model loads
     device = device or default_device()
@@ -226,7 +233,8 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     if store.exists() and not store.is_dir():
         raise ValueError(f"--results {store} is a file, not a results store folder")
     steps, unique_tokens = train_steps(total_tokens, batch_size, epochs, cached=cache is not None)
-    todo = select_runs(plan, store, archs, dict_sizes, seeds, sparsity, steps=steps)
+    todos = select_shared_runs(plans, store, archs, dict_sizes, seeds, sparsity, steps)
+    todo = runs_to_train(plans, todos, steps)
     if todo:
         _check_steps(steps, total_tokens, batch_size)
     if cache is not None and todo:
@@ -243,7 +251,10 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
                     compile_stacks=compile_stacks, points=plan.eval_points(steps) if plan.eval_steps else (),
                     rank=rank, world_size=world, verbose=verbose, use_wandb=use_wandb, wandb_project=wandb_project,
                     command=command or _default_command())
-        return _run_share(ctx, todo, chunk, (eval_batches, ce_batches, ce_batch_size))
+        recorders = [_Recorder(dataclasses.replace(ctx, name=p.experiment.name, plan=p, points=(
+                         p.eval_points(steps) if p.eval_steps else ())), _keyed(p, t, steps))
+                     for p, t in zip(plans, todos)]
+        return _run_share(ctx, todo, chunk, (eval_batches, ce_batches, ce_batch_size), recorders)
     finally:
         if started_group and _dist.is_initialized():
             torch.distributed.destroy_process_group()
@@ -254,14 +265,19 @@ def _default_command() -> str:
     return " ".join([Path(sys.executable).name, "-m", "dictionary_learning_aligned.reproduce"] + sys.argv[1:])
 
 
-def _run_share(ctx: _Part, todo: list[Run], chunk: Optional[int], eval_sizes: tuple) -> list[str]:
+def _run_share(ctx: _Part, todo: list[Run], chunk: Optional[int], eval_sizes: tuple,
+               recorders: list[_Recorder]) -> list[str]:
     """:func:`run_experiment` after its checks, in process ``ctx.rank`` of ``ctx.world_size`` on ``ctx.device``:
-    its share of ``todo`` (:func:`spread_runs`), the cache harvested once, then train, evaluate and record part by
-    part. ``eval_sizes``: (eval_batches, ce_batches, ce_batch_size) of the held-out data."""
+    its share of ``todo`` (:func:`spread_runs`), the cache harvested once, then part by part: train, evaluate at
+    every step point some experiment records, and write each experiment's records (``recorders``: one per
+    experiment, the first being ``ctx``'s own). ``eval_sizes``: (eval_batches, ce_batches, ce_batch_size) of the
+    held-out data."""
     plan, rank, world = ctx.plan, ctx.rank, ctx.world_size
     mine = spread_runs(todo, rank, world)
-    print(f"{_who(rank, world)}{ctx.name} @ {ctx.scale}: {len(plan.runs)} dictionaries in the grid, {len(todo)} "
-          f"to train" + (f", {len(mine)} of them here on {ctx.device}" if world > 1 else "")
+    print(f"{_who(rank, world)}{ctx.name} @ {ctx.scale}: {len(plan.runs)} dictionaries in the grid, "
+          f"{len(recorders[0].runs)} to {'record' if len(recorders) > 1 else 'train'}"
+          + _also_note(recorders, len(todo))
+          + (f", {len(mine)} of them here on {ctx.device}" if world > 1 else "")
           + f"; recipe {plan.recipe.name}, batch {ctx.batch_size}"
           + (f" ({plan.offline_note})" if plan.offline_note else ""))
     if not todo:
@@ -274,14 +290,137 @@ def _run_share(ctx: _Part, todo: list[Run], chunk: Optional[int], eval_sizes: tu
              for part in _chunks([r for r in mine if r.dict_size == d], chunk)]
     _say_capped_schedule(ctx)
     for j, runs in enumerate(parts):
-        run_dir, trainers, train_s = train_part(ctx, runs, j)
-        for point in ctx.points or (None,):
-            t = time.monotonic()
-            dictionaries, metrics = evaluate_part(ctx, runs, run_dir, point)
-            written += record_part(ctx, runs, run_dir, trainers, train_s, dictionaries, metrics, point)
-            _say(ctx, f"part {j}: evaluated and recorded {len(runs)} dictionaries"
-                      + (f" after {point:,} steps" if point else "") + f" in {time.monotonic() - t:.1f} s")
+        keys = [training_key(r, ctx.plan, ctx.steps) for r in runs]
+        points = sorted({p for rec in recorders if any(k in rec.runs for k in keys) for p in rec.points(ctx.steps)})
+        trained = train_part(ctx, runs, j, [p for p in points if p < ctx.steps])
+        for point in points:
+            written += _evaluate_and_record(ctx, recorders, keys, trained, j, point)
     return written
+
+
+def _evaluate_and_record(ctx: _Part, recorders: list[_Recorder], keys: list, trained: tuple, j: int,
+                         point: int) -> list[str]:
+    """After part ``j`` trained (``trained``: :func:`train_part`'s folder, trainers and seconds; ``keys``: its
+    runs' :func:`training_key`), evaluate its dictionaries after ``point`` steps that some experiment records
+    there, and write each experiment's records (:func:`record_part`); returns the ids written."""
+    run_dir, trainers, train_s = trained
+    t = time.monotonic()
+    wanted = [i for i, k in enumerate(keys) if any(k in rec.runs and point in rec.points(ctx.steps)
+                                                   for rec in recorders)]
+    dictionaries, metrics = evaluate_part(ctx, run_dir, point, wanted)
+    written, counts = [], []
+    for rec in recorders:
+        members = [(i, rec.runs[k], [o.ctx.name for o in recorders if k in o.runs])
+                   for i, k in enumerate(keys) if k in rec.runs and point in rec.points(ctx.steps)]
+        if members:
+            written += record_part(rec.ctx, members, run_dir, trainers, train_s, dictionaries, metrics,
+                                   point if rec.ctx.points else None)
+            counts.append(f"{len(members)} of {rec.ctx.name}")
+    _say(ctx, f"part {j}: evaluated and recorded {len(wanted)} dictionaries"
+              + (f" after {point:,} steps" if point < ctx.steps or ctx.points else "")
+              + (f" ({', '.join(counts)})" if len(recorders) > 1 else "") + f" in {time.monotonic() - t:.1f} s")
+    return written
+
+
+@dataclass
+class _Recorder:
+    """One experiment that records dictionaries of a reproduction's training: its context (``ctx.name``,
+    ``ctx.plan``, ``ctx.points``) and its runs still to record, keyed by :func:`training_key`."""
+
+    ctx: _Part
+    runs: dict
+
+    def points(self, steps: int) -> tuple:
+        """The step counts at which this experiment records its runs of ``steps`` steps (its ``ctx.points``, or
+        the end of the run alone)."""
+        return self.ctx.points or (steps,)
+
+
+def _keyed(plan: Plan, runs: list[Run], steps: int) -> dict:
+    """``runs`` of ``plan`` keyed by :func:`training_key`."""
+    return {training_key(r, plan, steps): r for r in runs}
+
+
+def _also_note(recorders: list[_Recorder], n_train: int) -> str:
+    """For a reproduction of several experiments, what the others add: their records and the dictionaries
+    trained in all (empty for one experiment)."""
+    if len(recorders) == 1:
+        return ""
+    return ("; " + "; ".join(f"{r.ctx.name}: {len(r.runs)} to record" + (
+        f" (at {len(r.ctx.points)} step points)" if r.ctx.points else "") for r in recorders[1:])
+            + f"; {n_train} dictionaries to train in all")
+
+
+def training_key(run: Run, plan: Plan, steps: int) -> tuple:
+    """What run ``run`` of ``plan`` trains, whatever experiment asks for it: its trainer config for ``steps``
+    steps (:func:`trainer_config`, the activation width left out) as a sorted tuple. Two runs with the same key,
+    of plans reading the same data (:func:`shared_plans`), train the same dictionary."""
+    return tuple(sorted(trainer_config(run, 0, steps, plan).items()))
+
+
+#: the settings of a plan that the experiments of one reproduction must share: the data they train on, and the
+#: recipe (the schedule is in :func:`training_key` too, but a different batch size would be a different harvest)
+SHARED_SETTINGS = ("model", "layer", "corpus", "tokens", "recipe")
+
+
+def shared_plans(names: list[str], scale: str, corpus: Optional[str] = None,
+                 recipe: Optional[str] = None) -> list[Plan]:
+    """The plans of the experiments ``names`` (the first one leads: its name is on the dictionaries' folders) at
+    ``scale``, with ``recipe`` (a key of :data:`.experiments.RECIPES`) instead of the scale's.
+
+    Raises:
+        ValueError: an unknown experiment, scale or recipe; a name given twice; two plans that differ in one of
+            :data:`SHARED_SETTINGS` (the message names it and both values).
+    """
+    if recipe is not None and recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"experiment {repeated[0]!r} is named twice (--also names experiments besides the first)")
+    plans = [resolve(n, scale, corpus) for n in names]
+    if recipe is not None:
+        plans = [dataclasses.replace(p, recipe=RECIPES[recipe]) for p in plans]
+    first = plans[0]
+    for p in plans[1:]:
+        for setting in SHARED_SETTINGS:
+            a, b = getattr(first, setting), getattr(p, setting)
+            if a != b:
+                shown = (lambda v: v.name) if setting == "recipe" else repr
+                raise ValueError(f"{p.experiment.name} cannot share training with {first.experiment.name} at "
+                                 f"{scale} scale: its {setting} is {shown(b)}, not {shown(a)}")
+    return plans
+
+
+def select_shared_runs(plans: list[Plan], store: Path, archs: Optional[list], dict_sizes: Optional[list],
+                       seeds: Optional[int], sparsity: Optional[list], steps: int) -> list[list[Run]]:
+    """Per plan, its runs still to record (:func:`select_runs`). With one plan the filters must lie in its grid;
+    with several they pick from the union of the grids: each plan takes the values of its own grid, and a plan
+    none of whose grid is picked records nothing.
+
+    Raises:
+        ValueError: a requested architecture, size or sparsity value in none of the grids.
+    """
+    if len(plans) == 1:
+        return [select_runs(plans[0], store, archs, dict_sizes, seeds, sparsity, steps=steps)]
+    check_grid_filters(" + ".join(p.experiment.name for p in plans), [r for p in plans for r in p.runs], archs,
+                       dict_sizes, sparsity)
+    todos = []
+    for p in plans:
+        mine = [r for r in p.runs if (not archs or r.arch in archs) and (not dict_sizes or r.dict_size in dict_sizes)
+                and (not sparsity or _among(r.sparsity_value, sparsity))]
+        todos.append([r for r in select_runs(p, store, seeds=seeds, steps=steps) if r in mine])
+    return todos
+
+
+def runs_to_train(plans: list[Plan], todos: list[list[Run]], steps: int) -> list[Run]:
+    """The dictionaries to train for the runs ``todos`` of ``plans``: one run per :func:`training_key` (the first
+    plan's when it has one), ordered by dictionary size and architecture, then as the plans list them."""
+    chosen: dict[tuple, Run] = {}
+    for p, todo in zip(plans, todos):
+        for r in todo:
+            chosen.setdefault(training_key(r, p, steps), r)
+    archs = list(dict.fromkeys(r.arch for r in chosen.values()))
+    return sorted(chosen.values(), key=lambda r: (r.dict_size, archs.index(r.arch)))
 
 
 def _say_capped_schedule(ctx: _Part) -> None:
@@ -362,21 +501,31 @@ def select_runs(plan: Plan, store: Path, archs: Optional[list] = None, dict_size
     Raises:
         ValueError: a requested architecture, size or sparsity value that is not in the experiment's grid.
     """
-    name = plan.experiment.name
-    for name_, chosen, allowed in (("arch", archs, {r.arch for r in plan.runs}),
-                                   ("dict_size", dict_sizes, {r.dict_size for r in plan.runs})):
-        if chosen and not set(chosen) <= allowed:
-            raise ValueError(f"{name_} {sorted(set(chosen) - allowed)} not in the {name} grid {sorted(allowed)}")
-    values = sorted({float(r.sparsity_value) for r in plan.runs if not archs or r.arch in archs})
-    if sparsity and not all(_among(v, values) for v in sparsity):
-        raise ValueError(f"sparsity {sorted(sparsity)} not all in the {name} grid's values {values} "
-                         f"(of the chosen architectures)")
+    check_grid_filters(plan.experiment.name, plan.runs, archs, dict_sizes, sparsity)
     steps = steps or train_steps(plan.tokens, plan.recipe.batch_size)[0]
     points = plan.eval_points(steps) if plan.eval_steps else (None,)
     return [r for r in plan.runs if not all(has_record(store, _rid(r, p)) for p in points)
             and (not archs or r.arch in archs)
             and (not dict_sizes or r.dict_size in dict_sizes) and (seeds is None or r.seed < seeds)
             and (not sparsity or _among(r.sparsity_value, sparsity))]
+
+
+def check_grid_filters(name: str, runs, archs: Optional[list], dict_sizes: Optional[list],
+                       sparsity: Optional[list]) -> None:
+    """Refuse filters that pick nothing of the grid ``runs`` (of experiment ``name``; None: no filter).
+
+    Raises:
+        ValueError: an architecture or dictionary size not in the grid, or a sparsity value not among the chosen
+            architectures' values (the message names the grid's values).
+    """
+    for name_, chosen, allowed in (("arch", archs, {r.arch for r in runs}),
+                                   ("dict_size", dict_sizes, {r.dict_size for r in runs})):
+        if chosen and not set(chosen) <= allowed:
+            raise ValueError(f"{name_} {sorted(set(chosen) - allowed)} not in the {name} grid {sorted(allowed)}")
+    values = sorted({float(r.sparsity_value) for r in runs if not archs or r.arch in archs})
+    if sparsity and not all(_among(v, values) for v in sparsity):
+        raise ValueError(f"sparsity {sorted(sparsity)} not all in the {name} grid's values {values} "
+                         f"(of the chosen architectures)")
 
 
 def _load_model_and_eval_data(ctx: _Part, eval_batches: int, ce_batches: int, ce_batch_size: int) -> None:
@@ -495,10 +644,10 @@ def _train_data(ctx: _Part):
     return ctx.opened_cache.with_order(batch_size=ctx.batch_size, epochs=ctx.epochs, seed=0, drop_last=True)
 
 
-def train_part(ctx: _Part, runs: list[Run], j: int) -> tuple[Path, list, float]:
+def train_part(ctx: _Part, runs: list[Run], j: int, saves: tuple = ()) -> tuple[Path, list, float]:
     """Train the dictionaries of ``runs`` (one size) together on the same batches into a new folder of the store,
-    with a checkpoint after each step point of ``ctx.points`` before the end (``trainer_i/checkpoints/step_{p -
-    1}``: the dictionary after ``p`` steps); returns (that folder, the trainers, the training seconds)."""
+    with a checkpoint after each step point of ``saves`` (each below ``ctx.steps``; ``trainer_i/checkpoints/step_{p
+    - 1}``: the dictionary after ``p`` steps); returns (that folder, the trainers, the training seconds)."""
     from .training import trainSAE
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -512,7 +661,7 @@ def train_part(ctx: _Part, runs: list[Run], j: int) -> tuple[Path, list, float]:
         _say(ctx, f"part {j}: opened the cache{' onto ' + ctx.device if ctx.preload else ''} in "
                   f"{time.time() - t0:.1f} s" + (" (reused: opened by an earlier part)" if reused else ""))
     trainers = trainSAE(data, [trainer_config(r, ctx.model.d_model, ctx.steps, ctx.plan) for r in runs],
-                        ctx.steps, save_dir=run_dir, save_steps=[p - 1 for p in ctx.points if p < ctx.steps],
+                        ctx.steps, save_dir=run_dir, save_steps=[p - 1 for p in saves],
                         normalize_activations=True, device=ctx.device,
                         autocast_dtype=ctx.amp, verbose=ctx.verbose, log_steps=max(1, ctx.steps // 10),
                         use_wandb=ctx.use_wandb, wandb_project=ctx.wandb_project, compile_stacks=ctx.compile_stacks,
@@ -544,19 +693,19 @@ def _pace(log: list) -> str:
             f"{rate:,.1f} steps/s)")
 
 
-def evaluate_part(ctx: _Part, runs: list[Run], run_dir: Path, point: Optional[int] = None) -> tuple[dict, dict]:
-    """Load each trained dictionary of ``runs`` from ``run_dir`` (at step point ``point``: its checkpoint after
-    that many steps, :func:`dictionary_dir`) and evaluate it on the held-out data; returns (dictionaries, metrics),
-    both keyed by run.
+def evaluate_part(ctx: _Part, run_dir: Path, point: Optional[int], indices: list[int]) -> tuple[dict, dict]:
+    """Load the trained dictionaries ``run_dir/trainer_{i}`` for ``i`` in ``indices`` (at step point ``point``:
+    their checkpoints after that many steps, :func:`dictionary_dir`) and evaluate them on the held-out data;
+    returns (dictionaries, metrics), both keyed by ``i``.
 
     Raises:
         CheckpointError: a dictionary or checkpoint folder that cannot be read (e.g. training stopped early).
     """
     from .pipeline import evaluate_dictionaries
 
-    folders = [dictionary_dir(run_dir / f"trainer_{i}", point, ctx.steps) for i in range(len(runs))]
+    folders = [dictionary_dir(run_dir / f"trainer_{i}", point, ctx.steps) for i in indices]
     aes, metrics = evaluate_dictionaries(folders, ctx.heldout, ctx.model, ctx.device, per_feature=True)
-    return dict(zip(runs, aes)), dict(zip(runs, metrics))
+    return dict(zip(indices, aes)), dict(zip(indices, metrics))
 
 
 def dictionary_dir(trainer_dir: Path, point: Optional[int], steps: int) -> Path:
@@ -576,25 +725,29 @@ def dictionary_dir(trainer_dir: Path, point: Optional[int], steps: int) -> Path:
     return Path(trainer_dir) / "checkpoints" / f"{CHECKPOINT_PREFIX}{point - 1}"
 
 
-def record_part(ctx: _Part, runs: list[Run], run_dir: Path, trainers: list, train_s: float, dictionaries: dict,
-                metrics: dict, point: Optional[int] = None) -> list[str]:
-    """Write one record per run of a trained and evaluated part, with its group's cross-seed stability; returns
-    the record ids. With ``point`` (a step point of ``ctx.points``) the records are those of the dictionaries
-    after ``point`` steps (ids with ``__step{point}``, ``steps``, ``checkpoint_of``: :func:`_record`)."""
+def record_part(ctx: _Part, members: list[tuple], run_dir: Path, trainers: list, train_s: float,
+                dictionaries: dict, metrics: dict, point: Optional[int] = None) -> list[str]:
+    """Write one record of experiment ``ctx.name`` per member ``(i, run, trained_for)`` of a trained and evaluated
+    part (``i``: its trainer's index in the part, the key of ``dictionaries`` and ``metrics``; ``trained_for``: the
+    experiments that record this dictionary, kept in the record as ``trained_for`` when there are several), with
+    its group's cross-seed stability; returns the record ids. With ``point`` (a step point of ``ctx.points``) the
+    records are those of the dictionaries after ``point`` steps (ids with ``__step{point}``, ``steps``,
+    ``checkpoint_of``: :func:`_record`)."""
     from .stability import stability
 
-    groups: dict[str, list[Run]] = {}
-    for r in runs:
-        groups.setdefault(_gid(r, point), []).append(r)
+    groups: dict[str, list[tuple]] = {}
+    for m in members:
+        groups.setdefault(_gid(m[1], point), []).append(m)
     written = []
-    for gid, members in groups.items():
-        stab = stability([dictionaries[r] for r in members]) if len(members) > 1 else None
-        for j, r in enumerate(members):
-            i = runs.index(r)
-            rec = _record(ctx, r, gid, trainers[i], dictionaries[r], dict(metrics[r]), stab, j,
+    for gid, group in groups.items():
+        stab = stability([dictionaries[i] for i, _, _ in group]) if len(group) > 1 else None
+        for j, (i, r, trained_for) in enumerate(group):
+            rec = _record(ctx, r, gid, trainers[i], dictionaries[i], dict(metrics[i]), stab, j,
                           run_dir / f"trainer_{i}", point)
             rec.update(train_seconds_all_dictionaries_of_this_size=round(train_s, 1),  # of its part with --chunk
-                       trained_together=len(runs))
+                       trained_together=len(trainers))
+            if len(trained_for) > 1:
+                rec["trained_for"] = trained_for
             write_record(ctx.store, rec)
             written.append(rec["id"])
     return written
@@ -705,6 +858,10 @@ class ReproduceConfig:
 
     experiment: str = field(positional=True, metavar="EXPERIMENT")
     """the experiment to run: one of those described at the end of this help"""
+    also: Optional[str] = None
+    """comma list of further experiments to train in the same run, on the same harvest: a dictionary that several
+    of them ask for (e.g. every budget run is a main run) is trained once and recorded for each (they must share
+    model, layer, corpus, tokens and recipe); --archs, --dict-sizes and --sparsity pick from all their grids"""
     scale: str = choice(*SCALES, default="smoke")
     """token budget, models and grid: smoke (CPU check), small (one GPU), paper (the paper's budgets)"""
     results: str = "results/store"
@@ -786,6 +943,7 @@ def run_config(cfg: ReproduceConfig, command: Optional[str] = None) -> list[str]
         ce_batch_size=cfg.ce_batch_size, chunk=cfg.chunk, verbose=cfg.verbose, use_wandb=cfg.wandb,
         wandb_project=cfg.wandb_project, command=command, compile_stacks=compile_setting(cfg.compile, cfg.compile_mode),
         recipe=cfg.recipe,
+        also=comma_list(cfg.also, flag="--also", allow_empty=False) if cfg.also is not None else (),
         sparsity=comma_list(cfg.sparsity, float, "--sparsity", allow_empty=False)
         if cfg.sparsity is not None else None)
 

@@ -93,11 +93,14 @@ saebench_when_recorded() {  # ARCH: once its CHUNK records of $X exist, one SAEB
   wait
 }
 
-reproduce_one() {  # EXPERIMENT ARCHS CHUNK: one `reproduce` into the store, its log in logs/reproduce_EXPERIMENT.txt
+reproduce_one() {  # EXPERIMENT ARCHS CHUNK: one `reproduce` into the store, its log in logs/reproduce_EXPERIMENT.txt;
+  # EXPERIMENT may be A+B+C: `reproduce A --also B,C` (eleventh session: runs that several experiments share train once)
+  local also=""; [ "${1#*+}" = "$1" ] || also="${1#*+}"
   t "reproduce $1 (${GPUS:-2} GPUs${2:+, $2})"
   timeout "$(left)" $PY -m torch.distributed.run --standalone --nproc_per_node "${GPUS:-2}" \
-    -m dictionary_learning_aligned reproduce "$1" --scale $SCALE --device $DEV --results $STORE --cache $CACHE \
-    --corpus "$C" --epochs 4 --chunk "$3" $COMPILE_FLAG $EVAL_FLAGS ${2:+--archs $2} >> $R/logs/reproduce_$1.txt 2>&1
+    -m dictionary_learning_aligned reproduce "${1%%+*}" ${also:+--also ${also//+/,}} --scale $SCALE --device $DEV \
+    --results $STORE --cache $CACHE --corpus "$C" --epochs 4 --chunk "$3" $COMPILE_FLAG $EVAL_FLAGS ${2:+--archs $2} \
+    >> $R/logs/reproduce_$1.txt 2>&1
   t "reproduce $1 ended (rc $?, $(ls $STORE/records 2>/dev/null | wc -l) records)"
 }
 
@@ -132,6 +135,15 @@ run() {
   cd $SRC && export PYTHONPATH=/tmp/site:$SRC
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > $R/logs/gpu.txt
   if [ "${PREFLIGHT:-1}" = 1 ] && ! preflight; then t "done (the preflight failed: logs/preflight.txt)"; return; fi
+  if [ "${HARVEST:-0}" = 1 ]; then  # the harvest's precision and speed (benchmarks.harvest, eleventh session)
+    for m in ${HARVEST_MODELS:-smollm2 gemma-3-270m}; do
+      [ "$(left)" -gt 400 ] || { t "skipped benchmarks.harvest $m: too little time left"; continue; }
+      t "benchmarks.harvest $m"
+      timeout 240 $PY -m benchmarks.harvest --model $m --device $DEV --corpus "$C" --out $R/harvest_$m.json \
+        > $R/logs/harvest_$m.txt 2>&1
+      t "benchmarks.harvest $m ended (rc $?)"
+    done
+  fi
   if [ "${SAEBENCH:-0}" = 1 ]; then
     mkdir -p /tmp/sbdata && tar -xf "$GPU_FILES/saebench_data.tar" -C /tmp/sbdata
     for arch in ${ARCHS//,/ }; do saebench_when_recorded "$arch" & done
