@@ -83,6 +83,8 @@ class _Part:
     points: tuple = ()
     """step counts recorded from checkpoints and the end of each run (:meth:`.experiments.Plan.eval_points`);
     empty for an experiment without ``eval_steps`` (one record per run, ids without a step)"""
+    time_limit: Optional[float] = None
+    """seconds after ``t0`` past which no part starts that would not end in time (:func:`_time_for`)"""
     rank: int = 0
     world_size: int = 1
     model: object = None
@@ -155,7 +157,7 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
                    sparsity: Optional[list] = None, chunk: Optional[int] = None, verbose: bool = True,
                    use_wandb: bool = False, wandb_project: str = "", command: Optional[str] = None,
                    compile_stacks: bool | str = False, recipe: Optional[str] = None,
-                   also: Sequence[str] = ()) -> list[str]:
+                   also: Sequence[str] = (), time_limit: Optional[float] = None) -> list[str]:
     """Train, evaluate and record every missing dictionary of an experiment (and of the experiments ``also``);
     returns the ids written (by this process).
 
@@ -207,6 +209,9 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
             warmups; recorded as ``recipe``).
         also: names of further experiments trained in the same invocation (see above); ``archs``, ``dict_sizes``
             and ``sparsity`` then pick from the union of the grids (a value needs to be in one of them).
+        time_limit: seconds (from the start of the reproduction) after which no part starts that the slowest
+            part so far says would not end in time (:func:`_time_for`); the parts not trained are left for a later
+            call of the same command. None: no limit.
 
     Every step trains on a full batch of ``batch_size`` activations (:func:`train_steps` gives the steps the data
     serves; the learning-rate schedule, step points and records use them). The log says, with the seconds
@@ -224,6 +229,8 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     plans = shared_plans([name, *also], scale, corpus, recipe)
     plan = plans[0]
     _check_sizes(plan, tokens, epochs, cache, seeds, chunk, batch_size, eval_batches, ce_batches, ce_batch_size)
+    if time_limit is not None and not time_limit > 0:
+        raise ValueError(f"--time-limit must be a number of seconds > 0, got {time_limit}")
     compile_mode(compile_stacks)  # an unknown mode is refused here, before the model loads
     device = device or default_device()
     check_device(device, "--device")
@@ -249,7 +256,8 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
                     unique_tokens=unique_tokens, epochs=epochs, cache=cache,
                     preload=torch.device(device).type == "cuda" if preload is None else preload,
                     compile_stacks=compile_stacks, points=plan.eval_points(steps) if plan.eval_steps else (),
-                    rank=rank, world_size=world, verbose=verbose, use_wandb=use_wandb, wandb_project=wandb_project,
+                    time_limit=time_limit, rank=rank, world_size=world, verbose=verbose, use_wandb=use_wandb,
+                    wandb_project=wandb_project,
                     command=command or _default_command())
         recorders = [_Recorder(dataclasses.replace(ctx, name=p.experiment.name, plan=p, points=(
                          p.eval_points(steps) if p.eval_steps else ())), _keyed(p, t, steps))
@@ -289,13 +297,33 @@ def _run_share(ctx: _Part, todo: list[Run], chunk: Optional[int], eval_sizes: tu
     parts = [part for d in sorted({r.dict_size for r in mine})
              for part in _chunks([r for r in mine if r.dict_size == d], chunk)]
     _say_capped_schedule(ctx)
+    pace = 0.0  # the slowest part's seconds (training and evaluation) per feature trained
     for j, runs in enumerate(parts):
+        if not _time_for(ctx, runs, pace, parts[j:]):
+            break
+        t = time.monotonic()
         keys = [training_key(r, ctx.plan, ctx.steps) for r in runs]
         points = sorted({p for rec in recorders if any(k in rec.runs for k in keys) for p in rec.points(ctx.steps)})
         trained = train_part(ctx, runs, j, [p for p in points if p < ctx.steps])
         for point in points:
             written += _evaluate_and_record(ctx, recorders, keys, trained, j, point)
+        pace = max(pace, (time.monotonic() - t) / sum(r.dict_size for r in runs))
     return written
+
+
+def _time_for(ctx: _Part, runs: list[Run], pace: float, left: list[list[Run]]) -> bool:
+    """Whether the part ``runs`` can start under ``ctx.time_limit``: its features times ``pace`` (the slowest
+    earlier part's seconds per feature, training and evaluation; 0 before the first part, which always starts)
+    must end before the limit. If not, say so and what is left (the parts ``left``) for a later call."""
+    if ctx.time_limit is None or not pace:
+        return True
+    elapsed, need = time.monotonic() - ctx.t0, pace * sum(r.dict_size for r in runs)
+    if elapsed + need <= ctx.time_limit:
+        return True
+    _say(ctx, f"time limit: the next part ({len(runs)} dictionaries) needs about {need:.0f} s and "
+              f"{max(0.0, ctx.time_limit - elapsed):.0f} s are left; {sum(map(len, left))} dictionaries are left for "
+              f"a later call of the same command")
+    return False
 
 
 def _evaluate_and_record(ctx: _Part, recorders: list[_Recorder], keys: list, trained: tuple, j: int,
@@ -858,6 +886,9 @@ class ReproduceConfig:
 
     experiment: str = field(positional=True, metavar="EXPERIMENT")
     """the experiment to run: one of those described at the end of this help"""
+    time_limit: Optional[float] = None
+    """seconds from the start after which no part starts that would not end in time (judged from the slowest part
+    so far); the rest is left for a later call of the same command (default: no limit)"""
     also: Optional[str] = None
     """comma list of further experiments to train in the same run, on the same harvest: a dictionary that several
     of them ask for (e.g. every budget run is a main run) is trained once and recorded for each (they must share
@@ -942,7 +973,7 @@ def run_config(cfg: ReproduceConfig, command: Optional[str] = None) -> list[str]
         preload=False if cfg.no_preload else None, eval_batches=cfg.eval_batches, ce_batches=cfg.ce_batches,
         ce_batch_size=cfg.ce_batch_size, chunk=cfg.chunk, verbose=cfg.verbose, use_wandb=cfg.wandb,
         wandb_project=cfg.wandb_project, command=command, compile_stacks=compile_setting(cfg.compile, cfg.compile_mode),
-        recipe=cfg.recipe,
+        recipe=cfg.recipe, time_limit=cfg.time_limit,
         also=comma_list(cfg.also, flag="--also", allow_empty=False) if cfg.also is not None else (),
         sparsity=comma_list(cfg.sparsity, float, "--sparsity", allow_empty=False)
         if cfg.sparsity is not None else None)

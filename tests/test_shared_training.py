@@ -77,7 +77,10 @@ def test_an_empty_also_is_refused(tmp_path):
 def test_main_with_budget_trains_once_and_records_both(tmp_path):
     settings = dict(device="cpu", archs=["topk"], tokens=24 * 128, batch_size=128, eval_batches=1, ce_batches=1,
                     ce_batch_size=2)
-    ids = run_experiment("main", "smoke", str(tmp_path / "both"), also=["budget"], chunk=4, **settings)
+    first = run_experiment("main", "smoke", str(tmp_path / "both"), also=["budget"], chunk=4, time_limit=1e-3,
+                           **settings)  # the time limit stops it after its first part (k 8, main's alone)
+    assert len(first) == 4 and all(i.startswith("main__topk__") and "__k8__" in i for i in first)
+    ids = first + run_experiment("main", "smoke", str(tmp_path / "both"), also=["budget"], chunk=4, **settings)
     recs = {r["id"]: r for r in iter_records(tmp_path / "both")}
     assert sorted(ids) == sorted(recs) and len(recs) == 8 + 4 * 3  # main: k 8, 32; budget: k 32 at 4, 12, 24 steps
     main_recs = [r for r in recs.values() if r["experiment"] == "main"]
@@ -109,3 +112,33 @@ def test_main_with_budget_trains_once_and_records_both(tmp_path):
     assert main(["budget", "--results", str(tmp_path / "both"), "--archs", "topk", "--tokens", str(24 * 128),
                  "--batch-size", "128"]) == 0
     assert sorted(p.name for p in (tmp_path / "both" / "records").iterdir()) == before
+
+
+# ------------------------------------------------------------------------------------------------ --time-limit
+def _ctx(limit, elapsed):
+    import time
+    from types import SimpleNamespace
+
+    return SimpleNamespace(time_limit=limit, t0=time.monotonic() - elapsed, rank=0, world_size=1)
+
+
+def test_a_part_starts_only_when_the_slowest_pace_says_it_ends_in_time(capsys):
+    from dictionary_learning_aligned.reproduce import _time_for
+
+    plan = shared_plans(["main"], "small")[0]
+    part = list(plan.runs[:6])  # 6 dictionaries of 4096: 24,576 features
+    assert _time_for(_ctx(None, 1e6), part, 1.0, [part])  # no limit
+    assert _time_for(_ctx(10.0, 9.9), part, 0.0, [part])  # no pace yet: the first part always starts
+    assert _time_for(_ctx(100.0, 50.0), part, 49.0 / 24_576, [part])
+    assert not _time_for(_ctx(100.0, 50.0), part, 51.0 / 24_576, [part, part])
+    out = capsys.readouterr().out
+    assert "time limit: the next part (6 dictionaries) needs about 51 s and 50 s are left; 12 dictionaries are " \
+           "left for a later call of the same command" in out
+
+
+@pytest.mark.parametrize("bad", [0, -5, float("nan")])
+def test_a_time_limit_that_is_not_positive_is_refused(tmp_path, bad):
+    with pytest.raises(ValueError, match="--time-limit must be a number of seconds > 0"):
+        run_experiment("main", "smoke", str(tmp_path / "store"), device="cpu", time_limit=bad)
+    assert not (tmp_path / "store").exists()
+    assert main(["main", "--results", str(tmp_path / "store"), "--time-limit", str(bad)]) == 2

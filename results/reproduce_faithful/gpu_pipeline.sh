@@ -93,14 +93,19 @@ saebench_when_recorded() {  # ARCH: once its CHUNK records of $X exist, one SAEB
   wait
 }
 
-reproduce_one() {  # EXPERIMENT ARCHS CHUNK: one `reproduce` into the store, its log in logs/reproduce_EXPERIMENT.txt;
-  # EXPERIMENT may be A+B+C: `reproduce A --also B,C` (eleventh session: runs that several experiments share train once)
-  local also=""; [ "${1#*+}" = "$1" ] || also="${1#*+}"
+reproduce_one() {  # EXPERIMENT ARCHS CHUNK [FLAGS]: one `reproduce` into the store, its log in
+  # logs/reproduce_EXPERIMENT.txt; EXPERIMENT may be A+B+C: `reproduce A --also B,C` (eleventh session: runs that
+  # several experiments share train once); FLAGS: more reproduce flags as NAME=VALUE items joined by '/', e.g.
+  # dict-sizes=16384/sparsity=0.04/seeds=2 for --dict-sizes 16384 --sparsity 0.04 --seeds 2
+  local also="" flags=""; [ "${1#*+}" = "$1" ] || also="${1#*+}"
+  [ -z "${4:-}" ] || flags=$(tr '/' '\n' <<< "$4" | sed 's/^\([^=]*\)=/--\1 /' | tr '\n' ' ')
   t "reproduce $1 (${GPUS:-2} GPUs${2:+, $2})"
+  # --time-limit: no part starts that the slowest part so far says would end after the deadline (eleventh session)
+  flags="$flags --time-limit $(( $(left) > 90 ? $(left) - 30 : 60 ))"
   timeout "$(left)" $PY -m torch.distributed.run --standalone --nproc_per_node "${GPUS:-2}" \
     -m dictionary_learning_aligned reproduce "${1%%+*}" ${also:+--also ${also//+/,}} --scale $SCALE --device $DEV \
     --results $STORE --cache $CACHE --corpus "$C" --epochs 4 --chunk "$3" $COMPILE_FLAG $EVAL_FLAGS ${2:+--archs $2} \
-    >> $R/logs/reproduce_$1.txt 2>&1
+    $flags >> $R/logs/reproduce_$1.txt 2>&1
   t "reproduce $1 ended (rc $?, $(ls $STORE/records 2>/dev/null | wc -l) records)"
 }
 
@@ -148,13 +153,14 @@ run() {
     mkdir -p /tmp/sbdata && tar -xf "$GPU_FILES/saebench_data.tar" -C /tmp/sbdata
     for arch in ${ARCHS//,/ }; do saebench_when_recorded "$arch" & done
   fi
-  # RUNS: several reproductions one after another, each EXPERIMENT:ARCHS:CHUNK:NEED_S (NEED_S: the seconds it needs;
-  # it is skipped when fewer are left); default: the one run of EXPERIMENT, ARCHS and CHUNK
+  # RUNS: several reproductions one after another, each EXPERIMENT:ARCHS:CHUNK:NEED_S[:FLAGS] (NEED_S: the seconds
+  # it needs, it is skipped when fewer are left; FLAGS: see reproduce_one); default: the one run of EXPERIMENT,
+  # ARCHS and CHUNK
   for job in ${RUNS:-$X:${ARCHS:-}:${CHUNK:-18}:0}; do
-    IFS=: read -r exp archs chunk need <<< "$job"
+    IFS=: read -r exp archs chunk need flags <<< "$job"
     [ "$(left)" -gt "${need:-0}" ] || { t "skipped reproduce $exp ($archs): ${need}s needed, $(left)s left"; continue; }
     [ -z "${ran:-}" ] || rm -rf $CACHE/*/  # the disk (64 GB) holds one 25M-token cache (about 30 GB) at a time
-    ran=1; reproduce_one "$exp" "$archs" "$chunk"
+    ran=1; reproduce_one "$exp" "$archs" "$chunk" "${flags:-}"
   done
   touch $R/main_ended
   wait  # the SAEBench processes
