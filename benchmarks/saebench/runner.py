@@ -35,6 +35,7 @@ from typing import Optional
 
 import torch
 
+from dictionary_learning_aligned import console
 from dictionary_learning_aligned.dtypes import as_dtype, check_device
 from dictionary_learning_aligned.io import check_output_dir, prepare_output_dir, write_json
 from dictionary_learning_aligned.records import neutral_json
@@ -317,8 +318,9 @@ def probe_check(res: dict, pooled: list) -> dict:
 def _run_one(ev: str, spec: RunSpec, sae, name: str, scratch: Path, artifacts: Path, text_name: str,
              judge_cfg) -> tuple[dict, list]:
     """Run eval ``ev`` on one SAE; returns (SAEBench result dict, dataset names). Grad mode and RNG states are
-    restored afterwards."""
-    with _restore_global_state():
+    restored afterwards. Unless verbose, what SAEBench prints (probe accuracies, its progress bars, warnings) is
+    kept off the console (:func:`~dictionary_learning_aligned.console.captured_output`); errors still raise."""
+    with _restore_global_state(), console.captured_output(None, stderr=True):
         return _run_one_inner(ev, spec, sae, name, scratch, artifacts, text_name, judge_cfg)
 
 
@@ -553,7 +555,8 @@ def _load_model(spec: RunSpec, saes: list, model_name: str, dtype, log) -> tuple
     else:
         log(f"building {model_name} for TransformerLens ({spec.device}, {spec.dtype}) ...")
         t0 = time.time()
-        tl_model, model_info = load_hooked_transformer(model_name, device=spec.device, dtype=dtype)
+        with console.captured_output(None, stderr=True):  # the GGUF conversion's and TransformerLens' output
+            tl_model, model_info = load_hooked_transformer(model_name, device=spec.device, dtype=dtype)
         model_info["seconds"] = round(time.time() - t0, 1)
         log(f"model ready in {model_info['seconds']} s: {model_info}")
     for d, sae, _ in saes:
