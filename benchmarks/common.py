@@ -42,3 +42,18 @@ def matmul_peak(device: str, n: int = 8192, reps: int = 10) -> float:
         a @ b
     synchronize(device)
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
+
+
+def device_kind(ap, device: str, cpu_meaning: str) -> str:
+    """The kind (``"cuda"`` or ``"cpu"``) of a benchmark's ``--device`` value, or ``ap.error`` (exit 2, before any
+    work) for another kind, an unparsable value, or ``cuda`` on a machine without one; ``cpu_meaning`` ends that
+    last message: what ``--device cpu`` measures instead."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        kind = None
+    if kind not in ("cuda", "cpu"):
+        ap.error(f"--device must be cuda or cpu, got {device!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device cuda: no CUDA device here; `--device cpu` {cpu_meaning}")
+    return kind

@@ -56,7 +56,7 @@ import torch
 from dictionary_learning_aligned.io import atomic_path
 
 from . import prepare_out
-from .common import synchronize
+from .common import device_kind, synchronize
 
 #: the precisions timed, in order; float32 is the reference the others are compared with
 PRECISIONS = ("float32", "tf32", "bfloat16")
@@ -355,14 +355,7 @@ def main(argv=None) -> int:
                     help="the norm filter's multiple of the median (default 10, the harvest's)")
     ap.add_argument("--out", help="write the results as JSON to this file")
     args = ap.parse_args(argv)
-    try:
-        kind = torch.device(args.device).type
-    except RuntimeError:
-        kind = None
-    if kind not in DEFAULTS:
-        ap.error(f"--device must be cuda or cpu, got {args.device!r}")
-    if kind == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda: no CUDA device here; `--device cpu` runs the same measurement on the CPU")
+    kind = device_kind(ap, args.device, "runs the same measurement on the CPU")
     d = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in DEFAULTS[kind].items()}
     precisions = tuple(args.precisions.split(","))
     if set(precisions) - set(PRECISIONS):

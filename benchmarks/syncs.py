@@ -42,6 +42,7 @@ import torch
 from dictionary_learning_aligned.io import atomic_path
 
 from . import prepare_out
+from .common import device_kind
 
 REPO = Path(__file__).resolve().parent.parent
 THIS = Path(__file__).resolve()
@@ -322,15 +323,8 @@ def main(argv=None) -> int:
                     help="whether the data source says its batches are finite (cache: as the ActivationCache says)")
     ap.add_argument("--out", help="write the results as JSON to this file")
     args = ap.parse_args(argv)
-    try:
-        kind = torch.device(args.device).type
-    except RuntimeError:
-        kind = None
-    if kind not in DEFAULTS:
-        ap.error(f"--device must be cuda or cpu, got {args.device!r}")
-    if kind == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda: no CUDA device here; `--device cpu` runs a dry run of the audit's plumbing (emulated "
-                 "synchronisations, not a GPU's)")
+    kind = device_kind(ap, args.device, "runs a dry run of the audit's plumbing (emulated synchronisations, not "
+                                        "a GPU's)")
     d = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in DEFAULTS[kind].items()}
     archs, modes = args.archs.split(","), d["modes"].split(",")
     from dictionary_learning_aligned import registry
