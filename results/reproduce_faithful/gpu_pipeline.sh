@@ -101,7 +101,8 @@ reproduce_one() {  # EXPERIMENT ARCHS CHUNK [FLAGS]: one `reproduce` into the st
   [ -z "${4:-}" ] || flags=$(tr '/' '\n' <<< "$4" | sed 's/^\([^=]*\)=/--\1 /' | tr '\n' ' ')
   t "reproduce $1 (${GPUS:-2} GPUs${2:+, $2})"
   # --time-limit: no part starts that the slowest part so far says would end after the deadline (eleventh session)
-  flags="$flags --time-limit $(( $(left) > 90 ? $(left) - 30 : 60 ))"
+  # (20 s before the pipeline's deadline, to pack what finished)
+  flags="$flags --time-limit $(( $(left) > 40 ? $(left) - 20 : 1 ))"
   timeout "$(left)" $PY -m torch.distributed.run --standalone --nproc_per_node "${GPUS:-2}" \
     -m dictionary_learning_aligned reproduce "${1%%+*}" ${also:+--also ${also//+/,}} --scale $SCALE --device $DEV \
     --results $STORE --cache $CACHE --corpus "$C" --epochs 4 --chunk "$3" $COMPILE_FLAG $EVAL_FLAGS ${2:+--archs $2} \
