@@ -218,6 +218,13 @@ run() {
 case "$cmd" in
   start)
     rm -rf $R $SRC; mkdir -p $R/logs $SRC; date +%s > $R/t0
+    # RESUME="ablations sizes" (eleventh session): the committed records of these experiments go into the fresh store
+    # first, so that `reproduce` trains only what earlier sessions left (a part's seeds train together, so a
+    # recorded group is never split across sessions)
+    for e in ${RESUME:-}; do
+      mkdir -p $STORE/records && cp results/reproduce_faithful/records/"$e"__* $STORE/records/ 2>/dev/null
+      echo "resumed $(ls $STORE/records/"$e"__* 2>/dev/null | wc -l) committed $e records" >> $R/logs/resumed.txt
+    done
     # the code at the launching commit (`git archive HEAD dictionary_learning_aligned benchmarks figures > .gpu/pN/src.tar`
     # here, N the last part, staged with it), so others' uncommitted edits in the checkout do not travel into the run
     src=${SRC_TAR:-$(ls .gpu/p*/src.tar 2>/dev/null | head -1)}
