@@ -26,6 +26,7 @@ from typing import Callable, NamedTuple, Optional
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.legend_handler import HandlerTuple
 
 from ._common import (ARCH_LABEL, ARCH_ORDER, L0, SAEBENCH_DIR, SPARSITY_LABEL, aggregate, alignments_in, archs_in,
                       budget_line, field_getter, finite, fired_scores, load_records, load_saebench, mean_std,
@@ -202,8 +203,13 @@ def _panels(ncols: int, nrows: int = 1, w: float = 3.0, h: float = 2.5, extra_h:
     return fig, axes
 
 
-def _hint(experiment: str) -> str:
+def _hint(experiment: str, archs=()) -> str:
+    """`` — run `reproduce EXPERIMENT [--archs A,B] --scale ... --results DIR` ...``: how to get the missing
+    records (``archs``: only those architectures, added to a store that has the experiment's others)."""
     scale = "small|paper" if experiment == "sizes" else "smoke|small|paper"
+    if archs:
+        return (f" — run `{REPRODUCE} {experiment} --archs {','.join(archs)} --scale {scale} --results DIR` (the "
+                "store's scale and folder) to add them")
     return f" — run `{REPRODUCE} {experiment} --scale {scale} --results DIR` first"
 
 
@@ -215,9 +221,13 @@ def _scope(records, *, experiments, archs=ARCH_ORDER, dict_size="main") -> list[
     recs = select(records, experiments=experiments)
     if not recs:
         raise Missing(f"no records of experiment {exp_txt} in the store{hint}")
+    order = {a: i for i, a in enumerate(ARCH_ORDER)}
+    present = sorted({r["arch"] for r in recs}, key=lambda a: (order.get(a, len(order)), a))
     recs = select(recs, archs=archs)
     if not recs:
-        raise Missing(f"no {'/'.join(ARCH_LABEL[a] for a in archs)} records of experiment {exp_txt}{hint}")
+        has = ", ".join(ARCH_LABEL.get(a, a) for a in present)
+        raise Missing(f"no {'/'.join(ARCH_LABEL[a] for a in archs)} records of experiment {exp_txt} (the store's "
+                      f"{exp_txt} has {has} only){_hint(experiments[0], archs)}")
     recs = select(recs, model=primary_model(recs))
     size = pick_dict_size(recs) if dict_size == "main" else dict_size
     recs = select(recs, dict_size=size)
@@ -520,25 +530,26 @@ def fig12(records, results):
         raise Missing(f"SAEBench autointerp results in {results}/{SAEBENCH_DIR} match no record id")
     recs = select(recs, model=primary_model(recs))
     score = lambda r: sb[r["id"]]["autointerp"]  # noqa: E731
-    fig, axes = _panels(2, w=3.2)
+    fig, axes = _panels(2, w=3.7)
     size_key = lambda d: (0, d, "") if finite(d) else (1, 0, str(d))  # noqa: E731  (numbers first, in order)
     cats = sorted({(r["arch"], r["dict_size"]) for r in recs},
                   key=lambda c: (ARCH_ORDER.index(c[0]) if c[0] in ARCH_ORDER else 99, str(c[0]), size_key(c[1])))
     modes = alignments_in(recs)
     width = 0.8 / len(modes)
+    legend = {}  # label -> its artists: a mode's bar and marker, a floor line
     for j, a in enumerate(modes):
         color, marker, label = mode_style(a)
         rs = select(recs, alignments=[a])
         for i, (arch, d) in enumerate(cats):
             m, s, n = mean_std(score(r) for r in select(rs, archs=[arch], dict_size=d))
             if n:
-                axes[0, 0].bar(i + (j - (len(modes) - 1) / 2) * width, m, width * 0.92, yerr=s if n > 1 else None,
-                               color=color, label=label, alpha=0.85)
-                label = None  # one legend entry per mode
+                bar = axes[0, 0].bar(i + (j - (len(modes) - 1) / 2) * width, m, width * 0.92,
+                                     yerr=s if n > 1 else None, color=color, alpha=0.85)
+                legend.setdefault(label, [bar.patches[0]])
         pts = [(r["alignment_scores"].get("mean"), score(r)) for r in rs]
         pts = [(x, y) for x, y in pts if finite(x)]
-        axes[0, 1].scatter([x for x, _ in pts], [y for _, y in pts], color=color, marker=marker,
-                           label=mode_style(a)[2], s=18)
+        dots = axes[0, 1].scatter([x for x, _ in pts], [y for _, y in pts], color=color, marker=marker, s=18)
+        legend.setdefault(label, []).append(dots)
     # the floor: a judge that answers "none" for every scoring example (autointerp_chance_levels), per bar group
     # and, on the right, per dict_size (SAEBench's scoring sizes may differ between runs)
     def floor(rs):
@@ -547,21 +558,23 @@ def fig12(records, results):
     for i, (arch, d) in enumerate(cats):
         f = floor(select(recs, archs=[arch], dict_size=d))
         if finite(f):
-            axes[0, 0].hlines(f, i - 0.45, i + 0.45, color="0.3", ls="--", lw=1,
-                              label="judge answering 'none'" if i == 0 else None)
+            line = axes[0, 0].hlines(f, i - 0.45, i + 0.45, color="0.3", ls="--", lw=1)
+            legend.setdefault("judge answering 'none'", [line])
     floors = {d: floor(select(recs, dict_size=d)) for d in sorted({d for _, d in cats}, key=size_key)}
     floors = {d: f for d, f in floors.items() if finite(f)}
     if floors and max(floors.values()) - min(floors.values()) > 0.01:  # visibly different floors
         for d, f in floors.items():
-            axes[0, 1].axhline(f, color="0.3", ls="--", lw=1, label=f"judge answering 'none', d={d}")
+            legend[f"judge answering 'none', d={d}"] = [axes[0, 1].axhline(f, color="0.3", ls="--", lw=1)]
     elif floors:
-        axes[0, 1].axhline(float(np.mean(list(floors.values()))), color="0.3", ls="--", lw=1,
-                           label="judge answering 'none'")
+        line = axes[0, 1].axhline(float(np.mean(list(floors.values()))), color="0.3", ls="--", lw=1)
+        legend.setdefault("judge answering 'none'", [line])
     axes[0, 0].set_xticks(range(len(cats)), [f"{ARCH_LABEL.get(a, a)}\n{d}" for a, d in cats])
     axes[0, 0].set(ylabel="autointerp score", title="per architecture and dict_size\n(mean ± std over SAEs)")
     axes[0, 1].set(xlabel="mean alignment score of the SAE", ylabel="autointerp score", title="per SAE")
-    for ax in axes[0]:  # each panel its own legend: bars on the left, markers and floor(s) on the right
-        ax.legend(loc="best")
+    # one legend for both panels, right of them (inside the bar panel it covered bars): each mode's bar and marker,
+    # the floor line(s)
+    axes[0, 1].legend([tuple(h) for h in legend.values()], list(legend), loc="upper left", bbox_to_anchor=(1.02, 1),
+                      borderaxespad=0, handler_map={tuple: HandlerTuple(ndivide=None)})
     caveat = saebench_bos_caveat(results, ["autointerp"])
     return Drawn(fig, recs, "SAEBench eval_result_metrics.autointerp.autointerp_score; dashed: the score of "
                  "answering 'none' to every example" + (f" · {caveat}" if caveat else ""))

@@ -4,6 +4,7 @@ works, and the claims table gives the verdicts crafted records call for."""
 import json
 import zlib
 
+import matplotlib
 import numpy as np
 import pytest
 import torch
@@ -428,3 +429,70 @@ def test_fired_flags_that_are_not_booleans_or_numbers_are_not_read():
         assert _verdicts(records, "a") == {"relu": "supported", "topk": "supported"}
         assert not any("fired" in r["measured"] for r in claims_table(records) if r["claim"] == "a")
         assert not any("never fired" in lbl for lbl in _fig10_labels(records))
+
+
+def test_a_figure_without_its_architectures_names_them_and_the_flag_that_trains_them(tmp_path):
+    """After ``reproduce main --archs relu`` Figs. 3 and 5 (TopK/BatchTopK) are skipped: the reason says which
+    architectures the store's 'main' records have and which ``--archs`` adds the missing ones (it said to run
+    ``reproduce main``, which had been run)."""
+    for name in ("fig3", "fig5"):
+        res = FIGURES[name].fn(grid(archs=("relu",)), tmp_path, None)
+        assert not res.written
+        assert "has ReLU only" in res.missing and "main --archs topk,batchtopk" in res.missing, res.missing
+    res = FIGURES["fig2"].fn(grid(archs=("topk",)), tmp_path, None)
+    assert "has TopK only" in res.missing and "main --archs relu,panneal" in res.missing, res.missing
+    assert "--archs" not in FIGURES["fig3"].fn([], tmp_path, None).missing  # no 'main' records at all
+
+
+def _autointerp_store(tmp_path):
+    """A store like results/reproduce_small's SAEBench part: TopK standard/aligned at two dict_sizes, three seeds,
+    autointerp scores about 0.65 under a judge-answering-'none' floor of 10/14 (the bars nearly fill the panel)."""
+    d = tmp_path / "store"
+    cfg = {"n_top_ex_for_scoring": 2, "n_random_ex_for_scoring": 10, "n_iw_sampled_ex_for_scoring": 2}
+    latent = {"predictions": [], "correct seqs": [1, 2, 3, 4], "score": 10 / 14}  # answering 'none': 10/14
+    recs = [make_record("topk", al, 32, s, experiment=exp, dict_size=size)
+            for exp, size in (("main", 4096), ("sizes", 16384)) for al in (None, "project") for s in range(3)]
+    for i, r in enumerate(recs):
+        write_record(d, r)
+        sb = d / "saebench" / r["id"]
+        sb.mkdir(parents=True)
+        (sb / "autointerp.json").write_text(json.dumps({
+            "eval_type_id": "autointerp", "record_id": r["id"], "eval_config": cfg,
+            "eval_result_metrics": {"autointerp": {"autointerp_score": 0.63 + 0.005 * i}},
+            "eval_result_unstructured": {"0": latent}}))
+    return d
+
+
+def _covered_boxes(fig) -> list:
+    """Display boxes of what a legend must not cover: bars, lines (error-bar caps, floor lines, line segments) and
+    points of every panel, and the texts (title, caption, panel titles, axis and tick labels)."""
+    from matplotlib.transforms import Bbox
+
+    boxes = [t.get_window_extent() for t in fig.texts]
+    for ax in fig.axes:
+        boxes += [a.get_window_extent() for a in [*ax.patches, *ax.lines, ax.title, ax.xaxis.label, ax.yaxis.label,
+                                                  *ax.get_xticklabels(), *ax.get_yticklabels()] if a.get_visible()]
+        for c in ax.collections:
+            if hasattr(c, "get_segments"):  # error bars, floor lines: each segment in data coordinates
+                boxes += [Bbox(ax.transData.transform(seg[[0, -1]])) for seg in c.get_segments()]
+            else:  # scatter: its points
+                boxes += [Bbox([xy, xy]) for xy in c.get_offset_transform().transform(c.get_offsets())]
+    return boxes
+
+
+def test_fig12_legends_cover_no_bar_point_line_or_text(tmp_path):
+    """Fig. 12's legends, laid out as saved (title and caption included), overlap none of the bars, error bars,
+    points, floor lines or texts (the left legend covered the TopK-4096 bars of results/reproduce_small)."""
+    from figures.paper import STYLE_RC, _annotate
+
+    d = _autointerp_store(tmp_path)
+    with matplotlib.rc_context(STYLE_RC):
+        drawn = FIGURES["fig12"].draw(load_records(d), d)
+        _annotate(drawn, "fig12", FIGURES["fig12"].title)
+        drawn.fig.draw_without_rendering()
+    legends = list(drawn.fig.legends) + [ax.get_legend() for ax in drawn.fig.axes if ax.get_legend()]
+    assert legends and len(drawn.fig.axes[0].patches) == 4  # two dict_sizes x standard/aligned
+    covered = _covered_boxes(drawn.fig)
+    for leg in legends:
+        box = leg.get_window_extent()
+        assert not [b for b in covered if box.overlaps(b)], box

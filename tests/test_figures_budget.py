@@ -189,13 +189,14 @@ def _autointerp_store(tmp_path):
 
 
 def test_fig12_right_panel_has_its_legend(tmp_path):
+    """One legend, right of the right panel, names the modes of both panels (each entry a bar and a marker); the
+    bar panel has none (it covered bars there: test_figures.test_fig12_legends_cover_no_bar_point_line_or_text)."""
     d = _autointerp_store(tmp_path)
     _, _, drawn = _captions(load_records(d), "fig12", d)
     left, right = drawn.fig.axes[:2]
-    for ax in (left, right):
-        assert ax.get_legend() is not None
-        labels = [t.get_text() for t in ax.get_legend().get_texts()]
-        assert "standard" in labels and "aligned" in labels, labels
+    assert left.get_legend() is None and right.get_legend() is not None
+    labels = [t.get_text() for t in right.get_legend().get_texts()]
+    assert "standard" in labels and "aligned" in labels, labels
 
 
 def test_fig14_alive_axis_does_not_magnify_a_tenth_of_a_percent(tmp_path):
