@@ -151,11 +151,15 @@ def build_dictionary(cls, name: str, kwargs: dict, state: dict, source):
     """Instantiate the registered class ``name`` with ``kwargs`` and assign ``state`` after checking it.
 
     Raises:
-        CheckpointError: unknown class, not a subclass of ``cls``, invalid configuration, tensor names or shapes
+        CheckpointError: unknown class (the message says how a class of one's own is registered: its module
+            imported, ``--plugins`` on the command line), not a subclass of ``cls``, invalid configuration, tensor names or shapes
             that do not match, or a tensor with NaN/inf values.
     """
     if name not in _DICT_CLASSES:
-        raise CheckpointError(f"{source}: unknown dictionary class {name!r}; known: {sorted(_DICT_CLASSES)}")
+        raise CheckpointError(f"{source}: unknown dictionary class {name!r}; known: {sorted(_DICT_CLASSES)}. A class "
+                              "of your own is known once the module defining it (with @register_dictionary) is "
+                              "imported: give `--plugins MODULE` to `benchmarks run` / `evaluate`, or `import MODULE` "
+                              "before loading in Python (docs/extending.md)")
     klass = _DICT_CLASSES[name]
     if not issubclass(klass, cls):
         raise CheckpointError(f"{source} holds a {name}, not a {cls.__name__}")

@@ -116,6 +116,22 @@ def test_wrong_class_and_shape_mismatch(tmp_path):
         Dictionary.from_pretrained(path)
 
 
+def test_unknown_class_says_how_a_class_of_ones_own_is_registered(tmp_path):
+    """A checkpoint of a class no imported module registered: the error says that importing its module registers it
+    and how, from the command line (--plugins) and in Python (it listed the known classes only)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = AutoEncoder(8, 16).save(tmp_path / "a")
+    with safe_open(str(path), framework="pt") as f:
+        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(state, str(path), metadata={**meta, "dict_class": "MyOwnAutoEncoder"})
+    with pytest.raises(CheckpointError, match="unknown dictionary class 'MyOwnAutoEncoder'") as e:
+        Dictionary.from_pretrained(path)
+    text = str(e.value)
+    assert "@register_dictionary" in text and "--plugins MODULE" in text and "import MODULE" in text, text
+
+
 def test_legacy_pt_safe_loading(tmp_path):
     # a dictionary_learning-style ae.pt (nn.Linear names) with its config.json
     ae = AutoEncoder(8, 16)
