@@ -1,64 +1,48 @@
-"""Reproduce an experiment of the paper: ``python -m dictionary_learning_aligned reproduce EXPERIMENT --scale
-smoke|small|paper [--device cuda] [--results DIR]`` (``python -m dictionary_learning_aligned.reproduce`` is the
-same command).
+"""The reproduction of an experiment of the paper (the command line is :mod:`.reproduce_cli`:
+``python -m dictionary_learning_aligned reproduce EXPERIMENT --scale smoke|small|paper``, or its alias
+``python -m dictionary_learning_aligned.reproduce``).
 
 For each dictionary size of the experiment's grid (:mod:`.experiments`), activations are harvested once and every
 dictionary still missing from the results store is trained on the same batches; each is then evaluated on
 held-out text and written as one record (:mod:`.records`), with its group's cross-seed stability. Re-running skips
-finished entries.
+finished entries. :func:`run_experiment` runs it: its checks, then the model and the held-out data loaded once, the
+cache harvested once, and part by part :func:`train_part`, :func:`evaluate_part` and
+:func:`.recording.record_part`.
 
 Several GPUs: run under ``torchrun --nproc_per_node N`` (one process per GPU). The grid is spread over the
-processes in whole stacks (:func:`spread_runs`); process ``r`` uses ``cuda:r`` (its ``LOCAL_RANK``) when
+processes in whole stacks (:func:`.selection.spread_runs`); process ``r`` uses ``cuda:r`` (its ``LOCAL_RANK``) when
 ``--device`` is ``cuda``; with ``--cache``, process 0 harvests the cache once while the others wait, and each
 process then reads (or preloads onto its GPU) the same cache. Processes do not communicate while training, so
 each writes its own records as its parts finish.
+
+Which runs are trained is :mod:`.selection`, what a record holds :mod:`.recording`; this module re-exports their
+public names and those of the command line.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import math
-import os
 import sys
-import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-from simple_parsing.helpers import choice, field
 
 from . import distributed as _dist
-from . import registry
 from .cli import default_device
-from .dtypes import AUTOCAST_CHOICES, autocast_dtype, check_device, comma_list
-from .experiments import EXPERIMENTS, RECIPES, SCALES, Plan, Run, resolve
-from .records import SCHEMA_VERSION, group_id, has_record, record_id, write_record
+from .dtypes import autocast_dtype, check_device
+from .experiments import EXPERIMENTS, RECIPES, SCALES, Plan, Run, resolve  # noqa: F401 (kept importable from here)
+from .recording import dictionary_dir, record_part
+# the command line, kept importable from here (it lives in .reproduce_cli, which imports this module when it runs)
+from .reproduce_cli import (ReproduceConfig, build_parser, compile_setting, experiments_help, main,  # noqa: F401
+                            run_config)
+from .selection import (SHARED_SETTINGS, _check_sizes, _check_steps, _chunks, check_grid_filters,  # noqa: F401
+                        runs_to_train, select_runs, select_shared_runs, shared_plans, spread_runs, train_steps,
+                        trainer_config, training_key)
 from .stacked import compile_mode
-
-
-def trainer_config(run: Run, activation_dim: int, steps: int, plan: Plan) -> dict:
-    """The ``trainSAE`` config of one run: the architecture's trainer from the registry (its aligned version when
-    ``alignment`` is set), the run's sparsity value, and the plan's recipe for ``steps`` steps
-    (:meth:`.experiments.Recipe.schedule`: learning rate, warmups, decay start); the ``"penalty"`` mode's
-    coefficient as ``alignment_penalty``.
-
-    Raises:
-        ValueError: an architecture that is not registered.
-    """
-    arch = registry.get(run.arch)
-    cfg = dict(trainer=arch.trainer_for(run.alignment).__name__, steps=steps, activation_dim=activation_dim,
-               dict_size=run.dict_size, layer=plan.layer, lm_name=plan.model, seed=run.seed,
-               submodule_name=f"layers.{plan.layer}", **plan.recipe.schedule(arch, steps))
-    if run.alignment:
-        cfg["alignment"] = run.alignment
-    if run.alignment_penalty is not None:
-        cfg["alignment_penalty"] = run.alignment_penalty
-    value = run.sparsity_value
-    cfg[run.sparsity_name] = int(value) if arch.fixed_l0 else value
-    return cfg
 
 
 @dataclass
@@ -104,51 +88,6 @@ class _Part:
     """when the reproduction started (``time.monotonic``), for the elapsed seconds of its log (:func:`_say`)"""
 
 
-def train_steps(total_tokens: int, batch_size: int, epochs: int = 1, cached: bool = False) -> tuple[int, int]:
-    """The optimizer steps of a run of ``total_tokens`` training tokens at ``batch_size`` activations per step,
-    and the distinct tokens it harvests; every step trains on a full batch (as dictionary_learning's and SAEBench's
-    trainers do; a short batch would also be a new shape for ``torch.compile``).
-
-    Without a cache (one pass over a buffer that refills from the text): ``ceil(total_tokens / batch_size)``
-    steps over ``total_tokens`` distinct tokens; the buffer serves full batches, so the last step trains on up to
-    ``batch_size - 1`` tokens more than asked.
-
-    With a cache (``cached``): ``unique = ceil(total_tokens / epochs)`` tokens are harvested and each of the
-    ``epochs`` passes trains on the ``unique // batch_size`` full batches of a fresh shuffle, leaving out that
-    pass' other ``unique % batch_size`` tokens (``drop_last``: each pass is exactly one epoch, no batch mixes two
-    passes or holds a token twice, and a cache harvested before serves the same tokens):
-    ``epochs * (unique // batch_size)`` steps, up to ``epochs * (batch_size - 1)`` tokens fewer than asked.
-
-    Returns:
-        ``(steps, unique_tokens)``.
-
-    Raises:
-        ValueError: with a cache, fewer distinct tokens than one batch.
-    """
-    if not cached:
-        return -(-total_tokens // batch_size), total_tokens
-    unique = -(-total_tokens // epochs)
-    if unique < batch_size:
-        raise ValueError(f"{total_tokens:,} training tokens (--tokens, or the scale's budget) over --epochs {epochs} "
-                         f"harvest {unique:,} distinct tokens, fewer "
-                         f"than one batch of {batch_size}; pass more --tokens, fewer --epochs or a smaller "
-                         f"--batch-size")
-    return epochs * (unique // batch_size), unique
-
-
-def _check_steps(steps: int, total_tokens: int, batch_size: int) -> None:
-    """Refuse a run of one step (:func:`train_steps`): no architecture's learning-rate warmup fits in it.
-
-    Raises:
-        ValueError: ``steps < 2``; the message names the smallest ``--tokens`` that gives 2 steps.
-    """
-    if steps < 2:
-        raise ValueError(f"{total_tokens:,} training tokens (--tokens, or the scale's budget) give 1 training step "
-                         f"at batch size {batch_size}; a run needs at "
-                         f"least 2 (its learning-rate warmup takes a step): pass --tokens of at least "
-                         f"{2 * batch_size:,} or a smaller --batch-size")
-
-
 def run_experiment(name: str, scale: str, results: str, device: Optional[str] = None, corpus: Optional[str] = None,
                    batch_size: Optional[int] = None, autocast: str = "auto", eval_batches: int = 10,
                    ce_batches: int = 4, ce_batch_size: int = 8, archs: Optional[list] = None,
@@ -161,19 +100,19 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     """Train, evaluate and record every missing dictionary of an experiment (and of the experiments ``also``);
     returns the ids written (by this process).
 
-    The steps: :func:`select_runs` (the grid points still missing from the store), this process' share of them
-    (:func:`spread_runs`), then per part of one dictionary size (:func:`_chunks`) :func:`train_part`,
-    :func:`evaluate_part` and :func:`record_part`. An experiment with ``eval_steps`` (``budget``) trains each run
-    once for the full budget, saving checkpoints at those steps, and evaluates and records every step point
-    (:meth:`.experiments.Plan.eval_points`) from them: one record per run and step point, with ``steps`` and
-    ``checkpoint_of``, and its group's cross-seed stability at that step.
+    The steps: :func:`.selection.select_runs` (the grid points still missing from the store), this process' share
+    of them (:func:`.selection.spread_runs`), then per part of one dictionary size (:func:`.selection._chunks`)
+    :func:`train_part`, :func:`evaluate_part` and :func:`.recording.record_part`. An experiment with ``eval_steps``
+    (``budget``) trains each run once for the full budget, saving checkpoints at those steps, and evaluates and
+    records every step point (:meth:`.experiments.Plan.eval_points`) from them: one record per run and step point,
+    with ``steps`` and ``checkpoint_of``, and its group's cross-seed stability at that step.
     Several GPUs (``torchrun``): see the module docstring.
 
     Several experiments at once (``also``): their grids are trained together on one harvest, and a dictionary
-    that two of them ask for (the same trainer config, :func:`training_key`; e.g. every ``budget`` run is a
+    that two of them ask for (the same trainer config, :func:`.selection.training_key`; e.g. every ``budget`` run is a
     ``main`` run, two thirds of ``tying`` are) is trained once and recorded for each, under each experiment's id
     and at each one's step points (``trained_for`` in the records names them all). The experiments must read the
-    same data: the same model, layer, corpus, token budget and recipe (:func:`shared_plans`).
+    same data: the same model, layer, corpus, token budget and recipe (:func:`.selection.shared_plans`).
 
     Args:
         name, scale: see :func:`.experiments.resolve`.
@@ -191,8 +130,8 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
         tokens: training tokens per dictionary instead of the scale's budget (recorded as ``train_tokens``, with
             ``plan_tokens`` the scale's value), e.g. the longest run that fits a time limit.
         epochs: passes over the cached activations (needs ``cache``): ``ceil(tokens / epochs)`` distinct tokens
-            are harvested and each pass trains on full batches of a fresh shuffle of them (:func:`train_steps`;
-            recorded as ``unique_tokens`` and ``epochs``).
+            are harvested and each pass trains on full batches of a fresh shuffle of them
+            (:func:`.selection.train_steps`; recorded as ``unique_tokens`` and ``epochs``).
         seeds: train only the first ``seeds`` seeds of the grid now.
         chunk: train at most this many dictionaries together (whole seed groups; default all of one size), and
             write their records before the next part starts: a run stopped by a time limit keeps what finished.
@@ -213,8 +152,8 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
             part so far says would not end in time (:func:`_time_for`); the parts not trained are left for a later
             call of the same command. None: no limit.
 
-    Every step trains on a full batch of ``batch_size`` activations (:func:`train_steps` gives the steps the data
-    serves; the learning-rate schedule, step points and records use them). The log says, with the seconds
+    Every step trains on a full batch of ``batch_size`` activations (:func:`.selection.train_steps` gives the
+    steps the data serves; the learning-rate schedule, step points and records use them). The log says, with the seconds
     elapsed since the start, when the model is loaded, the held-out data drawn, the cache harvested (tokens/s,
     and the build's seconds waiting for batches, writing and fsyncing: :func:`.cache.build_seconds`), and when
     each part's training and evaluation end.
@@ -276,9 +215,9 @@ def _default_command() -> str:
 def _run_share(ctx: _Part, todo: list[Run], chunk: Optional[int], eval_sizes: tuple,
                recorders: list[_Recorder]) -> list[str]:
     """:func:`run_experiment` after its checks, in process ``ctx.rank`` of ``ctx.world_size`` on ``ctx.device``:
-    its share of ``todo`` (:func:`spread_runs`), the cache harvested once, then part by part: train, evaluate at
-    every step point some experiment records, and write each experiment's records (``recorders``: one per
-    experiment, the first being ``ctx``'s own). ``eval_sizes``: (eval_batches, ce_batches, ce_batch_size) of the
+    its share of ``todo`` (:func:`.selection.spread_runs`), the cache harvested once, then part by part: train,
+    evaluate at every step point some experiment records, and write each experiment's records (``recorders``: one
+    per experiment, the first being ``ctx``'s own). ``eval_sizes``: (eval_batches, ce_batches, ce_batch_size) of the
     held-out data."""
     plan, rank, world = ctx.plan, ctx.rank, ctx.world_size
     mine = spread_runs(todo, rank, world)
@@ -329,8 +268,8 @@ def _time_for(ctx: _Part, runs: list[Run], pace: float, left: list[list[Run]]) -
 def _evaluate_and_record(ctx: _Part, recorders: list[_Recorder], keys: list, trained: tuple, j: int,
                          point: int) -> list[str]:
     """After part ``j`` trained (``trained``: :func:`train_part`'s folder, trainers and seconds; ``keys``: its
-    runs' :func:`training_key`), evaluate its dictionaries after ``point`` steps that some experiment records
-    there, and write each experiment's records (:func:`record_part`); returns the ids written."""
+    runs' :func:`.selection.training_key`), evaluate its dictionaries after ``point`` steps that some experiment records
+    there, and write each experiment's records (:func:`.recording.record_part`); returns the ids written."""
     run_dir, trainers, train_s = trained
     t = time.monotonic()
     wanted = [i for i, k in enumerate(keys) if any(k in rec.runs and point in rec.points(ctx.steps)
@@ -353,7 +292,7 @@ def _evaluate_and_record(ctx: _Part, recorders: list[_Recorder], keys: list, tra
 @dataclass
 class _Recorder:
     """One experiment that records dictionaries of a reproduction's training: its context (``ctx.name``,
-    ``ctx.plan``, ``ctx.points``) and its runs still to record, keyed by :func:`training_key`."""
+    ``ctx.plan``, ``ctx.points``) and its runs still to record, keyed by :func:`.selection.training_key`."""
 
     ctx: _Part
     runs: dict
@@ -365,7 +304,7 @@ class _Recorder:
 
 
 def _keyed(plan: Plan, runs: list[Run], steps: int) -> dict:
-    """``runs`` of ``plan`` keyed by :func:`training_key`."""
+    """``runs`` of ``plan`` keyed by :func:`.selection.training_key`."""
     return {training_key(r, plan, steps): r for r in runs}
 
 
@@ -379,78 +318,6 @@ def _also_note(recorders: list[_Recorder], n_train: int) -> str:
             + f"; {n_train} dictionaries to train in all")
 
 
-def training_key(run: Run, plan: Plan, steps: int) -> tuple:
-    """What run ``run`` of ``plan`` trains, whatever experiment asks for it: its trainer config for ``steps``
-    steps (:func:`trainer_config`, the activation width left out) as a sorted tuple. Two runs with the same key,
-    of plans reading the same data (:func:`shared_plans`), train the same dictionary."""
-    return tuple(sorted(trainer_config(run, 0, steps, plan).items()))
-
-
-#: the settings of a plan that the experiments of one reproduction must share: the data they train on, and the
-#: recipe (the schedule is in :func:`training_key` too, but a different batch size would be a different harvest)
-SHARED_SETTINGS = ("model", "layer", "corpus", "tokens", "recipe")
-
-
-def shared_plans(names: list[str], scale: str, corpus: Optional[str] = None,
-                 recipe: Optional[str] = None) -> list[Plan]:
-    """The plans of the experiments ``names`` (the first one leads: its name is on the dictionaries' folders) at
-    ``scale``, with ``recipe`` (a key of :data:`.experiments.RECIPES`) instead of the scale's.
-
-    Raises:
-        ValueError: an unknown experiment, scale or recipe; a name given twice; two plans that differ in one of
-            :data:`SHARED_SETTINGS` (the message names it and both values).
-    """
-    if recipe is not None and recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ValueError(f"experiment {repeated[0]!r} is named twice (--also names experiments besides the first)")
-    plans = [resolve(n, scale, corpus) for n in names]
-    if recipe is not None:
-        plans = [dataclasses.replace(p, recipe=RECIPES[recipe]) for p in plans]
-    first = plans[0]
-    for p in plans[1:]:
-        for setting in SHARED_SETTINGS:
-            a, b = getattr(first, setting), getattr(p, setting)
-            if a != b:
-                shown = (lambda v: v.name) if setting == "recipe" else repr
-                raise ValueError(f"{p.experiment.name} cannot share training with {first.experiment.name} at "
-                                 f"{scale} scale: its {setting} is {shown(b)}, not {shown(a)}")
-    return plans
-
-
-def select_shared_runs(plans: list[Plan], store: Path, archs: Optional[list], dict_sizes: Optional[list],
-                       seeds: Optional[int], sparsity: Optional[list], steps: int) -> list[list[Run]]:
-    """Per plan, its runs still to record (:func:`select_runs`). With one plan the filters must lie in its grid;
-    with several they pick from the union of the grids: each plan takes the values of its own grid, and a plan
-    none of whose grid is picked records nothing.
-
-    Raises:
-        ValueError: a requested architecture, size or sparsity value in none of the grids.
-    """
-    if len(plans) == 1:
-        return [select_runs(plans[0], store, archs, dict_sizes, seeds, sparsity, steps=steps)]
-    check_grid_filters(" + ".join(p.experiment.name for p in plans), [r for p in plans for r in p.runs], archs,
-                       dict_sizes, sparsity)
-    todos = []
-    for p in plans:
-        mine = [r for r in p.runs if (not archs or r.arch in archs) and (not dict_sizes or r.dict_size in dict_sizes)
-                and (not sparsity or _among(r.sparsity_value, sparsity))]
-        todos.append([r for r in select_runs(p, store, seeds=seeds, steps=steps) if r in mine])
-    return todos
-
-
-def runs_to_train(plans: list[Plan], todos: list[list[Run]], steps: int) -> list[Run]:
-    """The dictionaries to train for the runs ``todos`` of ``plans``: one run per :func:`training_key` (the first
-    plan's when it has one), ordered by dictionary size and architecture, then as the plans list them."""
-    chosen: dict[tuple, Run] = {}
-    for p, todo in zip(plans, todos):
-        for r in todo:
-            chosen.setdefault(training_key(r, p, steps), r)
-    archs = list(dict.fromkeys(r.arch for r in chosen.values()))
-    return sorted(chosen.values(), key=lambda r: (r.dict_size, archs.index(r.arch)))
-
-
 def _say_capped_schedule(ctx: _Part) -> None:
     """Print which of the recipe's fixed schedule settings were capped at a quarter of this (short) run."""
     capped = [f"{k} {v} -> {max(1, ctx.steps // 4)}" for k, v in ctx.plan.recipe.steps_fixed if v > ctx.steps // 4]
@@ -458,27 +325,6 @@ def _say_capped_schedule(ctx: _Part) -> None:
         print(f"{_who(ctx.rank, ctx.world_size)}note: this run has {ctx.steps} steps, so the {ctx.plan.recipe.name} "
               f"recipe's fixed settings are capped at a quarter of it ({', '.join(capped)}, where the architecture "
               f"has them); each trainer's config.json and record hold the values used", flush=True)
-
-
-def spread_runs(runs: list[Run], rank: int, world: int) -> list[Run]:
-    """The share of ``runs`` that process ``rank`` of ``world`` trains: whole stacks (the runs of one dictionary
-    size and architecture, trained as one batched model) go to one process, the largest first onto the least
-    loaded process (load: dictionaries x dict_size); with fewer stacks than processes, whole seed groups instead.
-    Every process computes the same assignment from the same ``runs``.
-
-    Raises:
-        ValueError: ``world < 1`` or ``rank`` outside ``0..world-1``.
-    """
-    if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"rank must be in 0..world-1 and world >= 1, got rank {rank}, world {world}")
-    if world == 1:
-        return list(runs)
-    from .stacked import spread_over_processes
-
-    stacks = [(r.dict_size, r.arch) for r in runs]
-    keys = stacks if len(set(stacks)) >= world else [_gid(r) for r in runs]
-    owners = spread_over_processes(keys, [r.dict_size for r in runs], world)
-    return [r for r, o in zip(runs, owners) if o == rank]
 
 
 def _process_device(device: str, local_rank: int, world: int) -> str:
@@ -494,66 +340,6 @@ def _process_device(device: str, local_rank: int, world: int) -> str:
 def _who(rank: int, world: int) -> str:
     """A ``[process r/N] `` prefix for messages when several processes share the grid, else nothing."""
     return f"[process {rank}/{world}] " if world > 1 else ""
-
-
-def _check_sizes(plan: Plan, tokens, epochs, cache, seeds, chunk, batch_size, eval_batches, ce_batches,
-                 ce_batch_size) -> None:
-    """Refuse bad token, epoch, seed, chunk, batch and evaluation sizes before anything is loaded.
-
-    Raises:
-        ValueError: naming the setting and its allowed range.
-    """
-    if tokens is not None and tokens < 1:
-        raise ValueError(f"--tokens must be >= 1, got {tokens}")
-    if epochs < 1 or (epochs > 1 and cache is None):
-        raise ValueError(f"--epochs must be >= 1 and --epochs > 1 needs --cache (got epochs={epochs}, "
-                         f"cache={cache!r})")
-    if seeds is not None and not 1 <= seeds <= plan.experiment.seeds:
-        raise ValueError(f"seeds must be in 1..{plan.experiment.seeds} for {plan.experiment.name}, got {seeds}")
-    if chunk is not None and chunk < 1:
-        raise ValueError(f"--chunk must be >= 1, got {chunk}")
-    for flag_, v, low in (("batch_size", batch_size, 1), ("eval_batches", eval_batches, 1),
-                          ("ce_batches", ce_batches, 0), ("ce_batch_size", ce_batch_size, 1)):
-        if v is not None and v < low:
-            raise ValueError(f"--{flag_.replace('_', '-')} must be >= {low}, got {v}")
-
-
-def select_runs(plan: Plan, store: Path, archs: Optional[list] = None, dict_sizes: Optional[list] = None,
-                seeds: Optional[int] = None, sparsity: Optional[list] = None,
-                steps: Optional[int] = None) -> list[Run]:
-    """The runs of ``plan`` still to train: not yet recorded in ``store`` and inside the requested part of the
-    grid (``archs``, ``dict_sizes``, the first ``seeds`` seeds, ``sparsity`` values; None: all). For a plan with
-    ``eval_steps``, a run is recorded when every step point of a run of ``steps`` steps is (default: the plan's
-    token budget at the recipe's batch size without a cache, :func:`train_steps`).
-
-    Raises:
-        ValueError: a requested architecture, size or sparsity value that is not in the experiment's grid.
-    """
-    check_grid_filters(plan.experiment.name, plan.runs, archs, dict_sizes, sparsity)
-    steps = steps or train_steps(plan.tokens, plan.recipe.batch_size)[0]
-    points = plan.eval_points(steps) if plan.eval_steps else (None,)
-    return [r for r in plan.runs if not all(has_record(store, _rid(r, p)) for p in points)
-            and (not archs or r.arch in archs)
-            and (not dict_sizes or r.dict_size in dict_sizes) and (seeds is None or r.seed < seeds)
-            and (not sparsity or _among(r.sparsity_value, sparsity))]
-
-
-def check_grid_filters(name: str, runs, archs: Optional[list], dict_sizes: Optional[list],
-                       sparsity: Optional[list]) -> None:
-    """Refuse filters that pick nothing of the grid ``runs`` (of experiment ``name``; None: no filter).
-
-    Raises:
-        ValueError: an architecture or dictionary size not in the grid, or a sparsity value not among the chosen
-            architectures' values (the message names the grid's values).
-    """
-    for name_, chosen, allowed in (("arch", archs, {r.arch for r in runs}),
-                                   ("dict_size", dict_sizes, {r.dict_size for r in runs})):
-        if chosen and not set(chosen) <= allowed:
-            raise ValueError(f"{name_} {sorted(set(chosen) - allowed)} not in the {name} grid {sorted(allowed)}")
-    values = sorted({float(r.sparsity_value) for r in runs if not archs or r.arch in archs})
-    if sparsity and not all(_among(v, values) for v in sparsity):
-        raise ValueError(f"sparsity {sorted(sparsity)} not all in the {name} grid's values {values} "
-                         f"(of the chosen architectures)")
 
 
 def _load_model_and_eval_data(ctx: _Part, eval_batches: int, ce_batches: int, ce_batch_size: int) -> None:
@@ -608,7 +394,7 @@ def _check_cache_folder(plan: Plan, cache: str, unique_tokens: int) -> None:
 def _cached_tokens(path: Path, meta: dict, unique_tokens: int) -> int:
     """The activations the complete cache at ``path`` holds (its metadata and shard list are read; the shards
     stay on disk), refused unless its metadata matches ``meta`` and it holds the ``unique_tokens`` the run's steps
-    were planned for (:func:`train_steps`), so that no run asks for more batches than the cache serves.
+    were planned for (:func:`.selection.train_steps`), so that no run asks for more batches than the cache serves.
 
     Raises:
         ValueError: other metadata (the message names the field), or fewer activations (the corpus ran out while
@@ -656,8 +442,8 @@ def _harvest_once(ctx: _Part) -> None:
 def _train_data(ctx: _Part):
     """The training activations: a fresh buffer, or (with a cache folder) the cached harvest of the plan's
     model, layer, corpus and token count (built by :func:`_harvest_once`), ``ctx.epochs`` seeded shuffles of it
-    served in full batches only (``drop_last``): ``ctx.steps`` batches (:func:`train_steps`), the same stream on
-    every call, so each part trains on the same batches. The cache is opened (and preloaded) by the first call
+    served in full batches only (``drop_last``): ``ctx.steps`` batches (:func:`.selection.train_steps`), the same
+    stream on every call, so each part trains on the same batches. The cache is opened (and preloaded) by the first call
     only and kept in ``ctx.opened_cache``; later calls serve it again from the start
     (:meth:`.cache.ActivationCache.with_order`: the batches of a fresh open)."""
     from . import pipeline
@@ -723,7 +509,7 @@ def _pace(log: list) -> str:
 
 def evaluate_part(ctx: _Part, run_dir: Path, point: Optional[int], indices: list[int]) -> tuple[dict, dict]:
     """Load the trained dictionaries ``run_dir/trainer_{i}`` for ``i`` in ``indices`` (at step point ``point``:
-    their checkpoints after that many steps, :func:`dictionary_dir`) and evaluate them on the held-out data;
+    their checkpoints after that many steps, :func:`.recording.dictionary_dir`) and evaluate them on the held-out data;
     returns (dictionaries, metrics), both keyed by ``i``.
 
     Raises:
@@ -734,288 +520,6 @@ def evaluate_part(ctx: _Part, run_dir: Path, point: Optional[int], indices: list
     folders = [dictionary_dir(run_dir / f"trainer_{i}", point, ctx.steps) for i in indices]
     aes, metrics = evaluate_dictionaries(folders, ctx.heldout, ctx.model, ctx.device, per_feature=True)
     return dict(zip(indices, aes)), dict(zip(indices, metrics))
-
-
-def dictionary_dir(trainer_dir: Path, point: Optional[int], steps: int) -> Path:
-    """The folder of a run's dictionary after ``point`` steps: ``trainer_dir`` itself for the end of the run
-    (``point`` None or ``steps``), else its checkpoint ``trainer_dir/checkpoints/step_{point - 1}`` (trainSAE names
-    a checkpoint by the index of the last step it holds).
-
-    Raises:
-        ValueError: ``point`` outside ``1..steps``.
-    """
-    from .training import CHECKPOINT_PREFIX
-
-    if point is None or point == steps:
-        return Path(trainer_dir)
-    if not 1 <= point < steps:
-        raise ValueError(f"step point {point} is outside the run's 1..{steps} steps")
-    return Path(trainer_dir) / "checkpoints" / f"{CHECKPOINT_PREFIX}{point - 1}"
-
-
-def record_part(ctx: _Part, members: list[tuple], run_dir: Path, trainers: list, train_s: float,
-                dictionaries: dict, metrics: dict, point: Optional[int] = None) -> list[str]:
-    """Write one record of experiment ``ctx.name`` per member ``(i, run, trained_for)`` of a trained and evaluated
-    part (``i``: its trainer's index in the part, the key of ``dictionaries`` and ``metrics``; ``trained_for``: the
-    experiments that record this dictionary, kept in the record as ``trained_for`` when there are several), with
-    its group's cross-seed stability; returns the record ids. With ``point`` (a step point of ``ctx.points``) the
-    records are those of the dictionaries after ``point`` steps (ids with ``__step{point}``, ``steps``,
-    ``checkpoint_of``: :func:`_record`)."""
-    from .stability import stability
-
-    groups: dict[str, list[tuple]] = {}
-    for m in members:
-        groups.setdefault(_gid(m[1], point), []).append(m)
-    written = []
-    for gid, group in groups.items():
-        stab = stability([dictionaries[i] for i, _, _ in group]) if len(group) > 1 else None
-        for j, (i, r, trained_for) in enumerate(group):
-            rec = _record(ctx, r, gid, trainers[i], dictionaries[i], dict(metrics[i]), stab, j,
-                          run_dir / f"trainer_{i}", point)
-            rec.update(train_seconds_all_dictionaries_of_this_size=round(train_s, 1),  # of its part with --chunk
-                       trained_together=len(trainers))
-            if len(trained_for) > 1:
-                rec["trained_for"] = trained_for
-            write_record(ctx.store, rec)
-            written.append(rec["id"])
-    return written
-
-
-def _record(ctx: _Part, r: Run, gid: str, trainer, ae, m: dict, stab: Optional[dict], j: int,
-            trainer_dir: Path, point: Optional[int] = None) -> dict:
-    """The record of one run (:mod:`.records`): settings, metrics, alignment scores, per-feature data, the
-    stability of its group (``stab``, it being member ``j``), training log and the dictionary's path. At a step
-    point ``point`` (:func:`record_part`): the dictionary after ``point`` steps, its tokens, the log up to it and
-    ``checkpoint_of`` (the run's final dictionary folder)."""
-    from .alignment import alignment_scores
-
-    summary, fired = m.pop("alignment"), m.pop("fired")
-    plan = ctx.plan
-    if point is None or point == ctx.steps:  # the end of the run: what it trained on
-        steps, tokens = trainer.steps_done, trainer.tokens_seen
-    else:  # a checkpoint: every batch before it was full (train_steps)
-        steps, tokens = point, min(trainer.tokens_seen, point * ctx.batch_size)
-    per_pass = max(1, ctx.steps // ctx.epochs)  # batches of one pass over the cache (train_steps)
-    rec = {
-        "schema": SCHEMA_VERSION, "id": _rid(r, point), "experiment": ctx.name, "scale": ctx.scale,
-        "model": plan.model, "paper_model": plan.experiment.paper_model, "offline_note": plan.offline_note,
-        "layer": plan.layer, "corpus": plan.corpus or "bundled", "train_tokens": tokens,
-        "plan_tokens": plan.tokens, "unique_tokens": min(ctx.unique_tokens, tokens),
-        "epochs": min(ctx.epochs, -(-steps // per_pass)), "recipe": plan.recipe.name, "steps": steps,
-        "batch_size": ctx.batch_size,
-        "trained_on": {"device": ctx.device, "process": ctx.rank, "processes": ctx.world_size}, "arch": r.arch,
-        "alignment": r.alignment, "alignment_penalty": r.alignment_penalty, "dict_size": r.dict_size,
-        "sparsity": _sparsity(r), "seed": r.seed, "group": gid, "trainer": trainer.config, "metrics": m,
-        "alignment_scores": summary,
-        "per_feature": {
-            "alignment_score": [round(v, 5) for v in alignment_scores(ae).cpu().tolist()],
-            "max_cos_other_seeds": [round(v, 4) for v in stab["per_feature_max_cos"][j]] if stab else None,
-            "fired": fired},
-        "stability": None if stab is None else {k: stab[k] for k in (
-            "n_runs", "mcs", "frac_above_0.7", "frac_above_0.9", "hungarian_mean_cos")},
-        "training_log": [e for e in trainer.log if e.get("step", 0) <= steps],
-        "paths": {"dictionary": str(dictionary_dir(trainer_dir, point, ctx.steps).relative_to(ctx.store))},
-        "command": ctx.command,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    if point is not None:
-        rec["checkpoint_of"] = str(trainer_dir.relative_to(ctx.store))
-    return rec
-
-
-def _among(value: float, values) -> bool:
-    """Whether a sparsity value is one of ``values`` (up to float rounding: ``0.04`` from the command line)."""
-    return any(math.isclose(value, v, rel_tol=1e-9) for v in values)
-
-
-def _chunks(runs: list, n: Optional[int]) -> list[list]:
-    """``runs`` cut into parts of at most ``n`` dictionaries (None: one part), never splitting the seeds of one
-    group (a group larger than ``n`` is a part of its own), in order."""
-    groups: dict[str, list] = {}
-    for r in runs:
-        groups.setdefault(_gid(r), []).append(r)
-    parts: list[list] = []
-    for members in groups.values():
-        if parts and (n is None or len(parts[-1]) + len(members) <= n):
-            parts[-1].extend(members)
-        else:
-            parts.append(list(members))
-    return parts
-
-
-def _rid(r: Run, steps: Optional[int] = None) -> str:
-    """The record id of run ``r`` (at step point ``steps``, for an experiment with ``eval_steps``)."""
-    return record_id(r.experiment, r.arch, r.alignment, r.dict_size, _sparsity(r), r.seed,
-                     alignment_penalty=r.alignment_penalty, steps=steps)
-
-
-def _gid(r: Run, steps: Optional[int] = None) -> str:
-    """The group id of run ``r`` (at step point ``steps``, for an experiment with ``eval_steps``)."""
-    return group_id(r.experiment, r.arch, r.alignment, r.dict_size, _sparsity(r),
-                    alignment_penalty=r.alignment_penalty, steps=steps)
-
-
-def _sparsity(r: Run) -> dict:
-    """The ``{"name", "value"}`` sparsity of run ``r``, as records hold it."""
-    return {"name": r.sparsity_name, "value": r.sparsity_value}
-
-
-def experiments_help() -> str:
-    """The experiments and scales, for ``reproduce -h``: per experiment its grid (alignment entries as written,
-    e.g. ``penalty:0.1``), its step points when it records checkpoints, and the paper figures it feeds or what it
-    is for (read from :data:`.experiments.EXPERIMENTS`, so the help cannot drift from the grids)."""
-    lines = ["experiments (grids in dictionary_learning_aligned/experiments.py):"]
-    for e in EXPERIMENTS.values():
-        figs = ("feeds Figs. " + ", ".join(map(str, e.figures)) if e.figures
-                else "not in the paper" + (f": {e.note}" if e.note else " (an extension): feeds none of its figures"))
-        modes = ", ".join("standard" if a is None else a for a in e.alignments)
-        line = (f"{e.name:10s} {', '.join(e.archs)} x ({modes}); dict_size {', '.join(map(str, e.dict_sizes))}; "
-                f"{e.seeds} seed(s); tokens smoke/small/paper {e.tokens['smoke']:,}/{e.tokens['small']:,}/"
-                f"{e.tokens['paper']:,}; {figs}")
-        lines += textwrap.wrap(line, 110, initial_indent="  ", subsequent_indent=" " * 13)
-    lines += textwrap.wrap("scales: smoke (minutes on a CPU, checks the pipeline, the numbers mean nothing; the "
-                           "grids above shrink to one dict_size of 256, at most 2 seeds and the two extreme sparsity "
-                           "values), small (one GPU, offline models, local text), paper (the paper's models on the "
-                           "Pile; needs the hub)", 110, subsequent_indent="  ")
-    return "\n".join(lines)
-
-
-@dataclass
-class ReproduceConfig:
-    """Settings of ``python -m dictionary_learning_aligned reproduce`` (the experiment first, then flags)."""
-
-    experiment: str = field(positional=True, metavar="EXPERIMENT")
-    """the experiment to run: one of those described at the end of this help"""
-    time_limit: Optional[float] = None
-    """seconds from the start after which no part starts that would not end in time (judged from the slowest part
-    so far); the rest is left for a later call of the same command (default: no limit)"""
-    also: Optional[str] = None
-    """comma list of further experiments to train in the same run, on the same harvest: a dictionary that several
-    of them ask for (e.g. every budget run is a main run) is trained once and recorded for each (they must share
-    model, layer, corpus, tokens and recipe); --archs, --dict-sizes and --sparsity pick from all their grids"""
-    scale: str = choice(*SCALES, default="smoke")
-    """token budget, models and grid: smoke (CPU check), small (one GPU), paper (the paper's budgets)"""
-    results: str = "results/store"
-    """results store folder: records/ (one JSON per dictionary) and dictionaries/ (weights); existing records are
-    kept and skipped"""
-    device: Optional[str] = None
-    """device for the model and the SAEs (default: cuda when available, else cpu)"""
-    corpus: Optional[str] = None
-    """training text for smoke/small: a txt/jsonl(.gz) file or folder, or a Hugging Face dataset (default: the
-    bundled corpus)"""
-    batch_size: Optional[int] = None
-    """activations per training step (default: the recipe's: 2048 at small and paper scale, 1024 at smoke)"""
-    recipe: Optional[str] = choice(*RECIPES, default=None)
-    """training recipe instead of the scale's (saebench at small and paper scale: batch 2048, lr 3e-4, warmups
-    1000/5000 steps, capped at a quarter of a shorter run, lr decay over the last fifth; scaled at smoke: every
-    schedule setting a fraction of the run)"""
-    autocast: str = choice(*AUTOCAST_CHOICES, default="auto")
-    """autocast dtype of SAE training (auto: bfloat16 on CUDA, float32 on CPU)"""
-    archs: Optional[str] = None
-    """comma-separated subset of the grid's architectures to train now (default: all)"""
-    dict_sizes: Optional[str] = None
-    """comma-separated subset of the grid's dictionary sizes to train now (default: all)"""
-    cache: Optional[str] = None
-    """harvest the training activations once into this folder and reuse them for every dictionary size and later
-    invocation (default: harvest into memory each time)"""
-    tokens: Optional[int] = None
-    """training tokens per dictionary instead of the scale's budget (recorded with each result)"""
-    epochs: int = 1
-    """passes over the cached activations (needs --cache): ceil(tokens/epochs) distinct tokens are harvested"""
-    seeds: Optional[int] = None
-    """train only the first N seeds of the grid now (default: all)"""
-    chunk: Optional[int] = None
-    """train at most N dictionaries together (whole seed groups) and record them before the next part, so a run
-    cut short keeps what finished (default: all of one dictionary size together)"""
-    sparsity: Optional[str] = None
-    """comma list: train only the grid points with these sparsity values now (L1 penalty, k or p-anneal
-    coefficient; default: all)"""
-    eval_batches: int = 10
-    """held-out batches (of --batch-size activations) for reconstruction metrics"""
-    ce_batches: int = 4
-    """held-out batches of contexts for CE losses (0: no CE losses)"""
-    ce_batch_size: int = 8
-    """contexts (of 128 tokens) per CE batch"""
-    no_preload: bool = field(False, action="store_true")
-    """read cached batches from disk even on a GPU (default: a cache is held on the GPU)"""
-    verbose: bool = field(False, action="store_true")
-    """print every logged training step and third-party messages"""
-    compile: bool = field(False, action="store_true")
-    """torch.compile each stack of same-shape dictionaries (about 2x faster steps on an H200 after a minute of
-    compilation per stack; see docs/stacked.md)"""
-    compile_mode: Optional[str] = None
-    """with --compile: the torch.compile mode, one of default, reduce-overhead (CUDA graphs too; for small
-    launch-bound stacks), max-autotune, max-autotune-no-cudagraphs"""
-    wandb: bool = field(False, action="store_true")
-    """log training losses to Weights & Biases (pip install .[wandb]; project from --wandb-project)"""
-    wandb_project: str = ""
-    """Weights & Biases project (default: wandb's own default)"""
-
-
-def build_parser(prog: str = "python -m dictionary_learning_aligned reproduce"):
-    """The command line of ``reproduce`` (a :func:`.cli.config_parser` over :class:`ReproduceConfig`)."""
-    from .cli import config_parser
-
-    return config_parser(prog, ReproduceConfig, __doc__, epilog=experiments_help())
-
-
-def run_config(cfg: ReproduceConfig, command: Optional[str] = None) -> list[str]:
-    """:func:`run_experiment` with the settings of ``cfg`` (comma lists parsed); returns the record ids written.
-
-    Raises:
-        ValueError: a malformed comma list, and everything :func:`run_experiment` refuses.
-    """
-    return run_experiment(
-        cfg.experiment, cfg.scale, cfg.results, device=cfg.device, corpus=cfg.corpus, batch_size=cfg.batch_size,
-        autocast=cfg.autocast, archs=comma_list(cfg.archs, allow_empty=False) if cfg.archs else None,
-        dict_sizes=comma_list(cfg.dict_sizes, int, "--dict-sizes") if cfg.dict_sizes else None,
-        cache=cfg.cache, tokens=cfg.tokens, epochs=cfg.epochs, seeds=cfg.seeds,
-        preload=False if cfg.no_preload else None, eval_batches=cfg.eval_batches, ce_batches=cfg.ce_batches,
-        ce_batch_size=cfg.ce_batch_size, chunk=cfg.chunk, verbose=cfg.verbose, use_wandb=cfg.wandb,
-        wandb_project=cfg.wandb_project, command=command, compile_stacks=compile_setting(cfg.compile, cfg.compile_mode),
-        recipe=cfg.recipe, time_limit=cfg.time_limit,
-        also=comma_list(cfg.also, flag="--also", allow_empty=False) if cfg.also is not None else (),
-        sparsity=comma_list(cfg.sparsity, float, "--sparsity", allow_empty=False)
-        if cfg.sparsity is not None else None)
-
-
-def compile_setting(compile: bool, mode: Optional[str]) -> bool | str:
-    """``compile_stacks`` from the ``--compile`` flag and ``--compile-mode``: False, True, or the mode string.
-
-    Raises:
-        ValueError: a mode without ``--compile``, or a mode not in :data:`.stacked.COMPILE_MODES`
-            (:func:`.stacked.compile_mode`; the message names them).
-    """
-    if mode is None:
-        return bool(compile)
-    if not compile:
-        raise ValueError(f"--compile-mode {mode} needs --compile")
-    compile_mode(mode)  # refuses a mode not in COMPILE_MODES, naming them
-    return mode
-
-
-def main(argv: Optional[list[str]] = None, prog: str = "python -m dictionary_learning_aligned reproduce") -> int:
-    """Command line of the reproduction (see the module docstring and ``-h``); also the alias
-    ``python -m dictionary_learning_aligned.reproduce``. Returns the exit status (2 for bad input)."""
-    import shlex
-
-    from .cli import parse_config, run_reporting_errors, set_verbosity
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = parse_config(build_parser(prog), argv)
-    set_verbosity(cfg.verbose)
-
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    launcher = f"torchrun --nproc_per_node {os.environ.get('LOCAL_WORLD_SIZE', world)} -m " if world > 1 else ""
-
-    def work(cfg: ReproduceConfig) -> None:
-        command = launcher + " ".join([prog.removeprefix("python -m ") if launcher else prog,
-                                       *map(shlex.quote, argv)])
-        ids = run_config(cfg, command=command)
-        who = f"[process {os.environ['RANK']}] " if world > 1 else ""
-        print(f"{who}wrote {len(ids)} record(s) to {Path(cfg.results) / 'records'}")
-
-    return run_reporting_errors(work, cfg, (ValueError, OSError))
 
 
 if __name__ == "__main__":
