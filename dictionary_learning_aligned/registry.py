@@ -8,7 +8,7 @@ the stacked sweep engine (:mod:`.stacked`) reads the architecture's ``stack_rule
 Adding an architecture is one file that defines its dictionary, its trainer and an ``Architecture(...)`` passed
 to :func:`register`, plus one import line in :mod:`.trainers` (so that the built-ins register on import). A
 user's architecture registers the same way from their own module (``module:Class`` names on the command line
-import it).
+import it, and so does ``--plugins MODULE``: :func:`import_plugins`).
 """
 
 from __future__ import annotations
@@ -123,7 +123,9 @@ def get(name: str) -> Architecture:
     """
     _load_builtins()
     if name not in _REGISTRY:
-        raise ValueError(f"unknown architecture {name!r}; known: {names()}")
+        raise ValueError(f"unknown architecture {name!r}; known: {names()}. One of your own is known once the module "
+                         "that registers it is imported: `train --plugins MODULE`, or `import MODULE` in Python "
+                         "(docs/extending.md)")
     return _REGISTRY[name]
 
 
@@ -184,6 +186,27 @@ def import_object(spec: str):
     if not hasattr(mod, attr):
         raise ValueError(f"module {mod_name!r} has no attribute {attr!r}")
     return getattr(mod, attr)
+
+
+def import_plugins(modules: Optional[str], flag: str = "--plugins") -> list:
+    """Import every module of the comma list ``modules`` (the commands' ``--plugins``: a user's architecture file,
+    from the current folder or ``PYTHONPATH``), so that the architectures (``register(...)``) and dictionary classes
+    (``@register_dictionary``) they define are known before any name is looked up or checkpoint loaded. Returns
+    the imported modules (none for None or "").
+
+    Raises:
+        ValueError: a module that cannot be imported (named, with the import error).
+    """
+    from .dtypes import comma_list
+
+    out = []
+    for name in comma_list(modules or "", flag=flag):
+        try:
+            out.append(importlib.import_module(name))
+        except ImportError as e:
+            raise ValueError(f"{flag}: cannot import module {name!r} (from the current folder or PYTHONPATH): "
+                             f"{e}") from None
+    return out
 
 
 def resolve_trainer(spec) -> type:

@@ -131,8 +131,8 @@ class TrainConfig:
     """ddp: every trainer data-parallel over all processes; spread: whole stacks (architecture x dict_size) per
     process"""
     arch: str = "relu"
-    """comma list of architectures (relu, topk, batchtopk, panneal; the extensions jumprelu, matryoshka; or any
-    registered one)"""
+    """comma list of architectures (relu, topk, batchtopk, panneal; the extensions jumprelu, matryoshka; or one of
+    your own that a --plugins module registers)"""
     alignment: str = "none,project"
     """comma list of alignment modes: none (standard), project, rescale, tied, penalty"""
     dict_size: str = "4096"
@@ -150,6 +150,9 @@ class TrainConfig:
     config: Optional[str] = None
     """JSON file with a list of trainer configs ({"trainer": class name or module:Class, ...}); replaces the
     --arch/--alignment/--dict-size/--seeds grid"""
+    plugins: Optional[str] = field(None, metavar="MODULES")
+    """comma list of Python modules to import first (from the current folder or PYTHONPATH), such as the file of
+    your own architecture (docs/extending.md): the architectures it registers become --arch values"""
     compile: bool = field(False, action="store_true")
     """torch.compile each trainer's loss (speed only)"""
     sparse_decode: bool = field(False, action="store_true")
@@ -408,10 +411,12 @@ def run(args: TrainConfig, command: Optional[str] = None) -> list[int]:
         the indices of the trainers this process trained.
 
     Raises:
-        ValueError: bad arguments (unknown arch, a batch size not divisible by the world size, an empty sweep...).
+        ValueError: bad arguments (unknown arch, a --plugins module that cannot be imported, a batch size not
+            divisible by the world size, an empty sweep...).
         FileExistsError: ``--out`` holds something and ``--overwrite`` was not given.
     """
     from .io import check_output_dir, write_json
+    from .registry import import_plugins
 
     rank, world, local_rank = dd.init_from_env(args.backend)
     device = args.device or default_device(local_rank)
@@ -419,6 +424,7 @@ def run(args: TrainConfig, command: Optional[str] = None) -> list[int]:
     _check_args(args, world)
     comma_list(args.save_steps, int, "--save-steps")
     check_output_dir(args.out, args.overwrite)  # every rank: all fail alike, before any work
+    import_plugins(args.plugins)  # a user's architectures, before the names are looked up
     configs = _read_configs(args)  # checked (trainer names resolved) before the cache is opened or harvested
     cache, preload = _open_cache(args, device)
     steps = args.steps if args.steps is not None else len(cache)

@@ -1,6 +1,9 @@
 """``train``'s default harvest layer follows the model (one rule, :func:`.pipeline.default_layer`, shared with the
 demo), an explicit ``--layer`` wins, and the chosen layer is printed with the run's settings."""
 
+import json
+import sys
+
 import pytest
 import torch
 
@@ -57,3 +60,66 @@ def test_settings_line_names_the_caches_layer(tmp_path, capsys):
                        "--alignment", "none", "--dict-size", "64", "--steps", "2", "--device", "cpu"]) == 0
     line = capsys.readouterr().out.splitlines()[0]
     assert line.startswith("train: cache ") and "(m layer 3, " in line and "1 trainer(s) x 2 steps" in line
+
+
+#: a user's architecture file (docs/extending.md) under names no other module registers
+PLUGIN = '''
+from dictionary_learning_aligned.registry import Architecture, register
+from dictionary_learning_aligned.trainers import StandardTrainer, make_aligned
+from dictionary_learning_aligned.trainers.standard import relu_schedule
+
+
+class PluginTrainTestTrainer(StandardTrainer):
+    """ReLU training under a name of its own."""
+
+
+register(Architecture(name="plugin_train_test", label="plugin test", trainer=PluginTrainTestTrainer,
+                      aligned_trainer=make_aligned(PluginTrainTestTrainer), sparsity_param="l1_penalty",
+                      sparsity_values=(0.04,), default_sparsity=0.04, schedule=relu_schedule, in_paper=False))
+'''
+
+
+@pytest.fixture
+def plugin_folder(tmp_path, monkeypatch):
+    """``tmp_path`` holding ``plugin_train_test_saes.py`` (on ``sys.path``, not yet imported) and a tiny cache;
+    the registry is restored afterwards."""
+    from dictionary_learning_aligned import registry
+    from dictionary_learning_aligned.cache import build_cache
+
+    (tmp_path / "plugin_train_test_saes.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "plugin_train_test_saes", raising=False)
+    registry.names()  # the built-ins registered before the copy
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    g = torch.Generator().manual_seed(0)
+    build_cache([torch.randn(256, 32, generator=g) for _ in range(2)], tmp_path / "cache", 512,
+                {"model": "m", "layer": 3})
+    return tmp_path
+
+
+def _train_plugin(folder, *extra):
+    return train.main(["--cache", str(folder / "cache"), "--out", str(folder / "out"), "--batch-size", "256",
+                       "--arch", "plugin_train_test", "--dict-size", "64", "--steps", "2", "--device", "cpu",
+                       "--overwrite", *extra])
+
+
+def test_plugins_make_a_users_architecture_an_arch_value(plugin_folder, capsys):
+    """``train --plugins MODULE`` imports the user's architecture file first, so its registered name is an
+    ``--arch`` value (without it: the built-ins only, and the error says so), as ``benchmarks run --plugins``."""
+    assert _train_plugin(plugin_folder) == 2
+    err = capsys.readouterr().err
+    assert "unknown architecture 'plugin_train_test'" in err and "--plugins MODULE" in err, err
+    assert _train_plugin(plugin_folder, "--plugins", "plugin_train_test_saes") == 0
+    classes = [json.loads((plugin_folder / "out" / f"trainer_{i}" / "config.json").read_text())["trainer"]
+               ["trainer_class"] for i in range(2)]
+    assert classes == ["PluginTrainTestTrainer", "AlignedPluginTrainTestTrainer"]
+    assert "--plugins plugin_train_test_saes" in json.loads((plugin_folder / "out" / "run.json").read_text())[
+        "command"]
+
+
+def test_a_missing_plugin_is_one_error_line_before_any_harvest(plugin_folder, capsys):
+    assert _train_plugin(plugin_folder, "--cache", str(plugin_folder / "no_cache"),
+                         "--plugins", "no_such_plugin_module") == 2
+    err = capsys.readouterr().err
+    assert "--plugins" in err and "no_such_plugin_module" in err and "Traceback" not in err
+    assert not (plugin_folder / "no_cache").exists() and not (plugin_folder / "out").exists()

@@ -7,7 +7,6 @@ generated from the table :data:`BUDGET_FLAGS` over :class:`~.runner.Budgets`."""
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import shlex
 import sys
 from dataclasses import dataclass, make_dataclass
@@ -19,6 +18,7 @@ from simple_parsing.helpers import field as sp_field
 
 from dictionary_learning_aligned.cli import config_parser, default_device, parse_config, set_verbosity
 from dictionary_learning_aligned.dtypes import comma_list
+from dictionary_learning_aligned.registry import import_plugins
 
 from .runner import EVALS, Budgets, DictionaryEntry, RunSpec
 
@@ -288,17 +288,6 @@ def run_spec(cfg: RunConfig, command: str = "") -> RunSpec:
                    seed=cfg.seed, overwrite=cfg.overwrite, per_record_layout=per_record, command=command,
                    results_store=Path(cfg.results_store) if cfg.results_store else None,
                    artifacts=Path(cfg.artifacts) if cfg.artifacts else None)
-
-
-def import_plugins(modules: Optional[str]) -> list:
-    """Import every module of the comma list ``modules`` (``--plugins``), so that the dictionary classes
-    (``@register_dictionary``) and architectures (``register(...)``) they define are known before any checkpoint is
-    loaded. Returns the imported modules (none for None).
-
-    Raises:
-        ModuleNotFoundError: a module is not importable from the current folder or ``PYTHONPATH``.
-    """
-    return [importlib.import_module(name) for name in comma_list(modules or "", flag="--plugins")]
 
 
 def main(argv=None) -> int:
