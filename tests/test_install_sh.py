@@ -1,0 +1,45 @@
+"""scripts/install.sh's requirements step: pip's report of dictionary-learning 0.1.0's unmet dependencies (that
+package is installed without them on purpose) is followed by one line saying it is expected; pip's own output and
+exit status are kept. Runs the script's function with a stand-in for pip (no network, nothing installed)."""
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "install.sh"
+CONFLICT = ("ERROR: pip's dependency resolver does not currently take into account all the packages that are "
+            "installed. This behaviour is the source of the following dependency conflicts.\n"
+            "dictionary-learning 0.1.0 requires circuitsvis>=1.43.2, which is not installed.\n"
+            "dictionary-learning 0.1.0 has requirement nnsight<0.4.0,>=0.3.0, but you have nnsight 0.8.1.\n")
+
+
+def _install_requirements(tmp_path, stderr: str, status: int = 0) -> subprocess.CompletedProcess:
+    """Run install.sh's ``install_requirements`` under ``set -euo pipefail`` with a pip that prints ``stderr``
+    and exits with ``status``."""
+    function = re.search(r"^install_requirements\(\) \{\n.*?^\}\n", SCRIPT.read_text(), re.S | re.M)
+    assert function, "install.sh has no install_requirements function"
+    (tmp_path / "stderr.txt").write_text(stderr)
+    pip = tmp_path / "pip"
+    pip.write_text(f"#!/bin/sh\necho installed \"$@\"\ncat {tmp_path / 'stderr.txt'} >&2\nexit {status}\n")
+    pip.chmod(0o755)
+    body = (f"set -euo pipefail\nPIP=({pip})\npip_err={tmp_path / 'pip_err'}\n{function.group(0)}"
+            "install_requirements -r requirements.txt\necho next step\n")
+    return subprocess.run(["bash", "-c", body], capture_output=True, text=True)
+
+
+def test_the_conflict_report_about_dictionary_learning_is_said_to_be_expected(tmp_path):
+    r = _install_requirements(tmp_path, CONFLICT)
+    assert r.returncode == 0 and r.stdout == "installed install -q -r requirements.txt\nnext step\n"
+    assert r.stderr.startswith(CONFLICT)  # pip's own lines, unchanged, first
+    note = r.stderr[len(CONFLICT):]
+    assert note.count("\n") == 1 and "dictionary-learning 0.1.0 is expected" in note
+    assert "without its dependencies on purpose" in note
+
+
+@pytest.mark.parametrize("stderr, status", [("", 0), ("ERROR: something else\n", 0), (CONFLICT, 1)])
+def test_no_note_without_that_report_and_a_failing_pip_stops_the_script(tmp_path, stderr, status):
+    r = _install_requirements(tmp_path, stderr, status)
+    assert r.stderr == stderr  # nothing added
+    assert (r.returncode != 0) == bool(status) and ("next step" in r.stdout) == (not status)
