@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from .experiments import Run
-from .records import SCHEMA_VERSION, group_id, record_id, write_record
+from .records import SCHEMA_VERSION, group_id, has_record, record_id, write_record
 
 if TYPE_CHECKING:
     from .reproduce import _Part
@@ -22,9 +22,11 @@ def record_part(ctx: _Part, members: list[tuple], run_dir: Path, trainers: list,
     """Write one record of experiment ``ctx.name`` per member ``(i, run, trained_for)`` of a trained and evaluated
     part (``i``: its trainer's index in the part, the key of ``dictionaries`` and ``metrics``; ``trained_for``: the
     experiments that record this dictionary, kept in the record as ``trained_for`` when there are several), with
-    its group's cross-seed stability; returns the record ids. With ``point`` (a step point of ``ctx.points``) the
-    records are those of the dictionaries after ``point`` steps (ids with ``__step{point}``, ``steps``,
-    ``checkpoint_of``: :func:`_record`)."""
+    its group's cross-seed stability; returns the record ids written. With ``point`` (a step point of
+    ``ctx.points``) the records are those of the dictionaries after ``point`` steps (ids with ``__step{point}``,
+    ``steps``, ``checkpoint_of``: :func:`_record`). A record already in the store is kept, never overwritten (a
+    run interrupted between its step points, or between two experiments' records, trains again for the missing
+    ones); its dictionary still counts in its group's stability."""
     from .stability import stability
 
     groups: dict[str, list[tuple]] = {}
@@ -34,6 +36,8 @@ def record_part(ctx: _Part, members: list[tuple], run_dir: Path, trainers: list,
     for gid, group in groups.items():
         stab = stability([dictionaries[i] for i, _, _ in group]) if len(group) > 1 else None
         for j, (i, r, trained_for) in enumerate(group):
+            if has_record(ctx.store, _rid(r, point)):
+                continue
             rec = _record(ctx, r, gid, trainers[i], dictionaries[i], dict(metrics[i]), stab, j,
                           run_dir / f"trainer_{i}", point)
             rec.update(train_seconds_all_dictionaries_of_this_size=round(train_s, 1),  # of its part with --chunk

@@ -35,7 +35,8 @@ from . import distributed as _dist
 from .cli import default_device
 from .dtypes import autocast_dtype, check_device
 from .experiments import EXPERIMENTS, RECIPES, SCALES, Plan, Run, resolve  # noqa: F401 (kept importable from here)
-from .recording import dictionary_dir, record_part
+from .records import has_record
+from .recording import _rid, dictionary_dir, record_part
 # the command line, kept importable from here (it lives in .reproduce_cli, which imports this module when it runs)
 from .reproduce_cli import (ReproduceConfig, build_parser, compile_setting, experiments_help, main,  # noqa: F401
                             run_config)
@@ -149,8 +150,9 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
         also: names of further experiments trained in the same invocation (see above); ``archs``, ``dict_sizes``
             and ``sparsity`` then pick from the union of the grids (a value needs to be in one of them).
         time_limit: seconds (from the start of the reproduction) after which no part starts that the slowest
-            part so far says would not end in time (:func:`_time_for`); the parts not trained are left for a later
-            call of the same command. None: no limit.
+            part so far says would not end in time (:func:`_time_for`), and none once they have passed (the first
+            part too: loading the model and harvesting may use them up); the parts not trained are left for a
+            later call of the same command. None: no limit.
 
     Every step trains on a full batch of ``batch_size`` activations (:func:`.selection.train_steps` gives the
     steps the data serves; the learning-rate schedule, step points and records use them). The log says, with the seconds
@@ -252,16 +254,18 @@ def _run_share(ctx: _Part, todo: list[Run], chunk: Optional[int], eval_sizes: tu
 
 def _time_for(ctx: _Part, runs: list[Run], pace: float, left: list[list[Run]]) -> bool:
     """Whether the part ``runs`` can start under ``ctx.time_limit``: its features times ``pace`` (the slowest
-    earlier part's seconds per feature, training and evaluation; 0 before the first part, which always starts)
-    must end before the limit. If not, say so and what is left (the parts ``left``) for a later call."""
-    if ctx.time_limit is None or not pace:
+    earlier part's seconds per feature, training and evaluation; 0 before the first part, which starts unless
+    the limit has passed, e.g. while the model loaded and the cache was harvested) must end before the limit. If
+    not, say so and what is left (the parts ``left``) for a later call."""
+    if ctx.time_limit is None:
         return True
     elapsed, need = time.monotonic() - ctx.t0, pace * sum(r.dict_size for r in runs)
     if elapsed + need <= ctx.time_limit:
         return True
-    _say(ctx, f"time limit: the next part ({len(runs)} dictionaries) needs about {need:.0f} s and "
-              f"{max(0.0, ctx.time_limit - elapsed):.0f} s are left; {sum(map(len, left))} dictionaries are left for "
-              f"a later call of the same command")
+    _say(ctx, (f"time limit: the next part ({len(runs)} dictionaries) needs about {need:.0f} s and "
+               f"{max(0.0, ctx.time_limit - elapsed):.0f} s are left" if pace else
+               f"time limit: {ctx.time_limit:g} s passed before the first part started")
+         + f"; {sum(map(len, left))} dictionaries are left for a later call of the same command")
     return False
 
 
@@ -269,23 +273,29 @@ def _evaluate_and_record(ctx: _Part, recorders: list[_Recorder], keys: list, tra
                          point: int) -> list[str]:
     """After part ``j`` trained (``trained``: :func:`train_part`'s folder, trainers and seconds; ``keys``: its
     runs' :func:`.selection.training_key`), evaluate its dictionaries after ``point`` steps that some experiment records
-    there, and write each experiment's records (:func:`.recording.record_part`); returns the ids written."""
+    there, and write each experiment's records (:func:`.recording.record_part`, which keeps those in the store
+    already; a point whose records are all there is not evaluated); returns the ids written."""
     run_dir, trainers, train_s = trained
     t = time.monotonic()
     wanted = [i for i, k in enumerate(keys) if any(k in rec.runs and point in rec.points(ctx.steps)
                                                    for rec in recorders)]
+    if all(rec.recorded(keys[i], point, ctx.steps) for i in wanted for rec in recorders):
+        _say(ctx, f"part {j}: the records after {point:,} steps are in the store already (kept)")
+        return []
     dictionaries, metrics = evaluate_part(ctx, run_dir, point, wanted)
-    written, counts = [], []
+    written, counts, kept = [], [], 0
     for rec in recorders:
         members = [(i, rec.runs[k], [o.ctx.name for o in recorders if k in o.runs])
                    for i, k in enumerate(keys) if k in rec.runs and point in rec.points(ctx.steps)]
         if members:
-            written += record_part(rec.ctx, members, run_dir, trainers, train_s, dictionaries, metrics,
-                                   point if rec.ctx.points else None)
+            ids = record_part(rec.ctx, members, run_dir, trainers, train_s, dictionaries, metrics,
+                              point if rec.ctx.points else None)
+            written, kept = written + ids, kept + len(members) - len(ids)
             counts.append(f"{len(members)} of {rec.ctx.name}")
     _say(ctx, f"part {j}: evaluated and recorded {len(wanted)} dictionaries"
               + (f" after {point:,} steps" if point < ctx.steps or ctx.points else "")
-              + (f" ({', '.join(counts)})" if len(recorders) > 1 else "") + f" in {time.monotonic() - t:.1f} s")
+              + (f" ({', '.join(counts)})" if len(recorders) > 1 else "") + f" in {time.monotonic() - t:.1f} s"
+              + (f"; {kept} of these records were in the store already and are kept" if kept else ""))
     return written
 
 
@@ -301,6 +311,14 @@ class _Recorder:
         """The step counts at which this experiment records its runs of ``steps`` steps (its ``ctx.points``, or
         the end of the run alone)."""
         return self.ctx.points or (steps,)
+
+    def recorded(self, key: tuple, point: int, steps: int) -> bool:
+        """Whether this experiment's record of the run ``key`` after ``point`` steps is in the store already (or
+        is none of its records: a run it does not record, a point it does not record at)."""
+        run = self.runs.get(key)
+        if run is None or point not in self.points(steps):
+            return True
+        return has_record(self.ctx.store, _rid(run, point if self.ctx.points else None))
 
 
 def _keyed(plan: Plan, runs: list[Run], steps: int) -> dict:

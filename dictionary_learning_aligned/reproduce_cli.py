@@ -70,7 +70,8 @@ class ReproduceConfig:
     """the experiment to run: one of those described at the end of this help"""
     time_limit: Optional[float] = None
     """seconds from the start after which no part starts that would not end in time (judged from the slowest part
-    so far); the rest is left for a later call of the same command (default: no limit)"""
+    so far; none starts once they have passed); the rest is left for a later call of the same command (default:
+    no limit)"""
     also: Optional[str] = None
     """comma list of further experiments to train in the same run, on the same harvest: a dictionary that several
     of them ask for (e.g. every budget run is a main run) is trained once and recorded for each (they must share

@@ -2,7 +2,8 @@
 (:func:`shared_plans`), the steps a token budget gives (:func:`train_steps`) and the sizes refused before anything
 loads, the grid points still missing from the results store (:func:`select_runs`, :func:`select_shared_runs`), one
 trainer config per dictionary however many experiments ask for it (:func:`training_key`, :func:`runs_to_train`,
-:func:`trainer_config`), and how the runs are cut into processes (:func:`spread_runs`) and parts (:func:`_chunks`).
+:func:`trainer_config`), and how the runs are cut into processes (:func:`spread_runs`) and parts (:func:`_chunks`)
+in whole seed groups (:func:`seed_group`).
 
 Nothing here loads a model or trains; every function reads the plans (:mod:`.experiments`) and, for what is
 recorded already, the store (:func:`.records.has_record`).
@@ -18,7 +19,7 @@ from typing import Optional
 from . import registry
 from .experiments import RECIPES, Plan, Run, resolve
 from .records import has_record
-from .recording import _gid, _rid
+from .recording import _rid
 
 
 #: the settings of a plan that the experiments of one reproduction must share: the data they train on, and the
@@ -151,12 +152,15 @@ def select_runs(plan: Plan, store: Path, archs: Optional[list] = None, dict_size
     token budget at the recipe's batch size without a cache, :func:`train_steps`).
 
     Raises:
-        ValueError: a requested architecture, size or sparsity value that is not in the experiment's grid.
+        ValueError: a requested architecture, size or sparsity value that is not in the experiment's grid; a
+            damaged record of the plan at any step point (:func:`.records.has_record`).
     """
     check_grid_filters(plan.experiment.name, plan.runs, archs, dict_sizes, sparsity)
     steps = steps or train_steps(plan.tokens, plan.recipe.batch_size)[0]
     points = plan.eval_points(steps) if plan.eval_steps else (None,)
-    return [r for r in plan.runs if not all(has_record(store, _rid(r, p)) for p in points)
+    # every step point's record is read (a list, not a short-circuit): a damaged one is refused here, not
+    # overwritten after the run trained again for a missing one
+    return [r for r in plan.runs if not all([has_record(store, _rid(r, p)) for p in points])
             and (not archs or r.arch in archs)
             and (not dict_sizes or r.dict_size in dict_sizes) and (seeds is None or r.seed < seeds)
             and (not sparsity or _among(r.sparsity_value, sparsity))]
@@ -228,8 +232,8 @@ def trainer_config(run: Run, activation_dim: int, steps: int, plan: Plan) -> dic
 def spread_runs(runs: list[Run], rank: int, world: int) -> list[Run]:
     """The share of ``runs`` that process ``rank`` of ``world`` trains: whole stacks (the runs of one dictionary
     size and architecture, trained as one batched model) go to one process, the largest first onto the least
-    loaded process (load: dictionaries x dict_size); with fewer stacks than processes, whole seed groups instead.
-    Every process computes the same assignment from the same ``runs``.
+    loaded process (load: dictionaries x dict_size); with fewer stacks than processes, whole seed groups
+    (:func:`seed_group`) instead. Every process computes the same assignment from the same ``runs``.
 
     Raises:
         ValueError: ``world < 1`` or ``rank`` outside ``0..world-1``.
@@ -241,17 +245,17 @@ def spread_runs(runs: list[Run], rank: int, world: int) -> list[Run]:
     from .stacked import spread_over_processes
 
     stacks = [(r.dict_size, r.arch) for r in runs]
-    keys = stacks if len(set(stacks)) >= world else [_gid(r) for r in runs]
+    keys = stacks if len(set(stacks)) >= world else [seed_group(r) for r in runs]
     owners = spread_over_processes(keys, [r.dict_size for r in runs], world)
     return [r for r, o in zip(runs, owners) if o == rank]
 
 
 def _chunks(runs: list, n: Optional[int]) -> list[list]:
     """``runs`` cut into parts of at most ``n`` dictionaries (None: one part), never splitting the seeds of one
-    group (a group larger than ``n`` is a part of its own), in order."""
-    groups: dict[str, list] = {}
+    group (:func:`seed_group`; a group larger than ``n`` is a part of its own), in order."""
+    groups: dict[tuple, list] = {}
     for r in runs:
-        groups.setdefault(_gid(r), []).append(r)
+        groups.setdefault(seed_group(r), []).append(r)
     parts: list[list] = []
     for members in groups.values():
         if parts and (n is None or len(parts[-1]) + len(members) <= n):
@@ -259,3 +263,12 @@ def _chunks(runs: list, n: Optional[int]) -> list[list]:
         else:
             parts.append(list(members))
     return parts
+
+
+def seed_group(r: Run) -> tuple:
+    """The seed group of run ``r`` whatever experiment asks for it: its settings but the experiment and the seed.
+    The runs :func:`runs_to_train` picks for one group may belong to different experiments (with ``--also``, a
+    seed already recorded by the first one is the second one's run), and a group's seeds must still train in one
+    part and one process, so that each experiment's records get the stability of all of them (:func:`_chunks`,
+    :func:`spread_runs`)."""
+    return dataclasses.astuple(dataclasses.replace(r, experiment="", seed=0))

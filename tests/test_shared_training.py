@@ -74,11 +74,23 @@ def test_an_empty_also_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_main_with_budget_trains_once_and_records_both(tmp_path):
+def test_main_with_budget_trains_once_and_records_both(tmp_path, monkeypatch):
+    from dictionary_learning_aligned import reproduce
+
     settings = dict(device="cpu", archs=["topk"], tokens=24 * 128, batch_size=128, eval_batches=1, ce_batches=1,
                     ce_batch_size=2)
+    judged = []  # the first part is let in (a limit passed while loading starts none); the second is judged
+
+    def first_part_in_time(ctx, runs, pace, left):
+        judged.append(pace)
+        return len(judged) == 1 or real_time_for(ctx, runs, pace, left)
+
+    real_time_for = reproduce._time_for
+    monkeypatch.setattr(reproduce, "_time_for", first_part_in_time)
     first = run_experiment("main", "smoke", str(tmp_path / "both"), also=["budget"], chunk=4, time_limit=1e-3,
                            **settings)  # the time limit stops it after its first part (k 8, main's alone)
+    monkeypatch.setattr(reproduce, "_time_for", real_time_for)
+    assert len(judged) == 2 and judged[1] > 0
     assert len(first) == 4 and all(i.startswith("main__topk__") and "__k8__" in i for i in first)
     ids = first + run_experiment("main", "smoke", str(tmp_path / "both"), also=["budget"], chunk=4, **settings)
     recs = {r["id"]: r for r in iter_records(tmp_path / "both")}
