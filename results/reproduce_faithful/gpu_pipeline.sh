@@ -159,7 +159,8 @@ run() {
   # ARCHS and CHUNK
   for job in ${RUNS:-$X:${ARCHS:-}:${CHUNK:-18}:0}; do
     IFS=: read -r exp archs chunk need flags <<< "$job"
-    [ "$(left)" -gt "${need:-0}" ] || { t "skipped reproduce $exp ($archs): ${need}s needed, $(left)s left"; continue; }
+    need=$(( ${need:-0} > 60 ? ${need:-0} : 60 ))  # under a minute: not even the model load would pay off
+    [ "$(left)" -gt "$need" ] || { t "skipped reproduce $exp ($archs): ${need}s needed, $(left)s left"; continue; }
     [ -z "${ran:-}" ] || rm -rf $CACHE/*/  # the disk (64 GB) holds one 25M-token cache (about 30 GB) at a time
     ran=1; reproduce_one "$exp" "$archs" "$chunk" "${flags:-}"
   done
