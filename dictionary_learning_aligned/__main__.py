@@ -64,7 +64,7 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str], str], int]]] = {
     "train": ("train a sweep of dictionaries from an activation cache (built first if missing), on one or "
               "several GPUs", _module_main("dictionary_learning_aligned.train")),
     "reproduce": ("run an experiment of the paper (main, sizes, tying, ablation, gemma) into a results store",
-                  _module_main("dictionary_learning_aligned.reproduce_cli")),
+                  _module_main("dictionary_learning_aligned.reproduce.command")),
     "evaluate": ("run SAEBench evals (core, scr, tpp, sparse_probing, autointerp) on dictionaries; the same as "
                  "`python -m benchmarks run`", _module_main("benchmarks.__main__", "run", pass_prog=False)),
     "export": ("write a dictionary in dictionary_learning's or SAELens's format",

@@ -8,7 +8,7 @@ import pytest
 
 from dictionary_learning_aligned.experiments import EXPERIMENTS, Experiment, parse_alignment, resolve
 from dictionary_learning_aligned.records import group_id, iter_records, record_id, write_record
-from dictionary_learning_aligned.recording import _gid, _rid
+from dictionary_learning_aligned.reproduce.recording import _gid, _rid
 from dictionary_learning_aligned.reproduce import build_parser, dictionary_dir, select_runs, trainer_config
 from figures import claims_table
 from figures.__main__ import main as figures_main

@@ -193,8 +193,8 @@ def test_gzipped_records_are_read_and_count_as_done(tmp_path):
 
 def test_chunks_keep_seed_groups_together():
     from dictionary_learning_aligned.experiments import resolve
-    from dictionary_learning_aligned.recording import _gid
-    from dictionary_learning_aligned.selection import _chunks
+    from dictionary_learning_aligned.reproduce.recording import _gid
+    from dictionary_learning_aligned.reproduce.selection import _chunks
 
     runs = [r for r in resolve("main", "small").runs if r.arch == "topk"]  # 3 k x 2 alignments x 3 seeds
     assert [len(p) for p in _chunks(runs, None)] == [18]
@@ -211,7 +211,7 @@ def test_chunks_keep_seed_groups_together():
 
 def test_refused_inputs_are_named_before_the_model_loads_and_create_nothing(tmp_path, monkeypatch):
     from dictionary_learning_aligned import models
-    from dictionary_learning_aligned.recording import _rid
+    from dictionary_learning_aligned.reproduce.recording import _rid
 
     monkeypatch.setattr(models, "load_language_model", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(ValueError, match="arch"):  # a refused grid filter leaves no store behind
@@ -256,7 +256,7 @@ def test_demo_reads_gemma_at_the_gemma_experiments_layer():
 
 
 def test_the_recorded_command_names_the_torchrun_launcher(monkeypatch, tmp_path):
-    from dictionary_learning_aligned import reproduce_cli
+    from dictionary_learning_aligned.reproduce import command as reproduce_cli
 
     seen = []
     monkeypatch.setattr(reproduce_cli, "run_config", lambda cfg, command: seen.append(command) or [])

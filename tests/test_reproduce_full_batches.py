@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from dictionary_learning_aligned import pipeline, reproduce
+from dictionary_learning_aligned import pipeline
+from dictionary_learning_aligned.reproduce import run as reproduce
 from dictionary_learning_aligned.cache import build_cache
 from dictionary_learning_aligned.experiments import EXPERIMENTS, Experiment, resolve
 from dictionary_learning_aligned.records import iter_records
@@ -125,11 +126,11 @@ def test_each_compiled_part_starts_from_fresh_compiled_code(monkeypatch):
     """With compiled stacks, every part drops the compiled code of the parts before it: they share the loss's code
     object and Dynamo keeps at most 8 versions, past which a part would silently train eagerly."""
     import torch
-    from dictionary_learning_aligned import reproduce
+    from dictionary_learning_aligned.reproduce import run as reproduce
 
     resets = []
     monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
-    ctx = reproduce._Part(name="main", scale="smoke", plan=None, store=None, device="cpu", batch_size=8, amp=None,
+    ctx = reproduce.Context(name="main", scale="smoke", plan=None, store=None, device="cpu", batch_size=8, amp=None,
                           steps=2, total_tokens=16, unique_tokens=16, epochs=1, cache=None, preload=False)
     reproduce._forget_compiled_stacks(ctx)
     assert resets == []  # eager stacks: nothing compiled, nothing to drop

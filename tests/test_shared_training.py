@@ -75,7 +75,7 @@ def test_an_empty_also_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_main_with_budget_trains_once_and_records_both(tmp_path, monkeypatch):
-    from dictionary_learning_aligned import reproduce
+    from dictionary_learning_aligned.reproduce import run as reproduce
 
     settings = dict(device="cpu", archs=["topk"], tokens=24 * 128, batch_size=128, eval_batches=1, ce_batches=1,
                     ce_batch_size=2)
@@ -135,7 +135,7 @@ def _ctx(limit, elapsed):
 
 
 def test_a_part_starts_only_when_the_slowest_pace_says_it_ends_in_time(capsys):
-    from dictionary_learning_aligned.reproduce import _time_for
+    from dictionary_learning_aligned.reproduce.run import _time_for
 
     plan = shared_plans(["main"], "small")[0]
     part = list(plan.runs[:6])  # 6 dictionaries of 4096: 24,576 features

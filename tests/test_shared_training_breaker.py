@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from dictionary_learning_aligned import recording, reproduce
+from dictionary_learning_aligned.reproduce import recording
+from dictionary_learning_aligned.reproduce import run as reproduce
 from dictionary_learning_aligned.records import iter_records
 from dictionary_learning_aligned.reproduce import run_experiment, runs_to_train, shared_plans, training_key
-from dictionary_learning_aligned.selection import _chunks, spread_runs
+from dictionary_learning_aligned.reproduce.selection import _chunks, spread_runs
 
 
 def _main_and_budget_with_main_seed0_recorded():
@@ -102,7 +103,7 @@ def test_no_part_starts_once_the_time_limit_has_passed(capsys):
     import time
     from types import SimpleNamespace
 
-    from dictionary_learning_aligned.reproduce import _time_for
+    from dictionary_learning_aligned.reproduce.run import _time_for
 
     part = list(shared_plans(["main"], "small")[0].runs[:6])
     ctx = SimpleNamespace(time_limit=1.0, t0=time.monotonic() - 30.0, rank=0, world_size=1)

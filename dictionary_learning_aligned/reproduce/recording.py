@@ -1,4 +1,4 @@
-"""What a record of a reproduction (:mod:`.reproduce`) holds: one record per trained and evaluated dictionary
+"""What a record of a reproduction (:mod:`.run`) holds: one record per trained and evaluated dictionary
 (:func:`record_part`, :func:`_record`) with its settings, metrics, alignment scores, per-feature data, its group's
 cross-seed stability and where its dictionary lies (:func:`dictionary_dir`); and the record and group ids of a
 grid point (:func:`_rid`, :func:`_gid`). The store itself (ids, schema, reading and writing) is :mod:`.records`.
@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
-from .experiments import Run
-from .records import SCHEMA_VERSION, group_id, has_record, record_id, write_record
+from ..experiments import Run
+from ..records import SCHEMA_VERSION, group_id, has_record, record_id, write_record
 
-if TYPE_CHECKING:
-    from .reproduce import _Part
+from .context import Context
 
 
-def record_part(ctx: _Part, members: list[tuple], run_dir: Path, trainers: list, train_s: float,
+def record_part(ctx: Context, members: list[tuple], run_dir: Path, trainers: list, train_s: float,
                 dictionaries: dict, metrics: dict, point: Optional[int] = None) -> list[str]:
     """Write one record of experiment ``ctx.name`` per member ``(i, run, trained_for)`` of a trained and evaluated
     part (``i``: its trainer's index in the part, the key of ``dictionaries`` and ``metrics``; ``trained_for``: the
@@ -27,7 +26,7 @@ def record_part(ctx: _Part, members: list[tuple], run_dir: Path, trainers: list,
     ``steps``, ``checkpoint_of``: :func:`_record`). A record already in the store is kept, never overwritten (a
     run interrupted between its step points, or between two experiments' records, trains again for the missing
     ones); its dictionary still counts in its group's stability."""
-    from .stability import stability
+    from ..stability import stability
 
     groups: dict[str, list[tuple]] = {}
     for m in members:
@@ -49,13 +48,13 @@ def record_part(ctx: _Part, members: list[tuple], run_dir: Path, trainers: list,
     return written
 
 
-def _record(ctx: _Part, r: Run, gid: str, trainer, ae, m: dict, stab: Optional[dict], j: int,
+def _record(ctx: Context, r: Run, gid: str, trainer, ae, m: dict, stab: Optional[dict], j: int,
             trainer_dir: Path, point: Optional[int] = None) -> dict:
     """The record of one run (:mod:`.records`): settings, metrics, alignment scores, per-feature data, the
     stability of its group (``stab``, it being member ``j``), training log and the dictionary's path. At a step
     point ``point`` (:func:`record_part`): the dictionary after ``point`` steps, its tokens, the log up to it and
     ``checkpoint_of`` (the run's final dictionary folder)."""
-    from .alignment import alignment_scores
+    from ..alignment import alignment_scores
 
     summary, fired = m.pop("alignment"), m.pop("fired")
     plan = ctx.plan
@@ -99,7 +98,7 @@ def dictionary_dir(trainer_dir: Path, point: Optional[int], steps: int) -> Path:
     Raises:
         ValueError: ``point`` outside ``1..steps``.
     """
-    from .training import CHECKPOINT_PREFIX
+    from ..training import CHECKPOINT_PREFIX
 
     if point is None or point == steps:
         return Path(trainer_dir)

@@ -1,4 +1,4 @@
-"""The reproduction of an experiment of the paper (the command line is :mod:`.reproduce_cli`:
+"""The reproduction of an experiment of the paper, run (the command line is :mod:`.command`:
 ``python -m dictionary_learning_aligned reproduce EXPERIMENT --scale smoke|small|paper``, or its alias
 ``python -m dictionary_learning_aligned.reproduce``).
 
@@ -15,8 +15,8 @@ processes in whole stacks (:func:`.selection.spread_runs`); process ``r`` uses `
 process then reads (or preloads onto its GPU) the same cache. Processes do not communicate while training, so
 each writes its own records as its parts finish.
 
-Which runs are trained is :mod:`.selection`, what a record holds :mod:`.recording`; this module re-exports their
-public names and those of the command line.
+Which runs are trained is :mod:`.selection`, what a record holds :mod:`.recording`, what every part shares
+:mod:`.context`.
 """
 
 from __future__ import annotations
@@ -31,62 +31,16 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import distributed as _dist
-from .cli import default_device
-from .dtypes import autocast_dtype, check_device
-from .experiments import EXPERIMENTS, RECIPES, SCALES, Plan, Run, resolve  # noqa: F401 (kept importable from here)
-from .records import has_record
+from .. import distributed as _dist
+from ..cli import default_device
+from ..dtypes import autocast_dtype, check_device
+from ..experiments import Plan, Run
+from ..records import has_record
+from ..stacked import compile_mode
+from .context import Context
 from .recording import _rid, dictionary_dir, record_part
-# the command line, kept importable from here (it lives in .reproduce_cli, which imports this module when it runs)
-from .reproduce_cli import (ReproduceConfig, build_parser, compile_setting, experiments_help, main,  # noqa: F401
-                            run_config)
-from .selection import (SHARED_SETTINGS, _check_sizes, _check_steps, _chunks, check_grid_filters,  # noqa: F401
-                        runs_to_train, select_runs, select_shared_runs, shared_plans, spread_runs, train_steps,
-                        trainer_config, training_key)
-from .stacked import compile_mode
-
-
-@dataclass
-class _Part:
-    """What every part of one reproduction shares: the plan, the store, the loaded model and the held-out data
-    (built once, by :func:`run_experiment`, and handed to every step after it)."""
-
-    name: str
-    scale: str
-    plan: Plan
-    store: Path
-    device: str
-    batch_size: int
-    amp: Optional[torch.dtype]
-    steps: int
-    total_tokens: int
-    unique_tokens: int
-    epochs: int
-    cache: Optional[str]
-    preload: bool
-    compile_stacks: bool | str = False
-    points: tuple = ()
-    """step counts recorded from checkpoints and the end of each run (:meth:`.experiments.Plan.eval_points`);
-    empty for an experiment without ``eval_steps`` (one record per run, ids without a step)"""
-    time_limit: Optional[float] = None
-    """seconds after ``t0`` past which no part starts that would not end in time (:func:`_time_for`)"""
-    rank: int = 0
-    world_size: int = 1
-    model: object = None
-    """the :class:`.pipeline.LoadedModel` (None in a process with nothing to train or harvest)"""
-    harvest: object = None
-    """the :class:`.pipeline.Harvest` settings every buffer of the run shares"""
-    heldout: object = None
-    """the :class:`.pipeline.HeldOut` evaluation data, drawn once"""
-    opened_cache: object = None
-    """the :class:`.cache.ActivationCache` the first part opened (preloaded onto ``device`` with ``preload``),
-    served again in a fresh order to every later part (:func:`_train_data`); None before it, or without a cache"""
-    verbose: bool = True
-    use_wandb: bool = False
-    wandb_project: str = ""
-    command: str = ""
-    t0: float = dataclasses.field(default_factory=time.monotonic)
-    """when the reproduction started (``time.monotonic``), for the elapsed seconds of its log (:func:`_say`)"""
+from .selection import (_check_sizes, _check_steps, _chunks, runs_to_train, select_shared_runs, shared_plans,
+                        spread_runs, train_steps, trainer_config, training_key)
 
 
 def run_experiment(name: str, scale: str, results: str, device: Optional[str] = None, corpus: Optional[str] = None,
@@ -192,7 +146,7 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     rank, world, local_rank = _dist.init_from_env("gloo", timeout=datetime.timedelta(hours=24))
     try:
         device = _process_device(device, local_rank, world)
-        ctx = _Part(name=name, scale=scale, plan=plan, store=store, device=device, batch_size=batch_size,
+        ctx = Context(name=name, scale=scale, plan=plan, store=store, device=device, batch_size=batch_size,
                     amp=autocast_dtype(autocast, device), steps=steps, total_tokens=total_tokens,
                     unique_tokens=unique_tokens, epochs=epochs, cache=cache,
                     preload=torch.device(device).type == "cuda" if preload is None else preload,
@@ -214,7 +168,7 @@ def _default_command() -> str:
     return " ".join([Path(sys.executable).name, "-m", "dictionary_learning_aligned.reproduce"] + sys.argv[1:])
 
 
-def _run_share(ctx: _Part, todo: list[Run], chunk: Optional[int], eval_sizes: tuple,
+def _run_share(ctx: Context, todo: list[Run], chunk: Optional[int], eval_sizes: tuple,
                recorders: list[_Recorder]) -> list[str]:
     """:func:`run_experiment` after its checks, in process ``ctx.rank`` of ``ctx.world_size`` on ``ctx.device``:
     its share of ``todo`` (:func:`.selection.spread_runs`), the cache harvested once, then part by part: train,
@@ -252,7 +206,7 @@ def _run_share(ctx: _Part, todo: list[Run], chunk: Optional[int], eval_sizes: tu
     return written
 
 
-def _time_for(ctx: _Part, runs: list[Run], pace: float, left: list[list[Run]]) -> bool:
+def _time_for(ctx: Context, runs: list[Run], pace: float, left: list[list[Run]]) -> bool:
     """Whether the part ``runs`` can start under ``ctx.time_limit``: its features times ``pace`` (the slowest
     earlier part's seconds per feature, training and evaluation; 0 before the first part, which starts unless
     the limit has passed, e.g. while the model loaded and the cache was harvested) must end before the limit. If
@@ -269,7 +223,7 @@ def _time_for(ctx: _Part, runs: list[Run], pace: float, left: list[list[Run]]) -
     return False
 
 
-def _evaluate_and_record(ctx: _Part, recorders: list[_Recorder], keys: list, trained: tuple, j: int,
+def _evaluate_and_record(ctx: Context, recorders: list[_Recorder], keys: list, trained: tuple, j: int,
                          point: int) -> list[str]:
     """After part ``j`` trained (``trained``: :func:`train_part`'s folder, trainers and seconds; ``keys``: its
     runs' :func:`.selection.training_key`), evaluate its dictionaries after ``point`` steps that some experiment records
@@ -304,7 +258,7 @@ class _Recorder:
     """One experiment that records dictionaries of a reproduction's training: its context (``ctx.name``,
     ``ctx.plan``, ``ctx.points``) and its runs still to record, keyed by :func:`.selection.training_key`."""
 
-    ctx: _Part
+    ctx: Context
     runs: dict
 
     def points(self, steps: int) -> tuple:
@@ -336,7 +290,7 @@ def _also_note(recorders: list[_Recorder], n_train: int) -> str:
             + f"; {n_train} dictionaries to train in all")
 
 
-def _say_capped_schedule(ctx: _Part) -> None:
+def _say_capped_schedule(ctx: Context) -> None:
     """Print which of the recipe's fixed schedule settings were capped at a quarter of this (short) run."""
     capped = [f"{k} {v} -> {max(1, ctx.steps // 4)}" for k, v in ctx.plan.recipe.steps_fixed if v > ctx.steps // 4]
     if capped:
@@ -360,10 +314,10 @@ def _who(rank: int, world: int) -> str:
     return f"[process {rank}/{world}] " if world > 1 else ""
 
 
-def _load_model_and_eval_data(ctx: _Part, eval_batches: int, ce_batches: int, ce_batch_size: int) -> None:
+def _load_model_and_eval_data(ctx: Context, eval_batches: int, ce_batches: int, ce_batch_size: int) -> None:
     """Load the plan's language model into ``ctx`` and draw the held-out evaluation data once
     (:func:`.pipeline.load_model`, :func:`.pipeline.heldout_data`)."""
-    from . import pipeline
+    from .. import pipeline
 
     t = time.monotonic()
     ctx.model = pipeline.load_model(ctx.plan.model, ctx.plan.layer, ctx.device)
@@ -376,15 +330,15 @@ def _load_model_and_eval_data(ctx: _Part, eval_batches: int, ce_batches: int, ce
               f"{len(ctx.heldout.ce_tokens)}) in {time.monotonic() - t:.1f} s")
 
 
-def _say(ctx: _Part, message: str) -> None:
+def _say(ctx: Context, message: str) -> None:
     """Print one line of the reproduction's log: the process (:func:`_who`), the seconds since it started
     (``ctx.t0``) and ``message``."""
     print(f"{_who(ctx.rank, ctx.world_size)}[{time.monotonic() - ctx.t0:7.1f} s] {message}", flush=True)
 
 
-def _cache_location(ctx: _Part) -> tuple[Path, dict]:
+def _cache_location(ctx: Context) -> tuple[Path, dict]:
     """Where the plan's activation cache lives under ``ctx.cache`` and the metadata it must carry."""
-    from .pipeline import cache_location
+    from ..pipeline import cache_location
 
     return cache_location(ctx.cache, ctx.plan.model, ctx.plan.layer, ctx.plan.corpus, ctx.unique_tokens)
 
@@ -398,8 +352,8 @@ def _check_cache_folder(plan: Plan, cache: str, unique_tokens: int) -> None:
             (the message names the field), or one with fewer activations than ``unique_tokens``
             (:func:`_cached_tokens`).
     """
-    from .cache import refuse_foreign
-    from .pipeline import cache_location
+    from ..cache import refuse_foreign
+    from ..pipeline import cache_location
 
     if Path(cache).exists() and not Path(cache).is_dir():
         raise FileExistsError(f"--cache {cache} is a file, not a folder of activation caches")
@@ -418,7 +372,7 @@ def _cached_tokens(path: Path, meta: dict, unique_tokens: int) -> int:
         ValueError: other metadata (the message names the field), or fewer activations (the corpus ran out while
             harvesting).
     """
-    from .pipeline import open_cache
+    from ..pipeline import open_cache
 
     n = open_cache(path, 1, expect=meta).n_tokens
     if n < unique_tokens:
@@ -428,7 +382,7 @@ def _cached_tokens(path: Path, meta: dict, unique_tokens: int) -> int:
     return n
 
 
-def _harvest_once(ctx: _Part) -> None:
+def _harvest_once(ctx: Context) -> None:
     """With a cache folder: process 0 harvests the plan's cache when it is missing while every other process
     waits for it (:func:`.pipeline.harvest_once`); every process then checks that it holds the run's distinct
     tokens (:func:`_cached_tokens`) and says how long the harvest took.
@@ -438,8 +392,8 @@ def _harvest_once(ctx: _Part) -> None:
     """
     if ctx.cache is None:
         return
-    from .cache import build_seconds
-    from .pipeline import harvest_into, harvest_once
+    from ..cache import build_seconds
+    from ..pipeline import harvest_into, harvest_once
 
     path, meta = _cache_location(ctx)
     built, t = not (path / "meta.json").is_file(), time.monotonic()
@@ -457,14 +411,14 @@ def _harvest_once(ctx: _Part) -> None:
         _say(ctx, f"waited {seconds:.1f} s for process 0 to harvest the activation cache {path.name}")
 
 
-def _train_data(ctx: _Part):
+def _train_data(ctx: Context):
     """The training activations: a fresh buffer, or (with a cache folder) the cached harvest of the plan's
     model, layer, corpus and token count (built by :func:`_harvest_once`), ``ctx.epochs`` seeded shuffles of it
     served in full batches only (``drop_last``): ``ctx.steps`` batches (:func:`.selection.train_steps`), the same
     stream on every call, so each part trains on the same batches. The cache is opened (and preloaded) by the first call
     only and kept in ``ctx.opened_cache``; later calls serve it again from the start
     (:meth:`.cache.ActivationCache.with_order`: the batches of a fresh open)."""
-    from . import pipeline
+    from .. import pipeline
 
     if ctx.cache is None:
         return pipeline.activation_buffer(ctx.harvest, "train", pipeline.buffer_ctxs(ctx.total_tokens))
@@ -476,11 +430,11 @@ def _train_data(ctx: _Part):
     return ctx.opened_cache.with_order(batch_size=ctx.batch_size, epochs=ctx.epochs, seed=0, drop_last=True)
 
 
-def train_part(ctx: _Part, runs: list[Run], j: int, saves: tuple = ()) -> tuple[Path, list, float]:
+def train_part(ctx: Context, runs: list[Run], j: int, saves: tuple = ()) -> tuple[Path, list, float]:
     """Train the dictionaries of ``runs`` (one size) together on the same batches into a new folder of the store,
     with a checkpoint after each step point of ``saves`` (each below ``ctx.steps``; ``trainer_i/checkpoints/step_{p
     - 1}``: the dictionary after ``p`` steps); returns (that folder, the trainers, the training seconds)."""
-    from .training import trainSAE
+    from ..training import trainSAE
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     part = f"{j}" if ctx.world_size == 1 else f"p{ctx.rank}-{j}"  # processes may start a part in the same second
@@ -504,7 +458,7 @@ def train_part(ctx: _Part, runs: list[Run], j: int, saves: tuple = ()) -> tuple[
     return run_dir, trainers, seconds
 
 
-def _forget_compiled_stacks(ctx: _Part) -> None:
+def _forget_compiled_stacks(ctx: Context) -> None:
     """With compiled stacks, drop the compiled code of earlier parts (``torch._dynamo.reset``) before a part
     trains: every stack shares the loss's code object, Dynamo keeps at most 8 compiled versions of it
     (``recompile_limit``), and a part past that limit would train eagerly, several times slower, with only a log
@@ -525,7 +479,7 @@ def _pace(log: list) -> str:
             f"{rate:,.1f} steps/s)")
 
 
-def evaluate_part(ctx: _Part, run_dir: Path, point: Optional[int], indices: list[int]) -> tuple[dict, dict]:
+def evaluate_part(ctx: Context, run_dir: Path, point: Optional[int], indices: list[int]) -> tuple[dict, dict]:
     """Load the trained dictionaries ``run_dir/trainer_{i}`` for ``i`` in ``indices`` (at step point ``point``:
     their checkpoints after that many steps, :func:`.recording.dictionary_dir`) and evaluate them on the held-out data;
     returns (dictionaries, metrics), both keyed by ``i``.
@@ -533,12 +487,9 @@ def evaluate_part(ctx: _Part, run_dir: Path, point: Optional[int], indices: list
     Raises:
         CheckpointError: a dictionary or checkpoint folder that cannot be read (e.g. training stopped early).
     """
-    from .pipeline import evaluate_dictionaries
+    from ..pipeline import evaluate_dictionaries
 
     folders = [dictionary_dir(run_dir / f"trainer_{i}", point, ctx.steps) for i in indices]
     aes, metrics = evaluate_dictionaries(folders, ctx.heldout, ctx.model, ctx.device, per_feature=True)
     return dict(zip(indices, aes)), dict(zip(indices, metrics))
 
-
-if __name__ == "__main__":
-    sys.exit(main())

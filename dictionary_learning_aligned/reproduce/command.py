@@ -1,11 +1,8 @@
 """The command line of the reproduction: ``python -m dictionary_learning_aligned reproduce EXPERIMENT [flags]``
 (and its alias ``python -m dictionary_learning_aligned.reproduce``). :class:`ReproduceConfig` holds the flags,
 :func:`build_parser` describes them (:data:`DESCRIPTION` before them, :func:`experiments_help` after),
-:func:`run_config` turns them into :func:`.reproduce.run_experiment`'s arguments and :func:`main` runs it,
+:func:`run_config` turns them into :func:`.run.run_experiment`'s arguments and :func:`main` runs it,
 reporting bad input in one line.
-
-:mod:`.reproduce` re-exports these names, so this module imports it only inside :func:`run_config`: either can
-be imported first.
 """
 
 from __future__ import annotations
@@ -19,9 +16,10 @@ from typing import Optional
 
 from simple_parsing.helpers import choice, field
 
-from .dtypes import AUTOCAST_CHOICES, comma_list
-from .experiments import EXPERIMENTS, RECIPES, SCALES
-from .stacked import compile_mode
+from ..dtypes import AUTOCAST_CHOICES, comma_list
+from ..experiments import EXPERIMENTS, RECIPES, SCALES
+from ..stacked import compile_mode
+from .run import run_experiment
 
 #: the description of ``reproduce -h``
 DESCRIPTION = """\
@@ -68,14 +66,6 @@ class ReproduceConfig:
 
     experiment: str = field(positional=True, metavar="EXPERIMENT")
     """the experiment to run: one of those described at the end of this help"""
-    time_limit: Optional[float] = None
-    """seconds from the start after which no part starts that would not end in time (judged from the slowest part
-    so far; none starts once they have passed); the rest is left for a later call of the same command (default:
-    no limit)"""
-    also: Optional[str] = None
-    """comma list of further experiments to train in the same run, on the same harvest: a dictionary that several
-    of them ask for (e.g. every budget run is a main run) is trained once and recorded for each (they must share
-    model, layer, corpus, tokens and recipe); --archs, --dict-sizes and --sparsity pick from all their grids"""
     scale: str = choice(*SCALES, default="smoke")
     """token budget, models and grid: smoke (CPU check), small (one GPU), paper (the paper's budgets)"""
     results: str = "results/store"
@@ -110,6 +100,14 @@ class ReproduceConfig:
     chunk: Optional[int] = None
     """train at most N dictionaries together (whole seed groups) and record them before the next part, so a run
     cut short keeps what finished (default: all of one dictionary size together)"""
+    time_limit: Optional[float] = None
+    """seconds from the start after which no part starts that would not end in time (judged from the slowest part
+    so far; none starts once they have passed); the rest is left for a later call of the same command (default:
+    no limit)"""
+    also: Optional[str] = None
+    """comma list of further experiments to train in the same run, on the same harvest: a dictionary that several
+    of them ask for (e.g. every budget run is a main run) is trained once and recorded for each (they must share
+    model, layer, corpus, tokens and recipe); --archs, --dict-sizes and --sparsity pick from all their grids"""
     sparsity: Optional[str] = None
     """comma list: train only the grid points with these sparsity values now (L1 penalty, k or p-anneal
     coefficient; default: all)"""
@@ -137,20 +135,18 @@ class ReproduceConfig:
 
 def build_parser(prog: str = "python -m dictionary_learning_aligned reproduce"):
     """The command line of ``reproduce`` (a :func:`.cli.config_parser` over :class:`ReproduceConfig`)."""
-    from .cli import config_parser
+    from ..cli import config_parser
 
     return config_parser(prog, ReproduceConfig, DESCRIPTION, epilog=experiments_help())
 
 
 def run_config(cfg: ReproduceConfig, command: Optional[str] = None) -> list[str]:
-    """:func:`.reproduce.run_experiment` with the settings of ``cfg`` (comma lists parsed); returns the record ids
+    """:func:`.run.run_experiment` with the settings of ``cfg`` (comma lists parsed); returns the record ids
     written.
 
     Raises:
-        ValueError: a malformed comma list, and everything :func:`.reproduce.run_experiment` refuses.
+        ValueError: a malformed comma list, and everything :func:`.run.run_experiment` refuses.
     """
-    from .reproduce import run_experiment
-
     return run_experiment(
         cfg.experiment, cfg.scale, cfg.results, device=cfg.device, corpus=cfg.corpus, batch_size=cfg.batch_size,
         autocast=cfg.autocast, archs=comma_list(cfg.archs, allow_empty=False) if cfg.archs else None,
@@ -185,7 +181,7 @@ def main(argv: Optional[list[str]] = None, prog: str = "python -m dictionary_lea
     ``python -m dictionary_learning_aligned.reproduce``. Returns the exit status (2 for bad input)."""
     import shlex
 
-    from .cli import parse_config, run_reporting_errors, set_verbosity
+    from ..cli import parse_config, run_reporting_errors, set_verbosity
 
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = parse_config(build_parser(prog), argv)

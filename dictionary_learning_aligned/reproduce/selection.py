@@ -1,4 +1,4 @@
-"""Which runs a reproduction trains (:mod:`.reproduce`): the experiments that share one harvest
+"""Which runs a reproduction trains (:mod:`.run`): the experiments that share one harvest
 (:func:`shared_plans`), the steps a token budget gives (:func:`train_steps`) and the sizes refused before anything
 loads, the grid points still missing from the results store (:func:`select_runs`, :func:`select_shared_runs`), one
 trainer config per dictionary however many experiments ask for it (:func:`training_key`, :func:`runs_to_train`,
@@ -16,9 +16,9 @@ import math
 from pathlib import Path
 from typing import Optional
 
-from . import registry
-from .experiments import RECIPES, Plan, Run, resolve
-from .records import has_record
+from .. import registry
+from ..experiments import RECIPES, Plan, Run, resolve
+from ..records import has_record
 from .recording import _rid
 
 
@@ -242,7 +242,7 @@ def spread_runs(runs: list[Run], rank: int, world: int) -> list[Run]:
         raise ValueError(f"rank must be in 0..world-1 and world >= 1, got rank {rank}, world {world}")
     if world == 1:
         return list(runs)
-    from .stacked import spread_over_processes
+    from ..stacked import spread_over_processes
 
     stacks = [(r.dict_size, r.arch) for r in runs]
     keys = stacks if len(set(stacks)) >= world else [seed_group(r) for r in runs]
