@@ -96,7 +96,8 @@ class ReproduceConfig:
     epochs: int = 1
     """passes over the cached activations (needs --cache): ceil(tokens/epochs) distinct tokens are harvested"""
     seeds: Optional[int] = None
-    """train only the first N seeds of the grid now (default: all)"""
+    """train only the first N seeds of the grid now (default: all); a group's cross-seed stability (MCS) is
+    computed over the seeds trained in one call, so seeds added by a later call are compared among themselves"""
     chunk: Optional[int] = None
     """train at most N dictionaries together (whole seed groups) and record them before the next part, so a run
     cut short keeps what finished (default: all of one dictionary size together)"""

@@ -87,7 +87,8 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
         epochs: passes over the cached activations (needs ``cache``): ``ceil(tokens / epochs)`` distinct tokens
             are harvested and each pass trains on full batches of a fresh shuffle of them
             (:func:`.selection.train_steps`; recorded as ``unique_tokens`` and ``epochs``).
-        seeds: train only the first ``seeds`` seeds of the grid now.
+        seeds: train only the first ``seeds`` seeds of the grid now (a group's stability is computed over the
+            seeds trained in one call: seeds a later call adds are compared among themselves, not with these).
         chunk: train at most this many dictionaries together (whole seed groups; default all of one size), and
             write their records before the next part starts: a run stopped by a time limit keeps what finished.
         sparsity: train only the grid points with these sparsity values now (L1 penalties, k values or p-anneal
