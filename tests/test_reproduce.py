@@ -93,8 +93,13 @@ def test_grid_spread_over_two_processes_matches_one_process(tmp_path):
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     one = {r["id"]: r for r in iter_records(tmp_path / "one")}
     two = {r["id"]: r for r in iter_records(tmp_path / "two")}
-    assert len(one) == 8 and set(one) == set(two)
+    assert len(one) == 8 + 2 * 2 * 2 and set(one) == set(two)  # tinysteps: standard/aligned x 2 seeds x 2 points
     assert {(r["trained_on"]["process"], r["arch"]) for r in two.values()} == {(0, "relu"), (1, "topk")}
+    for rid, r in two.items():  # the shared ReLU runs were trained once, in process 0, and recorded for both
+        assert ("trained_for" in r) == (r["arch"] == "relu"), rid
+        if r["experiment"] == "tinysteps" and r["steps"] == 8:
+            twin = two[rid.replace("tinysteps__", "tinyspread__").replace("__step8", "")]
+            assert r["paths"]["dictionary"] == twin["paths"]["dictionary"] and r["metrics"] == twin["metrics"]
     assert len(list((tmp_path / "cache_two").glob("*/meta.json"))) == 1  # harvested once, by process 0
     for rid, a in one.items():
         b = two[rid]
