@@ -161,8 +161,11 @@ run() {
     IFS=: read -r exp archs chunk need flags <<< "$job"
     need=$(( ${need:-0} > 60 ? ${need:-0} : 60 ))  # under a minute: not even the model load would pay off
     [ "$(left)" -gt "$need" ] || { t "skipped reproduce $exp ($archs): ${need}s needed, $(left)s left"; continue; }
-    [ -z "${ran:-}" ] || rm -rf $CACHE/*/  # the disk (64 GB) holds one 25M-token cache (about 30 GB) at a time
-    ran=1; reproduce_one "$exp" "$archs" "$chunk" "${flags:-}"
+    # the disk (64 GB) holds one 25M-token cache (about 30 GB) at a time: a run on the other model (gemma reads
+    # Gemma-3, every other experiment SmolLM2) deletes the cache of the run before; one on the same model reuses it
+    model=$([ "${exp%%+*}" = gemma ] && echo gemma || echo smollm2)
+    [ -z "${last_model:-}" ] || [ "$model" = "$last_model" ] || rm -rf $CACHE/*/
+    last_model=$model; reproduce_one "$exp" "$archs" "$chunk" "${flags:-}"
   done
   touch $R/main_ended
   wait  # the SAEBench processes
