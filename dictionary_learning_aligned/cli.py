@@ -72,8 +72,17 @@ def config_parser(prog: str, config_cls: type, description: str = "", epilog: Op
 
 def parse_config(parser, argv: Optional[list[str]]):
     """The dataclass that ``parser`` (from :func:`config_parser`) reads from ``argv`` (default ``sys.argv[1:]``);
-    a bad flag exits with status 2 and argparse's message, as for any argparse program."""
-    return parser.parse_args(argv).config
+    a bad flag exits with status 2 and argparse's message, as for any argparse program. A flag of an optional
+    setting given without its value (``--time-limit --archs topk``, or last) is such a bad flag: argparse would
+    take it as "not set" and the run would go on without it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config = parser.parse_args(argv).config
+    takes_value = {s for a in parser._actions if a.nargs == "?" and a.type in (int, float, str)  # not booleans
+                   for s in a.option_strings}
+    for i, token in enumerate(argv):
+        if token in takes_value and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            parser.error(f"{token} needs a value")
+    return config
 
 
 def set_verbosity(verbose: bool) -> None:

@@ -192,3 +192,19 @@ def test_module_entry_points_answer_help(argv):
     r = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "usage:" in r.stdout
+
+
+@pytest.mark.parametrize("argv", [["main", "--time-limit", "--archs", "topk"], ["main", "--archs", "topk", "--also"],
+                                  ["main", "--seeds", "--chunk", "4"]])
+def test_an_optional_setting_given_without_its_value_is_refused(capsys, argv):
+    # argparse reads a bare optional flag as "not set": the run went on with no time limit, or main alone
+    with pytest.raises(SystemExit) as e:
+        cli.parse_config(reproduce.build_parser(), argv)
+    flag = next(a for a, b in zip(argv, argv[1:] + [None]) if a.startswith("--") and (b is None or b.startswith("--")))
+    assert e.value.code == 2 and f"{flag} needs a value" in capsys.readouterr().err
+
+
+def test_boolean_flags_still_stand_alone():
+    cfg = cli.parse_config(train.build_parser(), ["--cache", "c", "--out", "o", "--normalize", "--steps", "5"])
+    assert cfg.normalize is True and cfg.steps == 5
+    assert cli.parse_config(train.build_parser(), ["--cache", "c", "--out", "o", "--no-normalize"]).normalize is False

@@ -111,13 +111,15 @@ def test_grid_spread_over_two_processes_matches_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_grid_end_to_end_and_skip(tmp_path, monkeypatch):
+def test_tiny_grid_end_to_end_and_skip(tmp_path, monkeypatch, capsys):
     tiny = Experiment("tiny", figures=(), archs=("topk",), sparsity={"topk": (8,)}, seeds=2,
                       tokens={"smoke": 2048, "small": 2048, "paper": 2048})
     monkeypatch.setitem(EXPERIMENTS, "tiny", tiny)
     ids = run_experiment("tiny", "smoke", str(tmp_path), device="cpu", batch_size=256, eval_batches=2,
-                         ce_batches=1, ce_batch_size=2)
+                         ce_batches=1, ce_batch_size=2, time_limit=1e6)
     assert len(ids) == 4  # standard and aligned, two seeds
+    # one part and a time limit: the log says the limit cannot stop inside it, and how to cut it
+    assert "time limit: this call trains one part, which starts or not as a whole; --chunk N" in capsys.readouterr().out
     recs = list(iter_records(tmp_path))
     assert {r["alignment"] for r in recs} == {None, "project"}
     for r in recs:

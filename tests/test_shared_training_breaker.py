@@ -108,7 +108,8 @@ def test_no_part_starts_once_the_time_limit_has_passed(capsys):
     part = list(shared_plans(["main"], "small")[0].runs[:6])
     ctx = SimpleNamespace(time_limit=1.0, t0=time.monotonic() - 30.0, rank=0, world_size=1)
     assert not _time_for(ctx, part, 0.0, [part, part])
-    assert ("time limit: 1 s passed before the first part started; 12 dictionaries are left for a later call of "
+    assert ("time limit: 1 s (--time-limit is in seconds) passed before the first part started; 12 dictionaries "
+            "are left for a later call of "
             "the same command") in capsys.readouterr().out
     ctx.t0 = time.monotonic()  # within the limit, the first part starts without a pace
     assert _time_for(ctx, part, 0.0, [part])

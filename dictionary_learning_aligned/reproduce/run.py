@@ -193,6 +193,9 @@ def _run_share(ctx: Context, todo: list[Run], chunk: Optional[int], eval_sizes: 
     parts = [part for d in sorted({r.dict_size for r in mine})
              for part in _chunks([r for r in mine if r.dict_size == d], chunk)]
     _say_capped_schedule(ctx)
+    if ctx.time_limit is not None and len(parts) == 1:
+        _say(ctx, "time limit: this call trains one part, which starts or not as a whole; --chunk N cuts it into "
+                  "parts of N dictionaries, so that the limit can stop between them")
     pace = 0.0  # the slowest part's seconds (training and evaluation) per feature trained
     for j, runs in enumerate(parts):
         if not _time_for(ctx, runs, pace, parts[j:]):
@@ -219,7 +222,8 @@ def _time_for(ctx: Context, runs: list[Run], pace: float, left: list[list[Run]])
         return True
     _say(ctx, (f"time limit: the next part ({len(runs)} dictionaries) needs about {need:.0f} s and "
                f"{max(0.0, ctx.time_limit - elapsed):.0f} s are left" if pace else
-               f"time limit: {ctx.time_limit:g} s passed before the first part started")
+               f"time limit: {ctx.time_limit:g} s (--time-limit is in seconds) passed before the first part "
+               f"started")
          + f"; {sum(map(len, left))} dictionaries are left for a later call of the same command")
     return False
 
