@@ -124,9 +124,8 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     """
     plans = shared_plans([name, *also], scale, corpus, recipe)
     plan = plans[0]
-    _check_sizes(plan, tokens, epochs, cache, seeds, chunk, batch_size, eval_batches, ce_batches, ce_batch_size)
-    if time_limit is not None and not time_limit > 0:
-        raise ValueError(f"--time-limit must be a number of seconds > 0, got {time_limit}")
+    _check_sizes(plan, tokens, epochs, cache, seeds, chunk, batch_size, eval_batches, ce_batches, ce_batch_size,
+                 time_limit)
     compile_mode(compile_stacks)  # an unknown mode is refused here, before the model loads
     device = device or default_device()
     check_device(device, "--device")

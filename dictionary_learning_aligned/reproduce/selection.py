@@ -101,8 +101,9 @@ def _check_steps(steps: int, total_tokens: int, batch_size: int) -> None:
 
 
 def _check_sizes(plan: Plan, tokens, epochs, cache, seeds, chunk, batch_size, eval_batches, ce_batches,
-                 ce_batch_size) -> None:
-    """Refuse bad token, epoch, seed, chunk, batch and evaluation sizes before anything is loaded.
+                 ce_batch_size, time_limit=None) -> None:
+    """Refuse bad token, epoch, seed, chunk, batch and evaluation sizes and a bad time limit before anything is
+    loaded.
 
     Raises:
         ValueError: naming the setting and its allowed range.
@@ -120,6 +121,8 @@ def _check_sizes(plan: Plan, tokens, epochs, cache, seeds, chunk, batch_size, ev
                           ("ce_batches", ce_batches, 0), ("ce_batch_size", ce_batch_size, 1)):
         if v is not None and v < low:
             raise ValueError(f"--{flag_.replace('_', '-')} must be >= {low}, got {v}")
+    if time_limit is not None and not time_limit > 0:
+        raise ValueError(f"--time-limit must be a number of seconds > 0, got {time_limit}")
 
 
 def select_shared_runs(plans: list[Plan], store: Path, archs: Optional[list], dict_sizes: Optional[list],
@@ -135,12 +138,8 @@ def select_shared_runs(plans: list[Plan], store: Path, archs: Optional[list], di
         return [select_runs(plans[0], store, archs, dict_sizes, seeds, sparsity, steps=steps)]
     check_grid_filters(" + ".join(p.experiment.name for p in plans), [r for p in plans for r in p.runs], archs,
                        dict_sizes, sparsity)
-    todos = []
-    for p in plans:
-        mine = [r for r in p.runs if (not archs or r.arch in archs) and (not dict_sizes or r.dict_size in dict_sizes)
-                and (not sparsity or _among(r.sparsity_value, sparsity))]
-        todos.append([r for r in select_runs(p, store, seeds=seeds, steps=steps) if r in mine])
-    return todos
+    return [[r for r in select_runs(p, store, seeds=seeds, steps=steps) if _picked(r, archs, dict_sizes, sparsity)]
+            for p in plans]
 
 
 def select_runs(plan: Plan, store: Path, archs: Optional[list] = None, dict_sizes: Optional[list] = None,
@@ -161,9 +160,13 @@ def select_runs(plan: Plan, store: Path, archs: Optional[list] = None, dict_size
     # every step point's record is read (a list, not a short-circuit): a damaged one is refused here, not
     # overwritten after the run trained again for a missing one
     return [r for r in plan.runs if not all([has_record(store, _rid(r, p)) for p in points])
-            and (not archs or r.arch in archs)
-            and (not dict_sizes or r.dict_size in dict_sizes) and (seeds is None or r.seed < seeds)
-            and (not sparsity or _among(r.sparsity_value, sparsity))]
+            and _picked(r, archs, dict_sizes, sparsity) and (seeds is None or r.seed < seeds)]
+
+
+def _picked(r: Run, archs: Optional[list], dict_sizes: Optional[list], sparsity: Optional[list]) -> bool:
+    """Whether run ``r`` is in the part of the grid the filters pick (None or empty: no filter)."""
+    return ((not archs or r.arch in archs) and (not dict_sizes or r.dict_size in dict_sizes)
+            and (not sparsity or _among(r.sparsity_value, sparsity)))
 
 
 def check_grid_filters(name: str, runs, archs: Optional[list], dict_sizes: Optional[list],
