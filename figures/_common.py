@@ -460,8 +460,9 @@ def _load_saebench_folder(folder: Path, key_of: Callable[[dict, Path], Optional[
                                  f"remove the stale one")
             source[rid, name] = p
             out.setdefault(rid, {})[name] = v
-        if describe and rid in out and _saebench_description(d) is not None:
-            out[rid].setdefault("dictionary", _saebench_description(d))
+        description = _saebench_description(d) if describe and rid in out else None
+        if description is not None:
+            out[rid].setdefault("dictionary", description)
     if skipped:
         warnings.warn(f"{len(skipped)} SAEBench file(s) or value(s) under {folder} left out:\n  "
                       + "\n  ".join(skipped[:20]) + (f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""),

@@ -221,10 +221,10 @@ def _scope(records, *, experiments, archs=ARCH_ORDER, dict_size="main") -> list[
     recs = select(records, experiments=experiments)
     if not recs:
         raise Missing(f"no records of experiment {exp_txt} in the store{hint}")
-    order = {a: i for i, a in enumerate(ARCH_ORDER)}
-    present = sorted({r["arch"] for r in recs}, key=lambda a: (order.get(a, len(order)), a))
-    recs = select(recs, archs=archs)
+    in_experiment, recs = recs, select(recs, archs=archs)
     if not recs:
+        order = {a: i for i, a in enumerate(ARCH_ORDER)}
+        present = sorted({r["arch"] for r in in_experiment}, key=lambda a: (order.get(a, len(order)), a))
         has = ", ".join(ARCH_LABEL.get(a, a) for a in present)
         raise Missing(f"no {'/'.join(ARCH_LABEL[a] for a in archs)} records of experiment {exp_txt} (the store's "
                       f"{exp_txt} has {has} only){_hint(experiments[0], archs)}")
