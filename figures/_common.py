@@ -550,7 +550,7 @@ def budget_summary(records: Iterable[dict]) -> dict:
     """The budgets (:func:`record_budget`) of ``records`` summarized: ``{"scales", "models", "recipes"}`` (sorted
     distinct names), ``{"steps", "batch_size", "train_tokens", "unique_tokens", "epochs"}`` (``"a"`` or ``"lo-hi"``
     text, None when no record has the value), ``"mixed"`` (whether the steps, batch sizes, token counts or recipes
-    differ between records), ``"derived"`` (fields derived for some record) and ``"n"`` (records)."""
+    differ between records, counts by more than 0.1%), ``"derived"`` (fields derived for some record) and ``"n"`` (records)."""
     budgets = [record_budget(r) for r in records]
     col = lambda k: [b[k] for b in budgets]  # noqa: E731
     names = lambda k: sorted({str(x) for x in col(k)})  # noqa: E731
@@ -561,9 +561,19 @@ def budget_summary(records: Iterable[dict]) -> dict:
            "unique_tokens": _span(col("unique_tokens"), fmt_tokens),
            "epochs": _span(col("epochs"), lambda x: f"{x:g}"),
            "derived": sorted({d for b in budgets for d in b["derived"]})}
-    out["mixed"] = len(out["recipes"]) > 1 or any(
-        len({x for x in col(k) if x is not None}) > 1 for k in ("steps", "batch_size", "train_tokens"))
+    out["mixed"] = len(out["recipes"]) > 1 or any(_differ(col(k)) for k in ("steps", "batch_size", "train_tokens"))
     return out
+
+
+#: budgets closer than this (relative) are one budget: the faithful store's 48,828 and 48,829 steps (one 64-row
+#: epoch-end batch dropped from the ninth session on) are not a mixture
+SAME_BUDGET_RTOL = 1e-3
+
+
+def _differ(values: list) -> bool:
+    """Whether the known (not None) ``values`` differ by more than :data:`SAME_BUDGET_RTOL` of the largest."""
+    known = [float(v) for v in values if v is not None]
+    return bool(known) and max(known) - min(known) > SAME_BUDGET_RTOL * max(abs(v) for v in known)
 
 
 def budget_line(records: Iterable[dict], *, model: bool = True) -> str:

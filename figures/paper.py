@@ -126,7 +126,8 @@ def _register(name: str, title: str, needs: str):
 
 def save_drawn(draw: Callable[[], Drawn], name: str, title: str, out) -> FigureResult:
     """Build a figure with ``draw()`` under the figures' style, annotate it (:func:`_annotate`: title, model,
-    budget line, notes) and write ``out/<name>.pdf`` and ``out/<name>.png``; a :class:`Missing` raised by ``draw``
+    budget line, notes) and write ``out/<name>.pdf`` (without a creation date, so that redrawing unchanged records
+    changes no committed file) and ``out/<name>.png``; a :class:`Missing` raised by ``draw``
     gives a :class:`FigureResult` with the reason and no paths (nothing written)."""
     out = Path(out)
     with matplotlib.rc_context(STYLE_RC):
@@ -137,7 +138,7 @@ def save_drawn(draw: Callable[[], Drawn], name: str, title: str, out) -> FigureR
         _annotate(d, name, title)
         out.mkdir(parents=True, exist_ok=True)
         paths = [out / f"{name}.pdf", out / f"{name}.png"]
-        d.fig.savefig(paths[0])
+        d.fig.savefig(paths[0], metadata={"CreationDate": None})  # no timestamp: the same records give the same bytes
         d.fig.savefig(paths[1], dpi=PNG_DPI)
     return FigureResult(name, title, paths)
 

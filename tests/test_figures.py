@@ -496,3 +496,14 @@ def test_fig12_legends_cover_no_bar_point_line_or_text(tmp_path):
     for leg in legends:
         box = leg.get_window_extent()
         assert not [b for b in covered if box.overlaps(b)], box
+
+
+def test_redrawing_the_same_records_writes_the_same_pdf_bytes(store, tmp_path):
+    """A committed figure must not change when its records did not: no creation date in the PDF."""
+    import time
+
+    records = load_records(store)
+    a = FIGURES["fig2"].fn(records, tmp_path / "a")
+    time.sleep(1.1)  # a PDF creation date has a resolution of one second
+    b = FIGURES["fig2"].fn(records, tmp_path / "b")
+    assert a.paths and (tmp_path / "a" / "fig2.pdf").read_bytes() == (tmp_path / "b" / "fig2.pdf").read_bytes()

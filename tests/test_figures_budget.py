@@ -218,3 +218,17 @@ def test_claims_on_a_store_without_records_is_an_error(tmp_path, capsys):
     (tmp_path / "empty" / "records").mkdir(parents=True)
     assert main(["claims", "--results", str(tmp_path / "empty")]) == 2
     assert "holds no records" in capsys.readouterr().err
+
+
+def test_budgets_a_step_apart_are_one_budget_not_mixed():
+    """The faithful store holds records of 48,829 and 48,828 steps (the ninth session's full-batch change dropped an
+    epoch-end batch of 64 rows): one budget, shown as a range but not called mixed; 2,442 next to 48,829 is mixed."""
+    from figures._common import budget_line
+
+    one_less = dict(FAITHFUL, steps=48_828, train_tokens=FAITHFUL["train_tokens"] - 2048)
+    line = budget_line([make_record("relu", None, 0.02, 0, **FAITHFUL), make_record("relu", None, 0.08, 0, **one_less)])
+    assert not line.startswith("mixed"), line
+    assert "steps 48,828-48,829" in line, line
+    mixed = budget_line([make_record("relu", None, 0.02, 0, **FAITHFUL),
+                         make_record("relu", None, 0.08, 0, **dict(FAITHFUL, steps=48_000))])
+    assert mixed.startswith("mixed budgets: "), mixed
