@@ -23,7 +23,8 @@ class DemoConfig:
     """Settings of the demo (each is a command-line flag of ``python -m dictionary_learning_aligned demo``)."""
 
     model: str = "smollm2-135m-instruct"
-    """language model: the offline alias, a Hugging Face name, or a local folder"""
+    """language model: an offline alias, smollm2-135m-instruct or gemma-3-270m (after bash scripts/install.sh
+    --gemma), a Hugging Face name, or a local folder"""
     layer: Optional[int] = None
     """decoder block whose residual-stream output is read (0-based; default: 8 for gemma-3-270m, the gemma
     experiment's layer at the paper's relative depth, else 12)"""
@@ -224,8 +225,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     pipeline.check_corpus(cfg.corpus, seed=cfg.seed)  # an unreadable corpus or an empty split fails here
     timings = {}
     t0 = time.time()
-    _say(f"[1/3] loading {cfg.model} on {cfg.device}" + (" (4-bit Q4_1 GGUF, de-quantised to float32)"
-         if cfg.model.lower() == "smollm2-135m-instruct" else ""))
+    _say(_loading_line(cfg))
     model = pipeline.load_model(cfg.model, cfg.layer, cfg.device, as_dtype(cfg.model_dtype, "model_dtype"))
     timings["load_model_s"] = time.time() - t0
     out = Path(cfg.out) if cfg.resume else prepare_output_dir(cfg.out, cfg.overwrite)
@@ -323,6 +323,22 @@ def _write_outputs(out: Path, results: dict, metrics: dict, groups: dict) -> Non
     print(format_table(results))
     print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}, {out / 'alignment_hist.pdf'} (and .png) and "
           f"dictionaries in {out / 'dictionaries'}")
+
+
+#: the file format of each offline model (models.OFFLINE_NAMES), named by the demo's loading line
+GGUF_FORMATS = {"smollm2-135m-instruct": "4-bit Q4_1 GGUF", "gemma-3-270m": "Q4_K_M GGUF"}
+
+
+def _loading_line(cfg: DemoConfig) -> str:
+    """The demo's first progress line: the model and device, and for an offline model its file format and the
+    dtype its weights are de-quantised to (``--model-dtype``), e.g. ``[1/3] loading gemma-3-270m on cpu (Q4_K_M
+    GGUF, de-quantised to float32)``."""
+    line = f"[1/3] loading {cfg.model} on {cfg.device}"
+    fmt = GGUF_FORMATS.get(cfg.model.lower())
+    if fmt is None:
+        return line
+    dtype = str(as_dtype(cfg.model_dtype, "model_dtype")).removeprefix("torch.")
+    return f"{line} ({fmt}, de-quantised to {dtype})"
 
 
 def _say(message: str) -> None:
