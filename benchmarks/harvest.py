@@ -2,9 +2,9 @@
 [--device cuda] [--corpus FILE] [--contexts N] [--out FILE]``.
 
 The harvest (:func:`dictionary_learning_aligned.pipeline.harvest_into`) runs the language model in float32, as
-:func:`~dictionary_learning_aligned.pipeline.load_model` loads it, with PyTorch's default float32 matmul precision
-("highest": no TF32). This benchmark measures what two cheaper precisions would change, on the real offline model
-and the same contexts:
+:func:`~dictionary_learning_aligned.pipeline.load_model` loads it, by default with float32 matmul precision
+"highest" (no TF32; ``reproduce --harvest-precision tf32`` opts into TF32, measured here). This benchmark measures
+what two cheaper precisions change, on the real offline model and the same contexts:
 
 * ``float32``: as the harvest runs now (the reference);
 * ``tf32``: the same model with ``torch.set_float32_matmul_precision("high")`` (TF32 tensor-core matmuls on an
@@ -39,7 +39,6 @@ JSON atomically (after each precision, ``"complete": false`` until the end); pri
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import itertools
 import json
@@ -53,6 +52,7 @@ from typing import Callable, Optional
 
 import torch
 
+from dictionary_learning_aligned.dtypes import matmul_precision, tf32_applies
 from dictionary_learning_aligned.io import atomic_path
 
 from . import prepare_out
@@ -68,24 +68,6 @@ MODELS = {"smollm2": "smollm2-135m-instruct", "gemma-3-270m": "gemma-3-270m"}
 DEFAULTS = {"cuda": dict(contexts=2048, refresh_batch_size=256, warmup=2, e2e_tokens=500_000),
             "cpu": dict(contexts=16, refresh_batch_size=8, warmup=1, e2e_tokens=0)}
 DEFAULT_MAX_NORM_MULTIPLE = 10.0
-
-
-@contextlib.contextmanager
-def matmul_precision(level: str):
-    """Run the block under ``torch.set_float32_matmul_precision(level)`` ("highest", "high" or "medium"); the
-    setting in force before is restored afterwards, also on error."""
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(level)
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(before)
-
-
-def tf32_applies(device: str) -> bool:
-    """Whether TF32 changes float32 matmuls on ``device``: a CUDA GPU of compute capability 8.0 (Ampere) or newer."""
-    dev = torch.device(device)
-    return dev.type == "cuda" and torch.cuda.get_device_capability(dev)[0] >= 8
 
 
 def model_for(precision: str, hf):

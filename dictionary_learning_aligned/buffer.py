@@ -182,21 +182,28 @@ class ActivationBuffer:
         verbose: show a progress bar while the buffer fills.
         seed: seed of the buffer's own random generator for shuffling (so the same text gives the same batches,
             which resuming a run relies on); None: a random seed.
+        matmul_precision: the float32 matmul precision of the model's forward passes
+            (``torch.set_float32_matmul_precision``: ``"highest"``, ``"high"``, i.e. TF32 on a GPU that has it, or
+            ``"medium"``), set for each forward pass and restored after it (:func:`.dtypes.matmul_precision`);
+            None: the setting in force.
 
     Iterating yields ``[out_batch_size, d_submodule]`` tensors (the last batch may be smaller) and stops
     when the text is exhausted.
 
     Raises:
-        ValueError: bad sizes or ``io``.
+        ValueError: bad sizes, ``io`` or ``matmul_precision``.
     """
 
     def __init__(self, data: Iterable[str], model, submodule, d_submodule: Optional[int] = None, io: str = "out",
                  n_ctxs: int = 30_000, ctx_len: int = 128, refresh_batch_size: int = 512,
                  out_batch_size: int = 8192, device: str = "cpu", remove_bos: bool = False,
                  add_special_tokens: bool = True, dtype: torch.dtype = torch.float32,
-                 max_norm_multiple: Optional[float] = None, verbose: bool = False, seed: Optional[int] = None):
+                 max_norm_multiple: Optional[float] = None, verbose: bool = False, seed: Optional[int] = None,
+                 matmul_precision: Optional[str] = None):
         if io not in ("in", "out"):
             raise ValueError(f"io must be 'in' or 'out', got {io!r}")
+        if matmul_precision not in (None, "highest", "high", "medium"):
+            raise ValueError(f"matmul_precision must be 'highest', 'high', 'medium' or None, got {matmul_precision!r}")
         if not isinstance(ctx_len, int) or ctx_len < 2:
             raise ValueError(f"ctx_len must be an integer >= 2, got {ctx_len!r}")
         if max_norm_multiple is not None and not max_norm_multiple > 1:
@@ -210,7 +217,7 @@ class ActivationBuffer:
         self.n_ctxs, self.ctx_len = int(n_ctxs), ctx_len
         self.refresh_batch_size, self.out_batch_size = int(refresh_batch_size), int(out_batch_size)
         self.device, self.remove_bos, self.add_special_tokens, self.dtype = device, remove_bos, add_special_tokens, dtype
-        self.max_norm_multiple, self.verbose = max_norm_multiple, verbose
+        self.max_norm_multiple, self.verbose, self.matmul_precision = max_norm_multiple, verbose, matmul_precision
         self.tokens_dropped = 0
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
@@ -229,7 +236,7 @@ class ActivationBuffer:
         return {"d_submodule": self.d_submodule, "io": self.io, "n_ctxs": self.n_ctxs, "ctx_len": self.ctx_len,
                 "refresh_batch_size": self.refresh_batch_size, "out_batch_size": self.out_batch_size,
                 "device": str(self.device), "remove_bos": self.remove_bos,
-                "max_norm_multiple": self.max_norm_multiple}
+                "max_norm_multiple": self.max_norm_multiple, "matmul_precision": self.matmul_precision}
 
     def __iter__(self):
         return self
@@ -268,8 +275,10 @@ class ActivationBuffer:
     @torch.no_grad()
     def harvest(self, tokens: torch.Tensor) -> torch.Tensor:
         """Activations ``[batch, ctx_len, d_submodule]`` of ``tokens [batch, ctx_len]`` (forward stopped after
-        the submodule)."""
-        with self.model.trace(tokens.to(self.model.device)) as tracer:
+        the submodule, under ``matmul_precision``)."""
+        from .dtypes import matmul_precision
+
+        with matmul_precision(self.matmul_precision), self.model.trace(tokens.to(self.model.device)) as tracer:
             h = (self.submodule.output if self.io == "out" else self.submodule.input).save()
             tracer.stop()
         h = h[0] if isinstance(h, tuple) else h

@@ -36,6 +36,10 @@ BUILDING_MARKER = ".building"
 _SHARD = re.compile(r"shard_\d{5}\.npy")
 #: the temporary name meta.json is written under before it is renamed (:func:`.io.atomic_path`)
 _META_TMP = re.compile(r"\.meta\.json\.[^/]+\.tmp")
+#: the value of a ``meta`` field in a cache written before the field was recorded (read when an ``expect`` names
+#: it): ``reproduce`` harvested every cache in float32 before ``harvest_precision`` (:func:`.pipeline.cache_meta`)
+#: was recorded
+META_DEFAULTS = {"harvest_precision": "float32"}
 
 
 def _is_cache_file(p: Path) -> bool:
@@ -377,7 +381,8 @@ class ActivationCache:
         shuffle: shuffle across all shards (seeded); False: cache order.
         seed: shuffle seed (the same seed gives the same batches, which resuming relies on).
         device: where batches go; dtype: their dtype (default float32).
-        expect: fields that ``meta`` must match (e.g. ``{"model": ..., "layer": 12}``); a mismatch is an error.
+        expect: fields that ``meta`` must match (e.g. ``{"model": ..., "layer": 12}``); a mismatch is an error. A
+            field of :data:`META_DEFAULTS` that ``meta`` lacks (a cache written before it) reads as its default.
         preload: read every shard into one ``[n_tokens, activation_dim]`` tensor on ``device`` at the start (cache
             dtype, allocated once and filled shard by shard in chunks of about 64 MB: e.g. 32 GB for 25M float16
             activations of width 640), check once there that it is finite, and gather each batch there, instead
@@ -427,8 +432,9 @@ class ActivationCache:
         if info.get("format") != CACHE_FORMAT:
             raise ValueError(f"{self.path}: unknown cache format {info.get('format')!r}")
         for k, v in (expect or {}).items():
-            if info["meta"].get(k) != v:
-                raise ValueError(f"{self.path} holds activations with {k}={info['meta'].get(k)!r}, not {v!r}; "
+            have = info["meta"].get(k, META_DEFAULTS.get(k))
+            if have != v:
+                raise ValueError(f"{self.path} holds activations with {k}={have!r}, not {v!r}; "
                                  f"rebuild the cache or point to the right one")
         self.info, self.meta = info, info["meta"]
         self.batch_size, self.epochs, self.shuffle, self.seed = batch_size, epochs, shuffle, seed

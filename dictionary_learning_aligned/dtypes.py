@@ -1,9 +1,13 @@
 """One parser for dtype arguments given as ``torch.dtype`` objects or names (``"bfloat16"``, ``"torch.float16"``),
-the autocast choice of the training commands, one check for device arguments, one parser for comma-list
-arguments and one check that an activation batch is a floating-point tensor, shared by the library, the demo and
-every command line."""
+the autocast choice of the training commands, the precision choice of the activation harvest (float32 or TF32
+matmuls, :func:`effective_harvest_precision`, :func:`matmul_precision`), one check for device arguments, one parser
+for comma-list arguments and one check that an activation batch is a floating-point tensor, shared by the library,
+the demo and every command line."""
 
 from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Optional
 
 import torch
 
@@ -75,6 +79,58 @@ def autocast_dtype(choice: str, device) -> torch.dtype:
     if choice == "auto":
         return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     return as_dtype(choice)
+
+
+#: ``--harvest-precision`` choices, each with the float32 matmul precision (``torch.set_float32_matmul_precision``)
+#: of the harvest's language-model forward passes: ``"float32"`` (IEEE float32 matmuls, PyTorch's default) or
+#: ``"tf32"`` (TF32 tensor-core matmuls: 10-bit mantissa inputs, float32 accumulation)
+HARVEST_PRECISIONS = {"float32": "highest", "tf32": "high"}
+
+
+def tf32_applies(device) -> bool:
+    """Whether TF32 changes float32 matmuls on ``device``: a CUDA GPU of compute capability 8.0 (Ampere) or
+    newer."""
+    dev = torch.device(device)
+    return dev.type == "cuda" and torch.cuda.get_device_capability(dev)[0] >= 8
+
+
+def check_harvest_precision(choice) -> str:
+    """``choice`` when it is a key of :data:`HARVEST_PRECISIONS`.
+
+    Raises:
+        ValueError: any other value (the message names the choices).
+    """
+    if choice not in HARVEST_PRECISIONS:
+        raise ValueError(f"harvest precision must be one of {', '.join(HARVEST_PRECISIONS)}, got {choice!r}")
+    return choice
+
+
+def effective_harvest_precision(choice: str, device) -> str:
+    """The precision a harvest asked to run at ``choice`` (a key of :data:`HARVEST_PRECISIONS`) runs at on
+    ``device``: ``choice``, except ``"tf32"`` where TF32 does not exist (a CPU, a GPU older than Ampere:
+    :func:`tf32_applies`), which is ``"float32"``: the harvest is then float32's exactly, and says and records so.
+
+    Raises:
+        ValueError: ``choice`` not in :data:`HARVEST_PRECISIONS` (the message names them).
+    """
+    check_harvest_precision(choice)
+    return "float32" if choice == "tf32" and not tf32_applies(device) else choice
+
+
+@contextlib.contextmanager
+def matmul_precision(level: Optional[str]) -> Iterator[None]:
+    """Run the block under ``torch.set_float32_matmul_precision(level)`` (``"highest"``, ``"high"`` or
+    ``"medium"``); the setting in force before is restored afterwards, also on error. ``level`` None changes
+    nothing. The setting is process-wide: while the block runs, float32 matmuls of other threads use it too."""
+    if level is None:
+        yield
+        return
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(level)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def comma_list(s: str, cast=str, flag: str = "list", allow_empty: bool = True) -> list:

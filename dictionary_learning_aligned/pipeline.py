@@ -11,6 +11,7 @@ load the language model and its layer           :func:`load_model` -> :class:`Lo
 wrap a model already loaded                     :func:`wrap_model`
 the layer read when none is given               :func:`default_layer`
 how activations are read (one run's settings)   :class:`Harvest`
+what its forward passes compute in              :func:`precision_used` (float32, TF32, the model's dtype)
 a buffer over a corpus split                    :func:`activation_buffer` (size: :func:`buffer_ctxs`)
 harvest once into a cache                       :func:`cache_meta`, :func:`cache_location`, :func:`harvest_into`,
                                                 :func:`harvest_once` (process 0 builds, the others wait)
@@ -25,6 +26,7 @@ cheap.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -122,6 +124,13 @@ class Harvest:
         max_norm_multiple: drop tokens whose activation norm exceeds this multiple of their harvest batch's median
             norm; None, 0 or negative: keep every token.
         seed: seed of the text order (held-out split) and of the buffer's shuffling.
+        precision: the precision asked for the forward passes that harvest the training activations (buffers of
+            :func:`activation_buffer`, caches of :func:`harvest_into`): a key of :data:`.dtypes.HARVEST_PRECISIONS`,
+            ``"float32"`` or ``"tf32"``; what they run at is :func:`precision_used` (``"tf32"`` on a CPU runs
+            float32). The held-out data (:func:`heldout_data`) is always harvested in float32.
+
+    Raises:
+        ValueError: ``precision`` not a key of :data:`.dtypes.HARVEST_PRECISIONS`.
     """
 
     model: LoadedModel
@@ -132,6 +141,24 @@ class Harvest:
     device: str = "cpu"
     max_norm_multiple: Optional[float] = DEFAULT_MAX_NORM_MULTIPLE
     seed: int = 0
+    precision: str = "float32"
+
+    def __post_init__(self):
+        from .dtypes import check_harvest_precision
+
+        check_harvest_precision(self.precision)
+
+
+def precision_used(harvest: Harvest) -> str:
+    """What the forward passes of ``harvest`` compute in, as caches and records name it: the model's dtype when it
+    is not float32 (e.g. ``"bfloat16"``: ``train`` harvests so on a GPU), else ``harvest.precision`` where the
+    model's device has it (:func:`.dtypes.effective_harvest_precision`: ``"tf32"`` on a CPU is ``"float32"``)."""
+    from .dtypes import effective_harvest_precision
+
+    lm = harvest.model.lm
+    if lm.dtype != torch.float32:
+        return str(lm.dtype).removeprefix("torch.")
+    return effective_harvest_precision(harvest.precision, lm.device)
 
 
 def buffer_ctxs(tokens: int, ctx_len: int = DEFAULT_CTX_LEN) -> int:
@@ -151,13 +178,16 @@ def activation_buffer(harvest: Harvest, split: str, n_ctxs: int, verbose: bool =
         verbose: a progress bar while the buffer fills.
 
     Returns:
-        the buffer; it yields ``[harvest.batch_size, d_model]`` float32 tensors on ``harvest.device``.
+        the buffer; it yields ``[harvest.batch_size, d_model]`` float32 tensors on ``harvest.device``; its forward
+        passes run at :func:`precision_used` (the float32 matmul precision of :data:`.dtypes.HARVEST_PRECISIONS`,
+        set for each forward pass only; a model of another dtype leaves the setting alone).
 
     Raises:
         ValueError: bad sizes, or a corpus that cannot be read.
     """
     from .buffer import ActivationBuffer
     from .data import iter_texts
+    from .dtypes import HARVEST_PRECISIONS
 
     m = harvest.model
     keep_all = harvest.max_norm_multiple is None or harvest.max_norm_multiple <= 0
@@ -166,7 +196,7 @@ def activation_buffer(harvest: Harvest, split: str, n_ctxs: int, verbose: bool =
                             refresh_batch_size=harvest.refresh_batch_size, out_batch_size=harvest.batch_size,
                             device=harvest.device, remove_bos=True,
                             max_norm_multiple=None if keep_all else harvest.max_norm_multiple, verbose=verbose,
-                            seed=harvest.seed)
+                            seed=harvest.seed, matmul_precision=HARVEST_PRECISIONS.get(precision_used(harvest)))
 
 
 def check_corpus(corpus: Optional[str], seed: int = 0, splits: Sequence[str] = ("train", "test")) -> None:
@@ -184,27 +214,32 @@ def check_corpus(corpus: Optional[str], seed: int = 0, splits: Sequence[str] = (
 
 
 def cache_meta(model: str, layer: int, corpus: Optional[str], ctx_len: int = DEFAULT_CTX_LEN,
-               max_norm_multiple: Optional[float] = DEFAULT_MAX_NORM_MULTIPLE) -> dict:
+               max_norm_multiple: Optional[float] = DEFAULT_MAX_NORM_MULTIPLE, precision: str = "float32") -> dict:
     """What a cache harvested by :func:`harvest_into` holds (its ``meta.json`` ``meta``, checked on reuse by
     :func:`open_cache`): model name, layer, ``io="out"``, corpus (``"bundled"`` for None), the train split, the
-    context length, ``remove_bos=True`` and the norm filter."""
+    context length, ``remove_bos=True``, the norm filter and ``harvest_precision`` (:func:`precision_used`; a cache
+    written before it was recorded reads as ``"float32"``, :data:`.cache.META_DEFAULTS`)."""
     return {"model": model, "layer": layer, "io": "out", "corpus": corpus or "bundled", "split": "train",
-            "ctx_len": ctx_len, "remove_bos": True, "max_norm_multiple": max_norm_multiple}
+            "ctx_len": ctx_len, "remove_bos": True, "max_norm_multiple": max_norm_multiple,
+            "harvest_precision": precision}
 
 
 def cache_location(root, model: str, layer: int, corpus: Optional[str], tokens: int,
-                   ctx_len: int = DEFAULT_CTX_LEN) -> tuple[Path, dict]:
+                   ctx_len: int = DEFAULT_CTX_LEN, precision: str = "float32") -> tuple[Path, dict]:
     """Where under the folder ``root`` the cache of ``tokens`` activations of ``model``'s ``layer`` over
-    ``corpus`` lives (``root/<model>_L<layer>_<corpus file name or bundled>_<tokens>``, unsafe characters as
+    ``corpus`` harvested at ``precision`` lives (``root/<model>_L<layer>_<corpus file name or bundled>_<tokens>``,
+    with ``_<precision>`` appended for any precision other than ``"float32"``, e.g. ``_tf32``; unsafe characters as
     ``_``), and the metadata it must carry (:func:`cache_meta`). Nothing is read or written."""
     tag = "".join(c if c.isalnum() or c in "-_." else "_" for c in
-                  f"{model}_L{layer}_{Path(str(corpus)).name if corpus else 'bundled'}_{tokens}")
-    return Path(root) / tag, cache_meta(model, layer, corpus, ctx_len)
+                  f"{model}_L{layer}_{Path(str(corpus)).name if corpus else 'bundled'}_{tokens}"
+                  + ("" if precision == "float32" else f"_{precision}"))
+    return Path(root) / tag, cache_meta(model, layer, corpus, ctx_len, precision=precision)
 
 
 def harvest_into(path, harvest: Harvest, tokens: int) -> Path:
     """Harvest ``tokens`` activations of the train split into a new cache at ``path`` (:func:`.cache.build_cache`,
-    float16 shards, ``meta`` from :func:`cache_meta`), through a buffer of :func:`buffer_ctxs` contexts.
+    float16 shards, ``meta`` from :func:`cache_meta` with the precision the forward passes ran at,
+    :func:`precision_used`), through a buffer of :func:`buffer_ctxs` contexts.
 
     Returns:
         the cache folder.
@@ -217,7 +252,8 @@ def harvest_into(path, harvest: Harvest, tokens: int) -> Path:
 
     m = harvest.model
     buf = activation_buffer(harvest, "train", buffer_ctxs(tokens, harvest.ctx_len))
-    meta = cache_meta(m.name, m.layer, harvest.corpus, harvest.ctx_len, harvest.max_norm_multiple)
+    meta = cache_meta(m.name, m.layer, harvest.corpus, harvest.ctx_len, harvest.max_norm_multiple,
+                      precision_used(harvest))
     return build_cache(buf, path, tokens, meta)
 
 
@@ -322,7 +358,8 @@ class HeldOut:
 
 def heldout_data(harvest: Harvest, eval_batches: int, ce_batches: int, ce_batch_size: int) -> HeldOut:
     """Draw the held-out data from the test split (a buffer holding just enough contexts for ``eval_batches``
-    batches of ``harvest.batch_size``), and compute the model's clean and zero-ablated CE losses on it once.
+    batches of ``harvest.batch_size``, harvested in float32 whatever ``harvest.precision``, so that every run is
+    evaluated on the same activations), and compute the model's clean and zero-ablated CE losses on it once.
 
     Returns:
         the :class:`HeldOut` data (fewer batches than asked for when the text runs out).
@@ -333,7 +370,8 @@ def heldout_data(harvest: Harvest, eval_batches: int, ce_batches: int, ce_batch_
     from .evaluation import ce_losses, collect_eval_data
 
     n_ctxs = (eval_batches * harvest.batch_size) // harvest.ctx_len + 1
-    acts, ce_tokens = collect_eval_data(activation_buffer(harvest, "test", n_ctxs), eval_batches, ce_batches,
+    float32 = dataclasses.replace(harvest, precision="float32")
+    acts, ce_tokens = collect_eval_data(activation_buffer(float32, "test", n_ctxs), eval_batches, ce_batches,
                                         ce_batch_size)
     m = harvest.model
     reference = [ce_losses(m.lm, m.submodule, None, t, skip_first=True) for t in ce_tokens]

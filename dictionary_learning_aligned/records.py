@@ -14,6 +14,9 @@ key                    meaning
 ``model``              language model actually used; ``paper_model``: the paper's model it substitutes (or None)
 ``offline_note``       a sentence when an offline substitute (model or text) was used, else ""
 ``layer``              layer read; ``corpus``: text source; ``train_tokens``: tokens trained on
+``harvest_precision``  ``"float32"`` or ``"tf32"``: the matmul precision of the forward passes that harvested the
+                       training activations, as used (``reproduce --harvest-precision``); absent in records written
+                       before it (they were float32)
 ``arch``               ``"relu" | "topk" | "batchtopk" | "panneal"``; ``alignment``: None or a mode name
 ``alignment_penalty``  the ``"penalty"`` mode's coefficient lambda (None or absent for every other mode)
 ``dict_size``          features; ``sparsity``: ``{"name": "l1_penalty" | "k" | "initial_sparsity_penalty", "value": x}``

@@ -90,7 +90,8 @@ def harvest_cache(path, tokens: int, model: Optional[str] = None, layer: Optiona
                   refresh_batch_size: int = 64) -> Path:
     """Build an activation cache at ``path`` from ``tokens`` activations of ``model``'s layer ``layer`` (output,
     BOS removed, tokens above 10x the median norm dropped) over ``corpus``'s train split: the model loaded by
-    :func:`.pipeline.load_model` (bfloat16 on CUDA, else float32) and harvested by :func:`.pipeline.harvest_into`.
+    :func:`.pipeline.load_model` (bfloat16 on CUDA, else float32; the cache's ``harvest_precision`` says which) and
+    harvested by :func:`.pipeline.harvest_into`.
 
     Args:
         path: new cache folder. tokens: activations to store. model: Hugging Face name (default SmolLM2-135M-

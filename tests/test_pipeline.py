@@ -108,8 +108,10 @@ def test_cache_location_and_meta():
     path, meta = pipeline.cache_location("root", "org/model", 3, "/data/text.jsonl", 1000)
     assert path.as_posix() == "root/org_model_L3_text.jsonl_1000"
     assert meta == {"model": "org/model", "layer": 3, "io": "out", "corpus": "/data/text.jsonl", "split": "train",
-                    "ctx_len": 128, "remove_bos": True, "max_norm_multiple": 10.0}
+                    "ctx_len": 128, "remove_bos": True, "max_norm_multiple": 10.0, "harvest_precision": "float32"}
     assert pipeline.cache_location("r", "m", 12, None, 5)[0].name == "m_L12_bundled_5"
+    path, meta = pipeline.cache_location("r", "m", 12, None, 5, precision="tf32")  # its own folder
+    assert path.name == "m_L12_bundled_5_tf32" and meta["harvest_precision"] == "tf32"
     assert pipeline.cache_meta("m", 12, None)["corpus"] == "bundled"
 
 

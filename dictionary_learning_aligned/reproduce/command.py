@@ -16,7 +16,7 @@ from typing import Optional
 
 from simple_parsing.helpers import choice, field
 
-from ..dtypes import AUTOCAST_CHOICES, comma_list
+from ..dtypes import AUTOCAST_CHOICES, HARVEST_PRECISIONS, comma_list
 from ..experiments import EXPERIMENTS, RECIPES, SCALES
 from ..stacked import compile_mode
 from .run import run_experiment
@@ -84,6 +84,11 @@ class ReproduceConfig:
     schedule setting a fraction of the run)"""
     autocast: str = choice(*AUTOCAST_CHOICES, default="auto")
     """autocast dtype of SAE training (auto: bfloat16 on CUDA, float32 on CPU)"""
+    harvest_precision: str = choice(*HARVEST_PRECISIONS, default="float32")
+    """matmul precision of the language model's forward passes that harvest the training activations: float32, or
+    tf32 (TF32 matmuls, about 2x faster forward passes on an H200, relative error about 6e-4 per token; a no-op on
+    a CPU, which then harvests and records float32). Recorded in the cache and every record; a cache of the other
+    precision is not reused (a tf32 cache's folder name ends in _tf32). Held-out evaluation stays float32"""
     archs: Optional[str] = None
     """comma-separated subset of the grid's architectures to train now (default: all)"""
     dict_sizes: Optional[str] = None
@@ -156,7 +161,7 @@ def run_config(cfg: ReproduceConfig, command: Optional[str] = None) -> list[str]
         preload=False if cfg.no_preload else None, eval_batches=cfg.eval_batches, ce_batches=cfg.ce_batches,
         ce_batch_size=cfg.ce_batch_size, chunk=cfg.chunk, verbose=cfg.verbose, use_wandb=cfg.wandb,
         wandb_project=cfg.wandb_project, command=command, compile_stacks=compile_setting(cfg.compile, cfg.compile_mode),
-        recipe=cfg.recipe, time_limit=cfg.time_limit,
+        recipe=cfg.recipe, time_limit=cfg.time_limit, harvest_precision=cfg.harvest_precision,
         also=comma_list(cfg.also, flag="--also", allow_empty=False) if cfg.also is not None else (),
         sparsity=comma_list(cfg.sparsity, float, "--sparsity", allow_empty=False)
         if cfg.sparsity is not None else None)

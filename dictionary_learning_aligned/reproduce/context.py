@@ -34,6 +34,9 @@ class Context:
     cache: Optional[str]
     preload: bool
     compile_stacks: bool | str = False
+    harvest_precision: str = "float32"
+    """what the training activations are harvested at (a key of :data:`.dtypes.HARVEST_PRECISIONS`), as used:
+    ``"tf32"`` asked on a device without TF32 is ``"float32"`` (:func:`.dtypes.effective_harvest_precision`)"""
     points: tuple = ()
     """step counts recorded from checkpoints and the end of each run (:meth:`.experiments.Plan.eval_points`);
     empty for an experiment without ``eval_steps`` (one record per run, ids without a step)"""

@@ -66,7 +66,8 @@ def _record(ctx: Context, r: Run, gid: str, trainer, ae, m: dict, stab: Optional
     rec = {
         "schema": SCHEMA_VERSION, "id": _rid(r, point), "experiment": ctx.name, "scale": ctx.scale,
         "model": plan.model, "paper_model": plan.experiment.paper_model, "offline_note": plan.offline_note,
-        "layer": plan.layer, "corpus": plan.corpus or "bundled", "train_tokens": tokens,
+        "layer": plan.layer, "corpus": plan.corpus or "bundled", "harvest_precision": ctx.harvest_precision,
+        "train_tokens": tokens,
         "plan_tokens": plan.tokens, "unique_tokens": min(ctx.unique_tokens, tokens),
         "epochs": min(ctx.epochs, -(-steps // per_pass)), "recipe": plan.recipe.name, "steps": steps,
         "batch_size": ctx.batch_size,

@@ -33,7 +33,7 @@ import torch
 
 from .. import distributed as _dist
 from ..cli import default_device
-from ..dtypes import autocast_dtype, check_device
+from ..dtypes import autocast_dtype, check_device, effective_harvest_precision
 from ..experiments import Plan, Run
 from ..records import has_record
 from ..stacked import compile_mode
@@ -51,7 +51,8 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
                    sparsity: Optional[list] = None, chunk: Optional[int] = None, verbose: bool = True,
                    use_wandb: bool = False, wandb_project: str = "", command: Optional[str] = None,
                    compile_stacks: bool | str = False, recipe: Optional[str] = None,
-                   also: Sequence[str] = (), time_limit: Optional[float] = None) -> list[str]:
+                   also: Sequence[str] = (), time_limit: Optional[float] = None,
+                   harvest_precision: str = "float32") -> list[str]:
     """Train, evaluate and record every missing dictionary of an experiment (and of the experiments ``also``);
     returns the ids written (by this process).
 
@@ -80,8 +81,9 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
         archs, dict_sizes: train only this part of the grid now (the rest is left for later invocations, e.g.
             to fit a GPU time limit); records of one group are written together, so filter whole groups.
         cache: folder of on-disk activation caches (:mod:`.cache`): the training activations are harvested once
-            into ``cache/<model>_L<layer>_<corpus>_<tokens>`` (float16) and reused by every dictionary size and
-            every later invocation with the same model, layer, corpus and token count.
+            into ``cache/<model>_L<layer>_<corpus>_<tokens>`` (float16; ``_tf32`` appended for a TF32 harvest) and
+            reused by every dictionary size and every later invocation with the same model, layer, corpus, token
+            count and harvest precision.
         tokens: training tokens per dictionary instead of the scale's budget (recorded as ``train_tokens``, with
             ``plan_tokens`` the scale's value), e.g. the longest run that fits a time limit.
         epochs: passes over the cached activations (needs ``cache``): ``ceil(tokens / epochs)`` distinct tokens
@@ -108,6 +110,14 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
             part so far says would not end in time (:func:`_time_for`), and none once they have passed (the first
             part too: loading the model and harvesting may use them up); the parts not trained are left for a
             later call of the same command. None: no limit.
+        harvest_precision: the float32 matmul precision of the language model's forward passes that harvest the
+            training activations (into the cache, or the training buffer without one): ``"float32"`` (the
+            default) or ``"tf32"`` (TF32 tensor-core matmuls, about 2x faster forward passes on an H200, error
+            about 6e-4 relative per token: docs/training.md), set for each forward pass only and restored after
+            it. On a device without TF32 (a CPU, a GPU older than Ampere) ``"tf32"`` changes nothing: the run says
+            so and harvests, caches and records ``"float32"``. The held-out evaluation data and the CE losses are
+            float32 either way. Recorded as ``harvest_precision`` in the cache's metadata and in every record; a
+            cache of another precision is never reused for the run.
 
     Every step trains on a full batch of ``batch_size`` activations (:func:`.selection.train_steps` gives the
     steps the data serves; the learning-rate schedule, step points and records use them). The log says, with the seconds
@@ -116,11 +126,11 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     each part's training and evaluation end.
 
     Raises:
-        ValueError: unknown experiment/scale/recipe, a bad device, bad tokens/epochs/seeds/batch and evaluation
-            sizes, ``epochs > 1`` without ``cache``, with ``cache`` fewer distinct tokens than one batch, or a
-            run of one step, an experiment of ``also`` that is unknown, repeated or reads other data (all checked
-            before the model is loaded); a cache holding fewer activations than the run needs (the corpus ran out
-            while harvesting).
+        ValueError: unknown experiment/scale/recipe/harvest precision, a bad device, bad tokens/epochs/seeds/batch
+            and evaluation sizes, ``epochs > 1`` without ``cache``, with ``cache`` fewer distinct tokens than one
+            batch, or a run of one step, an experiment of ``also`` that is unknown, repeated or reads other data
+            (all checked before the model is loaded); a cache holding fewer activations than the run needs (the
+            corpus ran out while harvesting).
     """
     plans = shared_plans([name, *also], scale, corpus, recipe)
     plan = plans[0]
@@ -129,6 +139,7 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     compile_mode(compile_stacks)  # an unknown mode is refused here, before the model loads
     device = device or default_device()
     check_device(device, "--device")
+    precision = effective_harvest_precision(harvest_precision, device)
     batch_size = batch_size or plan.recipe.batch_size
     total_tokens = tokens or plan.tokens
     store = Path(results)
@@ -140,17 +151,20 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     if todo:
         _check_steps(steps, total_tokens, batch_size)
     if cache is not None and todo:
-        _check_cache_folder(plan, cache, unique_tokens)
+        _check_cache_folder(plan, cache, unique_tokens, precision)
     store.mkdir(parents=True, exist_ok=True)  # after every check: a refused command creates nothing
     started_group = not _dist.is_initialized()
     rank, world, local_rank = _dist.init_from_env("gloo", timeout=datetime.timedelta(hours=24))
     try:
         device = _process_device(device, local_rank, world)
+        if precision != harvest_precision and rank == 0:
+            _say_no_tf32(harvest_precision, precision, device)
         ctx = Context(name=name, scale=scale, plan=plan, store=store, device=device, batch_size=batch_size,
                     amp=autocast_dtype(autocast, device), steps=steps, total_tokens=total_tokens,
                     unique_tokens=unique_tokens, epochs=epochs, cache=cache,
                     preload=torch.device(device).type == "cuda" if preload is None else preload,
-                    compile_stacks=compile_stacks, points=plan.eval_points(steps) if plan.eval_steps else (),
+                    compile_stacks=compile_stacks, harvest_precision=precision,
+                    points=plan.eval_points(steps) if plan.eval_steps else (),
                     time_limit=time_limit, rank=rank, world_size=world, verbose=verbose, use_wandb=use_wandb,
                     wandb_project=wandb_project,
                     command=command or _default_command())
@@ -161,6 +175,14 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     finally:
         if started_group and _dist.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _say_no_tf32(asked: str, used: str, device: str) -> None:
+    """Say that the harvest precision ``asked`` does not exist on ``device`` and that ``used`` is harvested (and
+    cached and recorded) instead."""
+    print(f"note: --harvest-precision {asked} has no effect on {device} (TF32 exists on CUDA GPUs of compute "
+          f"capability 8.0 or newer): the activations are harvested in {used}, and the cache and the records say so",
+          flush=True)
 
 
 def _default_command() -> str:
@@ -327,7 +349,8 @@ def _load_model_and_eval_data(ctx: Context, eval_batches: int, ce_batches: int, 
     ctx.model = pipeline.load_model(ctx.plan.model, ctx.plan.layer, ctx.device)
     _say(ctx, f"loaded {ctx.plan.model} (layer {ctx.plan.layer}) on {ctx.device} in {time.monotonic() - t:.1f} s")
     ctx.harvest = pipeline.Harvest(ctx.model, corpus=ctx.plan.corpus, batch_size=ctx.batch_size,
-                                   refresh_batch_size=32 if ctx.scale == "smoke" else 256, device=ctx.device)
+                                   refresh_batch_size=32 if ctx.scale == "smoke" else 256, device=ctx.device,
+                                   precision=ctx.harvest_precision)
     t = time.monotonic()
     ctx.heldout = pipeline.heldout_data(ctx.harvest, eval_batches, ce_batches, ce_batch_size)
     _say(ctx, f"drew the held-out data (activation batches {len(ctx.heldout.acts)}, CE batches "
@@ -341,13 +364,15 @@ def _say(ctx: Context, message: str) -> None:
 
 
 def _cache_location(ctx: Context) -> tuple[Path, dict]:
-    """Where the plan's activation cache lives under ``ctx.cache`` and the metadata it must carry."""
+    """Where the plan's activation cache of ``ctx.harvest_precision`` lives under ``ctx.cache`` and the metadata it
+    must carry (:func:`.pipeline.cache_location`)."""
     from ..pipeline import cache_location
 
-    return cache_location(ctx.cache, ctx.plan.model, ctx.plan.layer, ctx.plan.corpus, ctx.unique_tokens)
+    return cache_location(ctx.cache, ctx.plan.model, ctx.plan.layer, ctx.plan.corpus, ctx.unique_tokens,
+                          precision=ctx.harvest_precision)
 
 
-def _check_cache_folder(plan: Plan, cache: str, unique_tokens: int) -> None:
+def _check_cache_folder(plan: Plan, cache: str, unique_tokens: int, precision: str = "float32") -> None:
     """Refuse, before any model is loaded, a cache location that holds something other than a cache or an
     interrupted build of ours (nothing is deleted), or a complete cache of other settings.
 
@@ -361,7 +386,7 @@ def _check_cache_folder(plan: Plan, cache: str, unique_tokens: int) -> None:
 
     if Path(cache).exists() and not Path(cache).is_dir():
         raise FileExistsError(f"--cache {cache} is a file, not a folder of activation caches")
-    path, meta = cache_location(cache, plan.model, plan.layer, plan.corpus, unique_tokens)
+    path, meta = cache_location(cache, plan.model, plan.layer, plan.corpus, unique_tokens, precision=precision)
     refuse_foreign(path)
     if (path / "meta.json").is_file():
         _cached_tokens(path, meta, unique_tokens)

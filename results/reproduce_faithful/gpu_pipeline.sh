@@ -50,6 +50,7 @@
 #   3. issue 20, if GPUS >= 2 and DEADLINE_S allows: the main grid's 24-dictionary sweep (4 architectures x standard/aligned x 3
 #      seeds, 4096) for 600 steps through `train --placement spread` on one GPU and on two; data-parallel aligned
 #      TopK 65536 for 600 steps on one GPU and two, both with --preload auto; then benchmarks.multigpu's report.
+# HARVEST_PRECISION=float32|tf32 (twelfth session; default empty: no flag) adds --harvest-precision to every reproduce.
 set -uo pipefail
 cmd=${1:?usage: gpu_pipeline.sh start SECONDS | wait SECONDS | run}
 R=/tmp/res; SRC=/tmp/dla_src; STORE=$R/store; CACHE=/tmp/dla_cache
@@ -58,6 +59,7 @@ export GPU_FILES=${GPU_FILES:-/tmp/gpu/files} PYTHONUNBUFFERED=1 TOKENIZERS_PARA
 # EVAL_FLAGS="--eval-batches 4 --ce-batches 1 --ce-batch-size 4" \
 # GPU_FILES=<folder of the files to stage> SRC_TAR=<git archive of HEAD> bash gpu_pipeline.sh start 900
 SCALE=${SCALE:-small} DEV=${DEV:-cuda} PY=${PY:-python3} EVAL_FLAGS=${EVAL_FLAGS:---eval-batches 80 --ce-batches 20 --ce-batch-size 32}; COMPILE_FLAG=$([ "${COMPILE:-1}" = 1 ] && echo --compile ${COMPILE_MODE:+--compile-mode $COMPILE_MODE})
+HP_FLAG=${HARVEST_PRECISION:+--harvest-precision $HARVEST_PRECISION}
 export DLA_SMOLLM2_GGUF=$GPU_FILES/SmolLM2-135M-Instruct.Q4_1.gguf HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
 export DLA_GEMMA3_GGUF=$GPU_FILES/gemma-3-270m-q4_k_m.gguf DLA_GEMMA3_CACHE=/tmp/gemma_cache  # used by EXPERIMENT=gemma
 # Gemma-3's tokenizer as a folder saved here (transformers >= 5.18 converts the GGUF's tokenizer correctly; the GPU
@@ -106,7 +108,7 @@ reproduce_one() {  # EXPERIMENT ARCHS CHUNK [FLAGS]: one `reproduce` into the st
   timeout "$(left)" $PY -m torch.distributed.run --standalone --nproc_per_node "${GPUS:-2}" \
     -m dictionary_learning_aligned reproduce "${1%%+*}" ${also:+--also ${also//+/,}} --scale $SCALE --device $DEV \
     --results $STORE --cache $CACHE --corpus "$C" --epochs 4 --chunk "$3" $COMPILE_FLAG $EVAL_FLAGS ${2:+--archs $2} \
-    $flags >> $R/logs/reproduce_$1.txt 2>&1
+    $HP_FLAG $flags >> $R/logs/reproduce_$1.txt 2>&1
   t "reproduce $1 ended (rc $?, $(ls $STORE/records 2>/dev/null | wc -l) records)"
 }
 
@@ -174,7 +176,7 @@ run() {
     t "reproduce budget"
     timeout "$(left)" $PY -m torch.distributed.run --standalone --nproc_per_node "${GPUS:-2}" \
       -m dictionary_learning_aligned reproduce budget --scale $SCALE --device $DEV --results $R/budget_store \
-      --cache $CACHE --corpus "$C" --epochs 4 --chunk 6 $COMPILE_FLAG $EVAL_FLAGS > $R/logs/reproduce_budget.txt 2>&1
+      --cache $CACHE --corpus "$C" --epochs 4 --chunk 6 $COMPILE_FLAG $HP_FLAG $EVAL_FLAGS > $R/logs/reproduce_budget.txt 2>&1
     t "reproduce budget ended (rc $?)"
   fi
   if [ "${AUXK:-0}" = 1 ]; then  # the exact fast auxiliary-k path (d00b570) against the top-k path, steady state
