@@ -159,7 +159,8 @@ class ActivationBuffer:
 
     Holds about ``n_ctxs * ctx_len`` activations; when less than half are unread it runs the model on
     ``refresh_batch_size`` new contexts at a time, stopping the forward pass right after the layer that is read,
-    and serves random unread rows.
+    and serves random unread rows. A consumer that draws only ``max_rows`` rows in all, fewer than the buffer
+    holds, gets one fill of just those rows and no refill.
 
     Args:
         data: iterator of documents (strings).
@@ -179,6 +180,11 @@ class ActivationBuffer:
         max_norm_multiple: drop tokens whose activation norm exceeds this multiple of the median norm of their
             harvest batch (as dictionary_learning's ``max_activation_norm_multiple``): the massive activations of
             a few tokens (attention sinks) otherwise dominate the reconstruction loss. None keeps every token.
+        max_rows: the rows the consumer draws in all, when known (e.g. a training run's steps x batch size). When
+            they fit (``max_rows <= n_ctxs * ctx_len``), the buffer is filled once with ``max_rows`` rows (the run
+            shuffles over all of its own rows, and no text beyond them is harvested) and never refilled; when they
+            do not fit, it changes nothing: the buffer fills and refills, and serves the same batches, as without
+            it. None: unknown.
         verbose: show a progress bar while the buffer fills.
         seed: seed of the buffer's own random generator for shuffling (so the same text gives the same batches,
             which resuming a run relies on); None: a random seed.
@@ -199,7 +205,7 @@ class ActivationBuffer:
                  out_batch_size: int = 8192, device: str = "cpu", remove_bos: bool = False,
                  add_special_tokens: bool = True, dtype: torch.dtype = torch.float32,
                  max_norm_multiple: Optional[float] = None, verbose: bool = False, seed: Optional[int] = None,
-                 matmul_precision: Optional[str] = None):
+                 matmul_precision: Optional[str] = None, max_rows: Optional[int] = None):
         if io not in ("in", "out"):
             raise ValueError(f"io must be 'in' or 'out', got {io!r}")
         if matmul_precision not in (None, "highest", "high", "medium"):
@@ -212,12 +218,20 @@ class ActivationBuffer:
                         ("out_batch_size", out_batch_size)):
             if not v >= 1:
                 raise ValueError(f"{name} must be >= 1, got {v!r}")
+        if max_rows is not None and not (isinstance(max_rows, int) and max_rows >= 1):
+            raise ValueError(f"max_rows must be a positive integer or None, got {max_rows!r}")
         self.model, self.submodule, self.io = model, submodule, io
         self.d_submodule = d_submodule or model.config.hidden_size
         self.n_ctxs, self.ctx_len = int(n_ctxs), ctx_len
         self.refresh_batch_size, self.out_batch_size = int(refresh_batch_size), int(out_batch_size)
         self.device, self.remove_bos, self.add_special_tokens, self.dtype = device, remove_bos, add_special_tokens, dtype
         self.max_norm_multiple, self.verbose, self.matmul_precision = max_norm_multiple, verbose, matmul_precision
+        self.max_rows = max_rows
+        #: the consumer's rows fit in one fill: harvest just them, once
+        self.fill_once = max_rows is not None and max_rows <= self.n_ctxs * ctx_len
+        #: rows each fill brings the buffer to (activations after the norm filter)
+        self.fill_rows = max_rows if self.fill_once else self.n_ctxs * ctx_len
+        self.fills = 0
         self.tokens_dropped = 0
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
@@ -236,14 +250,15 @@ class ActivationBuffer:
         return {"d_submodule": self.d_submodule, "io": self.io, "n_ctxs": self.n_ctxs, "ctx_len": self.ctx_len,
                 "refresh_batch_size": self.refresh_batch_size, "out_batch_size": self.out_batch_size,
                 "device": str(self.device), "remove_bos": self.remove_bos,
-                "max_norm_multiple": self.max_norm_multiple, "matmul_precision": self.matmul_precision}
+                "max_norm_multiple": self.max_norm_multiple, "matmul_precision": self.matmul_precision,
+                "max_rows": self.max_rows}
 
     def __iter__(self):
         return self
 
     def __next__(self) -> torch.Tensor:
         unread = (~self.read).nonzero().squeeze(1)
-        if len(unread) < self.n_ctxs * self.ctx_len // 2 and not self._exhausted:
+        if self._wants_fill(len(unread)):
             self.refresh()
             unread = (~self.read).nonzero().squeeze(1)
         if len(unread) == 0:
@@ -251,6 +266,14 @@ class ActivationBuffer:
         idx = unread[torch.randperm(len(unread), device=unread.device, generator=self.generator)[: self.out_batch_size]]
         self.read[idx] = True
         return self.activations[idx]
+
+    def _wants_fill(self, unread: int) -> bool:
+        """Whether the buffer fills before serving the next batch, ``unread`` rows being left: fewer than half of
+        ``n_ctxs * ctx_len`` are unread and the text is not exhausted, and, with :attr:`fill_once`, it was never
+        filled."""
+        if self._exhausted or (self.fill_once and self.fills > 0):
+            return False
+        return unread < self.n_ctxs * self.ctx_len // 2
 
     def token_batch(self, batch_size: Optional[int] = None) -> Optional[torch.Tensor]:
         """The next ``[batch, ctx_len]`` contexts of tokens (consumed from the same text stream), or None when
@@ -300,12 +323,13 @@ class ActivationBuffer:
         return h
 
     def refresh(self) -> None:
-        """Drop read activations and fill the buffer with new ones."""
+        """Drop read activations and fill the buffer with new ones, up to :attr:`fill_rows` rows."""
         from .console import progress
 
         keep = self.activations[~self.read]
         chunks, n = [keep], len(keep)
-        target = self.n_ctxs * self.ctx_len
+        target = self.fill_rows
+        self.fills += 1
         bar = progress(total=target, initial=n, desc="harvesting activations", unit="tok", leave=False,
                        disable=not self.verbose)
         while n < target:

@@ -55,7 +55,7 @@ class DemoConfig:
     ctx_len: int = 128
     """tokens per context"""
     buffer_ctxs: int = 1000
-    """contexts held in the shuffling buffer"""
+    """contexts held in the shuffling buffer (a run of fewer tokens harvests just its own, once)"""
     refresh_batch_size: int = 32
     """contexts per language-model forward pass"""
     eval_batches: int = 20
@@ -234,7 +234,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     harvest = pipeline.Harvest(model, corpus=cfg.corpus, batch_size=cfg.batch_size, ctx_len=cfg.ctx_len,
                                refresh_batch_size=cfg.refresh_batch_size, device=cfg.device,
                                max_norm_multiple=cfg.max_norm_multiple, seed=cfg.seed)
-    train_buffer = pipeline.activation_buffer(harvest, "train", cfg.buffer_ctxs, verbose=console.is_verbose())
+    # a run shorter than the buffer harvests just its own steps x batch size activations (one fill)
+    train_buffer = pipeline.activation_buffer(harvest, "train", cfg.buffer_ctxs, verbose=console.is_verbose(),
+                                              max_rows=steps * cfg.batch_size)
     runs = trainer_configs(cfg, model.d_model, steps)
     names = [g if cfg.seeds == 1 else f"{g} seed {c['seed']}" for g, c in runs]
     _say(f"[2/3] harvesting activations of layer {cfg.layer} and training {len(runs)} SAEs for {steps} steps "

@@ -167,7 +167,8 @@ def buffer_ctxs(tokens: int, ctx_len: int = DEFAULT_CTX_LEN) -> int:
     return min(8000, max(64, tokens // ctx_len // 4))
 
 
-def activation_buffer(harvest: Harvest, split: str, n_ctxs: int, verbose: bool = False):
+def activation_buffer(harvest: Harvest, split: str, n_ctxs: int, verbose: bool = False,
+                      max_rows: Optional[int] = None):
     """A shuffling :class:`.buffer.ActivationBuffer` over ``split`` of ``harvest.corpus``, reading the output of
     ``harvest.model``'s layer with BOS removed.
 
@@ -176,6 +177,9 @@ def activation_buffer(harvest: Harvest, split: str, n_ctxs: int, verbose: bool =
         split: ``"train"`` or ``"test"`` (the held-out split, :func:`.data.iter_texts`).
         n_ctxs: contexts held (about ``n_ctxs * ctx_len`` activations; see :func:`buffer_ctxs`).
         verbose: a progress bar while the buffer fills.
+        max_rows: the activations the run draws in all (``demo``: steps x batch size; a cache: its size), when
+            known: if they fit in ``n_ctxs`` contexts, the buffer is filled once with just them and never refilled
+            (a short run harvests no more than it trains on); if not, the buffer is as without it (same batches).
 
     Returns:
         the buffer; it yields ``[harvest.batch_size, d_model]`` float32 tensors on ``harvest.device``; its forward
@@ -196,7 +200,8 @@ def activation_buffer(harvest: Harvest, split: str, n_ctxs: int, verbose: bool =
                             refresh_batch_size=harvest.refresh_batch_size, out_batch_size=harvest.batch_size,
                             device=harvest.device, remove_bos=True,
                             max_norm_multiple=None if keep_all else harvest.max_norm_multiple, verbose=verbose,
-                            seed=harvest.seed, matmul_precision=HARVEST_PRECISIONS.get(precision_used(harvest)))
+                            seed=harvest.seed, matmul_precision=HARVEST_PRECISIONS.get(precision_used(harvest)),
+                            max_rows=max_rows)
 
 
 def check_corpus(corpus: Optional[str], seed: int = 0, splits: Sequence[str] = ("train", "test")) -> None:
@@ -239,7 +244,8 @@ def cache_location(root, model: str, layer: int, corpus: Optional[str], tokens: 
 def harvest_into(path, harvest: Harvest, tokens: int) -> Path:
     """Harvest ``tokens`` activations of the train split into a new cache at ``path`` (:func:`.cache.build_cache`,
     float16 shards, ``meta`` from :func:`cache_meta` with the precision the forward passes ran at,
-    :func:`precision_used`), through a buffer of :func:`buffer_ctxs` contexts.
+    :func:`precision_used`), through a buffer of :func:`buffer_ctxs` contexts (filled once with ``tokens`` rows
+    when they fit in it).
 
     Returns:
         the cache folder.
@@ -251,7 +257,7 @@ def harvest_into(path, harvest: Harvest, tokens: int) -> Path:
     from .cache import build_cache
 
     m = harvest.model
-    buf = activation_buffer(harvest, "train", buffer_ctxs(tokens, harvest.ctx_len))
+    buf = activation_buffer(harvest, "train", buffer_ctxs(tokens, harvest.ctx_len), max_rows=tokens)
     meta = cache_meta(m.name, m.layer, harvest.corpus, harvest.ctx_len, harvest.max_norm_multiple,
                       precision_used(harvest))
     return build_cache(buf, path, tokens, meta)
