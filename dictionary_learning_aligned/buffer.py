@@ -4,11 +4,12 @@ served in shuffled batches (the interface of dictionary_learning's ``ActivationB
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import itertools
 import queue
 import threading
-from typing import Iterable, Iterator, Optional
+from typing import Callable, ContextManager, Iterable, Iterator, Optional
 
 import torch
 
@@ -194,7 +195,8 @@ class ActivationBuffer:
             None: the setting in force.
 
     Iterating yields ``[out_batch_size, d_submodule]`` tensors (the last batch may be smaller) and stops
-    when the text is exhausted.
+    when the text is exhausted. A consumer may set :attr:`refill_context` to be told when serving a batch waits
+    for a fill (e.g. the training bar says so, :func:`.training.trainSAE`).
 
     Raises:
         ValueError: bad sizes, ``io`` or ``matmul_precision``.
@@ -232,6 +234,9 @@ class ActivationBuffer:
         #: rows each fill brings the buffer to (activations after the norm filter)
         self.fill_rows = max_rows if self.fill_once else self.n_ctxs * ctx_len
         self.fills = 0
+        #: called with no argument around each fill that serving a batch starts; the context manager it returns
+        #: is entered for the fill's duration (None: nothing)
+        self.refill_context: Optional[Callable[[], ContextManager]] = None
         self.tokens_dropped = 0
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
@@ -259,7 +264,8 @@ class ActivationBuffer:
     def __next__(self) -> torch.Tensor:
         unread = (~self.read).nonzero().squeeze(1)
         if self._wants_fill(len(unread)):
-            self.refresh()
+            with self.refill_context() if self.refill_context is not None else contextlib.nullcontext():
+                self.refresh()
             unread = (~self.read).nonzero().squeeze(1)
         if len(unread) == 0:
             raise StopIteration

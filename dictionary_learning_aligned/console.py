@@ -9,6 +9,8 @@ Used by the command lines (``--verbose`` calls ``configure(verbose=True)``) and 
 - :func:`progress`: a tqdm bar for one long phase. On a terminal it redraws in place; when stderr is not a
   terminal (a log file, a pipe, CI) it writes one plain line at most every ``LINE_INTERVAL_S`` seconds instead of
   carriage-return redraws, which a file would keep as one enormous line.
+- :func:`bar_note`: a note after a bar's counts while it stands still for a known reason (e.g. the training bar
+  while the activation buffer refills), shown on a terminal only.
 - :func:`captured_output`: a context in which ``print`` output (and optionally stderr) of third-party code, such
   as SAEBench's per-probe ``Test accuracy ...`` lines, goes to a log file instead of the console.
 - :func:`is_verbose`: whether detail was asked for (per-step training logs, third-party output).
@@ -121,6 +123,24 @@ def progress(iterable: Optional[Iterable] = None, *, total: Optional[float] = No
     return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, disable=disable, leave=True,
                 file=LineStream(stream), mininterval=LINE_INTERVAL_S, maxinterval=LINE_INTERVAL_S * 4, ncols=100,
                 ascii=True)
+
+
+@contextlib.contextmanager
+def bar_note(bar, note: str) -> Iterator[None]:
+    """Show ``note`` as the postfix of the progress ``bar`` (a :func:`progress` bar, after its counts) while the
+    block runs, and the bar's own postfix again after it, also on error. On a terminal the bar is redrawn at once,
+    in place; a bar writing lines (a log file, a pipe) or a disabled bar is left alone, so nothing is written
+    (no line per note)."""
+    if bar.disable or not _is_terminal(bar.fp):
+        yield
+        return
+    before = bar.postfix
+    bar.set_postfix_str(note)
+    try:
+        yield
+    finally:
+        bar.postfix = before
+        bar.refresh()
 
 
 def _is_terminal(stream) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 import torch
-from .console import progress
+from .console import bar_note, progress
 
 from . import distributed as _dist
 from .alignment import alignment_scores, summarize_scores
@@ -166,6 +166,7 @@ def trainSAE(
         save_dir, save_steps, log_steps, use_wandb, verbose = None, [], None, False, False
     trainers = _prepare_trainers(trainer_configs, device, data_parallel)
     finite_checked = bool(getattr(data, "finite_checked", False))  # read before data becomes an iterator
+    source = data
     data, start, norm_factor, prefetched = _start_data(data, trainers, save_dir, resume, normalize_activations,
                                                        norm_factor_batches, skip_nonfinite_batches)
     out, dirs = _open_output(trainers, save_dir, resume, overwrite, start, norm_factor, run_cfg)
@@ -174,7 +175,7 @@ def trainSAE(
     loop = _Loop(trainers, stepper, steps, save_steps, log_steps, normalize_activations, norm_factor, device,
                  autocast_dtype, skip_nonfinite_batches, data_parallel, verbose, wandb_run, out, dirs, run_cfg,
                  check_finite=not finite_checked)
-    step = loop.run(itertools.chain(prefetched, data), start)
+    step = loop.run(itertools.chain(prefetched, data), start, source)
     for tr in trainers:
         tr.steps_done = step
     if out is not None:
@@ -345,11 +346,23 @@ class _Loop:
         #: check each batch for NaN/inf (one host synchronisation per step); False for a ``finite_checked`` source
         self.check_finite = check_finite
 
-    def run(self, batches, start: int) -> int:
-        """Train from step ``start`` until ``steps`` or the data runs out; returns the number of steps done."""
+    def run(self, batches, start: int, source=None) -> int:
+        """Train from step ``start`` until ``steps`` or the data runs out; returns the number of steps done. A
+        refill of ``source`` (the data the batches come from) shows on the bar (:func:`_refills_noted`)."""
         step, t0 = start, time.time()
         bar = progress(total=self.steps, initial=start, desc="training", unit="step",
                        disable=not self.verbose and self.steps < 2)
+        with _refills_noted(source, bar):
+            step = self._steps(batches, step, t0, bar)
+        bar.close()
+        self.stepper.sync(step)
+        if step < self.steps:
+            print(f"warning: activation data ran out after {step} of {self.steps} steps")
+        return step
+
+    def _steps(self, batches, step: int, t0: float, bar) -> int:
+        """The steps of :meth:`run` from ``step`` on, one per batch, each counted on ``bar``; returns the next
+        step."""
         for act in batches:
             if step >= self.steps:
                 break
@@ -369,10 +382,6 @@ class _Loop:
                     _save_checkpoint(tr, d, step, self.norm_factor, self.run_cfg)
             step += 1
             bar.update(1)
-        bar.close()
-        self.stepper.sync(step)
-        if step < self.steps:
-            print(f"warning: activation data ran out after {step} of {self.steps} steps")
         return step
 
     def _prepare(self, act, step):
@@ -391,6 +400,26 @@ class _Loop:
             print(f"warning: skipped a non-finite activation batch at step {step}")
             return None
         return act / self.norm_factor if self.normalize else act
+
+
+#: the training bar's postfix while the activation buffer refills (the bar stands still meanwhile: minutes on a CPU)
+REFILL_NOTE = "refilling activations"
+
+
+@contextlib.contextmanager
+def _refills_noted(source, bar):
+    """While the block runs, each refill of ``source`` (data with a ``refill_context`` attribute, such as an
+    :class:`.buffer.ActivationBuffer`) shows :data:`REFILL_NOTE` on ``bar`` (:func:`.console.bar_note`: on a
+    terminal only, nothing read from the device); the source's own ``refill_context`` is restored after."""
+    if not hasattr(source, "refill_context"):
+        yield
+        return
+    before = source.refill_context
+    source.refill_context = lambda: bar_note(bar, REFILL_NOTE)
+    try:
+        yield
+    finally:
+        source.refill_context = before
 
 
 def _check_batch(b, dims: set, allow_nonfinite: bool) -> None:

@@ -8,11 +8,19 @@ import pytest
 import torch
 
 from dictionary_learning_aligned import pipeline
-from dictionary_learning_aligned.buffer import ActivationBuffer
+from dictionary_learning_aligned.buffer import ActivationBuffer, _stop_prefetchers
 
 from .conftest import TEXTS
 
 CTX_LEN = 16  # 15 rows per context (BOS removed)
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left_tokenizing():
+    """Stop every buffer's text-producing thread after each test: one left running until the test process exits
+    can abort it (exit code 134) when other exit hooks run before the buffer's."""
+    yield
+    _stop_prefetchers()
 
 
 def counting_buffer(tiny_lm, max_rows=None, n_ctxs=64, seed=0):
