@@ -14,17 +14,20 @@ from typing import Optional
 
 import torch
 
+from simple_parsing.helpers import field as help_field
+
 from . import pipeline, registry
 from .dtypes import as_dtype, check_device
+from .models import MODEL_NAME_HELP
 
 
 @dataclass
 class DemoConfig:
     """Settings of the demo (each is a command-line flag of ``python -m dictionary_learning_aligned demo``)."""
 
-    model: str = "smollm2-135m-instruct"
-    """language model: an offline alias, smollm2-135m-instruct or gemma-3-270m (after bash scripts/install.sh
-    --gemma), a Hugging Face name, or a local folder"""
+    model: str = help_field("smollm2-135m-instruct", help=f"language model: {MODEL_NAME_HELP}")
+    """language model: an offline alias (models.OFFLINE_NAMES), a Hugging Face name, or a local folder (the
+    --help text is models.MODEL_NAME_HELP, shared with train's --model)"""
     layer: Optional[int] = None
     """decoder block whose residual-stream output is read (0-based; default: 8 for gemma-3-270m, the gemma
     experiment's layer at the paper's relative depth, else 12)"""

@@ -44,6 +44,7 @@ from simple_parsing.helpers import choice, field, flag
 from . import distributed as dd
 from .cli import default_device
 from .dtypes import AUTOCAST_CHOICES, autocast_dtype, check_device, comma_list
+from .models import MODEL_NAME_HELP, SMOLLM2_NAME
 
 PLACEMENTS = ("ddp", "spread")
 
@@ -106,7 +107,6 @@ def harvest_cache(path, tokens: int, model: Optional[str] = None, layer: Optiona
         FileExistsError: ``path`` exists. FileNotFoundError / ValueError: the model cannot be loaded, the layer
             is out of range, or the corpus yields no activations.
     """
-    from .models import SMOLLM2_NAME
     from .pipeline import Harvest, default_layer, harvest_into, load_model
 
     model = model or SMOLLM2_NAME
@@ -115,6 +115,11 @@ def harvest_cache(path, tokens: int, model: Optional[str] = None, layer: Optiona
     harvest = Harvest(load_model(model, layer, device, dtype), corpus=corpus, batch_size=8192, ctx_len=ctx_len,
                       refresh_batch_size=refresh_batch_size, device=device)
     return harvest_into(path, harvest, tokens)
+
+
+#: the --help text of ``--model`` (the model names of demo's, :data:`.models.MODEL_NAME_HELP`)
+_MODEL_HELP = (f"building a missing cache: language model, {MODEL_NAME_HELP} (default {SMOLLM2_NAME}); checked "
+               f"against an existing cache when given")
 
 
 @dataclass
@@ -192,9 +197,10 @@ class TrainConfig:
     """Weights & Biases project (default: wandb's own default)"""
     tokens: int = 10_000_000
     """building a missing cache: activations to harvest"""
-    model: Optional[str] = None
-    """building a missing cache: language model (default SmolLM2-135M-Instruct); checked against an existing
-    cache when given"""
+    model: Optional[str] = field(None, help=_MODEL_HELP)
+    """building a missing cache: language model, an offline alias (models.OFFLINE_NAMES), a Hugging Face name or a
+    local folder (default SmolLM2-135M-Instruct); checked against an existing cache when given (the --help text
+    names the aliases with models.MODEL_NAME_HELP, shared with demo's --model)"""
     layer: Optional[int] = None
     """building a missing cache: decoder block whose output is read (default: 8 for gemma-3-270m, the paper's
     relative depth, else 12); checked against an existing cache when given"""
@@ -246,8 +252,6 @@ def harvest_layer(args: TrainConfig) -> int:
 def _harvest_missing(args: TrainConfig, path: Path, device: str) -> Path:
     """Build the missing cache at ``path`` (:func:`harvest_cache` with ``args``' model, :func:`harvest_layer`,
     corpus, token count and context length), saying first what is harvested."""
-    from .models import SMOLLM2_NAME
-
     layer = harvest_layer(args)
     print(f"train: harvesting {args.tokens:,} activations of {args.model or SMOLLM2_NAME} layer {layer} over "
           f"{args.corpus or 'the bundled corpus'} into {path}", flush=True)

@@ -39,3 +39,26 @@ def test_loading_line_of_another_model_names_no_format():
 
 def test_every_offline_model_has_a_format():
     assert set(demo.GGUF_FORMATS) == set(OFFLINE_NAMES)
+
+
+def _option_help(command: str, option: str, next_option: str, capsys) -> str:
+    """The help text of ``option`` in ``command --help``, whitespace-normalized (words split at a hyphen joined)."""
+    import re
+
+    with pytest.raises(SystemExit) as e:
+        dla_main.main([command, "--help"])
+    assert e.value.code == 0
+    text = re.sub(r"(\w-)\s+", r"\1", " ".join(capsys.readouterr().out.split()))
+    start = text.index(option + " ", text.index("options:"))  # the option's help, not the usage line
+    return text[start:text.index(next_option, start)]
+
+
+def test_train_help_names_the_offline_models_with_the_text_of_demo(capsys):
+    train_help = _option_help("train", "--model [str]", "--layer [int]", capsys)
+    demo_help = _option_help("demo", "--model str", "--layer [int]", capsys)
+    for name in OFFLINE_NAMES:
+        assert name in train_help, (name, train_help)
+    assert "install.sh --gemma" in train_help and "building a missing cache" in train_help
+    from dictionary_learning_aligned.models import MODEL_NAME_HELP
+
+    assert MODEL_NAME_HELP in train_help and MODEL_NAME_HELP in demo_help  # one text, not a copy
