@@ -89,29 +89,33 @@ drop_mismatched_torchvision() {
     fi
 }
 
-install_requirements() {
-    # pip install "$@", its messages shown as usual. dictionary-learning 0.1.0 is installed without its dependencies
-    # on purpose (below); when this step installs a package it depends on (SAEBench's nnsight, on a later run with
-    # --saebench), pip's check prints "ERROR: pip's dependency resolver ..." with that package's unmet requirements,
-    # which says nothing about this install: the line after it says so.
+pip_with_note() {
+    # PATTERN NOTE ARGS...: pip install ARGS, its messages shown as usual (and its exit status kept); when they
+    # match PATTERN (a pip or setuptools message that looks alarming and is not), NOTE follows them, saying why
+    local pattern=$1 note=$2
+    shift 2
     { "${PIP[@]}" install -q "$@" 2>&1 1>&3 | tee "$pip_err" >&2; } 3>&1
-    if grep -q "^dictionary-learning 0.1.0 " "$pip_err"; then
-        echo "install.sh: the pip 'ERROR' above about dictionary-learning 0.1.0 is expected and harmless (it is installed" \
-             "without its dependencies on purpose, for the comparison tests and benchmarks; what they import is" \
-             "installed); the install went on" >&2
-    fi
+    if grep -q "$pattern" "$pip_err"; then echo "install.sh: $note" >&2; fi
+}
+
+install_requirements() {
+    # pip install "$@". dictionary-learning 0.1.0 is installed without its dependencies on purpose (below); when
+    # this step installs a package it depends on (SAEBench's nnsight, on a later run with --saebench), pip's check
+    # prints "ERROR: pip's dependency resolver ..." with that package's unmet requirements, which says nothing
+    # about this install: the line after it says so.
+    pip_with_note "^dictionary-learning 0.1.0 " "the pip 'ERROR' above about dictionary-learning 0.1.0 is expected \
+and harmless (it is installed without its dependencies on purpose, for the comparison tests and benchmarks; what \
+they import is installed); the install went on" "$@"
 }
 
 install_package() {
     # this package, editable (its requirements are installed above). pip shows setuptools' note "Editable
     # installation ... Please be careful with folders in your working directory with the same name as your
     # package": it is informational, and the line after it says what it means here.
-    { "${PIP[@]}" install -q --no-deps -e . 2>&1 1>&3 | tee "$pip_err" >&2; } 3>&1
-    if grep -q "be careful with folders in your working directory" "$pip_err"; then
-        echo "install.sh: setuptools' note above is informational: the package is installed editable, so Python imports" \
-             "dictionary_learning_aligned, figures and benchmarks from this checkout from any folder, except one that" \
-             "holds a folder of one of those names (that folder is imported instead); the install went on" >&2
-    fi
+    pip_with_note "be careful with folders in your working directory" "setuptools' note above is informational: \
+the package is installed editable, so Python imports dictionary_learning_aligned, figures and benchmarks from this \
+checkout from any folder, except one that holds a folder of one of those names (that folder is imported instead); \
+the install went on" --no-deps -e .
 }
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv

@@ -21,16 +21,23 @@ def _install_requirements(tmp_path, stderr: str, status: int = 0) -> subprocess.
     return _run_function(tmp_path, "install_requirements", "install_requirements -r requirements.txt", stderr, status)
 
 
-def _run_function(tmp_path, name: str, call: str, stderr: str, status: int = 0) -> subprocess.CompletedProcess:
-    """Run install.sh's function ``name`` by the command ``call`` under ``set -euo pipefail``, then ``echo next
-    step``, with a pip that echoes its arguments, prints ``stderr`` and exits with ``status``."""
+def _function(name: str) -> str:
+    """The text of install.sh's bash function ``name``."""
     function = re.search(rf"^{name}\(\) \{{\n.*?^\}}\n", SCRIPT.read_text(), re.S | re.M)
     assert function, f"install.sh has no {name} function"
+    return function.group(0)
+
+
+def _run_function(tmp_path, name: str, call: str, stderr: str, status: int = 0) -> subprocess.CompletedProcess:
+    """Run install.sh's function ``name`` (with ``pip_with_note``, which it calls) by the command ``call`` under
+    ``set -euo pipefail``, then ``echo next step``, with a pip that echoes its arguments, prints ``stderr`` and exits
+    with ``status``."""
+    functions = "".join(_function(n) for n in ("pip_with_note", name))
     (tmp_path / "stderr.txt").write_text(stderr)
     pip = tmp_path / "pip"
     pip.write_text(f"#!/bin/sh\necho installed \"$@\"\ncat {tmp_path / 'stderr.txt'} >&2\nexit {status}\n")
     pip.chmod(0o755)
-    body = (f"set -euo pipefail\nPIP=({pip})\npip_err={tmp_path / 'pip_err'}\n{function.group(0)}"
+    body = (f"set -euo pipefail\nPIP=({pip})\npip_err={tmp_path / 'pip_err'}\n{functions}"
             f"{call}\necho next step\n")
     return subprocess.run(["bash", "-c", body], capture_output=True, text=True)
 
