@@ -132,6 +132,131 @@ def point_steps(record: dict) -> Optional[int]:
     return record.get("steps") if record.get("checkpoint_of") else None
 
 
+def _experiment_rank(name) -> int:
+    """Position of experiment ``name`` in :data:`dictionary_learning_aligned.experiments.EXPERIMENTS` (the paper's
+    experiments first); unknown names after all of them."""
+    from dictionary_learning_aligned.experiments import EXPERIMENTS
+    order = list(EXPERIMENTS)
+    return order.index(name) if name in order else len(order)
+
+
+def _grid_key(arch, dict_size, value, mode: str, seed, point) -> tuple:
+    """One entry of an experiment's grid as :func:`grid_gaps` compares them (sparsity values as floats)."""
+    return (arch, dict_size, float(value), mode, seed, point)
+
+
+def grid_gaps(records: Iterable[dict], experiment: str, modes: Optional[Iterable[str]] = None) -> Optional[str]:
+    """One line naming the entries of ``experiment``'s grid (:func:`dictionary_learning_aligned.experiments.resolve`
+    at the scale of most of its records) that have no record among ``records`` of that scale and model, e.g.
+    ``partial: 12 of the 48 records of the ablations grid at scale small; missing: ReLU penalty0.1, tied (all 3
+    seeds each); TopK (all 24); ReLU projection: seed 2``. For an experiment with step points (``budget``), the
+    points are those of its records; a point missing from some runs is named with them (``seed 1 at 25,000
+    steps``). Records outside the grid (another dict_size or sparsity value) are counted, not taken for entries.
+
+    Args:
+        modes: only these alignment tags of the grid (:func:`alignment_key`; ``budget``'s figure shows standard
+            and one aligned mode), None: all.
+
+    Returns:
+        the line, or None when the grid is complete, no record is of ``experiment``, or ``experiment`` or the
+        records' scale is not one the reproduction knows (a renamed experiment has no grid to compare with).
+    """
+    from dictionary_learning_aligned.experiments import EXPERIMENTS, SCALES, resolve
+
+    recs = [r for r in records if r.get("experiment") == experiment]
+    scales = Counter(r.get("scale") for r in recs)
+    scale = min(scales, key=lambda s: (-scales[s], str(s))) if scales else None
+    if experiment not in EXPERIMENTS or scale not in SCALES:
+        return None
+    plan = resolve(experiment, scale)
+    model = primary_model([r for r in recs if r.get("scale") == scale])
+    recs = [r for r in recs if r.get("scale") == scale and r.get("model") == model]
+    have = {_grid_key(r["arch"], r["dict_size"], r["sparsity"]["value"], alignment_key(r), r["seed"],
+                      point_steps(r)) for r in recs}
+    points = sorted({point_steps(r) for r in recs}, key=lambda p: (p is not None, p or 0))
+    runs = [u for u in plan.runs if modes is None or alignment_tag(u.alignment, u.alignment_penalty) in modes]
+    want = {_grid_key(u.arch, u.dict_size, u.sparsity_value, alignment_tag(u.alignment, u.alignment_penalty),
+                      u.seed, p): u for u in runs for p in points}
+    outside = len(have - set(want))
+    if not set(want) - have:
+        return None
+    held = len(set(want) & have)
+    line = f"partial: {held} of the {len(want)} records of the {experiment} grid at scale {scale}"
+    if outside:
+        line += f" ({outside} record{'s' if outside > 1 else ''} outside the grid)"
+    return f"{line}; missing: {_describe_missing([k for k in want if k not in have], set(want))}"
+
+
+def _describe_missing(missing: list[tuple], want: set) -> str:
+    """The grid entries ``missing`` (keys of :func:`_grid_key`, in grid order) of the grid ``want``, short: an
+    architecture with none of its records (``TopK (all 24)``), settings with none (``ReLU penalty1, tied (all 3
+    seeds each)``), then single seeds (``ReLU projection: seed 2``) and step points (``seed 1 at 25,000 steps``)."""
+    def setting(k):
+        return k[:4]
+
+    per_arch = Counter(k[0] for k in want)
+    gone_arch = [a for a in per_arch if sum(k[0] == a for k in missing) == per_arch[a]]
+    per_setting = Counter(setting(k) for k in want)
+    left = [k for k in missing if k[0] not in gone_arch]
+    whole = list(dict.fromkeys(setting(k) for k in left
+                               if sum(setting(m) == setting(k) for m in left) == per_setting[setting(k)]))
+    parts = []
+    for arch in dict.fromkeys(s[0] for s in whole):
+        tags = [s[3] for s in whole if s[0] == arch]
+        seeds = {k[4] for k in want if setting(k) in whole and k[0] == arch}
+        parts.append(f"{ARCH_LABEL.get(arch, arch)} {', '.join(tags)} (all {len(seeds)} seed"
+                     f"{'s' if len(seeds) > 1 else ''}{' each' if len(tags) > 1 else ''})")
+    parts = [f"{ARCH_LABEL.get(a, a)} (all {per_arch[a]})" for a in gone_arch] + parts
+    for s in dict.fromkeys(setting(k) for k in left if setting(k) not in whole):
+        ks = [k for k in left if setting(k) == s]
+        by_seed: dict = {}
+        for k in ks:
+            by_seed.setdefault(k[4], []).append(k[5])
+        n_points = len({k[5] for k in want})
+        whole_seeds = [seed for seed, pts in by_seed.items() if pts == [None] or len(pts) == n_points]
+        shown = [f"seed{'s' if len(whole_seeds) > 1 else ''} {', '.join(map(str, whole_seeds))}"] if whole_seeds else []
+        shown += [f"seed {seed} at {', '.join(f'{p:,}' for p in pts)} steps" for seed, pts in by_seed.items()
+                  if seed not in whole_seeds]
+        parts.append(f"{ARCH_LABEL.get(s[0], s[0])} {s[3]}: {'; '.join(shown)}")
+    return "; ".join(parts)
+
+
+def _measurement_key(record: dict) -> Optional[tuple]:
+    """What identifies one measurement: the trained dictionary (``paths.dictionary``), the step it was evaluated
+    at, its scale, data and settings; None for a record that names no dictionary (it is never taken for a copy)."""
+    path = (record.get("paths") or {}).get("dictionary")
+    if not path:
+        return None
+    sparsity = record.get("sparsity") or {}
+    return (path, record.get("steps"), record.get("scale"), record.get("train_tokens"), record.get("model"),
+            record.get("layer"), record.get("corpus"), record.get("arch"), record.get("alignment"),
+            record.get("alignment_penalty"), record.get("dict_size"), sparsity.get("name"),
+            sparsity.get("value"), record.get("seed"))
+
+
+def distinct_measurements(records: Iterable[dict]) -> tuple[list[dict], int]:
+    """Keep one record per measurement. ``reproduce --also`` records one trained dictionary under several
+    experiments (``sizes``' ReLU pair at 16384 is also the ``ablations``' standard and ``project`` entries; a
+    ``budget`` run's last step is also its ``main`` record): counting both would count one dictionary twice. Of
+    records with the same ``paths.dictionary``, step and settings, the one of the experiment listed first in
+    :data:`~dictionary_learning_aligned.experiments.EXPERIMENTS` is kept (the paper's experiments before the
+    ones beyond it).
+
+    Returns:
+        (the kept records in their original order, how many were dropped as copies)
+    """
+    records = list(records)
+    best: dict[tuple, int] = {}
+    for i, r in enumerate(records):
+        key = _measurement_key(r)
+        if key is None:
+            continue
+        if key not in best or _experiment_rank(r.get("experiment")) < _experiment_rank(records[best[key]].get("experiment")):
+            best[key] = i
+    kept = [r for i, r in enumerate(records) if (key := _measurement_key(r)) is None or best[key] == i]
+    return kept, len(records) - len(kept)
+
+
 def archs_in(records: Iterable[dict], among: Iterable[str] = ARCH_ORDER) -> list[str]:
     """Architectures of ``among`` present in ``records``, in the canonical order."""
     present = {r["arch"] for r in records}

@@ -34,7 +34,8 @@ from dictionary_learning_aligned import registry
 from dictionary_learning_aligned.alignment import bimodality_coefficient
 
 from ._common import (ARCH_LABEL, ARCH_ORDER, L0, SMOKE_NOTE, SPARSITY_LABEL, aggregate, budget_line,
-                      budget_summary, field_getter, finite, fired_scores, fmt_ms, mean_std, point_steps)
+                      budget_summary, distinct_measurements, field_getter, finite, fired_scores, fmt_ms, mean_std,
+                      point_steps)
 
 SUPPORTED, NOT_SUPPORTED, INSUFFICIENT = "supported", "not supported", "insufficient data"
 #: Sarle's coefficient of a uniform distribution; larger values suggest bimodality
@@ -70,6 +71,7 @@ def _dead(r):
 def claims_table(records: list[dict], *, aligned: str = "project", dead_tol: float = 0.01) -> list[dict]:
     """Check claims (a)-(e) per setting (experiment, model, arch, dict_size, and for records evaluated at step
     points of a longer run, ``checkpoint_of``, their steps: records of different step points are never pooled).
+    A dictionary recorded under several experiments counts once (:func:`~figures._common.distinct_measurements`).
 
     Args:
         records: results-store records.
@@ -86,7 +88,7 @@ def claims_table(records: list[dict], *, aligned: str = "project", dead_tol: flo
         verdict as no verdict) and ``point`` (the steps of a step-point setting, else None).
     """
     settings = defaultdict(list)
-    for r in records:
+    for r in distinct_measurements(records)[0]:
         if r["alignment"] in (None, aligned):
             settings[(r.get("experiment"), r.get("model"), r["arch"], r["dict_size"], point_steps(r) or 0)].append(r)
     several_models = len({k[1] for k in settings}) > 1
@@ -291,12 +293,15 @@ def claims_header(records: list[dict]) -> list[str]:
     """The lines printed above the claims table: :data:`SMOKE_LINE` first when some record is of scale smoke (with
     how many when not all are), then the caption ``records: N · <budget line>`` (scale, model, recipe, steps, batch
     size, training tokens with unique tokens and epochs; ranges when budgets are mixed:
-    :func:`~figures._common.budget_line`)."""
+    :func:`~figures._common.budget_line`), saying how many records were copies counted once."""
     lines = []
     smoke = sum(r.get("scale") == "smoke" for r in records)
     if smoke:
         lines.append(SMOKE_LINE + ("" if smoke == len(records) else f" ({smoke} of {len(records)} records are smoke)"))
-    lines.append(f"records: {len(records)} · {budget_line(records)}")
+    copies = distinct_measurements(records)[1]
+    note = f" ({copies} of them the same dictionaries as others, recorded under two experiments, counted once)" \
+        if copies else ""
+    lines.append(f"records: {len(records)}{note} · {budget_line(records)}")
     return lines
 
 

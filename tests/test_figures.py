@@ -13,6 +13,7 @@ from dictionary_learning_aligned.alignment import summarize_scores
 from dictionary_learning_aligned.records import group_id, record_id, write_record
 from figures import FIGURES, claims_table, format_claims, load_records, render_all
 from figures.__main__ import main
+from figures.claims import claims_header
 
 F = 64  # features per synthetic dictionary
 SPARSITY = {"relu": ("l1_penalty", (0.02, 0.08)), "topk": ("k", (8, 32)), "batchtopk": ("k", (8, 32)),
@@ -507,3 +508,22 @@ def test_redrawing_the_same_records_writes_the_same_pdf_bytes(store, tmp_path):
     time.sleep(1.1)  # a PDF creation date has a resolution of one second
     b = FIGURES["fig2"].fn(records, tmp_path / "b")
     assert a.paths and (tmp_path / "a" / "fig2.pdf").read_bytes() == (tmp_path / "b" / "fig2.pdf").read_bytes()
+
+
+def test_claims_count_a_dictionary_recorded_under_two_experiments_once():
+    """`reproduce sizes --also ablations` records one trained dictionary as both `sizes` and `ablations`: the
+    claims table must not count it twice (the paper's experiment is kept), and its header says so."""
+    sizes = [make_record("relu", al, 0.04, s, experiment="sizes", paths={"dictionary": f"d/run/trainer_{s}{al}"})
+             for al in (None, "project") for s in (0, 1)]
+    ablations = [dict(r, experiment="ablations", id=r["id"].replace("sizes", "ablations")) for r in sizes]
+    other = make_record("relu", None, 0.04, 0, experiment="ablations", paths={"dictionary": "d/other/trainer_0"})
+    rows = claims_table(ablations + sizes + [other])
+    assert {r["experiment"] for r in rows if r["claim"] == "d"} == {"sizes", "ablations"}
+    ablation_rows = [r for r in rows if r["experiment"] == "ablations" and r["claim"] == "a"]
+    assert ablation_rows and "1/1 records" in ablation_rows[0]["measured"]  # only the record that is no copy
+    assert "2/2 records" in [r for r in rows if r["experiment"] == "sizes" and r["claim"] == "a"][0]["measured"]
+    header = claims_header(ablations + sizes + [other])
+    assert header[-1].startswith("records: 9 (4 of them the same dictionaries as others")
+    # records of different sparsities or steps of one folder are different measurements
+    two_steps = [dict(sizes[0], steps=10), dict(sizes[0], steps=20)]
+    assert claims_header(two_steps)[-1].startswith("records: 2 · ")
