@@ -168,23 +168,43 @@ def write_record(store, record: dict) -> Path:
     return write_json(folder / f"{record['id']}.json", _neutral_record(store, record))
 
 
-def has_record(store, rid: str) -> bool:
+def has_record(store, rid: str, expect: Optional[dict] = None) -> bool:
     """Whether a complete record with this id exists (the reproduction skips finished entries).
+
+    Args:
+        expect: fields the record must have, e.g. ``{"scale": "paper", "model": ..., "layer": 8}``: ids do not
+            name the scale, model or layer, so a record of another run under the same id would otherwise count
+            as this one's. A field the record lacks (or holds as None) is not compared.
 
     Raises:
         ValueError: a record file with this id that is damaged (not valid JSON, not a record, another schema, or
-            missing required keys), naming the file: it is neither counted as finished nor overwritten, so the
-            user decides (move it away to train that dictionary again).
+            missing required keys), or whose field differs from ``expect`` (naming the file, the field and both
+            values): it is neither counted as finished nor overwritten, so the user decides (move it away to train
+            that dictionary again, or use another results store).
     """
     folder = Path(store) / "records"
     for p in (folder / f"{rid}.json", folder / f"{rid}.json.gz"):
         if p.is_file():
             try:
-                _read_checked(p)
+                rec = _read_checked(p)
             except ValueError as e:
                 raise ValueError(f"{e}; move it away to train this dictionary again") from None
+            _check_same_run(p, rec, expect or {})
             return True
     return False
+
+
+def _check_same_run(p: Path, rec: dict, expect: dict) -> None:
+    """Refuse the record ``rec`` (read from ``p``) when one of the ``expect`` fields it has differs.
+
+    Raises:
+        ValueError: naming the file, the field and both values.
+    """
+    for key, want in expect.items():
+        if rec.get(key) is not None and rec[key] != want:
+            raise ValueError(f"{p} is a record of {key} {rec[key]}, not of this run's {key} {want} (record ids do "
+                             f"not name the scale, model or layer): it would count as this run's; use another "
+                             f"--results store, or move the record away")
 
 
 def _read_checked(p: Path) -> dict:

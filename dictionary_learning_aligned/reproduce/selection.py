@@ -152,14 +152,16 @@ def select_runs(plan: Plan, store: Path, archs: Optional[list] = None, dict_size
 
     Raises:
         ValueError: a requested architecture, size or sparsity value that is not in the experiment's grid; a
-            damaged record of the plan at any step point (:func:`.records.has_record`).
+            damaged record of the plan at any step point, or one of another scale, model or layer under its id
+            (:func:`.records.has_record`).
     """
     check_grid_filters(plan.experiment.name, plan.runs, archs, dict_sizes, sparsity)
     steps = steps or train_steps(plan.tokens, plan.recipe.batch_size)[0]
     points = plan.eval_points(steps) if plan.eval_steps else (None,)
     # every step point's record is read (a list, not a short-circuit): a damaged one is refused here, not
     # overwritten after the run trained again for a missing one
-    return [r for r in plan.runs if not all([has_record(store, _rid(r, p)) for p in points])
+    same = {"scale": plan.scale, "model": plan.model, "layer": plan.layer}  # what the ids do not name
+    return [r for r in plan.runs if not all([has_record(store, _rid(r, p), same) for p in points])
             and _picked(r, archs, dict_sizes, sparsity) and (seeds is None or r.seed < seeds)]
 
 
