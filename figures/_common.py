@@ -158,8 +158,9 @@ def grid_gaps(records: Iterable[dict], experiment: str, modes: Optional[Iterable
             and one aligned mode), None: all.
 
     Returns:
-        the line, or None when the grid is complete, no record is of ``experiment``, or ``experiment`` or the
-        records' scale is not one the reproduction knows (a renamed experiment has no grid to compare with).
+        the line, or None when the grid is complete, no record is of ``experiment`` or none is on its grid, or
+        ``experiment`` or the records' scale is not one the reproduction knows (a renamed experiment has no grid
+        to compare with).
     """
     from dictionary_learning_aligned.experiments import EXPERIMENTS, SCALES, resolve
 
@@ -177,10 +178,9 @@ def grid_gaps(records: Iterable[dict], experiment: str, modes: Optional[Iterable
     runs = [u for u in plan.runs if modes is None or alignment_tag(u.alignment, u.alignment_penalty) in modes]
     want = {_grid_key(u.arch, u.dict_size, u.sparsity_value, alignment_tag(u.alignment, u.alignment_penalty),
                       u.seed, p): u for u in runs for p in points}
-    outside = len(have - set(want))
-    if not set(want) - have:
+    outside, held = len(have - set(want)), len(set(want) & have)
+    if not held or held == len(want):  # none on the grid: records of another grid (hand-made, or a changed one)
         return None
-    held = len(set(want) & have)
     line = f"partial: {held} of the {len(want)} records of the {experiment} grid at scale {scale}"
     if outside:
         line += f" ({outside} record{'s' if outside > 1 else ''} outside the grid)"

@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from ._common import (ARCH_LABEL, SPARSITY_LABEL, alignment_key, archs_in, budget_line, field_getter,
-                      primary_model)
+                      grid_gaps, primary_model)
 from .claims import SMOKE_LINE
 from .paper import DEAD, FRACTION_SPAN, Drawn, FigureResult, Missing, _fraction_axis, _panels, save_drawn
 from .tables import _cell
@@ -114,7 +114,8 @@ def ablation_table(records: list[dict], experiment: str = EXPERIMENT, fmt: str =
 def ablation_report(records: list[dict], experiment: str = EXPERIMENT, fmt: str = "markdown") -> str:
     """What ``python -m figures ablations`` prints: the smoke warning first for smoke records
     (:data:`~figures.claims.SMOKE_LINE`), ``records: N · <budget line>`` (:func:`~figures._common.budget_line`:
-    scale, model, recipe, steps, batch size, tokens), a blank line and :func:`ablation_table`.
+    scale, model, recipe, steps, batch size, tokens), for a store holding part of the grid the line naming what
+    is missing (:func:`~figures._common.grid_gaps`), a blank line and :func:`ablation_table`.
 
     Raises:
         ValueError: as :func:`ablation_table`.
@@ -122,13 +123,15 @@ def ablation_report(records: list[dict], experiment: str = EXPERIMENT, fmt: str 
     table = ablation_table(records, experiment, fmt)
     recs = [r for g in ablation_groups(records, experiment) for r in g[1]]
     lines = [SMOKE_LINE] if any(r.get("scale") == "smoke" for r in recs) else []
-    return "\n".join(lines + [f"records: {len(recs)} · {budget_line(recs)}", "", table])
+    gaps = grid_gaps(records, experiment)
+    return "\n".join(lines + [f"records: {len(recs)} · {budget_line(recs)}", *([gaps] if gaps else []), "", table])
 
 
 def draw_ablations(records: list[dict], experiment: str = EXPERIMENT) -> Drawn:
     """One panel per metric of :data:`METRICS`: x = alignment mode (:data:`MODE_ORDER`), one bar per architecture
     (mean over seeds, std error bars, a dot per seed); dead fraction on an axis spanning at least
-    :data:`~figures.paper.FRACTION_SPAN`.
+    :data:`~figures.paper.FRACTION_SPAN`. The caption names the grid entries without records
+    (:func:`~figures._common.grid_gaps`).
 
     Raises:
         Missing: no record of ``experiment`` or none with any of the metrics.
@@ -160,8 +163,10 @@ def draw_ablations(records: list[dict], experiment: str = EXPERIMENT) -> Drawn:
     if not drawn:
         raise Missing(f"the {experiment!r} records have none of {', '.join(t for t, _, _ in METRICS)}")
     recs = [r for _, g in groups for r in g]
-    return Drawn(fig, recs, f"bars: mean over seeds, error bars: std, dots: seeds; dead-fraction axis spans at least "
-                            f"{FRACTION_SPAN:.0%}; MCS: mean max cosine of each feature to the other seeds' features")
+    gaps = grid_gaps(records, experiment)
+    return Drawn(fig, recs, (f"{gaps}; " if gaps else "") + f"bars: mean over seeds, error bars: std, dots: seeds; "
+                 f"dead-fraction axis spans at least {FRACTION_SPAN:.0%}; MCS: mean max cosine of each feature to the "
+                 f"other seeds' features")
 
 
 def ablation_figure(records: list[dict], out, experiment: str = EXPERIMENT,

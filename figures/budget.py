@@ -18,8 +18,8 @@ from typing import Optional
 
 from matplotlib.ticker import NullLocator
 
-from ._common import (ARCH_LABEL, archs_in, budget_line, field_getter, fmt_tokens, mean_std, primary_model,
-                      record_budget)
+from ._common import (ARCH_LABEL, alignment_key, archs_in, budget_line, field_getter, fmt_tokens, grid_gaps,
+                      mean_std, primary_model, record_budget)
 from .claims import CLAIMS, SMOKE_LINE, claims_table, shown_verdict
 from .compare import key_numbers
 from .paper import (CE, DEAD, FRACTION_SPAN, FVE, Drawn, FigureResult, Missing, _fraction_axis, _panels, mode_style,
@@ -67,6 +67,12 @@ def matching_reference(reference: list[dict], recs: list[dict], aligned: str = "
             for r in recs}
     return [r for r in reference if r.get("experiment") == experiment and r["alignment"] in (None, aligned) and (
         r.get("model"), r["arch"], r["dict_size"], r["sparsity"]["name"], float(r["sparsity"]["value"])) in want]
+
+
+def _gaps(records: list[dict], aligned: str, experiment: str) -> Optional[str]:
+    """The standard and ``aligned`` entries (and step points) of ``experiment``'s grid without records, in one line
+    (:func:`~figures._common.grid_gaps`), None when none is missing."""
+    return grid_gaps(records, experiment, modes=("standard", alignment_key({"alignment": aligned})))
 
 
 def _reference_label(refs: list[dict]) -> str:
@@ -131,7 +137,9 @@ def draw_budget(records: list[dict], reference: Optional[list[dict]] = None, ali
             _fraction_axis(ax)
     if not n:
         raise Missing(f"the {experiment!r} records have none of {', '.join(t for t, _ in PANELS)}")
-    note = f"{NOTE}; mean over seeds, error bars: std; dead-fraction axis spans at least {FRACTION_SPAN:.0%}"
+    gaps = _gaps(records, aligned, experiment)
+    note = (f"{gaps}; " if gaps else "") + (f"{NOTE}; mean over seeds, error bars: std; dead-fraction axis spans at "
+                                            f"least {FRACTION_SPAN:.0%}")
     if refs:
         note += f"; hollow markers: the matching records of another store, {_reference_label(refs)}"
     return Drawn(fig, recs, note)
@@ -196,6 +204,8 @@ def budget_report(records: list[dict], reference: Optional[list[dict]] = None, a
     columns, cells = claims_by_budget(records, reference, aligned, experiment)
     lines = [SMOKE_LINE] if any(r.get("scale") == "smoke" for r in recs + refs) else []
     lines.append(f"records: {len(recs)} · {budget_line(recs)}")
+    gaps = _gaps(records, aligned, experiment)
+    lines += [gaps] if gaps else []
     if refs:
         lines.append(f"reference (another store, another recipe): {len(refs)} records · {budget_line(refs)}")
     lines += [f"{NOTE}; cells: verdict: key numbers", ""]
