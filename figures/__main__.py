@@ -18,7 +18,7 @@ from typing import Optional
 from ._common import SMOKE_NOTE, budget_line, load_records
 from .claims import claims_report
 from .compare import compare_claims
-from .paper import FIGURES, render_all
+from .paper import FIGURES, check_out_folder, render_all
 from .tables import results_table, saebench_table
 
 
@@ -86,12 +86,14 @@ def _extra_parser(name: str) -> argparse.ArgumentParser:
 
 def _extra(name: str, argv: list[str]) -> int:
     """``ablations`` / ``budget``: print the table, draw the figure into ``--out``; 2 when the store is missing or
-    holds no records of the experiment, 1 when the figure could not be drawn."""
+    holds no records of the experiment, or ``--out`` is a file, 1 when the figure could not be drawn."""
     from .ablations import ablation_figure, ablation_report
     from .budget import budget_figure, budget_report
 
     args = _extra_parser(name).parse_args(argv)
     try:
+        if args.out:
+            check_out_folder(args.out)
         records = load_records(args.results)
         if name == "ablations":
             print(ablation_report(records, args.experiment, args.format))

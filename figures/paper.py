@@ -124,12 +124,41 @@ def _register(name: str, title: str, needs: str):
     return deco
 
 
+def check_out_folder(out) -> None:
+    """Refuse an output folder ``out`` that is a file (or lies under one), before anything is drawn.
+
+    Raises:
+        ValueError: naming the path.
+    """
+    for p in (Path(out), *Path(out).parents):
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"--out {out} is a file" + ("" if p == Path(out) else f" under the file {p}")
+                             + ", not a folder for the figures")
+
+
+def _foreign(paths: list[Path]) -> Optional[Path]:
+    """The first of ``paths`` that exists and was not drawn by matplotlib (no ``Matplotlib`` producer or software
+    tag in it, as every figure written here and every committed one has): a file of the user's under a figure's
+    name, which :func:`save_drawn` does not write over. None when there is none."""
+    return next((p for p in paths if p.is_file() and b"Matplotlib" not in p.read_bytes()), None)
+
+
 def save_drawn(draw: Callable[[], Drawn], name: str, title: str, out) -> FigureResult:
     """Build a figure with ``draw()`` under the figures' style, annotate it (:func:`_annotate`: title, model,
     budget line, notes) and write ``out/<name>.pdf`` (without a creation date, so that redrawing unchanged records
-    changes no committed file) and ``out/<name>.png``; a :class:`Missing` raised by ``draw``
-    gives a :class:`FigureResult` with the reason and no paths (nothing written)."""
+    changes no committed file) and ``out/<name>.png``; a :class:`Missing` raised by ``draw``, or a file of
+    either name there that matplotlib did not draw (:func:`_foreign`), gives a :class:`FigureResult` with the reason
+    and no paths (nothing written).
+
+    Raises:
+        ValueError: ``out`` is a file (:func:`check_out_folder`).
+    """
     out = Path(out)
+    check_out_folder(out)
+    foreign = _foreign([out / f"{name}.pdf", out / f"{name}.png"])
+    if foreign is not None:
+        return FigureResult(name, title, missing=f"{foreign} exists and was not drawn by matplotlib (a file of "
+                                                 f"yours?): not written over; move it or choose another --out")
     with matplotlib.rc_context(STYLE_RC):
         try:
             d = draw()
@@ -713,7 +742,9 @@ def render_all(results, out, only=None, *, verbose_errors: bool = True) -> list[
     Raises:
         FileNotFoundError: ``results`` holds no results store.
         KeyError: an unknown figure name.
+        ValueError: ``out`` is a file (:func:`check_out_folder`).
     """
+    check_out_folder(out)
     records = load_records(results)
     names = list(FIGURES) if only is None else list(only)
     unknown = [n for n in names if n not in FIGURES]
