@@ -220,6 +220,10 @@ def _read_checked(p: Path) -> dict:
         raise ValueError(f"{p} is not valid JSON ({e})") from None
     if not isinstance(rec, dict):
         raise ValueError(f"{p} is not a record (a JSON object), it holds a JSON {type(rec).__name__}")
+    if "schema" not in rec:
+        keys = ", ".join(map(str, list(rec)[:6])) + (", ..." if len(rec) > 6 else "")
+        raise ValueError(f"{p} is not a record of this library (no 'schema' key; it holds {keys or 'nothing'}: a "
+                         f"file of another tool?); records/ holds only records, move it elsewhere")
     if rec.get("schema") != SCHEMA_VERSION:
         raise ValueError(f"{p} has schema {rec.get('schema')!r}, expected {SCHEMA_VERSION}")
     missing = [k for k in REQUIRED if k not in rec]

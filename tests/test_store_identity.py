@@ -58,3 +58,21 @@ def test_a_record_without_a_layer_still_counts_and_has_record_alone_checks_nothi
     assert has_record(tmp_path, rec["id"], expect={"scale": plan.scale, "model": plan.model, "layer": 99})
     with pytest.raises(ValueError, match="scale smoke"):
         has_record(tmp_path, rec["id"], expect={"scale": "paper"})
+
+
+@pytest.mark.parametrize("name, content", [
+    ("cfg.json", {"architecture": "standard", "d_in": 576, "d_sae": 16384, "hook_name": "blocks.12.hook_resid_post"}),
+    ("config.json", {"sae": {"expansion_factor": 32, "k": 32}, "batch_size": 8, "hookpoints": ["layers.12"]}),
+])
+def test_a_foreign_json_in_records_is_named_as_not_a_record(tmp_path, name, content):
+    """A SAELens cfg.json or a sparsify config.json dropped into records/: the error says the file is not a record
+    of this library and what it holds (it said 'has schema None, expected 1', as if it were an old record)."""
+    from dictionary_learning_aligned.records import iter_records
+
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / name).write_text(json.dumps(content))
+    with pytest.raises(ValueError) as e:
+        list(iter_records(tmp_path))
+    msg = str(e.value)
+    assert name in msg and "not a record of this library" in msg and "no 'schema'" in msg
+    assert next(iter(content)) in msg and "schema None" not in msg
