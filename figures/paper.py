@@ -461,6 +461,53 @@ def fig9(records, results):
     return _saebench_vs_l0(records, results, "scr", "SCR (top 20 latents)")
 
 
+#: the widest alignment-score axis Fig. 10 draws; scores beyond it are counted in the caption
+FIG10_MAX_RANGE = (-3.0, 5.0)
+
+
+def _per_feature_scores(records) -> "np.ndarray | None":
+    """Every record's ``per_feature.alignment_score`` pooled (finite values only); None when a record lacks it."""
+    out = []
+    for r in records:
+        pf = r.get("per_feature")
+        scores = pf.get("alignment_score") if isinstance(pf, dict) else None
+        if not isinstance(scores, list):
+            return None
+        out += [float(a) for a in scores if finite(a)]
+    return np.array(out, float)
+
+
+def _fig10_edges(records) -> "np.ndarray | None":
+    """Bin edges for Fig. 10 from the records' per-feature scores: the stored histograms' bin width, starting from
+    their range (``alignment.HIST_RANGE``) and widened in whole bins to cover every score up to
+    :data:`FIG10_MAX_RANGE`; None when some record lacks per-feature scores (then the stored histograms are drawn)."""
+    scores = _per_feature_scores(records)
+    if scores is None or not len(scores):
+        return None
+    edges = np.array(records[0]["alignment_scores"]["hist_edges"], float)
+    width = edges[1] - edges[0]
+    lo_target = max(min(edges[0], scores.min()), FIG10_MAX_RANGE[0])
+    hi_target = min(max(edges[-1], scores.max()), FIG10_MAX_RANGE[1])
+    lo = edges[0] - np.ceil(round((edges[0] - lo_target) / width, 9)) * width
+    hi = edges[-1] + np.ceil(round((hi_target - edges[-1]) / width, 9)) * width
+    return np.linspace(lo, hi, int(round((hi - lo) / width)) + 1)
+
+
+def _fig10_counts(rs, edges) -> tuple[np.ndarray, float, int]:
+    """Pooled histogram of the records ``rs`` of one panel and method: ``(counts, total, outside)`` with counts over
+    ``edges`` from the per-feature scores when ``edges`` is given, else the stored ``alignment_scores`` histograms
+    (their ``underflow``/``overflow`` give ``outside``)."""
+    if edges is not None:
+        scores = _per_feature_scores(rs)
+        counts = np.histogram(scores, bins=edges)[0].astype(float)
+        return counts, float(len(scores)) or 1.0, int(((scores < edges[0]) | (scores > edges[-1])).sum())
+    counts = np.sum([r["alignment_scores"]["hist_counts"] for r in rs], axis=0).astype(float)
+    total = sum(r["alignment_scores"].get("n", 0) for r in rs) or counts.sum()
+    outside = sum(int(r["alignment_scores"].get("underflow") or 0) + int(r["alignment_scores"].get("overflow") or 0)
+                  for r in rs)
+    return counts, float(total), outside
+
+
 @_register("fig10", "alignment-score histograms across models and architectures",
            "main/gemma records with alignment_scores.hist_counts and hist_edges")
 def fig10(records, results):
@@ -471,11 +518,11 @@ def fig10(records, results):
     models = sorted({r["model"] for r in recs})
     archs = archs_in(recs)
     fig, axes = _panels(len(archs), len(models), w=2.8, h=2.2)
-    used = []
+    used = [r for m in models for r in select(select(recs, model=m), dict_size=pick_dict_size(select(recs, model=m)))]
+    common = _fig10_edges(used)
+    hidden = []
     for i, m in enumerate(models):
-        rm = select(recs, model=m)
-        rm = select(rm, dict_size=pick_dict_size(rm))
-        used += rm
+        rm = select(used, model=m)
         for j, arch in enumerate(archs):
             ax, ra = axes[i, j], select(rm, archs=[arch])
             ax.set(title=f"{ARCH_LABEL[arch]}" + (f", dict_size {ra[0]['dict_size']}" if ra else ""),
@@ -489,10 +536,11 @@ def fig10(records, results):
             floors = []
             for a in alignments_in(ra):
                 rs = select(ra, alignments=[a])
-                edges = np.array(rs[0]["alignment_scores"]["hist_edges"])
-                counts = np.sum([r["alignment_scores"]["hist_counts"] for r in rs], axis=0).astype(float)
-                total = sum(r["alignment_scores"].get("n", 0) for r in rs) or counts.sum()
+                edges = common if common is not None else np.array(rs[0]["alignment_scores"]["hist_edges"])
+                counts, total, outside = _fig10_counts(rs, common)
                 color, _, label = mode_style(a)
+                if outside:
+                    hidden.append(f"{m.split('/')[-1]} {ARCH_LABEL[arch]} {label} {outside / total:.1%}")
                 floor = min(0.3 / total, 1e-3)  # zero bins drawn at the floor of the log axis
                 ax.stairs(np.where(counts > 0, counts / total, floor), edges, baseline=floor, color=color,
                           label=label, lw=1.2)
@@ -503,8 +551,12 @@ def fig10(records, results):
                     ax.stairs(np.where(d > 0, d, floor), edges, baseline=floor, color="gray", ls=":", lw=1.2,
                               label=f"{label}, never fired")
             ax.set(xlim=(edges[0], edges[-1]), ylim=(min(floors), 1.5))
-    return Drawn(fig, used, "histograms pooled over seeds and sparsity settings; scores outside [-0.525, 1.525] "
-                 "are not drawn; dotted gray: the standard features that never fired on the held-out tokens "
+    lo, hi = (common[0], common[-1]) if common is not None else (edges[0], edges[-1])
+    outside_note = (f"scores outside [{lo:.3f}, {hi:.3f}] not drawn: " + "; ".join(hidden)) if hidden \
+        else f"every score lies in [{lo:.3f}, {hi:.3f}]"
+    return Drawn(fig, used, "histograms pooled over seeds and sparsity settings, "
+                 + ("from the per-feature scores" if common is not None else "from the records' stored histograms")
+                 + f"; {outside_note}; dotted gray: the standard features that never fired on the held-out tokens "
                  "(one dead from the start keeps its initial score: 0.1 for ReLU, 1 for the TopK family)")
 
 

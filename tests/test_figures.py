@@ -527,3 +527,26 @@ def test_claims_count_a_dictionary_recorded_under_two_experiments_once():
     # records of different sparsities or steps of one folder are different measurements
     two_steps = [dict(sizes[0], steps=10), dict(sizes[0], steps=20)]
     assert claims_header(two_steps)[-1].startswith("records: 2 · ")
+
+
+def _fig10_axis_and_note(records):
+    drawn = FIGURES["fig10"].draw(records, None)
+    try:
+        return drawn.fig.axes[0].get_xlim(), drawn.note
+    finally:
+        import matplotlib.pyplot as plt
+        plt.close(drawn.fig)
+
+
+def test_fig10_draws_scores_beyond_the_stored_histogram_range():
+    """Standard p-anneal's scores reach 2.7 on Gemma-3 (43% above 1.525): Fig. 10 histograms the per-feature scores
+    over a range that holds them all (it drew the stored histograms, which stop at 1.525, and hid them)."""
+    records = _standard_per_feature(grid(), alignment_score=lambda a: [2.6 if i % 2 else x for i, x in enumerate(a)])
+    (lo, hi), note = _fig10_axis_and_note(records)
+    assert hi >= 2.6 and lo <= -0.5 and "every score lies in [-0.525, 2.625]" in note
+    # without per-feature scores the stored histograms are drawn, and what lies beyond them is counted
+    stored = [dict(r, per_feature=None,
+                   alignment_scores=dict(r["alignment_scores"], overflow=F // 2) if r["alignment"] is None
+                   else r["alignment_scores"]) for r in records]
+    (lo, hi), note = _fig10_axis_and_note(stored)
+    assert hi == pytest.approx(1.525) and "not drawn: " in note and "standard 50.0%" in note
