@@ -18,7 +18,7 @@ from simple_parsing.helpers import field as help_field
 
 from . import pipeline, registry
 from .dtypes import as_dtype, check_device
-from .models import MODEL_NAME_HELP
+from .models import GGUF_FORMATS, MODEL_NAME_HELP
 
 
 @dataclass
@@ -328,10 +328,6 @@ def _write_outputs(out: Path, results: dict, metrics: dict, groups: dict) -> Non
     print(format_table(results))
     print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}, {out / 'alignment_hist.pdf'} (and .png) and "
           f"dictionaries in {out / 'dictionaries'}")
-
-
-#: the file format of each offline model (models.OFFLINE_NAMES), named by the demo's loading line
-GGUF_FORMATS = {"smollm2-135m-instruct": "4-bit Q4_1 GGUF", "gemma-3-270m": "Q4_K_M GGUF"}
 
 
 def _loading_line(cfg: DemoConfig) -> str:

@@ -165,6 +165,8 @@ _OFFLINE_MODELS = {SMOLLM2_NAME: find_smollm2_gguf, GEMMA3_NAME: find_gemma3_ggu
 _HF_FALLBACK = {SMOLLM2_HF_ID.lower(): SMOLLM2_NAME, GEMMA3_HF_ID.lower(): GEMMA3_NAME}
 #: the aliases of the models that load offline from packaged GGUF files
 OFFLINE_NAMES = tuple(_OFFLINE_MODELS)
+#: the file format of each offline model (a key per name of OFFLINE_NAMES), named by the demo's loading line
+GGUF_FORMATS = {SMOLLM2_NAME: "4-bit Q4_1 GGUF", GEMMA3_NAME: "Q4_K_M GGUF"}
 #: what a model name may be, as the ``--model`` help of ``demo`` and ``train`` says it (one text for both)
 MODEL_NAME_HELP = (f"an offline alias, {SMOLLM2_NAME} or {GEMMA3_NAME} (after bash scripts/install.sh --gemma), a "
                    f"Hugging Face name, or a local folder")

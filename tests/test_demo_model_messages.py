@@ -37,8 +37,11 @@ def test_loading_line_of_another_model_names_no_format():
         "[1/3] loading EleutherAI/pythia-70m on cpu"
 
 
-def test_every_offline_model_has_a_format():
-    assert set(demo.GGUF_FORMATS) == set(OFFLINE_NAMES)
+def test_every_offline_model_has_a_format_defined_once_beside_the_names():
+    from dictionary_learning_aligned import models
+
+    assert set(models.GGUF_FORMATS) == set(OFFLINE_NAMES)
+    assert "GGUF_FORMATS" not in vars(demo) or demo.GGUF_FORMATS is models.GGUF_FORMATS  # imported, not a copy
 
 
 def _option_help(command: str, option: str, next_option: str, capsys) -> str:
