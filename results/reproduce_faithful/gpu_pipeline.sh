@@ -227,13 +227,24 @@ case "$cmd" in
     # RESUME="ablations sizes" (eleventh session): the committed records of these experiments go into the fresh store
     # first, so that `reproduce` trains only what earlier sessions left (a part's seeds train together, so a
     # recorded group is never split across sessions)
+    # (thirteenth session: only records of this run's scale, SCALE; a smoke rehearsal copies none)
     for e in ${RESUME:-}; do
-      mkdir -p $STORE/records && cp results/reproduce_faithful/records/"$e"__* $STORE/records/ 2>/dev/null
-      echo "resumed $(ls $STORE/records/"$e"__* 2>/dev/null | wc -l) committed $e records" >> $R/logs/resumed.txt
+      mkdir -p $STORE/records
+      $PY - "$SCALE" "$e" $STORE/records results/reproduce_faithful/records/"$e"__* <<'PYEOF' 2>&1 >> $R/logs/resumed.txt
+import gzip, json, shutil, sys
+scale, experiment, dest = sys.argv[1:4]
+files = [f for f in sys.argv[4:] if f.endswith((".json", ".json.gz"))]
+same = [f for f in files if json.load(gzip.open(f) if f.endswith(".gz") else open(f)).get("scale") == scale]
+for f in same:
+    shutil.copy(f, dest)
+print(f"resumed {len(same)} committed {experiment} records of scale {scale} ({len(files) - len(same)} of another scale "
+      "left out)")
+PYEOF
     done
     # the code at the launching commit (`git archive HEAD dictionary_learning_aligned benchmarks figures > .gpu/pN/src.tar`
-    # here, N the last part, staged with it), so others' uncommitted edits in the checkout do not travel into the run
-    src=${SRC_TAR:-$(ls .gpu/p*/src.tar 2>/dev/null | head -1)}
+    # here, N the last part, staged with it; any bundle folder .gpu*), so others' uncommitted edits in the checkout
+    # do not travel into the run
+    src=${SRC_TAR:-$(ls .gpu*/p*/src.tar 2>/dev/null | head -1)}
     if [ -n "$src" ]; then tar -xf "$src" -C $SRC; else cp -r . $SRC/ && rm -rf $SRC/.gpu $SRC/.git; fi
     for pkg in dictionary_learning_aligned benchmarks figures; do  # the harness imports all three
       [ -d $SRC/$pkg ] || { echo "$pkg missing from $src: copied from the checkout" >&2; cp -r $pkg $SRC/; }; done
