@@ -19,7 +19,11 @@
   aligned point's L0. A point counts as "lower" when aligned minus standard is below ``-(std_aligned +
   std_standard)`` (seed spreads); supported when no point is lower.
 * (d) higher cross-seed stability: ``stability.mcs`` of the aligned group above the standard group at every
-  sparsity setting present for both.
+  sparsity setting present for both. The verdict compares equal sparsity settings only. For penalty architectures
+  (those without ``fixed_l0``) aligned training is sparser at the same penalty, and sparser dictionaries tend to
+  be more stable across seeds, so the row also reads MCS at equal L0 as (c) does for CE loss recovered: the
+  standard curve (mean L0 -> MCS, linear, no extrapolation) at each aligned group's L0, with the count of points
+  where aligned is higher (``values["equal_l0"]``). That reading is shown, not part of the verdict.
 * (e) (b)-(d) hold for TopK, BatchTopK and p-anneal: per setting, supported when (b), (c), (d) all are,
   not supported when one is not, else insufficient data.
 """
@@ -27,6 +31,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import NamedTuple, Optional
+
 import numpy as np
 import torch
 
@@ -105,7 +111,7 @@ def claims_table(records: list[dict], *, aligned: str = "project", dead_tol: flo
                     model=model, budget=budget_summary(recs), smoke=any(r.get("scale") == "smoke" for r in recs),
                     point=point or None)
         found = {"a": _claim_a(std), "b": _claim_b(std, ali, dead_tol), "c": _claim_c(std, ali, arch),
-                 "d": _claim_d(std, ali)}
+                 "d": _claim_d(std, ali, arch)}
         if arch in ("topk", "batchtopk", "panneal"):
             found["e"] = _claim_e({c: found[c] for c in "bcd"})
         for c, (verdict, measured, values) in found.items():
@@ -174,6 +180,35 @@ def _fixes_l0(arch: str) -> bool:
     return arch in registry.names() and registry.get(arch).fixed_l0
 
 
+class _AtStandardL0(NamedTuple):
+    """Aligned groups read against the standard curve at their own L0 (:func:`_at_standard_l0`)."""
+
+    compared: list  # [(aligned Point, interpolated standard mean, interpolated standard seed std)]
+    outside: list  # aligned mean L0 values outside [lo, hi], not compared
+    lo: Optional[float]  # lowest / highest standard mean L0; None when there are fewer than 2 distinct ones
+    hi: Optional[float]
+    n_standard: int  # standard groups with both L0 and the value
+
+
+def _at_standard_l0(std, ali, value) -> _AtStandardL0:
+    """Interpolate the standard groups' curve (mean L0 -> mean ``value`` and its seed std, linear) at each aligned
+    group's mean L0 (in aligned groups' L0 order); no extrapolation: aligned L0 outside the standard range are
+    listed in ``outside``. With fewer than 2 distinct standard L0 values nothing is compared (``lo`` is None)."""
+    curve = aggregate(std, value)  # x = mean L0
+    xs = np.array([p.x for p in curve])
+    if len(set(xs.round(9))) < 2:
+        return _AtStandardL0([], [], None, None, len(curve))
+    order = np.argsort(xs)
+    xs, ys, ss = xs[order], np.array([p.y for p in curve])[order], np.array([p.y_std for p in curve])[order]
+    compared, outside = [], []
+    for a in aggregate(ali, value):
+        if xs[0] <= a.x <= xs[-1]:
+            compared.append((a, float(np.interp(a.x, xs, ys)), float(np.interp(a.x, xs, ss))))
+        else:
+            outside.append(a.x)
+    return _AtStandardL0(compared, outside, float(xs[0]), float(xs[-1]), len(curve))
+
+
 def _claim_c(std, ali, arch):
     if _fixes_l0(arch):
         pairs = [(f"k {v:g} (L0 {a.x:.1f} vs {s.x:.1f})", a.y, a.y_std, s.y, s.y_std, a.n, s.n)
@@ -182,22 +217,15 @@ def _claim_c(std, ali, arch):
         if not pairs:
             return INSUFFICIENT, "no k with CE loss recovered and L0 for both standard and aligned", {}
     else:
-        curve = aggregate(std, CE)  # x = mean L0
-        xs = np.array([p.x for p in curve])
-        if len(set(xs.round(9))) < 2:
-            return INSUFFICIENT, f"not enough points: {len(curve)} standard L0 value(s), need 2 to interpolate", {}
-        order = np.argsort(xs)
-        xs, ys, ss = xs[order], np.array([p.y for p in curve])[order], np.array([p.y_std for p in curve])[order]
-        pairs, outside = [], []
-        for a in aggregate(ali, CE):
-            if xs[0] <= a.x <= xs[-1]:
-                pairs.append((f"L0 {a.x:.1f}", a.y, a.y_std, float(np.interp(a.x, xs, ys)),
-                              float(np.interp(a.x, xs, ss)), a.n, None))
-            else:
-                outside.append(f"{a.x:.1f}")
+        eq = _at_standard_l0(std, ali, CE)
+        if eq.lo is None:
+            return (INSUFFICIENT, f"not enough points: {eq.n_standard} standard L0 value(s), need 2 to "
+                    f"interpolate", {})
+        pairs = [(f"L0 {a.x:.1f}", a.y, a.y_std, ys_, ss_, a.n, None) for a, ys_, ss_ in eq.compared]
+        outside = [f"{x:.1f}" for x in eq.outside]
         if not pairs:
             return (INSUFFICIENT, f"aligned L0 ({', '.join(outside) or 'none with CE'}) outside the standard L0 "
-                    f"range [{xs[0]:.1f}, {xs[-1]:.1f}]; no extrapolation", {})
+                    f"range [{eq.lo:.1f}, {eq.hi:.1f}]; no extrapolation", {})
     parts, vals, lower = [], [], 0
     for label, ya, sa, ys_, ss_, na, ns in pairs:
         diff = ya - ys_
@@ -213,19 +241,53 @@ def _claim_c(std, ali, arch):
             + "; ".join(parts), dict(points=vals, lower=lower, outside=outside))
 
 
-def _claim_d(std, ali):
-    pairs = _pairs([r for r in std if r.get("stability")], [r for r in ali if r.get("stability")], MCS)
+def _separating_digits(xs, bounds, most: int = 3) -> int:
+    """Decimals (1 to ``most``) at which no value of ``xs`` prints the same as one of ``bounds``: an L0 just
+    outside a range should not print as its end (4.074 beside a range starting at 4.083 reads 4.07, not 4.1)."""
+    for d in range(1, most):
+        if not {f"{x:.{d}f}" for x in xs} & {f"{b:.{d}f}" for b in bounds}:
+            return d
+    return most
+
+
+def _mcs_at_equal_l0(std, ali) -> tuple[str, dict]:
+    """Claim (d)'s second reading for penalty architectures: the standard MCS interpolated at each aligned
+    group's mean L0 (:func:`_at_standard_l0`). Returns (text, values) with values ``points`` (``l0``,
+    ``aligned``, ``standard``), ``higher`` (points where aligned MCS is above), ``outside`` (aligned L0 not
+    compared). Not part of the verdict."""
+    eq = _at_standard_l0(std, ali, MCS)
+    values = dict(points=[dict(l0=a.x, aligned=a.y, standard=s) for a, s, _ in eq.compared],
+                  higher=sum(a.y > s for a, s, _ in eq.compared), outside=eq.outside)
+    if eq.lo is None:
+        return f"at equal L0: not compared ({eq.n_standard} standard L0 value(s), need 2 to interpolate)", values
+    parts = [f"L0 {a.x:.1f}: {a.y:.3f} vs {s:.3f} (interpolated)" for a, s, _ in eq.compared]
+    if eq.outside:
+        d = _separating_digits(eq.outside, (eq.lo, eq.hi))
+        parts.append(f"aligned L0 {', '.join(f'{x:.{d}f}' for x in eq.outside)} outside the standard L0 range "
+                     f"[{eq.lo:.{d}f}, {eq.hi:.{d}f}], not compared")
+    if eq.compared:
+        parts.append(f"aligned higher at {values['higher']}/{len(eq.compared)}")
+    return "at equal L0: " + "; ".join(parts), values
+
+
+def _claim_d(std, ali, arch):
+    std, ali = [r for r in std if r.get("stability")], [r for r in ali if r.get("stability")]
+    pairs = _pairs(std, ali, MCS)
     if not pairs:
         return INSUFFICIENT, "no sparsity setting with stability.mcs for both standard and aligned", {}
     higher = sum(a.y > s.y for _, a, s in pairs)
-    runs = sorted({r["stability"].get("n_runs") for r in std + ali if r.get("stability")} - {None})
+    runs = sorted({r["stability"].get("n_runs") for r in std + ali} - {None})
     ma, sa, n = mean_std(a.y for _, a, _ in pairs)
     ms, ss, _ = mean_std(s.y for _, _, s in pairs)
     parts = "; ".join(f"{_sp(ali)} {v:g}: {a.y:.3f} vs {s.y:.3f}" for v, a, s in pairs)
-    return (SUPPORTED if higher == len(pairs) else NOT_SUPPORTED,
-            f"MCS aligned vs standard ({'/'.join(map(str, runs))} seeds), aligned higher at {higher}/{len(pairs)}: "
-            + parts + (f"; mean over settings {fmt_ms(ma, sa, n)} vs {fmt_ms(ms, ss, n)}" if n > 1 else ""),
-            dict(points=[dict(sparsity=v, aligned=a.y, standard=s.y) for v, a, s in pairs], higher=higher))
+    measured = (f"MCS aligned vs standard ({'/'.join(map(str, runs))} seeds), aligned higher at "
+                f"{higher}/{len(pairs)}: " + parts
+                + (f"; mean over settings {fmt_ms(ma, sa, n)} vs {fmt_ms(ms, ss, n)}" if n > 1 else ""))
+    values = dict(points=[dict(sparsity=v, aligned=a.y, standard=s.y) for v, a, s in pairs], higher=higher)
+    if not _fixes_l0(arch):  # a penalty sets L0 only indirectly: read the standard curve at the aligned L0 too
+        text, values["equal_l0"] = _mcs_at_equal_l0(std, ali)
+        measured += "; " + text
+    return SUPPORTED if higher == len(pairs) else NOT_SUPPORTED, measured, values
 
 
 def _claim_e(found: dict):

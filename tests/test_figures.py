@@ -174,6 +174,46 @@ def test_claim_stability_verdicts():
     assert _verdicts(single, "d") == {"relu": "insufficient data", "topk": "insufficient data"}
 
 
+def test_claim_stability_reads_mcs_at_equal_l0_for_penalty_architectures_only():
+    """(d) compares equal sparsity settings (the verdict); for penalty architectures it also reads the standard
+    MCS curve (mean L0 -> MCS, linear, no extrapolation) at each aligned group's L0, without changing the verdict."""
+    # standard ReLU: L0 16.15 -> MCS 0.50, L0 34.15 -> 0.80 (seeds 0, 1 add 0.3 * seed to L0)
+    recs = [make_record("relu", None, 0.08, s, l0=16.0, mcs=0.50) for s in (0, 1)]
+    recs += [make_record("relu", None, 0.02, s, l0=34.0, mcs=0.80) for s in (0, 1)]
+    # aligned: at L0 25.15 (inside) MCS 0.70; at the shared setting 0.02 L0 40.15 (outside) MCS 0.60
+    recs += [make_record("relu", "project", 0.04, s, l0=25.0, mcs=0.70) for s in (0, 1)]
+    recs += [make_record("relu", "project", 0.02, s, l0=40.0, mcs=0.60) for s in (0, 1)]
+    row = [r for r in claims_table(recs) if r["claim"] == "d"][0]
+    assert row["verdict"] == "not supported"  # equal setting 0.02: 0.600 vs 0.800, as before
+    assert row["values"]["higher"] == 0 and len(row["values"]["points"]) == 1
+    eq = row["values"]["equal_l0"]
+    # by hand: 0.50 + (0.80 - 0.50) * (25.15 - 16.15) / (34.15 - 16.15) = 0.65
+    assert [p["standard"] for p in eq["points"]] == [pytest.approx(0.65)]
+    assert eq["points"][0]["l0"] == pytest.approx(25.15) and eq["points"][0]["aligned"] == pytest.approx(0.70)
+    assert eq["higher"] == 1 and eq["outside"] == [pytest.approx(40.15)]
+    assert "at equal L0: L0 25.1: 0.700 vs 0.650 (interpolated)" in row["measured"]
+    assert "aligned L0 40.1 outside the standard L0 range [16.1, 34.1], not compared" in row["measured"]
+    assert row["measured"].endswith("aligned higher at 1/1")
+    # the default grid: ReLU and p-anneal get the reading, TopK and BatchTopK (k fixes L0) do not
+    rows = {r["arch"]: r for r in claims_table(grid(archs=("relu", "topk", "batchtopk", "panneal")))
+            if r["claim"] == "d"}
+    assert {a: r["verdict"] for a, r in rows.items()} == dict.fromkeys(rows, "supported")
+    for arch in ("relu", "panneal"):
+        assert "at equal L0" in rows[arch]["measured"] and "equal_l0" in rows[arch]["values"]
+    for arch in ("topk", "batchtopk"):
+        assert "equal L0" not in rows[arch]["measured"] and "equal_l0" not in rows[arch]["values"]
+    # one standard setting: nothing to interpolate, said so; the verdict still compares the equal setting
+    one = [r for r in recs if not (r["alignment"] is None and r["sparsity"]["value"] == 0.08)]
+    row = [r for r in claims_table(one) if r["claim"] == "d"][0]
+    assert row["verdict"] == "not supported"
+    assert "at equal L0: not compared (1 standard L0 value(s), need 2 to interpolate)" in row["measured"]
+    # an aligned L0 just outside the standard range prints with the decimals that show it outside
+    near = [make_record("relu", None, v, 0, l0=x, mcs=0.5) for v, x in ((0.08, 16.0), (0.02, 34.0))]
+    near += [make_record("relu", "project", v, 0, l0=x, mcs=0.6) for v, x in ((0.08, 15.96), (0.02, 20.0))]
+    row = [r for r in claims_table(near) if r["claim"] == "d"][0]
+    assert "aligned L0 15.96 outside the standard L0 range [16.00, 34.00], not compared" in row["measured"]
+
+
 def test_claim_bimodality_and_dead_verdicts():
     assert _verdicts(grid(), "a") == {"relu": "supported", "topk": "supported"}
     assert _verdicts(grid(bc_bimodal=False), "a") == {"relu": "not supported", "topk": "not supported"}
