@@ -8,7 +8,9 @@ import contextlib
 import copy
 import itertools
 import queue
+import sys
 import threading
+import time
 from typing import Callable, ContextManager, Iterable, Iterator, Optional
 
 import torch
@@ -70,73 +72,101 @@ def pack_token_contexts(texts: Iterable[str], tokenizer, ctx_len: int, bos_token
 
 #: producer threads still running, with their stop events (a thread removes itself when it ends)
 _PRODUCERS: dict[threading.Thread, threading.Event] = {}
+#: set when the interpreter starts to exit: every producer stops before its next item, and none starts
+_SHUTDOWN = threading.Event()
+#: seconds the exit hook waits, in all, for the producers to end (each finishes the item it is inside, e.g. one
+#: tokenizer call of ``tokenize_batch`` documents)
+EXIT_WAIT_S = 30.0
+
+
+def _stop_prefetchers(timeout: float = EXIT_WAIT_S) -> list[threading.Thread]:
+    """Tell every producer thread to stop and wait for them, ``timeout`` seconds at most in all.
+
+    Returns:
+        the threads still running after the wait (empty when all ended).
+    """
+    producers = list(_PRODUCERS.items())
+    for _, stop in producers:
+        stop.set()
+    deadline = time.monotonic() + timeout
+    for thread, _ in producers:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [t for t, _ in producers if t.is_alive()]
 
 
 @atexit.register
-def _stop_prefetchers() -> None:
-    """Stop every producer thread before the interpreter finalizes: a thread left inside a fast tokenizer's
-    native thread pool at exit aborts the process ("terminate called without an active exception")."""
-    for thread, stop in list(_PRODUCERS.items()):
-        stop.set()
-        thread.join(timeout=10)
+def _stop_prefetchers_at_exit() -> None:
+    """Stop every producer thread before the interpreter finalizes. A daemon thread still inside native code
+    that released the GIL (a fast tokenizer's call, a torch op) when finalization starts is killed as it takes
+    the GIL back, and the process aborts ("terminate called without an active exception", exit code 134). After
+    this hook no producer starts another item; one that does not end within ``EXIT_WAIT_S`` is named on stderr."""
+    _SHUTDOWN.set()
+    alive = _stop_prefetchers()
+    if alive:
+        print(f"dictionary_learning_aligned: {len(alive)} text-producing thread(s) still running at exit after "
+              f"{EXIT_WAIT_S:.0f} s; the process may abort", file=sys.stderr)
 
 
-def prefetch(items: Iterable, ahead: int = 64, chunk: int = 64) -> Iterator:
+def prefetch(items: Iterable, ahead: int = 64, chunk: int = 64) -> "Prefetch":
     """The items of ``items`` in the same order, produced by a background thread up to ``ahead`` chunks of
     ``chunk`` items in advance (so tokenization overlaps the model's forward pass on the GPU).
 
     An exception raised while producing an item is raised here, at that item's place. Closing (or dropping) the
-    returned generator stops the thread.
+    returned iterator stops the thread before its next item (:meth:`Prefetch.close` can also wait for it).
 
     Raises:
         ValueError: ``ahead`` or ``chunk`` < 1.
     """
     if not (isinstance(ahead, int) and ahead >= 1 and isinstance(chunk, int) and chunk >= 1):
         raise ValueError(f"ahead and chunk must be positive integers, got {ahead!r} and {chunk!r}")
-    return _prefetched(items, ahead, chunk)  # checked now; the thread starts at the first next()
+    return Prefetch(items, ahead, chunk)  # checked now; the thread starts at the first next()
 
 
-def _prefetched(items: Iterable, ahead: int, chunk: int) -> Iterator:
+class Prefetch:
+    """The iterator :func:`prefetch` returns: ``items`` produced by a background thread (started at the first
+    ``next()``), stopped by :meth:`close`, by dropping the iterator or at interpreter exit.
+
+    Iterating raises RuntimeError when the thread was stopped (at interpreter exit) before the end of the items.
+    """
+
+    def __init__(self, items: Iterable, ahead: int, chunk: int):
+        self.stop = threading.Event()
+        self._threads: list[threading.Thread] = []  # the thread, once started (the generator holds no self)
+        self._items = _consume(iter(items), ahead, chunk, self.stop, self._threads)
+
+    def __iter__(self) -> "Prefetch":
+        return self
+
+    def __next__(self):
+        return next(self._items)
+
+    def close(self, timeout: float = 0.0) -> bool:
+        """Stop the thread (it ends before its next item) and wait for it up to ``timeout`` seconds.
+
+        Returns:
+            whether no thread is running any more.
+        """
+        self.stop.set()
+        self._items.close()
+        for thread in self._threads:
+            thread.join(timeout)
+        return not any(t.is_alive() for t in self._threads)
+
+    def __del__(self):
+        self.stop.set()
+
+
+def _consume(items: Iterator, ahead: int, chunk: int, stop: threading.Event, threads: list) -> Iterator:
+    """Start the producer thread (appended to ``threads`` and registered in ``_PRODUCERS``) and yield its items."""
     q: queue.Queue = queue.Queue(maxsize=ahead)
-    stop = threading.Event()
-
-    def put(msg) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(msg, timeout=0.05)
-            except queue.Full:
-                continue
-            return True
-        return False
-
-    def work():
-        try:
-            produce()
-        finally:  # registered until the thread ends, so that an exit after close() still waits for it
-            _PRODUCERS.pop(threading.current_thread(), None)
-
-    def produce():
-        part = []
-        try:
-            for x in items:
-                part.append(x)
-                if len(part) == chunk:
-                    if not put(("items", part)):
-                        return
-                    part = []
-        except BaseException as e:  # handed to the consumer, raised after the items before it
-            if not part or put(("items", part)):
-                put(("error", e))
-            return
-        if not part or put(("items", part)):
-            put(("end", None))
-
-    thread = threading.Thread(target=work, daemon=True, name="dla-prefetch")
+    thread = threading.Thread(target=_produce_until_stopped, args=(items, q, chunk, stop), daemon=True,
+                              name="dla-prefetch")
+    threads.append(thread)
     _PRODUCERS[thread] = stop
     thread.start()
     try:
         while True:
-            kind, value = q.get()
+            kind, value = _get(q, thread)
             if kind == "items":
                 yield from value
             elif kind == "end":
@@ -145,6 +175,54 @@ def _prefetched(items: Iterable, ahead: int, chunk: int) -> Iterator:
                 raise value
     finally:
         stop.set()  # the thread removes itself from _PRODUCERS when it ends (it may still be inside ``items``)
+
+
+def _get(q: queue.Queue, thread: threading.Thread):
+    """The next message of ``thread``; RuntimeError when the thread ended without sending it (it was stopped by
+    the exit hook while this consumer still reads, e.g. in a later exit hook)."""
+    while True:
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            if not thread.is_alive() and q.empty():
+                raise RuntimeError("the text-producing thread was stopped at interpreter exit") from None
+
+
+def _produce_until_stopped(items: Iterator, q: queue.Queue, chunk: int, stop: threading.Event) -> None:
+    """The producer thread: puts ``("items", list)`` chunks of ``items`` on ``q``, then ``("end", None)`` or
+    ``("error", exception)``. It checks ``stop`` and the interpreter's exit before each item, so once either is
+    set it starts no other item (no tokenizer call, no torch op) and ends."""
+    def stopped() -> bool:
+        return stop.is_set() or _SHUTDOWN.is_set()
+
+    def put(msg) -> bool:
+        while not stopped():
+            try:
+                q.put(msg, timeout=0.05)
+            except queue.Full:
+                continue
+            return True
+        return False
+
+    try:
+        part = []
+        while not stopped():
+            try:
+                part.append(next(items))
+            except StopIteration:
+                if not part or put(("items", part)):
+                    put(("end", None))
+                return
+            except BaseException as e:  # handed to the consumer, raised after the items before it
+                if not part or put(("items", part)):
+                    put(("error", e))
+                return
+            if len(part) == chunk:
+                if not put(("items", part)):
+                    return
+                part = []
+    finally:  # registered until the thread ends, so that an exit after close() still waits for it
+        _PRODUCERS.pop(threading.current_thread(), None)
 
 
 def norm_keep_mask(acts: torch.Tensor, max_norm_multiple: float) -> torch.Tensor:
@@ -260,6 +338,18 @@ class ActivationBuffer:
 
     def __iter__(self):
         return self
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop the thread that tokenizes the text ahead (it ends before its next item) and wait for it up to
+        ``timeout`` seconds; the buffer serves no further contexts. Returns whether the thread ended. ``with
+        ActivationBuffer(...) as buf:`` closes it on leaving (the exit hook stops a buffer left open)."""
+        return self.contexts.close(timeout)
+
+    def __enter__(self) -> "ActivationBuffer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __next__(self) -> torch.Tensor:
         unread = (~self.read).nonzero().squeeze(1)
