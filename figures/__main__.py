@@ -6,11 +6,13 @@ ablations: table and figure) and ``python -m figures budget --results DIR [--out
 (claims against steps: table and figure).
 
 Exit codes: 0 when at least one figure was written (claims: the table was printed), 1 when none was, 2 when
-the results store is missing or an argument is wrong."""
+the results store is missing or an argument is wrong, 141 when the reader of the output closed it early
+(``... | head``; no traceback)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -193,5 +195,27 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0 if n else 1
 
 
+#: the exit code when the reader of stdout went away early: 128 + SIGPIPE, the status a shell reports for a
+#: writer cut short by a closed pipe (``cat``, ``grep``), and apart from this command's own 1 and 2
+EXIT_BROKEN_PIPE = 141
+
+
+def run() -> int | str | None:
+    """:func:`main` as ``python -m figures`` runs it: when the reader of stdout closes it before the output is
+    written (``python -m figures claims ... | head -3``), exit quietly with :data:`EXIT_BROKEN_PIPE` instead of
+    a ``BrokenPipeError`` traceback. Returns what :func:`sys.exit` takes (argparse's exits included)."""
+    try:
+        try:
+            code = main()
+        except SystemExit as e:  # argparse's --help and usage errors, whose text may not be flushed yet
+            code = e.code
+        sys.stdout.flush()  # the last buffered output: a closed pipe may show only here
+    except BrokenPipeError:
+        # Python flushes stdout once more at exit; pointed at devnull, that flush cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

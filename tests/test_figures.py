@@ -2,7 +2,11 @@
 works, and the claims table gives the verdicts crafted records call for."""
 
 import json
+import os
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -15,6 +19,7 @@ from figures import FIGURES, claims_table, format_claims, load_records, render_a
 from figures.__main__ import main
 from figures.claims import claims_header
 
+ROOT = Path(__file__).resolve().parents[1]
 F = 64  # features per synthetic dictionary
 SPARSITY = {"relu": ("l1_penalty", (0.02, 0.08)), "topk": ("k", (8, 32)), "batchtopk": ("k", (8, 32)),
             "panneal": ("initial_sparsity_penalty", (0.02, 0.08))}
@@ -159,6 +164,23 @@ def test_cli(store, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "(a) standard SAEs have bimodal" in text and "[smoke: no verdict (reads supported)]" in text
     assert main(["claims", "--results", str(tmp_path / "nowhere")]) == 2
+
+
+@pytest.mark.parametrize("argv", [["claims", "--format", "text"], ["table"], ["--only", "fig2"]])
+def test_cli_exits_quietly_when_its_reader_closes_the_pipe_early(store, tmp_path, argv):
+    """``python -m figures claims ... | head -3``: the reader goes away before the output is written. The command
+    exits with 141 (128 + SIGPIPE, as a shell reports any writer cut short that way) and no traceback. (argparse's
+    --help already ignores a closed stdout and exits 0.)"""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed before the child writes anything: every write to its stdout fails
+    args = [*argv, "--results", str(store)] + (["--out", str(tmp_path / "figs")] if "--only" in argv else [])
+    try:
+        r = subprocess.run([sys.executable, "-m", "figures", *args], cwd=ROOT, stdout=write_end,
+                           stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert r.returncode == 141, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and "BrokenPipeError" not in r.stderr, r.stderr[-2000:]
 
 
 def _verdicts(records, claim):
