@@ -18,7 +18,8 @@ from .conftest import TEXTS
 @pytest.fixture(autouse=True)
 def no_thread_left_tokenizing():
     """Stop every buffer's text-producing thread after each test: one left running until the test process exits
-    can abort it (exit code 134) when other exit hooks run before the buffer's."""
+    could abort it (exit code 134, seen once under pytest; the buffer's exit hook now stops such threads, see
+    tests/test_buffer_exit.py), and each test should start with none."""
     yield
     _stop_prefetchers()
 
