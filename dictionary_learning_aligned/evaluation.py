@@ -68,9 +68,16 @@ def next_token_ce(logits: torch.Tensor, tokens: torch.Tensor, chunk_rows: Option
     make :data:`CE_CHUNK_ELEMENTS` logits), the chunks' sums added in float64 on the CPU (one device read): with a
     large vocabulary that formula copied all logits and took the log-softmax of all of them at once, each a tensor
     as large as the logits (1 GiB for 8 contexts of 128 tokens with Gemma-3), much slower than the chunks on a CPU.
-    ``chunk_rows`` must be positive.
+
+    Raises:
+        ValueError: ``chunk_rows`` < 1, or no predicted position (``batch`` 0 or ``ctx_len`` < 2).
     """
     batch, ctx_len, vocab = logits.shape
+    if chunk_rows is not None and chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    if batch == 0 or ctx_len < 2:
+        raise ValueError(f"no predicted position in logits of shape {tuple(logits.shape)} (batch, ctx_len, vocab): "
+                         "the next-token loss needs at least one context of two tokens")
     rows = chunk_rows or max(1, CE_CHUNK_ELEMENTS // vocab)
     predicting, labels = logits[:, :-1], tokens[:, 1:].to(logits.device)  # a view: nothing copied
     sums = [F.cross_entropy(predicting[b, i:i + rows].float(), labels[b, i:i + rows], reduction="sum")

@@ -59,3 +59,16 @@ def test_ce_losses_take_the_log_softmax_of_a_few_positions_at_a_time(tiny_lm, mo
     monkeypatch.setattr(evaluation, "CE_CHUNK_ELEMENTS", 10 * lm.config.vocab_size)  # 10 positions at a time
     ce_losses(lm, lm.model.layers[1], None, torch.randint(100, (4, 40)))
     assert rows and max(rows) <= 10 and sum(rows) == 2 * 4 * 39  # clean and zero-ablated passes
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 7), (0, 5, 7)])
+def test_next_token_ce_without_a_predicted_position_is_a_value_error(shape):
+    # one token per context (or no context) predicts nothing: say so, not torch.stack's 'non-empty TensorList'
+    with pytest.raises(ValueError, match="no predicted position"):
+        next_token_ce(torch.randn(*shape), torch.zeros(shape[:2], dtype=torch.long))
+
+
+@pytest.mark.parametrize("chunk_rows", [0, -3])
+def test_next_token_ce_refuses_a_chunk_size_below_one(chunk_rows):
+    with pytest.raises(ValueError, match="chunk_rows"):
+        next_token_ce(torch.randn(2, 5, 7), torch.zeros(2, 5, dtype=torch.long), chunk_rows)
