@@ -126,7 +126,8 @@ class Prefetch:
     """The iterator :func:`prefetch` returns: ``items`` produced by a background thread (started at the first
     ``next()``), stopped by :meth:`close`, by dropping the iterator or at interpreter exit.
 
-    Iterating raises RuntimeError when the thread was stopped (at interpreter exit) before the end of the items.
+    Iterating raises RuntimeError when the thread was stopped (at interpreter exit, or by :meth:`close` from another
+    thread while a reader waits) before the end of the items.
     """
 
     def __init__(self, items: Iterable, ahead: int, chunk: int):
@@ -141,13 +142,15 @@ class Prefetch:
         return next(self._items)
 
     def close(self, timeout: float = 0.0) -> bool:
-        """Stop the thread (it ends before its next item) and wait for it up to ``timeout`` seconds.
+        """Stop the thread (it ends before its next item) and wait for it up to ``timeout`` seconds. A reader
+        waiting in ``next()`` on another thread meanwhile gets a RuntimeError.
 
         Returns:
             whether no thread is running any more.
         """
         self.stop.set()
-        self._items.close()
+        with contextlib.suppress(ValueError):  # 'generator already executing': a reader waits in it; the stop ends it
+            self._items.close()
         for thread in self._threads:
             thread.join(timeout)
         return not any(t.is_alive() for t in self._threads)
@@ -179,13 +182,14 @@ def _consume(items: Iterator, ahead: int, chunk: int, stop: threading.Event, thr
 
 def _get(q: queue.Queue, thread: threading.Thread):
     """The next message of ``thread``; RuntimeError when the thread ended without sending it (it was stopped by
-    the exit hook while this consumer still reads, e.g. in a later exit hook)."""
+    the exit hook while this consumer still reads, e.g. in a later exit hook, or closed from another thread)."""
     while True:
         try:
             return q.get(timeout=0.1)
         except queue.Empty:
             if not thread.is_alive() and q.empty():
-                raise RuntimeError("the text-producing thread was stopped at interpreter exit") from None
+                raise RuntimeError("the text-producing thread was stopped (closed, or at interpreter exit) before "
+                                   "the end of its items") from None
 
 
 def _produce_until_stopped(items: Iterator, q: queue.Queue, chunk: int, stop: threading.Event) -> None:

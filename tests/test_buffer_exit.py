@@ -66,7 +66,33 @@ def test_a_reader_of_a_producer_stopped_at_exit_gets_an_error_not_a_hang():
     reader = threading.Thread(target=read_on, daemon=True)
     reader.start()
     reader.join(10)
-    assert not reader.is_alive() and outcome and "stopped at interpreter exit" in outcome[0]
+    assert not reader.is_alive() and outcome and "stopped" in outcome[0]
+
+
+def test_close_from_another_thread_while_a_reader_waits():
+    """close() called while the reader waits inside next() (the generator is running there) raised
+    ValueError('generator already executing'), and the reader was told of an interpreter exit."""
+    def slow():
+        yield 0
+        time.sleep(5)
+        yield 1
+
+    gen = prefetch(slow(), ahead=1, chunk=1)
+    assert next(gen) == 0
+    outcome = []
+
+    def read_on():
+        try:
+            next(gen)
+        except RuntimeError as e:
+            outcome.append(str(e))
+
+    reader = threading.Thread(target=read_on, daemon=True)
+    reader.start()
+    time.sleep(0.3)  # the reader waits for the next item
+    gen.close(timeout=0)
+    reader.join(10)
+    assert not reader.is_alive() and outcome and "closed" in outcome[0]
 
 
 def test_closing_a_buffer_stops_and_joins_its_thread(tiny_lm):
