@@ -243,8 +243,9 @@ PYEOF
     done
     # the code at the launching commit (`git archive HEAD dictionary_learning_aligned benchmarks figures > .gpu/pN/src.tar`
     # here, N the last part, staged with it; any bundle folder .gpu*), so others' uncommitted edits in the checkout
-    # do not travel into the run
-    src=${SRC_TAR:-$(ls .gpu*/p*/src.tar 2>/dev/null | head -1)}
+    # do not travel into the run; of several staged bundles, the newest src.tar (ls -t), named here
+    src=${SRC_TAR:-$(ls -t .gpu*/p*/src.tar 2>/dev/null | head -1)}
+    echo "code: ${src:-a copy of the checkout}"
     if [ -n "$src" ]; then tar -xf "$src" -C $SRC; else cp -r . $SRC/ && rm -rf $SRC/.gpu $SRC/.git; fi
     for pkg in dictionary_learning_aligned benchmarks figures; do  # the harness imports all three
       [ -d $SRC/$pkg ] || { echo "$pkg missing from $src: copied from the checkout" >&2; cp -r $pkg $SRC/; }; done
