@@ -466,14 +466,18 @@ FIG10_MAX_RANGE = (-3.0, 5.0)
 
 
 def _per_feature_scores(records) -> "np.ndarray | None":
-    """Every record's ``per_feature.alignment_score`` pooled (finite values only); None when a record lacks it."""
+    """Every record's ``per_feature.alignment_score`` pooled (finite values only); None when a record lacks it, or
+    has no finite one while its stored histogram (``alignment_scores.n``) counts some."""
     out = []
     for r in records:
         pf = r.get("per_feature")
         scores = pf.get("alignment_score") if isinstance(pf, dict) else None
         if not isinstance(scores, list):
             return None
-        out += [float(a) for a in scores if finite(a)]
+        kept = [float(a) for a in scores if finite(a)]
+        if not kept and (r.get("alignment_scores") or {}).get("n"):
+            return None
+        out += kept
     return np.array(out, float)
 
 

@@ -612,3 +612,17 @@ def test_fig10_draws_scores_beyond_the_stored_histogram_range():
                    else r["alignment_scores"]) for r in records]
     (lo, hi), note = _fig10_axis_and_note(stored)
     assert hi == pytest.approx(1.525) and "not drawn: " in note and "standard 50.0%" in note
+
+
+def test_fig10_uses_the_stored_histograms_when_a_record_has_no_per_feature_score():
+    """A record whose per-feature list is empty (its stored histogram holds 205 scores) was drawn as an empty
+    histogram, with no word in the caption, once another record had per-feature scores."""
+    import numpy as np
+    from figures.paper import _fig10_edges
+    edges = list(np.linspace(-0.525, 1.525, 42))
+    with_scores = {"alignment_scores": {"hist_edges": edges, "hist_counts": [1] * 41, "n": 41},
+                   "per_feature": {"alignment_score": [0.1, 2.0]}}
+    empty = {"alignment_scores": {"hist_edges": edges, "hist_counts": [5] * 41, "n": 205},
+             "per_feature": {"alignment_score": []}}
+    assert _fig10_edges([with_scores, empty]) is None
+    assert _fig10_edges([with_scores]) is not None
