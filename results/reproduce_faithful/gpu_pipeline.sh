@@ -230,15 +230,26 @@ case "$cmd" in
     # (thirteenth session: only records of this run's scale, SCALE; a smoke rehearsal copies none)
     for e in ${RESUME:-}; do
       mkdir -p $STORE/records
-      $PY - "$SCALE" "$e" $STORE/records results/reproduce_faithful/records/"$e"__* <<'PYEOF' 2>&1 >> $R/logs/resumed.txt
+      $PY - "$SCALE" "$e" $STORE/records results/reproduce_faithful/records/"$e"__* <<'PYEOF' >> $R/logs/resumed.txt 2>&1
 import gzip, json, shutil, sys
 scale, experiment, dest = sys.argv[1:4]
 files = [f for f in sys.argv[4:] if f.endswith((".json", ".json.gz"))]
-same = [f for f in files if json.load(gzip.open(f) if f.endswith(".gz") else open(f)).get("scale") == scale]
+
+
+def scale_of(path):
+    """The record's scale, or None for a file that is not a readable record (it is left out and named)."""
+    try:
+        with (gzip.open(path) if path.endswith(".gz") else open(path)) as f:
+            return json.load(f).get("scale")
+    except (OSError, EOFError, ValueError, AttributeError) as e:
+        print(f"left out {path}: not a readable record ({type(e).__name__})")
+        return None
+
+
+same = [f for f in files if scale_of(f) == scale]
 for f in same:
     shutil.copy(f, dest)
-print(f"resumed {len(same)} committed {experiment} records of scale {scale} ({len(files) - len(same)} of another scale "
-      "left out)")
+print(f"resumed {len(same)} committed {experiment} records of scale {scale} ({len(files) - len(same)} left out)")
 PYEOF
     done
     # the code at the launching commit (`git archive HEAD dictionary_learning_aligned benchmarks figures > .gpu/pN/src.tar`
