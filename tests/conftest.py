@@ -3,6 +3,18 @@ import torch
 
 
 @pytest.fixture
+def no_thread_left_tokenizing():
+    """Stop every activation buffer's text-producing thread after the test: one left running until the test
+    process exits could abort it (exit code 134, seen once under pytest; the buffer's exit hook now stops such
+    threads, see tests/test_buffer_exit.py), and each test should start with none. Used by the buffer tests'
+    ``pytestmark``."""
+    yield
+    from dictionary_learning_aligned.buffer import _stop_prefetchers
+
+    _stop_prefetchers()
+
+
+@pytest.fixture
 def lowrank_data():
     """Synthetic activations with structure: sparse combinations of 64 ground-truth directions in 32 dims."""
     g = torch.Generator().manual_seed(0)

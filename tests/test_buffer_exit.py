@@ -20,10 +20,7 @@ from .conftest import TEXTS
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def no_thread_left_tokenizing():
-    yield
-    _stop_prefetchers()
+pytestmark = pytest.mark.usefixtures("no_thread_left_tokenizing")  # conftest: no producer thread outlives a test
 
 
 def producers():

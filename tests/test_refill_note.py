@@ -8,20 +8,14 @@ import sys
 import pytest
 
 from dictionary_learning_aligned import console
-from dictionary_learning_aligned.buffer import ActivationBuffer, _stop_prefetchers
+from dictionary_learning_aligned.buffer import ActivationBuffer
 from dictionary_learning_aligned.trainers.standard import StandardTrainer
 from dictionary_learning_aligned.training import REFILL_NOTE, trainSAE
 
 from .conftest import TEXTS
 
 
-@pytest.fixture(autouse=True)
-def no_thread_left_tokenizing():
-    """Stop every buffer's text-producing thread after each test: one left running until the test process exits
-    could abort it (exit code 134, seen once under pytest; the buffer's exit hook now stops such threads, see
-    tests/test_buffer_exit.py), and each test should start with none."""
-    yield
-    _stop_prefetchers()
+pytestmark = pytest.mark.usefixtures("no_thread_left_tokenizing")  # conftest: no producer thread outlives a test
 
 
 class Terminal(io.StringIO):
