@@ -246,14 +246,13 @@ def distinct_measurements(records: Iterable[dict]) -> tuple[list[dict], int]:
         (the kept records in their original order, how many were dropped as copies)
     """
     records = list(records)
-    best: dict[tuple, int] = {}
-    for i, r in enumerate(records):
-        key = _measurement_key(r)
-        if key is None:
-            continue
-        if key not in best or _experiment_rank(r.get("experiment")) < _experiment_rank(records[best[key]].get("experiment")):
+    keys = [_measurement_key(r) for r in records]
+    ranks = [_experiment_rank(r.get("experiment")) for r in records]
+    best: dict[tuple, int] = {}  # key -> index of the record kept for it
+    for i, key in enumerate(keys):
+        if key is not None and (key not in best or ranks[i] < ranks[best[key]]):
             best[key] = i
-    kept = [r for i, r in enumerate(records) if (key := _measurement_key(r)) is None or best[key] == i]
+    kept = [r for i, (r, key) in enumerate(zip(records, keys)) if key is None or best[key] == i]
     return kept, len(records) - len(kept)
 
 

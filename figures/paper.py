@@ -522,7 +522,8 @@ def fig10(records, results):
     models = sorted({r["model"] for r in recs})
     archs = archs_in(recs)
     fig, axes = _panels(len(archs), len(models), w=2.8, h=2.2)
-    used = [r for m in models for r in select(select(recs, model=m), dict_size=pick_dict_size(select(recs, model=m)))]
+    per_model = {m: select(recs, model=m) for m in models}
+    used = [r for m, rm in per_model.items() for r in select(rm, dict_size=pick_dict_size(rm))]
     common = _fig10_edges(used)
     hidden = []
     for i, m in enumerate(models):
