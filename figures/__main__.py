@@ -41,7 +41,9 @@ def _figures_parser() -> argparse.ArgumentParser:
 
 def _claims_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m figures claims",
-                                description="Check the paper's claims against the records of a results store.")
+                                description="Check the paper's claims against the records of a results store, each "
+                                "dictionary at its full training budget (records at step points before their run's "
+                                "end are left out and counted: `python -m figures budget` reads them).")
     p.add_argument("--results", required=True, help="results store folder (holding records/)")
     p.add_argument("--format", choices=("markdown", "text"), default="markdown",
                    help="markdown table or aligned plain text (default markdown)")

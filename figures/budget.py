@@ -175,7 +175,8 @@ def claims_by_budget(records: list[dict], reference: Optional[list[dict]] = None
     for steps in sorted({_steps(r) for r in recs}):
         col = f"{steps:,} steps"
         columns.append(col)
-        for key, row in _by_setting(claims_table([r for r in recs if _steps(r) == steps], aligned=aligned)).items():
+        at_point = [r for r in recs if _steps(r) == steps]
+        for key, row in _by_setting(claims_table(at_point, aligned=aligned, step_points=True)).items():
             cells[key][col] = row
     refs = matching_reference(reference or [], recs, aligned)
     if refs:

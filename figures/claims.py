@@ -26,6 +26,11 @@
   where aligned is higher (``values["equal_l0"]``). That reading is shown, not part of the verdict.
 * (e) (b)-(d) hold for TopK, BatchTopK and p-anneal: per setting, supported when (b), (c), (d) all are,
   not supported when one is not, else insufficient data.
+
+Each dictionary is checked at its full training budget: records evaluated at a step point before their run's end
+(the ``budget`` experiment's checkpoints, :func:`~figures._common.before_run_end`) are left out, and the header says
+how many (:func:`at_full_budget`); ``python -m figures budget`` reads them, one column per step point
+(:mod:`figures.budget`, which calls :func:`claims_table` with ``step_points=True``).
 """
 
 from __future__ import annotations
@@ -39,9 +44,9 @@ import torch
 from dictionary_learning_aligned import registry
 from dictionary_learning_aligned.alignment import bimodality_coefficient
 
-from ._common import (ARCH_LABEL, ARCH_ORDER, L0, SMOKE_NOTE, SPARSITY_LABEL, aggregate, budget_line,
-                      budget_summary, distinct_measurements, field_getter, finite, fired_scores, fmt_ms, mean_std,
-                      point_steps)
+from ._common import (ARCH_LABEL, ARCH_ORDER, L0, SMOKE_NOTE, SPARSITY_LABEL, aggregate, before_run_end,
+                      budget_line, budget_summary, distinct_measurements, field_getter, finite, fired_scores, fmt_ms,
+                      mean_std, point_steps)
 
 SUPPORTED, NOT_SUPPORTED, INSUFFICIENT = "supported", "not supported", "insufficient data"
 #: Sarle's coefficient of a uniform distribution; larger values suggest bimodality
@@ -74,15 +79,26 @@ def _dead(r):
     return None if a is None else 1.0 - a
 
 
-def claims_table(records: list[dict], *, aligned: str = "project", dead_tol: float = 0.01) -> list[dict]:
-    """Check claims (a)-(e) per setting (experiment, model, arch, dict_size, and for records evaluated at step
-    points of a longer run, ``checkpoint_of``, their steps: records of different step points are never pooled).
-    A dictionary recorded under several experiments counts once (:func:`~figures._common.distinct_measurements`).
+def at_full_budget(records: list[dict]) -> tuple[list[dict], list[dict]]:
+    """``(kept, left_out)``: the records checked at their dictionaries' full training budget, and those evaluated at
+    a step point before their run's end (:func:`~figures._common.before_run_end`), each in their order."""
+    early = before_run_end(records)
+    return [r for r, e in zip(records, early) if not e], [r for r, e in zip(records, early) if e]
+
+
+def claims_table(records: list[dict], *, aligned: str = "project", dead_tol: float = 0.01,
+                 step_points: bool = False) -> list[dict]:
+    """Check claims (a)-(e) per setting (experiment, model, arch, dict_size, and for records of a run with step
+    points, ``checkpoint_of``, their steps: records of different step points are never pooled). A dictionary
+    recorded under several experiments counts once (:func:`~figures._common.distinct_measurements`).
 
     Args:
         records: results-store records.
         aligned: the alignment mode compared with standard (None) records.
         dead_tol: the largest dead fraction counted as "near zero" in claim (b).
+        step_points: also check records evaluated at a step point before their run's end (one row per step point;
+            :mod:`figures.budget` checks each point's records alone). False (the default): they are left out
+            (:func:`at_full_budget`), so each dictionary is checked at its full training budget.
 
     Returns:
         rows ordered by claim, then setting, each a dict with ``claim`` (letter), ``statement``, ``setting``,
@@ -93,6 +109,8 @@ def claims_table(records: list[dict], *, aligned: str = "project", dead_tol: flo
         ``smoke`` (whether a record of the setting is of scale smoke: :func:`format_claims` then prints the
         verdict as no verdict) and ``point`` (the steps of a step-point setting, else None).
     """
+    if not step_points:
+        records = at_full_budget(records)[0]
     settings = defaultdict(list)
     for r in distinct_measurements(records)[0]:
         if r["alignment"] in (None, aligned):
@@ -351,19 +369,35 @@ def format_claims(rows: list[dict], fmt: str = "markdown") -> str:
     raise ValueError(f"unknown format {fmt!r}; choose 'markdown' or 'text'")
 
 
+def step_points_line(left_out: list[dict]) -> Optional[str]:
+    """The header line saying that the records ``left_out`` (step points before their run's end:
+    :func:`at_full_budget`) are not checked and where they are read, e.g. ``left out: 18 records evaluated at step
+    points before their run's end (experiment budget, steps 2,500-25,000): ...``; None when there are none."""
+    if not left_out:
+        return None
+    experiments = ", ".join(sorted({str(r.get("experiment")) for r in left_out}))
+    return (f"left out: {len(left_out)} records evaluated at step points before their run's end (experiment "
+            f"{experiments}, steps {budget_summary(left_out)['steps']}): each dictionary is checked at its full "
+            f"training budget; `python -m figures budget` reads the step points")
+
+
 def claims_header(records: list[dict]) -> list[str]:
-    """The lines printed above the claims table: :data:`SMOKE_LINE` first when some record is of scale smoke (with
-    how many when not all are), then the caption ``records: N · <budget line>`` (scale, model, recipe, steps, batch
-    size, training tokens with unique tokens and epochs; ranges when budgets are mixed:
-    :func:`~figures._common.budget_line`), saying how many records were copies counted once."""
+    """The lines printed above the claims table: :data:`SMOKE_LINE` first when some record checked is of scale
+    smoke (with how many when not all are), then the caption ``records: N · <budget line>`` (N: all records; the
+    budget line of those checked: scale, model, recipe, steps, batch size, training tokens with unique tokens and
+    epochs; ranges when budgets are mixed: :func:`~figures._common.budget_line`), saying how many records were
+    copies counted once, and, when some were left out as step points before their run's end,
+    :func:`step_points_line`."""
+    kept, left_out = at_full_budget(records)
     lines = []
-    smoke = sum(r.get("scale") == "smoke" for r in records)
+    smoke = sum(r.get("scale") == "smoke" for r in kept)
     if smoke:
-        lines.append(SMOKE_LINE + ("" if smoke == len(records) else f" ({smoke} of {len(records)} records are smoke)"))
-    copies = distinct_measurements(records)[1]
+        lines.append(SMOKE_LINE + ("" if smoke == len(kept) else f" ({smoke} of {len(kept)} records are smoke)"))
+    copies = distinct_measurements(kept)[1]
     note = f" ({copies} of them the same dictionaries as others, recorded under two experiments, counted once)" \
         if copies else ""
-    lines.append(f"records: {len(records)}{note} · {budget_line(records)}")
+    lines.append(f"records: {len(records)}{note} · {budget_line(kept)}")
+    lines += [step_points_line(left_out)] if left_out else []
     return lines
 
 
@@ -375,28 +409,34 @@ def summary_counts(rows: list[dict]) -> dict[str, int]:
     return out
 
 
-def summary_line(rows: list[dict], n_records: int) -> str:
-    """The last line of the claims output: how many rows have each verdict and how many records were read; smoke
-    rows are counted apart as no verdicts."""
+def summary_line(rows: list[dict], n_records: int, left_out: int = 0) -> str:
+    """The last line of the claims output: how many rows have each verdict and how many records were read (and,
+    ``left_out``, how many of them were step points before their run's end, not checked); smoke rows are counted
+    apart as no verdicts."""
     real = [r for r in rows if not r.get("smoke")]
     smoke = [r for r in rows if r.get("smoke")]
     parts = [", ".join(f"{n} {v}" for v, n in summary_counts(real).items())] if real else []
     if smoke:
         parts.append(f"{len(smoke)} smoke rows without verdicts (they read "
                      + ", ".join(f"{n} {v}" for v, n in summary_counts(smoke).items()) + ")")
-    return "; ".join(parts) + f" ({n_records} records)"
+    left = f", {left_out} of them step points before their run's end, left out" if left_out else ""
+    return "; ".join(parts) + f" ({n_records} records{left})"
 
 
 def claims_report(records: list[dict], *, aligned: str = "project", fmt: str = "markdown") -> str:
     """What ``python -m figures claims`` prints: :func:`claims_header`, a blank line, the table
-    (:func:`format_claims`), a blank line and :func:`summary_line`.
+    (:func:`format_claims`; records at step points before their run's end left out), a blank line and
+    :func:`summary_line`.
 
     Raises:
         ValueError: unknown ``fmt``.
     """
     rows = claims_table(records, aligned=aligned)
-    return "\n".join([*claims_header(records), "", format_claims(rows, fmt), "", summary_line(rows, len(records))])
+    left_out = len(at_full_budget(records)[1])
+    return "\n".join([*claims_header(records), "", format_claims(rows, fmt), "",
+                      summary_line(rows, len(records), left_out)])
 
 
-__all__ = ["claims_table", "format_claims", "claims_header", "claims_report", "summary_line", "summary_counts",
-           "shown_verdict", "SMOKE_LINE", "CLAIMS", "BC_THRESHOLD", "SUPPORTED", "NOT_SUPPORTED", "INSUFFICIENT"]
+__all__ = ["claims_table", "at_full_budget", "format_claims", "claims_header", "claims_report", "summary_line",
+           "summary_counts", "step_points_line", "shown_verdict", "SMOKE_LINE", "CLAIMS", "BC_THRESHOLD",
+           "SUPPORTED", "NOT_SUPPORTED", "INSUFFICIENT"]

@@ -7,7 +7,8 @@ results stores (e.g. the faithful-budget store next to the 2,442-step one), for 
 from __future__ import annotations
 
 from ._common import budget_line
-from .claims import CLAIMS, INSUFFICIENT, NOT_SUPPORTED, SUPPORTED, SMOKE_LINE, claims_table, shown_verdict
+from .claims import (CLAIMS, INSUFFICIENT, NOT_SUPPORTED, SUPPORTED, SMOKE_LINE, at_full_budget, claims_table,
+                     shown_verdict, step_points_line)
 
 _SHORT = {SUPPORTED: "yes", NOT_SUPPORTED: "no", INSUFFICIENT: "n/a"}
 
@@ -80,7 +81,9 @@ def compare_claims(records_a: list[dict], records_b: list[dict], labels: tuple[s
 
     Returns:
         the text: :data:`~figures.claims.SMOKE_LINE` first when either store holds smoke records, one budget line
-        per store (:func:`~figures._common.budget_line`), the table (settings of either store; a setting missing
+        per store (:func:`~figures._common.budget_line` of the records checked: records at step points before their
+        run's end are left out, as in :func:`~figures.claims.claims_table`, and a line per store says how many:
+        :func:`~figures.claims.step_points_line`), the table (settings of either store; a setting missing
         from one reads "—"), the claims' statements, and a last line counting the settings present in both whose
         verdict changed.
 
@@ -92,9 +95,11 @@ def compare_claims(records_a: list[dict], records_b: list[dict], labels: tuple[s
     a, b = _keyed(claims_table(records_a, aligned=aligned)), _keyed(claims_table(records_b, aligned=aligned))
     order = list(a) + [k for k in b if k not in a]
     order.sort(key=lambda k: list(CLAIMS).index(k[0]))  # stable: each store's setting order within a claim
-    lines = [SMOKE_LINE] if any(r.get("scale") == "smoke" for r in records_a + records_b) else []
-    lines += [f"{lab}: {len(recs)} records · {budget_line(recs)}"
-              for lab, recs in zip(labels, (records_a, records_b))]
+    (kept_a, left_a), (kept_b, left_b) = at_full_budget(records_a), at_full_budget(records_b)
+    lines = [SMOKE_LINE] if any(r.get("scale") == "smoke" for r in kept_a + kept_b) else []
+    for lab, recs, kept, left in zip(labels, (records_a, records_b), (kept_a, kept_b), (left_a, left_b)):
+        lines.append(f"{lab}: {len(recs)} records · {budget_line(kept)}")
+        lines += [f"{lab}: {step_points_line(left)}"] if left else []
     lines.append("")
     if fmt == "markdown":
         lines += [f"| claim | setting | {labels[0]} | {labels[0]}: [steps] key numbers | {labels[1]} | "

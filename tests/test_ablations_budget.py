@@ -221,22 +221,38 @@ def test_ablation_figure_is_drawn_with_its_budget_line(tmp_path):
     assert not missing.written and "no records of experiment 'ablations'" in missing.missing
 
 
-def budget_records(points=(2500, 10000, 48829), scale="small", mcs_gain=0.1):
-    """Standard/aligned ReLU and TopK, 2 seeds, recorded at each step point of one run; the aligned MCS grows
-    with steps past the standard one."""
+def budget_records(points=(2500, 10000, 48829), scale="small", mcs_gain=0.1, run_steps=None):
+    """Standard/aligned ReLU and TopK, 2 seeds, recorded at each step point of one run (its folder
+    ``checkpoint_of``, the point's dictionary in ``checkpoints/step_{p - 1}`` below it, the last point's in it); the
+    aligned MCS grows with steps past the standard one. ``run_steps``: the runs' planned steps in the trainer
+    config (None: the config does not say)."""
     recs = []
     for arch, sval in (("relu", 0.02), ("topk", 8)):
         for al in (None, "project"):
             for seed in (0, 1):
-                run = f"dictionaries/budget__small__d4096__x__0/trainer_{seed}"
+                run = f"dictionaries/budget__small__d4096__x__0/trainer_{arch}_{al}_{seed}"
                 for i, p in enumerate(points):
                     sp = {"name": "l1_penalty" if arch == "relu" else "k", "value": sval}
                     mcs = 0.4 + (i * mcs_gain if al else 0.05)
+                    folder = run if p == points[-1] else f"{run}/checkpoints/step_{p - 1}"
                     rec = make_record(arch, al, sval, seed, experiment="budget", dict_size=4096, scale=scale,
                                       recipe="saebench", steps=p, batch_size=2048, train_tokens=p * 2048,
-                                      checkpoint_of=run, mcs=mcs, ce=0.7 + 0.05 * i)
+                                      checkpoint_of=run, mcs=mcs, ce=0.7 + 0.05 * i, paths={"dictionary": folder},
+                                      trainer={"steps": run_steps} if run_steps else {})
                     recs.append(with_ids(rec, "budget", arch, al, 4096, sp, seed, steps=p))
     return recs
+
+
+def main_twins(budget: list[dict]) -> list[dict]:
+    """The ``main`` records of the runs of ``budget`` records: each run's last point recorded again under ``main``
+    (``reproduce main --also budget``), without ``checkpoint_of``."""
+    out = []
+    for r in budget:
+        if r["paths"]["dictionary"] == r["checkpoint_of"]:
+            twin = {k: v for k, v in r.items() if k != "checkpoint_of"}
+            out.append(with_ids(dict(twin, experiment="main"), "main", r["arch"], r["alignment"], r["dict_size"],
+                                r["sparsity"], r["seed"]))
+    return out
 
 
 def test_claims_against_budget_one_column_per_step_point():
@@ -252,9 +268,11 @@ def test_claims_against_budget_one_column_per_step_point():
     row = next(ln for ln in lines if ln.startswith("| (d) | ReLU · d=4096 |"))
     assert row == ("| (d) | ReLU · d=4096 | **not supported**: MCS 0.400 vs 0.450, higher at 0/1 | **supported**: "
                    "MCS 0.500 vs 0.450, higher at 1/1 | **supported**: MCS 0.600 vs 0.450, higher at 1/1 |")
-    # claims_table never pools step points: one row per claim, setting and step
-    rows = claims_table(recs)
-    assert len([r for r in rows if r["claim"] == "d" and r["arch"] == "relu"]) == 3
+    # claims_table never pools step points: with step_points, one row per claim, setting and step; without (the
+    # default, the store's claims table), only the run's end
+    rows = claims_table(recs, step_points=True)
+    assert [r["point"] for r in rows if r["claim"] == "d" and r["arch"] == "relu"] == [2500, 10000, 48829]
+    assert [r["point"] for r in claims_table(recs) if r["claim"] == "d" and r["arch"] == "relu"] == [48829]
     smoke = budget_report(budget_records(scale="smoke"), fmt="text")
     assert smoke.splitlines()[0].startswith("scale smoke:") and "**" not in smoke
     assert "(d) ReLU · d=4096: 2,500 steps: smoke: no verdict (reads not supported)" in smoke
@@ -262,6 +280,60 @@ def test_claims_against_budget_one_column_per_step_point():
         budget_report([r for r in recs if r["alignment"] == "tied"])
     with pytest.raises(ValueError, match="unknown format"):
         budget_report(recs, fmt="html")
+
+
+def _write_store(d, records):
+    for r in records:
+        write_record(d, r)
+    return d
+
+
+def test_store_claims_check_each_dictionary_at_its_full_budget(tmp_path, capsys):
+    """``figures claims`` on a store with ``main`` records and the step points of their runs (``budget``): the rows
+    and verdict counts of the store without the budget records; the header says how many were left out."""
+    budget = budget_records()
+    mains = main_twins(budget)
+    both = _write_store(tmp_path / "both", budget + mains)
+    alone = _write_store(tmp_path / "main_only", mains)
+    for fmt in ("markdown", "text"):
+        outs = []
+        for store in (both, alone):
+            assert figures_main(["claims", "--results", str(store), "--format", fmt]) == 0
+            outs.append(capsys.readouterr().out.splitlines())
+        with_points, without = outs
+        assert with_points[2:-1] == without[1:-1]  # the same table: no step-point rows
+        assert "budget ·" not in "\n".join(with_points) and "mixed budgets" not in with_points[0]
+        assert with_points[0].startswith("records: 32 (8 of them the same dictionaries as others, recorded under two "
+                                         "experiments, counted once) · scale small") and "steps 48,829" in with_points[0]
+        assert with_points[1] == ("left out: 16 records evaluated at step points before their run's end (experiment "
+                                  "budget, steps 2,500-10,000): each dictionary is checked at its full training "
+                                  "budget; `python -m figures budget` reads the step points")
+        assert with_points[-1] == without[-1].replace(
+            "(8 records)", "(32 records, 16 of them step points before their run's end, left out)")
+    # a store of budget records alone: the runs' ends are checked, under budget
+    rows = claims_table(budget)
+    assert {(r["experiment"], r["point"]) for r in rows} == {("budget", 48829)}
+    # two stores side by side: no step-point rows, each store says what it left out
+    from figures.compare import compare_claims
+
+    text = compare_claims(budget + mains, mains, ("both", "main only"), fmt="text").splitlines()
+    assert text[1].startswith("both: left out: 16 records evaluated at step points") and text[2].startswith(
+        "main only: 8 records")
+    assert text[-1] == "verdict changed in 0 of 9 settings present in both stores"
+
+
+def test_step_points_before_the_run_end():
+    """A record before its run's end: fewer steps than the trainer config's (the planned run), also when the store
+    lacks the run's last point; without the config's steps, fewer than the run's other records."""
+    from figures._common import before_run_end
+
+    planned = budget_records(points=(2500, 10000), run_steps=48829)  # the run's end not recorded yet
+    assert before_run_end(planned) == [True] * len(planned)
+    unplanned = budget_records(points=(2500, 10000))
+    assert before_run_end(unplanned) == [r["steps"] == 2500 for r in unplanned]
+    ended = budget_records(run_steps=48829)
+    assert before_run_end(ended) == [r["steps"] < 48829 for r in ended]
+    assert before_run_end(main_twins(ended)) == [False] * 8  # no checkpoint_of: a trained dictionary
 
 
 def test_budget_reference_from_another_recipe():
@@ -302,9 +374,10 @@ def test_budget_figure_and_cli(tmp_path, capsys):
     assert figures_main(["ablations", "--results", str(tmp_path / "nowhere")]) == 2
     assert figures_main(["budget", "--results", str(store), "--experiment", "main"]) == 2
     assert "no standard/project records of experiment 'main'" in capsys.readouterr().err
-    # the paper's claims table of the same store keeps the step points apart
+    # the paper's claims table of the same store checks the runs' ends only
     assert figures_main(["claims", "--results", str(store)]) == 0
-    assert "budget · TopK · d=4096 · 2,500 steps" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "budget · TopK · d=4096 |" in out and "2,500 steps" not in out and "left out: 16 records" in out
 
 
 # --------------------------------------------------------------------------------------- end to end at smoke
