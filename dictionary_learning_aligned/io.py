@@ -56,6 +56,50 @@ def write_json(path, obj) -> Path:
     return path
 
 
+def claim_new_path(path) -> Path:
+    """Create an empty file at ``path``, or, if a file or folder holds that name, at the first free name of
+    ``<stem>_2<suffixes>``, ``<stem>_3<suffixes>``, ... (the number goes before the name's first dot:
+    ``run_5.json`` -> ``run_5_2.json``, ``x.json.gz`` -> ``x_2.json.gz``); returns the path created.
+
+    Each name is created exclusively (``O_CREAT | O_EXCL``), so threads and processes claiming the same name at
+    once each get a different file and no existing file is ever replaced.
+
+    Raises:
+        OSError: the folder is missing or not writable (``FileNotFoundError``, ``PermissionError``).
+    """
+    path = Path(path)
+    stem, dot, suffixes = path.name.partition(".")
+    candidate, n = path, 1
+    while True:
+        try:
+            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = path.with_name(f"{stem}_{n}{dot}{suffixes}")
+
+
+def write_json_new(path, obj) -> Path:
+    """Write ``obj`` as :func:`write_json` does, to a name no file held before: ``path`` if free, else the next
+    free name of :func:`claim_new_path` (``run_5_2.json``, ...). Concurrent writers each keep their file; none
+    is replaced. The file is empty only between the claim and the (atomic) write; if the write fails, the
+    claimed file is removed. Returns the path written.
+
+    Raises:
+        ValueError: if ``obj`` holds NaN or infinity (nothing is created then).
+        OSError: the folder is missing or not writable.
+    """
+    data = json_bytes(path, obj)
+    new = claim_new_path(path)
+    try:
+        with atomic_path(new) as tmp:
+            tmp.write_bytes(data)
+    except BaseException:
+        new.unlink(missing_ok=True)
+        raise
+    return new
+
+
 #: the file this library writes into every output folder it creates; only a folder holding it may be replaced
 MARKER_FILE = ".dictionary_learning_aligned"
 #: names of the files this library writes into its output folders (``fnmatch`` patterns); replacing a folder

@@ -3,6 +3,7 @@ import json
 import os
 import re
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ from dictionary_learning_aligned import (AlignedStandardTrainer, AutoEncoder, Ch
                                          StandardTrainer, trainSAE)
 from dictionary_learning_aligned.demo import DemoConfig, run_demo
 from dictionary_learning_aligned.evaluation import evaluate
-from dictionary_learning_aligned.io import prepare_output_dir, write_json
+from dictionary_learning_aligned.io import (claim_new_path, prepare_output_dir, read_json, write_json,
+                                            write_json_new)
 
 CFG = dict(activation_dim=16, dict_size=32, layer=0, lm_name="m", warmup_steps=1, sparsity_warmup_steps=2, seed=0,
            device="cpu")
@@ -86,6 +88,50 @@ def test_written_files_have_normal_permissions(tmp_path):
     with pytest.raises(ValueError):
         write_json(tmp_path / "y.json", {"a": float("nan")})
     assert not (tmp_path / "y.json").exists() and not list(tmp_path.glob(".y.json*"))
+
+
+def test_write_json_new_never_replaces_a_file(tmp_path):
+    (tmp_path / "run_5.json").write_text("mine")
+    (tmp_path / "run_5_2.json").mkdir()  # a folder holds a name too
+    first = write_json_new(tmp_path / "run_5.json", {"a": 1})
+    second = write_json_new(tmp_path / "run_5.json", {"a": 2})
+    assert (first.name, second.name) == ("run_5_3.json", "run_5_4.json")
+    assert (tmp_path / "run_5.json").read_text() == "mine"
+    assert [json.loads(p.read_text())["a"] for p in (first, second)] == [1, 2]
+    assert claim_new_path(tmp_path / "x.json.gz").name == "x.json.gz"
+    assert claim_new_path(tmp_path / "x.json.gz").name == "x_2.json.gz"
+    with pytest.raises(ValueError):  # nothing is claimed for a value that cannot be written
+        write_json_new(tmp_path / "run_5.json", {"a": float("nan")})
+    assert not (tmp_path / "run_5_5.json").exists() and not list(tmp_path.glob(".run_5*"))
+
+
+def test_write_json_new_from_many_threads_keeps_every_file(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(lambda i: write_json_new(tmp_path / "run_7.json", {"i": i}), range(32)))
+    assert len(set(paths)) == 32 and sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
+    assert sorted(json.loads(p.read_text())["i"] for p in paths) == list(range(32))
+
+
+def test_write_json_new_from_many_processes_keeps_every_file(tmp_path):
+    """Four processes, started together, each write 8 summaries under one name at the same moment."""
+    import subprocess
+    import sys
+    import time
+
+    io_file = Path(__file__).resolve().parents[1] / "dictionary_learning_aligned" / "io.py"  # stdlib only: starts fast
+    child = ("import importlib.util, sys, time\n"
+             "spec = importlib.util.spec_from_file_location('dla_io', sys.argv[1])\n"
+             "io = importlib.util.module_from_spec(spec); spec.loader.exec_module(io)\n"
+             "time.sleep(max(0.0, float(sys.argv[3]) - time.time()))\n"
+             "for i in range(8): io.write_json_new(sys.argv[2], {'pid': sys.argv[4], 'i': i})\n")
+    start = time.time() + 1.0
+    procs = [subprocess.Popen([sys.executable, "-c", child, str(io_file), str(tmp_path / "run_9.json"), str(start),
+                               str(k)]) for k in range(4)]
+    assert [p.wait(timeout=60) for p in procs] == [0] * 4
+    got = sorted((d["pid"], d["i"]) for d in map(read_json, tmp_path.glob("run_9*.json")))
+    assert got == [(str(k), i) for k in range(4) for i in range(8)]
 
 
 def test_trainer_input_types():

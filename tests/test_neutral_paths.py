@@ -58,11 +58,12 @@ def _fake_core(ev, spec, sae, name, scratch, artifacts, text_name, judge_cfg):
             "eval_result_metrics": {"reconstruction_quality": {"explained_variance": 0.5}}}, [text_name]
 
 
-def test_harness_writes_results_and_summary_with_neutral_paths(tmp_path, monkeypatch):
-    """A run over a store under ``tmp_path`` (data and text outside it) writes no ``tmp_path`` into its files."""
-    from benchmarks.saebench import cli, data, runner
+def _fake_harness(tmp_path, monkeypatch) -> list:
+    """Make ``python -m benchmarks run`` use a tiny model and :func:`_fake_core` instead of SAEBench; returns the
+    command-line arguments naming data and text (``tmp_path/sbdata``, ``tmp_path/texts/corpus.jsonl``) outside
+    the store."""
+    from benchmarks.saebench import data, runner
 
-    store = _store(tmp_path)
     (tmp_path / "sbdata").mkdir()
     text = tmp_path / "texts" / "corpus.jsonl"
     text.parent.mkdir()
@@ -80,8 +81,16 @@ def test_harness_writes_results_and_summary_with_neutral_paths(tmp_path, monkeyp
         type(spec)(**{**vars(spec), "model": (model, {"model_name": "smollm2-135m-instruct"})}), **kw))
     monkeypatch.setattr(runner, "_run_one", _fake_core)
     monkeypatch.setattr(data, "LocalData", TextFirst)
-    assert cli.main(["--results-store", str(store), "--evals", "core", "--data-dir", str(tmp_path / "sbdata"),
-                     "--text-source", str(text), "--device", "cpu"]) == 0
+    return ["--evals", "core", "--data-dir", str(tmp_path / "sbdata"), "--text-source", str(text), "--device", "cpu"]
+
+
+def test_harness_writes_results_and_summary_with_neutral_paths(tmp_path, monkeypatch):
+    """A run over a store under ``tmp_path`` (data and text outside it) writes no ``tmp_path`` into its files."""
+    from benchmarks.saebench import cli, data
+
+    store = _store(tmp_path)
+    args = _fake_harness(tmp_path, monkeypatch)
+    assert cli.main(["--results-store", str(store), *args]) == 0
 
     written = [store / "saebench" / RID / "core.json", *(store / "saebench").glob("run_*.json")]
     assert len(written) == 2
@@ -94,6 +103,23 @@ def test_harness_writes_results_and_summary_with_neutral_paths(tmp_path, monkeyp
     assert res["eval_result_metrics"]["reconstruction_quality"]["explained_variance"] == 0.5
     summary = json.loads(written[1].read_text())
     assert summary["results"][0]["file"] == f"store/saebench/{RID}/core.json"
+
+
+def test_runs_ending_in_the_same_second_keep_every_summary(tmp_path, monkeypatch):
+    """Two runs on one store whose summaries are written in the same second (the clock is frozen) each keep theirs
+    under its own ``run_*.json`` name; the first one's file is not replaced."""
+    from benchmarks.saebench import cli, runner
+
+    store = _store(tmp_path)
+    args = _fake_harness(tmp_path, monkeypatch)
+    monkeypatch.setattr(runner, "time", SimpleNamespace(time=lambda: 1_700_000_000.5))
+    assert cli.main(["--results-store", str(store), *args]) == 0
+    first = (store / "saebench" / "run_1700000000.json").read_bytes()
+    assert cli.main(["--results-store", str(store), *args, "--overwrite"]) == 0
+    summaries = sorted((store / "saebench").glob("run_*.json"))
+    assert [p.name for p in summaries] == ["run_1700000000.json", "run_1700000000_2.json"]
+    assert summaries[0].read_bytes() == first
+    assert "--overwrite" in json.loads(summaries[1].read_text())["command"]
 
 
 # ---------------------------------------------------------------------------------------------- the script

@@ -37,7 +37,7 @@ import torch
 
 from dictionary_learning_aligned import console
 from dictionary_learning_aligned.dtypes import as_dtype, check_device
-from dictionary_learning_aligned.io import check_output_dir, prepare_output_dir, write_json
+from dictionary_learning_aligned.io import check_output_dir, prepare_output_dir, write_json, write_json_new
 from dictionary_learning_aligned.records import neutral_json
 from figures._common import autointerp_chance_levels
 
@@ -428,7 +428,8 @@ def _describe_dict(d: DictionaryEntry, sae, cfg: dict) -> dict:
 
 
 def run(spec: RunSpec, log=print) -> dict:
-    """Run every eval of ``spec`` on every dictionary; returns the summary (also written to ``OUT/results.json``).
+    """Run every eval of ``spec`` on every dictionary; returns the summary (also written to ``OUT/results.json``,
+    or to a new ``STORE/saebench/run_<time>.json`` in a results store: :func:`_write_summary`).
 
     The steps: check the spec, load every dictionary, prepare the outputs, load the model, then per eval and
     dictionary run it and write its JSON (:func:`_run_and_write`).
@@ -468,12 +469,25 @@ def run(spec: RunSpec, log=print) -> dict:
             _run_and_write(ev, spec, saes, work, local, judge_cfg, model_info, targets, summary, log)
     if judge_cfg is not None and getattr(judge_cfg, "local", False):
         summary["judge_warning"] = judge_cfg.describe()["warning"]
-    write_json(out / SUMMARY_FILE if not spec.per_record_layout else out / f"run_{int(time.time())}.json",
-               neutral_json(summary, path_root(spec), SUMMARY_PATH_FIELDS))
+    _write_summary(spec, out, summary)
     log(format_table(summary))
     if summary.get("judge_warning"):
         log(summary["judge_warning"])
     return summary
+
+
+def _write_summary(spec: RunSpec, out: Path, summary: dict) -> Path:
+    """Write the run summary (machine paths made neutral); returns its path.
+
+    With ``--out`` it is ``OUT/results.json`` (the folder was prepared for this run). In a results store many
+    runs share ``STORE/saebench``, so each writes ``run_<unix time>.json``, or ``run_<time>_2.json``, ... when
+    another run of the same second holds that name (:func:`~dictionary_learning_aligned.io.write_json_new`):
+    concurrent runs each keep their summary and none replaces another.
+    """
+    value = neutral_json(summary, path_root(spec), SUMMARY_PATH_FIELDS)
+    if spec.per_record_layout:
+        return write_json_new(out / f"run_{int(time.time())}.json", value)
+    return write_json(out / SUMMARY_FILE, value)
 
 
 def _check_spec(spec: RunSpec) -> torch.dtype:
