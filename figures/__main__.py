@@ -71,7 +71,7 @@ def _extra_parser(name: str) -> argparse.ArgumentParser:
     what = {"ablations": "the referee's ablations (experiment 'ablations'): FVE, L0, CE loss recovered, dead "
                          "fraction, MCS and mean alignment score per alignment mode and architecture",
             "budget": "the claims against the training budget (experiment 'budget'): one column per step point, "
-                      "and a figure of FVE, CE loss recovered, dead fraction and MCS against steps"}[name]
+                      "and a figure of L0, FVE, CE loss recovered, dead fraction and MCS against steps"}[name]
     p = argparse.ArgumentParser(prog=f"python -m figures {name}", description=f"Print {what}; with --out also "
                                 f"draw {name}.pdf / {name}.png.")
     p.add_argument("--results", required=True, help="results store folder (holding records/)")

@@ -6,7 +6,9 @@ at that step). A point is the run's dictionary after that many steps, under the 
 
 ``python -m figures budget --results DIR [--out DIR] [--reference STORE]`` prints :func:`budget_report` (the claims
 that :mod:`figures.claims` checks, one column per step point) and draws :func:`budget_figure` (``budget.pdf`` /
-``.png``: FVE, CE loss recovered, dead fraction and MCS against steps, one line per method and architecture).
+``.png``: L0, FVE, CE loss recovered, dead fraction and MCS against steps, one line per method and architecture;
+L0 first because a penalty architecture's early points are not yet sparse: ReLU's L1 penalty ramps up over its
+``sparsity_warmup_steps``, so FVE and CE loss recovered at 2,500 steps are those of a denser dictionary).
 ``--reference`` adds the matching records of the ``main`` experiment of another store (e.g. the 2,442-step
 ``results/reproduce_small``, batch 8192) as one more point, labelled as another recipe.
 """
@@ -16,9 +18,9 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Optional
 
-from matplotlib.ticker import NullLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
-from ._common import (ARCH_LABEL, alignment_key, archs_in, budget_line, field_getter, fmt_tokens, grid_gaps,
+from ._common import (ARCH_LABEL, L0, alignment_key, archs_in, budget_line, field_getter, fmt_tokens, grid_gaps,
                       mean_std, primary_model, record_budget)
 from .claims import CLAIMS, SMOKE_LINE, claims_table, shown_verdict
 from .compare import key_numbers
@@ -27,8 +29,10 @@ from .paper import (CE, DEAD, FRACTION_SPAN, FVE, Drawn, FigureResult, Missing, 
 
 EXPERIMENT = "budget"
 #: (panel title, getter) of the figure
-PANELS = (("FVE", FVE), ("CE loss recovered", CE), ("dead fraction", DEAD), ("MCS (cross-seed)", field_getter(
-    "stability", "mcs")))
+PANELS = (("L0", L0), ("FVE", FVE), ("CE loss recovered", CE), ("dead fraction", DEAD),
+          ("MCS (cross-seed)", field_getter("stability", "mcs")))
+#: the L0 panel's y axis is logarithmic when its largest drawn value is more than this many times its smallest
+L0_LOG_RATIO = 4.0
 ARCH_LINE = {"relu": ("-", "o"), "topk": ("--", "s")}
 #: the experiment of a reference store whose records give the other recipe's point
 REFERENCE_EXPERIMENT = "main"
@@ -83,10 +87,10 @@ def _reference_label(refs: list[dict]) -> str:
     return f"{steps} steps, batch {batch} (recipe {'/'.join(sorted({x['recipe'] for x in b}))})"
 
 
-def _lines(ax, recs: list[dict], get, refs: list[dict]) -> int:
+def _lines(ax, recs: list[dict], get, refs: list[dict]) -> list[float]:
     """One line per (architecture, method) of ``get`` against steps (mean over seeds, std error bars); the
-    reference records as hollow markers at their steps. Returns the number of points drawn."""
-    n = 0
+    reference records as hollow markers at their steps. Returns the means drawn (one per point)."""
+    drawn = []
     for arch in archs_in(recs + refs):
         for al in (None, next((r["alignment"] for r in recs if r["alignment"]), "project")):
             color, _, method = mode_style(al)
@@ -100,22 +104,47 @@ def _lines(ax, recs: list[dict], get, refs: list[dict]) -> int:
                 stats = [mean_std(pts[x]) for x in xs]
                 ax.errorbar(xs, [m for m, _, _ in stats], yerr=[s for _, s, _ in stats], color=color, ls=ls,
                             marker=marker, label=f"{ARCH_LABEL.get(arch, arch)} {method}")
-                n += len(xs)
+                drawn += [m for m, _, _ in stats]
             ref = [(_steps(r), get(r)) for r in refs if r["arch"] == arch and r["alignment"] == al
                    and get(r) is not None and _steps(r)]
             for x in sorted({x for x, _ in ref}):
                 m, s, _ = mean_std([v for xx, v in ref if xx == x])
                 ax.errorbar([x], [m], yerr=[s], color=color, marker=marker, mfc="white", ls="none",
                             label=f"{ARCH_LABEL.get(arch, arch)} {method}, other recipe")
-                n += 1
-    return n
+                drawn.append(m)
+    return drawn
+
+
+def _log_if_wide(ax, values: list[float], ratio: float = L0_LOG_RATIO) -> bool:
+    """Make ``ax``'s y axis logarithmic, ticks at 1, 2 and 5 times powers of ten printed as plain numbers, when the
+    positive ``values`` span more than ``ratio`` times (largest / smallest). Returns whether it did."""
+    pos = [v for v in values if v > 0]
+    if not pos or max(pos) <= ratio * min(pos):
+        return False
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    return True
+
+
+def _legend_right(axes) -> None:
+    """One legend for all panels, right of the last one, outside it: the L0 line of a penalty architecture falls
+    across its whole panel, so a legend inside the first panel covered it."""
+    handles = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    axes[-1].legend(list(handles.values()), list(handles), loc="upper left", bbox_to_anchor=(1.02, 1))
 
 
 def draw_budget(records: list[dict], reference: Optional[list[dict]] = None, aligned: str = "project",
                 experiment: str = EXPERIMENT) -> Drawn:
-    """Four panels against steps (log axis): FVE, CE loss recovered, dead fraction (axis spanning at least
-    :data:`~figures.paper.FRACTION_SPAN`) and the group's MCS; solid lines ReLU, dashed TopK, colours standard /
-    aligned; ``reference`` records (another store) matching a budget line drawn as hollow markers.
+    """Five panels in one row against steps (log axis): L0 (log y axis when it spans more than
+    :data:`L0_LOG_RATIO` times: ReLU's early points, still in the L1 penalty's warmup, are several times denser than
+    its end, which FVE and CE loss recovered alone do not show), FVE, CE loss recovered, dead fraction (axis spanning
+    at least :data:`~figures.paper.FRACTION_SPAN`) and the group's MCS; solid lines ReLU, dashed TopK, colours
+    standard / aligned; ``reference`` records (another store) matching a budget line drawn as hollow markers.
 
     Raises:
         Missing: no budget records, or none with any of the metrics.
@@ -125,21 +154,28 @@ def draw_budget(records: list[dict], reference: Optional[list[dict]] = None, ali
     except ValueError as e:
         raise Missing(str(e)) from None
     refs = matching_reference(reference or [], recs, aligned)
-    fig, axes = _panels(4, 1, w=2.9, h=2.7)
-    n = 0
+    fig, axes = _panels(len(PANELS), 1, w=2.5, h=2.7)
+    n, log_l0 = 0, False
     ticks = sorted({_steps(r) for r in recs})  # the reference's steps are named in the legend and caption
     for ax, (title, get) in zip(axes.flat, PANELS):
-        n += _lines(ax, recs, get, refs)
+        drawn = _lines(ax, recs, get, refs)
+        n += len(drawn)
         ax.set(title=title, xlabel="steps (log scale)", ylabel=title, xscale="log")
         ax.set_xticks(ticks, [fmt_tokens(t) for t in ticks], rotation=45 if len(ticks) > 4 else 0)
         ax.xaxis.set_minor_locator(NullLocator())
         if get is DEAD:
             _fraction_axis(ax)
+        if get is L0 and _log_if_wide(ax, drawn):
+            log_l0 = True
+            ax.set_ylabel("L0 (log scale)")
     if not n:
         raise Missing(f"the {experiment!r} records have none of {', '.join(t for t, _ in PANELS)}")
+    _legend_right(axes.flat)
     gaps = _gaps(records, aligned, experiment)
-    note = (f"{gaps}; " if gaps else "") + (f"{NOTE}; mean over seeds, error bars: std; dead-fraction axis spans at "
-                                            f"least {FRACTION_SPAN:.0%}")
+    note = (f"{gaps}; " if gaps else "") + (f"{NOTE}; mean over seeds, error bars: std; "
+                                            + (f"L0 axis logarithmic (values span more than {L0_LOG_RATIO:g}x); "
+                                               if log_l0 else "")
+                                            + f"dead-fraction axis spans at least {FRACTION_SPAN:.0%}")
     if refs:
         note += f"; hollow markers: the matching records of another store, {_reference_label(refs)}"
     return Drawn(fig, recs, note)

@@ -304,7 +304,8 @@ def test_store_claims_check_each_dictionary_at_its_full_budget(tmp_path, capsys)
         assert with_points[2:-1] == without[1:-1]  # the same table: no step-point rows
         assert "budget ·" not in "\n".join(with_points) and "mixed budgets" not in with_points[0]
         assert with_points[0].startswith("records: 32 (8 of them the same dictionaries as others, recorded under two "
-                                         "experiments, counted once) · scale small") and "steps 48,829" in with_points[0]
+                                         "experiments, counted once) · scale small")
+        assert "steps 48,829" in with_points[0]
         assert with_points[1] == ("left out: 16 records evaluated at step points before their run's end (experiment "
                                   "budget, steps 2,500-10,000): each dictionary is checked at its full training "
                                   "budget; `python -m figures budget` reads the step points")
@@ -353,9 +354,35 @@ def test_budget_reference_from_another_recipe():
     labels = {lab for ax in d.fig.axes for lab in ax.get_legend_handles_labels()[1]}
     assert {"ReLU standard", "ReLU aligned", "TopK standard", "TopK aligned", "TopK aligned, other recipe"} <= labels
     assert "hollow markers: the matching records of another store, 2,442 steps, batch 8,192" in d.note
-    xs = sorted({x for line in d.fig.axes[3].get_lines() for x in line.get_xdata()})
-    assert xs == [2442, 2500, 10000, 48829] and d.fig.axes[0].get_xscale() == "log"
+    for ax in d.fig.axes:  # every panel, L0 included, has the reference's hollow markers
+        xs = sorted({x for line in ax.get_lines() for x in line.get_xdata()})
+        assert xs == [2442, 2500, 10000, 48829] and ax.get_xscale() == "log", ax.get_title()
     assert [t.get_text() for t in d.fig.axes[0].get_xticklabels()] == ["2.5k", "10k", "48.8k"]
+
+
+def test_budget_figure_shows_l0_first_on_a_log_axis_when_it_spans_more_than_4x():
+    """ReLU's early points are denser (the L1 penalty's warmup): the L0 panel comes before FVE, on a log axis (said
+    in its label and the caption) when L0 spans more than 4x, linear otherwise; one legend, right of the panels."""
+    recs = budget_records()
+    for r in recs:
+        if r["arch"] == "relu":
+            r["metrics"]["l0"] = {2500: 500.0, 10000: 100.0, 48829: 60.0}[r["steps"]] + (50 if r["alignment"] else 0)
+    d = draw_budget(recs)
+    assert [ax.get_title() for ax in d.fig.axes] == ["L0", "FVE", "CE loss recovered", "dead fraction",
+                                                     "MCS (cross-seed)"]
+    l0 = d.fig.axes[0]
+    assert l0.get_yscale() == "log" and l0.get_ylabel() == "L0 (log scale)"
+    assert "L0 axis logarithmic (values span more than 4x)" in d.note
+    assert {y for line in l0.get_lines() for y in line.get_ydata()} >= {500.0, 100.0, 60.0, 550.0, 110.0}
+    assert [t.get_text() for t in l0.get_yticklabels() if l0.get_ylim()[0] <= t.get_position()[1] <= l0.get_ylim()[1]
+            ] == ["10", "20", "50", "100", "200", "500"]  # plain numbers at 1, 2, 5 x 10^n (TopK's k 8 is drawn too)
+    assert [ax.get_legend() is not None for ax in d.fig.axes] == [False] * 4 + [True]
+    recs = budget_records()
+    for r in recs:  # L0 within 4x (30 to 110)
+        r["metrics"]["l0"] = 30.0 + r["steps"] / 600
+    flat = draw_budget(recs)
+    assert flat.fig.axes[0].get_yscale() == "linear" and flat.fig.axes[0].get_ylabel() == "L0"
+    assert "logarithmic" not in flat.note
 
 
 def test_budget_figure_and_cli(tmp_path, capsys):
