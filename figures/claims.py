@@ -238,12 +238,12 @@ def _claim_c(std, ali, arch):
         eq = _at_standard_l0(std, ali, CE)
         if eq.lo is None:
             return (INSUFFICIENT, f"not enough points: {eq.n_standard} standard L0 value(s), need 2 to "
-                    f"interpolate", {})
+                    f"interpolate", dict(n_standard=eq.n_standard))
         pairs = [(f"L0 {a.x:.1f}", a.y, a.y_std, ys_, ss_, a.n, None) for a, ys_, ss_ in eq.compared]
         outside = [f"{x:.1f}" for x in eq.outside]
         if not pairs:
             return (INSUFFICIENT, f"aligned L0 ({', '.join(outside) or 'none with CE'}) outside the standard L0 "
-                    f"range [{eq.lo:.1f}, {eq.hi:.1f}]; no extrapolation", {})
+                    f"range [{eq.lo:.1f}, {eq.hi:.1f}]; no extrapolation", dict(outside=outside, lo=eq.lo, hi=eq.hi))
     parts, vals, lower = [], [], 0
     for label, ya, sa, ys_, ss_, na, ns in pairs:
         diff = ya - ys_

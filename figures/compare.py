@@ -24,11 +24,12 @@ def key_numbers(row: dict) -> str:
       features that fired, where the records hold it);
     * (b) the largest aligned dead fraction over the sparsity settings (percent), and the standard one;
     * (c) the range of aligned minus standard CE loss recovered and at how many points aligned is lower beyond the
-      seed spread;
+      seed spread; without points, why none was compared (one standard sparsity gives no curve to read at the aligned
+      L0, or the aligned L0 lie outside the standard range);
     * (d) mean MCS aligned vs standard over the sparsity settings and at how many aligned is higher;
     * (e) the verdicts of (b), (c), (d) as yes / no / n/a.
 
-    Returns ``"—"`` when the row has no numbers (insufficient data)."""
+    Returns ``"—"`` when the row has no numbers and no reason for their absence (insufficient data)."""
     v, c = row.get("values") or {}, row["claim"]
     if c == "a" and v:
         fired = f"; fired only {v['alive_mean']:.2f}" if v.get("alive_n") else ""
@@ -41,6 +42,14 @@ def key_numbers(row: dict) -> str:
         d = [p["diff"] for p in v["points"]]
         span = f"{min(d):+.3f}" if len(d) == 1 else f"{min(d):+.3f} to {max(d):+.3f}"
         return f"Δ CE {span}, lower at {v['lower']}/{len(d)}"
+    if c == "c" and "n_standard" in v:  # too few standard groups to interpolate at the aligned L0
+        if v["n_standard"] == 0:
+            return "no standard L0 with CE loss recovered"
+        if v["n_standard"] == 1:
+            return "one standard sparsity; equal L0 needs a standard curve (2+ sparsities)"
+        return f"{v['n_standard']} standard sparsities at one L0; equal L0 needs a standard curve (2+ L0 values)"
+    if c == "c" and v.get("outside"):
+        return f"aligned L0 outside the standard range [{v['lo']:.1f}, {v['hi']:.1f}], not extrapolated"
     if c == "d" and v.get("points"):
         n = len(v["points"])
         a, s = (sum(p[k] for p in v["points"]) / n for k in ("aligned", "standard"))

@@ -268,6 +268,11 @@ def test_claims_against_budget_one_column_per_step_point():
     row = next(ln for ln in lines if ln.startswith("| (d) | ReLU · d=4096 |"))
     assert row == ("| (d) | ReLU · d=4096 | **not supported**: MCS 0.400 vs 0.450, higher at 0/1 | **supported**: "
                    "MCS 0.500 vs 0.450, higher at 1/1 | **supported**: MCS 0.600 vs 0.450, higher at 1/1 |")
+    # (c) for ReLU: one L1 penalty per step point, so no standard L0 curve to read at the aligned L0: no verdict,
+    # and the cell says why instead of a dash
+    c_relu = next(ln for ln in lines if ln.startswith("| (c) | ReLU · d=4096 |"))
+    assert c_relu == "| (c) | ReLU · d=4096 |" + " **insufficient data**: one standard sparsity; equal L0 needs a " \
+        "standard curve (2+ sparsities) |" * 3
     # claims_table never pools step points: with step_points, one row per claim, setting and step; without (the
     # default, the store's claims table), only the run's end
     rows = claims_table(recs, step_points=True)

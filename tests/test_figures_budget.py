@@ -142,6 +142,15 @@ def test_key_numbers_of_each_claim():
     assert key_numbers(rows["d", "topk"]) == "MCS 0.350 vs 0.300, higher at 2/2"
     assert key_numbers(rows["e", "topk"]) == "b yes, c no, d yes"
     assert key_numbers(dict(rows["d", "topk"], values={})) == "—"
+    # (c) without a comparison says why: the standard curve's points, or aligned L0 outside its range
+    one = [r for r in grid(archs=("relu",), **FAITHFUL) if r["sparsity"]["value"] == 0.02]
+    assert key_numbers(next(r for r in claims_table(one) if r["claim"] == "c")) == (
+        "one standard sparsity; equal L0 needs a standard curve (2+ sparsities)")
+    far = [dict(r, metrics=dict(r["metrics"], l0=500.0)) if r["alignment"] else r
+           for r in grid(archs=("relu",), **FAITHFUL)]
+    row = next(r for r in claims_table(far) if r["claim"] == "c")
+    assert row["verdict"] == "insufficient data"
+    assert key_numbers(row) == "aligned L0 outside the standard range [16.1, 34.1], not extrapolated"
 
 
 def test_two_claims_tables_side_by_side(tmp_path, capsys):
