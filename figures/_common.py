@@ -134,22 +134,26 @@ def point_steps(record: dict) -> Optional[int]:
 
 def before_run_end(records: list[dict]) -> list[bool]:
     """Per record of ``records``, whether it was evaluated at a step point before its run's end: it has
-    ``checkpoint_of`` and fewer ``steps`` than the full run's. The full run's steps are the trainer config's
-    ``steps`` (the run's planned length, which the recorder gives its last point), or, for a record without them,
-    the most steps of a record of the same run (``checkpoint_of``) among ``records``. A record at the run's end is
-    the run's dictionary itself (a ``budget`` record that ``reproduce --also`` also wrote under ``main``): False.
+    ``checkpoint_of`` and fewer ``steps`` than the full run's. The full run's steps are the most steps of a record of
+    the same run (``checkpoint_of``) among ``records``, or the trainer config's ``steps`` (the run's planned length,
+    which the recorder gives its last point) when larger: a store may lack the run's last point. A record at the
+    run's end is the run's dictionary itself (a ``budget`` record that ``reproduce --also`` also wrote under
+    ``main``): False.
 
     Returns:
         one bool per record, in order.
     """
+    def run(r):
+        return str(r["checkpoint_of"])  # hashable whatever JSON a hand-edited record holds there
+
     def run_steps(r):
-        planned = (r.get("trainer") or {}).get("steps") if isinstance(r.get("trainer"), dict) else None
-        return planned if finite(planned) else last[r["checkpoint_of"]]
+        planned = r["trainer"].get("steps") if isinstance(r.get("trainer"), dict) else None
+        return max(planned, last[run(r)]) if finite(planned) else last[run(r)]
 
     points = [r for r in records if r.get("checkpoint_of") and finite(r.get("steps"))]
     last: dict = {}
     for r in points:
-        last[r["checkpoint_of"]] = max(last.get(r["checkpoint_of"], r["steps"]), r["steps"])
+        last[run(r)] = max(last.get(run(r), r["steps"]), r["steps"])
     early = {id(r) for r in points if r["steps"] < run_steps(r)}
     return [id(r) in early for r in records]
 

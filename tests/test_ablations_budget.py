@@ -342,6 +342,20 @@ def test_step_points_before_the_run_end():
     assert before_run_end(main_twins(ended)) == [False] * 8  # no checkpoint_of: a trained dictionary
 
 
+def test_step_points_of_records_with_odd_run_fields():
+    """A trainer config whose steps are 0, negative or fewer than the run's records reached says nothing about
+    the run's end: the run's last record is its end. A ``checkpoint_of`` that is not a string (a hand-edited
+    record) still names a run, and does not raise TypeError."""
+    from figures._common import before_run_end
+
+    for planned in (0, -3, 5000):
+        recs = budget_records(run_steps=planned) if planned else [
+            dict(r, trainer={"steps": planned}) for r in budget_records()]
+        assert before_run_end(recs) == [r["steps"] < 48829 for r in recs], planned
+    listed = [dict(r, checkpoint_of=[r["checkpoint_of"]]) for r in budget_records()]
+    assert before_run_end(listed) == [r["steps"] < 48829 for r in listed]
+
+
 def test_budget_reference_from_another_recipe():
     recs = budget_records()
     old = [make_record(a, al, v, s, experiment="main", dict_size=4096, scale="small", trainer={"steps": 2442},
