@@ -15,6 +15,7 @@ L0 first because a penalty architecture's early points are not yet sparse: ReLU'
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Optional
 
@@ -117,9 +118,10 @@ def _lines(ax, recs: list[dict], get, refs: list[dict]) -> list[float]:
 
 def _log_if_wide(ax, values: list[float], ratio: float = L0_LOG_RATIO) -> bool:
     """Make ``ax``'s y axis logarithmic, ticks at 1, 2 and 5 times powers of ten printed as plain numbers, when the
-    positive ``values`` span more than ``ratio`` times (largest / smallest). Returns whether it did."""
-    pos = [v for v in values if v > 0]
-    if not pos or max(pos) <= ratio * min(pos):
+    finite ``values`` are all positive and span more than ``ratio`` times (largest / smallest); a value of 0 or
+    below keeps the axis linear (a log axis would not show its point). Returns whether it did."""
+    shown = [v for v in values if math.isfinite(v)]
+    if not shown or min(shown) <= 0 or max(shown) <= ratio * min(shown):
         return False
     ax.set_yscale("log")
     ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))

@@ -404,6 +404,18 @@ def test_budget_figure_shows_l0_first_on_a_log_axis_when_it_spans_more_than_4x()
     assert "logarithmic" not in flat.note
 
 
+def test_budget_l0_axis_stays_linear_when_a_value_is_zero():
+    """A log axis cannot show an L0 of 0 (a dictionary whose features all stopped firing): the axis stays linear,
+    the point is drawn, also when the other values span more than 4x."""
+    recs = budget_records()
+    for r in recs:
+        r["metrics"]["l0"] = {2500: 500.0, 10000: 100.0, 48829: 0.0}[r["steps"]]
+    d = draw_budget(recs)
+    l0 = d.fig.axes[0]
+    assert l0.get_yscale() == "linear" and "logarithmic" not in d.note
+    assert l0.get_ylim()[0] <= 0.0 <= l0.get_ylim()[1]
+
+
 def test_budget_figure_and_cli(tmp_path, capsys):
     store = tmp_path / "store"
     for r in budget_records() + ablation_records():
