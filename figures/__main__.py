@@ -6,8 +6,8 @@ ablations: table and figure) and ``python -m figures budget --results DIR [--out
 (claims against steps: table and figure).
 
 Exit codes: 0 when at least one figure was written (claims: the table was printed), 1 when none was, 2 when
-the results store is missing or an argument is wrong, 141 when the reader of the output closed it early
-(``... | head``; no traceback)."""
+the results store is missing (claims: or holds no record at a full training budget) or an argument is wrong, 141
+when the reader of the output closed it early (``... | head``; no traceback)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from ._common import SMOKE_NOTE, budget_line, load_records
-from .claims import claims_report
+from .claims import at_full_budget, claims_report
 from .compare import compare_claims
 from .paper import FIGURES, check_out_folder, render_all
 from .tables import results_table, saebench_table
@@ -133,6 +133,11 @@ def _claims(args) -> int:
         for store, recs in ((args.results, records), (args.compare, other)):
             if recs is not None and not recs:
                 raise ValueError(f"{store} holds no records (its records/ folder is empty): nothing to check")
+            if recs and not at_full_budget(recs)[0]:
+                raise ValueError(f"{store} holds only records evaluated at step points before their run's end "
+                                 f"({len(recs)}, experiment {', '.join(sorted({str(r['experiment']) for r in recs}))}):"
+                                 f" no dictionary at its full training budget to check; `python -m figures budget "
+                                 f"--results {store}` reads them")
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

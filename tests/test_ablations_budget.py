@@ -356,6 +356,21 @@ def test_step_points_of_records_with_odd_run_fields():
     assert before_run_end(listed) == [r["steps"] < 48829 for r in listed]
 
 
+def test_claims_of_a_store_holding_only_step_points_is_refused(tmp_path, capsys):
+    """Nothing is at a full training budget: exit 2 and a line saying so and where the step points are read,
+    not an empty table (also for either store of --compare)."""
+    points = budget_records(points=(2500, 10000), run_steps=48829)  # the runs' ends not recorded
+    store = _write_store(tmp_path / "points", points)
+    full = _write_store(tmp_path / "full", budget_records())
+    for argv in (["--results", str(store)], ["--results", str(full), "--compare", str(store)]):
+        assert figures_main(["claims", *argv]) == 2
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert err == (f"error: {store} holds only records evaluated at step points before their run's end (16, "
+                       f"experiment budget): no dictionary at its full training budget to check; `python -m "
+                       f"figures budget --results {store}` reads them\n")
+
+
 def test_budget_reference_from_another_recipe():
     recs = budget_records()
     old = [make_record(a, al, v, s, experiment="main", dict_size=4096, scale="small", trainer={"steps": 2442},
