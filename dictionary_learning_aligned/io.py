@@ -58,8 +58,9 @@ def write_json(path, obj) -> Path:
 
 def claim_new_path(path) -> Path:
     """Create an empty file at ``path``, or, if a file or folder holds that name, at the first free name of
-    ``<stem>_2<suffixes>``, ``<stem>_3<suffixes>``, ... (the number goes before the name's first dot:
-    ``run_5.json`` -> ``run_5_2.json``, ``x.json.gz`` -> ``x_2.json.gz``); returns the path created.
+    ``<stem>_2<suffixes>``, ``<stem>_3<suffixes>``, ... (the number goes before the name's first dot after its
+    leading dots: ``run_5.json`` -> ``run_5_2.json``, ``x.json.gz`` -> ``x_2.json.gz``, ``.state.json`` ->
+    ``.state_2.json``, ``run`` -> ``run_2``); returns the path created.
 
     Each name is created exclusively (``O_CREAT | O_EXCL``), so threads and processes claiming the same name at
     once each get a different file and no existing file is ever replaced.
@@ -68,7 +69,9 @@ def claim_new_path(path) -> Path:
         OSError: the folder is missing or not writable (``FileNotFoundError``, ``PermissionError``).
     """
     path = Path(path)
-    stem, dot, suffixes = path.name.partition(".")
+    hidden = len(path.name) - len(path.name.lstrip("."))  # a hidden name's leading dots belong to its stem
+    stem, dot, suffixes = path.name[hidden:].partition(".")
+    stem = path.name[:hidden] + stem
     candidate, n = path, 1
     while True:
         try:

@@ -105,6 +105,15 @@ def test_write_json_new_never_replaces_a_file(tmp_path):
     assert not (tmp_path / "run_5_5.json").exists() and not list(tmp_path.glob(".run_5*"))
 
 
+def test_claim_new_path_keeps_a_hidden_name_hidden(tmp_path):
+    """The number goes before the first dot after a name's leading dots: ``.state.json`` -> ``.state_2.json``, not
+    ``_2.state.json`` (a visible name); a name without a suffix gets it at its end."""
+    for name, second in ((".state.json", ".state_2.json"), (".json", ".json_2"), ("..x.gz", "..x_2.gz"),
+                         ("run", "run_2"), ("a.b.json", "a_2.b.json")):
+        assert claim_new_path(tmp_path / name).name == name
+        assert claim_new_path(tmp_path / name).name == second
+
+
 def test_write_json_new_from_many_threads_keeps_every_file(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
