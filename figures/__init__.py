@@ -16,7 +16,8 @@ Python::
     print(format_claims(claims_table(load_records("results_store"))))
 """
 
-from ._common import load_records, load_saebench
+from .records import load_records
+from .saebench_results import load_saebench
 from .claims import claims_report, claims_table, format_claims
 from .compare import compare_claims
 from .paper import FIGURES, FigureResult, FigureSpec, render_all

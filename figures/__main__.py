@@ -17,7 +17,9 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ._common import SMOKE_NOTE, budget_line, load_records
+from .labels import SMOKE_NOTE
+from .records import load_records
+from .training_budget import budget_line
 from .claims import at_full_budget, claims_report
 from .compare import compare_claims
 from .paper import FIGURES, check_out_folder, render_all
@@ -151,7 +153,7 @@ def _claims(args) -> int:
 
 def _table(args) -> int:
     """``table``: the metrics (or ``--saebench`` metrics) per group, after a line saying what the records were
-    trained on (:func:`._common.budget_line`; none for a SAEBench folder without records) and, for smoke records,
+    trained on (:func:`.training_budget.budget_line`; none for a SAEBench folder without records) and, for smoke records,
     that they test the pipeline; 2 when the store is missing or holds nothing to tabulate."""
     try:
         try:

@@ -16,8 +16,9 @@ from typing import Optional
 
 import numpy as np
 
-from ._common import (ARCH_LABEL, SPARSITY_LABEL, alignment_key, archs_in, budget_line, field_getter,
-                      grid_gaps, primary_model)
+from .labels import ARCH_LABEL, SPARSITY_LABEL
+from .records import alignment_key, archs_in, field_getter, grid_gaps, primary_model
+from .training_budget import budget_line
 from .claims import SMOKE_LINE
 from .paper import DEAD, FRACTION_SPAN, Drawn, FigureResult, Missing, _fraction_axis, _panels, save_drawn
 from .tables import _cell
@@ -113,9 +114,9 @@ def ablation_table(records: list[dict], experiment: str = EXPERIMENT, fmt: str =
 
 def ablation_report(records: list[dict], experiment: str = EXPERIMENT, fmt: str = "markdown") -> str:
     """What ``python -m figures ablations`` prints: the smoke warning first for smoke records
-    (:data:`~figures.claims.SMOKE_LINE`), ``records: N · <budget line>`` (:func:`~figures._common.budget_line`:
+    (:data:`~figures.claims.SMOKE_LINE`), ``records: N · <budget line>`` (:func:`~figures.training_budget.budget_line`:
     scale, model, recipe, steps, batch size, tokens), for a store holding part of the grid the line naming what
-    is missing (:func:`~figures._common.grid_gaps`), a blank line and :func:`ablation_table`.
+    is missing (:func:`~figures.records.grid_gaps`), a blank line and :func:`ablation_table`.
 
     Raises:
         ValueError: as :func:`ablation_table`.
@@ -131,7 +132,7 @@ def draw_ablations(records: list[dict], experiment: str = EXPERIMENT) -> Drawn:
     """One panel per metric of :data:`METRICS`: x = alignment mode (:data:`MODE_ORDER`), one bar per architecture
     (mean over seeds, std error bars, a dot per seed); dead fraction on an axis spanning at least
     :data:`~figures.paper.FRACTION_SPAN`. The caption names the grid entries without records
-    (:func:`~figures._common.grid_gaps`).
+    (:func:`~figures.records.grid_gaps`).
 
     Raises:
         Missing: no record of ``experiment`` or none with any of the metrics.

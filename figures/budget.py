@@ -21,8 +21,10 @@ from typing import Optional
 
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
-from ._common import (ARCH_LABEL, L0, alignment_key, archs_in, budget_line, field_getter, fmt_tokens, grid_gaps,
-                      mean_std, primary_model, record_budget)
+from .averages import mean_std
+from .labels import ARCH_LABEL
+from .records import L0, alignment_key, archs_in, field_getter, grid_gaps, primary_model
+from .training_budget import budget_line, fmt_tokens, record_budget
 from .claims import CLAIMS, SMOKE_LINE, claims_table, shown_verdict
 from .compare import key_numbers
 from .paper import (CE, DEAD, FRACTION_SPAN, FVE, Drawn, FigureResult, Missing, _fraction_axis, _panels, mode_style,
@@ -42,7 +44,7 @@ NOTE = ("step points are checkpoints of one run per dictionary, under the full r
 
 
 def _steps(record: dict) -> Optional[int]:
-    """A record's steps (recorded, or derived for old records: :func:`~figures._common.record_budget`)."""
+    """A record's steps (recorded, or derived for old records: :func:`~figures.training_budget.record_budget`)."""
     return record_budget(record)["steps"]
 
 
@@ -76,7 +78,7 @@ def matching_reference(reference: list[dict], recs: list[dict], aligned: str = "
 
 def _gaps(records: list[dict], aligned: str, experiment: str) -> Optional[str]:
     """The standard and ``aligned`` entries (and step points) of ``experiment``'s grid without records, in one line
-    (:func:`~figures._common.grid_gaps`), None when none is missing."""
+    (:func:`~figures.records.grid_gaps`), None when none is missing."""
     return grid_gaps(records, experiment, modes=("standard", alignment_key({"alignment": aligned})))
 
 

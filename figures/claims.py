@@ -28,7 +28,7 @@
   not supported when one is not, else insufficient data.
 
 Each dictionary is checked at its full training budget: records evaluated at a step point before their run's end
-(the ``budget`` experiment's checkpoints, :func:`~figures._common.before_run_end`) are left out, and the header says
+(the ``budget`` experiment's checkpoints, :func:`~figures.records.before_run_end`) are left out, and the header says
 how many (:func:`at_full_budget`); ``python -m figures budget`` reads them, one column per step point
 (:mod:`figures.budget`, which calls :func:`claims_table` with ``step_points=True``).
 """
@@ -44,9 +44,10 @@ import torch
 from dictionary_learning_aligned import registry
 from dictionary_learning_aligned.alignment import bimodality_coefficient
 
-from ._common import (ARCH_LABEL, ARCH_ORDER, L0, SMOKE_NOTE, SPARSITY_LABEL, aggregate, before_run_end,
-                      budget_line, budget_summary, distinct_measurements, field_getter, finite, fired_scores, fmt_ms,
-                      mean_std, point_steps)
+from .averages import aggregate, fmt_ms, mean_std
+from .labels import ARCH_LABEL, ARCH_ORDER, SMOKE_NOTE, SPARSITY_LABEL
+from .records import L0, before_run_end, distinct_measurements, field_getter, finite, fired_scores, point_steps
+from .training_budget import budget_line, budget_summary
 
 SUPPORTED, NOT_SUPPORTED, INSUFFICIENT = "supported", "not supported", "insufficient data"
 #: Sarle's coefficient of a uniform distribution; larger values suggest bimodality
@@ -81,7 +82,7 @@ def _dead(r):
 
 def at_full_budget(records: list[dict]) -> tuple[list[dict], list[dict]]:
     """``(kept, left_out)``: the records checked at their dictionaries' full training budget, and those evaluated at
-    a step point before their run's end (:func:`~figures._common.before_run_end`), each in their order."""
+    a step point before their run's end (:func:`~figures.records.before_run_end`), each in their order."""
     early = before_run_end(records)
     return [r for r, e in zip(records, early) if not e], [r for r, e in zip(records, early) if e]
 
@@ -90,7 +91,7 @@ def claims_table(records: list[dict], *, aligned: str = "project", dead_tol: flo
                  step_points: bool = False) -> list[dict]:
     """Check claims (a)-(e) per setting (experiment, model, arch, dict_size, and for records of a run with step
     points, ``checkpoint_of``, their steps: records of different step points are never pooled). A dictionary
-    recorded under several experiments counts once (:func:`~figures._common.distinct_measurements`).
+    recorded under several experiments counts once (:func:`~figures.records.distinct_measurements`).
 
     Args:
         records: results-store records.
@@ -105,7 +106,7 @@ def claims_table(records: list[dict], *, aligned: str = "project", dead_tol: flo
         ``arch``, ``dict_size``, ``experiment``, ``model``, ``measured`` (text with mean ± std over seeds),
         ``values`` (the numbers), ``verdict`` (``"supported"``, ``"not supported"`` or
         ``"insufficient data"``: what the numbers read, also for smoke records), ``budget``
-        (:func:`~figures._common.budget_summary` of the setting's records: steps, batch size, recipe, tokens)
+        (:func:`~figures.training_budget.budget_summary` of the setting's records: steps, batch size, recipe, tokens)
         ``smoke`` (whether a record of the setting is of scale smoke: :func:`format_claims` then prints the
         verdict as no verdict) and ``point`` (the steps of a step-point setting, else None).
     """
@@ -385,7 +386,7 @@ def claims_header(records: list[dict]) -> list[str]:
     """The lines printed above the claims table: :data:`SMOKE_LINE` first when some record checked is of scale
     smoke (with how many when not all are), then the caption ``records: N · <budget line>`` (N: all records; the
     budget line of those checked: scale, model, recipe, steps, batch size, training tokens with unique tokens and
-    epochs; ranges when budgets are mixed: :func:`~figures._common.budget_line`), saying how many records were
+    epochs; ranges when budgets are mixed: :func:`~figures.training_budget.budget_line`), saying how many records were
     copies counted once, and, when some were left out as step points before their run's end,
     :func:`step_points_line`."""
     kept, left_out = at_full_budget(records)

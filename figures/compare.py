@@ -6,7 +6,7 @@ results stores (e.g. the faithful-budget store next to the 2,442-step one), for 
 
 from __future__ import annotations
 
-from ._common import budget_line
+from .training_budget import budget_line
 from .claims import (CLAIMS, INSUFFICIENT, NOT_SUPPORTED, SUPPORTED, SMOKE_LINE, at_full_budget, claims_table,
                      shown_verdict, step_points_line)
 
@@ -90,7 +90,7 @@ def compare_claims(records_a: list[dict], records_b: list[dict], labels: tuple[s
 
     Returns:
         the text: :data:`~figures.claims.SMOKE_LINE` first when either store holds smoke records, one budget line
-        per store (:func:`~figures._common.budget_line` of the records checked: records at step points before their
+        per store (:func:`~figures.training_budget.budget_line` of the records checked: records at step points before their
         run's end are left out, as in :func:`~figures.claims.claims_table`, and a line per store says how many:
         :func:`~figures.claims.step_points_line`), the table (settings of either store; a setting missing
         from one reads "—"), the claims' statements, and a last line counting the settings present in both whose

@@ -28,9 +28,12 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.legend_handler import HandlerTuple
 
-from ._common import (ARCH_LABEL, ARCH_ORDER, L0, SAEBENCH_DIR, SPARSITY_LABEL, aggregate, alignments_in, archs_in,
-                      budget_line, field_getter, finite, fired_scores, load_records, load_saebench, mean_std,
-                      pick_dict_size, primary_model, saebench_bos_caveat, select)
+from .averages import aggregate, mean_std
+from .labels import ARCH_LABEL, ARCH_ORDER, SPARSITY_LABEL
+from .records import (L0, alignments_in, archs_in, field_getter, finite, fired_scores, load_records, pick_dict_size,
+                      primary_model, select)
+from .saebench_results import SAEBENCH_DIR, load_saebench, saebench_bos_caveat
+from .training_budget import budget_line
 
 PNG_DPI = 110
 REPRODUCE = "python -m dictionary_learning_aligned.reproduce"
@@ -174,7 +177,7 @@ def save_drawn(draw: Callable[[], Drawn], name: str, title: str, out) -> FigureR
 
 def _annotate(d: Drawn, name: str, title: str) -> None:
     """Suptitle (figure number, title, model) and caption: the training budget of the records drawn
-    (:func:`~figures._common.budget_line`: scale, recipe, steps, batch size, tokens with unique tokens and epochs;
+    (:func:`~figures.training_budget.budget_line`: scale, recipe, steps, batch size, tokens with unique tokens and epochs;
     ranges when budgets are mixed), the figure's note and the offline note. Adds one legend for the whole figure in
     its first panel with labelled artists, unless the drawing placed its own legends."""
     width = d.fig.get_figwidth()

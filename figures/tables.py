@@ -7,9 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from ._common import (ARCH_LABEL, ARCH_ORDER, SPARSITY_LABEL, alignment_key, field_getter, fmt_tokens,
-                      load_records, load_saebench, load_saebench_dictionaries, mean_std, mode_name, point_steps,
-                      saebench_bos_caveat)
+from .averages import mean_std
+from .labels import ARCH_LABEL, ARCH_ORDER, SPARSITY_LABEL
+from .records import alignment_key, field_getter, load_records, mode_name, point_steps
+from .saebench_results import load_saebench, load_saebench_dictionaries, saebench_bos_caveat
+from .training_budget import fmt_tokens
 
 #: (column title, getter, digits) of the table
 COLUMNS = (
@@ -24,7 +26,7 @@ COLUMNS = (
 )
 
 
-#: SAEBench columns of ``table --saebench``: (title, name in :data:`figures._common.SAEBENCH_METRICS`, digits)
+#: SAEBench columns of ``table --saebench``: (title, name in :data:`figures.saebench_results.SAEBENCH_METRICS`, digits)
 SAEBENCH_COLUMNS = (
     ("core FVE", "core_fve", 3), ("core FVE per token", "core_fve_per_token", 3), ("core CE score", "core_ce_score", 3), ("SCR@20", "scr", 3), ("TPP@20", "tpp", 3),
     ("LLM probe", "probe_llm", 3), ("SAE probe", "probe_sae", 3), ("SAE top-1", "probe_top1", 3),
@@ -90,8 +92,8 @@ def saebench_table(results, experiment: Optional[str] = None, fmt: str = "markdo
     """:func:`results_table` of the SAEBench metrics (:data:`SAEBENCH_COLUMNS`: core FVE, pooled and per token, and
     CE score, SCR and TPP at 20 latents, sparse-probing accuracy of the LLM probe, the SAE probe on all latents and
     on its top 1 / 5 latents, autointerp score and the score of answering "none" to every autointerp example,
-    :func:`figures._common.autointerp_chance_levels`) for the records of the store ``results`` that have SAEBench results under
-    ``results/saebench/`` (matched by record id, :func:`figures._common.load_saebench`).
+    :func:`figures.saebench_results.autointerp_chance_levels`) for the records of the store ``results`` that have SAEBench results under
+    ``results/saebench/`` (matched by record id, :func:`figures.saebench_results.load_saebench`).
 
     When ``results`` is not a results store (no ``records/``) but the output folder of ``python -m benchmarks run
     --dictionaries ... --out DIR``, the table has one row per dictionary instead (:func:`dictionaries_saebench_table`).
@@ -133,7 +135,7 @@ def _sae_label(desc: dict) -> str:
 def dictionaries_saebench_table(folder, fmt: str = "markdown") -> str:
     """The SAEBench metrics (:data:`SAEBENCH_COLUMNS`) of every dictionary evaluated by ``python -m benchmarks run
     --dictionaries ... --out folder``: one row per dictionary (name, architecture and alignment from its trainer
-    class, dict_size, trainer class), read by :func:`figures._common.load_saebench_dictionaries`. Built-in,
+    class, dict_size, trainer class), read by :func:`figures.saebench_results.load_saebench_dictionaries`. Built-in,
     extension and users' plug-in trainers alike.
 
     Raises:

@@ -331,7 +331,7 @@ def test_store_claims_check_each_dictionary_at_its_full_budget(tmp_path, capsys)
 def test_step_points_before_the_run_end():
     """A record before its run's end: fewer steps than the trainer config's (the planned run), also when the store
     lacks the run's last point; without the config's steps, fewer than the run's other records."""
-    from figures._common import before_run_end
+    from figures.records import before_run_end
 
     planned = budget_records(points=(2500, 10000), run_steps=48829)  # the run's end not recorded yet
     assert before_run_end(planned) == [True] * len(planned)
@@ -346,7 +346,7 @@ def test_step_points_of_records_with_odd_run_fields():
     """A trainer config whose steps are 0, negative or fewer than the run's records reached says nothing about
     the run's end: the run's last record is its end. A ``checkpoint_of`` that is not a string (a hand-edited
     record) still names a run, and does not raise TypeError."""
-    from figures._common import before_run_end
+    from figures.records import before_run_end
 
     for planned in (0, -3, 5000):
         recs = budget_records(run_steps=planned) if planned else [

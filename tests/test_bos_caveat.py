@@ -5,7 +5,7 @@ import json
 import types
 
 from dictionary_learning_aligned.records import write_record
-from figures._common import made_without_bos, saebench_bos_caveat
+from figures.saebench_results import made_without_bos, saebench_bos_caveat
 from figures.tables import saebench_table
 from tests.test_figures import make_record
 

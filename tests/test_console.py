@@ -48,7 +48,7 @@ def test_line_stream_skips_empty_and_repeated_redraws():
 def test_chatter_classification():
     assert console.is_chatter("LanguageModel is deprecated; use X", UserWarning, "/home/me/demo.py")
     assert console.is_chatter("old", FutureWarning, SITE)
-    assert not console.is_chatter("old", FutureWarning, "/home/me/project/figures/_common.py")
+    assert not console.is_chatter("old", FutureWarning, "/home/me/project/figures/saebench_results.py")
     assert not console.is_chatter("bad data", UserWarning, SITE)
     convergence = type("ConvergenceWarning", (UserWarning,), {})
     assert console.is_chatter("no convergence", convergence, SITE)
@@ -66,7 +66,7 @@ def test_quiet_mode_logs_chatter_and_shows_our_warnings(tmp_path):
     console.configure(verbose=False, log_file=log)
     _warn("LanguageModel is deprecated; use TransformersModel", UserWarning, "/x/demo.py")
     _warn("sklearn says later", FutureWarning, SITE)
-    _warn("2 SAEBench files left out", UserWarning, "/x/figures/_common.py")
+    _warn("2 SAEBench files left out", UserWarning, "/x/figures/saebench_results.py")
     assert shown == ["2 SAEBench files left out"]
     logged = log.read_text()
     assert "LanguageModel is deprecated" in logged and "sklearn says later" in logged

@@ -367,7 +367,7 @@ def test_saebench_table_means_each_group_over_its_seeds_and_counts_missing_value
 
 def test_autointerp_chance_levels_are_the_scores_of_answering_none_and_of_guessing(tmp_path):
     from figures import load_saebench
-    from figures._common import autointerp_chance_levels
+    from figures.saebench_results import autointerp_chance_levels
 
     cfg = {"n_top_ex_for_scoring": 2, "n_random_ex_for_scoring": 10, "n_iw_sampled_ex_for_scoring": 2}  # n = 14
     res = {"eval_type_id": "autointerp", "record_id": "r1", "eval_config": cfg,

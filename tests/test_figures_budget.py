@@ -39,7 +39,7 @@ def _claims_cli(capsys, *argv) -> str:
 
 
 def test_record_budget_reads_new_fields_and_derives_old_ones():
-    from figures._common import record_budget
+    from figures.training_budget import record_budget
 
     new = record_budget(make_record("relu", None, 0.02, 0, **FAITHFUL))
     assert (new["recipe"], new["steps"], new["batch_size"], new["derived"]) == ("saebench", 48_829, 2048, [])
@@ -54,7 +54,7 @@ def test_record_budget_reads_new_fields_and_derives_old_ones():
 
 
 def test_budget_line_names_everything_and_ranges_when_mixed():
-    from figures._common import budget_line
+    from figures.training_budget import budget_line
 
     line = budget_line([make_record("relu", None, 0.02, 0, **FAITHFUL)])
     for part in ("scale small", "model smollm2-135m-instruct", "recipe saebench", "steps 48,829", "batch 2,048",
@@ -232,7 +232,7 @@ def test_claims_on_a_store_without_records_is_an_error(tmp_path, capsys):
 def test_budgets_a_step_apart_are_one_budget_not_mixed():
     """The faithful store holds records of 48,829 and 48,828 steps (the ninth session's full-batch change dropped an
     epoch-end batch of 64 rows): one budget, shown as a range but not called mixed; 2,442 next to 48,829 is mixed."""
-    from figures._common import budget_line
+    from figures.training_budget import budget_line
 
     one_less = dict(FAITHFUL, steps=48_828, train_tokens=FAITHFUL["train_tokens"] - 2048)
     line = budget_line([make_record("relu", None, 0.02, 0, **FAITHFUL), make_record("relu", None, 0.08, 0, **one_less)])

@@ -7,7 +7,7 @@ import pytest
 
 from dictionary_learning_aligned.experiments import resolve
 from dictionary_learning_aligned.records import alignment_tag
-from figures._common import grid_gaps
+from figures.records import grid_gaps
 from figures.__main__ import main as figures_main
 from figures.ablations import ablation_report, draw_ablations
 from figures.budget import budget_report, draw_budget

@@ -160,7 +160,7 @@ def test_all_evals_on_a_tiny_dictionary_write_saebench_json_for_the_figures(tmp_
     """core, scr, tpp, sparse_probing and autointerp (local 135M judge) on a 128-feature aligned TopK dictionary over
     the real SmolLM2, through the CLI with --results-store; figures 9 and 12 then find the values by record id."""
     from benchmarks.saebench import cli, runner
-    from figures._common import AUTOINTERP_CHANCE, SAEBENCH_METRICS, load_saebench
+    from figures.saebench_results import AUTOINTERP_CHANCE, SAEBENCH_METRICS, load_saebench
 
     torch.manual_seed(0)
     ae = AutoEncoderTopK(576, 128, k=16, alignment="project")

@@ -9,7 +9,7 @@ checks that a result exists and holds numbers, adds
 * ``data`` (which datasets were used: hub names, or local files and the mapping),
 * ``model`` (how the model was obtained, the logit check), ``judge`` (autointerp: the endpoint, and
   ``chance_levels``, what answering "none" or guessing would have scored on the same latents,
-  :func:`figures._common.autointerp_chance_levels`), ``harness`` (command, versions), and for sparse probing
+  :func:`figures.saebench_results.autointerp_chance_levels`), ``harness`` (command, versions), and for sparse probing
   ``probe_check`` (:func:`probe_check`: full-SAE probes at exactly chance, scale of the pooled latents),
 
 and writes ``OUT/<name>/<eval>.json`` atomically. Paths in what the harness adds (and in its summary) are
@@ -39,7 +39,7 @@ from dictionary_learning_aligned import console
 from dictionary_learning_aligned.dtypes import as_dtype, check_device
 from dictionary_learning_aligned.io import check_output_dir, prepare_output_dir, write_json, write_json_new
 from dictionary_learning_aligned.records import neutral_json
-from figures._common import autointerp_chance_levels
+from figures.saebench_results import autointerp_chance_levels
 
 from . import data as D
 
@@ -578,7 +578,7 @@ def _load_model(spec: RunSpec, saes: list, model_name: str, dtype, log) -> tuple
             raise ValueError(f"{d.path}: dictionary reads {sae.cfg.hook_name} with activation_dim {sae.cfg.d_in}, but "
                              f"{model_name} has {tl_model.cfg.n_layers} layers (0..{tl_model.cfg.n_layers - 1}) "
                              f"of width {tl_model.cfg.d_model}")
-    # what figures/_common.saebench_bos_caveat reads: results made without it predate commit 5190b3e
+    # what figures/saebench_results.saebench_bos_caveat reads: results made without it predate commit 5190b3e
     model_info["tokenizer_prepends_bos"] = bool(getattr(tl_model.cfg, "tokenizer_prepends_bos", False))
     return tl_model, model_info
 
