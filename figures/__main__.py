@@ -153,8 +153,8 @@ def _claims(args) -> int:
 
 def _table(args) -> int:
     """``table``: the metrics (or ``--saebench`` metrics) per group, after a line saying what the records were
-    trained on (:func:`.training_budget.budget_line`; none for a SAEBench folder without records) and, for smoke records,
-    that they test the pipeline; 2 when the store is missing or holds nothing to tabulate."""
+    trained on (:func:`.training_budget.budget_line`; none for a SAEBench folder without records) and, for smoke
+    records, that they test the pipeline; 2 when the store is missing or holds nothing to tabulate."""
     try:
         try:
             records = load_records(args.results)

@@ -90,8 +90,8 @@ def compare_claims(records_a: list[dict], records_b: list[dict], labels: tuple[s
 
     Returns:
         the text: :data:`~figures.claims.SMOKE_LINE` first when either store holds smoke records, one budget line
-        per store (:func:`~figures.training_budget.budget_line` of the records checked: records at step points before their
-        run's end are left out, as in :func:`~figures.claims.claims_table`, and a line per store says how many:
+        per store (:func:`~figures.training_budget.budget_line` of the records checked: records at step points before
+        their run's end are left out, as in :func:`~figures.claims.claims_table`, and a line per store says how many:
         :func:`~figures.claims.step_points_line`), the table (settings of either store; a setting missing
         from one reads "—"), the claims' statements, and a last line counting the settings present in both whose
         verdict changed.

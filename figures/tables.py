@@ -92,8 +92,8 @@ def saebench_table(results, experiment: Optional[str] = None, fmt: str = "markdo
     """:func:`results_table` of the SAEBench metrics (:data:`SAEBENCH_COLUMNS`: core FVE, pooled and per token, and
     CE score, SCR and TPP at 20 latents, sparse-probing accuracy of the LLM probe, the SAE probe on all latents and
     on its top 1 / 5 latents, autointerp score and the score of answering "none" to every autointerp example,
-    :func:`figures.saebench_results.autointerp_chance_levels`) for the records of the store ``results`` that have SAEBench results under
-    ``results/saebench/`` (matched by record id, :func:`figures.saebench_results.load_saebench`).
+    :func:`figures.saebench_results.autointerp_chance_levels`) for the records of the store ``results`` that have
+    SAEBench results under ``results/saebench/`` (matched by record id, :func:`figures.saebench_results.load_saebench`).
 
     When ``results`` is not a results store (no ``records/``) but the output folder of ``python -m benchmarks run
     --dictionaries ... --out DIR``, the table has one row per dictionary instead (:func:`dictionaries_saebench_table`).

@@ -271,7 +271,7 @@ PYEOF
     pack ;;
   run) run ;;
   saebench)  # SAEBench alone on the records of ARCHS (2026-12-01: the run's own SAEBench step failed, `figures` was
-    # missing from src.tar); the harness imports figures._common, so it is copied from the checkout
+    # missing from src.tar); the harness imports figures (figures.saebench_results), so it is copied from the checkout
     cp -r figures $SRC/ && cd $SRC && export PYTHONPATH=/tmp/site:$SRC
     for arch in ${ARCHS//,/ }; do saebench_when_recorded "$arch" & done; wait; t "SAEBench ended" ;;
 esac
