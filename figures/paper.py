@@ -178,8 +178,8 @@ def save_drawn(draw: Callable[[], Drawn], name: str, title: str, out) -> FigureR
 def _annotate(d: Drawn, name: str, title: str) -> None:
     """Suptitle (figure number, title, model) and caption: the training budget of the records drawn
     (:func:`~figures.training_budget.budget_line`: scale, recipe, steps, batch size, tokens with unique tokens and
-    epochs; ranges when budgets are mixed), the figure's note and the offline note. Adds one legend for the whole figure in
-    its first panel with labelled artists, unless the drawing placed its own legends."""
+    epochs; ranges when budgets are mixed), the figure's note and the offline note. Adds one legend for the whole
+    figure in its first panel with labelled artists, unless the drawing placed its own legends."""
     width = d.fig.get_figwidth()
     models, notes, parts = {}, [], []
     for r in d.records:
