@@ -86,7 +86,8 @@ def _extra_parser(name: str) -> argparse.ArgumentParser:
                        "project)")
         p.add_argument("--reference", metavar="STORE", help="another results store whose 'main' records of the "
                        "same model, architecture, dict_size and sparsity are drawn and tabulated as one more point, "
-                       "labelled with their own budget (e.g. results/reproduce_small: 2,442 steps at batch 8192)")
+                       "labelled with their own budget (e.g. results/reproduce_small: its main records, 2,441 steps "
+                       "at batch 8192)")
     return p
 
 
