@@ -385,7 +385,7 @@ def heldout_data(harvest: Harvest, eval_batches: int, ce_batches: int, ce_batch_
 
 
 def evaluate_dictionaries(folders: Sequence, heldout: HeldOut, model: LoadedModel, device: str = "cpu",
-                          per_feature: bool = False, keep: bool = True) -> tuple[list, list[dict]]:
+                          per_feature: bool = False, keep: bool = True, bar: bool = False) -> tuple[list, list[dict]]:
     """Load each trained dictionary (``ae.safetensors`` + ``config.json`` in each of ``folders``, e.g.
     ``save_dir/trainer_{i}``) onto ``device`` and evaluate it on ``heldout`` (:func:`.evaluation.evaluate`:
     reconstruction metrics over ``heldout.acts``, CE losses spliced into ``model``'s layer, BOS untouched).
@@ -394,6 +394,8 @@ def evaluate_dictionaries(folders: Sequence, heldout: HeldOut, model: LoadedMode
         per_feature: also return each dictionary's ``fired`` list (``[dict_size]`` bools).
         keep: return the loaded dictionaries (e.g. for cross-seed stability); False: None in their place, so
             each is freed after its evaluation.
+        bar: a progress bar on stderr counting the dictionaries evaluated (:func:`.console.progress`), for callers
+            that evaluate many after their training bar closed (``reproduce``: 32 at smoke scale, minutes on a CPU).
 
     Returns:
         ``(dictionaries, metrics)``: two lists in the order of ``folders``; each metrics dict as
@@ -403,11 +405,12 @@ def evaluate_dictionaries(folders: Sequence, heldout: HeldOut, model: LoadedMode
         CheckpointError: a folder without a loadable dictionary (missing, or no weights file). ValueError: held-out
             activations of another width than a dictionary's ``activation_dim``.
     """
+    from .console import progress
     from .dictionary import Dictionary
     from .evaluation import evaluate
 
     dictionaries, metrics = [], []
-    for folder in folders:
+    for folder in progress(folders, total=len(folders), desc="evaluating", unit="dict", disable=not bar):
         ae = Dictionary.from_pretrained(Path(folder), device=device)
         metrics.append(evaluate(ae, heldout.acts, n_batches=len(heldout.acts), model=model.lm,
                                 submodule=model.submodule, ce_tokens=heldout.ce_tokens, skip_first=True,

@@ -69,6 +69,26 @@ def test_evaluate_dictionaries_loads_each_folder_and_splices_it(tiny_harvest, tm
         pipeline.evaluate_dictionaries([tmp_path / "missing"], held, tiny_harvest.model)
 
 
+def test_evaluate_dictionaries_shows_a_bar_over_the_dictionaries_when_asked(tiny_harvest, tmp_path, monkeypatch):
+    """reproduce evaluates every dictionary of a part (32 at smoke, minutes on a CPU) after its training bar closed:
+    with ``bar=True`` a progress bar counts them, so the wait is not silent; without it nothing is written."""
+    import io
+    import sys
+
+    folders = []
+    for i in range(2):
+        perfect_dictionary(64).save(tmp_path / f"trainer_{i}")
+        folders.append(tmp_path / f"trainer_{i}")
+    held = pipeline.heldout_data(tiny_harvest, eval_batches=1, ce_batches=1, ce_batch_size=2)
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    pipeline.evaluate_dictionaries(folders, held, tiny_harvest.model, keep=False)
+    assert err.getvalue() == ""
+    pipeline.evaluate_dictionaries(folders, held, tiny_harvest.model, keep=False, bar=True)
+    lines = err.getvalue().splitlines()
+    assert lines and all(line.startswith("evaluating") for line in lines) and "2/2" in lines[-1]
+
+
 def test_harvest_once_builds_once_and_the_metadata_is_checked_on_reading(tiny_harvest, tmp_path):
     path = tmp_path / "cache"
     assert pipeline.harvest_once(path, lambda p: pipeline.harvest_into(p, tiny_harvest, 200)) == path

@@ -519,6 +519,6 @@ def evaluate_part(ctx: Context, run_dir: Path, point: Optional[int], indices: li
     from ..pipeline import evaluate_dictionaries
 
     folders = [dictionary_dir(run_dir / f"trainer_{i}", point, ctx.steps) for i in indices]
-    aes, metrics = evaluate_dictionaries(folders, ctx.heldout, ctx.model, ctx.device, per_feature=True)
+    aes, metrics = evaluate_dictionaries(folders, ctx.heldout, ctx.model, ctx.device, per_feature=True, bar=True)
     return dict(zip(indices, aes)), dict(zip(indices, metrics))
 
