@@ -28,7 +28,10 @@ from .tables import results_table, saebench_table
 
 def _figures_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m figures", description="Draw the paper's figures from a results store (one PDF + PNG "
+        prog="python -m figures",
+        usage="python -m figures --results DIR --out DIR [--only figN,...]\n"
+              "       python -m figures claims|table|ablations|budget --results DIR ...  (each has its own --help)",
+        description="Draw the paper's figures from a results store (one PDF + PNG "
         "preview each). Subcommands: `python -m figures claims --results DIR` prints the claims table, "
         "`python -m figures table --results DIR` the metrics per group, `python -m figures ablations|budget --results "
         "DIR [--out DIR]` the tables and figures of the experiments beyond the paper.",

@@ -42,3 +42,13 @@ def test_a_figure_drawn_before_is_redrawn(tmp_path):
     first = ablation_figure(ablation_records(), tmp_path)
     again = ablation_figure(ablation_records()[:-3], tmp_path)  # e.g. after more records came in
     assert first.written and again.written and again.paths == first.paths
+
+
+def test_help_usage_names_the_subcommands(capsys):
+    """`python -m figures --help` shows every subcommand in its usage line, not only in the prose below it."""
+    with pytest.raises(SystemExit) as e:
+        figures_main(["--help"])
+    assert e.value.code == 0
+    usage = capsys.readouterr().out.split("\n\n")[0]
+    for sub in ("claims", "table", "ablations", "budget"):
+        assert sub in usage, (sub, usage)
