@@ -27,8 +27,8 @@ from .records import L0, alignment_key, archs_in, field_getter, grid_gaps, prima
 from .training_budget import budget_line, fmt_tokens, record_budget
 from .claims import CLAIMS, SMOKE_LINE, claims_table, shown_verdict
 from .compare import key_numbers
-from .paper import (CE, DEAD, FRACTION_SPAN, FVE, Drawn, FigureResult, Missing, _fraction_axis, _panels, mode_style,
-                    save_drawn)
+from .paper import (CE, DEAD, FRACTION_SPAN, FVE, Drawn, FigureResult, Missing, _fraction_axis, _panels,
+                    legend_handles, mode_style, save_drawn)
 
 EXPERIMENT = "budget"
 #: (panel title, getter) of the figure
@@ -135,10 +135,7 @@ def _log_if_wide(ax, values: list[float], ratio: float = L0_LOG_RATIO) -> bool:
 def _legend_right(axes) -> None:
     """One legend for all panels, right of the last one, outside it: the L0 line of a penalty architecture falls
     across its whole panel, so a legend inside the first panel covered it."""
-    handles = {}
-    for ax in axes:
-        for h, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label, h)
+    handles = legend_handles(axes)[0]
     axes[-1].legend(list(handles.values()), list(handles), loc="upper left", bbox_to_anchor=(1.02, 1))
 
 

@@ -175,6 +175,18 @@ def save_drawn(draw: Callable[[], Drawn], name: str, title: str, out) -> FigureR
     return FigureResult(name, title, paths)
 
 
+def legend_handles(axes) -> tuple[dict, Optional[object]]:
+    """``(handles, first)``: the labelled artists of the matplotlib ``axes``, one per label (label -> artist, the
+    first seen, in order), and the first of ``axes`` holding one (None when none does); for one legend over many
+    panels."""
+    handles, first = {}, None
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+            first = first or ax
+    return handles, first
+
+
 def _annotate(d: Drawn, name: str, title: str) -> None:
     """Suptitle (figure number, title, model) and caption: the training budget of the records drawn
     (:func:`~figures.training_budget.budget_line`: scale, recipe, steps, batch size, tokens with unique tokens and
@@ -197,11 +209,7 @@ def _annotate(d: Drawn, name: str, title: str) -> None:
     if models:
         head += "\n" + "; ".join(str(m) for m in models)
     d.fig.suptitle("\n".join(textwrap.fill(t, int(width * 12.5)) for t in head.split("\n")), fontsize=9)
-    handles, first = {}, None
-    for ax in d.fig.axes:  # one legend for the whole figure, in its first panel with data
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, h)
-            first = first or ax
+    handles, first = legend_handles(d.fig.axes)  # one legend for the whole figure, in its first panel with data
     if handles and not any(ax.get_legend() for ax in d.fig.axes):
         first.legend(list(handles.values()), list(handles), loc="best")
     caption = "\n".join(textwrap.fill(t, int(width * 17)) for t in [" · ".join(parts), *notes] if t)
