@@ -66,9 +66,10 @@ def next_token_ce(logits: torch.Tensor, tokens: torch.Tensor, chunk_rows: Option
     Equal, up to float rounding, to ``F.cross_entropy(logits[:, :-1].reshape(-1, vocab).float(),
     tokens[:, 1:].reshape(-1))`` for token ids (``F.cross_entropy`` would skip targets of ``-100``, its
     ``ignore_index``; here every position counts), but computed ``chunk_rows`` positions at a time in float32
-    (default: as many as make :data:`CE_CHUNK_ELEMENTS` logits), the chunks' sums added in float64 on the CPU (one device read): with a
-    large vocabulary that formula copied all logits and took the log-softmax of all of them at once, each a tensor
-    as large as the logits (1 GiB for 8 contexts of 128 tokens with Gemma-3), much slower than the chunks on a CPU.
+    (default: as many as make :data:`CE_CHUNK_ELEMENTS` logits), the chunks' sums added in float64 on the CPU (one
+    device read): with a large vocabulary that formula copied all logits and took the log-softmax of all of them at
+    once, each a tensor as large as the logits (1 GiB for 8 contexts of 128 tokens with Gemma-3), much slower than
+    the chunks on a CPU.
 
     Raises:
         ValueError: ``chunk_rows`` < 1, or no predicted position (``batch`` 0 or ``ctx_len`` < 2).
