@@ -257,7 +257,7 @@ PYEOF
     # do not travel into the run; of several staged bundles, the newest src.tar (ls -t), named here
     src=${SRC_TAR:-$(ls -t .gpu*/p*/src.tar 2>/dev/null | head -1)}
     echo "code: ${src:-a copy of the checkout}"
-    if [ -n "$src" ]; then tar -xf "$src" -C $SRC; else cp -r . $SRC/ && rm -rf $SRC/.gpu $SRC/.git; fi
+    if [ -n "$src" ]; then tar -xf "$src" -C $SRC; else cp -r . $SRC/ && rm -rf $SRC/.gpu* $SRC/.git; fi
     for pkg in dictionary_learning_aligned benchmarks figures; do  # the harness imports all three
       [ -d $SRC/$pkg ] || { echo "$pkg missing from $src: copied from the checkout" >&2; cp -r $pkg $SRC/; }; done
     setsid nohup bash "$0" run > $R/logs/pipeline.txt 2>&1 < /dev/null &
