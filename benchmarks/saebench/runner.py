@@ -9,8 +9,9 @@ checks that a result exists and holds numbers, adds
 * ``data`` (which datasets were used: hub names, or local files and the mapping),
 * ``model`` (how the model was obtained, the logit check), ``judge`` (autointerp: the endpoint, and
   ``chance_levels``, what answering "none" or guessing would have scored on the same latents,
-  :func:`figures.saebench_results.autointerp_chance_levels`), ``harness`` (command, versions), and for sparse probing
-  ``probe_check`` (:func:`probe_check`: full-SAE probes at exactly chance, scale of the pooled latents),
+  :func:`figures.saebench_results.autointerp_chance_levels`), ``harness`` (command, versions; for sparse probing
+  ``probe_rng``, :func:`_seeded_probes`), and for sparse probing ``probe_check`` (:func:`probe_check`: full-SAE
+  probes at exactly chance, scale of the pooled latents),
 
 and writes ``OUT/<name>/<eval>.json`` atomically. Paths in what the harness adds (and in its summary) are
 machine-neutral (:func:`dictionary_learning_aligned.records.neutral_json`): relative to the results store with
@@ -193,6 +194,47 @@ def _restore_global_state():
         random.setstate(py)
         np.random.set_state(nprng)
         torch.set_rng_state(trng)
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's global RNG and torch's (CPU and every CUDA device) with ``seed``."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+#: what ``harness.probe_rng`` of a sparse-probing result says (results without it predate the per-probe seeding)
+PROBE_RNG = "reseeded with the eval's random_seed before each probe"
+
+
+@contextlib.contextmanager
+def _seeded_probes(seed: int):
+    """Within the block, every probe SAEBench's sparse probing trains (``probe_training.train_probe_on_activations``:
+    the LLM probes on all dimensions and on the top-k, then the SAE probes, per dataset) starts from RNGs seeded
+    with ``seed`` (:func:`seed_all`). The function is restored on exit.
+
+    SAEBench seeds once per dictionary (``run_eval_single_sae``) and each probe then draws from torch's global RNG
+    (its negatives in ``prepare_probe_data``, ``torch.randperm``; its batch order in ``train_probe_gpu``, whose
+    epoch count depends on early stopping). The LLM probes of a dataset, computed once by the dictionary that
+    creates the artifacts, thus drew after the SAE probes of the datasets before it: their numbers depended on
+    which dictionary that was. Seeded per probe, each probe depends only on its inputs and ``seed``."""
+    import sae_bench.evals.sparse_probing.probe_training as pt
+
+    real = pt.train_probe_on_activations
+
+    def seeded(*args, **kwargs):
+        seed_all(seed)
+        return real(*args, **kwargs)
+
+    pt.train_probe_on_activations = seeded
+    try:
+        yield
+    finally:
+        pt.train_probe_on_activations = real
 
 
 @contextlib.contextmanager
@@ -401,8 +443,9 @@ def _run_one_inner(ev, spec, sae, name, scratch, artifacts, text_name, judge_cfg
 
 def _run_sparse_probing(spec: RunSpec, sae, name: str, names: list, out: Path, artifacts: Path,
                         pooled: list) -> str:
-    """SAEBench's sparse probing of ``sae`` on datasets ``names``; appends the :func:`pooled_latent_stats` of each
-    pooling call to ``pooled`` and returns the path of SAEBench's result file."""
+    """SAEBench's sparse probing of ``sae`` on datasets ``names``, each probe seeded with ``spec.seed``
+    (:func:`_seeded_probes`); appends the :func:`pooled_latent_stats` of each pooling call to ``pooled`` and returns
+    the path of SAEBench's result file."""
     import sae_bench.evals.sparse_probing.main as sp
     from sae_bench.sae_bench_utils.general_utils import get_results_filepath
 
@@ -412,7 +455,7 @@ def _run_sparse_probing(spec: RunSpec, sae, name: str, names: list, out: Path, a
         probe_train_set_size=b.probe_train, probe_test_set_size=b.probe_test, context_length=b.context,
         llm_batch_size=b.llm_batch_size, llm_dtype=spec.dtype, k_values=list(b.probe_k_values),
         sae_batch_size=min(125, b.llm_batch_size * 4))
-    with _jaxtyping_off(), _pooled_latent_stats() as stats:
+    with _jaxtyping_off(), _seeded_probes(spec.seed), _pooled_latent_stats() as stats:
         sp.run_eval(cfg, [(name, sae)], spec.device, str(out), force_rerun=True, clean_up_activations=False,
                     save_activations=True, artifacts_path=str(artifacts))
     pooled.extend(stats)
@@ -665,6 +708,8 @@ def _annotate(res: dict, ev: str, spec: RunSpec, d, sae, cfg, names, local, judg
         "harness": {"command": spec.command, "seconds": seconds, "budgets": vars(spec.budgets), "versions": versions},
         "non_finite_fields": bad,
     })
+    if ev == "sparse_probing":
+        res["harness"]["probe_rng"] = PROBE_RNG
     if ev == "autointerp":  # what answering "none" / guessing would have scored on these latents
         try:
             res["judge"]["chance_levels"] = autointerp_chance_levels(res)

@@ -1,0 +1,64 @@
+"""SAEBench sparse probing gives the same LLM-probe numbers whichever dictionary computes the shared artifacts.
+
+SAEBench seeds torch once per dictionary and every probe then draws from the global RNG (negatives, batch order,
+early stopping). The LLM probes of the second dataset, trained once by the dictionary that creates the artifacts,
+drew after that dictionary's SAE probes on the first dataset: two GPU sessions whose first dictionary differed
+gave AG News LLM top-1 0.5375 and 0.5188 on the same activations. The harness now reseeds before each probe.
+"""
+
+import torch
+
+from dictionary_learning_aligned.dictionary import AutoEncoder
+
+DATASETS = ["dla-local/bias_in_bios_class_set1", "dla-local/ag_news"]
+
+
+def _dictionary(folder, seed: int, enc_scale: float):
+    torch.manual_seed(seed)
+    ae = AutoEncoder(64, 128)
+    with torch.no_grad():
+        ae.W_enc.mul_(enc_scale)  # another scale: the SAE probes stop early after other epoch counts
+    ae.save(folder, config={"trainer": {"trainer_class": "StandardTrainer", "dict_class": "AutoEncoder", "layer": 1,
+                                        "lm_name": "tiny-llama", "activation_dim": 64, "dict_size": 128,
+                                        "alignment": None}, "library": "dictionary_learning_aligned"})
+    return folder
+
+
+def _probe_numbers(tmp_path, model, folders, out: str) -> dict:
+    """Per dictionary name: SAEBench's per-class probe accuracies of a sparse-probing run over ``folders`` (in
+    that order; the first computes the LLM activations and probes, the second reuses them)."""
+    import json
+
+    from benchmarks.saebench import runner
+    from benchmarks.saebench.cli import find_dictionaries
+
+    spec = runner.RunSpec(dictionaries=find_dictionaries(folders), evals=["sparse_probing"], out=tmp_path / out,
+                          model=model, datasets={"sparse_probing": DATASETS},
+                          budgets=runner.Budgets(context=32, llm_batch_size=8, probe_train=40, probe_test=20,
+                                                 probe_k_values=(1, 2)))
+    summary = runner.run(spec, log=lambda *a: None)
+    results = {}
+    for row in summary["results"]:
+        res = json.loads((tmp_path / out / row["dictionary"] / "sparse_probing.json").read_text())
+        assert res["harness"]["probe_rng"] == runner.PROBE_RNG
+        results[row["dictionary"]] = res["eval_result_unstructured"]
+    return results
+
+
+def test_llm_probes_do_not_depend_on_which_dictionary_computed_them(tmp_path, tiny_lm, smollm2_tokenizer):
+    from benchmarks.saebench.bridge import hooked_transformer_from_hf
+
+    tl, check = hooked_transformer_from_hf(tiny_lm[0], smollm2_tokenizer)
+    model = (tl, {"model_name": "tiny-llama", "source": "converted", "logit_check": check})
+    a = _dictionary(tmp_path / "a" / "trainer_0", seed=1, enc_scale=1.0)
+    b = _dictionary(tmp_path / "b" / "trainer_0", seed=2, enc_scale=5.0)
+    torch.manual_seed(0)
+    ab = _probe_numbers(tmp_path, model, [a, b], "ab")
+    torch.rand(1000)  # another process RNG state before the eval, too
+    ba = _probe_numbers(tmp_path, model, [b, a], "ba")
+    names = sorted(ab)
+    assert names == sorted(ba) and len(names) == 2
+    llm = {n: {d: {k: v for k, v in per.items() if k.startswith("llm_")} for d, per in ab[n].items()} for n in names}
+    assert llm[names[0]] == llm[names[1]]  # within a run, every dictionary reports the one LLM probe
+    for n in names:  # across runs: the same LLM probes, and each dictionary's SAE probes, to the last digit
+        assert ab[n] == ba[n], n
