@@ -17,10 +17,11 @@ from typing import Optional
 import numpy as np
 
 from .labels import ARCH_LABEL, SPARSITY_LABEL
-from .records import alignment_key, archs_in, field_getter, grid_gaps, primary_model
+from .averages import mean_std
+from .records import alignment_key, archs_in, field_getter, finite, grid_gaps, primary_model
 from .training_budget import budget_line
 from .claims import SMOKE_LINE
-from .paper import DEAD, FRACTION_SPAN, Drawn, FigureResult, Missing, _fraction_axis, _panels, save_drawn
+from .paper import DEAD, FRACTION_SPAN, Drawn, FigureResult, Missing, _panels, _span_axis, save_drawn
 from .tables import _cell
 
 EXPERIMENT = "ablations"
@@ -43,7 +44,17 @@ METRICS = (
     ("MCS", field_getter("stability", "mcs"), 3),
     ("mean a_i", field_getter("alignment_scores", "mean"), 3),
 )
-ARCH_COLOR = {"relu": "#1f5fa8", "topk": "#e0621b"}
+#: (colour, marker) per architecture; :data:`OTHER_STYLE` for the others
+ARCH_STYLE = {"relu": ("#1f5fa8", "o"), "topk": ("#e0621b", "s")}
+OTHER_STYLE = ("#7f7f7f", "D")
+#: the smallest span of the y axis of a metric of order 1 (FVE, CE loss recovered, MCS, mean a_i)
+METRIC_SPAN = 0.02
+#: panel title -> (smallest span of its y axis, (lower, upper) bounds of the metric) for
+#: :func:`~figures.paper._span_axis`: each axis is fitted to the data (not to 0 or [0, 1]) but spans at least this
+#: much, so that a 0.1% difference is not drawn as a cliff
+AXIS_SPAN = {"FVE": (METRIC_SPAN, (-np.inf, 1.0)), "L0": (4.0, (0.0, np.inf)),
+             "CE loss recovered": (METRIC_SPAN, (-np.inf, np.inf)), "dead fraction": (FRACTION_SPAN, (0.0, 1.0)),
+             "MCS": (METRIC_SPAN, (-np.inf, 1.0)), "mean a_i": (METRIC_SPAN, (-np.inf, np.inf))}
 
 
 def mode_sort_key(record: dict) -> tuple:
@@ -128,10 +139,40 @@ def ablation_report(records: list[dict], experiment: str = EXPERIMENT, fmt: str 
     return "\n".join(lines + [f"records: {len(recs)} · {budget_line(recs)}", *([gaps] if gaps else []), "", table])
 
 
+def _entry(ax, x: float, vals: list[float], arch: str) -> None:
+    """One grid entry on a panel at ``x``: the mean over seeds as the architecture's marker (:data:`ARCH_STYLE`)
+    with the population std as error bar (none for one seed), and each seed's value as a small dot just right of
+    it."""
+    color, marker = ARCH_STYLE.get(arch, OTHER_STYLE)
+    m, s, n = mean_std(vals)
+    ax.errorbar(x, m, yerr=s if n > 1 else None, color=color, marker=marker, ms=5, ls="none",
+                label=ARCH_LABEL.get(arch, arch), zorder=3)
+    ax.plot([x + 0.15] * n, vals, ".", color=color, ms=2.5, alpha=0.7, zorder=4)
+
+
+def _metric_panel(ax, groups, modes: list[str], archs: list[str], get) -> int:
+    """One metric's panel: per architecture (side by side around each mode's x) every mode's :func:`_entry` and a
+    dashed line at its standard entry's mean; returns the number of entries drawn."""
+    drawn = 0
+    for j, arch in enumerate(archs):
+        dx = (j - (len(archs) - 1) / 2) * 0.8 / len(archs)
+        for r0, recs in groups:
+            vals = [v for v in map(get, recs) if finite(v)]
+            if r0["arch"] != arch or not vals:
+                continue
+            if alignment_key(r0) == "standard":
+                ax.axhline(np.mean(vals), color=ARCH_STYLE.get(arch, OTHER_STYLE)[0], ls="--", lw=0.8, alpha=0.6,
+                           zorder=1)
+            _entry(ax, modes.index(alignment_key(r0)) + dx, vals, arch)
+            drawn += 1
+    return drawn
+
+
 def draw_ablations(records: list[dict], experiment: str = EXPERIMENT) -> Drawn:
-    """One panel per metric of :data:`METRICS`: x = alignment mode (:data:`MODE_ORDER`), one bar per architecture
-    (mean over seeds, std error bars, a dot per seed); dead fraction on an axis spanning at least
-    :data:`~figures.paper.FRACTION_SPAN`. The caption names the grid entries without records
+    """One panel per metric of :data:`METRICS`: x = alignment mode (:data:`MODE_ORDER`), per architecture a marker
+    (mean over seeds, std error bars, a dot per seed) side by side and a dashed line at its standard entry; each y
+    axis fitted to the data, spanning at least :data:`AXIS_SPAN` (dead fraction
+    :data:`~figures.paper.FRACTION_SPAN`). The caption names the grid entries without records
     (:func:`~figures.records.grid_gaps`).
 
     Raises:
@@ -145,29 +186,22 @@ def draw_ablations(records: list[dict], experiment: str = EXPERIMENT) -> Drawn:
     labels = {alignment_key(r0): mode_label(r0).split(" (")[0] for r0, _ in groups}
     archs = list(dict.fromkeys(r0["arch"] for r0, _ in groups))
     fig, axes = _panels(3, 2, w=3.4, h=2.6)
-    width, drawn = 0.8 / len(archs), 0
+    drawn = 0
     for ax, (title, get, _) in zip(axes.flat, METRICS):
-        for j, arch in enumerate(archs):
-            for r0, recs in groups:
-                vals = [v for v in map(get, recs) if v is not None and np.isfinite(v)]
-                if r0["arch"] != arch or not vals:
-                    continue
-                x = modes.index(alignment_key(r0)) + (j - (len(archs) - 1) / 2) * width
-                ax.bar(x, np.mean(vals), width * 0.9, yerr=np.std(vals) if len(vals) > 1 else None,
-                       color=ARCH_COLOR.get(arch, "#7f7f7f"), alpha=0.85, label=ARCH_LABEL.get(arch, arch), capsize=2)
-                ax.plot([x] * len(vals), vals, ".", color="k", ms=2.5, zorder=3)
-                drawn += 1
+        drawn += _metric_panel(ax, groups, modes, archs, get)
         ax.set_xticks(range(len(modes)), [labels[m] for m in modes], rotation=35, ha="right")
+        ax.set_xlim(-0.6, len(modes) - 0.4)
         ax.set(title=title, ylabel=title)
-        if get is DEAD:
-            _fraction_axis(ax)
+        ax.ticklabel_format(axis="y", useOffset=False)
+        _span_axis(ax, *AXIS_SPAN.get(title, (0.0, (-np.inf, np.inf))))
     if not drawn:
         raise Missing(f"the {experiment!r} records have none of {', '.join(t for t, _, _ in METRICS)}")
     recs = [r for _, g in groups for r in g]
     gaps = grid_gaps(records, experiment)
-    return Drawn(fig, recs, (f"{gaps}; " if gaps else "") + f"bars: mean over seeds, error bars: std, dots: seeds; "
-                 f"dead-fraction axis spans at least {FRACTION_SPAN:.0%}; MCS: mean max cosine of each feature to the "
-                 f"other seeds' features")
+    return Drawn(fig, recs, (f"{gaps}; " if gaps else "") + "markers: mean over seeds, error bars: std, dots: seeds, "
+                 "dashed lines: each architecture's standard entry; y axes fitted to the data (not to 0), spanning "
+                 f"at least {METRIC_SPAN:g} (L0 {AXIS_SPAN['L0'][0]:g}, dead fraction {FRACTION_SPAN:.0%}); MCS: "
+                 "mean max cosine of each feature to the other seeds' features")
 
 
 def ablation_figure(records: list[dict], out, experiment: str = EXPERIMENT,

@@ -225,15 +225,23 @@ FRACTION_SPAN = 0.05
 def _fraction_axis(ax, span: float = FRACTION_SPAN) -> None:
     """Widen the y range of a panel of fractions (values in [0, 1]) to at least ``span`` (0 < span <= 1) around its
     data, kept inside [0, 1] plus a margin of 2% of ``span``, so that small differences look small; a panel whose
-    data already spans ``span`` or more is left as it is."""
+    data already spans ``span`` or more is left as it is (:func:`_span_axis` with bounds [0, 1])."""
+    _span_axis(ax, span, (0.0, 1.0))
+
+
+def _span_axis(ax, span: float, bounds: tuple[float, float] = (-np.inf, np.inf)) -> None:
+    """Widen the y range of a panel to at least ``span`` (y units, > 0) around its data (``ax.dataLim``), so that
+    small differences look small: the window is centred on the data and shifted inside ``bounds`` (lower, upper;
+    the values the metric can take), plus a margin of 2% of ``span``. A panel without data, or whose data already
+    spans ``span`` or more, is left as it is (matplotlib's range fitted to the data)."""
     lo, hi = ax.dataLim.intervaly if ax.has_data() else (np.nan, np.nan)
     if not (np.isfinite(lo) and np.isfinite(hi)) or hi - lo >= span:
         return
     lo2, hi2 = (lo + hi - span) / 2, (lo + hi + span) / 2
-    if hi2 > 1.0:
-        lo2, hi2 = lo2 - (hi2 - 1.0), 1.0
-    if lo2 < 0.0:
-        lo2, hi2 = 0.0, hi2 - lo2
+    if hi2 > bounds[1]:
+        lo2, hi2 = lo2 - (hi2 - bounds[1]), bounds[1]
+    if lo2 < bounds[0]:
+        lo2, hi2 = bounds[0], hi2 + (bounds[0] - lo2)
     ax.set_ylim(lo2 - 0.02 * span, hi2 + 0.02 * span)
 
 

@@ -4,6 +4,7 @@ the ``reproduce -h`` listing, and their tables and figures on synthetic records;
 
 import math
 
+import numpy as np
 import pytest
 
 from dictionary_learning_aligned.experiments import EXPERIMENTS, Experiment, parse_alignment, resolve
@@ -219,6 +220,35 @@ def test_ablation_figure_is_drawn_with_its_budget_line(tmp_path):
                      "penalty λ=10", "tied"]
     missing = ablation_figure([], tmp_path / "none")
     assert not missing.written and "no records of experiment 'ablations'" in missing.missing
+
+
+def test_ablation_panels_fit_their_axes_to_the_data():
+    """Each ablation panel draws an entry as a marker (mean, std error bar) with its seeds as dots, ReLU and TopK
+    side by side in their own colour and marker, a dashed line at each architecture's standard entry, on a y axis
+    fitted to the data: FVE (0.76-0.87 here) not from a bar's 0; a dead fraction of 0.1% at most spans 5%."""
+    from figures.ablations import draw_ablations
+
+    recs = ablation_records()
+    for r in recs:  # dead fraction 0.001 for tied, 0 for the rest
+        r["metrics"]["frac_alive"] = 0.999 if r["alignment"] == "tied" else 1.0
+    fve_ax, _, _, dead_ax = draw_ablations(recs).fig.axes[:4]
+    fve = [r["metrics"]["frac_variance_explained"] for r in recs]
+    lo, hi = fve_ax.get_ylim()
+    assert lo <= min(fve) and max(fve) <= hi and hi - lo < 1.2 * (max(fve) - min(fve)), (lo, hi, min(fve), max(fve))
+    entries = {}  # label -> the markers of its entries (one errorbar each)
+    for c in fve_ax.containers:
+        entries.setdefault(c.get_label(), []).append(c.lines[0])
+    assert set(entries) == {"ReLU", "TopK"} and entries["ReLU"][0].get_marker() != entries["TopK"][0].get_marker()
+    relu_x, topk_x = ([m.get_xdata()[0] for m in entries[a]] for a in ("ReLU", "TopK"))
+    assert len(relu_x) == len(topk_x) == 8 and all(0 < t - r < 0.5 for r, t in zip(relu_x, topk_x))
+    seeds = [line for line in fve_ax.lines if line.get_marker() == "."]
+    assert len(seeds) == 16 and all(len(line.get_ydata()) == 3 for line in seeds)
+    dashed = [line for line in fve_ax.lines if line.get_linestyle() == "--"]
+    standard = {a: np.mean([r["metrics"]["frac_variance_explained"] for r in recs
+                            if r["arch"] == a and r["alignment"] is None]) for a in ("relu", "topk")}
+    assert sorted(line.get_ydata()[0] for line in dashed) == pytest.approx(sorted(standard.values()))
+    dlo, dhi = dead_ax.get_ylim()
+    assert dhi - dlo >= 0.05 and dlo <= 0.0 and dhi >= 0.001
 
 
 def budget_records(points=(2500, 10000, 48829), scale="small", mcs_gain=0.1, run_steps=None):
