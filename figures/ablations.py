@@ -152,7 +152,8 @@ def _entry(ax, x: float, vals: list[float], arch: str) -> None:
 
 def _metric_panel(ax, groups, modes: list[str], archs: list[str], get) -> int:
     """One metric's panel: per architecture (side by side around each mode's x) every mode's :func:`_entry` and a
-    dashed line at its standard entry's mean; returns the number of entries drawn."""
+    dashed line at its standard entry's mean, or "no data" when no record has a finite value; returns the number
+    of entries drawn."""
     drawn = 0
     for j, arch in enumerate(archs):
         dx = (j - (len(archs) - 1) / 2) * 0.8 / len(archs)
@@ -165,6 +166,8 @@ def _metric_panel(ax, groups, modes: list[str], archs: list[str], get) -> int:
                            zorder=1)
             _entry(ax, modes.index(alignment_key(r0)) + dx, vals, arch)
             drawn += 1
+    if not drawn:
+        ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", color="gray")
     return drawn
 
 

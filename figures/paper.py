@@ -232,11 +232,14 @@ def _fraction_axis(ax, span: float = FRACTION_SPAN) -> None:
 def _span_axis(ax, span: float, bounds: tuple[float, float] = (-np.inf, np.inf)) -> None:
     """Widen the y range of a panel to at least ``span`` (y units, > 0) around its data (``ax.dataLim``), so that
     small differences look small: the window is centred on the data and shifted inside ``bounds`` (lower, upper;
-    the values the metric can take), plus a margin of 2% of ``span``. A panel without data, or whose data already
-    spans ``span`` or more, is left as it is (matplotlib's range fitted to the data)."""
+    the values the metric can take; ignored when data lie outside them, e.g. from a foreign record, so that no value
+    is cut off), plus a margin of 2% of ``span``. A panel without data, or whose data already spans ``span``
+    or more, is left as it is (matplotlib's range fitted to the data)."""
     lo, hi = ax.dataLim.intervaly if ax.has_data() else (np.nan, np.nan)
     if not (np.isfinite(lo) and np.isfinite(hi)) or hi - lo >= span:
         return
+    if lo < bounds[0] or hi > bounds[1]:
+        bounds = (-np.inf, np.inf)
     lo2, hi2 = (lo + hi - span) / 2, (lo + hi + span) / 2
     if hi2 > bounds[1]:
         lo2, hi2 = lo2 - (hi2 - bounds[1]), bounds[1]

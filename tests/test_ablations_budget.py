@@ -251,6 +251,34 @@ def test_ablation_panels_fit_their_axes_to_the_data():
     assert dhi - dlo >= 0.05 and dlo <= 0.0 and dhi >= 0.001
 
 
+def test_ablation_axes_never_hide_values_outside_a_metrics_range():
+    """A fitted axis is shifted inside the metric's range (FVE <= 1, dead fraction in [0, 1]), but a value outside it
+    (a foreign record: FVE 1.3, frac_alive 1.2) is still drawn on the axis, not cut off (the table prints it)."""
+    from figures.ablations import draw_ablations
+
+    recs = ablation_records()
+    for r in recs:
+        r["metrics"]["frac_variance_explained"], r["metrics"]["frac_alive"] = 1.3, 1.2
+    fve_ax, _, _, dead_ax = draw_ablations(recs).fig.axes[:4]
+    lo, hi = fve_ax.get_ylim()
+    assert lo <= 1.3 <= hi and hi - lo < 0.05, (lo, hi)
+    dlo, dhi = dead_ax.get_ylim()
+    assert dlo <= -0.2 <= dhi and dhi - dlo < 0.1, (dlo, dhi)
+
+
+def test_an_ablation_panel_without_finite_values_says_no_data():
+    """L0 NaN in every record (the other panels drawn): its panel says "no data" rather than showing an empty
+    0-1 axis."""
+    from figures.ablations import draw_ablations
+
+    recs = ablation_records()
+    for r in recs:
+        r["metrics"]["l0"] = float("nan")
+    fve_ax, l0_ax = draw_ablations(recs).fig.axes[:2]
+    assert [t.get_text() for t in l0_ax.texts] == ["no data"] and not l0_ax.lines
+    assert not fve_ax.texts
+
+
 def budget_records(points=(2500, 10000, 48829), scale="small", mcs_gain=0.1, run_steps=None):
     """Standard/aligned ReLU and TopK, 2 seeds, recorded at each step point of one run (its folder
     ``checkpoint_of``, the point's dictionary in ``checkpoints/step_{p - 1}`` below it, the last point's in it); the
