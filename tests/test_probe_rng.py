@@ -62,3 +62,38 @@ def test_llm_probes_do_not_depend_on_which_dictionary_computed_them(tmp_path, ti
     assert llm[names[0]] == llm[names[1]]  # within a run, every dictionary reports the one LLM probe
     for n in names:  # across runs: the same LLM probes, and each dictionary's SAE probes, to the last digit
         assert ab[n] == ba[n], n
+
+
+def test_a_seed_outside_numpys_range_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """The probes are seeded through NumPy too (``np.random.seed``: 0 to 2**32 - 1; SCR/TPP's data sampling,
+    ``np.random.default_rng``, takes no negative seed either): ``--seed -1`` or ``2**32`` is refused at exit 2
+    naming ``--seed``, before a model is loaded or an output written (it failed inside the first probe)."""
+    import pytest
+
+    from benchmarks.__main__ import main
+    from benchmarks.saebench import bridge
+
+    monkeypatch.setattr(bridge, "load_hooked_transformer", lambda *a, **k: pytest.fail("model loaded"))
+    d = _dictionary(tmp_path / "d" / "trainer_0", seed=0, enc_scale=1.0)
+    for seed in ("-1", str(2**32)):
+        argv = ["run", "--dictionaries", str(d), "--out", str(tmp_path / "out"), "--evals", "sparse_probing",
+                "--seed", seed]
+        assert main(argv) == 2, seed
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "--seed" in err and "\n" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_cuda_rng_states_are_restored_after_an_eval(monkeypatch):
+    """``seed_all`` (and SAEBench's own ``torch.manual_seed``) reseed every CUDA device too; with CUDA initialized
+    the harness puts the caller's CUDA RNG states back after the eval, as it does the CPU ones. (Recorded through
+    torch.cuda's state functions here: the tests run without a GPU.)"""
+    from benchmarks.saebench.runner import _restore_global_state, seed_all
+
+    before, restored = [torch.tensor([1], dtype=torch.uint8)], []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: before)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    with _restore_global_state():
+        seed_all(42)
+    assert restored == [before]

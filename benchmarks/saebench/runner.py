@@ -180,13 +180,14 @@ def _capture_errors(logger_names):
 @contextlib.contextmanager
 def _restore_global_state():
     """SAEBench's evals switch autograd off process-wide (``torch.set_grad_enabled(False)``) and reseed the global
-    RNGs; restore grad mode and the ``random``/NumPy/torch RNG states afterwards so the caller's training code is
-    unaffected."""
+    RNGs; restore grad mode and the ``random``/NumPy/torch RNG states afterwards (torch's CUDA ones too, when CUDA
+    is initialized: ``torch.manual_seed`` reseeds every device) so the caller's training code is unaffected."""
     import random
 
     import numpy as np
 
     grad, py, nprng, trng = torch.is_grad_enabled(), random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     try:
         yield
     finally:
@@ -194,6 +195,8 @@ def _restore_global_state():
         random.setstate(py)
         np.random.set_state(nprng)
         torch.set_rng_state(trng)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 def seed_all(seed: int) -> None:
@@ -213,15 +216,17 @@ PROBE_RNG = "reseeded with the eval's random_seed before each probe"
 
 @contextlib.contextmanager
 def _seeded_probes(seed: int):
-    """Within the block, every probe SAEBench's sparse probing trains (``probe_training.train_probe_on_activations``:
-    the LLM probes on all dimensions and on the top-k, then the SAE probes, per dataset) starts from RNGs seeded
-    with ``seed`` (:func:`seed_all`). The function is restored on exit.
+    """Within the block, every call of ``probe_training.train_probe_on_activations`` by SAEBench's sparse probing
+    (per dataset: the LLM probes on all dimensions and on the top-k, then the SAE probes; each call trains one probe
+    per class in turn) starts from RNGs seeded with ``seed`` (:func:`seed_all`). The function is restored on exit,
+    also on an exception (nested blocks restore in order; the patch is process-wide, so not for concurrent threads).
+    SCR/TPP, which train their LLM probes through the same function, run outside the block and are not reseeded.
 
     SAEBench seeds once per dictionary (``run_eval_single_sae``) and each probe then draws from torch's global RNG
     (its negatives in ``prepare_probe_data``, ``torch.randperm``; its batch order in ``train_probe_gpu``, whose
     epoch count depends on early stopping). The LLM probes of a dataset, computed once by the dictionary that
     creates the artifacts, thus drew after the SAE probes of the datasets before it: their numbers depended on
-    which dictionary that was. Seeded per probe, each probe depends only on its inputs and ``seed``."""
+    which dictionary that was. Seeded per call, each probe depends only on its inputs and ``seed``."""
     import sae_bench.evals.sparse_probing.probe_training as pt
 
     real = pt.train_probe_on_activations
@@ -534,8 +539,8 @@ def _write_summary(spec: RunSpec, out: Path, summary: dict) -> Path:
 
 
 def _check_spec(spec: RunSpec) -> torch.dtype:
-    """Check evals, dictionaries, device, budgets, dtype, datasets and the artifacts folder of ``spec``; returns
-    the dtype.
+    """Check evals, dictionaries, device, budgets, dtype, seed, datasets and the artifacts folder of ``spec``;
+    returns the dtype.
 
     Raises:
         ValueError: the first bad setting, named as its command-line flag.
@@ -551,6 +556,9 @@ def _check_spec(spec: RunSpec) -> torch.dtype:
             what = "positive integers" if isinstance(v, tuple) else "a positive integer"
             raise ValueError(f"--{k.replace('_', '-')} must be {what}, got {v!r}")
     dtype = as_dtype(spec.dtype, "--dtype")
+    if not isinstance(spec.seed, int) or isinstance(spec.seed, bool) or not 0 <= spec.seed < 2**32:
+        raise ValueError(f"--seed must be an integer from 0 to 2**32 - 1 (NumPy's seed range), "
+                         f"got {spec.seed!r}")
     for ev in spec.evals:
         if ev in D.LOCAL_DEFAULTS:
             _datasets_for(spec, ev)
