@@ -146,8 +146,10 @@ def _store(tmp_path, ae):
     return store, rid
 
 
+# --scr-epochs 20 (SAEBench's default): with 2 the SCR LLM probes stayed near chance, so both SCR directions tied
+# and SAEBench wrote no SCR metric (null) for a class pair; with the probes reseeded (runner._seeded_probes), for both
 SMALL = ["--context", "64", "--llm-batch-size", "8", "--core-batches", "2", "--core-sparsity-batches", "2",
-         "--core-batch-prompts", "4", "--scr-train", "60", "--scr-test", "12", "--scr-epochs", "2",
+         "--core-batch-prompts", "4", "--scr-train", "60", "--scr-test", "12", "--scr-epochs", "20",
          "--scr-n-values", "2,5,20", "--probe-train", "20", "--probe-test", "10", "--probe-k-values", "1,2",
          "--autointerp-tokens", "6000", "--autointerp-latents", "3",
          "--scr-datasets", "dla-local/bias_in_bios_class_set1", "--tpp-datasets", "dla-local/bias_in_bios_class_set1",

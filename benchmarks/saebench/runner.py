@@ -9,9 +9,9 @@ checks that a result exists and holds numbers, adds
 * ``data`` (which datasets were used: hub names, or local files and the mapping),
 * ``model`` (how the model was obtained, the logit check), ``judge`` (autointerp: the endpoint, and
   ``chance_levels``, what answering "none" or guessing would have scored on the same latents,
-  :func:`figures.saebench_results.autointerp_chance_levels`), ``harness`` (command, versions; for sparse probing
-  ``probe_rng``, :func:`_seeded_probes`), and for sparse probing ``probe_check`` (:func:`probe_check`: full-SAE
-  probes at exactly chance, scale of the pooled latents),
+  :func:`figures.saebench_results.autointerp_chance_levels`), ``harness`` (command, versions; for sparse
+  probing, SCR and TPP ``probe_rng``, :func:`_seeded_probes`), and for sparse probing ``probe_check``
+  (:func:`probe_check`: full-SAE probes at exactly chance, scale of the pooled latents),
 
 and writes ``OUT/<name>/<eval>.json`` atomically. Paths in what the harness adds (and in its summary) are
 machine-neutral (:func:`dictionary_learning_aligned.records.neutral_json`): relative to the results store with
@@ -210,36 +210,67 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-#: what ``harness.probe_rng`` of a sparse-probing result says (results without it predate the per-probe seeding)
-PROBE_RNG = "reseeded with the eval's random_seed before each probe"
+_PROBES = ("sae_bench.evals.sparse_probing.probe_training", "train_probe_on_activations")
+_ABLATIONS = ("sae_bench.evals.scr_and_tpp.main", "get_all_node_effects_for_one_sae")
+#: per eval, the SAEBench functions (module, name) each of whose calls starts from RNGs seeded with the eval's
+#: random_seed (:func:`_seeded_probes`): the probes (sparse probing's LLM and SAE probes, SCR/TPP's LLM probes:
+#: one call per dataset or class pair, training one probe per class in turn) and SCR/TPP's ablations of one
+#: dictionary on one dataset or class pair (they begin with ``get_all_node_effects_for_one_sae``)
+SEEDED_CALLS = {"sparse_probing": (_PROBES,), "scr": (_PROBES, _ABLATIONS), "tpp": (_PROBES, _ABLATIONS)}
+_AND_ABLATIONS = "reseeded with the eval's random_seed before each probe and before each dictionary's ablations"
+#: what ``harness.probe_rng`` of a result says, per eval of :data:`SEEDED_CALLS` (results without it predate the
+#: reseeding of that eval: sparse probing's from commit 786a030 on, SCR's and TPP's later)
+PROBE_RNG = {"sparse_probing": "reseeded with the eval's random_seed before each probe",
+             "scr": _AND_ABLATIONS, "tpp": _AND_ABLATIONS}
 
 
 @contextlib.contextmanager
-def _seeded_probes(seed: int):
-    """Within the block, every call of ``probe_training.train_probe_on_activations`` by SAEBench's sparse probing
-    (per dataset: the LLM probes on all dimensions and on the top-k, then the SAE probes; each call trains one probe
-    per class in turn) starts from RNGs seeded with ``seed`` (:func:`seed_all`). The function is restored on exit,
-    also on an exception (nested blocks restore in order; the patch is process-wide, so not for concurrent threads).
-    SCR/TPP, which train their LLM probes through the same function, run outside the block and are not reseeded.
-
-    SAEBench seeds once per dictionary (``run_eval_single_sae``) and each probe then draws from torch's global RNG
-    (its negatives in ``prepare_probe_data``, ``torch.randperm``; its batch order in ``train_probe_gpu``, whose
-    epoch count depends on early stopping). The LLM probes of a dataset, computed once by the dictionary that
-    creates the artifacts, thus drew after the SAE probes of the datasets before it: their numbers depended on
-    which dictionary that was. Seeded per call, each probe depends only on its inputs and ``seed``."""
-    import sae_bench.evals.sparse_probing.probe_training as pt
-
-    real = pt.train_probe_on_activations
+def _seeded_call(seed: int, module, name: str):
+    """Within the block, every call of ``module.<name>`` starts from RNGs seeded with ``seed`` (:func:`seed_all`).
+    The function is restored on exit, also on an exception (nested blocks restore in order; the patch is
+    process-wide, so not for concurrent threads). Callers must look the function up on ``module`` at call time."""
+    real = getattr(module, name)
 
     def seeded(*args, **kwargs):
         seed_all(seed)
         return real(*args, **kwargs)
 
-    pt.train_probe_on_activations = seeded
+    setattr(module, name, seeded)
     try:
         yield
     finally:
-        pt.train_probe_on_activations = real
+        setattr(module, name, real)
+
+
+@contextlib.contextmanager
+def _seeded_probes(seed: int, ev: str):
+    """Within the block, every call of eval ``ev``'s :data:`SEEDED_CALLS` starts from RNGs seeded with ``seed``
+    (:func:`_seeded_call`), so its numbers depend only on its inputs and ``seed``, not on which dictionary computed
+    the shared artifacts nor on what the evals did before.
+
+    SAEBench seeds once per dictionary (``run_eval_single_sae`` of sparse probing and of SCR/TPP) and then draws
+    from torch's global RNG: each probe its negatives and their order (``prepare_probe_data``, ``torch.randperm``)
+    and its batch order per epoch (``train_probe_gpu``, whose epoch count depends on early stopping); SCR/TPP's
+    ablations their negatives (``prepare_probe_data`` again, when scoring features and testing the ablated probes).
+    The LLM probes of a dataset (sparse probing, TPP) or class pair (SCR) are trained once, by the dictionary that
+    creates the artifacts, after that dictionary's work on the datasets or pairs before it: sparse probing's
+    full-SAE probes stop after a dictionary-dependent number of epochs; SCR/TPP's ablations draw as often for each
+    entry of ``n_values``, from which the harness drops the entries above the dictionary size. That dictionary's SAE
+    side drew after the LLM probes, the others' right after the seed. Seeded per call, none of this matters.
+
+    Args:
+        seed: 0 to 2**32 - 1 (NumPy's range; :func:`_check_spec` refuses others).
+        ev: ``"sparse_probing"``, ``"scr"`` or ``"tpp"``.
+
+    Raises:
+        KeyError: ``ev`` has no seeded calls.
+    """
+    import importlib
+
+    with contextlib.ExitStack() as stack:
+        for module, name in SEEDED_CALLS[ev]:
+            stack.enter_context(_seeded_call(seed, importlib.import_module(module), name))
+        yield
 
 
 @contextlib.contextmanager
@@ -364,7 +395,8 @@ def probe_check(res: dict, pooled: list) -> dict:
 
 def _run_one(ev: str, spec: RunSpec, sae, name: str, scratch: Path, artifacts: Path, text_name: str,
              judge_cfg) -> tuple[dict, list]:
-    """Run eval ``ev`` on one SAE; returns (SAEBench result dict, dataset names). Grad mode and RNG states are
+    """Run eval ``ev`` on one SAE; returns (SAEBench result dict, dataset names). Sparse probing, SCR and TPP run
+    with their probes (and SCR/TPP's ablations) reseeded (:func:`_seeded_probes`). Grad mode and RNG states are
     restored afterwards. Unless verbose, what SAEBench prints (probe accuracies, its progress bars, warnings) is
     kept off the console (:func:`~dictionary_learning_aligned.console.captured_output`); errors still raise."""
     with _restore_global_state(), console.captured_output(None, stderr=True):
@@ -408,8 +440,9 @@ def _run_one_inner(ev, spec, sae, name, scratch, artifacts, text_name, judge_cfg
             train_set_size=b.scr_train, test_set_size=b.scr_test, context_length=b.context,
             probe_epochs=b.scr_epochs, llm_batch_size=b.llm_batch_size, llm_dtype=spec.dtype, n_values=n_values,
             sae_batch_size=min(125, b.llm_batch_size * 4), **kw)
-        st.run_eval(cfg, [(name, sae)], spec.device, str(out), force_rerun=True, clean_up_activations=False,
-                    save_activations=True, artifacts_path=str(artifacts))
+        with _seeded_probes(spec.seed, ev):
+            st.run_eval(cfg, [(name, sae)], spec.device, str(out), force_rerun=True, clean_up_activations=False,
+                        save_activations=True, artifacts_path=str(artifacts))
         path = get_results_filepath(str(out / ev), name, "custom_sae")
     elif ev == "sparse_probing":
         names, pooled = _datasets_for(spec, ev), []
@@ -460,7 +493,7 @@ def _run_sparse_probing(spec: RunSpec, sae, name: str, names: list, out: Path, a
         probe_train_set_size=b.probe_train, probe_test_set_size=b.probe_test, context_length=b.context,
         llm_batch_size=b.llm_batch_size, llm_dtype=spec.dtype, k_values=list(b.probe_k_values),
         sae_batch_size=min(125, b.llm_batch_size * 4))
-    with _jaxtyping_off(), _seeded_probes(spec.seed), _pooled_latent_stats() as stats:
+    with _jaxtyping_off(), _seeded_probes(spec.seed, ev="sparse_probing"), _pooled_latent_stats() as stats:
         sp.run_eval(cfg, [(name, sae)], spec.device, str(out), force_rerun=True, clean_up_activations=False,
                     save_activations=True, artifacts_path=str(artifacts))
     pooled.extend(stats)
@@ -716,8 +749,8 @@ def _annotate(res: dict, ev: str, spec: RunSpec, d, sae, cfg, names, local, judg
         "harness": {"command": spec.command, "seconds": seconds, "budgets": vars(spec.budgets), "versions": versions},
         "non_finite_fields": bad,
     })
-    if ev == "sparse_probing":
-        res["harness"]["probe_rng"] = PROBE_RNG
+    if ev in PROBE_RNG:
+        res["harness"]["probe_rng"] = PROBE_RNG[ev]
     if ev == "autointerp":  # what answering "none" / guessing would have scored on these latents
         try:
             res["judge"]["chance_levels"] = autointerp_chance_levels(res)
