@@ -201,9 +201,10 @@ def draw_ablations(records: list[dict], experiment: str = EXPERIMENT) -> Drawn:
         raise Missing(f"the {experiment!r} records have none of {', '.join(t for t, _, _ in METRICS)}")
     recs = [r for _, g in groups for r in g]
     gaps = grid_gaps(records, experiment)
+    dashed = "dashed lines: each architecture's standard entry; " if "standard" in modes else ""
     return Drawn(fig, recs, (f"{gaps}; " if gaps else "") + "markers: mean over seeds, error bars: std, dots: seeds, "
-                 "dashed lines: each architecture's standard entry; y axes fitted to the data (not to 0), spanning "
-                 f"at least {METRIC_SPAN:g} (L0 {AXIS_SPAN['L0'][0]:g}, dead fraction {FRACTION_SPAN:.0%}); MCS: "
+                 f"{dashed}y axes fitted to the data (not to 0), spanning at least {METRIC_SPAN:g} "
+                 f"(L0 {AXIS_SPAN['L0'][0]:g}, dead fraction {FRACTION_SPAN:.0%}); MCS: "
                  "mean max cosine of each feature to the other seeds' features")
 
 

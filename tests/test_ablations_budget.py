@@ -251,6 +251,18 @@ def test_ablation_panels_fit_their_axes_to_the_data():
     assert dhi - dlo >= 0.05 and dlo <= 0.0 and dhi >= 0.001
 
 
+def test_ablation_caption_names_dashed_lines_only_with_a_standard_entry():
+    """The caption explains the dashed reference lines only when a standard entry draws them."""
+    from figures.ablations import draw_ablations
+
+    recs = ablation_records()
+    assert "dashed lines" in draw_ablations(recs).note
+    without = [r for r in recs if r["alignment"] is not None]
+    drawn = draw_ablations(without)
+    assert not [line for line in drawn.fig.axes[0].lines if line.get_linestyle() == "--"]
+    assert "dashed" not in drawn.note
+
+
 def test_ablation_axes_never_hide_values_outside_a_metrics_range():
     """A fitted axis is shifted inside the metric's range (FVE <= 1, dead fraction in [0, 1]), but a value outside it
     (a foreign record: FVE 1.3, frac_alive 1.2) is still drawn on the axis, not cut off (the table prints it)."""
