@@ -230,22 +230,25 @@ def _fraction_axis(ax, span: float = FRACTION_SPAN) -> None:
 
 
 def _span_axis(ax, span: float, bounds: tuple[float, float] = (-np.inf, np.inf)) -> None:
-    """Widen the y range of a panel to at least ``span`` (y units, > 0) around its data (``ax.dataLim``), so that
-    small differences look small: the window is centred on the data and shifted inside ``bounds`` (lower, upper;
-    the values the metric can take; ignored when data lie outside them, e.g. from a foreign record, so that no value
-    is cut off), plus a margin of 2% of ``span``. A panel without data, or whose data already spans ``span``
-    or more, is left as it is (matplotlib's range fitted to the data)."""
+    """Widen the y range of a panel to at least ``span`` (y units, > 0) around its data (``ax.dataLim``, error bars
+    included), so that small differences look small: the window is centred on the data and shifted inside
+    ``bounds`` (lower, upper; the values the metric can take), plus a margin of 2% of ``span``. Data beyond that
+    margin (a foreign record's FVE 1.3, dead fraction -0.2) keep the centred window, so that no value is cut off;
+    an error bar within it (a dead fraction's std reaching 0.0002 below 0) keeps the axis at the bound. A panel
+    without data, or whose data already spans ``span`` or more, is left as it is (matplotlib's range fitted to
+    the data)."""
     lo, hi = ax.dataLim.intervaly if ax.has_data() else (np.nan, np.nan)
     if not (np.isfinite(lo) and np.isfinite(hi)) or hi - lo >= span:
         return
-    if lo < bounds[0] or hi > bounds[1]:
-        bounds = (-np.inf, np.inf)
+    margin = 0.02 * span
     lo2, hi2 = (lo + hi - span) / 2, (lo + hi + span) / 2
     if hi2 > bounds[1]:
         lo2, hi2 = lo2 - (hi2 - bounds[1]), bounds[1]
     if lo2 < bounds[0]:
         lo2, hi2 = bounds[0], hi2 + (bounds[0] - lo2)
-    ax.set_ylim(lo2 - 0.02 * span, hi2 + 0.02 * span)
+    if lo < lo2 - margin or hi > hi2 + margin:
+        lo2, hi2 = (lo + hi - span) / 2, (lo + hi + span) / 2
+    ax.set_ylim(lo2 - margin, hi2 + margin)
 
 
 def _panels(ncols: int, nrows: int = 1, w: float = 3.0, h: float = 2.5, extra_h: float = 0.9):

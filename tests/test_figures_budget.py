@@ -221,6 +221,20 @@ def test_fig14_alive_axis_does_not_magnify_a_tenth_of_a_percent(tmp_path):
     assert "fraction axes span at least 5%" in caption
 
 
+def test_fraction_axis_stays_at_zero_when_an_error_bar_dips_below_it():
+    """Dead fractions near 0 whose std error bar reaches 0.0002 below 0 (the faithful store's Fig. 5 and budget
+    figure): the axis starts at 0 less its 2% margin, as before; it is not recentred on the data down to -0.02
+    (only values beyond the margin, from a foreign record, unpin it from [0, 1])."""
+    from matplotlib.figure import Figure
+
+    from figures.paper import _fraction_axis
+
+    ax = Figure().subplots()
+    ax.errorbar([0, 1], [0.0003, 0.003], yerr=[0.0005, 0.0005])
+    _fraction_axis(ax)
+    assert ax.get_ylim() == pytest.approx((-0.001, 0.051)), ax.get_ylim()
+
+
 def test_claims_on_a_store_without_records_is_an_error(tmp_path, capsys):
     from figures.__main__ import main
 
