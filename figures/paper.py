@@ -36,7 +36,7 @@ from .saebench_results import SAEBENCH_DIR, load_saebench, saebench_bos_caveat
 from .training_budget import budget_line
 
 PNG_DPI = 110
-REPRODUCE = "python -m dictionary_learning_aligned.reproduce"
+REPRODUCE = "python -m dictionary_learning_aligned reproduce"
 #: one colour, marker and label per alignment mode, the same in every figure
 MODE_STYLE = {None: ("#1f5fa8", "o", "standard"), "project": ("#e0621b", "s", "aligned"),
               "tied": ("#2a9d4b", "^", "tied (W_enc = W_dec^T)"), "rescale": ("#8e44ad", "D", "aligned (rescale)"),

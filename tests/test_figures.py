@@ -148,6 +148,18 @@ def test_missing_saebench_is_explained(tmp_path):
     assert not res.written and "1 JSON files there" in res.missing
 
 
+def test_a_missing_figure_names_the_readmes_reproduce_command(tmp_path):
+    """A figure without its experiment's records says how to make them with the command the README, ``figures
+    ablations`` and ``figures budget`` give (``python -m dictionary_learning_aligned reproduce EXPERIMENT``), not
+    the module path ``dictionary_learning_aligned.reproduce``."""
+    d = tmp_path / "store"
+    for r in grid():
+        write_record(d, r)
+    res = FIGURES["fig19"].fn(load_records(d), tmp_path / "o", d)
+    assert not res.written
+    assert "`python -m dictionary_learning_aligned reproduce long --scale smoke|small|paper" in res.missing, res.missing
+
+
 def test_cli(store, tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["--results", str(store), "--out", str(out), "--only", "fig2,fig9,fig17"]) == 0
