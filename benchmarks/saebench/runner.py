@@ -399,7 +399,8 @@ def _run_one(ev: str, spec: RunSpec, sae, name: str, scratch: Path, artifacts: P
     with their probes (and SCR/TPP's ablations) reseeded (:func:`_seeded_probes`). Grad mode and RNG states are
     restored afterwards. Unless verbose, what SAEBench prints (probe accuracies, its progress bars, warnings) is
     kept off the console (:func:`~dictionary_learning_aligned.console.captured_output`); errors still raise."""
-    with _restore_global_state(), console.captured_output(None, stderr=True):
+    seeded = _seeded_probes(spec.seed, ev) if ev in SEEDED_CALLS else contextlib.nullcontext()
+    with _restore_global_state(), console.captured_output(None, stderr=True), seeded:
         return _run_one_inner(ev, spec, sae, name, scratch, artifacts, text_name, judge_cfg)
 
 
@@ -440,9 +441,8 @@ def _run_one_inner(ev, spec, sae, name, scratch, artifacts, text_name, judge_cfg
             train_set_size=b.scr_train, test_set_size=b.scr_test, context_length=b.context,
             probe_epochs=b.scr_epochs, llm_batch_size=b.llm_batch_size, llm_dtype=spec.dtype, n_values=n_values,
             sae_batch_size=min(125, b.llm_batch_size * 4), **kw)
-        with _seeded_probes(spec.seed, ev):
-            st.run_eval(cfg, [(name, sae)], spec.device, str(out), force_rerun=True, clean_up_activations=False,
-                        save_activations=True, artifacts_path=str(artifacts))
+        st.run_eval(cfg, [(name, sae)], spec.device, str(out), force_rerun=True, clean_up_activations=False,
+                    save_activations=True, artifacts_path=str(artifacts))
         path = get_results_filepath(str(out / ev), name, "custom_sae")
     elif ev == "sparse_probing":
         names, pooled = _datasets_for(spec, ev), []
@@ -481,9 +481,9 @@ def _run_one_inner(ev, spec, sae, name, scratch, artifacts, text_name, judge_cfg
 
 def _run_sparse_probing(spec: RunSpec, sae, name: str, names: list, out: Path, artifacts: Path,
                         pooled: list) -> str:
-    """SAEBench's sparse probing of ``sae`` on datasets ``names``, each probe seeded with ``spec.seed``
-    (:func:`_seeded_probes`); appends the :func:`pooled_latent_stats` of each pooling call to ``pooled`` and returns
-    the path of SAEBench's result file."""
+    """SAEBench's sparse probing of ``sae`` on datasets ``names`` (its probes reseeded by :func:`_run_one`); appends
+    the :func:`pooled_latent_stats` of each pooling call to ``pooled`` and returns the path of SAEBench's result
+    file."""
     import sae_bench.evals.sparse_probing.main as sp
     from sae_bench.sae_bench_utils.general_utils import get_results_filepath
 
@@ -493,7 +493,7 @@ def _run_sparse_probing(spec: RunSpec, sae, name: str, names: list, out: Path, a
         probe_train_set_size=b.probe_train, probe_test_set_size=b.probe_test, context_length=b.context,
         llm_batch_size=b.llm_batch_size, llm_dtype=spec.dtype, k_values=list(b.probe_k_values),
         sae_batch_size=min(125, b.llm_batch_size * 4))
-    with _jaxtyping_off(), _seeded_probes(spec.seed, ev="sparse_probing"), _pooled_latent_stats() as stats:
+    with _jaxtyping_off(), _pooled_latent_stats() as stats:
         sp.run_eval(cfg, [(name, sae)], spec.device, str(out), force_rerun=True, clean_up_activations=False,
                     save_activations=True, artifacts_path=str(artifacts))
     pooled.extend(stats)
