@@ -86,17 +86,19 @@ def test_grids_of_different_stack_sizes_compile_afresh_in_one_process(monkeypatc
     # does; Dynamo's eager backend (tracing and guards as with Inductor, no code generation) keeps it quick, and a
     # recompile limit of 1 makes any version left over from the first grid refuse the second (without the reset
     # between points the second grid hit the limit and ran eagerly)
-    from benchmarks import speed
+    from benchmarks import common
     from dictionary_learning_aligned.stacked import StackedTrainer
 
-    monkeypatch.setattr(speed, "matmul_peak", lambda device: 1.0)  # minutes of 8192^3 products on a CPU
+    monkeypatch.setattr(common, "matmul_peak", lambda device: 1.0)  # minutes of 8192^3 products on a CPU
     monkeypatch.setitem(sweep.GRIDS, "pairs", (("relu",), 64, 2, 16, "default"))
     monkeypatch.setitem(sweep.GRIDS, "single", (("relu",), 64, 1, 16, "default"))
     monkeypatch.setattr(StackedTrainer, "_compile", staticmethod(
         lambda fn, mode: fn if mode is None else torch.compile(fn, backend="eager", dynamic=False)))
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
-    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
-    res = sweep.run(["pairs", "single"], ["stacked-compiled"], [8], "cpu", steps=2, warmup=1, check_parity=False)
+    # Dynamo's own patch (monkeypatch's undo left torch._dynamo.config without recompile_limit: later compiles in
+    # the process failed with "recompile_limit does not exist")
+    with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+        res = sweep.run(["pairs", "single"], ["stacked-compiled"], [8], "cpu", steps=2, warmup=1,
+                        check_parity=False)
     assert [r.get("dictionaries") for r in res["rows"]] == [4, 2], res["rows"]
     assert not [r["error"] for r in res["rows"] if "error" in r]
     assert "recompile_limit" not in caplog.text
