@@ -1,5 +1,6 @@
 """Sweep throughput: ``python -m benchmarks.sweep [--device cuda] [--grids main,wide] [--batches 2048,8192]
-[--modes stacked,stacked-compiled] [--no-parity] [--out FILE]`` (also ``python -m benchmarks.speed --sweep``).
+[--modes stacked,stacked-compiled,stacked-sparse] [--no-parity] [--out FILE]`` (also ``python -m benchmarks.speed
+--sweep``).
 
 Times whole sweeps of same-shape dictionaries on random activations (width 576 = SmolLM2-135M's d_model; 640 for
 the ``gemma`` grid; bf16 autocast on a GPU), as dictionary-tokens/s (dictionaries x batch x steps / seconds) and
@@ -24,7 +25,9 @@ and the steps start past every ``threshold_start_step`` (the inference-threshold
 top-k path; ``--dead 0`` only starts past the thresholds.
 
 Each grid is timed by ``--modes``: ``stacked`` (:mod:`dictionary_learning_aligned.stacked`, what ``trainSAE`` runs),
-``stacked-compiled`` (the same with ``torch.compile``), ``stacked-graphs``
+``stacked-compiled`` (the same with ``torch.compile``), ``stacked-sparse`` (``stacked-compiled`` with
+``StackedTrainer(topk_decode="sparse")``: TopK stacks decode from their kept (index, value) pairs instead of a dense
+code; other architectures' stacks run as in ``stacked-compiled``), ``stacked-graphs``
 (``StackedTrainer(compile="reduce-overhead")``: the compiled code replayed as CUDA graphs; on a CPU it compiles
 without graphs), ``loop`` (each trainer's own ``update``, one after the other: ``trainSAE(stack=False)``), and
 ``dictionary_learning`` (PyPI dictionary-learning 0.1.0's trainers in its ``trainSAE`` loop on the same batches,
@@ -58,9 +61,12 @@ from dictionary_learning_aligned.io import atomic_path
 from . import prepare_out
 
 ACTIVATION_DIM = 576
-MODES = ("stacked", "stacked-compiled", "stacked-graphs", "loop", "dictionary_learning")
+MODES = ("stacked", "stacked-compiled", "stacked-sparse", "stacked-graphs", "loop", "dictionary_learning")
 #: ``StackedTrainer(compile=...)`` of each stacked mode
-STACKED_COMPILE = {"stacked": False, "stacked-compiled": True, "stacked-graphs": "reduce-overhead"}
+STACKED_COMPILE = {"stacked": False, "stacked-compiled": True, "stacked-sparse": True,
+                   "stacked-graphs": "reduce-overhead"}
+#: ``StackedTrainer(topk_decode=...)`` of the stacked modes that do not decode densely
+STACKED_DECODE = {"stacked-sparse": "sparse"}
 #: grid name: (architectures, dict_size, seeds, activation_dim, sparsities: "all" of the registry's or "default")
 GRIDS = {"main": (("relu", "topk", "batchtopk", "panneal"), 4096, 3, ACTIVATION_DIM, "all"),
          "wide": (("relu", "topk"), 16384, 2, ACTIVATION_DIM, "all"),
@@ -161,7 +167,8 @@ def _steppers(mode: str, cfgs: list, device: str, dead: Optional[float] = None):
     if alone:
         raise ValueError(f"trainers {alone} of the grid cannot be stacked")
     stacks = [StackedTrainer([trainers[i] for i in g], indices=g, nan_check_every=1000,
-                             compile=STACKED_COMPILE[mode]) for g in groups]
+                             compile=STACKED_COMPILE[mode], topk_decode=STACKED_DECODE.get(mode, "dense"))
+              for g in groups]
 
     def step(i, x):
         for st in stacks:
