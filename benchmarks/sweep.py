@@ -5,7 +5,8 @@
 Times whole sweeps of same-shape dictionaries on random activations (width 576 = SmolLM2-135M's d_model; 640 for
 the ``gemma`` grid; bf16 autocast on a GPU), as dictionary-tokens/s (dictionaries x batch x steps / seconds) and
 as a fraction of the measured bf16 matmul peak, counting ``12 * activation_dim * dict_size`` FLOPs per
-dictionary-token (dense forward and backward of encoder and decoder):
+dictionary-token (dense forward and backward of encoder and decoder; for ``stacked-sparse`` a dense-equivalent
+rate, as its TopK decoder skips most of that work):
 
 * ``main``: the reproduction's ``main`` grid, 72 x 4096 (ReLU, TopK, BatchTopK, p-anneal x 3 sparsities x
   standard/aligned x 3 seeds);
@@ -13,6 +14,10 @@ dictionary-token (dense forward and backward of encoder and decoder):
 * ``one``: a single TopK k 64 dictionary of 4096 (aligned), the single-trainer case;
 * ``gemma``: the reproduction's ``gemma`` grid at Gemma-3-270M's width 640, 24 x 4096 (the four architectures at
   their default sparsity x standard/aligned x 3 seeds: four stacks of 6);
+* ``ablations``: the stacks of the reproduction's ``ablations`` parts at width 576, 12 x 16384 (ReLU and TopK at
+  their default sparsity, TopK k 64, x standard/aligned x 3 seeds: two stacks of 6). Unlike ``wide:topk``, whose
+  stacks mix k 32, 64 and 128, every TopK dictionary keeps 64 features per token (a sparse decoder reads the
+  stack's largest k for every dictionary);
 * ``GRID:ARCH`` (e.g. ``main:topk``): one architecture's part of a grid; ``GRID:ARCH:MODE`` (e.g.
   ``main:topk:standard``, ``main:topk:project``): only its standard or aligned dictionaries.
 
@@ -71,7 +76,8 @@ STACKED_DECODE = {"stacked-sparse": "sparse"}
 GRIDS = {"main": (("relu", "topk", "batchtopk", "panneal"), 4096, 3, ACTIVATION_DIM, "all"),
          "wide": (("relu", "topk"), 16384, 2, ACTIVATION_DIM, "all"),
          "one": (("topk",), 4096, 1, ACTIVATION_DIM, "one"),
-         "gemma": (("relu", "topk", "batchtopk", "panneal"), 4096, 3, 640, "default")}
+         "gemma": (("relu", "topk", "batchtopk", "panneal"), 4096, 3, 640, "default"),
+         "ablations": (("relu", "topk"), 16384, 3, ACTIVATION_DIM, "default")}
 #: with ``--dead``: every this-many-th dictionary of a grid gets dead features
 DEAD_EVERY = 6
 DEAD_BIAS = -100.0

@@ -57,6 +57,10 @@ def test_mark_dead_marks_every_nth_dictionary_and_they_stay_dead():
 def test_grids_name_their_dictionaries():
     assert len(sweep.grid("main", 100)) == 72 and len(sweep.grid("main:relu", 100)) == 18
     assert {c["alignment"] for c in sweep.grid("main:topk:project", 100)} == {"project"}
+    # the ablations' TopK stack: 6 x 16384, k 64 only (wide:topk mixes k 32, 64 and 128)
+    abl = sweep.grid("ablations:topk", 100)
+    assert len(abl) == 6 and {(c["k"], c["dict_size"]) for c in abl} == {(64, 16384)}
+    assert sorted(str(c.get("alignment")) for c in abl) == ["None"] * 3 + ["project"] * 3
 
 
 @pytest.mark.parametrize("argv", [["--grids", "huge"], ["--modes", "fast"], ["--steps", "0"],
