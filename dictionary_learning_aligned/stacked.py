@@ -310,6 +310,9 @@ class StackedTrainer:
             from the chosen decoder columns only, with the dead-feature counters updated from the pairs: no dense
             code is built. Same loss and gradients up to float rounding. Other architectures (ReLU, BatchTopK,
             Matryoshka...) decode densely either way (:attr:`sparse_decode` says which path a stack takes).
+            Whether it is faster depends on ``dict_size``, the stack's largest k and the device (under bfloat16
+            autocast on CUDA its gathers read float32, see :func:`sparse_decode_dtype`): time it with
+            ``python -m benchmarks.sweep --modes stacked-compiled,stacked-sparse``.
 
     Attributes:
         sparse_decode: True when this stack decodes sparsely (``topk_decode="sparse"`` and a rule that can).
