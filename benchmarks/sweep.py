@@ -1,12 +1,10 @@
 """Sweep throughput: ``python -m benchmarks.sweep [--device cuda] [--grids main,wide] [--batches 2048,8192]
-[--modes stacked,stacked-compiled,stacked-sparse] [--no-parity] [--out FILE]`` (also ``python -m benchmarks.speed
---sweep``).
+[--modes stacked,stacked-compiled] [--no-parity] [--out FILE]`` (also ``python -m benchmarks.speed --sweep``).
 
 Times whole sweeps of same-shape dictionaries on random activations (width 576 = SmolLM2-135M's d_model; 640 for
 the ``gemma`` grid; bf16 autocast on a GPU), as dictionary-tokens/s (dictionaries x batch x steps / seconds) and
 as a fraction of the measured bf16 matmul peak, counting ``12 * activation_dim * dict_size`` FLOPs per
-dictionary-token (dense forward and backward of encoder and decoder; for ``stacked-sparse`` a dense-equivalent
-rate, as its TopK decoder skips most of that work):
+dictionary-token (dense forward and backward of encoder and decoder):
 
 * ``main``: the reproduction's ``main`` grid, 72 x 4096 (ReLU, TopK, BatchTopK, p-anneal x 3 sparsities x
   standard/aligned x 3 seeds);
@@ -16,8 +14,7 @@ rate, as its TopK decoder skips most of that work):
   their default sparsity x standard/aligned x 3 seeds: four stacks of 6);
 * ``ablations``: the stacks of the reproduction's ``ablations`` parts at width 576, 12 x 16384 (ReLU and TopK at
   their default sparsity, TopK k 64, x standard/aligned x 3 seeds: two stacks of 6). Unlike ``wide:topk``, whose
-  stacks mix k 32, 64 and 128, every TopK dictionary keeps 64 features per token (a sparse decoder reads the
-  stack's largest k for every dictionary);
+  stacks mix k 32, 64 and 128, every TopK dictionary keeps 64 features per token;
 * ``GRID:ARCH`` (e.g. ``main:topk``): one architecture's part of a grid; ``GRID:ARCH:MODE`` (e.g.
   ``main:topk:standard``, ``main:topk:project``): only its standard or aligned dictionaries.
 
@@ -30,9 +27,7 @@ and the steps start past every ``threshold_start_step`` (the inference-threshold
 top-k path; ``--dead 0`` only starts past the thresholds.
 
 Each grid is timed by ``--modes``: ``stacked`` (:mod:`dictionary_learning_aligned.stacked`, what ``trainSAE`` runs),
-``stacked-compiled`` (the same with ``torch.compile``), ``stacked-sparse`` (``stacked-compiled`` with
-``StackedTrainer(topk_decode="sparse")``: TopK stacks decode from their kept (index, value) pairs instead of a dense
-code; other architectures' stacks run as in ``stacked-compiled``), ``stacked-graphs``
+``stacked-compiled`` (the same with ``torch.compile``), ``stacked-graphs``
 (``StackedTrainer(compile="reduce-overhead")``: the compiled code replayed as CUDA graphs; on a CPU it compiles
 without graphs), ``loop`` (each trainer's own ``update``, one after the other: ``trainSAE(stack=False)``), and
 ``dictionary_learning`` (PyPI dictionary-learning 0.1.0's trainers in its ``trainSAE`` loop on the same batches,
@@ -66,12 +61,9 @@ from dictionary_learning_aligned.io import atomic_path
 from . import prepare_out
 
 ACTIVATION_DIM = 576
-MODES = ("stacked", "stacked-compiled", "stacked-sparse", "stacked-graphs", "loop", "dictionary_learning")
+MODES = ("stacked", "stacked-compiled", "stacked-graphs", "loop", "dictionary_learning")
 #: ``StackedTrainer(compile=...)`` of each stacked mode
-STACKED_COMPILE = {"stacked": False, "stacked-compiled": True, "stacked-sparse": True,
-                   "stacked-graphs": "reduce-overhead"}
-#: ``StackedTrainer(topk_decode=...)`` of the stacked modes that do not decode densely
-STACKED_DECODE = {"stacked-sparse": "sparse"}
+STACKED_COMPILE = {"stacked": False, "stacked-compiled": True, "stacked-graphs": "reduce-overhead"}
 #: grid name: (architectures, dict_size, seeds, activation_dim, sparsities: "all" of the registry's or "default")
 GRIDS = {"main": (("relu", "topk", "batchtopk", "panneal"), 4096, 3, ACTIVATION_DIM, "all"),
          "wide": (("relu", "topk"), 16384, 2, ACTIVATION_DIM, "all"),
@@ -173,8 +165,7 @@ def _steppers(mode: str, cfgs: list, device: str, dead: Optional[float] = None):
     if alone:
         raise ValueError(f"trainers {alone} of the grid cannot be stacked")
     stacks = [StackedTrainer([trainers[i] for i in g], indices=g, nan_check_every=1000,
-                             compile=STACKED_COMPILE[mode], topk_decode=STACKED_DECODE.get(mode, "dense"))
-              for g in groups]
+                             compile=STACKED_COMPILE[mode]) for g in groups]
 
     def step(i, x):
         for st in stacks:

@@ -26,14 +26,12 @@ on a GPU.
 
 ``StackedTrainer(compile=True)`` compiles the loss and the optimizer step with ``torch.compile``;
 ``compile="reduce-overhead"`` also replays them as CUDA graphs on a CUDA device (for small, launch-bound stacks).
-``StackedTrainer(topk_decode="sparse")`` decodes a plain TopK stack from its kept (index, value) pairs
-(:meth:`StackedTrainer.decode_sparse`) instead of a dense ``[n, batch, dict_size]`` code; off by default.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Union
+from typing import Optional, Union
 
 import torch
 
@@ -45,37 +43,11 @@ TABLE_CHUNK = 1024
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 #: the modes among them in which Inductor replays CUDA graphs (cudagraph trees; CUDA devices only)
 GRAPH_MODES = ("reduce-overhead", "max-autotune")
-#: values of :class:`StackedTrainer`'s ``topk_decode``
-TOPK_DECODES = ("dense", "sparse")
-
-
-class SparseCode(NamedTuple):
-    """The codes of a stack as each token's kept (feature, value) pairs: what a :class:`StackRule` returns from
-    ``select`` in place of the dense ``f [n, batch, dict_size]`` when the engine's ``sparse_decode`` is on (the
-    dense code is ``zeros.scatter(-1, indices, values)``).
-
-    Attributes:
-        indices: ``[n, batch, k]`` int64, feature indices in ``0..dict_size-1``, distinct within a token.
-        values: ``[n, batch, k]`` float, their activations (0 at a rank that a dictionary does not keep, e.g.
-            beyond its own k when the k of a stack differ: such a pair decodes to nothing and fires nothing).
-    """
-
-    indices: torch.Tensor
-    values: torch.Tensor
-
-    def detach(self) -> "SparseCode":
-        """The same code with ``values`` detached (as ``Tensor.detach`` for a dense code)."""
-        return SparseCode(self.indices, self.values.detach())
 
 
 class StackRule:
     """The per-architecture part of a stacked step. Subclass it in the architecture's file and name the subclass
     as the :class:`~.registry.Architecture`'s ``stack_rule``.
-
-    The codes ``f`` that the methods pass on are what :meth:`select` returned: a dense tensor ``[n, batch,
-    dict_size]``, or a :class:`SparseCode` when the rule decodes sparsely (a rule with ``sparse_decode_ok`` in a
-    ``StackedTrainer(topk_decode="sparse")``; then :meth:`reconstruct` and :meth:`fired` take the sparse code, and
-    a rule's :meth:`sparsity` and :meth:`after_step` must not need the dense one).
 
     Attributes:
         engine: the :class:`StackedTrainer` (``engine.trainers``, ``engine.n``, ``engine.device``...).
@@ -88,9 +60,6 @@ class StackRule:
     #: JumpReLU's ``threshold [dict_size]``): stacked as ``engine.extra[name] [n, ...]`` and trained, clipped,
     #: checked and written back like the others
     extra_params: tuple = ()
-    #: the rule can return a :class:`SparseCode` from :meth:`select` (read ``engine.sparse_decode`` there): set by
-    #: a rule that supports ``StackedTrainer(topk_decode="sparse")``; other rules always decode densely
-    sparse_decode_ok: bool = False
 
     def __init__(self, engine: "StackedTrainer"):
         self.engine = engine
@@ -119,17 +88,13 @@ class StackRule:
         return self.engine.pre_activations(x)
 
     def select(self, pre: torch.Tensor, tab: dict):
-        """``(f, aux)`` from pre-activations ``pre [n, batch, dict_size]``: ``f [n, batch, dict_size]``, or a
-        :class:`SparseCode` when ``engine.sparse_decode`` is on (only for a rule with ``sparse_decode_ok``)."""
+        """``(f [n, batch, dict_size], aux)`` from pre-activations ``pre [n, batch, dict_size]``."""
         return torch.relu(pre), {}
 
-    def reconstruct(self, x: torch.Tensor, f, tab: dict):
+    def reconstruct(self, x: torch.Tensor, f: torch.Tensor, tab: dict):
         """``(x_hat [n, batch, activation_dim], reconstruction term [n])`` of ``x [batch, activation_dim]`` from
-        the codes ``f`` (dense ``[n, batch, dict_size]`` or a :class:`SparseCode`; default: ``W_dec f + b_dec``
-        by :meth:`StackedTrainer.decode` or :meth:`StackedTrainer.decode_sparse`, and ``mean_batch ||x -
-        x_hat||^2``, float32 when ``x`` is)."""
-        e = self.engine
-        x_hat = e.decode_sparse(f) if isinstance(f, SparseCode) else e.decode(f)
+        the codes ``f [n, batch, dict_size]`` (default: ``W_dec f + b_dec`` and ``mean_batch ||x - x_hat||^2``)."""
+        x_hat = self.engine.decode(f)
         return x_hat, (x - x_hat).pow(2).sum(-1).mean(-1)
 
     def sparsity(self, x, x_hat, f, aux, tab: dict):
@@ -142,15 +107,9 @@ class StackRule:
     def after_step(self, step: int, x, f, aux, tab: dict) -> None:
         """Called at the end of each step (after the optimizer step and the dead-feature counters)."""
 
-    def fired(self, f, aux: dict) -> torch.Tensor:
-        """``[n, dict_size]`` bool: features that fired (a non-zero code) on some token of the batch; ``f``
-        dense ``[n, batch, dict_size]`` or a :class:`SparseCode` (its pairs with a non-zero value; the others
-        write into a spare column that is dropped, so no dense code is built)."""
-        if not isinstance(f, SparseCode):
-            return (f != 0).any(dim=1)
-        n, size = f.indices.shape[0], self.engine.dict_size
-        cols = torch.where(f.values != 0, f.indices, size).flatten(1)
-        return torch.zeros(n, size + 1, dtype=torch.bool, device=cols.device).scatter_(-1, cols, True)[:, :size]
+    def fired(self, f: torch.Tensor, aux: dict) -> torch.Tensor:
+        """``[n, dict_size]`` bool: features that fired on some token of the batch."""
+        return (f != 0).any(dim=1)
 
     def load_state(self) -> None:
         """Read the trainers' architecture-specific state into stacked tensors (at construction)."""
@@ -173,27 +132,6 @@ def _adam_update(p, m, v, g, ok, step_size, bc2_sqrt, beta1: float, beta2: float
     m.copy_(torch.where(keep, m_new, m))
     v.copy_(torch.where(keep, v_new, v))
     p.copy_(torch.where(keep, p_new, p))
-
-
-def sparse_decode_dtype(dtype: torch.dtype, device_type: str, autocast_dtype: Optional[torch.dtype]) -> torch.dtype:
-    """The dtype in which :meth:`StackedTrainer.decode_sparse` reads the decoder table and the values.
-
-    ``embedding_bag`` has no autocast rule and needs the table and the per-sample weights in one dtype. Under
-    autocast (``autocast_dtype`` not None) it is the autocast dtype, as the dense product reads ``W_dec``, except
-    bfloat16 on CUDA: PyTorch has no bfloat16 CUDA kernel for the backward to the per-sample weights
-    (``_embedding_bag_per_sample_weights_backward_cuda``), so there the table is read in float32 and its gathers
-    move twice the bytes of a bfloat16 read. Without autocast: ``dtype`` (the decoder's own).
-
-    Args:
-        dtype: the decoder's dtype.
-        device_type: ``"cuda"``, ``"cpu"``...
-        autocast_dtype: the autocast dtype on that device type, None when autocast is off there.
-    """
-    if autocast_dtype is None:
-        return dtype
-    if device_type == "cuda" and autocast_dtype == torch.bfloat16:
-        return torch.float32
-    return autocast_dtype
 
 
 def stack_rule_for(trainer) -> Optional[type]:
@@ -304,30 +242,15 @@ class StackedTrainer:
             dead) stay outside the compiled code. False (eager), True (Inductor's default mode) or a mode of
             :data:`COMPILE_MODES`; ``"reduce-overhead"`` (and ``"max-autotune"``) also replay the compiled code as
             CUDA graphs on a CUDA device (see :meth:`_prepare_graphs`; elsewhere they compile without graphs).
-        topk_decode: ``"dense"`` (default): the codes are a dense ``f [n, batch, dict_size]`` decoded by
-            :meth:`decode`. ``"sparse"``: a stack whose rule has ``sparse_decode_ok`` (plain TopK) keeps its codes
-            as each token's top-k (index, value) pairs (:class:`SparseCode`), decoded by :meth:`decode_sparse`
-            from the chosen decoder columns only, with the dead-feature counters updated from the pairs: no dense
-            code is built. Same loss and gradients up to float rounding. Other architectures (ReLU, BatchTopK,
-            Matryoshka...) decode densely either way (:attr:`sparse_decode` says which path a stack takes).
-            Whether it is faster depends on ``dict_size``, the stack's largest k and the device (under bfloat16
-            autocast on CUDA its gathers read float32, see :func:`sparse_decode_dtype`): time it with
-            ``python -m benchmarks.sweep --modes stacked-compiled,stacked-sparse``.
-
-    Attributes:
-        sparse_decode: True when this stack decodes sparsely (``topk_decode="sparse"`` and a rule that can).
 
     Raises:
         ValueError: no trainers, trainers that cannot share a stack (different architecture, shape, device, dtype
-            or settings: the message names the first mismatch), a ``compile`` that is not one of the above, or a
-            ``topk_decode`` other than ``"dense"`` and ``"sparse"`` (checked before anything is read).
+            or settings: the message names the first mismatch), or a ``compile`` that is not one of the above.
     """
 
     def __init__(self, trainers: list, indices: Optional[list[int]] = None, nan_check_every: int = 100,
-                 compile: Union[bool, str] = False, topk_decode: str = "dense"):
+                 compile: Union[bool, str] = False):
         mode = compile_mode(compile)
-        if not isinstance(topk_decode, str) or topk_decode not in TOPK_DECODES:
-            raise ValueError(f"topk_decode must be one of {', '.join(TOPK_DECODES)}; got {topk_decode!r}")
         self._check_compatible(trainers)
         self.trainers = list(trainers)
         self.indices = list(indices) if indices is not None else list(range(len(trainers)))
@@ -338,7 +261,6 @@ class StackedTrainer:
         self.activation_dim, self.dict_size = first.ae.activation_dim, first.ae.dict_size
         rule_cls = stack_rule_for(first)
         self.extra_names = tuple(rule_cls.extra_params)
-        self.sparse_decode = topk_decode == "sparse" and rule_cls.sparse_decode_ok
         self._gather_parameters()
         self._gather_modes()
         self._gather_optimizer()
@@ -521,35 +443,9 @@ class StackedTrainer:
         """``W_dec f + b_dec`` per dictionary: ``f [n, batch, dict_size] -> [n, batch, activation_dim]``."""
         return torch.baddbmm(self.b_dec.unsqueeze(1), f, self.W_dec.mT)
 
-    def decode_sparse(self, code: SparseCode) -> torch.Tensor:
-        """:meth:`decode` of a sparse code, reading only the chosen decoder columns: ``x_hat[j, b] = b_dec[j] +
-        sum_i values[j, b, i] * W_dec[j][:, indices[j, b, i]]``, ``[n, batch, activation_dim]``.
-
-        One ``embedding_bag`` (mode ``"sum"``, the values as per-sample weights) over the stack's decoders as
-        one table of ``n * dict_size`` rows (``W_dec[j].T`` stacked; token ``(j, b)`` reads rows
-        ``j * dict_size + indices[j, b]``). The table is a copy made at every step (``n * dict_size *
-        activation_dim`` elements: ``W_dec`` is stored ``[n, activation_dim, dict_size]``, so its rows are not
-        contiguous; the dense path's autocast cast of ``W_dec`` is a copy of the same size), and its gradient
-        (dense, ``[n * dict_size, activation_dim]``) is copied back into ``W_dec``'s layout by autograd.
-        Differentiable in ``values``, ``W_dec`` and ``b_dec``; works under ``torch.compile``.
-
-        Dtypes: see :func:`sparse_decode_dtype` (under bfloat16 autocast on CUDA the table is read in float32).
-        The result is float32 when ``b_dec`` is (the sum is added to ``b_dec`` in float32).
-        """
-        n, batch, k = code.indices.shape
-        dev = self.W_dec.device.type
-        dtype = sparse_decode_dtype(self.W_dec.dtype, dev,
-                                    torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None)
-        table = self.W_dec.mT.reshape(n * self.dict_size, self.activation_dim).to(dtype)
-        rows = code.indices + (torch.arange(n, device=code.indices.device) * self.dict_size).view(n, 1, 1)
-        out = torch.nn.functional.embedding_bag(rows.reshape(n * batch, k), table, mode="sum",
-                                                per_sample_weights=code.values.reshape(n * batch, k).to(dtype))
-        return out.view(n, batch, self.activation_dim) + self.b_dec.unsqueeze(1)
-
     def losses(self, x: torch.Tensor, tab: dict):
         """Per-dictionary training losses ``[n]`` (reconstruction + sparsity [+ alignment penalty]), as each
-        trainer's ``loss``; returns ``(loss [n], terms, f, aux)``: ``f`` the codes as the rule's ``select`` gave
-        them (dense ``[n, batch, dict_size]``, or a :class:`SparseCode` when :attr:`sparse_decode` is on)."""
+        trainer's ``loss``; returns ``(loss [n], terms, f, aux)``."""
         f, aux = self.rule.select(self.rule.pre_activations(x, tab), tab)
         x_hat, recon = self.rule.reconstruct(x, f, tab)
         sparse, terms = self.rule.sparsity(x, x_hat, f, aux, tab)

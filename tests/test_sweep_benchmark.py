@@ -122,37 +122,3 @@ def test_out_folder_is_made_before_timing(tmp_path, monkeypatch):
     out = tmp_path / "new" / "sweep.json"
     monkeypatch.setattr(sweep, "run", lambda *a, **k: {"rows": [{}]})
     assert sweep.main(["--device", "cpu", "--out", str(out)]) == 0 and out.parent.is_dir()
-
-
-def test_stacked_sparse_mode_decodes_sparsely_and_matches_the_eager_stack(monkeypatch):
-    # a tiny TopK grid (k 32, 64, 128 of 256 features x standard/aligned: one stack of 6 with different k) in the
-    # stacked-sparse mode: the stack decodes from its (index, value) pairs, and the parity with the eager, dense
-    # stack holds; Dynamo's eager backend keeps it quick (the sparse path under Inductor is tested in
-    # test_stacked_sparse_decode)
-    from benchmarks import common
-    from dictionary_learning_aligned.stacked import StackedTrainer
-
-    monkeypatch.setattr(common, "matmul_peak", lambda device: 1.0)  # minutes of 8192^3 products on a CPU
-    monkeypatch.setitem(sweep.GRIDS, "tiny", (("topk",), 256, 1, 32, "all"))
-    monkeypatch.setattr(StackedTrainer, "_compile", staticmethod(
-        lambda fn, mode: fn if mode is None else torch.compile(fn, backend="eager")))
-    decodes, sparse_calls, decode_sparse = [], [], StackedTrainer.decode_sparse
-    init = StackedTrainer.__init__
-
-    def spy_init(self, *a, **k):
-        init(self, *a, **k)
-        decodes.append(self.sparse_decode)
-
-    def spy_decode(self, code):
-        sparse_calls.append(code.indices.shape)
-        return decode_sparse(self, code)
-    monkeypatch.setattr(StackedTrainer, "__init__", spy_init)
-    monkeypatch.setattr(StackedTrainer, "decode_sparse", spy_decode)
-    res = sweep.run(["tiny"], ["stacked-sparse"], [16], "cpu", steps=2, warmup=1, dead=0.05)
-    row = res["rows"][0]
-    assert "error" not in row, row.get("error")
-    assert row["mode"] == "stacked-sparse" and row["dictionaries"] == 6
-    assert decodes == [True, False], decodes  # the timed stack, then the eager reference's
-    assert sparse_calls and all(s[1:] == (16, 128) for s in sparse_calls)  # k_max of each stack: 128
-    assert row["parity_w_dec_max_abs"] < 1e-5 and row["parity_loss_max_rel"] < 1e-5, row
-    assert "vs eager stacked" in sweep.format_row(row)

@@ -8,7 +8,7 @@ import torch
 
 from ..dictionary import AutoEncoderTopK, BatchTopKSAE
 from ..registry import Architecture, register, scaled_lr_schedule
-from ..stacked import TABLE_CHUNK, SparseCode, StackRule
+from ..stacked import TABLE_CHUNK, StackRule
 from .base import DictionaryTrainer, make_aligned
 
 
@@ -276,15 +276,7 @@ class TopKStackRule(StackRule):
     from a fixed-width ``[n, k_aux]`` set of candidate columns (:meth:`_aux_recon_dead`: no ``topk``, no scatter,
     and a decoder product over ``k_aux`` columns instead of ``dict_size``); otherwise the general top-k path runs
     (:meth:`_aux_recon_topk`). Both give the reference loss and gradients up to float rounding.
-
-    With ``StackedTrainer(topk_decode="sparse")`` (``engine.sparse_decode``), :meth:`select` returns the kept
-    (index, value) pairs as a :class:`~..stacked.SparseCode` instead of the dense code: the reconstruction is
-    decoded from them (:meth:`~..stacked.StackedTrainer.decode_sparse`) and the dead-feature counters are updated
-    from them (:meth:`~..stacked.StackRule.fired`); the auxiliary-k loss and the threshold EMA read ``post_relu``
-    and the kept values as in the dense path.
     """
-
-    sparse_decode_ok = True
 
     def load_state(self):
         e, trs = self.engine, self.engine.trainers
@@ -329,16 +321,9 @@ class TopKStackRule(StackRule):
         return top.values * keep, top.indices
 
     def select(self, pre, tab):
-        """``(f, aux)``: ``f`` the per-token top-k of ``ReLU(pre)`` (``pre [n, batch, dict_size]``), dense
-        ``[n, batch, dict_size]``, or a :class:`~..stacked.SparseCode` of ``[n, batch, k_max]`` pairs when
-        ``engine.sparse_decode`` is on; ``aux``: ``post_relu`` (``ReLU(pre)``) and ``kept`` (the values
-        ``[n, batch, k_max]``, 0 beyond a dictionary's own k)."""
         post = torch.relu(pre)
         values, indices = self._top(post, tab["k"], self.k_max)
-        aux = {"post_relu": post, "kept": values}
-        if self.engine.sparse_decode:
-            return SparseCode(indices, values), aux
-        return torch.zeros_like(post).scatter_(-1, indices, values), aux
+        return torch.zeros_like(post).scatter_(-1, indices, values), {"post_relu": post, "kept": values}
 
     @torch.no_grad()
     def _refresh_dead_bound(self, batch: int) -> None:
@@ -439,10 +424,7 @@ class TopKStackRule(StackRule):
 
 class BatchTopKStackRule(TopKStackRule):
     """Stacked BatchTopK: per dictionary, the ``k * batch`` largest activations of the whole batch are kept, and
-    the threshold EMA tracks the smallest kept activation, as :class:`BatchTopKTrainer`. Always decodes densely
-    (a token keeps a varying number of features; ``topk_decode="sparse"`` leaves this rule dense)."""
-
-    sparse_decode_ok = False
+    the threshold EMA tracks the smallest kept activation, as :class:`BatchTopKTrainer`."""
 
     def select(self, pre, tab):
         post = torch.relu(pre)
