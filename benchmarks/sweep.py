@@ -15,6 +15,9 @@ dictionary-token (dense forward and backward of encoder and decoder):
 * ``ablations``: the stacks of the reproduction's ``ablations`` parts at width 576, 12 x 16384 (ReLU and TopK at
   their default sparsity, TopK k 64, x standard/aligned x 3 seeds: two stacks of 6). Unlike ``wide:topk``, whose
   stacks mix k 32, 64 and 128, every TopK dictionary keeps 64 features per token;
+* ``sizes``: the widest dictionaries of the reproduction's ``sizes`` experiment, 8 x 65536 (ReLU and TopK at their
+  default sparsity x standard/aligned x 2 seeds: two stacks of 4, the fewest that give a cross-seed MCS per
+  method), to tell whether such a stack trains 48,828 steps within one device session;
 * ``GRID:ARCH`` (e.g. ``main:topk``): one architecture's part of a grid; ``GRID:ARCH:MODE`` (e.g.
   ``main:topk:standard``, ``main:topk:project``): only its standard or aligned dictionaries.
 
@@ -69,7 +72,8 @@ GRIDS = {"main": (("relu", "topk", "batchtopk", "panneal"), 4096, 3, ACTIVATION_
          "wide": (("relu", "topk"), 16384, 2, ACTIVATION_DIM, "all"),
          "one": (("topk",), 4096, 1, ACTIVATION_DIM, "one"),
          "gemma": (("relu", "topk", "batchtopk", "panneal"), 4096, 3, 640, "default"),
-         "ablations": (("relu", "topk"), 16384, 3, ACTIVATION_DIM, "default")}
+         "ablations": (("relu", "topk"), 16384, 3, ACTIVATION_DIM, "default"),
+         "sizes": (("relu", "topk"), 65536, 2, ACTIVATION_DIM, "default")}
 #: with ``--dead``: every this-many-th dictionary of a grid gets dead features
 DEAD_EVERY = 6
 DEAD_BIAS = -100.0
