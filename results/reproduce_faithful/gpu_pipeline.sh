@@ -50,6 +50,8 @@
 #   3. issue 20, if GPUS >= 2 and DEADLINE_S allows: the main grid's 24-dictionary sweep (4 architectures x standard/aligned x 3
 #      seeds, 4096) for 600 steps through `train --placement spread` on one GPU and on two; data-parallel aligned
 #      TopK 65536 for 600 steps on one GPU and two, both with --preload auto; then benchmarks.multigpu's report.
+# SWEEP=GRIDS (sixteenth session, for the next): after the runs, if 150 s are left, `benchmarks.sweep --grids GRIDS
+#   --modes stacked-compiled` (60 steps, no parity check) into sweep.json, e.g. SWEEP=sizes:topk,sizes:relu (4 x 65536).
 # HARVEST_PRECISION=float32|tf32 (twelfth session; default empty: no flag) adds --harvest-precision to every reproduce.
 set -uo pipefail
 cmd=${1:?usage: gpu_pipeline.sh start SECONDS | wait SECONDS | run}
@@ -194,6 +196,12 @@ run() {
       --modes stacked-compiled,stacked-graphs --batches 2048 --steps 30 --warmup 6 --out $R/graphs.json \
       > $R/logs/graphs.txt 2>&1
     t "benchmarks.sweep graphs ended (rc $?)"
+  fi
+  if [ -n "${SWEEP:-}" ] && [ "$(left)" -gt 150 ]; then  # SWEEP=GRIDS: time the compiled stacked step on them
+    t "benchmarks.sweep $SWEEP"
+    timeout "$(left)" $PY -m benchmarks.sweep --device $DEV --grids "$SWEEP" --modes stacked-compiled --batches 2048 \
+      --steps 60 --warmup 10 --no-parity --dead 0 --out $R/sweep.json > $R/logs/sweep.txt 2>&1
+    t "benchmarks.sweep ended (rc $?)"
   fi
   if [ "${SYNCS:-0}" = 1 ] && [ "$(left)" -gt 120 ]; then  # host synchronizations per training step (tenth session)
     t "benchmarks.syncs"
