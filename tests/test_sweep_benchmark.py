@@ -62,10 +62,10 @@ def test_grids_name_their_dictionaries():
     assert len(abl) == 6 and {(c["k"], c["dict_size"]) for c in abl} == {(64, 16384)}
     assert sorted(str(c.get("alignment")) for c in abl) == ["None"] * 3 + ["project"] * 3
     # the sizes grid's TopK stack: 4 x 65536 (standard and aligned x 2 seeds), k 64
-    wide = sweep.grid("sizes:topk", 100)
-    assert len(wide) == 4 and {(c["k"], c["dict_size"]) for c in wide} == {(64, 65536)}
-    assert sorted((str(c.get("alignment")), c["seed"]) for c in wide) == [("None", 0), ("None", 1), ("project", 0),
-                                                                          ("project", 1)]
+    sizes = sweep.grid("sizes:topk", 100)
+    assert len(sizes) == 4 and {(c["k"], c["dict_size"]) for c in sizes} == {(64, 65536)}
+    assert sorted((str(c.get("alignment")), c["seed"]) for c in sizes) == [("None", 0), ("None", 1), ("project", 0),
+                                                                           ("project", 1)]
 
 
 @pytest.mark.parametrize("argv", [["--grids", "huge"], ["--modes", "fast"], ["--steps", "0"],
