@@ -78,6 +78,14 @@ DEADLINE_S=${DEADLINE_S:-1500}  # the pipeline's own end, counted from `run`'s s
 
 left() { local n=$(( DEADLINE_S - $(date +%s) + $(cat $R/t0) )); echo $(( n > 1 ? n : 1 )); }
 t() { echo "[$(( $(date +%s) - $(cat $R/t0) )) s] $*"; }
+# time_sweep NAME LABEL ARGS...: `benchmarks.sweep ARGS` on the GPU, within the time left, into $R/NAME.json and
+# logs/NAME.txt, its start and end (with the exit status) in the pipeline log as "benchmarks.sweep LABEL"
+time_sweep() {
+  local name=$1 label=$2; shift 2
+  t "benchmarks.sweep $label"
+  timeout "$(left)" $PY -m benchmarks.sweep --device $DEV "$@" --out $R/$name.json > $R/logs/$name.txt 2>&1
+  t "benchmarks.sweep $label ended (rc $?)"
+}
 pack() { mkdir -p "${OUT:=/tmp/res_out}"; tar -czf "$OUT/faithful.tar.gz" --exclude=dictionaries --exclude='*.safetensors' -C $R . 2>/dev/null; }
 
 saebench_group() {  # GLOB: one SAEBench process (core, sparse probing, SCR, TPP) for the records matching GLOB
@@ -184,24 +192,17 @@ run() {
   if [ "${AUXK:-0}" = 1 ]; then  # the exact fast auxiliary-k path (d00b570) against the top-k path, steady state
     for dead in 0.003 0.1; do
       [ "$(left)" -gt 150 ] || { t "skipped aux-k timing at dead $dead: too little time left"; continue; }
-      t "benchmarks.sweep --dead $dead"
-      timeout "$(left)" $PY -m benchmarks.sweep --device $DEV --grids main:topk,main:batchtopk \
-        --modes stacked-compiled --batches 2048 --dead $dead --out $R/auxk_dead$dead.json > $R/logs/auxk_dead$dead.txt 2>&1
-      t "benchmarks.sweep --dead $dead ended (rc $?)"
+      time_sweep auxk_dead$dead "--dead $dead" --grids main:topk,main:batchtopk --modes stacked-compiled \
+        --batches 2048 --dead $dead
     done
   fi
   if [ "${GRAPHS:-0}" = 1 ] && [ "$(left)" -gt 150 ]; then  # CUDA graphs for the stacked step (ninth session)
-    t "benchmarks.sweep stacked-compiled vs stacked-graphs"
-    timeout "$(left)" $PY -m benchmarks.sweep --device $DEV --grids gemma:relu,gemma:topk,main:relu,main:topk,one \
-      --modes stacked-compiled,stacked-graphs --batches 2048 --steps 30 --warmup 6 --out $R/graphs.json \
-      > $R/logs/graphs.txt 2>&1
-    t "benchmarks.sweep graphs ended (rc $?)"
+    time_sweep graphs "stacked-compiled vs stacked-graphs" --grids gemma:relu,gemma:topk,main:relu,main:topk,one \
+      --modes stacked-compiled,stacked-graphs --batches 2048 --steps 30 --warmup 6
   fi
   if [ -n "${SWEEP:-}" ] && [ "$(left)" -gt 150 ]; then  # SWEEP=GRIDS: time the compiled stacked step on them
-    t "benchmarks.sweep $SWEEP"
-    timeout "$(left)" $PY -m benchmarks.sweep --device $DEV --grids "$SWEEP" --modes stacked-compiled --batches 2048 \
-      --steps 60 --warmup 10 --no-parity --dead 0 --out $R/sweep.json > $R/logs/sweep.txt 2>&1
-    t "benchmarks.sweep ended (rc $?)"
+    time_sweep sweep "$SWEEP" --grids "$SWEEP" --modes stacked-compiled --batches 2048 --steps 60 --warmup 10 \
+      --no-parity --dead 0
   fi
   if [ "${SYNCS:-0}" = 1 ] && [ "$(left)" -gt 120 ]; then  # host synchronizations per training step (tenth session)
     t "benchmarks.syncs"
