@@ -8,10 +8,11 @@ under ``results/saebench/``). :data:`FIGURES` maps names (``"fig1"`` ... ``"fig2
 
 Which records a figure uses: figures 2-8, 11 and 13 the experiment ``"main"`` (its most common model, dict_size
 4096 if present else the smallest); 10 experiments ``"main"`` and ``"gemma"`` (one row per model); 14
-``"tying"``; 15-18 ``"sizes"`` and ``"main"`` at dict_size 16384 / 65536; 19-20 ``"long"`` (with ``"main"`` runs
-of the same configuration as the short-run reference). A record may carry an optional ``training_log`` (the
-trainer's ``log``: dicts with ``step``, optionally ``tokens``, ``frac_variance_explained``, ``l0``,
-``dead_fraction_10M``); figures 19-20 then also draw the training curve.
+``"tying"`` (its standard and ``project`` settings from ``"main"``, at the same training budget, where ``"tying"``
+has none of them: :func:`with_fallback`); 15-18 ``"sizes"`` and ``"main"`` at dict_size 16384 / 65536; 19-20
+``"long"`` (with ``"main"`` runs of the same configuration as the short-run reference). A record may carry an
+optional ``training_log`` (the trainer's ``log``: dicts with ``step``, optionally ``tokens``,
+``frac_variance_explained``, ``l0``, ``dead_fraction_10M``); figures 19-20 then also draw the training curve.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .labels import ARCH_LABEL, ARCH_ORDER, SPARSITY_LABEL
 from .records import (L0, alignments_in, archs_in, field_getter, finite, fired_scores, load_records, pick_dict_size,
                       primary_model, select)
 from .saebench_results import SAEBENCH_DIR, load_saebench, saebench_bos_caveat
-from .training_budget import budget_line
+from .training_budget import UNRECORDED, budget_line, budget_summary, same_budget
 
 PNG_DPI = 110
 REPRODUCE = "python -m dictionary_learning_aligned reproduce"
@@ -699,12 +700,72 @@ def fig13(records, results):
 
 
 @_register("fig14", "weight tying vs aligned training", "records of experiment 'tying' (alignment 'tied', "
-           "'project' and standard) with metrics.frac_recovered, frac_alive, l0")
+           "'project' and standard; standard and 'project' from 'main', at the same training budget, where 'tying' "
+           "has none of them) with metrics.frac_recovered, frac_alive, l0")
 def fig14(records, results):
     if not any(r["alignment"] == "tied" for r in select(records, experiments=("tying",))):
-        raise Missing("no records with alignment 'tied' of experiment 'tying'" + _hint("tying"))
-    return _vs_l0(records, ARCH_ORDER, [(CE, "CE loss recovered"), (ALIVE, "alive fraction")],
-                  experiments=("tying",))
+        raise Missing("no records with alignment 'tied' of experiment 'tying' (only 'tying' trains them; its "
+                      "standard and aligned settings may come from 'main')" + _hint("tying"))
+    recs, source = with_fallback(records, "tying", "main", (None, "project"))
+    d = _vs_l0(recs, ARCH_ORDER, [(CE, "CE loss recovered"), (ALIVE, "alive fraction")],
+               experiments=("tying", "main"))
+    return d._replace(note="; ".join(t for t in (source, d.note) if t))
+
+
+def _modes_text(settings: list[tuple], archs: list[str]) -> str:
+    """``"standard and aligned"``: the alignment modes of ``settings`` ((arch, alignment) pairs), each followed by
+    its architectures (``"standard (ReLU)"``) when it is not that of all ``archs``."""
+    by_mode: dict = {}
+    for arch, a in settings:
+        by_mode.setdefault(a, []).append(arch)
+    return " and ".join(("tied" if a == "tied" else mode_style(a)[2])
+                        + ("" if len(xs) == len(archs) else f" ({', '.join(ARCH_LABEL.get(x, x) for x in xs)})")
+                        for a, xs in by_mode.items())
+
+
+def with_fallback(records: list[dict], primary: str, fallback: str, alignments) -> tuple[list[dict], str]:
+    """The records of experiment ``primary`` (:func:`_scope`: its most common model, dict_size 4096 if present,
+    else its smallest) and, per architecture of them and alignment mode of ``alignments`` (None: standard) that
+    ``primary`` has no record of, the records of experiment ``fallback`` of that setting with the same model and
+    dict_size, when every one of them was trained on the budget of every ``primary`` record of the architecture
+    (:func:`~figures.training_budget.same_budget`: scale, recipe, steps, batch size). A setting that ``primary``
+    has is never topped up (no run of one setting drawn twice), and one whose ``fallback`` records are of another
+    budget is left out, not mixed in. (``tying``'s standard and ``project`` dictionaries are ``main``'s training
+    configs, so a store may train only ``tying``'s tied ones.)
+
+    Returns:
+        ``(records, note)``: ``primary``'s records, then those taken from ``fallback``; the note for the caption
+        names which settings came from ``fallback`` and which were left out and why ("" when none).
+
+    Raises:
+        Missing: ``primary`` has no records (:func:`_scope`, naming the command that trains them).
+    """
+    own = _scope(records, experiments=(primary,))
+    model, size, archs = own[0].get("model"), own[0]["dict_size"], archs_in(own)
+    other = select(records, experiments=(fallback,), model=model, dict_size=size)
+    taken, kept, left = [], [], []
+    for arch in archs:
+        ref = select(own, archs=[arch])
+        for a in alignments:
+            cand = select(other, archs=[arch], alignments=[a])
+            if select(ref, alignments=[a]) or not cand:
+                continue
+            same = all(same_budget(c, r) for c in cand for r in ref)
+            (taken if same else left).append((arch, a))
+            kept += cand if same else []
+    notes = []
+    if taken:
+        rest = [(r["arch"], r["alignment"]) for r in own]
+        notes.append(f"{_modes_text(taken, archs)} from '{fallback}' (same training config; '{primary}' has none "
+                     f"of them); {_modes_text(list(dict.fromkeys(rest)), archs)} from '{primary}'")
+    if left:
+        def budget(recs):
+            b = budget_summary(recs)
+            return f"steps {b['steps'] or UNRECORDED}, recipe {', '.join(b['recipes'])}"
+        theirs = budget([r for r in other if (r["arch"], r["alignment"]) in left])
+        notes.append(f"{_modes_text(left, archs)} left out: '{primary}' has none and '{fallback}''s are of another "
+                     f"training budget ({theirs}; '{primary}''s: {budget(own)})")
+    return own + kept, "; ".join(notes)
 
 
 def _sizes(records, dict_size, y, label):

@@ -1,0 +1,84 @@
+"""Fig. 14 (weight tying vs aligned training) takes its standard and aligned settings from experiment ``main`` when
+``tying`` has none of them, at the same training budget only: a store that trained only ``tying``'s tied
+dictionaries still gets the whole figure; a store with all of ``tying`` draws ``tying``'s records alone."""
+
+from collections import Counter
+
+from figures import FIGURES
+from figures.paper import _annotate
+from figures.training_budget import same_budget
+
+from .test_figures import grid, make_record
+from .test_figures_budget import FAITHFUL, OLD
+
+TIED = dict(archs=("relu", "topk"), alignments=("tied",), experiment="tying")
+
+
+def _draw(records):
+    """(the annotated Drawn of Fig. 14, its caption on one line, per panel the legend labels of the lines drawn)."""
+    d = FIGURES["fig14"].draw(records, None)
+    _annotate(d, "fig14", FIGURES["fig14"].title)
+    labels = [tuple(ax.get_legend_handles_labels()[1]) for ax in d.fig.axes]
+    return d, " ".join(d.fig.get_supxlabel().split()), labels
+
+
+def _settings(records) -> Counter:
+    return Counter((r["experiment"], r["arch"], r["alignment"]) for r in records)
+
+
+def test_tied_only_tying_takes_standard_and_aligned_from_main():
+    main = grid(archs=("relu", "topk", "batchtopk"), **FAITHFUL)  # batchtopk is not a tying architecture
+    d, caption, labels = _draw(grid(**TIED, **FAITHFUL) + main)
+    assert len(labels) == 4  # ReLU and TopK, CE loss recovered and alive fraction
+    for panel in labels:
+        assert panel == ("standard", "aligned", "tied (W_enc = W_dec^T)"), labels
+    # 2 sparsities x 2 seeds per setting
+    assert _settings(d.records) == {("tying", "relu", "tied"): 4, ("tying", "topk", "tied"): 4,
+                                    ("main", "relu", None): 4, ("main", "relu", "project"): 4,
+                                    ("main", "topk", None): 4, ("main", "topk", "project"): 4}
+    assert "standard and aligned from 'main' (same training config; 'tying' has none of them); tied from " \
+           "'tying'" in caption, caption
+    assert "mixed budgets" not in caption and "steps 48,829" in caption
+
+
+def test_full_tying_uses_its_own_records_only():
+    """No doubled points: ``tying``'s standard and aligned settings are never topped up with ``main``'s, even at
+    the same budget."""
+    tying = grid(alignments=(None, "project", "tied"), experiment="tying", **FAITHFUL)
+    d, caption, labels = _draw(tying + grid(**FAITHFUL))
+    assert all(r["experiment"] == "tying" for r in d.records) and len(d.records) == len(tying) == 24
+    assert "'main'" not in caption, caption
+    assert all(len(panel) == 3 for panel in labels), labels
+
+
+def test_fallback_is_per_setting():
+    """``tying`` lacking only ReLU's standard records: those come from ``main``, every other setting from
+    ``tying`` (TopK's standard is not doubled)."""
+    tying = [r for r in grid(alignments=(None, "project", "tied"), experiment="tying", **FAITHFUL)
+             if (r["arch"], r["alignment"]) != ("relu", None)]
+    d, caption, labels = _draw(tying + grid(**FAITHFUL))
+    counts = _settings(d.records)
+    assert counts[("main", "relu", None)] == 4 and counts[("main", "topk", None)] == 0
+    assert sum(counts.values()) == 24 and counts[("tying", "topk", None)] == 4
+    assert "standard (ReLU) from 'main'" in caption, caption
+    assert all(len(panel) == 3 for panel in labels), labels
+
+
+def test_main_of_another_budget_is_left_out_and_said():
+    """``main``'s records of 2,442 steps do not stand in for ``tying``'s of 48,829: only the tied lines are drawn
+    and the caption says why the others are missing."""
+    d, caption, labels = _draw(grid(**TIED, **FAITHFUL) + grid(**OLD))
+    assert {r["experiment"] for r in d.records} == {"tying"}
+    assert all(panel == ("tied (W_enc = W_dec^T)",) for panel in labels), labels
+    assert "mixed budgets" not in caption
+    assert ("standard and aligned left out: 'tying' has none and 'main''s are of another training budget (steps "
+            "2,442, recipe unrecorded; 'tying''s: steps 48,829, recipe saebench)") in caption, caption
+
+
+def test_same_budget_compares_what_both_records_state():
+    faithful = make_record("relu", None, 0.02, 0, **FAITHFUL)
+    assert same_budget(faithful, make_record("relu", "tied", 0.02, 0, **dict(FAITHFUL, steps=48_828)))  # 1 in 50k
+    assert not same_budget(faithful, make_record("relu", "tied", 0.02, 0, **OLD))
+    assert not same_budget(faithful, make_record("relu", "tied", 0.02, 0, **dict(FAITHFUL, recipe="scaled")))
+    no_recipe = {k: v for k, v in FAITHFUL.items() if k != "recipe"}
+    assert same_budget(faithful, make_record("relu", "tied", 0.02, 0, **no_recipe))  # recipe unrecorded: not compared
