@@ -113,10 +113,17 @@ class ReproduceConfig:
     also: Optional[str] = None
     """comma list of further experiments to train in the same run, on the same harvest: a dictionary that several
     of them ask for (e.g. every budget run is a main run) is trained once and recorded for each (they must share
-    model, layer, corpus, tokens and recipe); --archs, --dict-sizes and --sparsity pick from all their grids"""
+    model, layer, corpus, tokens and recipe); --archs, --dict-sizes, --sparsity and --alignments pick from all
+    their grids"""
     sparsity: Optional[str] = None
     """comma list: train only the grid points with these sparsity values now (L1 penalty, k or p-anneal
     coefficient; default: all)"""
+    alignments: Optional[str] = None
+    """comma list: train only these alignment entries of the grid now, spelled as in the experiment's grid
+    (standard, project, tied, rescale, projection, penalty:0.1, ...; penalty:0.10 is penalty:0.1; default: all),
+    e.g. tied for the tying runs that main does not train. A group's cross-seed stability (MCS) is computed over
+    the seeds trained in one call; a group (arch, sparsity, alignment, dict_size) lies in one entry, so this
+    filter keeps groups whole"""
     eval_batches: int = 10
     """held-out batches (of --batch-size activations) for reconstruction metrics"""
     ce_batches: int = 4
@@ -164,7 +171,9 @@ def run_config(cfg: ReproduceConfig, command: Optional[str] = None) -> list[str]
         recipe=cfg.recipe, time_limit=cfg.time_limit, harvest_precision=cfg.harvest_precision,
         also=comma_list(cfg.also, flag="--also", allow_empty=False) if cfg.also is not None else (),
         sparsity=comma_list(cfg.sparsity, float, "--sparsity", allow_empty=False)
-        if cfg.sparsity is not None else None)
+        if cfg.sparsity is not None else None,
+        alignments=comma_list(cfg.alignments, flag="--alignments", allow_empty=False)
+        if cfg.alignments is not None else None)
 
 
 def compile_setting(compile: bool, mode: Optional[str]) -> bool | str:

@@ -52,7 +52,7 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
                    use_wandb: bool = False, wandb_project: str = "", command: Optional[str] = None,
                    compile_stacks: bool | str = False, recipe: Optional[str] = None,
                    also: Sequence[str] = (), time_limit: Optional[float] = None,
-                   harvest_precision: str = "float32") -> list[str]:
+                   harvest_precision: str = "float32", alignments: Optional[list] = None) -> list[str]:
     """Train, evaluate and record every missing dictionary of an experiment (and of the experiments ``also``);
     returns the ids written (by this process).
 
@@ -95,6 +95,12 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
             write their records before the next part starts: a run stopped by a time limit keeps what finished.
         sparsity: train only the grid points with these sparsity values now (L1 penalties, k values or p-anneal
             coefficients, as listed in :mod:`.experiments`).
+        alignments: train only these entries of the grid's ``alignments`` now, spelled as in
+            :attr:`.experiments.Experiment.alignments` (``"standard"``, ``"project"``, ``"tied"``, ``"rescale"``,
+            ``"projection"``, ``"penalty:0.1"``; read by :func:`.experiments.parse_alignment`, so ``"penalty:0.10"``
+            is ``"penalty:0.1"``), e.g. ``["tied"]`` for the ``tying`` runs that ``main`` does not train. A seed
+            group is one alignment entry's seeds, so the filter keeps groups whole and their stability is that of
+            all their seeds.
         preload: hold the whole cache on ``device`` (default: on a GPU) instead of reading batches from disk; it is
             loaded once per process, by the first part, and kept for the later parts.
         verbose: print every logged training step; use_wandb, wandb_project: log training to Weights & Biases.
@@ -104,8 +110,9 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
             :data:`.stacked.COMPILE_MODES` picks the ``torch.compile`` mode (``"reduce-overhead"``: CUDA graphs).
         recipe: a key of :data:`.experiments.RECIPES` instead of the scale's recipe (batch size, learning rate,
             warmups; recorded as ``recipe``).
-        also: names of further experiments trained in the same invocation (see above); ``archs``, ``dict_sizes``
-            and ``sparsity`` then pick from the union of the grids (a value needs to be in one of them).
+        also: names of further experiments trained in the same invocation (see above); ``archs``, ``dict_sizes``,
+            ``sparsity`` and ``alignments`` then pick from the union of the grids (a value needs to be in one of
+            them).
         time_limit: seconds (from the start of the reproduction) after which no part starts that the slowest
             part so far says would not end in time (:func:`_time_for`), and none once they have passed (the first
             part too: loading the model and harvesting may use them up); the parts not trained are left for a
@@ -128,9 +135,9 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     Raises:
         ValueError: unknown experiment/scale/recipe/harvest precision, a bad device, bad tokens/epochs/seeds/batch
             and evaluation sizes, ``epochs > 1`` without ``cache``, with ``cache`` fewer distinct tokens than one
-            batch, or a run of one step, an experiment of ``also`` that is unknown, repeated or reads other data
-            (all checked before the model is loaded); a cache holding fewer activations than the run needs (the
-            corpus ran out while harvesting).
+            batch, or a run of one step, an experiment of ``also`` that is unknown, repeated or reads other data,
+            a filter value in none of the grids or a malformed alignment entry (all checked before the model is
+            loaded); a cache holding fewer activations than the run needs (the corpus ran out while harvesting).
     """
     plans = shared_plans([name, *also], scale, corpus, recipe)
     plan = plans[0]
@@ -146,7 +153,7 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
     if store.exists() and not store.is_dir():
         raise ValueError(f"--results {store} is a file, not a results store folder")
     steps, unique_tokens = train_steps(total_tokens, batch_size, epochs, cached=cache is not None)
-    todos = select_shared_runs(plans, store, archs, dict_sizes, seeds, sparsity, steps)
+    todos = select_shared_runs(plans, store, archs, dict_sizes, seeds, sparsity, steps, alignments)
     todo = runs_to_train(plans, todos, steps)
     if todo:
         _check_steps(steps, total_tokens, batch_size)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from .. import registry
-from ..experiments import RECIPES, Plan, Run, resolve
+from ..experiments import RECIPES, Plan, Run, parse_alignment, resolve
 from ..records import has_record
 from .recording import _rid
 
@@ -126,58 +126,70 @@ def _check_sizes(plan: Plan, tokens, epochs, cache, seeds, chunk, batch_size, ev
 
 
 def select_shared_runs(plans: list[Plan], store: Path, archs: Optional[list], dict_sizes: Optional[list],
-                       seeds: Optional[int], sparsity: Optional[list], steps: int) -> list[list[Run]]:
+                       seeds: Optional[int], sparsity: Optional[list], steps: int,
+                       alignments: Optional[list] = None) -> list[list[Run]]:
     """Per plan, its runs still to record (:func:`select_runs`). With one plan the filters must lie in its grid;
     with several they pick from the union of the grids: each plan takes the values of its own grid, and a plan
     none of whose grid is picked records nothing.
 
     Raises:
-        ValueError: a requested architecture, size or sparsity value in none of the grids.
+        ValueError: a requested architecture, size, sparsity value or alignment entry in none of the grids; a
+            malformed alignment entry (:func:`.experiments.parse_alignment`).
     """
     if len(plans) == 1:
-        return [select_runs(plans[0], store, archs, dict_sizes, seeds, sparsity, steps=steps)]
+        return [select_runs(plans[0], store, archs, dict_sizes, seeds, sparsity, steps=steps, alignments=alignments)]
     check_grid_filters(" + ".join(p.experiment.name for p in plans), [r for p in plans for r in p.runs], archs,
-                       dict_sizes, sparsity)
-    return [[r for r in select_runs(p, store, seeds=seeds, steps=steps) if _picked(r, archs, dict_sizes, sparsity)]
-            for p in plans]
+                       dict_sizes, sparsity, alignments)
+    return [[r for r in select_runs(p, store, seeds=seeds, steps=steps)
+             if _picked(r, archs, dict_sizes, sparsity, alignments)] for p in plans]
 
 
 def select_runs(plan: Plan, store: Path, archs: Optional[list] = None, dict_sizes: Optional[list] = None,
                 seeds: Optional[int] = None, sparsity: Optional[list] = None,
-                steps: Optional[int] = None) -> list[Run]:
+                steps: Optional[int] = None, alignments: Optional[list] = None) -> list[Run]:
     """The runs of ``plan`` still to train: not yet recorded in ``store`` and inside the requested part of the
-    grid (``archs``, ``dict_sizes``, the first ``seeds`` seeds, ``sparsity`` values; None: all). For a plan with
-    ``eval_steps``, a run is recorded when every step point of a run of ``steps`` steps is (default: the plan's
-    token budget at the recipe's batch size without a cache, :func:`train_steps`).
+    grid (``archs``, ``dict_sizes``, the first ``seeds`` seeds, ``sparsity`` values, ``alignments`` entries spelled
+    as in :attr:`.experiments.Experiment.alignments`, e.g. ``["tied"]`` or ``["standard", "penalty:0.1"]``; None:
+    all). A seed group (arch, sparsity, alignment, dict_size) is picked whole or not at all by every filter but
+    ``seeds``. For a plan with ``eval_steps``, a run is recorded when every step point of a run of ``steps`` steps
+    is (default: the plan's token budget at the recipe's batch size without a cache, :func:`train_steps`).
 
     Raises:
-        ValueError: a requested architecture, size or sparsity value that is not in the experiment's grid; a
-            damaged record of the plan at any step point, or one of another scale, model or layer under its id
+        ValueError: a requested architecture, size, sparsity value or alignment entry that is not in the
+            experiment's grid; a malformed alignment entry (:func:`.experiments.parse_alignment`); a damaged record
+            of the plan at any step point, or one of another scale, model or layer under its id
             (:func:`.records.has_record`).
     """
-    check_grid_filters(plan.experiment.name, plan.runs, archs, dict_sizes, sparsity)
+    check_grid_filters(plan.experiment.name, plan.runs, archs, dict_sizes, sparsity, alignments)
     steps = steps or train_steps(plan.tokens, plan.recipe.batch_size)[0]
     points = plan.eval_points(steps) if plan.eval_steps else (None,)
     # every step point's record is read (a list, not a short-circuit): a damaged one is refused here, not
     # overwritten after the run trained again for a missing one
     same = {"scale": plan.scale, "model": plan.model, "layer": plan.layer}  # what the ids do not name
     return [r for r in plan.runs if not all([has_record(store, _rid(r, p), same) for p in points])
-            and _picked(r, archs, dict_sizes, sparsity) and (seeds is None or r.seed < seeds)]
+            and _picked(r, archs, dict_sizes, sparsity, alignments) and (seeds is None or r.seed < seeds)]
 
 
-def _picked(r: Run, archs: Optional[list], dict_sizes: Optional[list], sparsity: Optional[list]) -> bool:
-    """Whether run ``r`` is in the part of the grid the filters pick (None or empty: no filter)."""
+def _picked(r: Run, archs: Optional[list], dict_sizes: Optional[list], sparsity: Optional[list],
+            alignments: Optional[list] = None) -> bool:
+    """Whether run ``r`` is in the part of the grid the filters pick (None or empty: no filter; ``alignments``
+    spelled as in :attr:`.experiments.Experiment.alignments`)."""
     return ((not archs or r.arch in archs) and (not dict_sizes or r.dict_size in dict_sizes)
-            and (not sparsity or _among(r.sparsity_value, sparsity)))
+            and (not sparsity or _among(r.sparsity_value, sparsity))
+            and (not alignments or any(_same_alignment(_alignment(r), parse_alignment(a)) for a in alignments)))
 
 
 def check_grid_filters(name: str, runs, archs: Optional[list], dict_sizes: Optional[list],
-                       sparsity: Optional[list]) -> None:
+                       sparsity: Optional[list], alignments: Optional[list] = None) -> None:
     """Refuse filters that pick nothing of the grid ``runs`` (of experiment ``name``; None: no filter).
+    ``alignments``: entries spelled as in :attr:`.experiments.Experiment.alignments` (``"standard"``,
+    ``"tied"``, ``"penalty:0.1"``; ``"penalty:0.10"`` is the same entry).
 
     Raises:
-        ValueError: an architecture or dictionary size not in the grid, or a sparsity value not among the chosen
-            architectures' values (the message names the grid's values).
+        ValueError: an architecture or dictionary size not in the grid, a sparsity value not among the chosen
+            architectures' values, or an alignment entry in none of the grid's entries (the message names the
+            grid's values, alignment entries in their spelled form); a malformed alignment entry
+            (:func:`.experiments.parse_alignment`'s message).
     """
     for name_, chosen, allowed in (("arch", archs, {r.arch for r in runs}),
                                    ("dict_size", dict_sizes, {r.dict_size for r in runs})):
@@ -187,6 +199,29 @@ def check_grid_filters(name: str, runs, archs: Optional[list], dict_sizes: Optio
     if sparsity and not all(_among(v, values) for v in sparsity):
         raise ValueError(f"sparsity {sorted(sparsity)} not all in the {name} grid's values {values} "
                          f"(of the chosen architectures)")
+    grid = {_alignment(r) for r in runs}
+    missing = [a for a in alignments or () if not any(_same_alignment(parse_alignment(a), g) for g in grid)]
+    if missing:
+        raise ValueError(f"alignment {missing} not in the {name} grid's entries {sorted(map(_spelled, grid))}")
+
+
+def _alignment(r: Run) -> tuple:
+    """Run ``r``'s alignment entry as :func:`.experiments.parse_alignment` reads it: ``(mode, penalty)``."""
+    return r.alignment, r.alignment_penalty
+
+
+def _same_alignment(a: tuple, b: tuple) -> bool:
+    """Whether two ``(mode, penalty)`` entries are the same (the penalties up to float rounding)."""
+    if a[0] != b[0] or (a[1] is None) != (b[1] is None):
+        return False
+    return a[1] is None or math.isclose(a[1], b[1], rel_tol=1e-9)
+
+
+def _spelled(entry: tuple) -> str:
+    """A ``(mode, penalty)`` entry spelled as in an experiment's ``alignments``: ``"standard"``, ``"tied"``,
+    ``"penalty:0.1"``."""
+    mode, penalty = entry
+    return "standard" if mode is None else mode if penalty is None else f"{mode}:{penalty:g}"
 
 
 def _among(value: float, values) -> bool:

@@ -108,7 +108,8 @@ saebench_when_recorded() {  # ARCH: once its CHUNK records of $X exist, one SAEB
 reproduce_one() {  # EXPERIMENT ARCHS CHUNK [FLAGS]: one `reproduce` into the store, its log in
   # logs/reproduce_EXPERIMENT.txt; EXPERIMENT may be A+B+C: `reproduce A --also B,C` (eleventh session: runs that
   # several experiments share train once); FLAGS: more reproduce flags as NAME=VALUE items joined by '/', e.g.
-  # dict-sizes=16384/sparsity=0.04/seeds=2 for --dict-sizes 16384 --sparsity 0.04 --seeds 2
+  # dict-sizes=16384/sparsity=0.04/seeds=2 for --dict-sizes 16384 --sparsity 0.04 --seeds 2, alignments=tied for
+  # --alignments tied (a value may hold ':', as penalty:0.1: RUNS gives FLAGS the rest of its item)
   local also="" flags=""; [ "${1#*+}" = "$1" ] || also="${1#*+}"
   [ -z "${4:-}" ] || flags=$(tr '/' '\n' <<< "$4" | sed 's/^\([^=]*\)=/--\1 /' | tr '\n' ' ')
   t "reproduce $1 (${GPUS:-2} GPUs${2:+, $2})"
