@@ -704,8 +704,8 @@ def fig13(records, results):
            "has none of them) with metrics.frac_recovered, frac_alive, l0")
 def fig14(records, results):
     if not any(r["alignment"] == "tied" for r in select(records, experiments=("tying",))):
-        raise Missing("no records with alignment 'tied' of experiment 'tying' (only 'tying' trains them; its "
-                      "standard and aligned settings may come from 'main')" + _hint("tying"))
+        raise Missing("no records with alignment 'tied' of experiment 'tying'" + _hint("tying") + " (a store "
+                      "with 'main' needs only `--alignments tied`: Fig. 14 takes standard and aligned from 'main')")
     recs, source = with_fallback(records, "tying", "main", (None, "project"))
     d = _vs_l0(recs, ARCH_ORDER, [(CE, "CE loss recovered"), (ALIVE, "alive fraction")],
                experiments=("tying", "main"))
