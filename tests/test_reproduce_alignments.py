@@ -2,6 +2,8 @@
 runs, whose standard and ``project`` runs are ``main``'s), spelled as in the grid and read by ``parse_alignment``;
 an entry that is malformed or in none of the grids is refused before anything loads."""
 
+import re
+
 import pytest
 
 from dictionary_learning_aligned.experiments import resolve
@@ -84,3 +86,27 @@ def test_the_command_refuses_a_bad_entry_before_anything_loads(tmp_path, capsys,
     assert main(["tying", "--results", str(store), "--device", "cpu", "--alignments", flag]) == 2
     assert message in capsys.readouterr().err
     assert not store.exists()  # refused before the store (or the model) is touched
+
+
+@pytest.mark.parametrize("names, filters, shown", [
+    (["main", "tying"], dict(archs=["batchtopk"], alignments=["tied"]), "--archs batchtopk --alignments tied"),
+    (["main", "ablations"], dict(archs=["panneal"], alignments=["rescale"]), "--archs panneal --alignments rescale"),
+    (["main", "ablations"], dict(archs=["batchtopk"], dict_sizes=[16384]), "--archs batchtopk --dict-sizes 16384"),
+])
+def test_with_also_filters_that_no_grid_has_together_are_refused(names, filters, shown):
+    """Each value is in one of the grids (so check_grid_filters lets it pass), but no grid has them together: the
+    call would train nothing, say ``0 to record`` for every experiment and exit 0."""
+    plans = shared_plans(names, "small")
+    steps = train_steps(plans[0].tokens, plans[0].recipe.batch_size)[0]
+    with pytest.raises(ValueError, match=re.escape(f"{shown} pick no run of the {' + '.join(names)} grids")):
+        select_shared_runs(plans, _EMPTY, filters.get("archs"), filters.get("dict_sizes"), None, None, steps,
+                           filters.get("alignments"))
+
+
+def test_the_command_refuses_filters_no_grid_has_together_before_the_store_is_made(tmp_path, capsys):
+    store = tmp_path / "store"
+    argv = ["main", "--also", "tying", "--archs", "batchtopk", "--alignments", "tied", "--results", str(store),
+            "--device", "cpu"]
+    assert main(argv) == 2
+    assert "--archs batchtopk --alignments tied pick no run of the main + tying grids" in capsys.readouterr().err
+    assert not store.exists()

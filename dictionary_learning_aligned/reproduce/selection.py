@@ -134,12 +134,19 @@ def select_shared_runs(plans: list[Plan], store: Path, archs: Optional[list], di
 
     Raises:
         ValueError: a requested architecture, size, sparsity value or alignment entry in none of the grids; a
-            malformed alignment entry (:func:`.experiments.parse_alignment`).
+            malformed alignment entry (:func:`.experiments.parse_alignment`); filters each in some grid that
+            together pick no run of any grid (``main --also tying --archs batchtopk --alignments tied``: tying has
+            no BatchTopK, main no tied runs).
     """
     if len(plans) == 1:
         return [select_runs(plans[0], store, archs, dict_sizes, seeds, sparsity, steps=steps, alignments=alignments)]
-    check_grid_filters(" + ".join(p.experiment.name for p in plans), [r for p in plans for r in p.runs], archs,
-                       dict_sizes, sparsity, alignments)
+    names = " + ".join(p.experiment.name for p in plans)
+    check_grid_filters(names, [r for p in plans for r in p.runs], archs, dict_sizes, sparsity, alignments)
+    if not any(_picked(r, archs, dict_sizes, sparsity, alignments) for p in plans for r in p.runs):
+        given = [f"--{flag} {','.join(map(str, v))}" for flag, v in (("archs", archs), ("dict-sizes", dict_sizes),
+                 ("sparsity", sparsity), ("alignments", alignments)) if v]
+        raise ValueError(f"{' '.join(given)} pick no run of the {names} grids: each value is in one of them, but "
+                         f"no grid has them together")
     return [[r for r in select_runs(p, store, seeds=seeds, steps=steps)
              if _picked(r, archs, dict_sizes, sparsity, alignments)] for p in plans]
 
