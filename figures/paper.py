@@ -727,28 +727,34 @@ def with_fallback(records: list[dict], primary: str, fallback: str, alignments) 
     """The records of experiment ``primary`` (:func:`_scope`: its most common model, dict_size 4096 if present,
     else its smallest) and, per architecture of them and alignment mode of ``alignments`` (None: standard) that
     ``primary`` has no record of, the records of experiment ``fallback`` of that setting with the same model and
-    dict_size, when every one of them was trained on the budget of every ``primary`` record of the architecture
-    (:func:`~figures.training_budget.same_budget`: scale, recipe, steps, batch size). A setting that ``primary``
-    has is never topped up (no run of one setting drawn twice), and one whose ``fallback`` records are of another
-    budget is left out, not mixed in. (``tying``'s standard and ``project`` dictionaries are ``main``'s training
-    configs, so a store may train only ``tying``'s tied ones.)
+    dict_size and the same layer and corpus (each where both records state it: the same activations, trained on
+    and evaluated on), when every one of them was trained on the budget of every ``primary`` record of the
+    architecture (:func:`~figures.training_budget.same_budget`: scale, recipe, steps, batch size, training
+    tokens). A setting that ``primary`` has is never topped up (no run of one setting drawn twice), and one whose
+    ``fallback`` records are of another budget is left out, not mixed in. (``tying``'s standard and ``project``
+    dictionaries are ``main``'s training configs, so a store may train only ``tying``'s tied ones.)
 
     Returns:
         ``(records, note)``: ``primary``'s records, then those taken from ``fallback``; the note for the caption
-        names which settings came from ``fallback`` and which were left out and why ("" when none).
+        names which settings came from ``fallback``, which were left out and why, and which neither experiment
+        has ("" when none).
 
     Raises:
         Missing: ``primary`` has no records (:func:`_scope`, naming the command that trains them).
     """
     own = _scope(records, experiments=(primary,))
     model, size, archs = own[0].get("model"), own[0]["dict_size"], archs_in(own)
-    other = select(records, experiments=(fallback,), model=model, dict_size=size)
-    taken, kept, left = [], [], []
+    other = [r for r in select(records, experiments=(fallback,), model=model, dict_size=size)
+             if all(_same_data(r, o) for o in own)]
+    taken, kept, left, absent = [], [], [], []
     for arch in archs:
         ref = select(own, archs=[arch])
         for a in alignments:
             cand = select(other, archs=[arch], alignments=[a])
-            if select(ref, alignments=[a]) or not cand:
+            if select(ref, alignments=[a]):
+                continue
+            if not cand:
+                absent.append((arch, a))
                 continue
             same = all(same_budget(c, r) for c in cand for r in ref)
             (taken if same else left).append((arch, a))
@@ -761,11 +767,21 @@ def with_fallback(records: list[dict], primary: str, fallback: str, alignments) 
     if left:
         def budget(recs):
             b = budget_summary(recs)
-            return f"steps {b['steps'] or UNRECORDED}, recipe {', '.join(b['recipes'])}"
+            return (f"steps {b['steps'] or UNRECORDED}, recipe {', '.join(b['recipes'])}, "
+                    f"{b['train_tokens'] or UNRECORDED} training tokens")
         theirs = budget([r for r in other if (r["arch"], r["alignment"]) in left])
         notes.append(f"{_modes_text(left, archs)} left out: '{primary}' has none and '{fallback}''s are of another "
                      f"training budget ({theirs}; '{primary}''s: {budget(own)})")
+    if absent:
+        notes.append(f"no {_modes_text(absent, archs)}: neither '{primary}' nor '{fallback}' has records of them "
+                     f"with model {model}, dict_size {size} (and the same layer and corpus)")
     return own + kept, "; ".join(notes)
+
+
+def _same_data(a: dict, b: dict) -> bool:
+    """Whether records ``a`` and ``b`` were trained and evaluated on the same activations: the same ``layer`` and
+    ``corpus``, each compared only where both records state it."""
+    return all(a.get(k) is None or b.get(k) is None or a.get(k) == b.get(k) for k in ("layer", "corpus"))
 
 
 def _sizes(records, dict_size, y, label):

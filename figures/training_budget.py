@@ -101,13 +101,15 @@ def _differ(values: list) -> bool:
 
 def same_budget(a: dict, b: dict) -> bool:
     """Whether records ``a`` and ``b`` were trained on one budget (:func:`record_budget`, so steps and batch size
-    are derived for old records): the same scale and recipe, steps and batch size within :data:`SAME_BUDGET_RTOL`.
-    Each field is compared only where both records state it (a recipe :data:`UNRECORDED` or a number None is not
-    compared), so two records that predate the ``recipe`` field are one budget when their steps agree."""
+    are derived for old records): the same scale and recipe, steps, batch size and training tokens within
+    :data:`SAME_BUDGET_RTOL`. Each field is compared only where both records state it (a recipe :data:`UNRECORDED`
+    or a number None is not compared), so two records that predate the ``recipe`` field are one budget when their
+    steps agree, and two without steps when their training tokens do."""
     ba, bb = record_budget(a), record_budget(b)
-    known = [k for k in ("scale", "recipe", "steps", "batch_size") if None not in (ba[k], bb[k])
+    numbers = ("steps", "batch_size", "train_tokens")
+    known = [k for k in ("scale", "recipe", *numbers) if None not in (ba[k], bb[k])
              and UNRECORDED not in (ba[k], bb[k])]
-    return not any(_differ([ba[k], bb[k]]) if k in ("steps", "batch_size") else ba[k] != bb[k] for k in known)
+    return not any(_differ([ba[k], bb[k]]) if k in numbers else ba[k] != bb[k] for k in known)
 
 
 def budget_line(records: Iterable[dict], *, model: bool = True) -> str:

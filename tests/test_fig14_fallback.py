@@ -72,7 +72,8 @@ def test_main_of_another_budget_is_left_out_and_said():
     assert all(panel == ("tied (W_enc = W_dec^T)",) for panel in labels), labels
     assert "mixed budgets" not in caption
     assert ("standard and aligned left out: 'tying' has none and 'main''s are of another training budget (steps "
-            "2,442, recipe unrecorded; 'tying''s: steps 48,829, recipe saebench)") in caption, caption
+            "2,442, recipe unrecorded, 20M training tokens; 'tying''s: steps 48,829, recipe saebench, 100M training "
+            "tokens)") in caption, caption
 
 
 def test_same_budget_compares_what_both_records_state():
@@ -82,3 +83,44 @@ def test_same_budget_compares_what_both_records_state():
     assert not same_budget(faithful, make_record("relu", "tied", 0.02, 0, **dict(FAITHFUL, recipe="scaled")))
     no_recipe = {k: v for k, v in FAITHFUL.items() if k != "recipe"}
     assert same_budget(faithful, make_record("relu", "tied", 0.02, 0, **no_recipe))  # recipe unrecorded: not compared
+
+
+def test_main_of_another_corpus_or_layer_is_not_taken_and_said():
+    """``main``'s records read other activations (another ``--corpus`` or layer, same model and budget): their CE
+    loss recovered and alive fractions were measured on other text, so they do not stand in for ``tying``'s; the
+    caption says that neither experiment has standard and aligned records for the figure's setting."""
+    for other in (dict(corpus="other.txt"), dict(layer=6)):
+        main = [dict(r, **other) for r in grid(**FAITHFUL)]
+        d, caption, labels = _draw(grid(**TIED, **dict(FAITHFUL, corpus="mine.txt")) + main)
+        assert {r["experiment"] for r in d.records} == {"tying"}, other
+        assert all(panel == ("tied (W_enc = W_dec^T)",) for panel in labels), labels
+        assert ("no standard and aligned: neither 'tying' nor 'main' has records of them with model "
+                "smollm2-135m-instruct, dict_size 64 (and the same layer and corpus)") in caption, caption
+
+
+def test_no_main_of_the_model_or_dict_size_is_said_in_the_caption():
+    """``tying``'s tied records of another model (or dict_size) than ``main``'s: the figure draws the tied lines
+    alone, and the caption says why standard and aligned are missing instead of saying nothing."""
+    main = grid(**FAITHFUL)
+    for tied in ([dict(r, model="gemma-3-270m") for r in grid(**TIED, **FAITHFUL)],
+                 grid(**TIED, **dict(FAITHFUL, dict_size=128))):
+        d, caption, labels = _draw(tied + main)
+        assert {r["experiment"] for r in d.records} == {"tying"}
+        want = "model gemma-3-270m, dict_size 64" if tied[0]["model"] != main[0]["model"] else \
+            "model smollm2-135m-instruct, dict_size 128"
+        assert f"no standard and aligned: neither 'tying' nor 'main' has records of them with {want}" in caption, \
+            caption
+    _, caption, _ = _draw(grid(**TIED, **FAITHFUL) + grid(alignments=(None,), **FAITHFUL))
+    assert "standard from 'main'" in caption and "no aligned: neither" in caption, caption
+
+
+def test_main_without_steps_of_other_training_tokens_is_another_budget():
+    """Records that state no steps (neither their own nor the trainer config's) are still compared on their
+    training tokens: 20M tokens of ``main`` do not stand in for ``tying``'s 100M."""
+    no_steps = {k: v for k, v in OLD.items() if k != "trainer"}
+    d, caption, _ = _draw(grid(**TIED, **FAITHFUL) + grid(**no_steps))
+    assert {r["experiment"] for r in d.records} == {"tying"}
+    assert "standard and aligned left out" in caption and "20M training tokens" in caption, caption
+    faithful = make_record("relu", None, 0.02, 0, **FAITHFUL)
+    assert not same_budget(faithful, make_record("relu", "tied", 0.02, 0, **no_steps))
+    assert same_budget(faithful, make_record("relu", "tied", 0.02, 0, scale="small", train_tokens=100_000_000))
