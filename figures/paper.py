@@ -707,6 +707,12 @@ def fig14(records, results):
         raise Missing("no records with alignment 'tied' of experiment 'tying'" + _hint("tying") + " (a store "
                       "with 'main' needs only `--alignments tied`: Fig. 14 takes standard and aligned from 'main')")
     recs, source = with_fallback(records, "tying", "main", (None, "project"))
+    if not any(r["alignment"] == "tied" for r in recs):  # tied records of another model or dict_size only
+        tied = select(records, experiments=("tying",), alignments=["tied"])
+        raise Missing(f"no records with alignment 'tied' of experiment 'tying' with model {recs[0].get('model')}, "
+                      f"dict_size {recs[0]['dict_size']}, the setting of its other records that the figure draws "
+                      f"(its tied records: model {', '.join(sorted({str(r.get('model')) for r in tied}))}, "
+                      f"dict_size {', '.join(map(str, sorted({r['dict_size'] for r in tied})))})")
     d = _vs_l0(recs, ARCH_ORDER, [(CE, "CE loss recovered"), (ALIVE, "alive fraction")],
                experiments=("tying", "main"))
     return d._replace(note="; ".join(t for t in (source, d.note) if t))

@@ -4,8 +4,10 @@ dictionaries still gets the whole figure; a store with all of ``tying`` draws ``
 
 from collections import Counter
 
+import pytest
+
 from figures import FIGURES
-from figures.paper import _annotate
+from figures.paper import Missing, _annotate
 from figures.training_budget import same_budget
 
 from .test_figures import grid, make_record
@@ -124,3 +126,15 @@ def test_main_without_steps_of_other_training_tokens_is_another_budget():
     faithful = make_record("relu", None, 0.02, 0, **FAITHFUL)
     assert not same_budget(faithful, make_record("relu", "tied", 0.02, 0, **no_steps))
     assert same_budget(faithful, make_record("relu", "tied", 0.02, 0, scale="small", train_tokens=100_000_000))
+
+
+def test_tied_records_only_at_another_dict_size_skip_the_figure():
+    """``tying``'s standard and aligned records at one dict_size and its tied ones at another (a store that mixes
+    scales): the figure draws the first setting, which has no tied line, so it is skipped with a message naming
+    both settings instead of drawing 'weight tying vs aligned training' without the tied SAEs."""
+    tying = grid(alignments=(None, "project"), experiment="tying", **FAITHFUL)
+    tied = grid(**TIED, **dict(FAITHFUL, dict_size=128))
+    with pytest.raises(Missing, match=r"no records with alignment 'tied' of experiment 'tying' with model "
+                                      r"smollm2-135m-instruct, dict_size 64, .* \(its tied records: model "
+                                      r"smollm2-135m-instruct, dict_size 128\)"):
+        FIGURES["fig14"].draw(tying + tied + grid(**FAITHFUL), None)
