@@ -371,6 +371,30 @@ def _check_info(info) -> None:
         raise ValueError("meta is not a dict, or shards is not a non-empty list of {file, tokens}")
 
 
+#: the largest share of a GPU's free memory that an automatic preload gives a cache (the rest is the training's)
+PRELOAD_SHARE = 0.4
+
+
+def fits_on_device(path, device) -> bool:
+    """Whether the cache at ``path`` should be held on ``device`` when the user left it to us (``--preload
+    auto``, ``reproduce`` without ``--no-preload``): on a CUDA device whose free memory is at least
+    ``1 / PRELOAD_SHARE`` (2.5) times the cache's shard files; never on a CPU (the memory-mapped shards are already
+    in host memory).
+
+    Args:
+        path: a cache folder (its ``shard_*.npy`` files are sized; bytes on disk = bytes on the device).
+        device: a torch device string.
+
+    Raises:
+        RuntimeError: from ``torch.cuda.mem_get_info`` when the CUDA device cannot be queried.
+    """
+    if torch.device(device).type != "cuda":
+        return False
+    size = sum(f.stat().st_size for f in Path(path).iterdir() if _SHARD.fullmatch(f.name))
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    return size <= PRELOAD_SHARE * free
+
+
 class ActivationCache:
     """Shuffled batches from a cache folder written by :func:`build_cache`.
 

@@ -42,6 +42,7 @@ import torch
 from simple_parsing.helpers import choice, field, flag
 
 from . import distributed as dd
+from .cache import fits_on_device
 from .cli import default_device
 from .dtypes import AUTOCAST_CHOICES, autocast_dtype, check_device, comma_list
 from .models import MODEL_NAME_HELP, SMOLLM2_NAME
@@ -466,14 +467,10 @@ def run(args: TrainConfig, command: Optional[str] = None) -> list[int]:
 
 
 def _want_preload(choice: str, cache_path: Path, device: str) -> bool:
-    """``--preload``: yes/no, or (auto) on a CUDA device whose free memory is at least 2.5x the cache's shards."""
+    """``--preload``: yes/no, or (auto) :func:`.cache.fits_on_device`."""
     if choice != "auto":
         return choice == "yes"
-    if torch.device(device).type != "cuda":
-        return False
-    size = sum(f.stat().st_size for f in Path(cache_path).glob("*.npy"))
-    free, _ = torch.cuda.mem_get_info(torch.device(device))
-    return size <= 0.4 * free
+    return fits_on_device(cache_path, device)
 
 
 def _wall_seconds(t0: float, device: str, world: int) -> float:

@@ -131,7 +131,8 @@ class ReproduceConfig:
     ce_batch_size: int = 8
     """contexts (of 128 tokens) per CE batch"""
     no_preload: bool = field(False, action="store_true")
-    """read cached batches from disk even on a GPU (default: a cache is held on the GPU)"""
+    """read cached batches from disk even on a GPU (default: the cache is held on the GPU when its free memory is
+    at least 2.5x the cache, else read from disk, as the log says)"""
     verbose: bool = field(False, action="store_true")
     """print every logged training step and third-party messages"""
     compile: bool = field(False, action="store_true")

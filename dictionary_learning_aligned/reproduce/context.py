@@ -32,7 +32,9 @@ class Context:
     unique_tokens: int
     epochs: int
     cache: Optional[str]
-    preload: bool
+    preload: Optional[bool]
+    """hold the cache on ``device``: True, False, or None (decided when the cache is opened: :func:`.cache.
+    fits_on_device`); after that, what was decided (:func:`.run._train_data`)"""
     compile_stacks: bool | str = False
     harvest_precision: str = "float32"
     """what the training activations are harvested at (a key of :data:`.dtypes.HARVEST_PRECISIONS`), as used:

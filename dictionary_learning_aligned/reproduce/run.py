@@ -101,7 +101,8 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
             is ``"penalty:0.1"``), e.g. ``["tied"]`` for the ``tying`` runs that ``main`` does not train. A seed
             group is one alignment entry's seeds, so the filter keeps groups whole and their stability is that of
             all their seeds.
-        preload: hold the whole cache on ``device`` (default: on a GPU) instead of reading batches from disk; it is
+        preload: hold the whole cache on ``device`` instead of reading batches from disk (default None: on a GPU
+            whose free memory is at least 2.5x the cache, :func:`.cache.fits_on_device`, said in the log); it is
             loaded once per process, by the first part, and kept for the later parts.
         verbose: print every logged training step; use_wandb, wandb_project: log training to Weights & Biases.
         command: the command line recorded in each record (default: the module alias and ``sys.argv``).
@@ -169,7 +170,7 @@ def run_experiment(name: str, scale: str, results: str, device: Optional[str] = 
         ctx = Context(name=name, scale=scale, plan=plan, store=store, device=device, batch_size=batch_size,
                     amp=autocast_dtype(autocast, device), steps=steps, total_tokens=total_tokens,
                     unique_tokens=unique_tokens, epochs=epochs, cache=cache,
-                    preload=torch.device(device).type == "cuda" if preload is None else preload,
+                    preload=preload,
                     compile_stacks=compile_stacks, harvest_precision=precision,
                     points=plan.eval_points(steps) if plan.eval_steps else (),
                     time_limit=time_limit, rank=rank, world_size=world, verbose=verbose, use_wandb=use_wandb,
@@ -460,10 +461,24 @@ def _train_data(ctx: Context):
         return pipeline.activation_buffer(ctx.harvest, "train", pipeline.buffer_ctxs(ctx.total_tokens))
     path, meta = _cache_location(ctx)
     if ctx.opened_cache is None or ctx.opened_cache.path != path:
+        if ctx.preload is None:
+            ctx.preload = _decide_preload(ctx, path)
         ctx.opened_cache = pipeline.open_cache(path, ctx.batch_size, ctx.device, expect=meta, epochs=ctx.epochs,
                                                preload=ctx.preload, drop_last=True)
         return ctx.opened_cache
     return ctx.opened_cache.with_order(batch_size=ctx.batch_size, epochs=ctx.epochs, seed=0, drop_last=True)
+
+
+def _decide_preload(ctx: Context, path: Path) -> bool:
+    """Whether to hold the cache at ``path`` on ``ctx.device`` (:func:`.cache.fits_on_device`); on a GPU too
+    small for it, says so and reads batches from disk."""
+    from ..cache import PRELOAD_SHARE, fits_on_device
+
+    fits = fits_on_device(path, ctx.device)
+    if not fits and torch.device(ctx.device).type == "cuda":
+        _say(ctx, f"the cache is larger than {PRELOAD_SHARE:.0%} of {ctx.device}'s free memory: batches are read "
+                  "from disk (slower; --no-preload says so explicitly)")
+    return fits
 
 
 def train_part(ctx: Context, runs: list[Run], j: int, saves: tuple = ()) -> tuple[Path, list, float]:
