@@ -12,6 +12,7 @@ Usage: python scripts/build_gpu_corpus.py [--shared DATA] [--sources NAME] [--ou
 """
 import argparse
 import gzip
+import io
 import json
 import random
 from pathlib import Path
@@ -32,7 +33,9 @@ for name in names:
             docs += [{"source": name, "text": json.loads(line)["text"]} for line in fh]
 random.Random(2026).shuffle(docs)
 args.out.parent.mkdir(parents=True, exist_ok=True)
-with gzip.open(args.out, "wt", encoding="utf-8") as fh:
+# no time stamp and no file name in the gzip header: the same sources give the same bytes on every rebuild
+with open(args.out, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
+        io.TextIOWrapper(gz, encoding="utf-8") as fh:
     for d in docs:
         fh.write(json.dumps(d) + "\n")
 print(f"wrote {args.out}: {len(docs)} documents, {sum(len(d['text']) for d in docs)} characters")
