@@ -756,9 +756,9 @@ def with_fallback(records: list[dict], primary: str, fallback: str, alignments) 
     for arch in archs:
         ref = select(own, archs=[arch])
         for a in alignments:
-            cand = select(other, archs=[arch], alignments=[a])
             if select(ref, alignments=[a]):
                 continue
+            cand = select(other, archs=[arch], alignments=[a])
             if not cand:
                 absent.append((arch, a))
                 continue

@@ -477,7 +477,7 @@ def _decide_preload(ctx: Context, path: Path) -> bool:
     fits = fits_on_device(path, ctx.device)
     if not fits and torch.device(ctx.device).type == "cuda":
         _say(ctx, f"the cache is larger than {PRELOAD_SHARE:.0%} of {ctx.device}'s free memory: batches are read "
-                  "from disk (slower; --no-preload says so explicitly)")
+                  "from disk (slower; --no-preload asks for this on any GPU)")
     return fits
 
 
