@@ -6,6 +6,7 @@ results stores (e.g. the faithful-budget store next to the 2,442-step one), for 
 
 from __future__ import annotations
 
+from .records import alignment_key
 from .training_budget import budget_line
 from .claims import (CLAIMS, INSUFFICIENT, NOT_SUPPORTED, SUPPORTED, SMOKE_LINE, at_full_budget, claims_table,
                      shown_verdict, step_points_line)
@@ -69,10 +70,24 @@ def _keyed(rows: list[dict]) -> dict:
     return {key(r) + ((r["model"],) if count[key(r)] > 1 else ()): r for r in rows}
 
 
-def _cell(row, bold: bool) -> tuple[str, str]:
-    """(verdict, ``[steps] key numbers``) of one store's row, or dashes when the store lacks the setting."""
+def _absent(records: list[dict], key: tuple, aligned: str) -> str:
+    """Why a store has no claims row for ``key`` (see :func:`_keyed`): "not in this store", or, when it holds
+    records of that experiment, architecture and dict_size of other alignments only (e.g. the tied dictionaries of
+    ``tying``, whose standard and aligned ones a faithful store keeps under ``main``), which alignments those are."""
+    _, exp, arch, size = key[:4]
+    others = sorted({alignment_key(r) for r in records
+                     if (r.get("experiment"), r["arch"], r["dict_size"]) == (exp, arch, size)
+                     and r["alignment"] not in (None, aligned)})
+    if not others:
+        return "not in this store"
+    return f"only {', '.join(others)} records here, no standard/{aligned} pair"
+
+
+def _cell(row, bold: bool, absent: str = "not in this store") -> tuple[str, str]:
+    """(verdict, ``[steps] key numbers``) of one store's row, or a dash and ``absent`` (why the store has no such
+    row) when it lacks the setting."""
     if row is None:
-        return "—", "not in this store"
+        return "—", absent
     steps = (row.get("budget") or {}).get("steps")
     return shown_verdict(row, bold=bold), (f"[{steps} steps] " if steps else "") + key_numbers(row)
 
@@ -93,8 +108,9 @@ def compare_claims(records_a: list[dict], records_b: list[dict], labels: tuple[s
         per store (:func:`~figures.training_budget.budget_line` of the records checked: records at step points before
         their run's end are left out, as in :func:`~figures.claims.claims_table`, and a line per store says how many:
         :func:`~figures.claims.step_points_line`), the table (settings of either store; a setting missing
-        from one reads "—"), the claims' statements, and a last line counting the settings present in both whose
-        verdict changed.
+        from one reads "—" and "not in this store", or, where that store holds the setting's records of other
+        alignments only, which ones), the claims' statements, and a last line counting the settings present in both
+        whose verdict changed.
 
     Raises:
         ValueError: unknown ``fmt``.
@@ -116,7 +132,8 @@ def compare_claims(records_a: list[dict], records_b: list[dict], labels: tuple[s
     for k in order:
         ra, rb = a.get(k), b.get(k)
         setting = (ra or rb)["setting"]
-        (va, na), (vb, nb) = _cell(ra, fmt == "markdown"), _cell(rb, fmt == "markdown")
+        (va, na), (vb, nb) = (_cell(row, fmt == "markdown", _absent(recs, k, aligned) if row is None else "")
+                              for row, recs in ((ra, records_a), (rb, records_b)))
         if fmt == "markdown":
             lines.append(f"| ({k[0]}) | {setting} | {va} | {na} | {vb} | {nb} |")
         else:

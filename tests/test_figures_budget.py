@@ -255,3 +255,18 @@ def test_budgets_a_step_apart_are_one_budget_not_mixed():
     mixed = budget_line([make_record("relu", None, 0.02, 0, **FAITHFUL),
                          make_record("relu", None, 0.08, 0, **dict(FAITHFUL, steps=48_000))])
     assert mixed.startswith("mixed budgets: "), mixed
+
+
+def test_compared_store_with_only_tied_records_of_a_setting_says_so(tmp_path):
+    """A faithful store whose `tying` holds only the tied dictionaries (standard and aligned are `main`'s) reads
+    "only tied records here" in the side-by-side table, not "not in this store"."""
+    from figures.compare import compare_claims
+
+    short = grid(archs=("relu",), experiment="tying", **OLD)
+    faithful = grid(archs=("relu",), **FAITHFUL) + grid(archs=("relu",), alignments=("tied",), experiment="tying",
+                                                        **FAITHFUL)
+    text = compare_claims(faithful, short, ("faithful", "short"))
+    row = next(ln for ln in text.splitlines() if ln.startswith("| (b) | tying · ReLU"))
+    assert row.startswith("| (b) | tying · ReLU · d=64 | — | only tied records here, no standard/project pair | ")
+    # a setting with no records at all still reads "not in this store"
+    assert "| — | not in this store |" in compare_claims(grid(archs=("relu",), **FAITHFUL), short, ("a", "b"))
