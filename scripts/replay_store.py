@@ -1,0 +1,218 @@
+"""Train a results store again from the commands its records hold, into a new store.
+
+    python scripts/replay_store.py SOURCE --results NEW --corpus CORPUS [--cache DIR] [--device cuda]
+        [--scale small|paper|smoke] [--no-compile] [--experiments main,tying] [--run]
+
+Every record written by ``reproduce`` keeps the command line that made it (its ``command`` field, with the
+machine's paths made neutral: ``--results store --cache dla_cache --corpus all_english_mixed.jsonl.gz``). This
+tool collects the distinct commands of the store ``SOURCE`` (``--time-limit`` dropped: it only cut a lent
+machine's session into parts), puts this machine's ``--results``, ``--cache``, ``--corpus`` and ``--device`` in
+place of the recorded ones, and prints them, one per line, in the order their first records were written, each
+with the number of records it made. With ``--run`` it runs them one after another and stops at the first that
+fails; ``reproduce`` keeps every record already written and trains only what is missing, so running this again
+goes on where it stopped. Then ``python -m figures --results NEW --out DIR`` draws the figures and ``python -m
+figures claims --results NEW --compare SOURCE`` sets the two claims tables side by side.
+
+Only ``reproduce`` commands are run (``python -m dictionary_learning_aligned reproduce ...`` or ``torchrun
+--nproc_per_node N -m dictionary_learning_aligned reproduce ...``, started as ``python -m torch.distributed.run
+--standalone --nproc_per_node N ...``), never through a shell, and each is checked against ``reproduce``'s own
+flags before anything runs.
+
+Exit status: 0 done, 1 a replayed command failed (its status is printed), 2 refused, nothing run: SOURCE is not a
+results store or holds no record with a command; a record's command is not a ``reproduce`` command or has a flag
+``reproduce`` does not know; ``--results`` is SOURCE itself (a replay writes a new store); ``--experiments`` names
+an experiment no command of SOURCE runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+PROG = "python -m dictionary_learning_aligned reproduce"
+#: the flags whose recorded values belong to the machine that ran them; the replay sets its own
+MACHINE_FLAGS = ("--results", "--cache", "--corpus", "--device")
+#: flags dropped from a recorded command, with the number of values each takes
+DROPPED = {"--time-limit": 1}
+
+
+class Refused(ValueError):
+    """A store or command this tool will not replay; the message names the record and the problem."""
+
+
+def parse_command(command: str, record_id: str) -> tuple[int, list[str]]:
+    """``(processes, reproduce arguments)`` of a recorded command line.
+
+    Args:
+        command: a record's ``command`` field, e.g. ``"python -m dictionary_learning_aligned reproduce main
+            --scale small ..."`` or ``"torchrun --nproc_per_node 2 -m dictionary_learning_aligned reproduce ..."``.
+        record_id: the record's id, for the message of a refusal.
+
+    Returns:
+        the number of processes (1 without torchrun) and the arguments after ``reproduce``.
+
+    Raises:
+        Refused: the command is not a ``reproduce`` command, or cannot be split (unbalanced quotes).
+    """
+    try:
+        words = shlex.split(command)
+    except ValueError as e:
+        raise Refused(f"record {record_id}: its command cannot be split into words ({e}): {command!r}") from None
+    processes = 1
+    if words[:1] == ["torchrun"] and len(words) > 2 and words[1] == "--nproc_per_node" and words[2].isdigit():
+        processes, words = int(words[2]), ["python", *words[3:]]
+    if words[:4] != ["python", "-m", "dictionary_learning_aligned", "reproduce"] or len(words) < 5:
+        raise Refused(f"record {record_id}: its command is not a `{PROG} EXPERIMENT ...` command: {command!r}")
+    return processes, words[4:]
+
+
+def machine_neutral(args: list[str]) -> list[str]:
+    """``args`` without the flags that belong to the machine that ran them (:data:`MACHINE_FLAGS`) and those a
+    replay drops (:data:`DROPPED`), each with its value."""
+    out, skip = [], 0
+    for i, word in enumerate(args):
+        if skip:
+            skip -= 1
+            continue
+        if word in MACHINE_FLAGS:
+            skip = 1
+        elif word in DROPPED:
+            skip = DROPPED[word]
+        else:
+            out.append(word)
+    return out
+
+
+def collect(source: Path) -> list[dict]:
+    """The distinct commands of the store ``source``, machine flags removed, in the order of their first record's
+    ``created`` time: dicts with ``processes``, ``args`` (after ``reproduce``, without :data:`MACHINE_FLAGS` and
+    :data:`DROPPED`), ``experiment`` (the first argument) and ``records`` (how many records it made).
+
+    Raises:
+        FileNotFoundError: ``source`` has no ``records`` folder.
+        ValueError: a damaged record (:func:`dictionary_learning_aligned.records.iter_records`).
+        Refused: no record holds a command, or a command is not a ``reproduce`` command.
+    """
+    from dictionary_learning_aligned.records import iter_records
+
+    found: dict[tuple, dict] = {}
+    without = 0
+    for record in sorted(iter_records(source), key=lambda r: str(r.get("created", ""))):
+        if not record.get("command"):
+            without += 1
+            continue
+        processes, args = parse_command(record["command"], record["id"])
+        key = (processes, tuple(machine_neutral(args)))
+        entry = found.setdefault(key, dict(processes=processes, args=list(key[1]), experiment=args[0], records=0))
+        entry["records"] += 1
+    if not found:
+        raise Refused(f"no record of {source} holds the command that made it ({without} records without one): "
+                      f"nothing to replay")
+    return list(found.values())
+
+
+def replay_argv(entry: dict, results: str, cache: str, corpus: str, device: str,
+                scale: Optional[str] = None, compile_: bool = True) -> list[str]:
+    """The argument list that runs one collected command on this machine (``sys.executable`` first), with this
+    machine's ``--results``, ``--cache``, ``--corpus`` and ``--device`` and, if given, ``scale`` in place of the
+    recorded ``--scale``; ``compile_=False`` drops ``--compile`` and ``--compile-mode MODE`` (e.g. on a CPU)."""
+    args = list(entry["args"])
+    if not compile_:
+        args = [w for i, w in enumerate(args) if w != "--compile" and w != "--compile-mode"
+                and (i == 0 or args[i - 1] != "--compile-mode")]
+    if scale is not None:
+        args = [scale if i > 0 and args[i - 1] == "--scale" else a for i, a in enumerate(args)]
+        args += [] if "--scale" in args else ["--scale", scale]
+    args += ["--results", results, "--cache", cache, "--corpus", corpus, "--device", device]
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(entry["processes"])] \
+        if entry["processes"] > 1 else []
+    return [sys.executable, *launcher, "-m", "dictionary_learning_aligned", "reproduce", *args]
+
+
+def check_flags(argv: list[str]) -> None:
+    """Refuse an argument list with a flag or value ``reproduce`` would refuse (checked with its own parser,
+    before anything runs).
+
+    Raises:
+        Refused: naming the command and argparse's message.
+    """
+    from dictionary_learning_aligned.reproduce import build_parser
+
+    args = argv[argv.index("reproduce") + 1:]
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            build_parser(PROG).parse_args(args)
+    except SystemExit:
+        message = said.getvalue().strip().splitlines()
+        raise Refused(f"`reproduce` would refuse {shlex.join(args)!r}: "
+                      f"{message[-1] if message else 'see reproduce -h'}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this tool (see the module's docstring)."""
+    p = argparse.ArgumentParser(prog="python scripts/replay_store.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", type=Path, help="the results store whose records' commands are replayed")
+    p.add_argument("--results", required=True, help="the new store to write (not SOURCE)")
+    p.add_argument("--corpus", required=True, help="the corpus file the commands read (e.g. the file that "
+                   "scripts/build_gpu_corpus.py writes)")
+    p.add_argument("--cache", default="dla_cache", help="the activation cache folder (default: dla_cache)")
+    p.add_argument("--device", default="cuda", help="the device (default: cuda)")
+    p.add_argument("--scale", choices=("smoke", "small", "paper"), default=None,
+                   help="replace the recorded --scale (e.g. smoke to try the commands on a CPU)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="drop the recorded --compile (and --compile-mode), e.g. on a CPU")
+    p.add_argument("--experiments", default=None,
+                   help="comma-separated: replay only the commands of these experiments (e.g. main,tying)")
+    p.add_argument("--run", action="store_true", help="run the commands (default: print them)")
+    return p
+
+
+def main(argv: Optional[list[str]] = None, runner: Callable[[list[str]], int] = None) -> int:
+    """Run the tool; returns the exit status (see the module's docstring). ``runner`` runs one argument list and
+    returns its exit status (default: :func:`subprocess.call`; tests pass their own)."""
+    a = build_parser().parse_args(argv)
+    runner = runner or subprocess.call
+    try:
+        if Path(a.results).resolve() == a.source.resolve():
+            raise Refused(f"--results {a.results} is the store being replayed; a replay writes a new store")
+        entries = collect(a.source)
+        if a.experiments:
+            wanted = [e.strip() for e in a.experiments.split(",") if e.strip()]
+            unknown = sorted(set(wanted) - {e["experiment"] for e in entries})
+            if unknown:
+                raise Refused(f"--experiments {unknown}: no command of {a.source} runs them; its commands run "
+                              f"{sorted({e['experiment'] for e in entries})}")
+            entries = [e for e in entries if e["experiment"] in wanted]
+        argvs = [replay_argv(e, a.results, a.cache, a.corpus, a.device, a.scale, not a.no_compile)
+                 for e in entries]
+        for argv_ in argvs:
+            check_flags(argv_)
+    except (Refused, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for i, (entry, argv_) in enumerate(zip(entries, argvs), 1):
+        print(f"[{i}/{len(argvs)}] made {entry['records']} record(s) of {a.source}: {shlex.join(argv_)}")
+        if a.run:
+            status = runner(argv_)
+            if status != 0:
+                print(f"command {i} failed with exit status {status}; run this again to go on where it stopped "
+                      f"(records already written are kept)", file=sys.stderr)
+                return 1
+    if not a.run:
+        print(f"{len(argvs)} command(s); add --run to run them")
+    else:
+        print(f"done: then `python -m figures --results {a.results} --out FIGURES` and `python -m figures claims "
+              f"--results {a.results} --compare {a.source}`")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""``scripts/replay_store.py``: a store trained again from the commands its records hold."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from dictionary_learning_aligned.records import write_record
+from tests.test_figures import make_record
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("replay_store", ROOT / "scripts" / "replay_store.py")
+replay = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(replay)
+
+MAIN = ("python -m dictionary_learning_aligned reproduce main --also budget --scale small --device cuda --results "
+        "store --cache dla_cache --corpus all_english_mixed.jsonl.gz --epochs 4 --chunk 18 --compile --archs relu "
+        "--time-limit 1432")
+TYING = ("torchrun --nproc_per_node 2 -m dictionary_learning_aligned reproduce tying --scale small --device cuda "
+         "--results store --cache dla_cache --corpus c.jsonl.gz --epochs 4 --chunk 9 --compile --compile-mode "
+         "reduce-overhead --alignments tied --time-limit 833")
+
+
+def _store(path, commands):
+    """A store with one record per (command, seed): records of one command differ in seed."""
+    for i, command in enumerate(commands):
+        for seed in (0, 1):
+            r = make_record("relu", None, 0.02, seed, experiment=f"e{i}", command=command,
+                            created=f"2026-12-0{i + 1}T00:00:0{seed}")
+            write_record(path, r)
+    return path
+
+
+def _run(argv):
+    calls = []
+    status = replay.main(argv, runner=lambda a: calls.append(a) or 0)
+    return status, calls
+
+
+def test_commands_are_collected_once_in_the_order_made_with_this_machines_paths(tmp_path, capsys):
+    src = _store(tmp_path / "src", [MAIN, TYING, MAIN.replace("1432", "99")])
+    status, calls = _run([str(src), "--results", str(tmp_path / "new"), "--corpus", "here.jsonl.gz", "--run"])
+    assert status == 0 and len(calls) == 2  # the third command is the first with another time limit
+    main_, tying = calls
+    assert main_[:5] == [sys.executable, "-m", "dictionary_learning_aligned", "reproduce", "main"]
+    assert "--time-limit" not in main_ and main_.count("--results") == 1 and "store" not in main_
+    assert main_[-8:] == ["--results", str(tmp_path / "new"), "--cache", "dla_cache", "--corpus", "here.jsonl.gz",
+                          "--device", "cuda"]
+    assert tying[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    assert tying[6:10] == ["-m", "dictionary_learning_aligned", "reproduce", "tying"]
+    out = capsys.readouterr().out
+    assert "[1/2] made 4 record(s)" in out and "[2/2] made 2 record(s)" in out and "compare" in out
+
+
+def test_print_only_scale_and_compile_overrides_and_experiment_filter(tmp_path, capsys):
+    src = _store(tmp_path / "src", [MAIN, TYING])
+    base = [str(src), "--results", str(tmp_path / "new"), "--corpus", "c"]
+    status, calls = _run(base)
+    assert status == 0 and calls == [] and "2 command(s); add --run" in capsys.readouterr().out
+    status, calls = _run(base + ["--scale", "smoke", "--no-compile", "--experiments", "tying", "--run"])
+    assert status == 0 and len(calls) == 1
+    (argv,) = calls
+    assert argv[argv.index("--scale") + 1] == "smoke" and argv.count("--scale") == 1
+    assert "--compile" not in argv and "--compile-mode" not in argv and "reduce-overhead" not in argv
+    assert argv[argv.index("--alignments") + 1] == "tied"
+
+
+def test_a_failed_command_stops_the_replay(tmp_path, capsys):
+    src = _store(tmp_path / "src", [MAIN, TYING])
+    calls = []
+    status = replay.main([str(src), "--results", str(tmp_path / "new"), "--corpus", "c", "--run"],
+                         runner=lambda a: calls.append(a) or 3)
+    assert status == 1 and len(calls) == 1
+    assert "command 1 failed with exit status 3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("commands, extra, message", [
+    ([MAIN], ["--results-is-source"], "is the store being replayed"),
+    ([""], [], "holds the command that made it"),
+    (["rm -rf /"], [], "is not a `python -m dictionary_learning_aligned reproduce"),
+    (["python -m dictionary_learning_aligned train --x 1"], [], "is not a `python -m"),
+    (["python -m dictionary_learning_aligned reproduce main --epochs 'four"], [], "cannot be split"),
+    ([MAIN + " --no-such-flag 3"], [], "`reproduce` would refuse"),
+    ([MAIN], ["--experiments", "gemma"], "no command of"),
+])
+def test_refusals_run_nothing_and_write_nothing(tmp_path, capsys, commands, extra, message):
+    src = _store(tmp_path / "src", commands)
+    new = src if extra == ["--results-is-source"] else tmp_path / "new"
+    extra = [] if extra == ["--results-is-source"] else extra
+    status, calls = _run([str(src), "--results", str(new), "--corpus", "c", "--run", *extra])
+    assert status == 2 and calls == [] and not (tmp_path / "new").exists()
+    assert message in capsys.readouterr().err
+
+
+def test_a_folder_that_is_not_a_store_is_refused(tmp_path, capsys):
+    status, calls = _run([str(tmp_path), "--results", str(tmp_path / "new"), "--corpus", "c", "--run"])
+    assert status == 2 and calls == [] and "no results store" in capsys.readouterr().err
+
+
+def test_every_record_of_the_committed_faithful_store_replays(capsys):
+    """Every record of the committed faithful store names a `reproduce` command that passes reproduce's own flag
+    check; the commands printed account for every record."""
+    store = ROOT / "results" / "reproduce_faithful"
+    status, calls = _run([str(store), "--results", "new", "--corpus", "c"])
+    out = capsys.readouterr().out
+    made = [int(line.split("made ")[1].split(" ")[0]) for line in out.splitlines() if "made " in line]
+    assert status == 0 and calls == [] and made
+    assert sum(made) == len(list((store / "records").glob("*.json*")))
