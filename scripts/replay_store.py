@@ -7,7 +7,10 @@ Every record written by ``reproduce`` keeps the command line that made it (its `
 machine's paths made neutral: ``--results store --cache dla_cache --corpus all_english_mixed.jsonl.gz``). This
 tool collects the distinct commands of the store ``SOURCE`` (``--time-limit`` dropped: it only cut a lent
 machine's session into parts), puts this machine's ``--results``, ``--cache``, ``--corpus`` and ``--device`` in
-place of the recorded ones, and prints them, one per line, in the order their first records were written, each
+place of the recorded ones, pins the recipe and batch size the records name (``--recipe``, ``--batch-size``, so
+that a later change of a scale's default recipe does not change the replay; not with ``--scale``, whose scale
+trains under its own; a command whose records name no recipe gets a note saying that today's default is used),
+and prints them, one per line, in the order their first records were written, each
 with the number of records it made. With ``--run`` it runs them one after another and stops at the first that
 fails; ``reproduce`` keeps every record already written and trains only what is missing, so running this again
 goes on where it stopped. Then ``python -m figures --results NEW --out DIR`` draws the figures and ``python -m
@@ -67,6 +70,11 @@ def parse_command(command: str, record_id: str) -> tuple[int, list[str]]:
     processes = 1
     if words[:1] == ["torchrun"] and len(words) > 2 and words[1] == "--nproc_per_node" and words[2].isdigit():
         processes, words = int(words[2]), ["python", *words[3:]]
+    if words[:3] in (["python", "-m", "dictionary_learning_aligned.reproduce"],
+                     ["python3", "-m", "dictionary_learning_aligned.reproduce"]):  # the module alias
+        words = ["python", "-m", "dictionary_learning_aligned", "reproduce", *words[3:]]
+    if words[:1] == ["python3"]:
+        words = ["python", *words[1:]]
     if words[:4] != ["python", "-m", "dictionary_learning_aligned", "reproduce"] or len(words) < 5:
         raise Refused(f"record {record_id}: its command is not a `{PROG} EXPERIMENT ...` command: {command!r}")
     return processes, words[4:]
@@ -92,7 +100,9 @@ def machine_neutral(args: list[str]) -> list[str]:
 def collect(source: Path) -> list[dict]:
     """The distinct commands of the store ``source``, machine flags removed, in the order of their first record's
     ``created`` time: dicts with ``processes``, ``args`` (after ``reproduce``, without :data:`MACHINE_FLAGS` and
-    :data:`DROPPED`), ``experiment`` (the first argument) and ``records`` (how many records it made).
+    :data:`DROPPED`), ``experiment`` (the first argument), ``records`` (how many records it made), ``pinned``
+    and ``note`` (:func:`pin_recipe`). The older spellings ``python3 -m dictionary_learning_aligned.reproduce``
+    are read as ``python -m dictionary_learning_aligned reproduce``.
 
     Raises:
         FileNotFoundError: ``source`` has no ``records`` folder.
@@ -109,20 +119,43 @@ def collect(source: Path) -> list[dict]:
             continue
         processes, args = parse_command(record["command"], record["id"])
         key = (processes, tuple(machine_neutral(args)))
-        entry = found.setdefault(key, dict(processes=processes, args=list(key[1]), experiment=args[0], records=0))
+        entry = found.setdefault(key, dict(processes=processes, args=list(key[1]), experiment=args[0], records=0,
+                                           recipes=set()))
         entry["records"] += 1
+        entry["recipes"].add((record.get("recipe"), record.get("batch_size")))
     if not found:
         raise Refused(f"no record of {source} holds the command that made it ({without} records without one): "
                       f"nothing to replay")
-    return list(found.values())
+    return [pin_recipe(e) for e in found.values()]
+
+
+def pin_recipe(entry: dict) -> dict:
+    """``entry`` with ``entry["pinned"]``: the recipe and batch size its records name (``--recipe R --batch-size
+    B``), when the command leaves them to the scale's default (:func:`replay_argv` adds them unless the scale is
+    replaced), so that a replay trains under the
+    recorded recipe even where a later version changed the default; ``entry["note"]`` says when the records name
+    none (written before records had the field) or several, and the replay falls back on today's default."""
+    args, recipes = entry["args"], entry.pop("recipes")
+    entry["note"], entry["pinned"] = "", []
+    if len(recipes) == 1 and None not in next(iter(recipes)):
+        recipe, batch = next(iter(recipes))
+        entry["pinned"] += [] if "--recipe" in args else ["--recipe", str(recipe)]
+        entry["pinned"] += [] if "--batch-size" in args else ["--batch-size", str(batch)]
+    elif "--recipe" not in args:
+        named = sorted(str(r) for r, _ in recipes if r is not None)
+        entry["note"] = (f"its records name {'no recipe' if not named else 'several recipes: ' + ', '.join(named)}"
+                         f" and its command none: today's default for the scale is used, which may differ from "
+                         f"what made them")
+    return entry
 
 
 def replay_argv(entry: dict, results: str, cache: str, corpus: str, device: str,
                 scale: Optional[str] = None, compile_: bool = True) -> list[str]:
     """The argument list that runs one collected command on this machine (``sys.executable`` first), with this
-    machine's ``--results``, ``--cache``, ``--corpus`` and ``--device`` and, if given, ``scale`` in place of the
-    recorded ``--scale``; ``compile_=False`` drops ``--compile`` and ``--compile-mode MODE`` (e.g. on a CPU)."""
-    args = list(entry["args"])
+    machine's ``--results``, ``--cache``, ``--corpus`` and ``--device``, the recipe pinned by :func:`pin_recipe`
+    and, if given, ``scale`` in place of the recorded ``--scale`` (then without the pinned recipe: the new scale
+    trains under its own); ``compile_=False`` drops ``--compile`` and ``--compile-mode MODE`` (e.g. on a CPU)."""
+    args = list(entry["args"]) + (list(entry.get("pinned", ())) if scale is None else [])
     if not compile_:
         args = [w for i, w in enumerate(args) if w != "--compile" and w != "--compile-mode"
                 and (i == 0 or args[i - 1] != "--compile-mode")]
@@ -200,6 +233,8 @@ def main(argv: Optional[list[str]] = None, runner: Callable[[list[str]], int] = 
         return 2
     for i, (entry, argv_) in enumerate(zip(entries, argvs), 1):
         print(f"[{i}/{len(argvs)}] made {entry['records']} record(s) of {a.source}: {shlex.join(argv_)}")
+        if entry["note"]:
+            print(f"    note: {entry['note']}")
         if a.run:
             status = runner(argv_)
             if status != 0:

@@ -107,3 +107,23 @@ def test_every_record_of_the_committed_faithful_store_replays(capsys):
     made = [int(line.split("made ")[1].split(" ")[0]) for line in out.splitlines() if "made " in line]
     assert status == 0 and calls == [] and made
     assert sum(made) == len(list((store / "records").glob("*.json*")))
+
+
+def test_the_recorded_recipe_is_pinned_and_a_store_without_one_gets_a_note(tmp_path, capsys):
+    src = tmp_path / "src"
+    for seed in (0, 1):
+        write_record(src, make_record("relu", None, 0.02, seed, command=MAIN, recipe="saebench", batch_size=2048))
+    base = [str(src), "--results", str(tmp_path / "new"), "--corpus", "c", "--run"]
+    status, (argv,) = _run(base)
+    assert status == 0 and argv[argv.index("--recipe") + 1] == "saebench"
+    assert argv[argv.index("--batch-size") + 1] == "2048"
+    status, (argv,) = _run(base + ["--scale", "smoke"])  # another scale trains under its own recipe
+    assert status == 0 and "--recipe" not in argv and "--batch-size" not in argv
+    old = tmp_path / "old"  # records written before the recipe field, in the module alias's spelling
+    for seed in (0, 1):
+        write_record(old, make_record("relu", None, 0.02, seed, command="python3 -m dictionary_learning_aligned."
+                                      "reproduce main --scale small --results store"))
+    capsys.readouterr()
+    status, (argv,) = _run([str(old), "--results", str(tmp_path / "new"), "--corpus", "c", "--run"])
+    assert status == 0 and argv[2:5] == ["dictionary_learning_aligned", "reproduce", "main"] and "--recipe" not in argv
+    assert "note: its records name no recipe" in capsys.readouterr().out
