@@ -8,6 +8,7 @@ import pytest
 
 from dictionary_learning_aligned.records import write_record
 from tests.test_figures import make_record
+from tests.test_reproduce_full_batches import served  # noqa: F401  (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("replay_store", ROOT / "scripts" / "replay_store.py")
@@ -127,3 +128,32 @@ def test_the_recorded_recipe_is_pinned_and_a_store_without_one_gets_a_note(tmp_p
     status, (argv,) = _run([str(old), "--results", str(tmp_path / "new"), "--corpus", "c", "--run"])
     assert status == 0 and argv[2:5] == ["dictionary_learning_aligned", "reproduce", "main"] and "--recipe" not in argv
     assert "note: its records name no recipe" in capsys.readouterr().out
+
+
+def test_a_replayed_store_holds_the_same_dictionaries(tmp_path, served, capsys):
+    """A store made by `reproduce` (the tiny LLaMA of ``tiny_lm`` in place of SmolLM2, a one-size TopK grid),
+    replayed into a new store with this tool, in-process: the same record ids, steps and metrics."""
+    from dictionary_learning_aligned.records import iter_records
+    from dictionary_learning_aligned.reproduce import main as reproduce_main
+
+    corpus = str(ROOT / "dictionary_learning_aligned" / "corpus" / "wikipedia_en.jsonl.gz")
+    flags = ["--scale", "smoke", "--device", "cpu", "--batch-size", "256", "--epochs", "3", "--eval-batches", "1",
+             "--ce-batches", "1", "--ce-batch-size", "2", "--corpus", corpus, "--time-limit", "900"]
+    assert reproduce_main(["tinyfull", "--results", str(tmp_path / "src"), "--cache", str(tmp_path / "c1"),
+                           *flags]) == 0
+    calls = []
+
+    def in_process(argv):
+        calls.append(argv)
+        return reproduce_main(argv[argv.index("reproduce") + 1:])
+
+    assert replay.main([str(tmp_path / "src"), "--results", str(tmp_path / "new"), "--cache", str(tmp_path / "c2"),
+                        "--corpus", corpus, "--device", "cpu", "--run"], runner=in_process) == 0
+    (argv,) = calls
+    assert "--time-limit" not in argv and argv[argv.index("--recipe") + 1] == "scaled"
+    src, new = (list(iter_records(tmp_path / d)) for d in ("src", "new"))
+    assert [r["id"] for r in src] == [r["id"] for r in new] and len(src) == 2
+    for a, b in zip(src, new):
+        assert (a["steps"], a["batch_size"], a["recipe"]) == (b["steps"], b["batch_size"], b["recipe"])
+        for metric in ("frac_variance_explained", "l0", "frac_recovered"):
+            assert a["metrics"][metric] == pytest.approx(b["metrics"][metric], abs=1e-5), metric
