@@ -61,8 +61,12 @@ def parse_command(command: str, record_id: str) -> tuple[int, list[str]]:
         the number of processes (1 without torchrun) and the arguments after ``reproduce``.
 
     Raises:
-        Refused: the command is not a ``reproduce`` command, or cannot be split (unbalanced quotes).
+        Refused: the command is not a string (a damaged or hand-made record), not a ``reproduce`` command, or
+            cannot be split (unbalanced quotes).
     """
+    if not isinstance(command, str):
+        raise Refused(f"record {record_id}: its command is a JSON {type(command).__name__}, not a command line: "
+                      f"{command!r}")
     try:
         words = shlex.split(command)
     except ValueError as e:

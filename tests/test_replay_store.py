@@ -84,6 +84,8 @@ def test_a_failed_command_stops_the_replay(tmp_path, capsys):
     (["python -m dictionary_learning_aligned reproduce main --epochs 'four"], [], "cannot be split"),
     ([MAIN + " --no-such-flag 3"], [], "`reproduce` would refuse"),
     ([MAIN], ["--experiments", "gemma"], "no command of"),
+    ([5], [], "is a JSON int, not a command line"),
+    ([["python", "-m", "dictionary_learning_aligned", "reproduce", "main"]], [], "is a JSON list, not a command"),
 ])
 def test_refusals_run_nothing_and_write_nothing(tmp_path, capsys, commands, extra, message):
     src = _store(tmp_path / "src", commands)
