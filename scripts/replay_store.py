@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import shlex
 import subprocess
@@ -84,6 +85,30 @@ def parse_command(command: str, record_id: str) -> tuple[int, list[str]]:
     return processes, words[4:]
 
 
+@functools.cache
+def reproduce_flags() -> tuple[str, ...]:
+    """Every flag of ``reproduce``'s parser (``--scale``, ``--time-limit``, ...)."""
+    from dictionary_learning_aligned.reproduce import build_parser
+
+    parser = build_parser(PROG)
+    parser.print_help(io.StringIO())  # simple_parsing adds the flags of the config when it first parses or helps
+    return tuple(s for action in parser._actions for s in action.option_strings)
+
+
+def spelled_out(args: list[str]) -> list[str]:
+    """``args`` with each flag as ``reproduce``'s parser reads it, so that flags are found whatever their spelling:
+    ``--flag=value`` split into ``--flag value``, and an abbreviated flag (a prefix of exactly one of
+    ``reproduce``'s flags, which argparse accepts: ``--time 5``) written in full (``--time-limit 5``)."""
+    flags = reproduce_flags()
+    out = []
+    for word in args:
+        flag, equals, value = word.partition("=") if word.startswith("--") else (word, "", "")
+        matches = [f for f in flags if f.startswith(flag)]
+        flag = matches[0] if flag not in flags and len(matches) == 1 else flag
+        out += [flag, value] if equals else [flag]
+    return out
+
+
 def machine_neutral(args: list[str]) -> list[str]:
     """``args`` without the flags that belong to the machine that ran them (:data:`MACHINE_FLAGS`) and those a
     replay drops (:data:`DROPPED`), each with its value."""
@@ -103,10 +128,11 @@ def machine_neutral(args: list[str]) -> list[str]:
 
 def collect(source: Path) -> list[dict]:
     """The distinct commands of the store ``source``, machine flags removed, in the order of their first record's
-    ``created`` time: dicts with ``processes``, ``args`` (after ``reproduce``, without :data:`MACHINE_FLAGS` and
-    :data:`DROPPED`), ``experiment`` (the first argument), ``records`` (how many records it made), ``pinned``
-    and ``note`` (:func:`pin_recipe`). The older spellings ``python3 -m dictionary_learning_aligned.reproduce``
-    are read as ``python -m dictionary_learning_aligned reproduce``.
+    ``created`` time: dicts with ``processes``, ``args`` (after ``reproduce``, flags spelled out by
+    :func:`spelled_out`, without :data:`MACHINE_FLAGS` and :data:`DROPPED`), ``experiment`` (the first argument),
+    ``records`` (how many records it made), ``pinned`` and ``note`` (:func:`pin_recipe`). The older spellings
+    ``python3 -m dictionary_learning_aligned.reproduce`` are read as ``python -m dictionary_learning_aligned
+    reproduce``.
 
     Raises:
         FileNotFoundError: ``source`` has no ``records`` folder.
@@ -122,6 +148,7 @@ def collect(source: Path) -> list[dict]:
             without += 1
             continue
         processes, args = parse_command(record["command"], record["id"])
+        args = spelled_out(args)
         key = (processes, tuple(machine_neutral(args)))
         entry = found.setdefault(key, dict(processes=processes, args=list(key[1]), experiment=args[0], records=0,
                                            recipes=set()))

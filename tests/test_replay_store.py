@@ -54,6 +54,18 @@ def test_commands_are_collected_once_in_the_order_made_with_this_machines_paths(
     assert "[1/2] made 4 record(s)" in out and "[2/2] made 2 record(s)" in out and "compare" in out
 
 
+def test_flags_written_with_equals_or_abbreviated_are_read_as_reproduce_reads_them(tmp_path):
+    """argparse (so ``reproduce``) reads ``--time-limit=5`` and ``--time 5`` as ``--time-limit 5``: they are
+    dropped, and the machine's flags replaced, whatever their spelling."""
+    odd = ("python -m dictionary_learning_aligned reproduce main --scale=small --time-limit=5 --results=store "
+           "--cach dla_cache --corp=c.jsonl.gz --dev cuda --compile --compile-m=default")
+    src = _store(tmp_path / "src", [odd, odd.replace("--time-limit=5", "--time 9")])
+    status, calls = _run([str(src), "--results", str(tmp_path / "new"), "--corpus", "c", "--no-compile", "--run"])
+    assert status == 0 and len(calls) == 1  # one command: only the time limit differed
+    (argv,) = calls
+    assert argv[argv.index("reproduce") + 1:] == ["main", "--scale", "small", "--results", str(tmp_path / "new"),
+                                                 "--cache", "dla_cache", "--corpus", "c", "--device", "cuda"]
+
 def test_print_only_scale_and_compile_overrides_and_experiment_filter(tmp_path, capsys):
     src = _store(tmp_path / "src", [MAIN, TYING])
     base = [str(src), "--results", str(tmp_path / "new"), "--corpus", "c"]
