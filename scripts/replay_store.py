@@ -86,13 +86,26 @@ def parse_command(command: str, record_id: str) -> tuple[int, list[str]]:
 
 
 @functools.cache
-def reproduce_flags() -> tuple[str, ...]:
-    """Every flag of ``reproduce``'s parser (``--scale``, ``--time-limit``, ...)."""
+def reproduce_flags() -> dict[str, bool]:
+    """Every flag of ``reproduce``'s parser (``--scale``, ``--time-limit``, ...), with whether it takes a value."""
     from dictionary_learning_aligned.reproduce import build_parser
 
     parser = build_parser(PROG)
     parser.print_help(io.StringIO())  # simple_parsing adds the flags of the config when it first parses or helps
-    return tuple(s for action in parser._actions for s in action.option_strings)
+    return {s: action.nargs != 0 for action in parser._actions for s in action.option_strings}
+
+
+def experiments_of(args: list[str]) -> list[str]:
+    """The experiments that the ``reproduce`` arguments ``args`` (flags spelled out) train: ``EXPERIMENT`` (the
+    first word that is neither a flag nor a flag's value, wherever it stands) and those of ``--also``."""
+    named, also = [], []
+    for i, word in enumerate(args):
+        previous = args[i - 1] if i else ""
+        if previous == "--also":
+            also += [e.strip() for e in word.split(",") if e.strip()]
+        elif not word.startswith("-") and not reproduce_flags().get(previous, False):
+            named.append(word)
+    return named[:1] + also
 
 
 def spelled_out(args: list[str]) -> list[str]:
@@ -129,10 +142,10 @@ def machine_neutral(args: list[str]) -> list[str]:
 def collect(source: Path) -> list[dict]:
     """The distinct commands of the store ``source``, machine flags removed, in the order of their first record's
     ``created`` time: dicts with ``processes``, ``args`` (after ``reproduce``, flags spelled out by
-    :func:`spelled_out`, without :data:`MACHINE_FLAGS` and :data:`DROPPED`), ``experiment`` (the first argument),
-    ``records`` (how many records it made), ``pinned`` and ``note`` (:func:`pin_recipe`). The older spellings
-    ``python3 -m dictionary_learning_aligned.reproduce`` are read as ``python -m dictionary_learning_aligned
-    reproduce``.
+    :func:`spelled_out`, without :data:`MACHINE_FLAGS` and :data:`DROPPED`), ``experiments`` (those it trains,
+    :func:`experiments_of`), ``records`` (how many records it made), ``pinned`` and ``note`` (:func:`pin_recipe`).
+    The older spellings ``python3 -m dictionary_learning_aligned.reproduce`` are read as ``python -m
+    dictionary_learning_aligned reproduce``.
 
     Raises:
         FileNotFoundError: ``source`` has no ``records`` folder.
@@ -150,8 +163,8 @@ def collect(source: Path) -> list[dict]:
         processes, args = parse_command(record["command"], record["id"])
         args = spelled_out(args)
         key = (processes, tuple(machine_neutral(args)))
-        entry = found.setdefault(key, dict(processes=processes, args=list(key[1]), experiment=args[0], records=0,
-                                           recipes=set()))
+        entry = found.setdefault(key, dict(processes=processes, args=list(key[1]), experiments=experiments_of(args),
+                                           records=0, recipes=set()))
         entry["records"] += 1
         entry["recipes"].add((record.get("recipe"), record.get("batch_size")))
     if not found:
@@ -250,11 +263,12 @@ def main(argv: Optional[list[str]] = None, runner: Callable[[list[str]], int] = 
         entries = collect(a.source)
         if a.experiments:
             wanted = [e.strip() for e in a.experiments.split(",") if e.strip()]
-            unknown = sorted(set(wanted) - {e["experiment"] for e in entries})
+            known = {x for e in entries for x in e["experiments"]}
+            unknown = sorted(set(wanted) - known)
             if unknown:
                 raise Refused(f"--experiments {unknown}: no command of {a.source} runs them; its commands run "
-                              f"{sorted({e['experiment'] for e in entries})}")
-            entries = [e for e in entries if e["experiment"] in wanted]
+                              f"{sorted(known)}")
+            entries = [e for e in entries if set(e["experiments"]) & set(wanted)]
         argvs = [replay_argv(e, a.results, a.cache, a.corpus, a.device, a.scale, not a.no_compile)
                  for e in entries]
         for argv_ in argvs:

@@ -79,6 +79,17 @@ def test_print_only_scale_and_compile_overrides_and_experiment_filter(tmp_path, 
     assert argv[argv.index("--alignments") + 1] == "tied"
 
 
+
+def test_experiments_are_found_after_flags_and_in_also(tmp_path):
+    """The experiment may follow flags (``reproduce --scale small main``), and ``--also`` trains more: both are
+    experiments the command runs."""
+    late = "python -m dictionary_learning_aligned reproduce --scale small --compile main --also budget,sizes"
+    src = _store(tmp_path / "src", [late, TYING])
+    for wanted in ("main", "budget", " sizes , main"):
+        status, calls = _run([str(src), "--results", str(tmp_path / "new"), "--corpus", "c", "--run",
+                              "--experiments", wanted])
+        assert status == 0 and len(calls) == 1 and "budget,sizes" in calls[0], wanted
+
 def test_a_failed_command_stops_the_replay(tmp_path, capsys):
     src = _store(tmp_path / "src", [MAIN, TYING])
     calls = []
