@@ -24,7 +24,7 @@ flags before anything runs.
 Exit status: 0 done, 1 a replayed command failed (its status is printed), 2 refused, nothing run: SOURCE is not a
 results store or holds no record with a command; a record's command is not a ``reproduce`` command or has a flag
 ``reproduce`` does not know; ``--results`` is SOURCE itself (a replay writes a new store); ``--experiments`` names
-an experiment no command of SOURCE runs.
+no experiment, or one that no command of SOURCE runs.
 """
 
 from __future__ import annotations
@@ -261,8 +261,10 @@ def main(argv: Optional[list[str]] = None, runner: Callable[[list[str]], int] = 
         if Path(a.results).resolve() == a.source.resolve():
             raise Refused(f"--results {a.results} is the store being replayed; a replay writes a new store")
         entries = collect(a.source)
-        if a.experiments:
+        if a.experiments is not None:
             wanted = [e.strip() for e in a.experiments.split(",") if e.strip()]
+            if not wanted:
+                raise Refused(f"--experiments {a.experiments!r} names no experiment (e.g. --experiments main,tying)")
             known = {x for e in entries for x in e["experiments"]}
             unknown = sorted(set(wanted) - known)
             if unknown:

@@ -107,6 +107,8 @@ def test_a_failed_command_stops_the_replay(tmp_path, capsys):
     (["python -m dictionary_learning_aligned reproduce main --epochs 'four"], [], "cannot be split"),
     ([MAIN + " --no-such-flag 3"], [], "`reproduce` would refuse"),
     ([MAIN], ["--experiments", "gemma"], "no command of"),
+    ([MAIN], ["--experiments", " , "], "--experiments ' , ' names no experiment"),
+    ([MAIN], ["--experiments", ""], "--experiments '' names no experiment"),
     ([5], [], "is a JSON int, not a command line"),
     ([["python", "-m", "dictionary_learning_aligned", "reproduce", "main"]], [], "is a JSON list, not a command"),
 ])
