@@ -107,6 +107,8 @@ def test_a_failed_command_stops_the_replay(tmp_path, capsys):
     (["python -m dictionary_learning_aligned reproduce main --epochs 'four"], [], "cannot be split"),
     ([MAIN + " --no-such-flag 3"], [], "`reproduce` would refuse"),
     ([MAIN], ["--experiments", "gemma"], "no command of"),
+    (["python -m dictionary_learning_aligned reproduce main --scale small --chunk"], [], "--chunk needs a value"),
+    (["python -m dictionary_learning_aligned reproduce main -h"], [], "would only print its help"),
     ([MAIN], ["--experiments", " , "], "--experiments ' , ' names no experiment"),
     ([MAIN], ["--experiments", ""], "--experiments '' names no experiment"),
     ([5], [], "is a JSON int, not a command line"),
@@ -118,7 +120,8 @@ def test_refusals_run_nothing_and_write_nothing(tmp_path, capsys, commands, extr
     extra = [] if extra == ["--results-is-source"] else extra
     status, calls = _run([str(src), "--results", str(new), "--corpus", "c", "--run", *extra])
     assert status == 2 and calls == [] and not (tmp_path / "new").exists()
-    assert message in capsys.readouterr().err
+    said = capsys.readouterr()
+    assert message in said.err and said.out == ""
 
 
 def test_a_folder_that_is_not_a_store_is_refused(tmp_path, capsys):
