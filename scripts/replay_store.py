@@ -44,6 +44,9 @@ PROG = "python -m dictionary_learning_aligned reproduce"
 MACHINE_FLAGS = ("--results", "--cache", "--corpus", "--device")
 #: flags dropped from a recorded command, with the number of values each takes
 DROPPED = {"--time-limit": 1}
+#: the longest recorded command read, in characters (``reproduce``'s are a few hundred; argparse takes minutes on
+#: a command of some hundred thousand, and a system refuses to start one of a few hundred thousand)
+MAX_COMMAND = 20_000
 
 
 class Refused(ValueError):
@@ -62,12 +65,15 @@ def parse_command(command: str, record_id: str) -> tuple[int, list[str]]:
         the number of processes (1 without torchrun) and the arguments after ``reproduce``.
 
     Raises:
-        Refused: the command is not a string (a damaged or hand-made record), not a ``reproduce`` command, or
-            cannot be split (unbalanced quotes).
+        Refused: the command is not a string (a damaged or hand-made record), is longer than
+            :data:`MAX_COMMAND`, is not a ``reproduce`` command, or cannot be split (unbalanced quotes).
     """
     if not isinstance(command, str):
         raise Refused(f"record {record_id}: its command is a JSON {type(command).__name__}, not a command line: "
                       f"{command!r}")
+    if len(command) > MAX_COMMAND:
+        raise Refused(f"record {record_id}: its command is {len(command)} characters long, more than any `{PROG}` "
+                      f"command line (at most {MAX_COMMAND} are read): {command[:200]!r}...")
     try:
         words = shlex.split(command)
     except ValueError as e:

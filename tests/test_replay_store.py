@@ -109,6 +109,7 @@ def test_a_failed_command_stops_the_replay(tmp_path, capsys):
     ([MAIN], ["--experiments", "gemma"], "no command of"),
     (["python -m dictionary_learning_aligned reproduce main --scale small --chunk"], [], "--chunk needs a value"),
     (["python -m dictionary_learning_aligned reproduce main -h"], [], "would only print its help"),
+    ([MAIN + " --epochs 4" * 2000], [], "characters long"),
     ([MAIN], ["--experiments", " , "], "--experiments ' , ' names no experiment"),
     ([MAIN], ["--experiments", ""], "--experiments '' names no experiment"),
     ([5], [], "is a JSON int, not a command line"),
