@@ -66,7 +66,9 @@ def parse_command(command: str, record_id: str) -> tuple[int, list[str]]:
 
     Raises:
         Refused: the command is not a string (a damaged or hand-made record), is longer than
-            :data:`MAX_COMMAND`, is not a ``reproduce`` command, or cannot be split (unbalanced quotes).
+            :data:`MAX_COMMAND`, is not a ``reproduce`` command, or cannot be split (unbalanced quotes); torchrun
+            with flags other than ``--nproc_per_node N`` (N >= 1; also ``--nproc-per-node``, ``=N``) and
+            ``--standalone``.
     """
     if not isinstance(command, str):
         raise Refused(f"record {record_id}: its command is a JSON {type(command).__name__}, not a command line: "
@@ -79,8 +81,14 @@ def parse_command(command: str, record_id: str) -> tuple[int, list[str]]:
     except ValueError as e:
         raise Refused(f"record {record_id}: its command cannot be split into words ({e}): {command!r}") from None
     processes = 1
-    if words[:1] == ["torchrun"] and len(words) > 2 and words[1] == "--nproc_per_node" and words[2].isdigit():
-        processes, words = int(words[2]), ["python", *words[3:]]
+    if words[:1] == ["torchrun"] and "-m" in words:
+        m = words.index("-m")  # torchrun's own flags stand before it
+        launcher = [w for word in words[1:m] if word != "--standalone" for w in word.split("=", 1)]
+        if (len(launcher) != 2 or launcher[0] not in ("--nproc_per_node", "--nproc-per-node")
+                or not launcher[1].isdigit() or int(launcher[1]) < 1):
+            raise Refused(f"record {record_id}: torchrun's flags {shlex.join(words[1:m])!r} are not read (only "
+                          f"--nproc_per_node N with N >= 1, and --standalone): {command!r}")
+        processes, words = int(launcher[1]), ["python", *words[m:]]
     if words[:3] in (["python", "-m", "dictionary_learning_aligned.reproduce"],
                      ["python3", "-m", "dictionary_learning_aligned.reproduce"]):  # the module alias
         words = ["python", "-m", "dictionary_learning_aligned", "reproduce", *words[3:]]

@@ -66,6 +66,15 @@ def test_flags_written_with_equals_or_abbreviated_are_read_as_reproduce_reads_th
     assert argv[argv.index("reproduce") + 1:] == ["main", "--scale", "small", "--results", str(tmp_path / "new"),
                                                  "--cache", "dla_cache", "--corpus", "c", "--device", "cuda"]
 
+
+@pytest.mark.parametrize("launcher", ["torchrun --nproc_per_node=2", "torchrun --standalone --nproc_per_node 2",
+                                      "torchrun --nproc-per-node=2 --standalone"])
+def test_torchrun_flags_in_other_spellings_are_read(tmp_path, launcher):
+    src = _store(tmp_path / "src", [TYING.replace("torchrun --nproc_per_node 2", launcher)])
+    status, (argv,) = _run([str(src), "--results", str(tmp_path / "new"), "--corpus", "c", "--run"])
+    assert status == 0 and argv[1:10] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                                          "-m", "dictionary_learning_aligned", "reproduce", "tying"]
+
 def test_print_only_scale_and_compile_overrides_and_experiment_filter(tmp_path, capsys):
     src = _store(tmp_path / "src", [MAIN, TYING])
     base = [str(src), "--results", str(tmp_path / "new"), "--corpus", "c"]
@@ -110,6 +119,8 @@ def test_a_failed_command_stops_the_replay(tmp_path, capsys):
     (["python -m dictionary_learning_aligned reproduce main --scale small --chunk"], [], "--chunk needs a value"),
     (["python -m dictionary_learning_aligned reproduce main -h"], [], "would only print its help"),
     ([MAIN + " --epochs 4" * 2000], [], "characters long"),
+    (["torchrun --nproc_per_node 0 -m dictionary_learning_aligned reproduce main"], [], "torchrun's flags"),
+    (["torchrun --nnodes 2 --nproc_per_node 2 -m dictionary_learning_aligned reproduce main"], [], "torchrun's flags"),
     ([MAIN], ["--experiments", " , "], "--experiments ' , ' names no experiment"),
     ([MAIN], ["--experiments", ""], "--experiments '' names no experiment"),
     ([5], [], "is a JSON int, not a command line"),
