@@ -191,19 +191,21 @@ def pin_recipe(entry: dict) -> dict:
     """``entry`` with ``entry["pinned"]``: the recipe and batch size its records name (``--recipe R --batch-size
     B``), when the command leaves them to the scale's default (:func:`replay_argv` adds them unless the scale is
     replaced), so that a replay trains under the
-    recorded recipe even where a later version changed the default; ``entry["note"]`` says when the records name
-    none (written before records had the field) or several, and the replay falls back on today's default."""
+    recorded recipe even where a later version changed the default; ``entry["note"]`` says what the records name
+    when it is not one recipe and batch size (none: written before records had the fields; several) and the
+    command does not set both, so that the replay falls back on today's default."""
     args, recipes = entry["args"], entry.pop("recipes")
     entry["note"], entry["pinned"] = "", []
     if len(recipes) == 1 and None not in next(iter(recipes)):
         recipe, batch = next(iter(recipes))
         entry["pinned"] += [] if "--recipe" in args else ["--recipe", str(recipe)]
         entry["pinned"] += [] if "--batch-size" in args else ["--batch-size", str(batch)]
-    elif "--recipe" not in args:
-        named = sorted(str(r) for r, _ in recipes if r is not None)
-        entry["note"] = (f"its records name {'no recipe' if not named else 'several recipes: ' + ', '.join(named)}"
-                         f" and its command none: today's default for the scale is used, which may differ from "
-                         f"what made them")
+    elif "--recipe" not in args or "--batch-size" not in args:
+        named = sorted(f"recipe {r} " + (f"with batch size {b}" if b is not None else "without batch size")
+                       for r, b in recipes if r is not None)
+        entry["note"] = (f"its records name {', '.join(named) or 'no recipe'} and its command not both --recipe "
+                         f"and --batch-size: today's default for the scale is used, which may differ from what "
+                         f"made them")
     return entry
 
 

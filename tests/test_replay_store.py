@@ -199,3 +199,17 @@ def test_a_replayed_store_holds_the_same_dictionaries(tmp_path, served, capsys):
         assert (a["steps"], a["batch_size"], a["recipe"]) == (b["steps"], b["batch_size"], b["recipe"])
         for metric in ("frac_variance_explained", "l0", "frac_recovered"):
             assert a["metrics"][metric] == pytest.approx(b["metrics"][metric], abs=1e-5), metric
+
+
+@pytest.mark.parametrize("recorded, note", [
+    ([("saebench", None)] * 2, "its records name recipe saebench without batch size"),
+    ([("saebench", 2048), ("saebench", 4096)], "recipe saebench with batch size 2048, recipe saebench with batch "
+                                               "size 4096"),
+])
+def test_the_note_names_what_the_records_hold(tmp_path, capsys, recorded, note):
+    src = tmp_path / "src"
+    for seed, (recipe, batch) in enumerate(recorded):
+        write_record(src, make_record("relu", None, 0.02, seed, command=MAIN, recipe=recipe, batch_size=batch))
+    status, (argv,) = _run([str(src), "--results", str(tmp_path / "new"), "--corpus", "c", "--run"])
+    out = capsys.readouterr().out
+    assert status == 0 and "--recipe" not in argv and note in out and "several" not in out
