@@ -311,8 +311,9 @@ def main(argv: Optional[list[str]] = None, runner: Callable[[list[str]], int] = 
     if not a.run:
         print(f"{len(argvs)} command(s); add --run to run them")
     else:
-        print(f"done: then `python -m figures --results {a.results} --out FIGURES` and `python -m figures claims "
-              f"--results {a.results} --compare {a.source}`")
+        results, source = shlex.quote(a.results), shlex.quote(str(a.source))
+        print(f"done: then `python -m figures --results {results} --out FIGURES` and `python -m figures claims "
+              f"--results {results} --compare {source}`")
     return 0
 
 

@@ -213,3 +213,10 @@ def test_the_note_names_what_the_records_hold(tmp_path, capsys, recorded, note):
     status, (argv,) = _run([str(src), "--results", str(tmp_path / "new"), "--corpus", "c", "--run"])
     out = capsys.readouterr().out
     assert status == 0 and "--recipe" not in argv and note in out and "several" not in out
+
+
+def test_the_figures_commands_it_prints_quote_paths_with_spaces(tmp_path, capsys):
+    src = _store(tmp_path / "my src", [MAIN])
+    status, _ = _run([str(src), "--results", str(tmp_path / "new store"), "--corpus", "c", "--run"])
+    out = capsys.readouterr().out
+    assert status == 0 and f"--results '{tmp_path / 'new store'}' --compare '{src}'`" in out
