@@ -23,8 +23,8 @@ flags before anything runs.
 
 Exit status: 0 done, 1 a replayed command failed (its status is printed), 2 refused, nothing run: SOURCE is not a
 results store or holds no record with a command; a record's command is not a ``reproduce`` command or has a flag
-``reproduce`` does not know; ``--results`` is SOURCE itself (a replay writes a new store); ``--experiments`` names
-no experiment, or one that no command of SOURCE runs.
+``reproduce`` does not know; ``--results`` is SOURCE itself or its ``records/`` is SOURCE's (a replay writes a new
+store); ``--experiments`` names no experiment, or one that no command of SOURCE runs.
 """
 
 from __future__ import annotations
@@ -278,8 +278,10 @@ def main(argv: Optional[list[str]] = None, runner: Callable[[list[str]], int] = 
     a = build_parser().parse_args(argv)
     runner = runner or subprocess.call
     try:
-        if Path(a.results).resolve() == a.source.resolve():
-            raise Refused(f"--results {a.results} is the store being replayed; a replay writes a new store")
+        if (Path(a.results).resolve() == a.source.resolve()
+                or (Path(a.results) / "records").resolve() == (a.source / "records").resolve()):
+            raise Refused(f"--results {a.results} is the store being replayed (or its records/ is); a replay writes "
+                          f"a new store")
         entries = collect(a.source)
         if a.experiments is not None:
             wanted = [e.strip() for e in a.experiments.split(",") if e.strip()]

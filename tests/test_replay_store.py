@@ -136,6 +136,14 @@ def test_refusals_run_nothing_and_write_nothing(tmp_path, capsys, commands, extr
     assert message in said.err and said.out == ""
 
 
+def test_a_results_folder_whose_records_are_the_sources_is_refused(tmp_path, capsys):
+    src = _store(tmp_path / "src", [MAIN])
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "records").symlink_to(src / "records")
+    status, calls = _run([str(src), "--results", str(tmp_path / "new"), "--corpus", "c", "--run"])
+    assert status == 2 and calls == [] and "the store being replayed" in capsys.readouterr().err
+
+
 def test_a_folder_that_is_not_a_store_is_refused(tmp_path, capsys):
     status, calls = _run([str(tmp_path), "--results", str(tmp_path / "new"), "--corpus", "c", "--run"])
     assert status == 2 and calls == [] and "no results store" in capsys.readouterr().err
