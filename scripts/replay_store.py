@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import functools
 import io
+import re
 import shlex
 import subprocess
 import sys
@@ -89,11 +90,10 @@ def parse_command(command: str, record_id: str) -> tuple[int, list[str]]:
             raise Refused(f"record {record_id}: torchrun's flags {shlex.join(words[1:m])!r} are not read (only "
                           f"--nproc_per_node N with N >= 1, and --standalone): {command!r}")
         processes, words = int(launcher[1]), ["python", *words[m:]]
-    if words[:3] in (["python", "-m", "dictionary_learning_aligned.reproduce"],
-                     ["python3", "-m", "dictionary_learning_aligned.reproduce"]):  # the module alias
+    if words and re.fullmatch(r"python[0-9.]*", words[0]):  # python3, python3.11: the alias records the name
+        words = ["python", *words[1:]]                       # of sys.executable
+    if words[:3] == ["python", "-m", "dictionary_learning_aligned.reproduce"]:  # the module alias
         words = ["python", "-m", "dictionary_learning_aligned", "reproduce", *words[3:]]
-    if words[:1] == ["python3"]:
-        words = ["python", *words[1:]]
     if words[:4] != ["python", "-m", "dictionary_learning_aligned", "reproduce"] or len(words) < 5:
         raise Refused(f"record {record_id}: its command is not a `{PROG} EXPERIMENT ...` command: {command!r}")
     return processes, words[4:]
@@ -158,8 +158,8 @@ def collect(source: Path) -> list[dict]:
     ``created`` time: dicts with ``processes``, ``args`` (after ``reproduce``, flags spelled out by
     :func:`spelled_out`, without :data:`MACHINE_FLAGS` and :data:`DROPPED`), ``experiments`` (those it trains,
     :func:`experiments_of`), ``records`` (how many records it made), ``pinned`` and ``note`` (:func:`pin_recipe`).
-    The older spellings ``python3 -m dictionary_learning_aligned.reproduce`` are read as ``python -m
-    dictionary_learning_aligned reproduce``.
+    The older spellings ``python3 -m dictionary_learning_aligned.reproduce`` (also ``python3.11``, ...) are read
+    as ``python -m dictionary_learning_aligned reproduce``.
 
     Raises:
         FileNotFoundError: ``source`` has no ``records`` folder.

@@ -228,3 +228,13 @@ def test_the_figures_commands_it_prints_quote_paths_with_spaces(tmp_path, capsys
     status, _ = _run([str(src), "--results", str(tmp_path / "new store"), "--corpus", "c", "--run"])
     out = capsys.readouterr().out
     assert status == 0 and f"--results '{tmp_path / 'new store'}' --compare '{src}'`" in out
+
+
+@pytest.mark.parametrize("python", ["python3.11", "python3.12 -m dictionary_learning_aligned.reproduce"])
+def test_commands_recorded_with_a_versioned_python_are_read(tmp_path, python):
+    """The module alias records ``Path(sys.executable).name``, which may be ``python3.11``."""
+    command = MAIN.replace("python -m dictionary_learning_aligned reproduce", python.split()[0] + (
+        " -m dictionary_learning_aligned.reproduce" if " " in python else " -m dictionary_learning_aligned reproduce"))
+    src = _store(tmp_path / "src", [command])
+    status, (argv,) = _run([str(src), "--results", str(tmp_path / "new"), "--corpus", "c", "--run"])
+    assert status == 0 and argv[1:5] == ["-m", "dictionary_learning_aligned", "reproduce", "main"]
