@@ -230,26 +230,36 @@ def replay_argv(entry: dict, results: str, cache: str, corpus: str, device: str,
 
 def check_flags(argv: list[str]) -> None:
     """Refuse an argument list with a flag or value ``reproduce`` would refuse (checked with its own parser and
-    :func:`dictionary_learning_aligned.cli.parse_config`, as ``reproduce`` reads its flags, before anything runs),
-    or one that asks for its help (``-h``).
+    :func:`dictionary_learning_aligned.cli.parse_config`, as ``reproduce`` reads its flags, then with its checks
+    that need no machine: the experiments, ``--also``, ``--recipe``, ``--compile-mode``; before anything runs), or
+    one that asks for its help (``-h``).
 
     Raises:
-        Refused: naming the command and argparse's message.
+        Refused: naming the command and argparse's (or reproduce's) message.
     """
     from dictionary_learning_aligned.cli import parse_config
+    from dictionary_learning_aligned.dtypes import comma_list
     from dictionary_learning_aligned.reproduce import build_parser
+    from dictionary_learning_aligned.reproduce.command import compile_setting
+    from dictionary_learning_aligned.reproduce.selection import shared_plans
 
     args = argv[argv.index("reproduce") + 1:]
     said = io.StringIO()
     try:
         with contextlib.redirect_stderr(said), contextlib.redirect_stdout(io.StringIO()):
-            parse_config(build_parser(PROG), args)
+            cfg = parse_config(build_parser(PROG), args)
     except SystemExit as e:
         if e.code == 0:
             raise Refused(f"`reproduce` would only print its help for {shlex.join(args)!r}") from None
         message = said.getvalue().strip().splitlines()
         raise Refused(f"`reproduce` would refuse {shlex.join(args)!r}: "
                       f"{message[-1] if message else 'see reproduce -h'}") from None
+    try:
+        compile_setting(cfg.compile, cfg.compile_mode)
+        also = comma_list(cfg.also, flag="--also", allow_empty=False) if cfg.also is not None else []
+        shared_plans([cfg.experiment, *also], cfg.scale, None, cfg.recipe)
+    except ValueError as e:
+        raise Refused(f"`reproduce` would refuse {shlex.join(args)!r}: {e}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
